@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests need as real peers, only those that are missing.
+set -euo pipefail
+need=()
+for pkg in curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=300 "${need[@]}"
+fi
