@@ -1,0 +1,14 @@
+"""syncsnapd: the snapshot daemon for synced folders.
+
+The public surface is small: run it with ``syncsnapd`` (see ``_cli``), or embed it with
+``await nursery.start(serve_daemon, load_config(...))``. Everything else is internal.
+"""
+
+__version__ = "0.1.0"
+
+from ._config import ConfigError as ConfigError  # noqa: E402
+from ._config import DaemonConfig as DaemonConfig  # noqa: E402
+from ._config import ProjectConfig as ProjectConfig  # noqa: E402
+from ._config import load_config as load_config  # noqa: E402
+from ._progress import Progress as Progress  # noqa: E402
+from ._progress import SnapshotSummary as SnapshotSummary  # noqa: E402

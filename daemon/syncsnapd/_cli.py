@@ -1,0 +1,108 @@
+"""The ``syncsnapd`` command: run the daemon, or read the store offline.
+
+    syncsnapd [--config FILE] [--folder PATH ...]     run the daemon (default)
+    syncsnapd snapshots [--config FILE] [--project P] list snapshots
+    syncsnapd restore SNAPSHOT_ID TARGET_DIR [--config FILE]
+    syncsnapd check [--config FILE]                   verify every object (exit 1 on problems)
+
+Exit codes: 0 success, 1 problems found / daemon failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from . import __version__
+from ._config import ConfigError, DaemonConfig, load_config
+
+log = logging.getLogger("syncsnapd")
+
+
+def _setup_logging(verbose: bool) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds timestamps; elsewhere we add our own.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML configuration (default: $XDG_CONFIG_HOME/syncsnap/config.toml if present)")
+    common.add_argument("--folder", action="append", default=[], metavar="PATH",
+                        help="snapshot this folder as a project (repeatable; no config file needed)")
+    p = argparse.ArgumentParser(prog="syncsnapd", parents=[common],
+                                description="Snapshot daemon for synced folders, with live progress.")
+    p.add_argument("--version", action="version", version=f"syncsnapd {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("snapshots", parents=[common], help="list snapshots in the store")
+    s.add_argument("--project", help="only this project's snapshots")
+    r = sub.add_parser("restore", parents=[common], help="restore a snapshot into an empty or new directory")
+    r.add_argument("snapshot_id")
+    r.add_argument("target", type=Path)
+    sub.add_parser("check", parents=[common], help="re-hash every object; exit 1 if any is missing or corrupt")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``syncsnapd`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.folder)
+    except ConfigError as exc:
+        print(f"syncsnapd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command is None:
+        return _run_daemon(config, args.verbose)
+    return _offline(args, config)
+
+
+def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
+    from . import _offline
+
+    if not (config.store / "config.json").exists():
+        print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)",
+              file=sys.stderr)
+        return 2
+    if args.command == "snapshots":
+        return _offline.run_snapshots(config.store, sys.stdout, project=args.project)
+    if args.command == "restore":
+        return _offline.run_restore(config.store, args.snapshot_id, args.target, sys.stdout)
+    return _offline.run_check(config.store, sys.stdout)
+
+
+def _run_daemon(config: DaemonConfig, verbose: bool) -> int:
+    from ._daemon import StartupError, run_until_signalled
+
+    _setup_logging(verbose)
+    if sys.stderr.isatty():
+        print(_hint(config), file=sys.stderr)
+    try:
+        trio.run(run_until_signalled, config)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _hint(config: DaemonConfig) -> str:
+    projects = ", ".join(f"{p.id} ({p.path})" for p in config.projects) or "none"
+    first = config.projects[0].id if config.projects else "PROJECT"
+    return (
+        f"syncsnapd {__version__}: projects {projects}\n"
+        f"  watch progress:   curl -N --unix-socket {config.socket} http://localhost/api/v1/events\n"
+        f"  take a snapshot:  curl -X POST --unix-socket {config.socket} "
+        f"http://localhost/api/v1/projects/{first}/snapshots\n"
+        f"  stop:             Ctrl-C"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Configuration: TOML file or command-line folders, XDG defaults, validation that names the culprit.
+
+A bad value raises :class:`ConfigError` whose message starts with the key at fault
+(``daemon.tcp: ...``, ``projects[2].path: ...``); the CLI prints it and exits 2 before writing anything.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TCP_PORT = 8473
+DEFAULT_HEARTBEAT_SECONDS = 15.0
+DEFAULT_CONFIG_NAME = "config.toml"
+# The embedded default project when no config file and no --folder is given.
+DEFAULT_FOLDER = "~/Sync"
+
+_PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat"}
+_PROJECT_KEYS = {"id", "path", "ignore"}
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key or flag at fault."""
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """One watched folder."""
+
+    id: str
+    path: Path
+    ignore: tuple[str, ...] = ()
+
+    def ignore_fn(self) -> Callable[[str], bool] | None:
+        """A predicate over relative POSIX paths, from the project's ``ignore`` glob patterns.
+
+        A pattern without ``/`` matches a name at any depth (like ``.gitignore``); one with ``/`` matches
+        the whole relative path. A matching directory excludes everything below it.
+        """
+        if not self.ignore:
+            return None
+        name_pats = [p for p in self.ignore if "/" not in p]
+        path_pats = [p.strip("/") for p in self.ignore if "/" in p]
+
+        def ignored(rel: str) -> bool:
+            name = rel.rsplit("/", 1)[-1]
+            return any(fnmatch.fnmatchcase(name, p) for p in name_pats) or any(
+                fnmatch.fnmatchcase(rel, p) for p in path_pats
+            )
+
+        return ignored
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon needs to start; paths are absolute."""
+
+    socket: Path
+    tcp: str | None
+    store: Path
+    state_dir: Path
+    token_file: Path
+    runtime_dir: Path
+    heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
+    projects: tuple[ProjectConfig, ...] = field(default=())
+    source: str = "embedded default"
+
+    @property
+    def discovery_file(self) -> Path:
+        return self.runtime_dir / "syncsnapd.json"
+
+
+# --- XDG -----------------------------------------------------------------------------------------------
+
+def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    value = env.get(var, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path(env.get("HOME") or os.path.expanduser("~")) / fallback
+
+
+def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_RUNTIME_DIR/syncsnap``, or ``/tmp/syncsnap-UID`` where no runtime dir is set (as tmux does)."""
+    base = env.get("XDG_RUNTIME_DIR", "")
+    if base and os.path.isabs(base):
+        return Path(base) / "syncsnap"
+    return Path(f"/tmp/syncsnap-{os.getuid()}")
+
+
+def config_home(env: Mapping[str, str] = os.environ) -> Path:
+    return _xdg(env, "XDG_CONFIG_HOME", ".config") / "syncsnap"
+
+
+def default_config_file(env: Mapping[str, str] = os.environ) -> Path:
+    return config_home(env) / DEFAULT_CONFIG_NAME
+
+
+def _defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    run = runtime_dir(env)
+    return {
+        "socket": run / "syncsnapd.sock",
+        "tcp": f"127.0.0.1:{DEFAULT_TCP_PORT}",
+        "store": _xdg(env, "XDG_DATA_HOME", ".local/share") / "syncsnap" / "store",
+        "state_dir": _xdg(env, "XDG_STATE_HOME", ".local/state") / "syncsnap",
+        "token_file": config_home(env) / "token",
+        "heartbeat": DEFAULT_HEARTBEAT_SECONDS,
+    }
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+def load_config(config_file: Path | None = None, folders: list[str] | None = None,
+                env: Mapping[str, str] = os.environ) -> DaemonConfig:
+    """Build the daemon configuration.
+
+    Args:
+        config_file: a TOML file; if None, the default file is used when it exists.
+        folders: ``--folder`` paths; projects named after each folder (made unique). They are added to
+            the file's projects, or replace the embedded default project.
+        env: the environment (XDG variables, HOME).
+
+    Raises:
+        ConfigError: naming the key or flag at fault.
+    """
+    data: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    source = "embedded default"
+    if config_file is None and default_config_file(env).exists():
+        config_file = default_config_file(env)
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"--config: {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {config_file} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {config_file}: {exc.strerror}") from None
+        base_dir = config_file.resolve().parent
+        source = str(config_file)
+
+    unknown = set(data) - {"daemon", "projects"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (expected [daemon] and [[projects]])")
+    daemon = data.get("daemon", {})
+    if not isinstance(daemon, dict):
+        raise ConfigError("daemon: must be a table ([daemon])")
+    for key in daemon:
+        if key not in _DAEMON_KEYS:
+            raise ConfigError(f"daemon.{key}: unknown key (known: {', '.join(sorted(_DAEMON_KEYS))})")
+
+    settings = _defaults(env)
+    for key in ("socket", "store", "state_dir", "token_file"):
+        if key in daemon:
+            settings[key] = _path(daemon[key], f"daemon.{key}", base_dir)
+    if "tcp" in daemon:
+        settings["tcp"] = _tcp(daemon["tcp"])
+    if "heartbeat" in daemon:
+        hb = daemon["heartbeat"]
+        if isinstance(hb, bool) or not isinstance(hb, int | float) or not 0.1 <= hb <= 3600:
+            raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
+        settings["heartbeat"] = float(hb)
+
+    projects = _projects(data.get("projects", []), base_dir)
+    for folder in folders or []:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"--folder: {folder} is not a directory")
+        projects.append(ProjectConfig(id=_unique_id(_slug(path.resolve().name), projects), path=path.resolve()))
+    if not projects and config_file is None:
+        default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
+        projects.append(ProjectConfig(id=_slug(default.name), path=default))
+    return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, **settings)
+
+
+def _path(value: object, key: str, base_dir: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a path string, got {value!r}")
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else (base_dir / p)
+
+
+def _tcp(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ConfigError(f'daemon.tcp: expected "127.0.0.1:PORT" or "" to disable, got {value!r}')
+    if value == "":
+        return None
+    m = re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):(\d{1,5})", value)
+    if not m or int(m.group(2)) > 65535:
+        raise ConfigError(f"daemon.tcp: {value!r} is not a loopback address "
+                          '(use "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT"; port 0 picks one)')
+    return value
+
+
+def _projects(raw: object, base_dir: Path) -> list[ProjectConfig]:
+    if not isinstance(raw, list):
+        raise ConfigError("projects: expected an array of tables ([[projects]])")
+    out: list[ProjectConfig] = []
+    for i, item in enumerate(raw):
+        where = f"projects[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a table")
+        for key in item:
+            if key not in _PROJECT_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_PROJECT_KEYS))})")
+        if "path" not in item:
+            raise ConfigError(f"{where}.path: missing (the folder to snapshot)")
+        path = _path(item["path"], f"{where}.path", base_dir)
+        if not path.is_dir():
+            raise ConfigError(f"{where}.path: {path} is not a directory")
+        pid = item.get("id", _slug(path.resolve().name))
+        if not isinstance(pid, str) or not _PROJECT_ID.match(pid):
+            raise ConfigError(f"{where}.id: {pid!r} is not a valid id (letters, digits, '.', '_', '-'; "
+                              "at most 64, starting with a letter or digit)")
+        if any(p.id == pid for p in out):
+            raise ConfigError(f"{where}.id: {pid!r} is used by another project")
+        ignore = item.get("ignore", [])
+        if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
+            raise ConfigError(f"{where}.ignore: expected a list of glob patterns")
+        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore)))
+    return out
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "folder"
+    if not s[0].isalnum():
+        s = "p" + s
+    return s[:64]
+
+
+def _unique_id(base: str, existing: list[ProjectConfig]) -> str:
+    taken = {p.id for p in existing}
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"

@@ -1,0 +1,194 @@
+"""Runs snapshots: per project at most one running and one queued follow-up run.
+
+Requests (from the API, later from watchers) call :meth:`Scheduler.request_snapshot`, which never waits.
+Each project has one task that takes the queued run and executes it: step 1 (waiting) through the
+project's waiter, steps 2-5 through the snapshot engine, and exactly one terminal event at the end,
+whatever happens (completed, failed, or cancelled).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ._config import ProjectConfig
+from ._progress import Progress, RunCancelled, RunProgress, SnapshotSummary, human_bytes
+from ._snapshot import SnapshotError, take_snapshot
+from ._store import Store
+from ._tracker import Tracker
+
+log = logging.getLogger("syncsnapd.scheduler")
+
+# How often a run publishes its counters: a few events per second is smooth for a progress bar and
+# cheap for hundreds of subscribers; step changes are published at once regardless.
+TICK_SECONDS = 0.25
+
+# Step 1 hook: waits until the project is ready to be captured (the folder settled, the sync tool idle).
+Waiter = Callable[[ProjectConfig, RunProgress], Awaitable[None]]
+
+
+async def no_wait(project: ProjectConfig, progress: RunProgress) -> None:
+    """The waiter for a plain folder snapshot requested explicitly: nothing to wait for."""
+    await trio.lowlevel.checkpoint()
+
+
+_run_counter = itertools.count(1)
+
+
+def new_run_id() -> str:
+    """Run ids sort by start time and stay unique across restarts: ms timestamp, counter, random."""
+    return f"r-{int(time.time() * 1000):x}-{next(_run_counter):04d}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class _ProjectSlot:
+    config: ProjectConfig
+    running: str | None = None
+    queued: str | None = None
+    progress: RunProgress | None = None
+    wakeup: trio.Event = field(default_factory=trio.Event)
+
+
+class UnknownProject(KeyError):
+    pass
+
+
+class Scheduler:
+    """Owns the per-project run loops. Start with ``await nursery.start(scheduler.serve)``."""
+
+    def __init__(self, store: Store, tracker: Tracker, projects: list[ProjectConfig], *,
+                 waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None) -> None:
+        self.store = store
+        self.tracker = tracker
+        self._waiter = waiter
+        self._limiter = limiter or trio.CapacityLimiter(2)
+        self._slots: dict[str, _ProjectSlot] = {}
+        self._nursery: trio.Nursery | None = None
+        for p in projects:
+            self._slots[p.id] = _ProjectSlot(p)
+            tracker.add_project(p.id)
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    def project_ids(self) -> list[str]:
+        return list(self._slots)
+
+    def project(self, project_id: str) -> ProjectConfig:
+        try:
+            return self._slots[project_id].config
+        except KeyError:
+            raise UnknownProject(project_id) from None
+
+    def busy(self) -> bool:
+        return any(s.running or s.queued for s in self._slots.values())
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def request_snapshot(self, project_id: str) -> tuple[str, Progress]:
+        """Ask for a snapshot of ``project_id``; returns (run id, current progress). Never waits.
+
+        Idle project: a new run starts (its first event, step 1, is published before this returns).
+        Running project: one follow-up run is queued; later requests coalesce into that queued run.
+        """
+        slot = self._slots.get(project_id)
+        if slot is None:
+            raise UnknownProject(project_id)
+        if slot.running is None:
+            slot.queued = new_run_id()
+            self._begin(slot)
+            slot.wakeup.set()
+            assert slot.running is not None
+            return slot.running, self.tracker.latest(project_id)
+        if slot.queued is None:
+            slot.queued = new_run_id()
+        return slot.queued, self.tracker.latest(project_id)
+
+    def _begin(self, slot: _ProjectSlot) -> None:
+        """Turn the queued run into the running one and publish its first event."""
+        assert slot.queued is not None
+        slot.running, slot.queued = slot.queued, None
+        slot.progress = RunProgress(slot.config.id, slot.running, self.tracker.publish)
+        slot.progress.add_done()  # mark dirty so the step-1 state is published now
+        slot.progress.flush()
+
+    # --- running -----------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every project's loop until cancelled. Runs in flight end as ``cancelled``."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for slot in self._slots.values():
+                nursery.start_soon(self._project_loop, slot)
+            task_status.started()
+
+    async def _project_loop(self, slot: _ProjectSlot) -> None:
+        while True:
+            await slot.wakeup.wait()
+            slot.wakeup = trio.Event()
+            if slot.running is None and slot.queued is not None:
+                self._begin(slot)
+            while slot.running is not None:
+                assert slot.progress is not None
+                await self._execute(slot.config, slot.progress)
+                slot.running, slot.progress = None, None
+                if slot.queued is not None:
+                    self._begin(slot)
+
+    async def _execute(self, project: ProjectConfig, progress: RunProgress) -> None:
+        final: Progress
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ticker, progress)
+                try:
+                    await self._waiter(project, progress)
+                    summary = await take_snapshot(
+                        self.store, project.id, project.path, progress,
+                        ignore=project.ignore_fn(), limiter=self._limiter,
+                    )
+                finally:
+                    nursery.cancel_scope.cancel()
+            final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
+            log.info("%s: %s", project.id, final.message)
+        except SnapshotError as exc:
+            final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
+                                    message=f"Snapshot failed: {exc.message}")
+            log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
+        except (trio.Cancelled, RunCancelled):
+            final = progress.finish("cancelled", error={"code": "shutdown",
+                                                        "message": "The daemon is shutting down."},
+                                    message="Snapshot cancelled: the daemon is shutting down")
+            log.info("%s: run %s cancelled", project.id, progress.run)
+            self.tracker.publish(final)
+            raise
+        except Exception:
+            log.exception("%s: run %s failed unexpectedly", project.id, progress.run)
+            final = progress.finish("failed", error={"code": "internal_error",
+                                                     "message": "An internal error stopped the snapshot; "
+                                                                "see the daemon's log."},
+                                    message="Snapshot failed: internal error")
+        self.tracker.publish(final)
+
+    @staticmethod
+    async def _ticker(progress: RunProgress) -> None:
+        try:
+            while True:
+                await trio.sleep(TICK_SECONDS)
+                progress.flush()
+        finally:
+            # Runs when the run is cancelled too: tell worker threads to stop at their next check.
+            progress.cancel()
+
+
+def _completed_message(s: SnapshotSummary) -> str:
+    msg = (f"Snapshot {s.id} completed: {s.files:,} files ({human_bytes(s.bytes)}), "
+           f"{human_bytes(s.bytes_added)} added in {s.duration_seconds:.1f} s")
+    if s.warnings:
+        msg += f", {s.warnings} warning{'s' if s.warnings != 1 else ''}"
+    return msg
+
