@@ -39,10 +39,11 @@ def make_env(base: Path) -> dict[str, str]:
 
 
 def write_config(base: Path, projects: dict[str, Path], *, tcp: str = "127.0.0.1:0", heartbeat: float = 15,
-                 extra_daemon: str = "") -> Path:
+                 watch: bool = False, extra_daemon: str = "") -> Path:
+    """A daemon config under ``base``; automatic snapshots (watching) are off unless asked for."""
     lines = ["[daemon]", f'socket = "{base}/run/syncsnap/syncsnapd.sock"', f'tcp = "{tcp}"',
              f'store = "{base}/store"', f'state_dir = "{base}/state"', f'token_file = "{base}/token"',
-             f"heartbeat = {heartbeat}", extra_daemon]
+             f"heartbeat = {heartbeat}", f"watch = {'true' if watch else 'false'}", extra_daemon]
     for pid, path in projects.items():
         lines += ["[[projects]]", f'id = "{pid}"', f'path = "{path}"']
     cfg = base / "syncsnapd.toml"

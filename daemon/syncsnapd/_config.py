@@ -22,8 +22,20 @@ DEFAULT_CONFIG_NAME = "config.toml"
 DEFAULT_FOLDER = "~/Sync"
 
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat"}
-_PROJECT_KEYS = {"id", "path", "ignore"}
+_DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
+                "interval", "watch"}
+_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch"}
+# Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
+# MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
+DEFAULT_SETTLE_SECONDS = 5.0
+DEFAULT_MAX_DELAY_SECONDS = 60.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+# Sync tools' own metadata and temporary files are not user content: never snapshotted, never a reason
+# to snapshot (Syncthing's `.stignore` is user content, so it is not listed).
+SYNC_TOOL_IGNORES = (".stfolder", ".stversions", ".syncthing.*.tmp", "~syncthing~*.tmp")
 
 
 class ConfigError(Exception):
@@ -37,19 +49,28 @@ class ProjectConfig:
     id: str
     path: Path
     ignore: tuple[str, ...] = ()
+    settle: float = DEFAULT_SETTLE_SECONDS
+    max_delay: float = DEFAULT_MAX_DELAY_SECONDS
+    interval: float | None = None
+    watch: bool = True
 
-    def ignore_fn(self) -> Callable[[str], bool] | None:
-        """A predicate over relative POSIX paths, from the project's ``ignore`` glob patterns.
+    def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
+        """A predicate over relative POSIX paths: sync tools' files, the project's ``ignore`` globs, and
+        ``exclude`` (the daemon's own store and state directories when they lie inside the folder).
 
         A pattern without ``/`` matches a name at any depth (like ``.gitignore``); one with ``/`` matches
-        the whole relative path. A matching directory excludes everything below it.
+        the whole relative path. A matching directory excludes everything below it. The snapshot engine,
+        the watcher and the start-up check all use this one predicate.
         """
-        if not self.ignore:
-            return None
-        name_pats = [p for p in self.ignore if "/" not in p]
+        name_pats = [*SYNC_TOOL_IGNORES, *(p for p in self.ignore if "/" not in p)]
         path_pats = [p.strip("/") for p in self.ignore if "/" in p]
+        root = self.path.resolve()
+        excluded = {str(e.resolve().relative_to(root)) for e in exclude if e.resolve().is_relative_to(root)}
+        excluded.discard(".")
 
         def ignored(rel: str) -> bool:
+            if rel in excluded:
+                return True
             name = rel.rsplit("/", 1)[-1]
             return any(fnmatch.fnmatchcase(name, p) for p in name_pats) or any(
                 fnmatch.fnmatchcase(rel, p) for p in path_pats
@@ -169,15 +190,22 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
             raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
         settings["heartbeat"] = float(hb)
 
-    projects = _projects(data.get("projects", []), base_dir)
+    timing = {
+        "settle": _duration(daemon.get("settle", DEFAULT_SETTLE_SECONDS), "daemon.settle"),
+        "max_delay": _duration(daemon.get("max_delay", DEFAULT_MAX_DELAY_SECONDS), "daemon.max_delay"),
+        "interval": _duration(daemon["interval"], "daemon.interval") if "interval" in daemon else None,
+        "watch": _bool(daemon.get("watch", True), "daemon.watch"),
+    }
+    projects = _projects(data.get("projects", []), base_dir, timing)
     for folder in folders or []:
         path = Path(folder).expanduser()
         if not path.is_dir():
             raise ConfigError(f"--folder: {folder} is not a directory")
-        projects.append(ProjectConfig(id=_unique_id(_slug(path.resolve().name), projects), path=path.resolve()))
+        projects.append(ProjectConfig(id=_unique_id(_slug(path.resolve().name), projects), path=path.resolve(),
+                                      **timing))
     if not projects and config_file is None:
         default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
-        projects.append(ProjectConfig(id=_slug(default.name), path=default))
+        projects.append(ProjectConfig(id=_slug(default.name), path=default, **timing))
     return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, **settings)
 
 
@@ -200,7 +228,7 @@ def _tcp(value: object) -> str | None:
     return value
 
 
-def _projects(raw: object, base_dir: Path) -> list[ProjectConfig]:
+def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[ProjectConfig]:
     if not isinstance(raw, list):
         raise ConfigError("projects: expected an array of tables ([[projects]])")
     out: list[ProjectConfig] = []
@@ -225,8 +253,48 @@ def _projects(raw: object, base_dir: Path) -> list[ProjectConfig]:
         ignore = item.get("ignore", [])
         if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
             raise ConfigError(f"{where}.ignore: expected a list of glob patterns")
-        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore)))
+        own = dict(timing)
+        for key in ("settle", "max_delay", "interval"):
+            if key in item:
+                own[key] = _duration(item[key], f"{where}.{key}")
+        if "watch" in item:
+            own["watch"] = _bool(item["watch"], f"{where}.watch")
+        if own["max_delay"] < own["settle"]:
+            raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
+        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), **own))
     return out
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"500ms"``, ``"2s"``, ``"5m"``, ``"1h"``, ``"1d"``.
+
+    Raises:
+        ValueError: for anything else, including negative values.
+    """
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(value)
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(value)
+    return seconds
+
+
+def _duration(value: object, key: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ConfigError(f'{key}: expected a duration such as 30, "2s", "5m" or "1h", got {value!r}') from None
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
 
 
 def _slug(name: str) -> str:

@@ -8,6 +8,7 @@ file is removed. The whole stop is bounded by :data:`STOP_GRACE_SECONDS`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from ._listeners import listener_address, load_or_create_token, open_tcp_listene
 from ._scheduler import Scheduler
 from ._store import Store
 from ._tracker import Tracker
+from ._watch import FolderSummary, WatchStatus, serve_project_watch, summary_of_entries
 
 log = logging.getLogger("syncsnapd")
 
@@ -92,7 +94,9 @@ async def serve_daemon(config: DaemonConfig, *, task_status: trio.TaskStatus[Dae
         raise StartupError(f"cannot open the store at {config.store}: {exc}") from exc
     try:
         tracker = Tracker()
-        scheduler = Scheduler(store, tracker, list(config.projects))
+        watch_status: dict[str, WatchStatus] = {}
+        exclude = (config.store, config.state_dir)
+        scheduler = Scheduler(store, tracker, list(config.projects), exclude=exclude)
         api = Api(scheduler, tracker, heartbeat=config.heartbeat)
         listeners: list[tuple[trio.SocketListener, str]] = []
         try:
@@ -118,6 +122,11 @@ async def serve_daemon(config: DaemonConfig, *, task_status: trio.TaskStatus[Dae
                         await scheduler.serve(task_status=task_status)
 
                 await nursery.start(run_scheduler)
+                for project in config.projects:
+                    nursery.start_soon(functools.partial(
+                        serve_project_watch, project, functools.partial(scheduler.request_snapshot, project.id),
+                        functools.partial(_last_summary, store, project.id), exclude=exclude,
+                        status=watch_status.setdefault(project.id, WatchStatus())))
                 server: HttpServer = await nursery.start(serve_http, api, listeners, HttpConfig(token=token))
                 write_discovery_file(config.discovery_file, info, config.token_file if token else None)
                 log.info("syncsnapd %s serving %d project(s) on %s%s (config: %s)", __version__,
@@ -140,8 +149,16 @@ async def serve_daemon(config: DaemonConfig, *, task_status: trio.TaskStatus[Dae
         finally:
             remove_discovery_file(config.discovery_file)
     finally:
-        await trio.to_thread.run_sync(store.close)
+        store.close()  # quick (releases the lock); must run even though we are being cancelled
         log.info("stopped")
+
+
+async def _last_summary(store: Store, project: str) -> FolderSummary | None:
+    def summarize() -> FolderSummary | None:
+        info = store.latest(project)
+        return None if info is None else summary_of_entries(store.load_entries(info.id))
+
+    return await trio.to_thread.run_sync(summarize)
 
 
 async def run_until_signalled(config: DaemonConfig) -> None:

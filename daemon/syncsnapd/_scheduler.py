@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -63,11 +64,14 @@ class Scheduler:
     """Owns the per-project run loops. Start with ``await nursery.start(scheduler.serve)``."""
 
     def __init__(self, store: Store, tracker: Tracker, projects: list[ProjectConfig], *,
-                 waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None) -> None:
+                 waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None,
+                 exclude: tuple[Path, ...] = ()) -> None:
         self.store = store
         self.tracker = tracker
         self._waiter = waiter
         self._limiter = limiter or trio.CapacityLimiter(2)
+        # The daemon's own directories, never snapshotted even when they lie inside a project.
+        self._exclude = exclude
         self._slots: dict[str, _ProjectSlot] = {}
         self._nursery: trio.Nursery | None = None
         for p in projects:
@@ -90,12 +94,14 @@ class Scheduler:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def request_snapshot(self, project_id: str) -> tuple[str, Progress]:
+    def request_snapshot(self, project_id: str, trigger: str = "api") -> tuple[str, Progress]:
         """Ask for a snapshot of ``project_id``; returns (run id, current progress). Never waits.
 
         Idle project: a new run starts (its first event, step 1, is published before this returns).
         Running project: one follow-up run is queued; later requests coalesce into that queued run.
+        ``trigger`` says who asked (api, watch, schedule, start-up) and is logged.
         """
+        log.debug("%s: snapshot requested (%s)", project_id, trigger)
         slot = self._slots.get(project_id)
         if slot is None:
             raise UnknownProject(project_id)
@@ -149,7 +155,7 @@ class Scheduler:
                     await self._waiter(project, progress)
                     summary = await take_snapshot(
                         self.store, project.id, project.path, progress,
-                        ignore=project.ignore_fn(), limiter=self._limiter,
+                        ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
                     )
                 finally:
                     nursery.cancel_scope.cancel()
