@@ -98,10 +98,11 @@ class _Tally:
     bytes: int = 0
     new: int = 0
     changed: int = 0
+    unchanged: int = 0
 
 
-# (position in the entry list, relative path, size seen by the walk, whether the path is new)
-_Work = tuple[int, str, int, bool]
+# (position in the entry list, relative path, size seen by the walk, the previous snapshot's entry)
+_Work = tuple[int, str, int, Entry | None]
 
 
 class _Run:
@@ -201,7 +202,7 @@ class _Run:
                         unchanged.files += 1
                         unchanged.bytes += size
                     else:
-                        work = (len(entries), rel, size, p is None)
+                        work = (len(entries), rel, size, p if p is not None and p.kind == "file" else None)
                         entries.append(None)  # filled in by a reader in step 4
                         (self.small.append if size <= small_limit else self.large.append)(work)
                         self.changed_bytes += size
@@ -250,7 +251,7 @@ class _Run:
             self._read_file(work, view, tally, per_chunk=True)
 
     def _read_file(self, work: _Work, view: memoryview, tally: _Tally, *, per_chunk: bool) -> None:
-        index, rel, walk_size, is_new = work
+        index, rel, walk_size, prev = work
         progress = self.progress
         entry: Entry | None = None
         try:
@@ -263,8 +264,11 @@ class _Run:
         self.entries[index] = entry
         tally.files += 1
         tally.bytes += entry.size
-        if is_new:
+        if prev is None:
             tally.new += 1
+        elif prev.size == entry.size and prev.mtime_ns == entry.mtime_ns and prev.data == entry.data:
+            # Read again only because it had been modified just before the previous snapshot.
+            tally.unchanged += 1
         else:
             tally.changed += 1
 
@@ -402,12 +406,13 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             files=run.unchanged.files + sum(t.files for t in tallies),
             bytes=run.unchanged.bytes + sum(t.bytes for t in tallies),
             new=sum(t.new for t in tallies), changed=sum(t.changed for t in tallies),
+            unchanged=run.unchanged.files + sum(t.unchanged for t in tallies),
         )
         packs, pack_bytes = writer.unsealed()
         progress.set_step(5, files_total=packs + 1, bytes_total=pack_bytes)
         stats = SnapshotStats(
             files=tally.files, bytes=tally.bytes, files_new=tally.new, files_changed=tally.changed,
-            files_unchanged=run.unchanged.files, bytes_added=writer.data_bytes_added,
+            files_unchanged=tally.unchanged, bytes_added=writer.data_bytes_added,
             duration_seconds=round(time.monotonic() - started, 3), warnings=progress.warning_count,
             skipped=run.skipped, dirs=run.dirs, symlinks=run.symlinks,
         )

@@ -1,0 +1,341 @@
+"""Helpers for the store/snapshot/restore tests, and a small command-line tool they run in subprocesses.
+
+Command line (run with the project's venv Python)::
+
+    python tests/_store_helpers.py snapshot STORE ROOT PROJECT [--fault-at N] [--drop-dac]
+    python tests/_store_helpers.py bench DIR [--files 5000] [--mib 400]
+
+``snapshot`` takes one snapshot and prints its summary as JSON. ``--fault-at N`` kills the process with
+SIGKILL right after the N-th durable-write step of the store (the crash tests iterate N); each step
+reached is printed to stderr as ``step: LABEL``, so the parent knows where the kill happened. ``--drop-dac`` drops
+CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH first, so that file permissions apply even to root.
+
+``bench`` generates a tree like the reference one (mostly 1-64 KiB files, a few 1-50 MiB ones, partly
+compressible) and times an initial, a no-change and a 1%-changed snapshot, with the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+import struct
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import trio
+from syncsnapd._progress import Progress, RunProgress, SnapshotSummary
+from syncsnapd._snapshot import take_snapshot
+from syncsnapd._store import Entry, SnapshotStats, Store, hash_bytes, make_snapshot_id
+
+HERE = Path(__file__).resolve()
+
+
+def new_progress(project: str = "p", events: list[Progress] | None = None) -> RunProgress:
+    sink: list[Progress] = [] if events is None else events
+    return RunProgress(project, "r-test", sink.append)
+
+
+async def snapshot(store: Store, root: Path, project: str = "p", progress: RunProgress | None = None,
+                   **kw: Any) -> SnapshotSummary:
+    """Take a snapshot with a fresh progress reporter unless one is given."""
+    return await take_snapshot(store, project, root, progress or new_progress(project), **kw)
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def commit_entries(store: Store, project: str, entries: list[tuple[str, str, bytes | str | None]]) -> str:
+    """Commit a hand-made snapshot: (path, kind, content for files / target for symlinks / None)."""
+    writer = store.begin_write()
+    made: list[Entry] = []
+    for path, kind, data in entries:
+        if kind == "file":
+            assert isinstance(data, bytes)
+            h = hash_bytes(data)
+            writer.add_chunk(h, data)
+            made.append(Entry(path, "file", len(data), 1_600_000_000_000_000_000, 0o644, 0, [h]))
+        elif kind == "symlink":
+            made.append(Entry(path, "symlink", 0, 1_600_000_000_000_000_000, 0o777, 0, data))
+        else:
+            made.append(Entry(path, kind, 0, 1_600_000_000_000_000_000, 0o755, 0, None))
+    sid = make_snapshot_id()
+    store.commit_snapshot(writer, snapshot_id=sid, project=project, root="/nowhere", entries=made,
+                          stats=SnapshotStats())
+    return sid
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def tree_state(root: Path) -> dict[bytes, tuple[Any, ...]]:
+    """Everything a restore must reproduce, keyed by relative path as bytes (non-UTF-8 names stay exact)."""
+    state: dict[bytes, tuple[Any, ...]] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                state[rel] = ("symlink", os.readlink(full), st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                state[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            else:
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                state[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, digest)
+    return state
+
+
+def backdate(root: Path, seconds: int = 3600) -> None:
+    """Move every mtime into the past, so that no file counts as just modified (see RACY_WINDOW_NS)."""
+    past = time.time_ns() - seconds * 1_000_000_000
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), ns=(past, past), follow_symlinks=False)
+    os.utime(root, ns=(past, past))
+
+
+# --- inotify: watching which files a snapshot opens -----------------------------------------------
+
+IN_ACCESS = 0x001
+IN_OPEN = 0x020
+IN_ISDIR = 0x40000000
+_IN_NONBLOCK = os.O_NONBLOCK
+_EVENT = struct.Struct("iIII")
+
+
+class OpenWatcher:
+    """Records the names of files opened or read below a directory tree, as the kernel reports them.
+
+    Uses inotify (IN_OPEN, IN_ACCESS) on every directory of the tree, so it observes the real
+    system calls of whatever code runs, not a hook inside the engine.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(_IN_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self._dirs: dict[int, bytes] = {}
+        for dirpath, _dirnames, _filenames in os.walk(os.fsencode(root)):
+            wd = self._libc.inotify_add_watch(self.fd, dirpath, IN_OPEN | IN_ACCESS)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_add_watch")
+            self._dirs[wd] = dirpath
+
+    def file_events(self) -> list[bytes]:
+        """Paths of files (not directories) opened or read since the last call."""
+        names: list[bytes] = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return names
+            pos = 0
+            while pos < len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+                name = data[pos + _EVENT.size:pos + _EVENT.size + length].rstrip(b"\0")
+                pos += _EVENT.size + length
+                if not mask & IN_ISDIR and name:
+                    names.append(os.path.join(self._dirs.get(wd, b"?"), name))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# --- capabilities: make permissions apply to root --------------------------------------------------
+
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+
+
+def drop_dac_capabilities() -> None:
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this process (call before any thread starts).
+
+    Root keeps its uid (and so owns the test files), but mode 000 then denies it reading, as for anyone.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # 2 x {effective, permitted, inheritable}
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    mask = ~((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) & 0xFFFFFFFF
+    data[0] &= mask  # effective (low word)
+    data[1] &= mask  # permitted (low word)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+# --- the subprocess command line ------------------------------------------------------------------
+
+def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: int | None) -> dict[str, Any]:
+    steps: list[str] = []
+
+    def fault(label: str) -> None:
+        steps.append(label)
+        os.write(2, f"step: {label}\n".encode())  # unbuffered: the parent learns what was reached
+        if fault_at is not None and len(steps) == fault_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def main() -> dict[str, Any]:
+        store = Store.open(store_root, writable=True)
+        store._fault = fault
+        try:
+            summary = await take_snapshot(store, project, root, new_progress(project))
+        finally:
+            store.close()
+        return {"summary": asdict(summary), "steps": steps}
+
+    return trio.run(main)
+
+
+def run_in_subprocess(*args: str, check: bool = True) -> tuple[int, dict[str, Any] | None, str]:
+    """Run this file with ``args``; return (returncode, parsed JSON output or None, stderr)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(HERE), *args], capture_output=True, text=True, timeout=120)
+    try:
+        out = json.loads(proc.stdout) if proc.stdout.strip() else None
+    except ValueError:
+        out = None
+    if check and proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"helper failed ({proc.returncode}): {proc.stderr}")
+    return proc.returncode, out, proc.stderr
+
+
+# --- benchmark ------------------------------------------------------------------------------------
+
+def make_bench_tree(root: Path, files: int, total_mib: int, seed: int = 1) -> None:
+    """A tree like the reference one: ~99.7% files of 1-64 KiB, the rest 1-50 MiB; ~half compressible."""
+    rng = random.Random(seed)
+    pool_random = rng.randbytes(64 << 20)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(5000)]
+    text = bytearray()
+    while len(text) < 64 << 20:
+        text += b" ".join(rng.choices(words, k=1000)) + b"\n"
+    pool_text = bytes(text)
+    n_large = max(1, files * 3 // 1000)
+    small_sizes = [rng.randint(1 << 10, 64 << 10) for _ in range(files - n_large)]
+    large_budget = max(n_large << 20, (total_mib << 20) - sum(small_sizes))
+    weights = [rng.random() + 0.05 for _ in range(n_large)]
+    large_sizes = [min(50 << 20, max(1 << 20, int(large_budget * w / sum(weights)))) for w in weights]
+    sizes = small_sizes + large_sizes
+    rng.shuffle(sizes)
+    for i, size in enumerate(sizes):
+        d = root / f"d{i % 40:02d}" / f"s{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        pool = pool_text if rng.random() < 0.5 else pool_random
+        with open(d / f"f{i:05d}.dat", "wb") as f:
+            written = 0
+            while written < size:
+                n = min(size - written, 8 << 20)
+                off = rng.randrange(0, len(pool) - n)
+                f.write(pool[off:off + n])
+                written += n
+
+
+def bench_phase(workdir: Path, label: str) -> None:
+    """One timed snapshot of ``workdir/tree`` into ``workdir/store``, in a process of its own."""
+    tree, store_root = workdir / "tree", workdir / "store"
+
+    async def one() -> tuple[SnapshotSummary, float]:
+        store = Store.open(store_root, writable=True)
+        try:
+            t = time.perf_counter()
+            s = await take_snapshot(store, "bench", tree, new_progress("bench"))
+            return s, time.perf_counter() - t
+        finally:
+            store.close()
+
+    s, dt = trio.run(one)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    rss = int(hwm.split()[1]) / 1024
+    print(f"{label:12s} {dt:6.2f} s  new={s.files_new} changed={s.files_changed} "
+          f"unchanged={s.files_unchanged} added={s.bytes_added / 2**20:.1f} MiB  peak RSS {rss:.0f} MB",
+          flush=True)
+
+
+def bench(workdir: Path, files: int, total_mib: int) -> None:
+    import shutil
+    import subprocess
+
+    tree, store_root = workdir / "tree", workdir / "store"
+    if not tree.exists():
+        t = time.perf_counter()
+        make_bench_tree(tree, files, total_mib)
+        backdate(tree)
+        print(f"generated {files} files in {time.perf_counter() - t:.1f} s")
+    shutil.rmtree(store_root, ignore_errors=True)
+    all_files = sorted(tree.rglob("*.dat"))
+    size = sum(p.stat().st_size for p in all_files)
+    print(f"tree: {len(all_files)} files, {size / 2**20:.0f} MiB (page cache warm)")
+
+    def phase(label: str) -> None:
+        subprocess.run([sys.executable, str(HERE), "bench-phase", str(workdir), label], check=True)
+
+    phase("initial")
+    phase("no-change")
+    rng = random.Random(7)
+    past = time.time_ns() - 60 * 1_000_000_000
+    for p in rng.sample(all_files, max(1, len(all_files) // 100)):
+        with open(p, "r+b") as f:
+            f.write(rng.randbytes(min(4096, p.stat().st_size)))
+        os.utime(p, ns=(past, past))  # changed, but not "just modified" (see RACY_WINDOW_NS)
+    phase("1% changed")
+    store_size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
+    print(f"store size {store_size / 2**20:.0f} MiB")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("snapshot")
+    s.add_argument("store", type=Path)
+    s.add_argument("root", type=Path)
+    s.add_argument("project")
+    s.add_argument("--fault-at", type=int)
+    s.add_argument("--drop-dac", action="store_true")
+    b = sub.add_parser("bench")
+    b.add_argument("dir", type=Path)
+    b.add_argument("--files", type=int, default=5000)
+    b.add_argument("--mib", type=int, default=400)
+    bp = sub.add_parser("bench-phase")
+    bp.add_argument("dir", type=Path)
+    bp.add_argument("label")
+    args = parser.parse_args(argv)
+    if args.cmd == "snapshot":
+        if args.drop_dac:
+            drop_dac_capabilities()
+        result = run_snapshot_command(args.store, args.root, args.project, args.fault_at)
+        print(json.dumps(result))
+    elif args.cmd == "bench-phase":
+        bench_phase(args.dir, args.label)
+    else:
+        bench(args.dir, args.files, args.mib)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
