@@ -24,7 +24,8 @@ DEFAULT_FOLDER = "~/Sync"
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch"}
-_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch"}
+_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing"}
+_SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
 DEFAULT_SETTLE_SECONDS = 5.0
@@ -43,6 +44,15 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class SyncthingConfig:
+    """The Syncthing folder a project follows (``syncthing = {url, api_key | api_key_file, folder}``)."""
+
+    url: str
+    api_key: str = field(repr=False)
+    folder: str
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """One watched folder."""
 
@@ -53,6 +63,7 @@ class ProjectConfig:
     max_delay: float = DEFAULT_MAX_DELAY_SECONDS
     interval: float | None = None
     watch: bool = True
+    syncthing: SyncthingConfig | None = None
 
     def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
         """A predicate over relative POSIX paths: sync tools' files, the project's ``ignore`` globs, and
@@ -239,9 +250,13 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
         for key in item:
             if key not in _PROJECT_KEYS:
                 raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_PROJECT_KEYS))})")
-        if "path" not in item:
+        syncthing = _syncthing(item["syncthing"], f"{where}.syncthing", base_dir) if "syncthing" in item else None
+        if "path" in item:
+            path = _path(item["path"], f"{where}.path", base_dir)
+        elif syncthing is not None:
+            path = _syncthing_folder_path(syncthing, f"{where}.path")
+        else:
             raise ConfigError(f"{where}.path: missing (the folder to snapshot)")
-        path = _path(item["path"], f"{where}.path", base_dir)
         if not path.is_dir():
             raise ConfigError(f"{where}.path: {path} is not a directory")
         pid = item.get("id", _slug(path.resolve().name))
@@ -261,8 +276,48 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
             own["watch"] = _bool(item["watch"], f"{where}.watch")
         if own["max_delay"] < own["settle"]:
             raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
-        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), **own))
+        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), syncthing=syncthing, **own))
     return out
+
+
+def _syncthing(raw: object, key: str, base_dir: Path) -> SyncthingConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{key}: expected a table such as {{ url = "http://127.0.0.1:8384", '
+                          'api_key_file = "...", folder = "abcd-1234" }}')
+    for k in raw:
+        if k not in _SYNCTHING_KEYS:
+            raise ConfigError(f"{key}.{k}: unknown key (known: {', '.join(sorted(_SYNCTHING_KEYS))})")
+    url = raw.get("url", "http://127.0.0.1:8384")
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+/?", url):
+        raise ConfigError(f"{key}.url: expected the GUI/REST address such as http://127.0.0.1:8384, got {url!r}")
+    folder = raw.get("folder")
+    if not isinstance(folder, str) or not folder:
+        raise ConfigError(f"{key}.folder: missing (the Syncthing folder id, as shown in its GUI)")
+    if ("api_key" in raw) == ("api_key_file" in raw):
+        raise ConfigError(f"{key}.api_key: give exactly one of api_key or api_key_file")
+    if "api_key" in raw:
+        api_key = raw["api_key"]
+        if not isinstance(api_key, str) or not api_key:
+            raise ConfigError(f"{key}.api_key: expected a non-empty string")
+    else:
+        key_file = _path(raw["api_key_file"], f"{key}.api_key_file", base_dir)
+        try:
+            api_key = key_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}.api_key_file: cannot read {key_file}: {exc.strerror}") from None
+        if not api_key:
+            raise ConfigError(f"{key}.api_key_file: {key_file} is empty")
+    return SyncthingConfig(url=url.rstrip("/"), api_key=api_key, folder=folder)
+
+
+def _syncthing_folder_path(cfg: SyncthingConfig, key: str) -> Path:
+    """The folder's path from Syncthing's own configuration (when the project gives no ``path``)."""
+    from ._syncthing import SyncthingError, folder_path
+
+    try:
+        return folder_path(cfg)
+    except SyncthingError as exc:
+        raise ConfigError(f"{key}: not given, and Syncthing could not tell it: {exc}") from None
 
 
 def parse_duration(value: object) -> float:

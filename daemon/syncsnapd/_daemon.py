@@ -26,7 +26,7 @@ from ._listeners import listener_address, load_or_create_token, open_tcp_listene
 from ._scheduler import Scheduler
 from ._store import Store
 from ._tracker import Tracker
-from ._watch import FolderSummary, WatchStatus, serve_project_watch, summary_of_entries
+from ._watch import FolderSummary, WatchStatus, serve_project_watch, summary_of_entries, wait_until_ready
 
 log = logging.getLogger("syncsnapd")
 
@@ -96,7 +96,7 @@ async def serve_daemon(config: DaemonConfig, *, task_status: trio.TaskStatus[Dae
         tracker = Tracker()
         watch_status: dict[str, WatchStatus] = {}
         exclude = (config.store, config.state_dir)
-        scheduler = Scheduler(store, tracker, list(config.projects), exclude=exclude)
+        scheduler = Scheduler(store, tracker, list(config.projects), exclude=exclude, waiter=wait_until_ready)
         api = Api(scheduler, tracker, heartbeat=config.heartbeat)
         listeners: list[tuple[trio.SocketListener, str]] = []
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from ._config import ProjectConfig
+from ._progress import RunProgress
 from ._store import Entry
 
 log = logging.getLogger("syncsnapd.watch")
@@ -195,6 +196,17 @@ def summarize_folder(root: Path, ignore: Callable[[str], bool]) -> FolderSummary
     return FolderSummary(files, total, newest)
 
 
+async def wait_until_ready(project: ProjectConfig, progress: RunProgress) -> None:
+    """Step 1 of every run: for a Syncthing folder, wait until Syncthing has scanned and has nothing
+    left to pull; a plain folder settled already (the debounce waited) or was asked for explicitly."""
+    if project.syncthing is not None:
+        from ._syncthing import wait_for_sync
+
+        await wait_for_sync(project.syncthing, progress)
+    else:
+        await trio.lowlevel.checkpoint()
+
+
 def summary_of_entries(entries: Iterable[Entry]) -> FolderSummary:
     """The same fingerprint as :func:`summarize_folder`, from a snapshot's entries."""
     files = total = newest = 0
@@ -225,8 +237,14 @@ async def serve_project_watch(project: ProjectConfig, request: Callable[[str], N
     async with trio.open_nursery() as nursery:
         if project.watch:
             send, recv = trio.open_memory_channel[object](16)
-            await nursery.start(serve_folder_watch, project.path, send,
-                                make_filter(project.path, ignore=ignore), status)
+            if project.syncthing is not None:
+                # Syncthing's event stream is the source of changes: it knows when remote changes land.
+                from ._syncthing import serve_syncthing_changes
+
+                await nursery.start(serve_syncthing_changes, project.syncthing, send, status)
+            else:
+                await nursery.start(serve_folder_watch, project.path, send,
+                                    make_filter(project.path, ignore=ignore), status)
             await nursery.start(functools.partial(serve_debounce, recv, lambda: request("watch"),
                                                   settle=project.settle, max_delay=project.max_delay))
         else:
