@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -77,6 +78,17 @@ def commit_entries(store: Store, project: str, entries: list[tuple[str, str, byt
     return sid
 
 
+def patch_file(path: Path | bytes, offset: int, data: bytes) -> None:
+    """Overwrite bytes in place (``offset`` -1 appends); creates the file if missing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if offset < 0:
+            offset = os.fstat(fd).st_size
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
 def flip_byte(path: Path, offset: int) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -132,9 +144,17 @@ class OpenWatcher:
 
     def __init__(self, root: Path) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = self._libc.inotify_init1(_IN_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
+        # inotify instances are limited per user (128 here); other test suites on this machine may
+        # briefly use them all (the watcher's tests exhaust them on purpose), so wait a little.
+        deadline = time.monotonic() + 10
+        while True:
+            self.fd = self._libc.inotify_init1(_IN_NONBLOCK | os.O_CLOEXEC)
+            if self.fd >= 0:
+                break
+            err = ctypes.get_errno()
+            if err != errno.EMFILE or time.monotonic() > deadline:
+                raise OSError(err, "inotify_init1")
+            time.sleep(0.05)
         self._dirs: dict[int, bytes] = {}
         for dirpath, _dirnames, _filenames in os.walk(os.fsencode(root)):
             wd = self._libc.inotify_add_watch(self.fd, dirpath, IN_OPEN | IN_ACCESS)
