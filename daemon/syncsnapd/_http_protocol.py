@@ -274,14 +274,22 @@ STATUS_CODES: dict[int, str] = {
 }
 
 
-def protocol_error_response(exc: h11.RemoteProtocolError) -> Response:
-    """The response for input h11 refused: its ``error_status_hint`` (400, 431, 501) and its message.
+_PROTOCOL_ERROR_MESSAGES = {
+    400: "Malformed HTTP request.",
+    431: "The request head is too large.",
+    501: "Unsupported transfer coding: only chunked is supported.",
+}
 
-    h11's messages describe the client's mistake ("Missing mandatory Host: header"), never our state, so
-    they are safe to send back.
+
+def protocol_error_response(exc: h11.RemoteProtocolError) -> Response:
+    """The response for input h11 refused: its ``error_status_hint`` (400, 431, 501).
+
+    The message is generic: h11's own messages quote the offending bytes, which belong in a debug log,
+    not in an answer.
     """
     status = exc.error_status_hint
-    return error_response(status, STATUS_CODES.get(status, "bad_request"), f"Malformed request: {exc}.")
+    message = _PROTOCOL_ERROR_MESSAGES.get(status, "Malformed HTTP request.")
+    return error_response(status, STATUS_CODES.get(status, "bad_request"), message)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,13 +347,13 @@ def parse_request(
 ) -> Request:
     """Validate a request head parsed by h11 and build a :class:`Request` with an empty body.
 
-    h11 has already refused malformed request lines and header fields, conflicting ``Content-Length``
-    values and transfer codings other than ``chunked``. This adds:
+    h11 has already refused malformed request lines and header fields, a missing (HTTP/1.1) or repeated
+    ``Host``, conflicting ``Content-Length`` values and transfer codings other than ``chunked``. This
+    adds:
 
     - both ``Content-Length`` and ``Transfer-Encoding``: 400. RFC 9112 section 6.1 allows a server to
       accept it (Transfer-Encoding wins), but the pair is the classic request-smuggling vector; nginx and
       Node refuse it too.
-    - more than one ``Host``: 400 (RFC 9112 section 3.2).
     - a head (request line + fields) over ``max_head`` bytes: 431. h11 enforces its limit only while a
       head is incomplete; a 20 KiB head that arrives in one read would pass it.
     - ``Content-Length`` over ``max_body``: 413, before reading any of the body.
@@ -359,14 +367,11 @@ def parse_request(
     """
     head_size = len(event.method) + len(event.target) + 12  # "M T HTTP/1.1\r\n"
     items: list[tuple[str, str]] = []
-    hosts = 0
     content_length: bytes | None = None
     chunked = False
     for name, value in event.headers:
         head_size += len(name) + len(value) + 4  # ": " and "\r\n"
-        if name == b"host":
-            hosts += 1
-        elif name == b"content-length":
+        if name == b"content-length":
             content_length = value
         elif name == b"transfer-encoding":
             chunked = True
@@ -376,8 +381,6 @@ def parse_request(
         raise HTTPError(431, "headers_too_large", f"The request head exceeds {max_head} bytes.")
     if chunked and content_length is not None:
         raise _bad_request("Both Content-Length and Transfer-Encoding are present.")
-    if hosts > 1:
-        raise _bad_request("More than one Host header.")
     if content_length is not None and int(content_length) > max_body:
         raise HTTPError(413, "payload_too_large", f"The request body exceeds {max_body} bytes.")
 

@@ -464,6 +464,7 @@ class _Connection:
             except _RequestTimeout:
                 await self._respond_error(_TIMEOUT)
             except h11.RemoteProtocolError as exc:
+                LOGGER.debug("malformed request from %s: %s", self.peer, exc)
                 await self._respond_error(protocol_error_response(exc))
             except HTTPError as exc:
                 await self._respond_error(exc.to_response())
