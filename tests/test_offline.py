@@ -4,8 +4,8 @@ daemon holds the store open for writing."""
 from __future__ import annotations
 
 import io
-import re
 import os
+import re
 from pathlib import Path
 
 import pytest

@@ -4,6 +4,7 @@ errors and cancellation."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -195,19 +196,24 @@ async def test_a_file_modified_just_before_a_snapshot_is_read_again_next_time(
     assert (second.files_unchanged, second.files_changed, second.bytes_added) == (2, 0, 0)
 
 
-async def test_a_file_that_vanishes_before_it_is_read_gives_a_warning(store: Store, tmp_path: Path) -> None:
+async def test_files_and_folders_that_vanish_before_they_are_read_give_warnings(
+        store: Store, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_files(src, {"aaa.txt": b"goes away", "mmm.txt": b"stays", "zzz.txt": b"last"})
+    write_files(src, {"aaa.txt": b"goes away", "gone/inner.txt": b"goes too", "mmm.txt": b"stays",
+                      "zzz.txt": b"last"})
 
     def ignore(rel: str) -> bool:
-        # Called during the walk, after aaa.txt was seen: the user deletes it before step 4 reads it.
+        # Called during the walk, after aaa.txt and gone/ were seen: the user deletes them before
+        # step 4 reads aaa.txt and before the walk lists gone/.
         if rel == "zzz.txt":
             (src / "aaa.txt").unlink()
+            shutil.rmtree(src / "gone")
         return False
 
     summary = await snapshot(store, src, ignore=ignore)
-    assert summary.warnings == 1
-    assert summary.warning_paths == ("aaa.txt: vanished before it could be read",)
+    assert summary.warnings == 2
+    assert sorted(summary.warning_paths) == ["aaa.txt: vanished before it could be read",
+                                             "gone: vanished before it could be read"]
     assert sorted(by_path(store, summary.id)) == ["mmm.txt", "zzz.txt"]  # omitted, not half-recorded
     assert summary.files == 2
 

@@ -16,8 +16,9 @@ worker however large the files. An unchanged file costs one ``lstat`` and a dict
 
 What a snapshot records when files misbehave while it runs:
 
-* a file that vanishes before it is read, or cannot be read (permission denied, I/O error): warning,
-  **omitted** from the snapshot (the snapshot holds only content it actually read);
+* a file or directory that vanishes before it is read, or a file that cannot be read (permission denied,
+  I/O error): warning, **omitted** from the snapshot (the snapshot holds only content it actually read);
+* a directory that cannot be listed: warning, kept as an empty directory;
 * a file that changes while it is read: warning, **kept** with the bytes read, and marked (inode 0) so
   the next snapshot reads it again;
 * a file modified within :data:`RACY_WINDOW_NS` before it was read: kept, no warning, but also marked, so
@@ -124,11 +125,7 @@ class _Run:
         self.symlinks = 0
         self.skipped = 0
         self.writer: StoreWriter | None = None
-        try:
-            st = os.stat(store.root)
-            self.store_key: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            self.store_key = None
+        self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
 
     def check(self) -> None:
         """Stop a worker thread promptly when the run is cancelled either way."""
@@ -138,6 +135,11 @@ class _Run:
     # --- step 2 -------------------------------------------------------------------------------------
 
     def load_previous(self, project: str) -> None:
+        try:
+            st = os.stat(self.store.root)
+            self.store_key = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
@@ -165,10 +167,10 @@ class _Run:
         warn = self.progress.warn
         add_done = self.progress.add_done
         unchanged = self.unchanged
-        stack = [""]
+        stack: list[tuple[str, int]] = [("", -1)]  # (relative path, position of its entry)
         while stack:
             self.check()
-            rel_dir = stack.pop()
+            rel_dir, position = stack.pop()
             try:
                 with os.scandir(f"{root}/{rel_dir}" if rel_dir else root) as it:
                     listing = sorted(it, key=lambda d: d.name)
@@ -176,9 +178,14 @@ class _Run:
                 if not rel_dir:
                     raise SnapshotError("folder_missing",
                                         f"The folder {root} cannot be read: {exc.strerror}.") from exc
-                warn(rel_dir, f"cannot be listed: {exc.strerror}")
+                if isinstance(exc, FileNotFoundError | NotADirectoryError):
+                    warn(rel_dir, "vanished before it could be read")
+                    entries[position] = None
+                    self.dirs -= 1
+                else:
+                    warn(rel_dir, f"cannot be listed: {exc.strerror}")  # kept, as an empty directory
                 continue
-            subdirs: list[str] = []
+            subdirs: list[tuple[str, int]] = []
             found = 0
             for de in listing:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
@@ -209,8 +216,8 @@ class _Run:
                 elif fmt == _S_IFDIR:
                     if (st.st_dev, st.st_ino) == self.store_key:
                         continue  # never snapshot the store into itself
+                    subdirs.append((rel, len(entries)))
                     entries.append(Entry(rel, "dir", 0, st.st_mtime_ns, mode & 0o7777, st.st_ino, None))
-                    subdirs.append(rel)
                     self.dirs += 1
                 elif fmt == _S_IFLNK:
                     try:
@@ -370,7 +377,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     """Take a snapshot of the folder ``root`` for ``project`` into ``store`` (opened writable).
 
     Drives steps 2-5 of ``progress``. ``ignore(relpath)`` returns True for relative POSIX paths to
-    leave out (a directory's contents go with it); the store's own directory is always left out.
+    leave out (a directory's contents go with it); it is called from a worker thread. The store's own
+    directory is always left out.
     Worker threads come from ``limiter`` (trio's default limiter if None).
 
     Returns:
