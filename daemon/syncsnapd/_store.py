@@ -428,7 +428,9 @@ class Store:
         self._lock = threading.Lock()
         self._index: dict[str, ChunkLocation] = {}
         self._loaded_indexes: set[str] = set()
-        self._snapshots: dict[str, _SnapshotRecord] = {}
+        # Only the small listing is cached (snapshot files never change); a snapshot's tree list is
+        # read from its file when needed, so memory does not grow with history x folder size.
+        self._snapshots: dict[str, SnapshotInfo] = {}
         # Crash tests set this to a function called at every durable-write step (see tests/_store_helpers).
         self._fault: Callable[[str], None] | None = None
         self._closed = False
@@ -643,34 +645,33 @@ class Store:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptDataError(f"snapshot file {snapshot_id}.json is damaged") from exc
 
-    def _scan_snapshots(self, problems: list[Problem] | None = None) -> dict[str, _SnapshotRecord]:
-        # Snapshot files never change once written, so each is parsed once per process.
+    def _scan_snapshots(self, problems: list[Problem] | None = None) -> dict[str, SnapshotInfo]:
         try:
             names = os.listdir(self.root / "snapshots")
         except FileNotFoundError:
             names = []
         for name in names:
             sid = name[:-5]
-            if not name.endswith(".json") or not SNAPSHOT_ID_RE.match(sid):
-                continue
-            if sid in self._snapshots:
+            if not name.endswith(".json") or not SNAPSHOT_ID_RE.match(sid) or sid in self._snapshots:
                 continue
             try:
-                record = self._parse_snapshot(sid, (self.root / "snapshots" / name).read_bytes())
+                record = self._read_snapshot(sid)
             except (OSError, CorruptDataError):
                 if problems is not None:
                     problems.append(Problem("corrupt", f"snapshot {sid}"))
                 continue
             with self._lock:
-                self._snapshots[sid] = record
+                self._snapshots[sid] = record.info
         with self._lock:
             return dict(self._snapshots)
 
+    def _read_snapshot(self, snapshot_id: str) -> _SnapshotRecord:
+        return self._parse_snapshot(snapshot_id, (self.root / "snapshots" / f"{snapshot_id}.json").read_bytes())
+
     def list_snapshots(self, project: str | None = None) -> list[SnapshotInfo]:
         """Snapshots of ``project`` (all projects if None), oldest first."""
-        records = self._scan_snapshots()
-        return [records[sid].info for sid in sorted(records)
-                if project is None or records[sid].info.project == project]
+        infos = self._scan_snapshots()
+        return [infos[sid] for sid in sorted(infos) if project is None or infos[sid].project == project]
 
     def latest(self, project: str) -> SnapshotInfo | None:
         """The most recent snapshot of ``project``, or None."""
@@ -680,10 +681,12 @@ class Store:
     def _record(self, snapshot_id: str) -> _SnapshotRecord:
         if not SNAPSHOT_ID_RE.match(snapshot_id):
             raise UnknownSnapshotError(f"{snapshot_id!r} is not a snapshot id")
-        record = self._snapshots.get(snapshot_id) or self._scan_snapshots().get(snapshot_id)
-        if record is None:
-            raise UnknownSnapshotError(f"no snapshot {snapshot_id} in store {self.root}")
-        return record
+        try:
+            return self._read_snapshot(snapshot_id)
+        except FileNotFoundError:
+            raise UnknownSnapshotError(f"no snapshot {snapshot_id} in store {self.root}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read snapshot {snapshot_id}: {exc.strerror}") from exc
 
     def snapshot_root(self, snapshot_id: str) -> str:
         """The folder path the snapshot was taken of."""
@@ -769,7 +772,7 @@ class Store:
             on_written(1, len(payload))
         record = self._parse_snapshot(snapshot_id, payload)
         with self._lock:
-            self._snapshots[snapshot_id] = record
+            self._snapshots[snapshot_id] = record.info
         return record.info
 
     # --- check --------------------------------------------------------------------------------------
@@ -785,8 +788,8 @@ class Store:
         problems = report.problems
         # Snapshots first, then indexes: an index is durable before any snapshot that needs it, so a
         # daemon writing meanwhile cannot make us report its new snapshot's data as missing.
-        records = self._scan_snapshots(problems)
-        report.snapshots = len(records)
+        infos = self._scan_snapshots(problems)
+        report.snapshots = len(infos)
         self._refresh_index()
         bad: set[str] = set()
         packs_on_disk = {p.name[:-5] for p in (self.root / "packs").glob("*/*.pack")}
@@ -842,8 +845,12 @@ class Store:
                     return False
                 return True
 
-            for sid in sorted(records):
-                record = records[sid]
+            for sid in sorted(infos):
+                try:
+                    record = self._read_snapshot(sid)
+                except (OSError, CorruptDataError):
+                    problems.append(Problem("corrupt", f"snapshot {sid}"))
+                    continue
                 damaged: list[str] = []
                 count = 0
                 listing = False
