@@ -69,6 +69,7 @@ def commit_entries(store: Store, project: str, entries: list[tuple[str, str, byt
             writer.add_chunk(h, data)
             made.append(Entry(path, "file", len(data), 1_600_000_000_000_000_000, 0o644, 0, [h]))
         elif kind == "symlink":
+            assert isinstance(data, str)
             made.append(Entry(path, "symlink", 0, 1_600_000_000_000_000_000, 0o777, 0, data))
         else:
             made.append(Entry(path, kind, 0, 1_600_000_000_000_000_000, 0o755, 0, None))

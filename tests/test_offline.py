@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from syncsnapd._store import Store
 
 
 @pytest.fixture
-def daemon_store(tmp_path: Path) -> Store:
+def daemon_store(tmp_path: Path) -> Iterator[Store]:
     """A store held open for writing, as by a running daemon (its lock is taken) with two snapshots."""
     store = Store.open(tmp_path / "store", writable=True)
     write_files(tmp_path / "docs", {"readme.txt": b"hello\n", "img/logo.bin": os.urandom(5000)})

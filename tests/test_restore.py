@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ T0 = 1_650_000_000_000_000_000
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "store", writable=True)
     yield s
     s.close()
@@ -94,7 +95,7 @@ async def test_restore_refuses_a_target_that_is_not_empty(store: Store, tmp_path
         restore_snapshot(store, summary.id, out / "a")
 
 
-UNSAFE = {
+UNSAFE: dict[str, list[tuple[str, str, bytes | str | None]]] = {
     "dot-dot": [("../escape", "file", b"x")],
     "absolute": [("/tmp/escape", "file", b"x")],
     "dot-dot inside": [("a", "dir", None), ("a/../../escape", "file", b"x")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from syncsnapd._store import (
     DamagedSnapshot,
     Problem,
     SnapshotInfo,
+    SnapshotStats,
     Store,
     StoreError,
     UnknownSnapshotError,
@@ -34,7 +36,7 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "store", writable=True)
     yield s
     s.close()
@@ -96,18 +98,13 @@ def test_blobs_are_compressed_unless_that_does_not_help(store: Store) -> None:
     assert 0 < writer.add_chunk(hash_bytes(text), text) < len(text) // 10
     assert writer.add_chunk(hash_bytes(noise), noise) == len(noise)  # stored raw
     assert writer.add_chunk(hash_bytes(text), text) == 0  # duplicate within the run
-    commit_entries_writer(store, writer)
+    store.commit_snapshot(writer, snapshot_id=make_snapshot_id(), project="p", root="/x", entries=[],
+                          stats=SnapshotStats())
     assert store.read_chunk(hash_bytes(text)) == text
     assert store.read_chunk(hash_bytes(noise)) == noise
-    assert store.locate(hash_bytes(text)).flags == 1  # type: ignore[union-attr]
-    assert store.locate(hash_bytes(noise)).flags == 0  # type: ignore[union-attr]
-
-
-def commit_entries_writer(store: Store, writer: object) -> None:
-    from syncsnapd._store import SnapshotStats
-
-    store.commit_snapshot(writer, snapshot_id=make_snapshot_id(), project="p", root="/x", entries=[],  # type: ignore[arg-type]
-                          stats=SnapshotStats())
+    text_loc, noise_loc = store.locate(hash_bytes(text)), store.locate(hash_bytes(noise))
+    assert text_loc is not None and text_loc.flags == 1  # zstd
+    assert noise_loc is not None and noise_loc.flags == 0  # raw
 
 
 def test_snapshot_ids_sort_by_time_and_are_safe_names() -> None:
@@ -292,8 +289,8 @@ def test_crash_at_every_durable_write_step_keeps_earlier_snapshots(tmp_path: Pat
                 restore_snapshot(store, snaps[1].id, tmp_path / f"new{n}")
                 assert tree_state(tmp_path / f"new{n}") == after
             # The store stays usable: the next snapshot completes and is whole.
-            s = trio.run(snapshot, store, src)
-            restore_snapshot(store, s.id, tmp_path / f"next{n}")
+            following = trio.run(snapshot, store, src)
+            restore_snapshot(store, following.id, tmp_path / f"next{n}")
             assert tree_state(tmp_path / f"next{n}") == after
             assert store.check().ok
         shutil.rmtree(store_dir)
