@@ -1,0 +1,146 @@
+"""The blocking API for plain scripts: :class:`Client`, the same methods as :class:`AsyncClient`.
+
+It is a portal: a private Trio loop in a daemon thread runs an :class:`AsyncClient`, and each method
+hands its call to that loop with :func:`trio.from_thread.run`. One implementation of the protocol and of
+``follow`` serves both APIs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import trio
+
+from ._client import DEFAULT_TIMEOUT_SECONDS, AsyncClient
+from ._discovery import Endpoint, find_endpoint
+from ._follow import Follower, FollowPolicy
+from ._models import Health, Progress, Project, RunStarted, SnapshotInfo
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking client of syncsnapd, for scripts that do not use Trio.
+
+    Use it as a context manager (or call :meth:`close`)::
+
+        with syncsnap.Client() as c:
+            run = c.start_snapshot("docs").run
+            for p in c.follow("docs", run=run):
+                print(p.percent, p.message)
+
+    Arguments and exceptions are those of :func:`open_client` and :class:`AsyncClient`.
+    """
+
+    def __init__(self, *, socket: str | os.PathLike[str] | None = None, url: str | None = None,
+                 token_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                 policy: FollowPolicy | None = None, request_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.endpoint: Endpoint = find_endpoint(env, socket=socket, url=url, token_file=token_file)
+        self._async = AsyncClient(self.endpoint, policy=policy, request_timeout=request_timeout)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+
+    # --- the portal --------------------------------------------------------------------------------
+
+    def _start(self) -> trio.lowlevel.TrioToken:
+        with self._lock:
+            if self._token is not None:
+                return self._token
+            ready = threading.Event()
+
+            async def loop() -> None:
+                self._stop = trio.Event()
+                self._token = trio.lowlevel.current_trio_token()
+                ready.set()
+                try:
+                    await self._stop.wait()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._async.aclose()
+
+            self._thread = threading.Thread(target=trio.run, args=(loop,), name="syncsnap-client", daemon=True)
+            self._thread.start()
+            ready.wait()
+            assert self._token is not None
+            return self._token
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        token = self._start()
+        scopes: list[trio.CancelScope] = []
+
+        async def call() -> T:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                return await fn(*args)
+            raise KeyboardInterrupt  # cancelled: the caller already left (see below)
+
+        try:
+            return trio.from_thread.run(call, trio_token=token)
+        except BaseException:
+            # Ctrl-C (or any exception) in the calling thread leaves the call running in the loop: stop it.
+            if scopes and not scopes[0].cancel_called:
+                try:
+                    trio.from_thread.run_sync(scopes[0].cancel, trio_token=token)
+                except trio.RunFinishedError:
+                    pass
+            raise
+
+    def close(self) -> None:
+        """Close the connections and stop the client's thread."""
+        with self._lock:
+            token, stop, thread = self._token, self._stop, self._thread
+            self._token = self._stop = self._thread = None
+        if token is not None and stop is not None and thread is not None:
+            try:
+                trio.from_thread.run_sync(stop.set, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+            thread.join(timeout=10)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the methods of AsyncClient ----------------------------------------------------------------
+
+    def health(self) -> Health:
+        return self._call(self._async.health)
+
+    def projects(self) -> list[Project]:
+        return self._call(self._async.projects)
+
+    def project(self, project: str) -> Project:
+        return self._call(self._async.project, project)
+
+    def start_snapshot(self, project: str) -> RunStarted:
+        return self._call(self._async.start_snapshot, project)
+
+    def progress(self, project: str) -> Progress:
+        return self._call(self._async.progress, project)
+
+    def snapshots(self, project: str) -> list[SnapshotInfo]:
+        return self._call(self._async.snapshots, project)
+
+    def follow(self, project: str | None = None, run: str | None = None, *, last_event_id: int | None = None,
+               wait: bool = False) -> Iterator[Progress]:
+        """Like :meth:`AsyncClient.follow`, as a plain iterator (see there)."""
+        follower: Follower = self._async.follow(project, run, last_event_id=last_event_id, wait=wait)
+        try:
+            while True:
+                try:
+                    yield self._call(follower.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            if self._token is not None:
+                try:
+                    self._call(follower.aclose)
+                except trio.RunFinishedError:
+                    pass

@@ -1,0 +1,160 @@
+"""The Trio API: :func:`open_client` and :class:`AsyncClient`."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import trio
+
+from ._discovery import Endpoint, find_endpoint
+from ._errors import ConnectionLost
+from ._follow import API, Follower, FollowPolicy
+from ._http import HttpConnection, error_for_response
+from ._models import Health, Progress, Project, RunStarted, SnapshotInfo, parse_list
+
+# How long one request may take before the client gives up. The daemon answers JSON requests in
+# milliseconds even while snapshotting (its disk work runs in threads); 30 s means it is stuck.
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# Idle keep-alive connections kept for reuse; the client rarely has more than one request in flight.
+MAX_IDLE_CONNECTIONS = 2
+
+
+class AsyncClient:
+    """A client of one syncsnapd. Create it with :func:`open_client`.
+
+    Every method raises :class:`~syncsnap.DaemonNotRunning` when nothing answers,
+    :class:`~syncsnap.Unauthorized`, :class:`~syncsnap.NotFound` (unknown project),
+    :class:`~syncsnap.DaemonError` for other error answers, :class:`~syncsnap.ConnectionLost` and
+    :class:`~syncsnap.ProtocolError`; all are :class:`~syncsnap.SyncsnapError`.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, policy: FollowPolicy | None = None,
+                 request_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.endpoint = endpoint
+        self.policy = policy or FollowPolicy()
+        self.request_timeout = request_timeout
+        self._idle: list[HttpConnection] = []
+        self._followers: weakref.WeakSet[Follower] = weakref.WeakSet()
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    async def _request(self, method: str, target: str, *, expect: int = 200) -> Any:
+        # A GET may reuse an idle keep-alive connection; if the daemon closed it meanwhile, one retry on a
+        # fresh connection is safe. A POST always gets a fresh connection, so it is never sent twice.
+        for attempt in range(2):
+            reused = method == "GET" and bool(self._idle)
+            conn = self._idle.pop() if reused else None
+            try:
+                with trio.fail_after(self.request_timeout):
+                    if conn is None:
+                        conn = await HttpConnection.open(self.endpoint)
+                    resp = await conn.request(method, target)
+            except trio.TooSlowError:
+                if conn is not None:
+                    await conn.aclose()
+                raise ConnectionLost(f"syncsnapd at {self.endpoint.describe()} did not answer {method} {target} "
+                                     f"within {self.request_timeout:g} s; is it stuck? See its log.") from None
+            except ConnectionLost:
+                assert conn is not None
+                await conn.aclose()
+                if reused and attempt == 0:
+                    continue
+                raise
+            except BaseException:
+                if conn is not None:
+                    await conn.aclose()
+                raise
+            if conn.reusable and len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+            else:
+                await conn.aclose()
+            if resp.status != expect:
+                raise error_for_response(self.endpoint, method, target, resp.status, resp.body)
+            return resp.json()
+        raise AssertionError("unreachable")
+
+    async def health(self) -> Health:
+        """``GET /api/v1/health``: version, pid, uptime and number of projects."""
+        return Health.from_json(await self._request("GET", f"{API}/health"))
+
+    async def projects(self) -> list[Project]:
+        """Every configured project with its latest progress and newest snapshot."""
+        return parse_list(await self._request("GET", f"{API}/projects"), "projects", Project, "a project list")
+
+    async def project(self, project: str) -> Project:
+        """One project. Raises :class:`~syncsnap.NotFound` for an unknown id."""
+        return Project.from_json(await self._request("GET", f"{API}/projects/{_q(project)}"))
+
+    async def start_snapshot(self, project: str) -> RunStarted:
+        """Start a snapshot (or queue one follow-up run if one is running); returns the run id to follow."""
+        return RunStarted.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/snapshots",
+                                                        expect=202))
+
+    async def progress(self, project: str) -> Progress:
+        """The project's latest progress object (a finished run stays visible)."""
+        return Progress.from_json(await self._request("GET", f"{API}/projects/{_q(project)}/progress"))
+
+    async def snapshots(self, project: str) -> list[SnapshotInfo]:
+        """The project's snapshots, oldest first."""
+        return parse_list(await self._request("GET", f"{API}/projects/{_q(project)}/snapshots"), "snapshots",
+                          SnapshotInfo, "a snapshot list")
+
+    def follow(self, project: str | None = None, run: str | None = None, *, last_event_id: int | None = None,
+               wait: bool = False) -> Follower:
+        """Every progress event of ``project`` (all projects if None), in order and each once.
+
+        Args:
+            project: the project to follow; None for every project.
+            run: follow only this run (``project`` is then required); iteration stops after its terminal
+                event (completed, failed or cancelled). Without ``run`` it goes on until cancelled.
+            last_event_id: resume after this event (the ``last_event_id`` of an earlier follower).
+            wait: keep trying when the daemon is not running at the start, instead of raising
+                :class:`~syncsnap.DaemonNotRunning`.
+
+        Returns:
+            A :class:`Follower`: ``async for progress in follower``. It reconnects by itself (see
+            :class:`FollowPolicy`); ``progress.gap`` marks the current state yielded after missed events.
+
+        Raises (while iterating):
+            Unauthorized, NotFound: at once, these do not heal by retrying.
+            RunLost: the followed run ended while this client could not see it.
+            DaemonNotRunning: only for the first connection, and only without ``wait``.
+        """
+        follower = Follower(self, project, run, last_event_id=last_event_id, wait=wait)
+        self._followers.add(follower)
+        return follower
+
+    async def aclose(self) -> None:
+        """Close idle connections and every follower of this client."""
+        for follower in list(self._followers):
+            await follower.aclose()
+        self._followers.clear()
+        while self._idle:
+            await self._idle.pop().aclose()
+
+
+def _q(project: str) -> str:
+    return quote(project, safe="")
+
+
+@asynccontextmanager
+async def open_client(*, socket: str | os.PathLike[str] | None = None, url: str | None = None,
+                      token_file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                      policy: FollowPolicy | None = None,
+                      request_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> AsyncIterator[AsyncClient]:
+    """Open a client of the daemon found through ``socket``/``url``, the environment or the discovery file.
+
+    Nothing is connected yet: the first request connects (and raises :class:`~syncsnap.DaemonNotRunning`
+    if nothing answers). See :func:`syncsnap.find_endpoint` for the lookup order.
+    """
+    client = AsyncClient(find_endpoint(env, socket=socket, url=url, token_file=token_file), policy=policy,
+                         request_timeout=request_timeout)
+    try:
+        yield client
+    finally:
+        await client.aclose()

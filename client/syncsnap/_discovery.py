@@ -1,0 +1,142 @@
+"""Where the daemon is: explicit arguments, environment variables, the discovery file, or the default socket.
+
+Order (the first that applies wins):
+
+1. ``socket=`` / ``url=`` arguments of :func:`find_endpoint`;
+2. ``SYNCSNAP_SOCKET`` (a Unix socket path), then ``SYNCSNAP_URL`` (``http://127.0.0.1:8473``);
+3. the daemon's discovery file ``$XDG_RUNTIME_DIR/syncsnap/syncsnapd.json`` (its ``socket``);
+4. the default socket ``$XDG_RUNTIME_DIR/syncsnap/syncsnapd.sock`` (``/tmp/syncsnap-$UID/`` without
+   ``XDG_RUNTIME_DIR``), the same default the daemon uses.
+
+Over TCP every request carries the bearer token read from ``token_file=``, ``SYNCSNAP_TOKEN_FILE``, the
+discovery file's ``token_file``, or ``$XDG_CONFIG_HOME/syncsnap/token``, in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from ._errors import SyncsnapError
+
+DISCOVERY_NAME = "syncsnapd.json"
+SOCKET_NAME = "syncsnapd.sock"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach the daemon.
+
+    Attributes:
+        transport: ``"unix"`` or ``"tcp"``.
+        path: the socket path (Unix).
+        host, port: the loopback address (TCP).
+        token: the bearer token sent over TCP (None: none found).
+        token_source: where the token was (or would have been) read, for error messages.
+        source: where this address came from, for error messages.
+    """
+
+    transport: Literal["unix", "tcp"]
+    path: str = ""
+    host: str = ""
+    port: int = 0
+    token: str | None = None
+    token_source: str = ""
+    source: str = ""
+
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` header: the daemon refuses anything but a loopback name over TCP."""
+        if self.transport == "unix":
+            return "localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def describe(self) -> str:
+        """``/run/user/1000/syncsnap/syncsnapd.sock`` or ``http://127.0.0.1:8473``."""
+        return self.path if self.transport == "unix" else f"http://{self.host_header}"
+
+
+def runtime_dir(env: Mapping[str, str]) -> Path:
+    """The daemon's runtime directory, computed exactly as the daemon does."""
+    base = env.get("XDG_RUNTIME_DIR", "")
+    if base and os.path.isabs(base):
+        return Path(base) / "syncsnap"
+    return Path(f"/tmp/syncsnap-{os.getuid()}")
+
+
+def _config_home(env: Mapping[str, str]) -> Path:
+    value = env.get("XDG_CONFIG_HOME", "")
+    if value and os.path.isabs(value):
+        return Path(value) / "syncsnap"
+    return Path(env.get("HOME") or os.path.expanduser("~")) / ".config" / "syncsnap"
+
+
+def read_discovery(env: Mapping[str, str]) -> tuple[Path, dict[str, object] | None]:
+    """The discovery file's path and content (None when missing or unreadable)."""
+    path = runtime_dir(env) / DISCOVERY_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return path, None
+    return path, data if isinstance(data, dict) else None
+
+
+def _parse_url(url: str, source: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise SyncsnapError(f"{source} must look like http://127.0.0.1:8473 (got {url!r}); "
+                            "the daemon only speaks plain HTTP on loopback.")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise SyncsnapError(f"{source} has a bad port: {url!r}.") from None
+    return parts.hostname, port
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def find_endpoint(env: Mapping[str, str] | None = None, *, socket: str | os.PathLike[str] | None = None,
+                  url: str | None = None, token_file: str | os.PathLike[str] | None = None) -> Endpoint:
+    """Work out how to reach the daemon (see the module docstring for the order).
+
+    Raises:
+        SyncsnapError: ``SYNCSNAP_URL`` (or ``url``) is not an ``http://host:port`` URL.
+    """
+    env = os.environ if env is None else env
+    if socket is not None:
+        return Endpoint("unix", path=os.fspath(socket), source="the socket argument")
+    if url is None and env.get("SYNCSNAP_SOCKET"):
+        return Endpoint("unix", path=env["SYNCSNAP_SOCKET"], source="SYNCSNAP_SOCKET")
+    disc_path, disc = read_discovery(env)
+    if url is None and env.get("SYNCSNAP_URL"):
+        url, url_source = env["SYNCSNAP_URL"], "SYNCSNAP_URL"
+    else:
+        url_source = "the url argument"
+    if url is not None:
+        host, port = _parse_url(url, url_source)
+        if token_file is not None:
+            tok_path, tok_source = Path(token_file), f"{token_file} (the token_file argument)"
+        elif env.get("SYNCSNAP_TOKEN_FILE"):
+            tok_path, tok_source = Path(env["SYNCSNAP_TOKEN_FILE"]), f"{env['SYNCSNAP_TOKEN_FILE']} (SYNCSNAP_TOKEN_FILE)"
+        elif disc and isinstance(disc.get("token_file"), str):
+            tok_path = Path(str(disc["token_file"]))
+            tok_source = f"{tok_path} (from the discovery file {disc_path})"
+        else:
+            tok_path = _config_home(env) / "token"
+            tok_source = f"{tok_path} (the default token file)"
+        return Endpoint("tcp", host=host, port=port, token=_read_token(tok_path), token_source=tok_source,
+                        source=url_source)
+    if disc and isinstance(disc.get("socket"), str):
+        return Endpoint("unix", path=str(disc["socket"]), source=f"the discovery file {disc_path}")
+    return Endpoint("unix", path=str(runtime_dir(env) / SOCKET_NAME), source="the default location")

@@ -1,0 +1,281 @@
+"""Fixtures for the client, CLI and notifier tests.
+
+- :class:`FakeDaemon`: a tiny in-process h11 server (a test double, see its docstring);
+- :func:`progress_json`: progress objects shaped like the daemon's;
+- :class:`LogTimes`: records the follower's log events with the (virtual) Trio time;
+- :class:`PrivateBus` / :class:`Dunst`: a private D-Bus session bus and a real dunst under Xvfb.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket as stdsocket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import trio
+
+# ----------------------------------------------------------------------------------------------------
+# Progress objects
+# ----------------------------------------------------------------------------------------------------
+
+STATES = {1: "waiting", 2: "browsing", 3: "browsing", 4: "compressing", 5: "uploading"}
+
+
+def progress_json(project: str = "docs", run: str | None = "r-19000000000-0001-abcd", *, step: int = 1,
+                  state: str | None = None, percent: float = 0.0, event_id: int = 0,
+                  snapshot: dict[str, Any] | None = None, error: dict[str, str] | None = None) -> dict[str, Any]:
+    if state is None:
+        state = "idle" if step == 0 else STATES.get(step, "completed")
+    return {
+        "event_id": event_id, "project": project, "run": run, "state": state, "step": step, "steps": 6,
+        "percent": percent, "message": f"{state} {percent}", "files_done": 0, "files_total": 0,
+        "bytes_done": 0, "bytes_total": 0, "started_at": None, "updated_at": None, "eta_seconds": None,
+        "error": error, "snapshot": snapshot,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fake daemon
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One request the fake daemon received, at which (virtual) time."""
+
+    time: float
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+@dataclass
+class _Stream:
+    project: str | None
+    send: trio.MemorySendChannel[bytes | None]
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class FakeDaemon:
+    """A tiny h11 server speaking the subset of the daemon's API that ``follow`` uses, on a Unix socket.
+
+    TEST DOUBLE, on purpose: it runs inside the test's own Trio run so that ``autojump_clock`` governs
+    both sides and reconnect timings can be asserted to the exact virtual second, and it can be told to
+    refuse streams with 503 while JSON works, or to stall, on demand; the real daemon (a subprocess on
+    the real clock) cannot do either. Every other client test runs against a real syncsnapd. It follows
+    docs/api.md: ``retry:``, ``id:``/``event: progress``/``data:``, replay from ``Last-Event-ID`` while the
+    id is kept, otherwise ``event: gap`` and the current state.
+    """
+
+    def __init__(self, path: Path, projects: tuple[str, ...] = ("docs",)) -> None:
+        self.path = path
+        self.pid = 4242
+        self.uptime = 100.0
+        self.stream_status = 200
+        self.hits: list[Hit] = []
+        self.events: list[dict[str, Any]] = []
+        self.replay_from = 1  # oldest event id still replayable
+        self.latest: dict[str, dict[str, Any]] = {p: progress_json(p, None, step=0) for p in projects}
+        self._next_id = 1
+        self._streams: list[_Stream] = []
+        self._stalled = False
+        self._scope: trio.CancelScope | None = None
+
+    # --- test controls -----------------------------------------------------------------------------
+
+    def publish(self, **kw: Any) -> dict[str, Any]:
+        p = progress_json(**{**kw, "event_id": self._next_id})
+        self._next_id += 1
+        self.events.append(p)
+        self.latest[p["project"]] = p
+        for s in list(self._streams):
+            if s.project in (None, p["project"]) and not self._stalled:
+                try:
+                    s.send.send_nowait(_sse(p))
+                except trio.WouldBlock:  # pragma: no cover
+                    pass
+        return p
+
+    def cut_streams(self) -> None:
+        for s in self._streams:
+            s.cancel.cancel()
+
+    def stall(self, stalled: bool = True) -> None:
+        self._stalled = stalled
+
+    def restart(self) -> None:
+        """Behave like a new daemon process: new pid, ids from 1, idle projects, streams cut."""
+        self.cut_streams()
+        self.pid += 1
+        self.uptime = 0.0
+        self._next_id = 1
+        self.events.clear()
+        self.replay_from = 1
+        self.latest = {p: progress_json(p, None, step=0) for p in self.latest}
+
+    def hits_of(self, kind: str) -> list[float]:
+        """Times of the requests of one kind: ``stream``, ``poll`` or ``health``."""
+        def kind_of(h: Hit) -> str:
+            if h.target.endswith("/stream") or h.target.startswith("/api/v1/events"):
+                return "stream"
+            if h.target.endswith("/health"):
+                return "health"
+            return "poll"
+        return [h.time for h in self.hits if kind_of(h) == kind]
+
+    # --- serving -----------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Bound synchronously: trio binds Unix sockets in a worker thread, and autojump_clock would jump
+        # ahead while that thread runs.
+        raw = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        raw.bind(str(self.path))
+        raw.listen(16)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        with trio.CancelScope() as self._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    task_status.started()
+                    await trio.serve_listeners(self._handle, [listener], handler_nursery=nursery)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+                    self.path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                req = await _next(conn, stream)
+                if not isinstance(req, h11.Request):
+                    return
+                while not isinstance(await _next(conn, stream), h11.EndOfMessage):
+                    pass
+                target = req.target.decode()
+                headers = {k.decode().lower(): v.decode() for k, v in req.headers}
+                self.hits.append(Hit(trio.current_time(), req.method.decode(), target, headers))
+                if await self._respond(conn, stream, target, headers):
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, target: str,
+                       headers: dict[str, str]) -> bool:
+        """Answer one request; True when the connection is done."""
+        path = target.split("?")[0]
+        parts = path.strip("/").split("/")
+        if path == "/api/v1/health":
+            return await _json(conn, stream, 200, {"status": "ok", "version": "0.1.0", "pid": self.pid,
+                                                   "uptime_seconds": self.uptime, "projects": len(self.latest)})
+        if path == "/api/v1/projects":
+            return await _json(conn, stream, 200, {"projects": [
+                {"id": p, "path": f"/x/{p}", "state": v["state"], "progress": v, "last_snapshot": None}
+                for p, v in self.latest.items()]})
+        if len(parts) == 5 and parts[4] == "progress":
+            if parts[3] not in self.latest:
+                return await _json(conn, stream, 404, {"error": {"code": "not_found", "message": "No project."}})
+            return await _json(conn, stream, 200, self.latest[parts[3]])
+        if path == "/api/v1/events" or (len(parts) == 6 and parts[5] == "stream"):
+            project = None if path == "/api/v1/events" else parts[3]
+            if project is not None and project not in self.latest:
+                await _json(conn, stream, 404, {"error": {"code": "not_found", "message": f"No project named {project!r}."}})
+                return True
+            if self.stream_status != 200:
+                await _json(conn, stream, self.stream_status,
+                            {"error": {"code": "unavailable", "message": "Too many connections."}})
+                return True
+            await self._stream(conn, stream, project, headers.get("last-event-id"))
+            return True
+        return await _json(conn, stream, 404, {"error": {"code": "not_found", "message": "No such path."}})
+
+    async def _stream(self, conn: h11.Connection, stream: trio.SocketStream, project: str | None,
+                      last_id: str | None) -> None:
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+            ("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")])))
+        send, receive = trio.open_memory_channel[bytes | None](1000)
+        s = _Stream(project, send)
+        head = b"retry: 2000\n\n"
+        match = [e for e in self.events if project in (None, e["project"])]
+        if last_id is not None and self.replay_from - 1 <= int(last_id) <= self._next_id - 1:
+            initial = [e for e in match if e["event_id"] > int(last_id)]
+        else:
+            if last_id is not None:
+                head += f'event: gap\ndata: {{"last_event_id": {last_id}}}\n\n'.encode()
+            initial = sorted((v for p, v in self.latest.items() if project in (None, p)), key=lambda v: v["event_id"])
+        await stream.send_all(conn.send(h11.Data(data=head + b"".join(_sse(e) for e in initial))))
+        self._streams.append(s)
+        try:
+            with s.cancel:
+                async for chunk in receive:
+                    await stream.send_all(conn.send(h11.Data(data=chunk)))
+        finally:
+            self._streams.remove(s)
+
+
+def _sse(p: dict[str, Any]) -> bytes:
+    return f"id: {p['event_id']}\nevent: progress\ndata: {json.dumps(p)}\n\n".encode()
+
+
+async def _next(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        return ev
+
+
+async def _json(conn: h11.Connection, stream: trio.SocketStream, status: int, obj: Any) -> bool:
+    body = json.dumps(obj).encode()
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]))
+        + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+    return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Log events with virtual times
+# ----------------------------------------------------------------------------------------------------
+
+
+class LogTimes(logging.Handler):
+    """Collects ``(trio time, follow_event)`` from the ``syncsnap.follow`` logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "follow_event", None)
+        if event is not None:
+            self.records.append((trio.current_time(), event))
+
+    def times(self, event: str) -> list[float]:
+        return [t for t, e in self.records if e == event]
+
+
+@pytest.fixture
+def follow_log() -> Iterator[LogTimes]:
+    handler = LogTimes()
+    logger = logging.getLogger("syncsnap.follow")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
