@@ -111,6 +111,15 @@ async def test_handler_exception_is_500_without_details_and_logged(caplog: pytes
         assert server.statistics().requests_by_status == {500: 1, 200: 1}
 
 
+async def test_error_after_a_head_request_still_carries_its_body() -> None:
+    async with memory_server(make_app()) as (stream, _):
+        await stream.send_all(b"HEAD /ok HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+        data = await read_to_eof(stream)
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        error = parse_raw(data[data.index(b"HTTP/1.1 400 ") :])
+        assert error.json()["error"]["code"] == "bad_request"
+
+
 async def test_connection_close_from_client_is_honoured() -> None:
     async with memory_server(make_app()) as (stream, _):
         client = H11Client(stream)
