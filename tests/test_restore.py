@@ -106,6 +106,7 @@ UNSAFE: dict[str, list[tuple[str, str, bytes | str | None]]] = {
     "through a file": [("f", "file", b"x"), ("f/g", "file", b"y")],
     "parent not listed": [("missing/child", "file", b"x")],
     "twice": [("d", "dir", None), ("d", "dir", None)],
+    "unknown kind": [("dev", "chardev", None)],
 }
 
 

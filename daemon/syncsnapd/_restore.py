@@ -64,8 +64,9 @@ def validate_entries(entries: list[Entry]) -> None:
                                "of the snapshot (it could lead outside the target); nothing was restored")
         if e.kind == "dir":
             dirs.add(path)
-        elif e.kind not in ("file", "symlink"):
-            raise RestoreError(f"the snapshot has {path!r} of unknown kind {e.kind!r}; nothing was restored")
+        elif not ((e.kind == "file" and isinstance(e.data, list))
+                  or (e.kind == "symlink" and isinstance(e.data, str))):
+            raise RestoreError(f"the snapshot has a malformed entry {path!r}; nothing was restored")
 
 
 class _Dirs:

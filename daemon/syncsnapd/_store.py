@@ -792,10 +792,13 @@ class Store:
         report.snapshots = len(infos)
         self._refresh_index()
         bad: set[str] = set()
-        packs_on_disk = {p.name[:-5] for p in (self.root / "packs").glob("*/*.pack")}
         indexed: dict[str, list[tuple[bytes, int, int, int, int]]] = {}
         index_bytes_of: dict[str, bytes] = {}
-        for p in sorted((self.root / "index").glob("*.idx")):
+        index_files = sorted((self.root / "index").glob("*.idx"))
+        # Packs are listed after indexes: a pack is durable before its index is written, so a daemon
+        # writing meanwhile cannot make an indexed pack look missing.
+        packs_on_disk = {p.name[:-5] for p in (self.root / "packs").glob("*/*.pack")}
+        for p in index_files:
             pack = p.name[:-4]
             try:
                 data = p.read_bytes()
