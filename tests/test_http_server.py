@@ -492,6 +492,34 @@ async def test_begin_shutdown_ends_streams_with_their_final_chunk_and_returns(sh
         await trio.open_unix_socket(str(short_tmp / "s.sock"))  # no longer accepting
 
 
+async def test_shutdown_lets_a_request_in_progress_finish_and_refuses_new_ones() -> None:
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def app(request: Request) -> Response:
+        if request.path == "/slow":
+            entered.set()
+            await release.wait()
+        return json_response(200, {"path": request.path})
+
+    async with memory_server(app) as (busy, server):
+        client = H11Client(busy)
+        await busy.send_all(client.encode("GET", "/slow"))
+        await entered.wait()
+        server.begin_shutdown()
+        release.set()
+        reply = await client.response()
+        assert reply.status == 200 and reply.headers["connection"] == "close"
+        assert await read_to_eof(busy) == b""
+    async with memory_server(app) as (late, server):
+        await late.send_all(b"GET /x HTTP/1.1\r\n")  # a head in progress when shutdown begins
+        await trio.testing.wait_all_tasks_blocked()
+        server.begin_shutdown()
+        await late.send_all(b"Host: x\r\n\r\n")
+        reply = parse_raw(await read_to_eof(late))
+        assert (reply.status, reply.json()["error"]["code"]) == (503, "unavailable")
+
+
 async def test_cancelling_serve_http_closes_everything_promptly(short_tmp: Path) -> None:
     state = AppState()
     with trio.fail_after(2):
