@@ -1,0 +1,8 @@
+"""syncsnap's side-by-side benchmarks (``make bench``): snapshots against restic and borg, JSON serving against
+hypercorn, SSE fan-out, and the raw limits of the machine. Writes docs/benchmarks.md.
+
+Modules: ``_main`` (the run), ``_tree`` (the generated tree and its change set), ``_raw`` (raw limits),
+``_daemon`` (starting syncsnapd, timing snapshots), ``_backup_tools`` (restic, borg), ``_serving`` (wrk,
+hypercorn), ``_sse`` (fan-out), ``_report`` (tables). Run as their own processes: ``_poller`` (progress
+latency), ``_fanout`` (SSE subscribers), ``_hypercorn_app`` (the baseline ASGI app).
+"""

@@ -1,0 +1,380 @@
+"""``python -m bench``: snapshots (syncsnap vs restic vs borg), raw limits, JSON serving (vs hypercorn) and SSE
+fan-out, in one run; prints a summary table and writes docs/benchmarks.md.
+
+Environment:
+    BENCH_SCALE             float, default 1.0: file counts (and large file sizes) of the tree.
+    BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
+    BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout);
+                            default all. A partial run still writes the document, with gaps.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import _backup_tools, _env, _raw, _report, _serving, _sse, _tree
+from ._daemon import Daemon, timed_snapshot
+from ._http import Connection
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench" / ".work"
+DOC = REPO / "docs" / "benchmarks.md"
+SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout")
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
+
+
+def _pct(sorted_vals: list[float], p: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    k = min(len(sorted_vals) - 1, max(0, math.ceil(p / 100 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _sync() -> None:
+    os.sync()
+
+
+# --- syncsnap ------------------------------------------------------------------------------------------
+
+
+def _start_poller(d: Daemon, interval_ms: float, out: Path) -> subprocess.Popen[str]:
+    assert d.http is not None and d.http.tcp is not None and d.token
+    host, port = d.http.tcp
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bench._poller", host, str(port), d.token, "/api/v1/projects/bench/progress",
+         str(out), str(interval_ms)],
+        stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, cwd=REPO)
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    if line != "ready":
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"progress poller did not start: {line!r}")
+    return p
+
+
+def _stop_poller(p: subprocess.Popen[str], out: Path, window: tuple[int, int], interval_ms: float
+                 ) -> dict[str, Any]:
+    p.terminate()
+    try:
+        tail, _ = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        tail, _ = p.communicate()
+    rec = array.array("q")
+    with open(out, "rb") as f:
+        rec.frombytes(f.read())
+    lat = sorted(rec[i + 1] / 1e6 for i in range(0, len(rec), 2) if window[0] <= rec[i] <= window[1])
+    parts = tail.split()
+    errors = int(parts[2]) if len(parts) >= 4 and parts[0] == "done" else -1
+    return {"count": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+            "max_ms": lat[-1] if lat else float("nan"), "errors": errors, "interval_ms": interval_ms}
+
+
+def _snap_details(final: dict[str, Any]) -> dict[str, Any]:
+    s = final.get("snapshot") or {}
+    keys = ("files", "files_new", "files_changed", "files_unchanged", "bytes_added", "duration_seconds",
+            "warnings")
+    d = {k: s[k] for k in keys if k in s}
+    if final.get("state") != "completed":
+        d["state"] = final.get("state")
+        d["error"] = final.get("error")
+    return d
+
+
+# 1,000 SSE subscribers plus the driver's own connections need more than a default connection cap.
+MAX_CONNECTIONS = 1100
+
+
+def new_daemon(tree: Path, fan_tree: Path) -> Daemon:
+    return Daemon(WORK / "runs" / "syncsnap", {"bench": tree, "fan": fan_tree},
+                  extra={"max_connections": MAX_CONNECTIONS})
+
+
+def start_daemon(d: Daemon, res: dict[str, Any]) -> None:
+    d.start()
+    for k in d.dropped:
+        res["errors"].append(f"syncsnapd has no `[daemon] {k}` setting: started without it "
+                             "(its built-in connection cap applies)")
+
+
+def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval: float,
+                 res: dict[str, Any]) -> Daemon:
+    """Three timed snapshots; returns the daemon, still running, for the serving benchmarks."""
+    out: dict[str, Any] = {}
+    res["snapshots"]["syncsnap"] = out
+    d = new_daemon(tree, fan_tree)
+    _tree.restore(tree, spec)
+    _sync()
+    start_daemon(d, res)
+    out["start_seconds"] = d.started_seconds
+    out["idle_rss_bytes"] = d.status("VmRSS")
+    log(f"syncsnapd started in {d.started_seconds:.2f} s (pid {d.pid}, "
+        f"RSS {(out['idle_rss_bytes'] or 0) / 1e6:.0f} MB)")
+    try:
+        poller = None
+        poll_file = WORK / "runs" / "poll.bin"
+        if d.http is not None:
+            poller = _start_poller(d, poll_interval, poll_file)
+        run = None
+        try:
+            run = trio.run(partial(timed_snapshot, d.unix, "bench", rss_of=d))
+        finally:
+            if poller is not None:
+                out["poll"] = _stop_poller(poller, poll_file, run.window if run else (0, 0), poll_interval)
+        hwm = d.status("VmHWM") or 0
+        out["initial"] = {"seconds": run.seconds, "details": _snap_details(run.final), "events": run.events}
+        out["peak_rss_bytes"] = max([hwm, *run.rss_samples])
+        _check(run.final, "initial")
+        log(f"syncsnap initial: {run.seconds:.2f} s, peak RSS {out['peak_rss_bytes'] / 1e6:.0f} MB, "
+            f"poll p99 {out.get('poll', {}).get('p99_ms', float('nan')):.1f} ms")
+
+        _sync()
+        run = trio.run(partial(timed_snapshot, d.unix, "bench"))
+        out["nochange"] = {"seconds": run.seconds, "details": _snap_details(run.final)}
+        _check(run.final, "no-change")
+        log(f"syncsnap no-change: {run.seconds:.2f} s")
+
+        _tree.mutate(tree, spec)
+        _sync()
+        run = trio.run(partial(timed_snapshot, d.unix, "bench"))
+        out["changed"] = {"seconds": run.seconds, "details": _snap_details(run.final)}
+        _check(run.final, "1% changed")
+        log(f"syncsnap 1% changed: {run.seconds:.2f} s")
+        out["peak_rss_any_bytes"] = d.status("VmHWM")
+        out["store_bytes"] = _dir_bytes(d.work / "store")
+    except BaseException:
+        log(f"daemon log tail:\n{d.log_tail()}")
+        d.stop()
+        raise
+    finally:
+        _tree.restore(tree, spec)
+    return d
+
+
+def _check(final: dict[str, Any], what: str) -> None:
+    if final.get("state") != "completed":
+        raise RuntimeError(f"syncsnap {what} snapshot ended {final.get('state')}: {final.get('error')}")
+
+
+# --- restic, borg --------------------------------------------------------------------------------------
+
+
+def run_tool(tool: Any, tree: Path, spec: _tree.TreeSpec, res: dict[str, Any]) -> None:
+    out: dict[str, Any] = {}
+    res["snapshots"][tool.name] = out
+    _tree.restore(tree, spec)
+    tool.setup()
+    try:
+        for step, label in (("initial", "initial"), ("nochange", "no-change"), ("changed", "1% changed")):
+            if step == "changed":
+                _tree.mutate(tree, spec)
+            _sync()
+            r = tool.snapshot(step)
+            out[step] = {"seconds": r.seconds, "max_rss_bytes": r.max_rss_bytes, "details": r.details}
+            log(f"{tool.name} {label}: {r.seconds:.2f} s, RSS {r.max_rss_bytes / 1e6:.0f} MB")
+        out["store_bytes"] = _dir_bytes(tool.repo)
+    finally:
+        _tree.restore(tree, spec)
+        tool.teardown()
+
+
+# --- serving -------------------------------------------------------------------------------------------
+
+
+async def _fetch_body(d: Daemon) -> bytes:
+    assert d.http is not None
+    async with Connection(d.http) as c:
+        status, body = await c.request("GET", "/api/v1/projects/bench/progress")
+    if status != 200:
+        raise RuntimeError(f"GET progress over TCP answered {status}: {body[:200]!r}")
+    return body
+
+
+def run_serving(d: Daemon, res: dict[str, Any], seconds: int) -> None:
+    assert d.http is not None and d.http.tcp is not None and d.token
+    body = trio.run(_fetch_body, d)
+    out: dict[str, Any] = {"body_bytes": len(body), "runs": []}
+    res["serving"] = out
+    host, port = d.http.tcp
+    ss_url = f"http://{host}:{port}/api/v1/projects/bench/progress"
+    hc = _serving.Hypercorn(body, d.token, WORK / "runs" / "hypercorn")
+    hc.start()
+    try:
+        urls = {"syncsnap": ss_url, "hypercorn": hc.url}
+        for name, url in urls.items():  # warm-up, not recorded
+            _serving.run_wrk(name, url, d.token, seconds=1)
+        for _ in range(2):
+            for name, url in urls.items():
+                r = _serving.run_wrk(name, url, d.token, seconds=seconds)
+                out["runs"].append(asdict(r))
+                log(f"wrk {name}: {r.req_s:,.0f} req/s, p99 {r.p99_ms:.1f} ms"
+                    + ("" if r.ok else f" ({r.non_2xx} non-2xx, {r.socket_errors} socket errors)"))
+    finally:
+        hc.stop()
+    for name in ("syncsnap", "hypercorn"):
+        runs = [x for x in out["runs"] if x["target"] == name]
+        out[name] = {"req_s": sum(x["req_s"] for x in runs) / len(runs),
+                     "p99_ms": max(x["p99_ms"] for x in runs),
+                     "errors": sum(x["non_2xx"] + x["socket_errors"] for x in runs)}
+        if out[name]["errors"]:
+            res["errors"].append(f"wrk saw {out[name]['errors']} errors against {name}")
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+def _section(name: str, only: set[str], res: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    if only and name not in only:
+        return None
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - every section reports its own failure and the run goes on
+        msg = f"{name}: {type(exc).__name__}: {exc}"
+        log(f"FAILED {msg}")
+        traceback.print_exc()
+        res["errors"].append(msg)
+        return None
+
+
+def main() -> int:
+    scale = float(os.environ.get("BENCH_SCALE", "1.0"))
+    poll_interval = float(os.environ.get("BENCH_POLL_INTERVAL_MS", "10"))
+    only = {s.strip() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        print(f"BENCH_ONLY: unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    res: dict[str, Any] = {"scale": scale, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                           "errors": [], "snapshots": {}, "fanout": {}}
+    log(f"syncsnap bench, BENCH_SCALE={scale:g}")
+    nofile = _env.raise_nofile(8192)
+    missing = _env.ensure_debian_tools(log)
+    for pkg in missing:
+        res["errors"].append(f"{pkg}: not installed and could not be installed")
+    res["machine"] = _env.machine(WORK.parent)
+    res["versions"] = _env.versions()
+    log(f"machine: {res['machine']['nproc']} cores, {res['machine']['RAM']}, {res['machine']['CPU']}; "
+        f"open files limit {nofile}")
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    spec = _tree.build_spec(scale)
+    tree = WORK / f"tree-s{scale:g}"
+    _tree.ensure_tree(tree, spec, log)
+    fan_tree = WORK / "fan-tree"
+    for i in range(3):
+        p = fan_tree / f"note{i}.txt"
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(_tree.content(10_000_000 + i, 2048))
+    files = _tree.file_list(tree, spec)
+    res["tree"] = {"files": len(spec.files), "bytes": spec.total_bytes,
+                   "large": sum(1 for f in spec.files if f.size > _tree.SMALL_MAX),
+                   "changed": len(spec.changed), "changed_bytes": spec.changed_bytes,
+                   "new": len(spec.new_files), "new_bytes": spec.new_bytes, "zstd_ratio": float("nan")}
+    s, n = _raw.warm(files)
+    log(f"tree warm: {len(files):,} files, {n / 2**30:.2f} GiB read in {s:.2f} s")
+
+    def raw() -> None:
+        log("raw limits")
+        rr = _raw.measure(files, log)
+        res["raw"] = [dict(asdict(x), mib_s=x.mib_s) for x in rr]
+        for x in rr:
+            if x.name.startswith("read + zstd") and x.note.startswith("ratio"):
+                res["tree"]["zstd_ratio"] = float(x.note.split()[1])
+
+    _section("raw", only, res, raw)
+
+    daemon: Daemon | None = None
+
+    def syncsnap() -> None:
+        nonlocal daemon
+        log("syncsnap snapshots")
+        daemon = run_syncsnap(tree, fan_tree, spec, poll_interval, res)
+
+    _section("syncsnap", only, res, syncsnap)
+    for cls in (_backup_tools.Restic, _backup_tools.Borg):
+        if cls.name == "borg" and "borgbackup" in missing or cls.name == "restic" and "restic" in missing:
+            continue
+        tool = cls(WORK / "runs" / cls.name, tree)
+        _section(cls.name, only, res, lambda tool=tool: (log(f"{tool.name} snapshots"),
+                                                         run_tool(tool, tree, spec, res)))
+
+    needs_daemon = {"serving", "fanout"} & (only or set(SECTIONS))
+    if daemon is None and needs_daemon:
+        def start() -> None:
+            nonlocal daemon
+            d = new_daemon(tree, fan_tree)
+            start_daemon(d, res)
+            daemon = d
+
+        _section(sorted(needs_daemon)[0], set(), res, start)
+
+    if daemon is not None:
+        d = daemon
+
+        def serving() -> None:
+            log("JSON serving: wrk against syncsnapd and hypercorn, alternating")
+            run_serving(d, res, int(os.environ.get("BENCH_WRK_SECONDS", "10")))
+
+        _section("serving", only, res, serving)
+
+        for n in (100, 1000):
+            def fan(n: int = n) -> None:
+                log(f"SSE fan-out, {n:,} subscribers")
+                f = _sse.fanout(d.unix, "fan", n, work=WORK / "runs", log=log,  # type: ignore[arg-type]
+                                seconds=float(os.environ.get("BENCH_FANOUT_SECONDS", "10")))
+                res["fanout"][str(n)] = f
+                log(f"  p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms, "
+                    f"{f['deliveries']:,} of {f['expected_deliveries']:,} deliveries, "
+                    f"max {f['max_deliveries_per_s']:,}/s; {f['published_events']} events in {f['runs']} runs")
+
+            _section("fanout", only, res, fan)
+
+        code = d.stop()
+        log(f"syncsnapd stopped (exit {code})")
+        if code not in (0, None):
+            res["errors"].append(f"syncsnapd exited {code} on SIGTERM: {d.log_tail(400)}")
+        d.cleanup()
+
+    res["elapsed_seconds"] = time.monotonic() - _T0
+    (WORK / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    DOC.write_text(_report.markdown(res) + "\n")
+    print()
+    print(_report.console(res))
+    print()
+    for e in res["errors"]:
+        print(f"not measured: {e}")
+    log(f"wrote {DOC.relative_to(REPO)} and {(WORK / 'results.json').relative_to(REPO)}")
+    return 0
