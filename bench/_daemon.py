@@ -214,6 +214,8 @@ class SnapshotRun:
     events: int
     rss_samples: list[int] = field(default_factory=list)
     window: tuple[int, int] = (0, 0)  # monotonic ns at POST and at terminal receipt
+    # (seconds since the POST was sent, state, step, files_done, bytes_done) of each event received
+    timeline: list[tuple[float, str, int, int, int]] = field(default_factory=list)
 
 
 async def timed_snapshot(endpoint: Endpoint, project: str, *, limit_seconds: float = 600.0,
@@ -224,6 +226,7 @@ async def timed_snapshot(endpoint: Endpoint, project: str, *, limit_seconds: flo
     terminal = Terminals()
     count = [0]
     samples: list[int] = []
+    seen: list[tuple[float, dict[str, Any]]] = []
 
     async with Connection(endpoint) as sse, Connection(endpoint) as post, trio.open_nursery() as nursery:
 
@@ -231,6 +234,7 @@ async def timed_snapshot(endpoint: Endpoint, project: str, *, limit_seconds: flo
             async for _name, obj in sse.sse(stream_path):
                 t, tn = time.perf_counter(), time.monotonic_ns()
                 count[0] += 1
+                seen.append((t, obj))
                 first.set()
                 if obj.get("state") in TERMINAL and obj.get("run"):
                     terminal.add(obj["run"], t, tn, obj)
@@ -249,6 +253,7 @@ async def timed_snapshot(endpoint: Endpoint, project: str, *, limit_seconds: flo
         if rss_of is not None:
             nursery.start_soon(sampler)
         count[0] = 0
+        seen.clear()
         t0, t0n = time.perf_counter(), time.monotonic_ns()
         resp = await post.json("POST", f"/api/v1/projects/{project}/snapshots", expect=(202,))
         run = resp["run"]
@@ -256,4 +261,6 @@ async def timed_snapshot(endpoint: Endpoint, project: str, *, limit_seconds: flo
         with trio.fail_after(limit_seconds):
             t1, t1n, final = await terminal.wait_for(run)
         nursery.cancel_scope.cancel()
-    return SnapshotRun(t1 - t0, run, final, count[0], samples, (t0n, t1n))
+    timeline = [(round(t - t0, 4), o.get("state", ""), o.get("step", 0), o.get("files_done", 0),
+                 o.get("bytes_done", 0)) for t, o in seen if o.get("run") == run]
+    return SnapshotRun(t1 - t0, run, final, count[0], samples, (t0n, t1n), timeline)

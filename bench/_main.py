@@ -5,12 +5,13 @@ Environment:
     BENCH_SCALE             float, default 1.0: file counts (and large file sizes) of the tree.
     BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
     BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout);
-                            default all. A partial run still writes the document, with gaps.
+                            default all. A partial run writes bench/.work/benchmarks-partial.md.
 """
 
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import math
 import os
@@ -154,7 +155,8 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
             if poller is not None:
                 out["poll"] = _stop_poller(poller, poll_file, run.window if run else (0, 0), poll_interval)
         hwm = d.status("VmHWM") or 0
-        out["initial"] = {"seconds": run.seconds, "details": _snap_details(run.final), "events": run.events}
+        out["initial"] = {"seconds": run.seconds, "details": _snap_details(run.final), "events": run.events,
+                          "timeline": run.timeline}
         out["peak_rss_bytes"] = max([hwm, *run.rss_samples])
         _check(run.final, "initial")
         log(f"syncsnap initial: {run.seconds:.2f} s, peak RSS {out['peak_rss_bytes'] / 1e6:.0f} MB, "
@@ -162,14 +164,14 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
 
         _sync()
         run = trio.run(partial(timed_snapshot, d.unix, "bench"))
-        out["nochange"] = {"seconds": run.seconds, "details": _snap_details(run.final)}
+        out["nochange"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline}
         _check(run.final, "no-change")
         log(f"syncsnap no-change: {run.seconds:.2f} s")
 
         _tree.mutate(tree, spec)
         _sync()
         run = trio.run(partial(timed_snapshot, d.unix, "bench"))
-        out["changed"] = {"seconds": run.seconds, "details": _snap_details(run.final)}
+        out["changed"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline}
         _check(run.final, "1% changed")
         log(f"syncsnap 1% changed: {run.seconds:.2f} s")
         out["peak_rss_any_bytes"] = d.status("VmHWM")
@@ -268,6 +270,34 @@ def _section(name: str, only: set[str], res: dict[str, Any], fn: Callable[[], An
         return None
 
 
+def _lock(log: Callable[[str], None]) -> Any:
+    """One bench at a time on a machine: they share the tree (which the change set mutates) and two at
+    once on 2 cores would spoil each other's figures. Waits up to LOCK_WAIT_SECONDS for another run."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    f = open(WORK / "lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        log(f"another bench run holds {WORK / 'lock'} ({f.read().strip()}); waiting for it")
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("gave up waiting for the other bench run") from None
+                time.sleep(1)
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
+LOCK_WAIT_SECONDS = 900
+
+
 def main() -> int:
     scale = float(os.environ.get("BENCH_SCALE", "1.0"))
     poll_interval = float(os.environ.get("BENCH_POLL_INTERVAL_MS", "10"))
@@ -279,6 +309,7 @@ def main() -> int:
     res: dict[str, Any] = {"scale": scale, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                            "errors": [], "snapshots": {}, "fanout": {}}
     log(f"syncsnap bench, BENCH_SCALE={scale:g}")
+    lock = _lock(log)  # noqa: F841 - released at exit
     nofile = _env.raise_nofile(8192)
     missing = _env.ensure_debian_tools(log)
     for pkg in missing:
@@ -370,11 +401,13 @@ def main() -> int:
 
     res["elapsed_seconds"] = time.monotonic() - _T0
     (WORK / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    DOC.write_text(_report.markdown(res) + "\n")
+    # A partial run (BENCH_ONLY) must not replace the document of a whole one.
+    doc = WORK / "benchmarks-partial.md" if only else DOC
+    doc.write_text(_report.markdown(res) + "\n")
     print()
     print(_report.console(res))
     print()
     for e in res["errors"]:
         print(f"not measured: {e}")
-    log(f"wrote {DOC.relative_to(REPO)} and {(WORK / 'results.json').relative_to(REPO)}")
+    log(f"wrote {doc.relative_to(REPO)} and {(WORK / 'results.json').relative_to(REPO)}")
     return 0
