@@ -3,11 +3,13 @@
 Command line (run with the project's venv Python)::
 
     python tests/_store_helpers.py snapshot STORE ROOT PROJECT [--fault-at N] [--drop-dac]
+    python tests/_store_helpers.py crash-server
     python tests/_store_helpers.py bench DIR [--files 5000] [--mib 400]
 
 ``snapshot`` takes one snapshot and prints its summary as JSON. ``--fault-at N`` kills the process with
-SIGKILL right after the N-th durable-write step of the store (the crash tests iterate N); each step
-reached is printed to stderr as ``step: LABEL``, so the parent knows where the kill happened. ``--drop-dac`` drops
+SIGKILL right after the N-th durable-write step of the store; each step reached is printed to stderr as
+``step: LABEL``. ``crash-server`` does the same for many runs, forking one child per run (see
+:class:`CrashRunner`), which is what the crash test iterates over. ``--drop-dac`` drops
 CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH first, so that file permissions apply even to root.
 
 ``bench`` generates a tree like the reference one (mostly 1-64 KiB files, a few 1-50 MiB ones, partly
@@ -208,12 +210,14 @@ def drop_dac_capabilities() -> None:
 
 # --- the subprocess command line ------------------------------------------------------------------
 
-def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: int | None) -> dict[str, Any]:
+def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: int | None,
+                         steps_file: Path | None = None) -> dict[str, Any]:
     steps: list[str] = []
+    steps_fd = os.open(steps_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if steps_file else 2
 
     def fault(label: str) -> None:
         steps.append(label)
-        os.write(2, f"step: {label}\n".encode())  # unbuffered: the parent learns what was reached
+        os.write(steps_fd, f"step: {label}\n".encode())  # unbuffered: the parent learns what was reached
         if fault_at is not None and len(steps) == fault_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -227,6 +231,62 @@ def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: i
         return {"summary": asdict(summary), "steps": steps}
 
     return trio.run(main)
+
+
+def crash_server() -> None:
+    """Serve crash runs: read ``{"store", "root", "project", "fault_at"}`` lines on stdin; for each, fork a
+    child that takes the snapshot (SIGKILLed at step ``fault_at``); answer ``{"code", "steps"}``.
+
+    This process imports everything once and never starts a thread (only its children run Trio), so
+    forking it is safe; a crash run then costs a fork instead of a Python start-up.
+    """
+    for line in sys.stdin:
+        req = json.loads(line)
+        steps_file = Path(req["store"] + ".steps")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                run_snapshot_command(Path(req["store"]), Path(req["root"]), req["project"], req["fault_at"],
+                                     steps_file)
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        steps = [ln[6:] for ln in steps_file.read_text().splitlines() if ln.startswith("step: ")]
+        steps_file.unlink()
+        print(json.dumps({"code": code, "steps": steps}), flush=True)
+
+
+class CrashRunner:
+    """The test side of :func:`crash_server` (a context manager)."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, str(HERE), "crash-server"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def run(self, store: Path, root: Path, project: str, fault_at: int) -> tuple[int, list[str]]:
+        """Snapshot ``root`` into ``store`` in a child killed at step ``fault_at``: (exit code, steps)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"store": str(store), "root": str(root), "project": project,
+                                          "fault_at": fault_at}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return reply["code"], reply["steps"]
+
+    def __enter__(self) -> CrashRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 def run_in_subprocess(*args: str, check: bool = True) -> tuple[int, dict[str, Any] | None, str]:
@@ -337,6 +397,7 @@ def main(argv: list[str]) -> int:
     s.add_argument("project")
     s.add_argument("--fault-at", type=int)
     s.add_argument("--drop-dac", action="store_true")
+    sub.add_parser("crash-server")
     b = sub.add_parser("bench")
     b.add_argument("dir", type=Path)
     b.add_argument("--files", type=int, default=5000)
@@ -350,6 +411,8 @@ def main(argv: list[str]) -> int:
             drop_dac_capabilities()
         result = run_snapshot_command(args.store, args.root, args.project, args.fault_at)
         print(json.dumps(result))
+    elif args.cmd == "crash-server":
+        crash_server()
     elif args.cmd == "bench-phase":
         bench_phase(args.dir, args.label)
     else:

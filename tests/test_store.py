@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 from _store_helpers import (
+    CrashRunner,
     backdate,
     commit_entries,
     flip_byte,
-    run_in_subprocess,
+    patch_file,
     snapshot,
     tree_state,
     write_files,
@@ -239,7 +240,7 @@ async def test_a_pack_without_index_is_reindexed_on_writable_open(store: Store, 
 
 
 def test_crash_at_every_durable_write_step_keeps_earlier_snapshots(tmp_path: Path) -> None:
-    """SIGKILL at each fsync/rename step of a snapshot (run in a subprocess), for every step in turn.
+    """SIGKILL at each fsync/rename step of a snapshot (in a forked child), for every step in turn.
 
     Afterwards: the earlier snapshot is listed, restores byte-identical and `check` is clean; the new
     snapshot exists only if its file was renamed into place, and then restores completely; no
@@ -250,57 +251,63 @@ def test_crash_at_every_durable_write_step_keeps_earlier_snapshots(tmp_path: Pat
     src, pristine = tmp_path / "src", tmp_path / "pristine"
     write_files(src, {"keep.txt": b"unchanged\n", "big.bin": os.urandom(3 * MiB)})
     backdate(src)
-    assert run_in_subprocess("snapshot", str(pristine), str(src), "p")[0] == 0
-    # Small packs, so that the run seals several packs on the background thread.
+    with Store.open(pristine, writable=True) as s:
+        trio.run(snapshot, s, src)
+    # Small packs, so that the run below writes more than one.
     cfg = pristine / "config.json"
     cfg.write_text(cfg.read_text().replace(str(16 * MiB), str(MiB)))
     with Store.open(pristine, writable=False) as s:
         (first,) = s.list_snapshots()
     before = tree_state(src)
-    with open(src / "big.bin", "r+b") as f:
-        f.seek(MiB + 10)
-        f.write(os.urandom(MiB))
+    patch_file(src / "big.bin", MiB + 10, os.urandom(100))  # one changed 1 MiB chunk
+    # With 1 MiB packs: one pack sealed on the background thread while reading, one at the end.
     write_files(src, {"new/a.bin": os.urandom(600_000), "new/b.txt": b"b" * 5000})
     backdate(src)
     after = tree_state(src)
 
     seen_steps: set[str] = set()
-    for n in range(1, 200):
-        store_dir = tmp_path / f"crash{n}"
-        shutil.copytree(pristine, store_dir)
-        code, out, err = run_in_subprocess("snapshot", str(store_dir), str(src), "p", "--fault-at", str(n))
-        reached = [line[6:] for line in err.splitlines() if line.startswith("step: ")]
-        if code == 0:
-            assert out is not None and len(reached) == n - 1  # every step has been killed at once
-            break
-        assert code == -9 and len(reached) == n, (n, err)
-        seen_steps.add(reached[-1])
-        with Store.open(store_dir, writable=True) as store:
-            assert os.listdir(store_dir / "tmp") == []
-            snaps = store.list_snapshots()
-            assert snaps[0] == first
-            renamed = "snapshot:renamed" in reached
-            assert len(snaps) == (2 if renamed else 1), reached
-            report = store.check()
-            assert report.ok, (reached, report)
-            restore_snapshot(store, first.id, tmp_path / f"out{n}")
-            assert tree_state(tmp_path / f"out{n}") == before, reached
-            if renamed:
-                restore_snapshot(store, snaps[1].id, tmp_path / f"new{n}")
-                assert tree_state(tmp_path / f"new{n}") == after
-            # The store stays usable: the next snapshot completes and is whole.
-            following = trio.run(snapshot, store, src)
-            restore_snapshot(store, following.id, tmp_path / f"next{n}")
-            assert tree_state(tmp_path / f"next{n}") == after
-            assert store.check().ok
-        shutil.rmtree(store_dir)
-    else:
-        raise AssertionError("the snapshot never completed")
+    with CrashRunner() as runner:
+        for n in range(1, 200):
+            store_dir = tmp_path / f"crash{n}"
+            shutil.copytree(pristine, store_dir)
+            code, reached = runner.run(store_dir, src, "p", n)
+            if code == 0:
+                assert len(reached) == n - 1  # every step has been killed at once
+                break
+            assert code == -9 and len(reached) == n, (n, code, reached)
+            seen_steps.add(reached[-1])
+            check_after_crash(store_dir, src, reached, first, before, after, tmp_path / f"out{n}")
+            shutil.rmtree(store_dir)
+        else:
+            raise AssertionError("the snapshot never completed")
     # Every kind of step was hit: several packs, their indexes, and the snapshot file.
     for kind in ("pack", "index", "snapshot"):
         for step in ("written", "fsynced", "renamed", "dirsynced"):
             assert f"{kind}:{step}" in seen_steps
-    assert n > 3 * 9
+    assert n > 2 * 9
+
+
+def check_after_crash(store_dir: Path, src: Path, reached: list[str], first: SnapshotInfo, before: object,
+                      after: object, out: Path) -> None:
+    out.mkdir()
+    with Store.open(store_dir, writable=True) as store:
+        assert os.listdir(store_dir / "tmp") == []
+        snaps = store.list_snapshots()
+        assert snaps[0] == first
+        renamed = "snapshot:renamed" in reached
+        assert len(snaps) == (2 if renamed else 1), reached
+        report = store.check()
+        assert report.ok, (reached, report)
+        restore_snapshot(store, first.id, out / "first")
+        assert tree_state(out / "first") == before, reached
+        if renamed:
+            restore_snapshot(store, snaps[1].id, out / "second")
+            assert tree_state(out / "second") == after
+        # The store stays usable: the next snapshot completes and is whole.
+        following = trio.run(snapshot, store, src)
+        restore_snapshot(store, following.id, out / "next")
+        assert tree_state(out / "next") == after
+        assert store.check().ok
 
 
 def test_unknown_ids_are_refused_before_touching_the_disk(store: Store) -> None:
