@@ -3,7 +3,8 @@
 The protocol decisions live in :mod:`syncsnapd._http_protocol` (validation, routing, authorization, error
 bodies); this module does the reading and writing, and owns everything that takes time:
 
-- **Timeouts are cancel scopes at the edge**, one per phase of a connection: a fresh connection has
+- **Timeouts are cancel scopes at the edge**: one per connection, whose deadline follows the phase the
+  connection is in (and one around a request body). A fresh connection has
   ``header_timeout`` to deliver its first request head; an idle keep-alive connection has
   ``keepalive_timeout`` to start its next request, then ``header_timeout`` from that first byte to finish
   the head; a body has ``body_timeout``. A head that started but did not finish gets 408; a connection
@@ -40,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import re
 import socket
@@ -189,6 +191,7 @@ def _content_type_field(content_type: str) -> bytes:
 
 
 class _RequestTimeout(Exception):
+    # A request body did not arrive within body_timeout.
     pass
 
 
@@ -430,7 +433,8 @@ class _Connection:
         "keep_alive",
         "responded",
         "linger",
-        "idle_scope",
+        "scope",
+        "idle",
         "writer",
     )
 
@@ -446,17 +450,33 @@ class _Connection:
         self.keep_alive = True  # False once this connection is to close after the current response
         self.responded = False  # a response was (at least partly) sent in this cycle
         self.linger = True  # close politely (shut down writing, drain); False after an aborted stream
-        self.idle_scope: trio.CancelScope | None = None  # set while waiting for a request's first byte
+        self.scope = trio.CancelScope()  # the connection's timeouts (replaced in run)
+        self.idle = False  # waiting for the first byte of a request: shutdown may close us
         self.writer: TrioBodyWriter | None = None  # set while streaming
 
     def begin_shutdown(self) -> None:
-        if self.idle_scope is not None:
-            self.idle_scope.cancel()
+        if self.idle:
+            self.scope.cancel()
         writer = self.writer
         if writer is not None and writer._body_scope is not None:
             writer._body_scope.cancel()
 
     async def run(self) -> None:
+        # One cancel scope for the whole connection carries the deadline of the phase it is in: waiting
+        # for a request (keepalive_timeout; header_timeout for the first one, counted from accept),
+        # receiving the rest of a head (header_timeout from its first byte), none while a request is
+        # handled. Moving a deadline costs about half as much as entering and leaving a scope per request.
+        scope = self.scope = trio.CancelScope(
+            deadline=trio.current_time() + self.server.config.header_timeout
+        )
+        with scope:
+            await self._serve()
+        if scope.cancelled_caught and not self.idle:
+            # Part of a head arrived, but not all of it in time.
+            await self._respond_error(_TIMEOUT)
+            await self._close_gracefully()
+
+    async def _serve(self) -> None:
         max_head = self.server.config.max_head
         first = True
         buffered = b""
@@ -521,10 +541,11 @@ class _Connection:
             return b""
 
     async def _receive_head(self, first: bool, buffered: bytes) -> h11.Request | None:
-        # The next request head, or None when the connection should close quietly (EOF, idle timeout,
-        # shutdown while idle). Raises _RequestTimeout when a head started but did not finish in time, and
-        # h11.RemoteProtocolError for a malformed one.
+        # The next request head, or None when the connection should close quietly (EOF, shutdown while
+        # idle). Timeouts cancel self.scope (see run). Raises h11.RemoteProtocolError for a malformed head.
         conn = self.conn
+        scope = self.scope
+        config = self.server.config
         if buffered:
             conn.receive_data(buffered)
             event = conn.next_event()
@@ -532,32 +553,26 @@ class _Connection:
                 # A pipelined request, already here: no I/O happened, so yield once, or a client that
                 # pipelines many requests would starve the other connections.
                 await trio.lowlevel.checkpoint()
+                scope.deadline = math.inf
                 return event if type(event) is h11.Request else None
+            scope.deadline = trio.current_time() + config.header_timeout  # the next head has begun
         else:
-            event = h11.NEED_DATA
-        config = self.server.config
-        started = bool(buffered)
-        idle = not first and not started
-        timeout = config.keepalive_timeout if idle else config.header_timeout
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-            if not started:
-                self.idle_scope = scope
-                if self.server._shutting_down:
-                    return None
-            while event is h11.NEED_DATA:
-                data = await self._receive()
-                if not started:
-                    started = True
-                    self.idle_scope = None
-                    if idle:
-                        scope.deadline = trio.current_time() + config.header_timeout
-                conn.receive_data(data)
-                event = conn.next_event()
-        self.idle_scope = None
-        if scope.cancelled_caught:
-            if started:
-                raise _RequestTimeout
-            return None
+            if not first:
+                scope.deadline = trio.current_time() + config.keepalive_timeout
+            if self.server._shutting_down:
+                return None
+            self.idle = True  # begin_shutdown may cancel us now
+            data = await self._receive()
+            self.idle = False
+            conn.receive_data(data)
+            event = conn.next_event()
+            if event is h11.NEED_DATA and not first:
+                # The head comes in pieces: from its first byte, it has header_timeout to arrive.
+                scope.deadline = trio.current_time() + config.header_timeout
+        while event is h11.NEED_DATA:
+            conn.receive_data(await self._receive())
+            event = conn.next_event()
+        scope.deadline = math.inf
         return event if type(event) is h11.Request else None  # else ConnectionClosed
 
     async def _handle(self, event: h11.Request) -> None:
@@ -625,6 +640,7 @@ class _Connection:
     async def _respond_error(self, response: Response) -> None:
         # The client sent something we cannot answer normally: answer (unless a response has already
         # started, as h11's example server does) and close.
+        self.scope.deadline = math.inf
         self.keep_alive = False
         if not self.responded:
             await self._respond(response, close=True)
