@@ -26,7 +26,7 @@ from _store_helpers import (
 from syncsnapd._progress import Progress, RunCancelled, RunProgress
 from syncsnapd._restore import restore_snapshot
 from syncsnapd._snapshot import SnapshotError, take_snapshot
-from syncsnapd._store import Entry, Store
+from syncsnapd._store import Entry, Store, hash_bytes
 
 MiB = 1 << 20
 PAST = 1_700_000_000_123_456_789  # an mtime well before any test runs
@@ -217,6 +217,32 @@ async def test_files_and_folders_that_vanish_before_they_are_read_give_warnings(
                                              "gone: vanished before it could be read"]
     assert sorted(by_path(store, summary.id)) == ["mmm.txt", "zzz.txt"]  # omitted, not half-recorded
     assert summary.files == 2
+
+
+async def test_a_folder_swapped_for_a_symlink_during_the_snapshot_is_not_followed(
+        store: Store, tmp_path: Path) -> None:
+    """Someone replaces folders by symlinks to a secret place while the snapshot runs: once before
+    the walk lists it (a/), once after the walk but before the file in it is read (b/)."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    secret = b"secret outside the folder " + os.urandom(16)
+    write_files(outside, {"x.txt": secret, "y.txt": secret})
+    write_files(src, {"a/x.txt": b"a", "b/y.txt": b"b", "b/z.txt": b"z", "zzz.txt": b"last"})
+
+    def ignore(rel: str) -> bool:
+        if rel == "zzz.txt":  # root listing done, a/ not listed yet
+            os.rename(src / "a", tmp_path / "a-moved")
+            os.symlink(outside, src / "a")
+        if rel == "b/z.txt":  # b/ listed (y.txt seen), its files not read yet
+            os.rename(src / "b", tmp_path / "b-moved")
+            os.symlink(outside, src / "b")
+        return False
+
+    summary = await snapshot(store, src, ignore=ignore)
+    assert sorted(summary.warning_paths) == ["a: was replaced by a file or symlink before it could be read",
+                                             "b/y.txt: was replaced by a symlink before it could be read",
+                                             "b/z.txt: was replaced by a symlink before it could be read"]
+    assert sorted(by_path(store, summary.id)) == ["b", "zzz.txt"]
+    assert not store.has_chunk(hash_bytes(secret))
 
 
 async def test_a_file_that_changes_while_it_is_read_gives_a_warning_and_is_read_again(

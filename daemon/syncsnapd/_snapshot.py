@@ -29,6 +29,7 @@ What a snapshot records when files misbehave while it runs:
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import stat
 import time
@@ -69,15 +70,59 @@ class SnapshotError(Exception):
         self.message = message
 
 
-def _open_for_read(path: str) -> int:
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_for_read(name: str, dir_fd: int) -> int:
     # O_NOFOLLOW: a file replaced by a symlink after the walk is not followed out of the folder.
     # O_NONBLOCK: a file replaced by a fifo does not hang the worker.
     if _O_NOATIME:
         try:
-            return os.open(path, _READ_FLAGS | _O_NOATIME)
+            return os.open(name, _READ_FLAGS | _O_NOATIME, dir_fd=dir_fd)
         except PermissionError:
             pass  # not our file: read it the ordinary way (EACCES will come again if that is the cause)
-    return os.open(path, _READ_FLAGS)
+    return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+
+
+class _DirChain:
+    """Directory descriptors along one path below the folder, each opened from its parent with
+    O_NOFOLLOW, so a directory swapped for a symlink while a snapshot runs is never followed out of the
+    folder. Moving to another directory re-opens only the components that differ; work comes in walk
+    order, so that is rare. Holds at most one descriptor per level. One per thread."""
+
+    def __init__(self, root: str) -> None:
+        try:
+            # The folder itself may be reached through a symlink: it is the configured path.
+            self._fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        except OSError as exc:
+            raise SnapshotError("folder_missing", f"The folder {root} cannot be read: {exc.strerror}.") from exc
+        self._parts: list[str] = []
+
+    def open_dir(self, rel_dir: str) -> int:
+        """A descriptor for directory ``rel_dir`` ("" is the folder); valid until the next call."""
+        parts = rel_dir.split("/") if rel_dir else []
+        keep = 0
+        for mine, theirs in zip(self._parts, parts, strict=False):
+            if mine != theirs:
+                break
+            keep += 1
+        while len(self._parts) > keep:
+            self._parts.pop()
+            os.close(self._fds.pop())
+        for part in parts[keep:]:
+            self._fds.append(os.open(part, _DIR_FLAGS, dir_fd=self._fds[-1]))
+            self._parts.append(part)
+        return self._fds[-1]
+
+    def open_file(self, rel: str) -> int:
+        """Open the file at relative path ``rel`` for reading."""
+        rel_dir, _, name = rel.rpartition("/")
+        return _open_for_read(name, self.open_dir(rel_dir))
+
+    def close(self) -> None:
+        for fd in reversed(self._fds):
+            os.close(fd)
+        self._fds, self._parts = [], []
 
 
 def _fill(fd: int, view: memoryview, want: int) -> int:
@@ -161,6 +206,13 @@ class _Run:
     # --- step 3 -------------------------------------------------------------------------------------
 
     def walk(self) -> None:
+        chain = _DirChain(self.root)
+        try:
+            self._walk(chain)
+        finally:
+            chain.close()
+
+    def _walk(self, chain: _DirChain) -> None:
         root, prev, ignore, entries = self.root, self.prev, self.ignore, self.entries
         has_chunk = self.store.has_chunk
         small_limit = self.store.chunk_size
@@ -172,14 +224,17 @@ class _Run:
             self.check()
             rel_dir, position = stack.pop()
             try:
-                with os.scandir(f"{root}/{rel_dir}" if rel_dir else root) as it:
+                dir_fd = chain.open_dir(rel_dir)
+                with os.scandir(dir_fd) as it:
                     listing = sorted(it, key=lambda d: d.name)
             except OSError as exc:
                 if not rel_dir:
                     raise SnapshotError("folder_missing",
                                         f"The folder {root} cannot be read: {exc.strerror}.") from exc
-                if isinstance(exc, FileNotFoundError | NotADirectoryError):
-                    warn(rel_dir, "vanished before it could be read")
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    # Deleted, or replaced by a file or a symlink (never followed) since it was seen.
+                    warn(rel_dir, "vanished before it could be read" if exc.errno == errno.ENOENT
+                         else "was replaced by a file or symlink before it could be read")
                     entries[position] = None
                     self.dirs -= 1
                 else:
@@ -221,7 +276,7 @@ class _Run:
                     self.dirs += 1
                 elif fmt == _S_IFLNK:
                     try:
-                        target = os.readlink(de.path)
+                        target = os.readlink(de.name, dir_fd=dir_fd)
                     except FileNotFoundError:
                         continue
                     except OSError as exc:
@@ -242,27 +297,36 @@ class _Run:
 
     def read_small_files(self, tally: _Tally) -> None:
         view = memoryview(bytearray(self.store.chunk_size))
-        for work in self.small:
-            self.check()
-            self._read_file(work, view, tally, per_chunk=False)
+        cursor = _DirChain(self.root)
+        try:
+            for work in self.small:
+                self.check()
+                self._read_file(work, cursor, view, tally, per_chunk=False)
+        finally:
+            cursor.close()
         self.read_large_files(tally, view)
 
     def read_large_files(self, tally: _Tally, view: memoryview | None = None) -> None:
         if view is None:
             view = memoryview(bytearray(self.store.chunk_size))
-        while True:
-            try:
-                work = self.large.popleft()  # deque.popleft is atomic: two workers may share the queue
-            except IndexError:
-                return
-            self._read_file(work, view, tally, per_chunk=True)
+        cursor = _DirChain(self.root)
+        try:
+            while True:
+                try:
+                    work = self.large.popleft()  # deque.popleft is atomic: two workers share the queue
+                except IndexError:
+                    return
+                self._read_file(work, cursor, view, tally, per_chunk=True)
+        finally:
+            cursor.close()
 
-    def _read_file(self, work: _Work, view: memoryview, tally: _Tally, *, per_chunk: bool) -> None:
+    def _read_file(self, work: _Work, cursor: _DirChain, view: memoryview, tally: _Tally, *,
+                   per_chunk: bool) -> None:
         index, rel, walk_size, prev = work
         progress = self.progress
         entry: Entry | None = None
         try:
-            entry = self._capture(rel, view, per_chunk)
+            entry = self._capture(rel, cursor, view, per_chunk)
         finally:
             done = 0 if entry is None or not per_chunk else min(walk_size, entry.size)
             progress.add_done(files=1, nbytes=walk_size - done)
@@ -279,16 +343,20 @@ class _Run:
         else:
             tally.changed += 1
 
-    def _capture(self, rel: str, view: memoryview, per_chunk: bool) -> Entry | None:
+    def _capture(self, rel: str, cursor: _DirChain, view: memoryview, per_chunk: bool) -> Entry | None:
         """Read one file; return its entry, or None (with a warning) when it cannot be captured."""
         warn = self.progress.warn
         try:
-            fd = _open_for_read(f"{self.root}/{rel}")
+            fd = cursor.open_file(rel)
         except FileNotFoundError:
             warn(rel, "vanished before it could be read")
             return None
         except OSError as exc:
-            warn(rel, f"cannot be read: {exc.strerror}")
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # It, or a directory on its way, is now a symlink (never followed) or not a directory.
+                warn(rel, "was replaced by a symlink before it could be read")
+            else:
+                warn(rel, f"cannot be read: {exc.strerror}")
             return None
         writer = self.writer
         assert writer is not None
