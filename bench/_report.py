@@ -156,10 +156,13 @@ def markdown(r: dict[str, Any]) -> str:
              f"({tree.get('new_bytes', 0) / 2**20:.1f} MiB) appear in existing directories. Every tool gets "
              "the same tree: the change set is undone (pristine content rewritten, new files removed) before "
              "the next tool starts.")
-    L.append("- **Page cache**: it is not dropped. The tree is read once before the first tool, so every "
-             "tool (and the raw limits) sees a warm cache; `sync` runs before each timed step so one "
-             "tool's writeback does not land in another's time. Each tool writes to its own fresh "
-             "repository or store on the same disk.")
+    rw = r.get("rewarm", {})
+    L.append("- **Page cache**: it is not dropped. The tree is read once before the first tool, and again "
+             "right before each tool's initial snapshot, so every tool (and the raw limits) sees a warm "
+             "cache"
+             + (" (re-reads took " + ", ".join(f"{k} {v:.2f} s" for k, v in rw.items()) + ")" if rw else "")
+             + "; `sync` runs before each timed step so one tool's writeback does not land in another's "
+             "time. Each tool writes to its own fresh repository or store on the same disk.")
     L.append("- **syncsnap**: `syncsnapd --config` on a temporary TOML config (Unix socket, loopback TCP on "
              "port 0, fresh store), one daemon for the three snapshots. A snapshot is timed from sending "
              "`POST /api/v1/projects/bench/snapshots` to receiving that run's terminal event on "
