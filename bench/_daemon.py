@@ -78,7 +78,7 @@ class Daemon:
             try:
                 return self._start(timeout)
             except DaemonError as exc:
-                bad = [k for k in self.extra if k in str(exc)]
+                bad = [k for k in self.extra if f"daemon.{k}:" in str(exc)]
                 if self.proc is None or self.proc.returncode != 2 or not bad:
                     raise
                 for k in bad:

@@ -127,8 +127,9 @@ def new_daemon(tree: Path, fan_tree: Path) -> Daemon:
 def start_daemon(d: Daemon, res: dict[str, Any]) -> None:
     d.start()
     for k in d.dropped:
-        res["errors"].append(f"syncsnapd has no `[daemon] {k}` setting: started without it "
-                             "(its built-in connection cap applies)")
+        why = {"max_connections": " (its built-in connection cap applies)",
+               "watch": " (its watcher may start runs of its own)"}.get(k, "")
+        res["errors"].append(f"syncsnapd has no `[daemon] {k}` setting: started without it{why}")
 
 
 def rewarm(tree: Path, spec: _tree.TreeSpec, res: dict[str, Any], who: str) -> None:
@@ -136,7 +137,7 @@ def rewarm(tree: Path, spec: _tree.TreeSpec, res: dict[str, Any], who: str) -> N
     puts back whatever other processes on the machine evicted meanwhile (a slow read is logged)."""
     s, n = _raw.warm(_tree.file_list(tree, spec))
     res.setdefault("rewarm", {})[who] = s
-    if n / 2**20 / s < 2000:
+    if s > 0.1 and n / 2**20 / s < 1000:
         log(f"  re-warming the tree before {who} took {s:.2f} s: part of it had left the page cache")
 
 
