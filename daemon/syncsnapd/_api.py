@@ -24,6 +24,7 @@ from ._http_protocol import (
 from ._scheduler import Scheduler, UnknownProject
 from ._store import SnapshotInfo
 from ._tracker import Event, Subscription, Tracker
+from ._watch import WatchStatus
 
 API = "/api/v1"
 # Sent as `retry:` on every stream: how long an EventSource waits before reconnecting (milliseconds).
@@ -35,9 +36,11 @@ GAP_EVENT = "gap"
 class Api:
     """Handlers bound to one daemon's scheduler and tracker."""
 
-    def __init__(self, scheduler: Scheduler, tracker: Tracker, *, heartbeat: float) -> None:
+    def __init__(self, scheduler: Scheduler, tracker: Tracker, *, heartbeat: float,
+                 watch_status: dict[str, WatchStatus] | None = None) -> None:
         self.scheduler = scheduler
         self.tracker = tracker
+        self.watch_status = watch_status if watch_status is not None else {}
         self.heartbeat = heartbeat
         self.started = time.monotonic()
         self.router = Router()
@@ -98,8 +101,10 @@ class Api:
     def _project_json(self, pid: str, last: SnapshotInfo | None) -> dict[str, Any]:
         cfg = self.scheduler.project(pid)
         progress = self.tracker.latest(pid)
+        watch = self.watch_status.get(pid)
         return {"id": pid, "path": str(cfg.path), "state": progress.state, "progress": progress.to_json(),
-                "last_snapshot": asdict(last) if last else None}
+                "last_snapshot": asdict(last) if last else None,
+                "watch": {"mode": watch.mode if watch else "off", "warning": watch.warning if watch else None}}
 
     async def _last_snapshots(self) -> dict[str, SnapshotInfo]:
         infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, None)

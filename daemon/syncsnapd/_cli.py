@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"syncsnapd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command is None:
-        return _run_daemon(config, args.verbose)
+        return _run_daemon(config, lambda: load_config(args.config, args.folder), args.verbose)
     return _offline(args, config)
 
 
@@ -78,18 +79,20 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     return _offline.run_check(config.store, sys.stdout)
 
 
-def _run_daemon(config: DaemonConfig, verbose: bool) -> int:
+def _run_daemon(config: DaemonConfig, load: Callable[[], DaemonConfig], verbose: bool) -> int:
     from ._daemon import StartupError, run_until_signalled
 
     _setup_logging(verbose)
     if sys.stderr.isatty():
         print(_hint(config), file=sys.stderr)
+    failed = False
     try:
-        trio.run(run_until_signalled, config)
-    except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0
+        trio.run(run_until_signalled, config, load)
+    except* StartupError as group:
+        for exc in group.exceptions:
+            log.error("cannot start: %s", exc)
+        failed = True
+    return 1 if failed else 0
 
 
 def _hint(config: DaemonConfig) -> str:

@@ -1,9 +1,11 @@
 """``serve_daemon``: the whole daemon as one Trio service.
 
-Start order: store (writable, locked), tracker and scheduler, listeners, HTTP, discovery file; then
-``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): runs are cancelled first so their
-``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then the discovery
-file is removed. The whole stop is bounded by :data:`STOP_GRACE_SECONDS`.
+Start order: store (writable, locked), tracker and scheduler, listeners (passed by systemd socket
+activation, or bound here), HTTP, sources of change, discovery file, then ``READY=1`` and
+``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): ``STOPPING=1``; runs are cancelled
+first so their ``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then
+the discovery file and our socket file are removed. The whole stop is bounded by
+:data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,21 +24,26 @@ import trio
 
 from . import __version__
 from ._api import Api
-from ._config import DaemonConfig
+from ._config import ConfigError, DaemonConfig, ProjectConfig
 from ._http_server import HttpConfig, HttpServer, serve_http
 from ._listeners import listener_address, load_or_create_token, open_tcp_listener, open_unix_listener
 from ._scheduler import Scheduler
 from ._store import Store
+from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
 from ._tracker import Tracker
 from ._watch import FolderSummary, WatchStatus, serve_project_watch, summary_of_entries, wait_until_ready
 
 log = logging.getLogger("syncsnapd")
 
-# systemd's default TimeoutStopSec is 90 s; we promise users 5 s from SIGTERM to exit. Runs get most of
+# We promise users 5 s from SIGTERM to exit (systemd's default TimeoutStopSec is 90 s). Runs get most of
 # it to publish their `cancelled` event; the HTTP layer gets the rest to end streams.
 STOP_GRACE_SECONDS = 4.0
 # How long open streams get to deliver the final events after runs were cancelled.
 STREAM_DRAIN_SECONDS = 0.2
+# STATUS= is a summary for `systemctl status`; once a second is plenty.
+STATUS_INTERVAL_SECONDS = 1.0
+
+ConfigLoader = Callable[[], DaemonConfig]
 
 
 @dataclass(frozen=True)
@@ -45,19 +54,18 @@ class DaemonInfo:
     tcp: str | None
     token: str | None
     discovery_file: Path
+    activated: bool
 
 
 class StartupError(Exception):
     """The daemon cannot start (store locked, socket in use, ...); the message says why."""
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-
+# --- discovery file ----------------------------------------------------------------------------------
 
 def write_discovery_file(path: Path, info: DaemonInfo, token_file: Path | None) -> None:
     """Write the discovery file atomically (0600)."""
-    _private_dir(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = {"pid": os.getpid(), "version": __version__, "socket": str(info.socket), "tcp": info.tcp,
             "token_file": str(token_file) if token_file else None}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -79,9 +87,252 @@ def remove_discovery_file(path: Path) -> None:
         pass
 
 
-async def serve_daemon(config: DaemonConfig, *, task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED
-                       ) -> None:
-    """Run the daemon until cancelled (then stop gracefully)."""
+# --- listeners ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Listeners:
+    pairs: list[tuple[trio.SocketListener, str]]
+    tcp_address: str | None
+    token: str | None
+    bound_socket_inode: int | None  # the Unix socket file we created (None: passed by systemd, or none)
+    activated: bool
+
+    async def aclose(self) -> None:
+        for listener, _ in self.pairs:
+            await listener.aclose()
+
+
+async def _open_listeners(config: DaemonConfig, passed: dict[str, socket.socket]) -> _Listeners:
+    """Use the sockets systemd passed (by family; names are only logged), bind the others ourselves.
+
+    A socket systemd passed is never bound or unlinked here.
+    """
+    out = _Listeners([], None, None, None, bool(passed))
+    unix = [s for s in passed.values() if s.family == socket.AF_UNIX]
+    tcp = [s for s in passed.values() if s.family in (socket.AF_INET, socket.AF_INET6)]
+    if passed:
+        log.info("socket activation: %s", ", ".join(f"{name} ({s.getsockname()})" for name, s in passed.items()))
+    try:
+        for s in unix:
+            out.pairs.append((trio.SocketListener(trio.socket.from_stdlib_socket(s)), "unix"))
+        if not unix:
+            listener = await open_unix_listener(config.socket)
+            out.pairs.append((listener, "unix"))
+            out.bound_socket_inode = os.stat(config.socket).st_ino
+        for s in tcp:
+            out.pairs.append((trio.SocketListener(trio.socket.from_stdlib_socket(s)), "tcp"))
+        if not tcp and config.tcp is not None:
+            out.pairs.append((await open_tcp_listener(config.tcp), "tcp"))
+        tcp_listeners = [lst for lst, kind in out.pairs if kind == "tcp"]
+        if tcp_listeners:
+            out.tcp_address = listener_address(tcp_listeners[0])
+            out.token = await trio.to_thread.run_sync(load_or_create_token, config.token_file)
+    except (OSError, ValueError) as exc:
+        await out.aclose()
+        raise StartupError(str(exc)) from exc
+    return out
+
+
+def _unix_socket_path(listeners: _Listeners, config: DaemonConfig) -> Path:
+    for listener, kind in listeners.pairs:
+        if kind == "unix":
+            name = listener.socket.getsockname()
+            if isinstance(name, str) and name:
+                return Path(name)
+    return config.socket
+
+
+def _remove_own_socket(path: Path, inode: int | None) -> None:
+    if inode is None:
+        return
+    try:
+        if os.stat(path).st_ino == inode:
+            path.unlink()
+    except OSError:
+        pass
+
+
+# --- the daemon --------------------------------------------------------------------------------------
+
+class Daemon:
+    """The running daemon: configuration, store, tracker, scheduler and the per-project sources."""
+
+    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier
+        self.tracker = Tracker()
+        self.exclude = (config.store, config.state_dir)
+        self.watch_status: dict[str, WatchStatus] = {}
+        self.scheduler = Scheduler(store, self.tracker, list(config.projects), exclude=self.exclude,
+                                   waiter=wait_until_ready)
+        self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status)
+        self._sources: dict[str, tuple[ProjectConfig, trio.CancelScope]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # --- sources -----------------------------------------------------------------------------------
+
+    def _start_sources(self, nursery: trio.Nursery, project: ProjectConfig) -> None:
+        scope = trio.CancelScope()
+        self._sources[project.id] = (project, scope)
+        status = self.watch_status[project.id] = WatchStatus()
+
+        async def run() -> None:
+            with scope:
+                await serve_project_watch(
+                    project, functools.partial(self.scheduler.request_snapshot, project.id),
+                    functools.partial(_last_summary, self.store, project.id), exclude=self.exclude,
+                    status=status)
+
+        nursery.start_soon(run)
+
+    def _stop_sources(self, project_id: str) -> None:
+        _, scope = self._sources.pop(project_id)
+        scope.cancel()
+        self.watch_status.pop(project_id, None)
+
+    # --- reload ------------------------------------------------------------------------------------
+
+    async def reload(self, load: ConfigLoader) -> bool:
+        """Re-read the configuration and apply it without a restart (SIGHUP).
+
+        Projects are added, removed (a running snapshot of a removed project ends ``cancelled``) or
+        updated; runs and streams of unchanged projects are undisturbed. An invalid configuration is
+        refused with a logged reason and the current one stays in force. Settings that need new
+        listeners or another store (socket, tcp, store, state_dir, token_file) are logged as needing a
+        restart. Returns True when the new configuration was applied.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                new = await trio.to_thread.run_sync(load)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the current configuration: %s", exc)
+                return False
+            for key in ("socket", "tcp", "store", "state_dir", "token_file"):
+                if getattr(new, key) != getattr(self.config, key):
+                    log.warning("reload: daemon.%s changed; restart syncsnapd to apply it", key)
+            self.api.heartbeat = new.heartbeat
+            old = {p.id: p for p in self.config.projects}
+            wanted = {p.id: p for p in new.projects}
+            self.scheduler.set_projects(list(new.projects))
+            assert self._nursery is not None
+            for pid in old:
+                if pid not in wanted or wanted[pid] != old[pid]:
+                    self._stop_sources(pid)
+            for pid, project in wanted.items():
+                if pid not in self._sources:
+                    self._start_sources(self._nursery, project)
+            added = sorted(set(wanted) - set(old))
+            removed = sorted(set(old) - set(wanted))
+            changed = sorted(p for p in set(old) & set(wanted) if old[p] != wanted[p])
+            self.config = new
+            log.info("reloaded %s: added %s, removed %s, changed %s", new.source, added or "none",
+                     removed or "none", changed or "none")
+            return True
+        finally:
+            self.notifier.ready(self.status_line())
+
+    # --- status --------------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: "2 projects, idle" or "docs: compressing 57%"."""
+        latest = [self.tracker.latest(p) for p in self.scheduler.project_ids()]
+        active = [p for p in latest if not p.terminal and p.state != "idle"]
+        n = len(latest)
+        head = f"{n} project{'s' if n != 1 else ''}"
+        if not active:
+            return f"{head}, idle"
+        return "; ".join(f"{p.project}: {p.state} {p.percent:.0f}%" for p in active) + f" ({head})"
+
+    async def serve_status(self) -> None:
+        """Keep STATUS= current while runs progress (at most once per STATUS_INTERVAL_SECONDS)."""
+        with self.tracker.subscribe() as sub:
+            while True:
+                await sub.wait()
+                while sub.get_nowait() is not None:
+                    pass
+                self.notifier.status(self.status_line())
+                await trio.sleep(STATUS_INTERVAL_SECONDS)
+
+    # --- serving -------------------------------------------------------------------------------------
+
+    async def serve(self, listeners: _Listeners, info: DaemonInfo, reloads: trio.MemoryReceiveChannel[None] | None,
+                    load: ConfigLoader | None, stop: trio.Event | None, *,
+                    task_status: trio.TaskStatus[DaemonInfo]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            run_scope = trio.CancelScope()
+
+            async def run_scheduler(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with run_scope:
+                    await self.scheduler.serve(task_status=task_status)
+
+            await nursery.start(run_scheduler)
+            server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
+                                                     HttpConfig(token=listeners.token))
+            for project in self.config.projects:
+                self._start_sources(nursery, project)
+            interval = watchdog_interval()
+            if interval is not None and self.notifier.enabled:
+                await nursery.start(serve_watchdog, self.notifier, interval)
+                log.info("watchdog: pinging every %.1f s", interval)
+            if self.notifier.enabled:
+                nursery.start_soon(self.serve_status)
+            if reloads is not None and load is not None:
+                nursery.start_soon(self._serve_reloads, reloads, load)
+            write_discovery_file(self.config.discovery_file, info,
+                                 self.config.token_file if listeners.token else None)
+            log.info("syncsnapd %s serving %d project(s) on %s%s (config: %s)", __version__,
+                     len(self.config.projects), info.socket,
+                     f" and http://{info.tcp}" if info.tcp else "", self.config.source)
+            self.notifier.ready(self.status_line())
+            task_status.started(info)
+            try:
+                if stop is None:
+                    await trio.sleep_forever()
+                else:
+                    await stop.wait()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_SECONDS):
+                    self.notifier.stopping()
+                    log.info("stopping: cancelling runs, ending streams")
+                    busy = self.scheduler.busy()
+                    run_scope.cancel()
+                    if busy:
+                        # Let the cancelled runs publish, and streams carry those events out.
+                        await trio.sleep(STREAM_DRAIN_SECONDS)
+                    server.begin_shutdown()
+                    await trio.sleep(STREAM_DRAIN_SECONDS)
+                nursery.cancel_scope.cancel()
+
+    async def _serve_reloads(self, reloads: trio.MemoryReceiveChannel[None], load: ConfigLoader) -> None:
+        async for _ in reloads:
+            await self.reload(load)
+
+
+async def _last_summary(store: Store, project: str) -> FolderSummary | None:
+    def summarize() -> FolderSummary | None:
+        info = store.latest(project)
+        return None if info is None else summary_of_entries(store.load_entries(info.id))
+
+    return await trio.to_thread.run_sync(summarize)
+
+
+async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None,
+                       reloads: trio.MemoryReceiveChannel[None] | None = None, stop: trio.Event | None = None,
+                       task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until ``stop`` is set (a graceful stop: runs end ``cancelled`` and open streams
+    carry that out before they close) or until cancelled (everything closes at once).
+
+    Args:
+        config: the configuration to start with.
+        load: re-reads the configuration, for reloads.
+        reloads: each item received asks for a reload (the CLI sends one per SIGHUP).
+        stop: set it to stop gracefully; ``serve_daemon`` then returns.
+    """
+    notifier = Notifier()
+    passed = listen_fds()
     for project in config.projects:
         if not project.path.exists():
             # The embedded default (~/Sync) is created on first start; configured folders were checked.
@@ -93,80 +344,44 @@ async def serve_daemon(config: DaemonConfig, *, task_status: trio.TaskStatus[Dae
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store}: {exc}") from exc
     try:
-        tracker = Tracker()
-        watch_status: dict[str, WatchStatus] = {}
-        exclude = (config.store, config.state_dir)
-        scheduler = Scheduler(store, tracker, list(config.projects), exclude=exclude, waiter=wait_until_ready)
-        api = Api(scheduler, tracker, heartbeat=config.heartbeat)
-        listeners: list[tuple[trio.SocketListener, str]] = []
+        daemon = Daemon(config, store, notifier)
+        listeners = await _open_listeners(config, passed)
+        socket_path = _unix_socket_path(listeners, config)
+        info = DaemonInfo(socket_path, listeners.tcp_address, listeners.token, config.discovery_file,
+                          listeners.activated)
         try:
-            listeners.append((await open_unix_listener(config.socket), "unix"))
-            token = None
-            tcp_address = None
-            if config.tcp is not None:
-                token = await trio.to_thread.run_sync(load_or_create_token, config.token_file)
-                tcp_listener = await open_tcp_listener(config.tcp)
-                listeners.append((tcp_listener, "tcp"))
-                tcp_address = listener_address(tcp_listener)
-        except (OSError, ValueError) as exc:
-            for listener, _ in listeners:
-                await listener.aclose()
-            raise StartupError(str(exc)) from exc
-        info = DaemonInfo(config.socket, tcp_address, token, config.discovery_file)
-        try:
-            async with trio.open_nursery() as nursery:
-                run_scope = trio.CancelScope()
-
-                async def run_scheduler(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                    with run_scope:
-                        await scheduler.serve(task_status=task_status)
-
-                await nursery.start(run_scheduler)
-                for project in config.projects:
-                    nursery.start_soon(functools.partial(
-                        serve_project_watch, project, functools.partial(scheduler.request_snapshot, project.id),
-                        functools.partial(_last_summary, store, project.id), exclude=exclude,
-                        status=watch_status.setdefault(project.id, WatchStatus())))
-                server: HttpServer = await nursery.start(serve_http, api, listeners, HttpConfig(token=token))
-                write_discovery_file(config.discovery_file, info, config.token_file if token else None)
-                log.info("syncsnapd %s serving %d project(s) on %s%s (config: %s)", __version__,
-                         len(config.projects), config.socket, f" and http://{tcp_address}" if tcp_address else "",
-                         config.source)
-                task_status.started(info)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_SECONDS):
-                        log.info("stopping: cancelling runs, ending streams")
-                        busy = scheduler.busy()
-                        run_scope.cancel()
-                        if busy:
-                            # Let the cancelled runs publish, and streams carry those events out.
-                            await trio.sleep(STREAM_DRAIN_SECONDS)
-                        server.begin_shutdown()
-                        await trio.sleep(STREAM_DRAIN_SECONDS)
-                    nursery.cancel_scope.cancel()
+            await daemon.serve(listeners, info, reloads, load, stop, task_status=task_status)
         finally:
             remove_discovery_file(config.discovery_file)
+            _remove_own_socket(socket_path, listeners.bound_socket_inode)
     finally:
         store.close()  # quick (releases the lock); must run even though we are being cancelled
+        notifier.close()
         log.info("stopped")
 
 
-async def _last_summary(store: Store, project: str) -> FolderSummary | None:
-    def summarize() -> FolderSummary | None:
-        info = store.latest(project)
-        return None if info is None else summary_of_entries(store.load_entries(info.id))
-
-    return await trio.to_thread.run_sync(summarize)
-
-
-async def run_until_signalled(config: DaemonConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def run_until_signalled(config: DaemonConfig, load: ConfigLoader) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the configuration."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        send_reload, reloads = trio.open_memory_channel[None](1)
+        stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_daemon, config)
+
+            async def serve() -> None:
+                await serve_daemon(config, load=load, reloads=reloads, stop=stop)
+                nursery.cancel_scope.cancel()  # stopped: no more signals to wait for
+
+            nursery.start_soon(serve)
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+                if signum == signal.SIGHUP:
+                    try:
+                        send_reload.send_nowait(None)
+                    except trio.WouldBlock:
+                        pass  # a reload is already pending; it will read the newest file
+                elif stop.is_set():
+                    log.warning("second %s: stopping at once", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                else:
+                    stop.set()
+

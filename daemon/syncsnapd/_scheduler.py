@@ -54,6 +54,9 @@ class _ProjectSlot:
     queued: str | None = None
     progress: RunProgress | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
+    run_scope: trio.CancelScope | None = None
+    loop_scope: trio.CancelScope | None = None
+    cancel_reason: tuple[str, str] | None = None
 
 
 class UnknownProject(KeyError):
@@ -123,72 +126,133 @@ class Scheduler:
         slot.progress.add_done()  # mark dirty so the step-1 state is published now
         slot.progress.flush()
 
+    # --- changing the set of projects (config reload) and cancelling ------------------------------
+
+    def cancel_run(self, project_id: str, code: str = "cancelled",
+                   message: str = "The snapshot was cancelled.") -> str | None:
+        """Cancel the running run of ``project_id`` (it ends ``cancelled`` with ``code``) and drop a queued
+        one. Returns the cancelled run id, or None if nothing was running."""
+        slot = self._slots.get(project_id)
+        if slot is None:
+            raise UnknownProject(project_id)
+        slot.queued = None
+        if slot.running is None or slot.run_scope is None:
+            return None
+        slot.cancel_reason = (code, message)
+        self._stop_run(slot)
+        return slot.running
+
+    @staticmethod
+    def _stop_run(slot: _ProjectSlot) -> None:
+        if slot.progress is not None:
+            slot.progress.cancel()  # for worker threads, which trio's cancellation does not reach
+        if slot.run_scope is not None:
+            slot.run_scope.cancel()
+
+    def set_projects(self, projects: list[ProjectConfig]) -> None:
+        """Apply a new project list: add, remove (a running run ends ``cancelled``), or update a project's
+        settings for its next run. Runs of unchanged projects are not disturbed."""
+        wanted = {p.id: p for p in projects}
+        for pid in [pid for pid in self._slots if pid not in wanted]:
+            slot = self._slots.pop(pid)
+            slot.cancel_reason = ("project_removed", "The project was removed from the configuration.")
+            self._stop_run(slot)
+            if slot.loop_scope is not None:
+                slot.loop_scope.cancel()  # the loop removes the project from the tracker when it ends
+            else:
+                self.tracker.remove_project(pid)
+        for pid, cfg in wanted.items():
+            if pid in self._slots:
+                self._slots[pid].config = cfg
+            else:
+                slot = self._slots[pid] = _ProjectSlot(cfg)
+                self.tracker.add_project(pid)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._project_loop, slot)
+
     # --- running -----------------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every project's loop until cancelled. Runs in flight end as ``cancelled``."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._ticker)
             for slot in self._slots.values():
                 nursery.start_soon(self._project_loop, slot)
             task_status.started()
 
     async def _project_loop(self, slot: _ProjectSlot) -> None:
+        slot.loop_scope = trio.CancelScope()
+        try:
+            with slot.loop_scope:
+                await self._loop_body(slot)
+        finally:
+            if self._slots.get(slot.config.id) is not slot:
+                # Removed by a reload: its last run has published its terminal event by now.
+                self.tracker.remove_project(slot.config.id)
+
+    async def _loop_body(self, slot: _ProjectSlot) -> None:
         while True:
             await slot.wakeup.wait()
             slot.wakeup = trio.Event()
             if slot.running is None and slot.queued is not None:
                 self._begin(slot)
             while slot.running is not None:
-                assert slot.progress is not None
-                await self._execute(slot.config, slot.progress)
-                slot.running, slot.progress = None, None
+                await self._execute(slot)
+                slot.running, slot.progress, slot.run_scope, slot.cancel_reason = None, None, None, None
                 if slot.queued is not None:
                     self._begin(slot)
 
-    async def _execute(self, project: ProjectConfig, progress: RunProgress) -> None:
+    async def _execute(self, slot: _ProjectSlot) -> None:
+        project, progress = slot.config, slot.progress
+        assert progress is not None
         final: Progress
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._ticker, progress)
-                try:
-                    await self._waiter(project, progress)
-                    summary = await take_snapshot(
-                        self.store, project.id, project.path, progress,
-                        ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
-                    )
-                finally:
-                    nursery.cancel_scope.cancel()
-            final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
-            log.info("%s: %s", project.id, final.message)
-        except SnapshotError as exc:
-            final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
-                                    message=f"Snapshot failed: {exc.message}")
-            log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
-        except (trio.Cancelled, RunCancelled):
-            final = progress.finish("cancelled", error={"code": "shutdown",
-                                                        "message": "The daemon is shutting down."},
-                                    message="Snapshot cancelled: the daemon is shutting down")
-            log.info("%s: run %s cancelled", project.id, progress.run)
+        slot.run_scope = scope = trio.CancelScope()
+        with scope:
+            try:
+                await self._waiter(project, progress)
+                summary = await take_snapshot(
+                    self.store, project.id, project.path, progress,
+                    ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
+                )
+                final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
+                log.info("%s: %s", project.id, final.message)
+            except SnapshotError as exc:
+                final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
+                                        message=f"Snapshot failed: {exc.message}")
+                log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
+            except (trio.Cancelled, RunCancelled) as exc:
+                # Ours (cancel_run, project removed) or the daemon's (shutdown): one terminal event either way.
+                code, message = slot.cancel_reason or ("shutdown", "The daemon is shutting down.")
+                self.tracker.publish(progress.finish(
+                    "cancelled", error={"code": code, "message": message},
+                    message=f"Snapshot cancelled: {message[0].lower()}{message[1:].rstrip('.')}"))
+                log.info("%s: run %s cancelled (%s)", project.id, progress.run, code)
+                if isinstance(exc, trio.Cancelled):
+                    raise  # absorbed by `scope` when the cancel was ours
+                return
+            except Exception:
+                log.exception("%s: run %s failed unexpectedly", project.id, progress.run)
+                final = progress.finish("failed", error={"code": "internal_error",
+                                                         "message": "An internal error stopped the snapshot; "
+                                                                    "see the daemon's log."},
+                                        message="Snapshot failed: internal error")
             self.tracker.publish(final)
-            raise
-        except Exception:
-            log.exception("%s: run %s failed unexpectedly", project.id, progress.run)
-            final = progress.finish("failed", error={"code": "internal_error",
-                                                     "message": "An internal error stopped the snapshot; "
-                                                                "see the daemon's log."},
-                                    message="Snapshot failed: internal error")
-        self.tracker.publish(final)
 
-    @staticmethod
-    async def _ticker(progress: RunProgress) -> None:
+    async def _ticker(self) -> None:
+        """Publish every running run's counters a few times a second (one task for all runs)."""
         try:
             while True:
                 await trio.sleep(TICK_SECONDS)
-                progress.flush()
+                for slot in self._slots.values():
+                    if slot.progress is not None:
+                        slot.progress.flush()
         finally:
-            # Runs when the run is cancelled too: tell worker threads to stop at their next check.
-            progress.cancel()
+            # The scheduler is being cancelled (shutdown): worker threads cannot see trio's cancellation,
+            # so raise their flag; they stop at their next check and the runs end `cancelled`.
+            for slot in self._slots.values():
+                if slot.progress is not None:
+                    slot.progress.cancel()
 
 
 def _completed_message(s: SnapshotSummary) -> str:
