@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket as stdsocket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,3 +280,131 @@ def follow_log() -> Iterator[LogTimes]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A fault-injecting proxy in front of a real daemon
+# ----------------------------------------------------------------------------------------------------
+
+
+class FaultyProxy:
+    """Forwards a Unix socket to the real daemon's, and breaks connections on demand.
+
+    Not a daemon double: every byte comes from the real syncsnapd. The proxy only plays the network's
+    part: ``cut()`` closes every open connection at once (as a crash or a dropped link would), and
+    ``stall()`` stops moving bytes on the open connections while keeping them open (a hung peer).
+    New connections after either are forwarded normally.
+    """
+
+    def __init__(self, path: Path, target: str) -> None:
+        self.path = path
+        self.target = target
+        self.connections = 0
+        self._scopes: list[trio.CancelScope] = []
+        self._stalled: list[trio.Event] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raw = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        raw.bind(str(self.path))
+        raw.listen(64)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, [listener], handler_nursery=nursery)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            upstream = await trio.open_unix_socket(self.target)
+        except OSError:
+            await client.aclose()
+            return
+        stall = trio.Event()
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+            self._stalled.append(stall)
+            async with client, upstream, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, client, upstream, stall, nursery.cancel_scope)
+                nursery.start_soon(self._pump, upstream, client, stall, nursery.cancel_scope)
+        self._scopes.remove(scope)
+        self._stalled.remove(stall)
+
+    @staticmethod
+    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, stall: trio.Event,
+                    done: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = await src.receive_some(65536)
+                if not data:
+                    break
+                if stall.is_set():
+                    # Hold the bytes, but still notice the peer closing (EOF ends the connection).
+                    while await src.receive_some(65536):
+                        pass
+                    break
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()
+
+    def cut(self) -> int:
+        """Close every open connection; returns how many."""
+        live = [scope for scope in self._scopes if not scope.cancel_called]
+        for scope in live:
+            scope.cancel()
+        return len(live)
+
+    def stall(self) -> int:
+        """Freeze every open connection (no byte moves any more, none is closed); returns how many."""
+        live = [ev for ev in self._stalled if not ev.is_set()]
+        for ev in live:
+            ev.set()
+        return len(live)
+
+
+# ----------------------------------------------------------------------------------------------------
+# curl as an independent reference reader of a stream
+# ----------------------------------------------------------------------------------------------------
+
+
+class CurlEvents:
+    """``curl -N`` on the daemon's ``/api/v1/events``: the reference every event is compared with."""
+
+    def __init__(self, socket: str, target: str = "/api/v1/events") -> None:
+        self.argv = ["curl", "-sS", "-N", "--unix-socket", socket, f"http://localhost{target}"]
+        self.events: list[dict[str, Any]] = []
+        self.changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs curl; started once the first event (the current state) arrived."""
+        proc = await trio.lowlevel.open_process(self.argv, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        buf = b""
+        started = False
+        try:
+            async for chunk in proc.stdout:
+                buf += chunk
+                while b"\n\n" in buf:
+                    block, buf = buf.split(b"\n\n", 1)
+                    fields = dict(line.split(": ", 1) for line in block.decode().split("\n")
+                                  if line and not line.startswith(":") and ": " in line)
+                    if fields.get("event") == "progress":
+                        self.events.append(json.loads(fields["data"]))
+                        self.changed.set()
+                        self.changed = trio.Event()
+                        if not started:
+                            started = True
+                            task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                proc.kill()
+                await proc.wait()
+
+    async def wait_for(self, pred: Any) -> dict[str, Any]:
+        seen = 0
+        while True:
+            for ev in self.events[seen:]:
+                if pred(ev):
+                    return ev
+            seen = len(self.events)
+            await self.changed.wait()

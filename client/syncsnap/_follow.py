@@ -163,6 +163,11 @@ class Follower:
         return replace(self._stats)
 
     @property
+    def _handshake_timeout(self) -> float:
+        # Opening a stream or polling waits no longer than a silent stream would be tolerated.
+        return min(self._client.request_timeout, self._policy.stall_timeout)
+
+    @property
     def last_event_id(self) -> int | None:
         """The id of the last event yielded: pass it as ``last_event_id`` to resume later."""
         return self._last_id
@@ -249,7 +254,7 @@ class Follower:
             if self._last_id is not None:
                 headers.append(("Last-Event-ID", str(self._last_id)))
             headers.append(("Accept", "text/event-stream"))
-            with trio.fail_after(self._client.request_timeout):
+            with trio.fail_after(self._handshake_timeout):
                 resp = await conn.start_stream(self._stream_target, headers)
             if resp.status != 200:
                 raise error_for_response(self._endpoint, "GET", self._stream_target, resp.status, resp.body)
@@ -260,7 +265,7 @@ class Follower:
         except trio.TooSlowError:
             await conn.aclose()
             raise ConnectionLost(f"syncsnapd at {self._endpoint.describe()} did not answer the stream request "
-                                 f"within {self._client.request_timeout:g} s.") from None
+                                 f"within {self._handshake_timeout:g} s.") from None
         except BaseException:
             await conn.aclose()
             raise
@@ -278,7 +283,7 @@ class Follower:
         """A new connection, checked with ``/health`` (which tells whether the daemon restarted)."""
         conn = await HttpConnection.open(self._endpoint)
         try:
-            with trio.fail_after(self._client.request_timeout):
+            with trio.fail_after(self._handshake_timeout):
                 resp = await conn.request("GET", f"{API}/health")
             if resp.status != 200:
                 raise error_for_response(self._endpoint, "GET", f"{API}/health", resp.status, resp.body)
@@ -286,7 +291,7 @@ class Follower:
         except trio.TooSlowError:
             await conn.aclose()
             raise ConnectionLost(f"syncsnapd at {self._endpoint.describe()} did not answer within "
-                                 f"{self._client.request_timeout:g} s.") from None
+                                 f"{self._handshake_timeout:g} s.") from None
         except BaseException:
             await conn.aclose()
             raise
@@ -382,7 +387,7 @@ class Follower:
                 await self._close_poll_conn()
                 self._poll_conn = await self._connect()
             try:
-                with trio.fail_after(self._client.request_timeout):
+                with trio.fail_after(self._handshake_timeout):
                     resp = await self._poll_conn.request("GET", self._poll_target)
             except trio.TooSlowError:
                 raise ConnectionLost("no answer to a progress poll") from None

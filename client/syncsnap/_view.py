@@ -1,0 +1,167 @@
+"""How ``syncsnap`` shows progress: a live bar on a terminal (rich), NDJSON everywhere else.
+
+rich is imported only when a terminal view is made: importing ``rich.progress`` takes about 35 ms here,
+which scripts reading NDJSON should not pay.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from ._format import human_bytes, plural, short_duration
+from ._models import Progress
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+
+# What the files_* counters count in each step (docs/api.md): entries found, changed files, objects.
+COUNTED = {3: "found", 4: "files", 5: "objects"}
+
+
+class View(Protocol):
+    def note(self, text: str) -> None: ...
+    def show(self, p: Progress) -> None: ...
+    def __enter__(self) -> View: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def final_line(p: Progress) -> str:
+    """One sentence for a run's end: what the daemon said, with the project in front."""
+    if p.state == "completed" and p.snapshot is not None:
+        s = p.snapshot
+        line = (f"{p.project}: snapshot {s.id} completed: {plural(s.files, 'file')} ({human_bytes(s.bytes)}), "
+                f"{human_bytes(s.bytes_added)} added in {s.duration_seconds:.1f} s")
+        if s.warnings:
+            line += f", {plural(s.warnings, 'warning')}"
+        return line
+    if p.error is not None:
+        return f"{p.project}: snapshot {p.state}: {p.error.message}"
+    return f"{p.project}: {p.message}"
+
+
+class JsonView:
+    """One JSON object per line (NDJSON); notes go to stderr, so stdout stays machine-readable."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self._out = out or sys.stdout
+
+    def note(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def show(self, p: Progress) -> None:
+        self.emit(p.to_json())
+
+    def emit(self, obj: Any) -> None:
+        self._out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._out.flush()
+
+    def __enter__(self) -> JsonView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@dataclass
+class _Rate:
+    step: int
+    t0: float
+    bytes0: int
+    files0: int
+
+
+class TerminalView:
+    """A live bar per project: step n/6 and its name, percent, files and bytes done/total, rate, ETA, and
+    the daemon's message on the line below. Finished runs leave one summary line above the bars."""
+
+    def __init__(self, status: Callable[[], str] | None = None, *, console: Console | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.console import Console, Group, RenderableType
+        from rich.progress import BarColumn, Progress, TaskID, TextColumn
+        from rich.text import Text
+
+        self._Text = Text
+        self._status = status
+        self._clock = clock
+        self._tasks: dict[str, TaskID] = {}
+        self._rates: dict[str, _Rate] = {}
+        view = self
+
+        class Bars(Progress):
+            def get_renderables(self) -> Any:
+                rows: list[RenderableType] = []
+                for task in self.tasks:
+                    rows.append(self.make_tasks_table([task]))
+                    rows.append(Text(f"  {task.fields['message']}", style="dim", no_wrap=True, overflow="ellipsis"))
+                line = view._status() if view._status else ""
+                if line:
+                    rows.append(Text(line, style="yellow"))
+                yield Group(*rows)
+
+        self.console = console or Console(highlight=False)
+        self._bars: RichProgress = Bars(
+            TextColumn("[bold]{task.fields[project]}"),
+            TextColumn("step {task.fields[step]}/6 {task.fields[step_name]:<22}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[files]}"),
+            TextColumn("{task.fields[bytes]}"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            console=self.console, refresh_per_second=8, transient=False,
+        )
+
+    def __enter__(self) -> TerminalView:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def note(self, text: str) -> None:
+        self._bars.console.print(self._Text(text, style="dim"))
+
+    def queued(self, project: str, message: str) -> None:
+        """Show a project whose followed run has not started yet."""
+        self._task(project, step=0, step_name="Queued", percent=0, message=message, files="", bytes="",
+                   rate="", eta="-")
+
+    def show(self, p: Progress) -> None:
+        if p.gap:
+            self.note(f"{p.project}: some events were missed; showing the current state")
+        unit = COUNTED.get(p.step, "files")
+        files = f"{p.files_done:,}/{p.files_total:,} {unit}" if p.files_total else (
+            f"{p.files_done:,} {unit}" if p.files_done else "")
+        nbytes = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else ""
+        eta = "-" if p.eta_seconds is None else short_duration(p.eta_seconds)
+        self._task(p.project, step=p.step, step_name=p.step_name, percent=p.percent, message=p.message,
+                   files=files, bytes=nbytes, rate=self._rate(p), eta=eta)
+        if p.terminal and p.run is not None:
+            style = "green" if p.state == "completed" else "red"
+            mark = "✔" if p.state == "completed" else "✘"
+            self._bars.console.print(self._Text(f"{mark} {final_line(p)}", style=style))
+
+    def _task(self, project: str, *, percent: float, **fields: Any) -> None:
+        if project not in self._tasks:
+            self._tasks[project] = self._bars.add_task(project, total=100, project=project, **fields)
+        self._bars.update(self._tasks[project], completed=percent, **fields)
+        self._bars.refresh()
+
+    def _rate(self, p: Progress) -> str:
+        now = self._clock()
+        r = self._rates.get(p.project)
+        if r is None or r.step != p.step or p.bytes_done < r.bytes0 or p.files_done < r.files0:
+            self._rates[p.project] = _Rate(p.step, now, p.bytes_done, p.files_done)
+            return ""
+        dt = now - r.t0
+        if dt < 0.2 or p.terminal:
+            return ""
+        if p.bytes_total:
+            return f"{human_bytes((p.bytes_done - r.bytes0) / dt)}/s"
+        return f"{(p.files_done - r.files0) / dt:,.0f} {COUNTED.get(p.step, 'files')}/s"

@@ -1,0 +1,300 @@
+"""The client library against a real syncsnapd (a subprocess, as users run it).
+
+The no-loss tests compare what ``follow`` yields with what curl, connected straight to the daemon,
+received: the same events, in the same order, while the follower's own connections are cut, stalled
+(through :class:`FaultyProxy`, which only forwards the real daemon's bytes) or refused with the daemon's
+own 503 (its connection limit filled), and across a daemon restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket as stdsocket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import syncsnap
+import trio
+from conftest import DaemonProcess, make_tree, start_daemon
+from syncsnap._http import HttpConnection
+
+pytest.register_assert_rewrite("_client_fixtures")
+from _client_fixtures import CurlEvents, FaultyProxy  # noqa: E402
+
+Factory = Callable[..., DaemonProcess]
+# Quick reconnects keep these tests short; the timings themselves are proven in test_client_follow_timing.
+FAST = syncsnap.FollowPolicy(jitter=0.0, backoff_initial=0.1, stall_timeout=0.5)
+
+
+async def start(daemon_factory: Any, short_tmp: Path, files: int = 40, heartbeat: float = 0.2) -> DaemonProcess:
+    """A daemon whose streams send a keep-alive every 0.2 s, well within FAST's stall timeout."""
+    folder = short_tmp / "docs"
+    make_tree(folder, files=files)
+    d: DaemonProcess = await trio.to_thread.run_sync(lambda: daemon_factory({"docs": folder}, heartbeat=heartbeat))
+    return d
+
+
+def client(path: str | Path, policy: syncsnap.FollowPolicy = FAST) -> syncsnap.AsyncClient:
+    return syncsnap.AsyncClient(syncsnap.find_endpoint({}, socket=path), policy=policy)
+
+
+async def test_every_method_over_the_unix_socket_found_through_the_discovery_file(
+        daemon_factory: Any, short_tmp: Path) -> None:
+    d = await start(daemon_factory, short_tmp)
+    async with syncsnap.open_client(env=d.env) as c:
+        assert c.endpoint.path == d.socket and "discovery file" in c.endpoint.source
+        health = await c.health()
+        assert (health.status, health.pid, health.projects) == ("ok", d.proc.pid, 1)
+        [project] = await c.projects()
+        assert (project.id, project.path, project.state, project.last_snapshot) == (
+            "docs", str(short_tmp / "docs"), "idle", None)
+        assert project.progress.event_id == 0 and project.progress.step == 0
+        started = await c.start_snapshot("docs")
+        assert started.run.startswith("r-") and started.progress.run == started.run
+        assert started.stream == "/api/v1/projects/docs/progress/stream"
+        seen = [p async for p in c.follow("docs", run=started.run, last_event_id=started.progress.event_id - 1)]
+        assert [p.step for p in seen][0] == 1 and seen[-1].step == 6
+        assert [p.event_id for p in seen] == sorted({p.event_id for p in seen})
+        final = seen[-1]
+        assert final.state == "completed" and final.snapshot is not None and final.snapshot.files == 41
+        assert await c.progress("docs") == final
+        [snap] = await c.snapshots("docs")
+        assert snap.id == final.snapshot.id and snap.files == 41 and snap.project == "docs"
+        assert (await c.project("docs")).last_snapshot == snap
+        with pytest.raises(syncsnap.NotFound, match="No project named 'nope'"):
+            await c.project("nope")
+        with pytest.raises(syncsnap.NotFound):
+            await c.start_snapshot("nope")
+
+
+async def test_tcp_with_the_token_and_errors_that_say_what_to_do(daemon_factory: Any, short_tmp: Path) -> None:
+    d = await start(daemon_factory, short_tmp)
+    env = {**d.env, "SYNCSNAP_URL": f"http://{d.tcp}"}
+    async with syncsnap.open_client(env=env) as c:  # the token file comes from the discovery file
+        assert c.endpoint.transport == "tcp" and c.endpoint.token == d.token
+        assert (await c.health()).pid == d.proc.pid
+        run = (await c.start_snapshot("docs")).run
+        async for p in c.follow("docs", run=run):
+            last = p
+        assert last.state == "completed"
+
+    bad = short_tmp / "bad-token"
+    bad.write_text("nope\n")
+    async with syncsnap.open_client(env={**env, "SYNCSNAP_TOKEN_FILE": str(bad)}) as c:
+        with pytest.raises(syncsnap.Unauthorized) as info:
+            await c.health()
+    assert str(info.value) == (
+        f"syncsnapd at http://{d.tcp} refused the request (unauthorized): the token in {bad} "
+        "(SYNCSNAP_TOKEN_FILE) is not the daemon's. Point SYNCSNAP_TOKEN_FILE at the daemon's token file "
+        "(its `token_file` setting), or use the Unix socket.")
+
+    d.stop()
+    async with syncsnap.open_client(env=d.env) as c:
+        with pytest.raises(syncsnap.DaemonNotRunning) as info2:
+            await c.health()
+    assert str(info2.value) == (f"syncsnapd is not running: no socket at {d.socket} (from the default location); "
+                                "start it with `syncsnapd`.")
+
+
+def test_blocking_client_has_the_same_methods(daemon_factory: Any, short_tmp: Path) -> None:
+    folder = short_tmp / "docs"
+    make_tree(folder, files=10)
+    d = daemon_factory({"docs": folder})
+    with syncsnap.Client(env={**d.env, "SYNCSNAP_SOCKET": d.socket}) as c:
+        assert c.endpoint.source == "SYNCSNAP_SOCKET"
+        assert c.health().pid == d.proc.pid
+        assert [p.id for p in c.projects()] == ["docs"]
+        started = c.start_snapshot("docs")
+        states = [p.state for p in c.follow("docs", run=started.run, last_event_id=started.progress.event_id - 1)]
+        assert states[0] == "waiting" and states[-1] == "completed"
+        assert c.progress("docs").state == "completed"
+        assert len(c.snapshots("docs")) == 1 and c.project("docs").last_snapshot is not None
+        with pytest.raises(syncsnap.NotFound):
+            c.snapshots("nope")
+        # Breaking out of a follow closes it; the client stays usable.
+        for p in c.follow():
+            assert p.project == "docs"
+            break
+        assert c.health().status == "ok"
+
+
+# --- no loss ------------------------------------------------------------------------------------------
+
+
+Fault = Callable[[FaultyProxy, syncsnap.Follower, int], Awaitable[None]]
+
+
+class Churn:
+    """Runs snapshots back to back over one keep-alive connection opened up front (so it keeps working
+    while the daemon refuses new connections); calls ``fault`` right after starting each run."""
+
+    def __init__(self, d: DaemonProcess, runs: int, fault: Callable[[int], Awaitable[None]]) -> None:
+        self.d = d
+        self.runs = runs
+        self.fault = fault
+        self.started: list[str] = []
+
+    async def run(self) -> None:
+        conn = await HttpConnection.open(syncsnap.find_endpoint({}, socket=self.d.socket))
+        try:
+            for i in range(self.runs):
+                resp = await conn.request("POST", "/api/v1/projects/docs/snapshots")
+                assert resp.status == 202, resp.body
+                run = resp.json()["run"]
+                self.started.append(run)
+                await self.fault(i)
+                while True:  # wait for the run's end, polling on the same connection
+                    p = (await conn.request("GET", "/api/v1/projects/docs/progress")).json()
+                    if p["run"] == run and p["state"] in ("completed", "failed", "cancelled"):
+                        break
+                    await trio.sleep(0.02)
+        finally:
+            await conn.aclose()
+
+
+async def follow_into(follower: syncsnap.Follower, out: list[syncsnap.Progress]) -> None:
+    async with follower:
+        async for p in follower:
+            out.append(p)
+
+
+async def wait_until(pred: Callable[[], bool]) -> None:
+    """Wait for a condition on other tasks' state (statistics, lists) that signals no event; 15 s at most."""
+    with trio.fail_after(15):
+        while not pred():  # noqa: ASYNC110 - nothing to wait on: these are plain counters
+            await trio.sleep(0.01)
+
+
+def streaming(follower: syncsnap.Follower) -> bool:
+    st = follower.statistics()
+    return st.mode == "stream" and st.streams_opened > st.streams_lost
+
+
+def compact(events: list[dict[str, Any]]) -> list[tuple[int, str | None, str]]:
+    return [(e["event_id"], e["run"], e["state"]) for e in events]
+
+
+async def check_no_loss(d: DaemonProcess, short_tmp: Path, fault: Fault, runs: int = 8
+                        ) -> tuple[syncsnap.Follower, list[syncsnap.Progress]]:
+    proxy = FaultyProxy(short_tmp / "proxy.sock", d.socket)
+    ref = CurlEvents(d.socket)
+    got: list[syncsnap.Progress] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        await nursery.start(ref.run)
+        follower = client(proxy.path).follow()
+        nursery.start_soon(follow_into, follower, got)
+        await wait_until(lambda: len(got) == 1)
+
+        async def inject(i: int) -> None:
+            await fault(proxy, follower, i)
+
+        churn = Churn(d, runs, inject)
+        await churn.run()
+        last = await ref.wait_for(lambda e: e["run"] == churn.started[-1] and e["state"] == "completed")
+        await wait_until(lambda: bool(got) and got[-1].event_id >= last["event_id"])
+        nursery.cancel_scope.cancel()
+    assert compact([p.to_json() for p in got]) == compact(ref.events)
+    assert not any(p.gap for p in got)
+    assert {p.run for p in got if p.state == "completed"} == set(churn.started)
+    return follower, got
+
+
+async def test_no_loss_when_the_stream_is_cut_again_and_again(daemon_factory: Any, short_tmp: Path) -> None:
+    d = await start(daemon_factory, short_tmp)
+
+    async def cut(proxy: FaultyProxy, follower: syncsnap.Follower, i: int) -> None:
+        await wait_until(lambda: streaming(follower) and follower.statistics().streams_opened == i + 1)
+        assert proxy.cut() == 1
+
+    follower, got = await check_no_loss(d, short_tmp, cut)
+    st = follower.statistics()
+    # (The last cut may come after the last event went through: then there is no need to reconnect.)
+    assert st.streams_lost in (7, 8) and st.streams_opened == st.streams_lost + 1
+    assert st.stream_attempts_failed == 0
+    assert len(got) > 8 * 6  # every run has at least 6 events: steps 1-5 and its end
+
+
+async def test_no_loss_when_the_stream_stalls(daemon_factory: Any, short_tmp: Path) -> None:
+    d = await start(daemon_factory, short_tmp)
+
+    async def stall(proxy: FaultyProxy, follower: syncsnap.Follower, i: int) -> None:
+        if i % 2 == 0:
+            await wait_until(lambda: streaming(follower) and follower.statistics().streams_opened == i // 2 + 1)
+            assert proxy.stall() == 1
+
+    follower, _ = await check_no_loss(d, short_tmp, stall)
+    assert follower.statistics().streams_lost in (3, 4)
+
+
+async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, short_tmp: Path) -> None:
+    """The daemon's own connection limit (256) is filled by idle streams: new connections get its 503,
+    while runs go on (started over a connection opened before)."""
+    d = await start(daemon_factory, short_tmp)
+    refused_answers: list[bytes] = []
+    hogs: list[stdsocket.socket] = []
+
+    async def refuse(proxy: FaultyProxy, follower: syncsnap.Follower, i: int) -> None:
+        if i == 1:
+            await wait_until(lambda: streaming(follower))
+            assert proxy.cut() == 1  # the follower's stream is gone...
+            await wait_until(lambda: not streaming(follower))
+            # ... and its slot with it. Fill every slot (blocking calls: the follower cannot reconnect
+            # before this is done), so that its reconnects meet the limit.
+            for _ in range(260):
+                s = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+                s.connect(d.socket)
+                s.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                hogs.append(s)
+            probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+            probe.connect(d.socket)
+            probe.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            refused_answers.append(probe.recv(4096))
+            probe.close()
+        if i == 4:  # runs 2, 3 and 4 went on meanwhile
+            await wait_until(lambda: follower.statistics().stream_attempts_failed >= 2)
+            for s in hogs:
+                s.close()
+
+    follower, _ = await check_no_loss(d, short_tmp, refuse)
+    assert refused_answers[0].startswith(b"HTTP/1.1 503 ")
+    st = follower.statistics()
+    assert st.stream_attempts_failed >= 2 and st.streams_opened == 2
+
+
+async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp: Path) -> None:
+    """SIGTERM mid-run: the run's `cancelled` event arrives; the new daemon's events follow, the first
+    of each project marked as a gap (ids start again), nothing twice."""
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"f{i}").write_bytes(os.urandom(64 * 1024))
+    d = await trio.to_thread.run_sync(lambda: daemon_factory({"docs": folder}))
+    got: list[syncsnap.Progress] = []
+    async with trio.open_nursery() as nursery:
+        follower = client(d.socket, syncsnap.FollowPolicy(jitter=0.0, backoff_initial=0.3)).follow("docs")
+        nursery.start_soon(follow_into, follower, got)
+        async with syncsnap.open_client(env=d.env) as c:
+            run1 = (await c.start_snapshot("docs")).run
+            await wait_until(lambda: any(p.run == run1 and p.step >= 3 for p in got))
+        assert await trio.to_thread.run_sync(d.stop) == 0
+        d2 = await trio.to_thread.run_sync(lambda: start_daemon(short_tmp, {"docs": folder}))
+        try:
+            await wait_until(lambda: follower.statistics().streams_opened == 2)
+            async with syncsnap.open_client(env=d2.env) as c:
+                run2 = (await c.start_snapshot("docs")).run
+            await wait_until(lambda: got[-1].run == run2 and got[-1].terminal)
+        finally:
+            d2.stop(signal.SIGKILL)
+        nursery.cancel_scope.cancel()
+    last1 = max(i for i, p in enumerate(got) if p.run == run1)
+    assert got[last1].state == "cancelled" and got[last1].error is not None
+    assert got[last1].error.code == "shutdown"
+    assert not any(p.gap for p in got[:last1 + 1])
+    gap, after = got[last1 + 1], got[last1 + 2:]
+    assert gap.gap and gap.run in (None, run1)  # the new daemon's current state of docs
+    assert all(p.run == run2 and not p.gap for p in after) and after[-1].state == "completed"
+    assert [p.event_id for p in after] == sorted({p.event_id for p in after})
