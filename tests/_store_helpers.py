@@ -381,7 +381,7 @@ def bench(workdir: Path, files: int, total_mib: int) -> None:
     past = time.time_ns() - 60 * 1_000_000_000
     for p in rng.sample(all_files, max(1, len(all_files) // 100)):
         with open(p, "r+b") as f:
-            f.write(rng.randbytes(min(4096, p.stat().st_size)))
+            f.write(os.urandom(min(4096, p.stat().st_size)))  # new content, never seen before
         os.utime(p, ns=(past, past))  # changed, but not "just modified" (see RACY_WINDOW_NS)
     phase("1% changed")
     store_size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
