@@ -5,6 +5,10 @@ need=()
 for pkg in curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# The client's notifier tests: a private D-Bus bus, dunst under Xvfb; systemd-analyze checks its unit.
+for pkg in dbus-daemon dunst xvfb systemd; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q

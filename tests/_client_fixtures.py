@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import signal
 import socket as stdsocket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,3 +412,133 @@ class CurlEvents:
                     return ev
             seen = len(self.events)
             await self.changed.wait()
+
+
+# ----------------------------------------------------------------------------------------------------
+# A private D-Bus session bus, and dunst under Xvfb
+# ----------------------------------------------------------------------------------------------------
+
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={path}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+# Every urgency gets its own message format, so `dunstctl history` shows the urgency dunst applied;
+# timeout 0 keeps notifications displayed until the test closes them (nothing expires mid-test).
+DUNSTRC = """[global]
+    format = "%s\\n%b"
+[urgency_low]
+    format = "LOW %s\\n%b"
+    timeout = 0
+[urgency_normal]
+    format = "NORMAL %s\\n%b"
+    timeout = 0
+[urgency_critical]
+    format = "CRITICAL %s\\n%b"
+    timeout = 0
+"""
+
+
+@dataclass
+class PrivateBus:
+    """``dbus-daemon`` with its own config and socket under the test's temp dir (no service files)."""
+
+    address: str
+    pid: int
+
+    @classmethod
+    def start(cls, base: Path) -> PrivateBus:
+        sock = base / "bus.sock"
+        conf = base / "bus.conf"
+        conf.write_text(BUS_CONFIG.format(path=sock))
+        out = subprocess.run(["dbus-daemon", f"--config-file={conf}", "--fork", "--print-address=1",
+                              "--print-pid=1", "--nopidfile"], capture_output=True, text=True, check=True,
+                             timeout=10).stdout.split()
+        return cls(address=f"unix:path={sock}", pid=int(out[1]))
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        return {**base, "DBUS_SESSION_BUS_ADDRESS": self.address}
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+class Dunst:
+    """A real notification server: dunst on a private Xvfb display, on the given bus."""
+
+    def __init__(self, base: Path, bus: PrivateBus) -> None:
+        self.env = bus.env({k: v for k, v in os.environ.items() if k not in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS")})
+        read, write = os.pipe()
+        self.xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-nolisten", "tcp", "-nolisten", "unix",
+                                      "-screen", "0", "800x600x24"], pass_fds=(write,),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(write)
+        with os.fdopen(read) as f:
+            display = f.readline().strip()
+        if not display:
+            self.xvfb.kill()
+            raise RuntimeError("Xvfb did not start")
+        self.env["DISPLAY"] = f":{display}"
+        rc = base / "dunstrc"
+        rc.write_text(DUNSTRC)
+        self.proc = subprocess.Popen(["dunst", "-config", str(rc)], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=open(base / "dunst.log", "wb"))
+        deadline = time.monotonic() + 10
+        while self.ctl("count", "displayed", check=False).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"dunst did not start: {(base / 'dunst.log').read_text()}")
+            time.sleep(0.02)
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["dunstctl", *args], env=self.env, capture_output=True, text=True, check=check,
+                              timeout=10)
+
+    def displayed(self) -> int:
+        return int(self.ctl("count", "displayed").stdout.strip())
+
+    def close_all_and_history(self) -> list[dict[str, Any]]:
+        """Close what is displayed (so it moves to the history), then the history, oldest first."""
+        self.ctl("close-all")
+        entries = json.loads(self.ctl("history").stdout)["data"][0]
+        return sorted(({k: v["data"] for k, v in e.items()} for e in entries), key=lambda e: e["timestamp"])
+
+    def stop(self) -> None:
+        for p in (self.proc, self.xvfb):
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def private_bus(short_tmp: Path) -> Iterator[PrivateBus]:
+    bus = PrivateBus.start(short_tmp)
+    try:
+        yield bus
+    finally:
+        bus.stop()
+
+
+@pytest.fixture
+def dunst(short_tmp: Path, private_bus: PrivateBus) -> Iterator[Dunst]:
+    if not (shutil.which("dunst") and shutil.which("Xvfb") and shutil.which("dunstctl")):
+        pytest.fail("dunst, dunstctl and Xvfb are needed (scripts/install-system-deps.sh installs them)")
+    d = Dunst(short_tmp, private_bus)
+    try:
+        yield d
+    finally:
+        d.stop()

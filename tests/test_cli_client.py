@@ -1,0 +1,226 @@
+"""The ``syncsnap`` command through its real entry point (the console script), against a real daemon:
+in a pseudo-terminal (live bar) and in JSON mode (NDJSON), with its exit codes."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import syncsnap
+from conftest import DaemonProcess, make_tree
+from rich.console import Console
+from syncsnap._view import TerminalView
+
+SYNCSNAP = str(Path(sys.executable).parent / "syncsnap")
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def big_tree(root: Path, files: int = 400, size: int = 64 * 1024) -> None:
+    """Incompressible files: the run spends a visible while in step 4, so the bar moves."""
+    root.mkdir(parents=True)
+    for i in range(files):
+        (root / f"d{i % 8}").mkdir(exist_ok=True)
+        (root / f"d{i % 8}" / f"f{i}.bin").write_bytes(os.urandom(size))
+
+
+def cli(d: DaemonProcess | None, *args: str, env: dict[str, str] | None = None,
+        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = env if env is not None else (d.env if d else dict(os.environ))
+    return subprocess.run([SYNCSNAP, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Pty:
+    """The command in a pseudo-terminal of 120x30, as a person at a terminal runs it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                     env={**env, "TERM": "xterm-256color"})
+        os.close(slave)
+        self.out = b""
+
+    def read_until(self, needle: bytes, timeout: float = 30) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.out:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} not seen; output: {self.out[-2000:]!r}")
+            if not self._read(left):
+                raise AssertionError(f"EOF before {needle!r}; output: {self.out[-2000:]!r}")
+        return self.out
+
+    def _read(self, timeout: float) -> bool:
+        r, _, _ = select.select([self.master], [], [], timeout)
+        if not r:
+            return True
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: the other side closed
+            return False
+        self.out += chunk
+        return bool(chunk)
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while self._read(max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
+            pass
+        code = self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        os.close(self.master)
+        return code
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace")
+
+
+def test_snapshot_follow_in_a_terminal_shows_a_live_progress_bar(daemon_factory: Any, short_tmp: Path) -> None:
+    big_tree(short_tmp / "big")
+    d = daemon_factory({"big": short_tmp / "big"})
+    t = Pty([SYNCSNAP, "snapshot", "big", "--follow"], d.env)
+    assert t.wait() == 0
+    out = t.text
+    assert "\x1b[2K" in out and "\x1b[1A" in out  # redrawn in place: a live display, not a log
+    for step in ("step 1/6 Waiting for sync", "step 2/6 Browsing folder status", "step 3/6 Browsing files",
+                 "step 4/6 Compressing", "step 5/6 Uploading to the store", "step 6/6 Completed"):
+        assert step in out
+    assert "/400 files" in out and "MiB/25.0 MiB" in out and "100.0%" in out and "ETA" in out
+    assert "Compressing " in out and " of 400 files (" in out  # the daemon's message, under the bar
+    final = [line for line in out.splitlines() if "✔ big: snapshot " in line]
+    assert final and "completed: 400 files (25.0 MiB), 25.0 MiB added in" in final[0]
+    assert not any(line.lstrip().startswith("{") for line in out.splitlines())
+
+
+def test_terminal_view_shows_rate_and_eta() -> None:
+    """The bar's fields for a step-4 event, rendered by rich to a recording console."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=160, color_system=None)
+    clock = iter([100.0, 102.0])
+    view = TerminalView(console=console, clock=lambda: next(clock))
+    base: dict[str, Any] = dict(event_id=7, project="docs", run="r-1-1-a", state="compressing", step=4,
+                                steps=6, message="Compressing 10 of 40 files (10.0 MiB of 40.0 MiB)",
+                                files_total=40, bytes_total=40 * 2**20, started_at=None, updated_at=None,
+                                error=None, snapshot=None)
+    with view:
+        view.show(syncsnap.Progress(percent=37.5, files_done=10, bytes_done=10 * 2**20, eta_seconds=None, **base))
+        view.show(syncsnap.Progress(percent=55.0, files_done=20, bytes_done=30 * 2**20, eta_seconds=125, **base))
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    last = out.rsplit("docs step 4/6", 1)[1]
+    assert "Compressing" in last and "55.0%" in last and "20/40 files" in last
+    assert "30.0 MiB/40.0 MiB" in last and "10.0 MiB/s" in last and "ETA 2m05s" in last
+    assert "Compressing 10 of 40 files (10.0 MiB of 40.0 MiB)" in last
+
+
+def test_json_mode_prints_one_object_per_event(daemon_factory: Any, short_tmp: Path) -> None:
+    make_tree(short_tmp / "docs", files=30)
+    d = daemon_factory({"docs": short_tmp / "docs"})
+    for args in (["snapshot", "docs", "--follow", "--json"], ["snapshot", "docs", "--follow"]):  # a pipe: NDJSON too
+        r = cli(d, *args)
+        assert r.returncode == 0, r.stderr
+        events = [json.loads(line) for line in r.stdout.splitlines()]
+        ids = [e["event_id"] for e in events]
+        assert ids == sorted(set(ids))
+        assert len({e["run"] for e in events}) == 1
+        assert [e["step"] for e in events][0] == 1 and events[-1]["state"] == "completed"
+        assert {e["step"] for e in events} == {1, 2, 3, 4, 5, 6}
+        assert events[-1]["snapshot"]["files"] == 31
+        assert r.stderr.startswith("docs: snapshot ") and " completed: 31 files " in r.stderr
+
+    r = cli(d, "snapshots", "docs", "--json")
+    assert [s["files"] for s in json.loads(r.stdout)["snapshots"]] == [31, 31]
+    r = cli(d, "snapshot", "docs", "--json")
+    started = json.loads(r.stdout)
+    assert started["run"].startswith("r-") and started["project"] == "docs"
+
+
+def test_status_projects_and_snapshots_read_as_text(daemon_factory: Any, short_tmp: Path) -> None:
+    make_tree(short_tmp / "docs", files=5)
+    make_tree(short_tmp / "pics", files=5)
+    d = daemon_factory({"docs": short_tmp / "docs", "pics": short_tmp / "pics"})
+    r = cli(d, "snapshots", "docs")
+    assert r.returncode == 0 and r.stdout == "docs has no snapshots yet; take one with `syncsnap snapshot docs`.\n"
+    assert cli(d, "snapshot", "docs", "--follow").returncode == 0
+    r = cli(d, "status")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0
+    assert lines[0].startswith(f"syncsnapd 0.1.0 is running (pid {d.proc.pid}, up ")
+    assert lines[0].endswith(f"on {d.socket} with 2 projects.")
+    assert lines[1].startswith("  docs: completed: Snapshot ") and lines[2] == "  pics: idle"
+    r = cli(d, "projects")
+    assert r.stdout.splitlines()[0].split() == ["PROJECT", "STATE", "LAST", "SNAPSHOT", "PATH"]
+    assert r.stdout.splitlines()[2].split() == ["pics", "idle", "never", str(short_tmp / "pics")]
+    r = cli(d, "snapshots", "docs")
+    header, row = r.stdout.splitlines()
+    assert header.split() == ["SNAPSHOT", "TIME", "FILES", "SIZE", "ADDED", "DURATION", "WARNINGS"]
+    assert row.split()[2] == "6"
+
+
+def test_failed_run_exits_1_with_the_reason(daemon_factory: Any, short_tmp: Path) -> None:
+    make_tree(short_tmp / "docs", files=5)
+    d = daemon_factory({"docs": short_tmp / "docs"})
+    shutil.rmtree(short_tmp / "docs")
+    r = cli(d, "snapshot", "docs", "--follow", "--json")
+    assert r.returncode == 1
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert last["state"] == "failed" and last["error"]["code"] == "folder_missing"
+    assert r.stderr.startswith("docs: snapshot failed: ")
+
+    t = Pty([SYNCSNAP, "snapshot", "docs", "--follow"], d.env)
+    assert t.wait() == 1
+    assert "✘ docs: snapshot failed: " in t.text
+
+
+def test_ctrl_c_exits_130(daemon_factory: Any, short_tmp: Path) -> None:
+    make_tree(short_tmp / "docs", files=5)
+    d = daemon_factory({"docs": short_tmp / "docs"})
+    t = Pty([SYNCSNAP, "follow"], d.env)
+    t.read_until(b"docs")
+    t.proc.send_signal(signal.SIGINT)
+    assert t.wait() == 130
+    assert "Traceback" not in t.text
+
+
+def test_errors_are_sentences_and_exit_2(daemon_factory: Any, short_tmp: Path) -> None:
+    make_tree(short_tmp / "docs", files=5)
+    d = daemon_factory({"docs": short_tmp / "docs"})
+    r = cli(d, "snapshot", "nope")
+    assert (r.returncode, r.stderr) == (2, "syncsnap: No project named 'nope'. (`syncsnap projects` lists the "
+                                           "configured projects.)\n")
+    r = cli(d, "follow", "--run", "r-1")
+    assert r.returncode == 2 and "follow --run needs the run's PROJECT" in r.stderr
+    r = cli(d, "frobnicate")
+    assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr
+    d.stop()
+    for args in (["status"], ["follow"], ["snapshot", "docs", "--follow"]):
+        r = cli(d, *args)
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr == (f"syncsnap: syncsnapd is not running: no socket at {d.socket} (from the default "
+                            "location); start it with `syncsnapd`.\n")
+    r = cli(d, "status", env={**d.env, "SYNCSNAP_URL": "ftp://x"})
+    assert r.returncode == 2 and "SYNCSNAP_URL must look like http://127.0.0.1:8473" in r.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_tcp_with_a_token(daemon_factory: Any, short_tmp: Path, how: str) -> None:
+    make_tree(short_tmp / "docs", files=5)
+    d = daemon_factory({"docs": short_tmp / "docs"})
+    token_file = str(d.discovery["token_file"])
+    if how == "flag":
+        r = cli(d, "status", "--url", f"http://{d.tcp}", "--token-file", token_file, env=os.environ.copy())
+    else:
+        r = cli(d, "status", env={**os.environ, "SYNCSNAP_URL": f"http://{d.tcp}", "SYNCSNAP_TOKEN_FILE": token_file})
+    assert r.returncode == 0, r.stderr
+    assert f"on http://{d.tcp} with 1 project." in r.stdout
