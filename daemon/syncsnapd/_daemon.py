@@ -102,14 +102,33 @@ class _Listeners:
             await listener.aclose()
 
 
-async def _open_listeners(config: DaemonConfig, passed: dict[str, socket.socket]) -> _Listeners:
-    """Use the sockets systemd passed (by family; names are only logged), bind the others ourselves.
+def _classify_passed(passed: dict[str, socket.socket]) -> tuple[list[socket.socket], list[socket.socket]]:
+    """Split sockets passed by systemd into (unix, tcp): by name ("unix", "tcp") when named, else by family.
 
-    A socket systemd passed is never bound or unlinked here.
+    Raises:
+        StartupError: a socket named for one transport is of the other family, or is not a stream socket.
+    """
+    unix: list[socket.socket] = []
+    tcp: list[socket.socket] = []
+    for name, s in passed.items():
+        base = name.split("#", 1)[0]
+        is_unix = s.family == socket.AF_UNIX
+        is_inet = s.family in (socket.AF_INET, socket.AF_INET6)
+        if s.type != socket.SOCK_STREAM or not (is_unix or is_inet):
+            raise StartupError(f"socket activation: {name!r} is not a Unix or TCP stream socket")
+        if (base == "unix" and not is_unix) or (base == "tcp" and not is_inet):
+            raise StartupError(f"socket activation: the socket named {base!r} is of the wrong family")
+        (unix if is_unix else tcp).append(s)
+    return unix, tcp
+
+
+async def _open_listeners(config: DaemonConfig, passed: dict[str, socket.socket]) -> _Listeners:
+    """Use the sockets systemd passed (``LISTEN_FDNAMES`` "unix" / "tcp", or by family when unnamed),
+    and bind the missing ones ourselves as configured. A socket systemd passed is never bound or unlinked
+    here.
     """
     out = _Listeners([], None, None, None, bool(passed))
-    unix = [s for s in passed.values() if s.family == socket.AF_UNIX]
-    tcp = [s for s in passed.values() if s.family in (socket.AF_INET, socket.AF_INET6)]
+    unix, tcp = _classify_passed(passed)
     if passed:
         log.info("socket activation: %s", ", ".join(f"{name} ({s.getsockname()})" for name, s in passed.items()))
     try:
