@@ -14,30 +14,44 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-STEPS = 6
-
-# step number -> (state, human name)
-STEP_NAMES: dict[int, tuple[str, str]] = {
-    0: ("idle", "Idle"),
-    1: ("waiting", "Waiting for sync"),
-    2: ("browsing", "Browsing folder status"),
-    3: ("browsing", "Browsing files"),
-    4: ("compressing", "Compressing"),
-    5: ("uploading", "Uploading to the store"),
-    6: ("completed", "Completed"),
-}
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
-# Share of the overall percent that each step covers: (start, end). Reading and compressing content
-# dominates a first snapshot, so step 4 gets most of the bar; a no-change run passes through quickly.
-STEP_SPAN: dict[int, tuple[float, float]] = {
-    1: (0.0, 2.0),
-    2: (2.0, 5.0),
-    3: (5.0, 20.0),
-    4: (20.0, 90.0),
-    5: (90.0, 100.0),
-    6: (100.0, 100.0),
-}
+
+@dataclass(frozen=True)
+class Step:
+    """One working step of a run: its state name, human name, and the share of the overall percent it
+    covers (start, end)."""
+
+    state: str
+    name: str
+    span: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steps of one kind of run; the last step (``len(steps) + 1``) is the terminal one."""
+
+    kind: str
+    steps: tuple[Step, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.steps) + 1
+
+    def step(self, n: int) -> Step:
+        return self.steps[n - 1]
+
+
+# The 6-step snapshot model. Reading and compressing content dominates a first snapshot, so step 4 gets
+# most of the bar; a no-change run passes through quickly.
+SNAPSHOT_PLAN = Plan("snapshot", (
+    Step("waiting", "Waiting for sync", (0.0, 2.0)),
+    Step("browsing", "Browsing folder status", (2.0, 5.0)),
+    Step("browsing", "Browsing files", (5.0, 20.0)),
+    Step("compressing", "Compressing", (20.0, 90.0)),
+    Step("uploading", "Uploading to the store", (90.0, 100.0)),
+))
+STEPS = SNAPSHOT_PLAN.total
 
 
 def utc_now() -> str:
@@ -79,6 +93,7 @@ class Progress:
 
     project: str
     run: str | None = None
+    kind: str = "snapshot"
     state: str = "idle"
     step: int = 0
     steps: int = STEPS
@@ -101,6 +116,8 @@ class Progress:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        if not self.project:
+            d["project"] = None  # a store-wide operation (check, prune)
         if self.snapshot is not None:
             d["snapshot"]["warning_paths"] = list(self.snapshot.warning_paths)
         return d
@@ -119,9 +136,11 @@ class RunProgress:
     second, never one per file.
     """
 
-    def __init__(self, project: str, run: str, publish: Callable[[Progress], None]) -> None:
+    def __init__(self, project: str, run: str, publish: Callable[[Progress], None], *,
+                 plan: Plan = SNAPSHOT_PLAN) -> None:
         self.project = project
         self.run = run
+        self.plan = plan
         self._publish = publish
         self._lock = threading.Lock()
         self._cancel = threading.Event()
@@ -131,9 +150,10 @@ class RunProgress:
         self._custom_message: str | None = None
         self.warnings: list[str] = []
         self.warning_count = 0
+        first = plan.step(1)
         self._last: Progress = Progress(
-            project=project, run=run, state="waiting", step=1, started_at=utc_now(), updated_at=utc_now(),
-            message=STEP_NAMES[1][1],
+            project=project, run=run, kind=plan.kind, state=first.state, step=1, steps=plan.total,
+            started_at=utc_now(), updated_at=utc_now(), message=first.name,
         )
         self._files_done = 0
         self._bytes_done = 0
@@ -156,8 +176,8 @@ class RunProgress:
 
     def set_step(self, step: int, *, files_total: int = 0, bytes_total: int = 0, message: str | None = None,
                  state: str | None = None) -> None:
-        """Enter ``step`` (1-5) with its totals; publishes immediately. Trio thread only."""
-        assert 1 <= step <= 5
+        """Enter a working ``step`` (1 to steps-1) with its totals; publishes immediately. Trio thread only."""
+        assert 1 <= step < self.plan.total
         with self._lock:
             self._files_done = 0
             self._bytes_done = 0
@@ -165,7 +185,7 @@ class RunProgress:
             self._step_started = time.monotonic()
             self._step_fraction_override = None
             self._last = replace(
-                self._last, step=step, state=state or STEP_NAMES[step][0], files_total=files_total,
+                self._last, step=step, state=state or self.plan.step(step).state, files_total=files_total,
                 bytes_total=bytes_total, files_done=0, bytes_done=0,
             )
             self._dirty = True
@@ -225,12 +245,12 @@ class RunProgress:
             frac = files_done / last.files_total
         else:
             frac = 0.0
-        lo, hi = STEP_SPAN[last.step]
+        lo, hi = self.plan.step(last.step).span
         percent = max(self._percent, round(lo + (hi - lo) * frac, 1))
         self._percent = percent
         eta = self._eta_locked(last.step, frac)
-        message = self._custom_message or self._generated_message(last.step, files_done, last.files_total,
-                                                                  bytes_done, last.bytes_total)
+        message = self._custom_message or self._generated_message(files_done, last.files_total, bytes_done,
+                                                                  last.bytes_total)
         return replace(last, files_done=files_done, bytes_done=bytes_done, percent=percent, message=message,
                        eta_seconds=eta, updated_at=utc_now())
 
@@ -243,8 +263,14 @@ class RunProgress:
             return None
         return round(elapsed * (1 - frac) / frac, 1)
 
-    @staticmethod
-    def _generated_message(step: int, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> str:
+    def _generated_message(self, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> str:
+        step = self._last.step
+        if self.plan is not SNAPSHOT_PLAN:
+            name = self.plan.step(step).name
+            if files_total or bytes_total:
+                return (f"{name}: {files_done:,} of {files_total:,} "
+                        f"({human_bytes(bytes_done)} of {human_bytes(bytes_total)})")
+            return name
         if step == 1:
             return "Waiting for the folder to settle"
         if step == 2:
@@ -257,7 +283,7 @@ class RunProgress:
         if step == 5:
             return (f"Uploading to the store: {files_done:,} of {files_total:,} objects "
                     f"({human_bytes(bytes_done)} of {human_bytes(bytes_total)})")
-        return STEP_NAMES[step][1]
+        return self.plan.step(step).name
 
     def flush(self) -> None:
         """Publish the current state if anything changed since the last publish. Trio thread only."""
@@ -275,7 +301,7 @@ class RunProgress:
             last = self._last
             completed = state == "completed"
             return replace(
-                last, state=state, step=6, percent=100.0 if completed else self._percent, message=message,
+                last, state=state, step=self.plan.total, percent=100.0 if completed else self._percent, message=message,
                 files_done=last.files_total if completed else min(self._files_done, last.files_total),
                 bytes_done=last.bytes_total if completed else min(self._bytes_done, last.bytes_total),
                 eta_seconds=None if not completed else 0.0, error=error, snapshot=snapshot,
