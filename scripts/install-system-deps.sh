@@ -9,6 +9,10 @@ done
 for pkg in dbus-daemon dunst xvfb systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Syncthing projects are tested against a real Syncthing (two instances on loopback).
+for pkg in syncthing; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
