@@ -421,6 +421,19 @@ async def test_stream_sends_chunked_events_then_ends_and_closes() -> None:
         assert server.statistics().open_streams == 0
 
 
+async def test_stream_to_an_http10_client_is_close_delimited() -> None:
+    async with memory_server(make_app()) as (stream, _):
+        await stream.send_all(b"GET /stream?count=2 HTTP/1.0\r\n\r\n")
+        data = await read_to_eof(stream)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head.lower()
+        assert body == (
+            b"retry: 2000\n\n"
+            b'id: 0\nevent: progress\ndata: {"n": 0}\n\n'
+            b'id: 1\nevent: progress\ndata: {"n": 1}\n\n'
+        )
+
+
 async def test_client_disconnect_cancels_the_stream_body_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -216,7 +216,7 @@ class TrioBodyWriter:
     """The :class:`~syncsnapd._http_protocol.BodyWriter` of a stream: built by the server for each one.
 
     ``write_nowait`` is the fan-out fast path: the publisher calls it for every subscriber, and it frames the
-    data as a chunk (through h11) and writes it at once with a non-blocking ``os.write`` on the connection's
+    data as a chunk (in the framing h11 chose for the response) and writes it at once with a non-blocking ``os.write`` on the connection's
     socket, without awaiting anything. Whatever the socket does not take stays *pending*, in order; a
     flusher task that the server runs next to the body (parked until bytes go pending, so it costs nothing
     on the fast path) sends it as the client reads. ``await flush()`` waits until nothing is pending, e.g.
@@ -234,6 +234,7 @@ class TrioBodyWriter:
 
     __slots__ = (
         "_conn",
+        "_chunked",
         "_stream",
         "_fd",
         "_pending",
@@ -252,9 +253,11 @@ class TrioBodyWriter:
         conn: h11.Connection,
         stream: trio.abc.Stream,
         *,
+        chunked: bool = True,
         max_pending: int = 1024 * 1024,
     ) -> None:
         self._conn = conn
+        self._chunked = chunked  # False for an HTTP/1.0 client: the body ends when the connection closes
         self._stream = stream
         # trio sockets are in non-blocking mode, so a plain os.write on the descriptor never blocks. The
         # descriptor stays valid while the writer is open: the server marks the writer closed before it
@@ -288,11 +291,12 @@ class TrioBodyWriter:
         """
         if self._closed:
             return False
-        try:
-            framed = self._conn.send(h11.Data(data=data))
-        except h11.LocalProtocolError:
-            self._abort("the HTTP connection can no longer send data")
-            return False
+        if not data:  # an empty chunk would end the body
+            return not (self._pending or self._inflight)
+        # h11 chose the framing when it sent the head and will end the body; the chunk header itself is
+        # formatted here: through h11 it costs 2.4 us of the 3.6 us a delivery takes (1,000 subscribers:
+        # 2.4 ms per event).
+        framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
         if self._pending or self._inflight or self._fd is None:
             self._queue(framed)
             return False
@@ -724,7 +728,10 @@ class _Connection:
         server._count(response.status)
         if self.method == "HEAD":
             return
-        writer = TrioBodyWriter(conn, self.stream, max_pending=server.config.stream_max_pending)
+        chunked = b"\r\ntransfer-encoding: chunked\r\n" in data.lower()  # what h11 chose
+        writer = TrioBodyWriter(
+            conn, self.stream, chunked=chunked, max_pending=server.config.stream_max_pending
+        )
         body_scope = writer._body_scope = trio.CancelScope()
         self.writer = writer
         server._open_streams += 1
