@@ -212,9 +212,9 @@ async def test_no_loss_when_the_stream_is_cut_again_and_again(daemon_factory: An
 
     follower, got = await check_no_loss(d, short_tmp, cut)
     st = follower.statistics()
-    # (The last cut may come after the last event went through: then there is no need to reconnect.)
-    assert st.streams_lost in (7, 8) and st.streams_opened == st.streams_lost + 1
-    assert st.stream_attempts_failed == 0
+    # Each of the 8 cuts hit a live stream (see `cut`); the follower may still be noticing the last one,
+    # which may come after the last event went through.
+    assert st.streams_opened >= 8 and st.streams_lost >= 7 and st.stream_attempts_failed == 0
     assert len(got) > 8 * 6  # every run has at least 6 events: steps 1-5 and its end
 
 
