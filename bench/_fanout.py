@@ -76,7 +76,7 @@ def dechunk(sub: Sub) -> None:
 
 
 def _events(sub: Sub, ts_cache: dict[bytes, float]) -> list[tuple[int, float]]:
-    """De-frame what ``sub`` has buffered; returns (event_id, updated_at) of each complete event."""
+    """De-frame what ``sub`` has buffered; returns (event_id, updated_at or NaN) of each complete event."""
     if sub.chunked:
         dechunk(sub)
     else:
@@ -90,13 +90,13 @@ def _events(sub: Sub, ts_cache: dict[bytes, float]) -> list[tuple[int, float]]:
     sub.body = rest
     out = []
     for block in blocks:
-        m = _UPDATED.search(block)
-        if m is None:
+        if b"data:" not in block:
             continue  # retry:, comments
-        raw = m.group(1)
-        ts = ts_cache.get(raw)
-        if ts is None:
-            ts = ts_cache[raw] = parse_ts(raw)
+        m = _UPDATED.search(block)
+        ts = float("nan")  # an idle project's current state has "updated_at": null
+        if m is not None:
+            raw = m.group(1)
+            ts = ts_cache.get(raw) or ts_cache.setdefault(raw, parse_ts(raw))
         mid = _EVENT_ID.search(block)
         out.append((int(mid.group(1)) if mid else 0, ts))
     return out
@@ -199,6 +199,8 @@ def main() -> None:
                     sub.first = True
                     first_pending -= 1
                     continue  # the current state sent on connect, not a publication
+                if ts != ts:
+                    continue  # no timestamp (another project's idle state)
                 lat.append(now - ts)
                 recv_at.append(now)
                 ids.append(eid)

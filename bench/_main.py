@@ -309,6 +309,29 @@ def _section(name: str, only: set[str], res: dict[str, Any], fn: Callable[[], An
         return None
 
 
+def run_daemon_sections(d: Daemon, only: set[str], res: dict[str, Any]) -> None:
+    """JSON serving and SSE fan-out against the daemon left running by the snapshot section."""
+
+    def serving() -> None:
+        log("JSON serving: wrk against syncsnapd and hypercorn, alternating")
+        run_serving(d, res, int(os.environ.get("BENCH_WRK_SECONDS", "10")))
+
+    _section("serving", only, res, serving)
+
+    for n in (100, 1000):
+        def fan(n: int = n) -> None:
+            assert d.unix is not None
+            log(f"SSE fan-out, {n:,} subscribers")
+            f = _sse.fanout(d.unix, "fan", n, work=WORK / "runs", log=log,
+                            seconds=float(os.environ.get("BENCH_FANOUT_SECONDS", "10")))
+            res["fanout"][str(n)] = f
+            log(f"  p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms, "
+                f"{f['deliveries']:,} of {f['expected_deliveries']:,} deliveries, "
+                f"max {f['max_deliveries_per_s']:,}/s; {f['published_events']} events in {f['runs']} runs")
+
+        _section("fanout", only, res, fan)
+
+
 def _lock(log: Callable[[str], None]) -> Any:
     """One bench at a time on a machine: they share the tree (which the change set mutates) and two at
     once on 2 cores would spoil each other's figures. Waits up to LOCK_WAIT_SECONDS for another run."""
@@ -415,30 +438,14 @@ def main() -> int:
 
     if daemon is not None:
         d = daemon
-
-        def serving() -> None:
-            log("JSON serving: wrk against syncsnapd and hypercorn, alternating")
-            run_serving(d, res, int(os.environ.get("BENCH_WRK_SECONDS", "10")))
-
-        _section("serving", only, res, serving)
-
-        for n in (100, 1000):
-            def fan(n: int = n) -> None:
-                log(f"SSE fan-out, {n:,} subscribers")
-                f = _sse.fanout(d.unix, "fan", n, work=WORK / "runs", log=log,  # type: ignore[arg-type]
-                                seconds=float(os.environ.get("BENCH_FANOUT_SECONDS", "10")))
-                res["fanout"][str(n)] = f
-                log(f"  p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms, "
-                    f"{f['deliveries']:,} of {f['expected_deliveries']:,} deliveries, "
-                    f"max {f['max_deliveries_per_s']:,}/s; {f['published_events']} events in {f['runs']} runs")
-
-            _section("fanout", only, res, fan)
-
-        code = d.stop()
-        log(f"syncsnapd stopped (exit {code})")
-        if code not in (0, None):
-            res["errors"].append(f"syncsnapd exited {code} on SIGTERM: {d.log_tail(400)}")
-        d.cleanup()
+        try:
+            run_daemon_sections(d, only, res)
+        finally:
+            code = d.stop()
+            log(f"syncsnapd stopped (exit {code})")
+            if code not in (0, None):
+                res["errors"].append(f"syncsnapd exited {code} on SIGTERM: {d.log_tail(400)}")
+            d.cleanup()
 
     res["elapsed_seconds"] = time.monotonic() - _T0
     (WORK / "results.json").write_text(json.dumps(res, indent=1, default=str))
