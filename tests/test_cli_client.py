@@ -124,6 +124,17 @@ def test_terminal_view_shows_rate_and_eta() -> None:
     assert "Compressing 10 of 40 files (10.0 MiB of 40.0 MiB)" in last
 
 
+def test_terminal_view_shows_a_queued_run_and_the_polling_fallback() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=160, color_system=None)
+    view = TerminalView(lambda: "The daemon's progress stream is unavailable: polling every second.",
+                        console=console)
+    with view:
+        view.queued("docs", "Run r-2 is queued: it starts when the running snapshot ends.")
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "docs step 0/6 Queued" in out and "Run r-2 is queued: it starts when the running snapshot ends." in out
+    assert "The daemon's progress stream is unavailable: polling every second." in out
+
+
 def test_json_mode_prints_one_object_per_event(daemon_factory: Any, short_tmp: Path) -> None:
     make_tree(short_tmp / "docs", files=30)
     d = daemon_factory({"docs": short_tmp / "docs"})

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import socket as stdsocket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,30 @@ def test_blocking_client_has_the_same_methods(daemon_factory: Any, short_tmp: Pa
             assert p.project == "docs"
             break
         assert c.health().status == "ok"
+
+
+BLOCKING_CTRL_C = """
+import os, signal, sys, threading, time
+import syncsnap
+c = syncsnap.Client()
+threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    for p in c.follow():
+        print("event", p.state, flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print("health", c.health().status, flush=True)
+c.close()
+print("threads", threading.active_count(), flush=True)
+"""
+
+
+def test_blocking_follow_stops_on_ctrl_c_and_the_client_stays_usable(daemon_factory: Any, short_tmp: Path) -> None:
+    make_tree(short_tmp / "docs", files=3)
+    d = daemon_factory({"docs": short_tmp / "docs"})
+    r = subprocess.run([sys.executable, "-c", BLOCKING_CTRL_C], env=d.env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.stdout.splitlines() == ["event idle", "interrupted", "health ok", "threads 1"], r.stderr
 
 
 # --- no loss ------------------------------------------------------------------------------------------
@@ -266,8 +292,9 @@ async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, sho
 
 
 async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp: Path) -> None:
-    """SIGTERM mid-run: the run's `cancelled` event arrives; the new daemon's events follow, the first
-    of each project marked as a gap (ids start again), nothing twice."""
+    """SIGTERM mid-run: the run's `cancelled` event arrives once; the new daemon's events follow. A daemon
+    that keeps its event log across restarts replays seamlessly (ids keep growing, no gap); one that starts
+    its ids again answers the resume with a gap, and the first state after it is marked."""
     folder = short_tmp / "docs"
     folder.mkdir()
     for i in range(400):
@@ -290,11 +317,18 @@ async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp
         finally:
             d2.stop(signal.SIGKILL)
         nursery.cancel_scope.cancel()
-    last1 = max(i for i, p in enumerate(got) if p.run == run1)
-    assert got[last1].state == "cancelled" and got[last1].error is not None
-    assert got[last1].error.code == "shutdown"
-    assert not any(p.gap for p in got[:last1 + 1])
-    gap, after = got[last1 + 1], got[last1 + 2:]
-    assert gap.gap and gap.run in (None, run1)  # the new daemon's current state of docs
+    assert follower.statistics().restarts == 1
+    ends = [p for p in got if p.run == run1 and p.terminal]
+    assert len(ends) == 1 and ends[0].state == "cancelled"
+    assert ends[0].error is not None and ends[0].error.code == "shutdown"
+    last1 = got.index(ends[0])
+    assert all(p.run in (None, run1) and not p.gap for p in got[:last1 + 1])
+    after = got[last1 + 1:]
+    gaps = [p for p in after if p.gap]
+    if gaps:  # a daemon without an event log: its current state first, marked
+        assert gaps == [after[0]] and after[0].run in (None, run1)
+        after = after[1:]
+    else:  # the daemon kept its event log: one sequence across both processes
+        assert [p.event_id for p in got] == sorted({p.event_id for p in got})
     assert all(p.run == run2 and not p.gap for p in after) and after[-1].state == "completed"
     assert [p.event_id for p in after] == sorted({p.event_id for p in after})

@@ -83,7 +83,7 @@ class Client:
             return trio.from_thread.run(call, trio_token=token)
         except BaseException:
             # Ctrl-C (or any exception) in the calling thread leaves the call running in the loop: stop it.
-            if scopes and not scopes[0].cancel_called:
+            if scopes:
                 try:
                     trio.from_thread.run_sync(scopes[0].cancel, trio_token=token)
                 except trio.RunFinishedError:

@@ -9,9 +9,9 @@ when the daemon answers again after polls failed), and goes back to streaming as
 
 Both transports carry the same daemon-wide event ids, so one rule keeps the output clean: an event is
 yielded only if its id is above the last one yielded (never twice, never out of order). Ids restart when
-the daemon restarts; that, a resume the daemon could not honour (its ``gap`` event), and a run that
-ended unseen between two polls are *gaps*: the next event of each affected project is its current state,
-with ``gap=True``.
+a daemon that does not keep its event log restarts (it then answers our resume with its ``gap`` event, as
+for any resume it cannot honour); that, and a run that ended unseen between two polls, are *gaps*: the
+next event of each affected project is its current state, with ``gap=True``.
 
 The follower is a plain async iterator with no background task: each ``__anext__`` does the reads,
 waits and reconnects needed for the next event, so cancelling the caller cancels everything.
@@ -94,6 +94,7 @@ class FollowStatistics:
     polls: int = 0
     polls_failed: int = 0
     gaps: int = 0
+    restarts: int = 0
     duplicates_dropped: int = 0
     last_event_id: int | None = None
 
@@ -301,9 +302,10 @@ class Follower:
         if self._daemon is not None:
             pid, uptime = self._daemon
             if health.pid != pid or health.uptime_seconds + UPTIME_SLACK_SECONDS < uptime:
-                log.info("syncsnapd restarted (pid %d -> %d): event ids start again", pid, health.pid,
-                         extra={"follow_event": "restarted"})
-                self._new_epoch()
+                # Resuming still sends Last-Event-ID: a daemon that keeps its event log replays what we
+                # missed; one that starts its ids again answers with its `gap` event (that id is not its).
+                self._stats.restarts += 1
+                log.info("syncsnapd restarted (pid %d -> %d)", pid, health.pid, extra={"follow_event": "restarted"})
         self._daemon = (health.pid, health.uptime_seconds)
 
     async def _read_step(self) -> None:
