@@ -139,7 +139,7 @@ class Api:
             return True
 
         head = sse_retry(SSE_RETRY_MS)
-        with self.tracker.subscribe(projects, last_event_id=last_id) as sub:
+        with self.tracker.subscribe(projects, last_event_id=last_id, transport="sse") as sub:
             if sub.gap:
                 head += f"event: {GAP_EVENT}\ndata: {{\"last_event_id\": {last_id}}}\n\n".encode()
             await writer.send(head)

@@ -23,7 +23,7 @@ DEFAULT_FOLDER = "~/Sync"
 
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
-                "interval", "watch"}
+                "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
@@ -101,6 +101,10 @@ class DaemonConfig:
     token_file: Path
     runtime_dir: Path
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
+    # Snapshots running at once across projects; failed runs are retried (attempts in all, doubling backoff).
+    max_concurrent: int = 2
+    retry_attempts: int = 3
+    retry_backoff: float = 30.0
     projects: tuple[ProjectConfig, ...] = field(default=())
     source: str = "embedded default"
 
@@ -200,6 +204,14 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         if isinstance(hb, bool) or not isinstance(hb, int | float) or not 0.1 <= hb <= 3600:
             raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
         settings["heartbeat"] = float(hb)
+    for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100)):
+        if key in daemon:
+            v = daemon[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"daemon.{key}: expected a whole number from {lo} to {hi}, got {v!r}")
+            settings[key] = v
+    if "retry_backoff" in daemon:
+        settings["retry_backoff"] = _duration(daemon["retry_backoff"], "daemon.retry_backoff")
 
     timing = {
         "settle": _duration(daemon.get("settle", DEFAULT_SETTLE_SECONDS), "daemon.settle"),

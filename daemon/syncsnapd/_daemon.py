@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -27,7 +27,11 @@ from ._api import Api
 from ._config import ConfigError, DaemonConfig, ProjectConfig
 from ._http_server import HttpConfig, HttpServer, serve_http
 from ._listeners import listener_address, load_or_create_token, open_tcp_listener, open_unix_listener
-from ._scheduler import Scheduler
+from ._api_runs import register_runs
+from ._history import History
+from ._metrics import Metrics
+from ._progress import Progress, utc_now
+from ._scheduler import RetryPolicy, Scheduler
 from ._store import Store
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
 from ._tracker import Tracker
@@ -176,16 +180,29 @@ def _remove_own_socket(path: Path, inode: int | None) -> None:
 class Daemon:
     """The running daemon: configuration, store, tracker, scheduler and the per-project sources."""
 
-    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier) -> None:
+    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier, history: History) -> None:
         self.config = config
         self.store = store
         self.notifier = notifier
-        self.tracker = Tracker()
+        self.history = history
+        # Event ids continue the persisted sequence; the replay buffer and each project's last state
+        # come back from the history, so Last-Event-ID resume works across a restart.
+        self.tracker = Tracker(first_event_id=history.reserve_event_ids())
+        for p in config.projects:
+            self.tracker.add_project(p.id)
+        self.tracker.preload(history.recent_events(), history.latest_per_project())
+        history.load_expected(p.id for p in config.projects)
         self.exclude = (config.store, config.state_dir)
         self.watch_status: dict[str, WatchStatus] = {}
         self.scheduler = Scheduler(store, self.tracker, list(config.projects), exclude=self.exclude,
-                                   waiter=wait_until_ready)
+                                   waiter=wait_until_ready, max_concurrent=config.max_concurrent,
+                                   retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
+                                   expected=lambda project: history.expected.get(project))
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status)
+        register_runs(self.api.router, history, self.scheduler)
+        self.server: HttpServer | None = None
+        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None)
+        self.metrics.register(self.api.router)
         self._sources: dict[str, tuple[ProjectConfig, trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -287,9 +304,13 @@ class Daemon:
                 with run_scope:
                     await self.scheduler.serve(task_status=task_status)
 
+            await nursery.start(self.history.serve, self.tracker)
+            await nursery.start(self.metrics.serve)
+            self._mark_interrupted()
             await nursery.start(run_scheduler)
             server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
                                                      HttpConfig(token=listeners.token))
+            self.server = server
             for project in self.config.projects:
                 self._start_sources(nursery, project)
             interval = watchdog_interval()
@@ -324,6 +345,19 @@ class Daemon:
                     server.begin_shutdown()
                     await trio.sleep(STREAM_DRAIN_SECONDS)
                 nursery.cancel_scope.cancel()
+
+    def _mark_interrupted(self) -> None:
+        """Runs that were in flight when the daemon died end now, as failed with code `interrupted`."""
+        for rec in self.history.interrupted_runs():
+            last = self.tracker.latest(rec.project) if rec.project in self.tracker.projects() else None
+            base = last if last is not None and last.run == rec.run else Progress(
+                project=rec.project, run=rec.run, kind=rec.kind, trigger=rec.trigger, attempt=rec.attempt,
+                retry_of=rec.retry_of, started_at=rec.started_at)
+            self.tracker.publish(replace(
+                base, state="failed", step=base.steps, eta_seconds=None, updated_at=utc_now(),
+                error={"code": "interrupted", "message": "The daemon stopped while this run was in progress."},
+                message="Snapshot failed: the daemon stopped while it was running"))
+            log.warning("%s: run %s was interrupted by a daemon stop; marked failed", rec.project, rec.run)
 
     async def _serve_reloads(self, reloads: trio.MemoryReceiveChannel[None], load: ConfigLoader) -> None:
         async for _ in reloads:
@@ -363,7 +397,12 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store}: {exc}") from exc
     try:
-        daemon = Daemon(config, store, notifier)
+        history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")
+    except Exception as exc:
+        store.close()
+        raise StartupError(f"cannot open the history in {config.state_dir}: {exc}") from exc
+    try:
+        daemon = await trio.to_thread.run_sync(Daemon, config, store, notifier, history)
         listeners = await _open_listeners(config, passed)
         socket_path = _unix_socket_path(listeners, config)
         info = DaemonInfo(socket_path, listeners.tcp_address, listeners.token, config.discovery_file,
@@ -374,6 +413,7 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
             remove_discovery_file(config.discovery_file)
             _remove_own_socket(socket_path, listeners.bound_socket_inode)
     finally:
+        history.close()
         store.close()  # quick (releases the lock); must run even though we are being cancelled
         notifier.close()
         log.info("stopped")

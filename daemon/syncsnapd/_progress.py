@@ -59,6 +59,13 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_time(value: str | None) -> float | None:
+    """Seconds since the epoch from an RFC 3339 timestamp as :func:`utc_now` writes them (None stays None)."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def human_bytes(n: int | float) -> str:
     """1536 -> '1.5 KiB'; exact bytes below 1 KiB."""
     if n < 1024:
@@ -94,6 +101,9 @@ class Progress:
     project: str
     run: str | None = None
     kind: str = "snapshot"
+    trigger: str | None = None
+    attempt: int = 1
+    retry_of: str | None = None
     state: str = "idle"
     step: int = 0
     steps: int = STEPS
@@ -137,8 +147,11 @@ class RunProgress:
     """
 
     def __init__(self, project: str, run: str, publish: Callable[[Progress], None], *,
-                 plan: Plan = SNAPSHOT_PLAN) -> None:
+                 plan: Plan = SNAPSHOT_PLAN, trigger: str | None = None, attempt: int = 1,
+                 retry_of: str | None = None, expected_seconds: float | None = None) -> None:
         self.project = project
+        # From history: how long runs of this project usually take, for an ETA before the rate is known.
+        self.expected_seconds = expected_seconds
         self.run = run
         self.plan = plan
         self._publish = publish
@@ -152,7 +165,8 @@ class RunProgress:
         self.warning_count = 0
         first = plan.step(1)
         self._last: Progress = Progress(
-            project=project, run=run, kind=plan.kind, state=first.state, step=1, steps=plan.total,
+            project=project, run=run, kind=plan.kind, trigger=trigger, attempt=attempt, retry_of=retry_of,
+            state=first.state, step=1, steps=plan.total,
             started_at=utc_now(), updated_at=utc_now(), message=first.name,
         )
         self._files_done = 0
@@ -255,13 +269,14 @@ class RunProgress:
                        eta_seconds=eta, updated_at=utc_now())
 
     def _eta_locked(self, step: int, frac: float) -> float | None:
-        # Only the content step has a rate worth extrapolating; elsewhere the remaining time is unknown.
-        if step != 4 or frac <= 0.02:
-            return None
+        # The content step has a rate worth extrapolating once it is under way; before that, the history
+        # of this project's runs (expected_seconds) is the best guess.
         elapsed = time.monotonic() - self._step_started
-        if elapsed < 0.5:
-            return None
-        return round(elapsed * (1 - frac) / frac, 1)
+        if step == 4 and frac > 0.02 and elapsed >= 0.5:
+            return round(elapsed * (1 - frac) / frac, 1)
+        if self.expected_seconds is not None:
+            return round(max(0.0, self.expected_seconds - (time.monotonic() - self.started_monotonic)), 1)
+        return None
 
     def _generated_message(self, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> str:
         step = self._last.step

@@ -47,12 +47,30 @@ def new_run_id() -> str:
     return f"r-{int(time.time() * 1000):x}-{next(_run_counter):04d}-{secrets.token_hex(2)}"
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Automatic retry of failed runs (never of cancelled ones): ``attempts`` runs in all, the n-th retry
+    ``backoff * 2**(n-1)`` seconds after the failure."""
+
+    attempts: int = 3
+    backoff: float = 30.0
+
+
+@dataclass(frozen=True)
+class _Request:
+    run: str
+    trigger: str
+    attempt: int = 1
+    retry_of: str | None = None
+
+
 @dataclass
 class _ProjectSlot:
     config: ProjectConfig
     running: str | None = None
-    queued: str | None = None
+    queued: _Request | None = None
     progress: RunProgress | None = None
+    retry_scope: trio.CancelScope | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
     run_scope: trio.CancelScope | None = None
     loop_scope: trio.CancelScope | None = None
@@ -68,11 +86,18 @@ class Scheduler:
 
     def __init__(self, store: Store, tracker: Tracker, projects: list[ProjectConfig], *,
                  waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None,
-                 exclude: tuple[Path, ...] = ()) -> None:
+                 exclude: tuple[Path, ...] = (), max_concurrent: int = 2, retry: RetryPolicy = RetryPolicy(),
+                 expected: Callable[[str], float | None] = lambda project: None) -> None:
         self.store = store
         self.tracker = tracker
         self._waiter = waiter
+        # Worker threads for walking, hashing and compressing, shared by all runs.
         self._limiter = limiter or trio.CapacityLimiter(2)
+        # Snapshots running at once across projects (steps 2-5). trio's CapacityLimiter is FIFO, so
+        # projects take turns in the order they became ready: fair.
+        self.run_limiter = trio.CapacityLimiter(max_concurrent)
+        self.retry = retry
+        self._expected = expected
         # The daemon's own directories, never snapshotted even when they lie inside a project.
         self._exclude = exclude
         self._slots: dict[str, _ProjectSlot] = {}
@@ -97,32 +122,40 @@ class Scheduler:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def request_snapshot(self, project_id: str, trigger: str = "api") -> tuple[str, Progress]:
+    def request_snapshot(self, project_id: str, trigger: str = "api", *, attempt: int = 1,
+                         retry_of: str | None = None) -> tuple[str, Progress]:
         """Ask for a snapshot of ``project_id``; returns (run id, current progress). Never waits.
 
         Idle project: a new run starts (its first event, step 1, is published before this returns).
         Running project: one follow-up run is queued; later requests coalesce into that queued run.
-        ``trigger`` says who asked (api, watch, schedule, start-up) and is logged.
+        ``trigger`` says who asked (api, watch, schedule, start-up, retry); it is carried by the run's
+        events and kept in the history.
         """
         log.debug("%s: snapshot requested (%s)", project_id, trigger)
         slot = self._slots.get(project_id)
         if slot is None:
             raise UnknownProject(project_id)
         if slot.running is None:
-            slot.queued = new_run_id()
+            slot.queued = _Request(new_run_id(), trigger, attempt, retry_of)
             self._begin(slot)
             slot.wakeup.set()
             assert slot.running is not None
             return slot.running, self.tracker.latest(project_id)
         if slot.queued is None:
-            slot.queued = new_run_id()
-        return slot.queued, self.tracker.latest(project_id)
+            slot.queued = _Request(new_run_id(), trigger, attempt, retry_of)
+        return slot.queued.run, self.tracker.latest(project_id)
 
     def _begin(self, slot: _ProjectSlot) -> None:
         """Turn the queued run into the running one and publish its first event."""
-        assert slot.queued is not None
-        slot.running, slot.queued = slot.queued, None
-        slot.progress = RunProgress(slot.config.id, slot.running, self.tracker.publish)
+        req = slot.queued
+        assert req is not None
+        slot.running, slot.queued = req.run, None
+        if slot.retry_scope is not None:
+            slot.retry_scope.cancel()  # a new run supersedes a pending retry
+            slot.retry_scope = None
+        slot.progress = RunProgress(slot.config.id, req.run, self.tracker.publish, trigger=req.trigger,
+                                    attempt=req.attempt, retry_of=req.retry_of,
+                                    expected_seconds=self._expected(slot.config.id))
         slot.progress.add_done()  # mark dirty so the step-1 state is published now
         slot.progress.flush()
 
@@ -136,10 +169,13 @@ class Scheduler:
         if slot is None:
             raise UnknownProject(project_id)
         slot.queued = None
-        if slot.running is None or slot.run_scope is None:
+        if slot.retry_scope is not None:
+            slot.retry_scope.cancel()
+            slot.retry_scope = None
+        if slot.running is None:
             return None
         slot.cancel_reason = (code, message)
-        self._stop_run(slot)
+        self._stop_run(slot)  # a run not executing yet is cancelled as soon as it starts
         return slot.running
 
     @staticmethod
@@ -208,19 +244,28 @@ class Scheduler:
         assert progress is not None
         final: Progress
         slot.run_scope = scope = trio.CancelScope()
+        if slot.cancel_reason is not None:
+            scope.cancel()  # cancelled between its request and now
         with scope:
             try:
                 await self._waiter(project, progress)
-                summary = await take_snapshot(
-                    self.store, project.id, project.path, progress,
-                    ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
-                )
+                if self.run_limiter.available_tokens == 0:
+                    progress.set_message(f"Waiting for other snapshots to finish "
+                                         f"({self.run_limiter.borrowed_tokens} running)")
+                    progress.flush()
+                async with self.run_limiter:
+                    progress.set_message(None)
+                    summary = await take_snapshot(
+                        self.store, project.id, project.path, progress,
+                        ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
+                    )
                 final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
                 log.info("%s: %s", project.id, final.message)
             except SnapshotError as exc:
                 final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
                                         message=f"Snapshot failed: {exc.message}")
                 log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
+                self._schedule_retry(slot, final)
             except (trio.Cancelled, RunCancelled) as exc:
                 # Ours (cancel_run, project removed) or the daemon's (shutdown): one terminal event either way.
                 code, message = slot.cancel_reason or ("shutdown", "The daemon is shutting down.")
@@ -237,7 +282,27 @@ class Scheduler:
                                                          "message": "An internal error stopped the snapshot; "
                                                                     "see the daemon's log."},
                                         message="Snapshot failed: internal error")
+                self._schedule_retry(slot, final)
             self.tracker.publish(final)
+
+    def _schedule_retry(self, slot: _ProjectSlot, failed: Progress) -> None:
+        """After a failure, start the next attempt after the backoff, unless another run starts first."""
+        if failed.attempt >= self.retry.attempts or self._nursery is None:
+            return
+        delay = self.retry.backoff * 2 ** (failed.attempt - 1)
+        first = failed.retry_of or failed.run
+        scope = slot.retry_scope = trio.CancelScope()
+        log.info("%s: retrying in %g s (attempt %d of %d)", slot.config.id, delay, failed.attempt + 1,
+                 self.retry.attempts)
+
+        async def retry() -> None:
+            with scope:
+                await trio.sleep(delay)
+                slot.retry_scope = None
+                if self._slots.get(slot.config.id) is slot:
+                    self.request_snapshot(slot.config.id, "retry", attempt=failed.attempt + 1, retry_of=first)
+
+        self._nursery.start_soon(retry)
 
     async def _ticker(self) -> None:
         """Publish every running run's counters a few times a second (one task for all runs)."""

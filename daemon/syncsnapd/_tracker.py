@@ -66,8 +66,10 @@ class Subscription:
     it then received the current state instead of the missed events.
     """
 
-    def __init__(self, tracker: Tracker, projects: frozenset[str] | None, maxlen: int) -> None:
+    def __init__(self, tracker: Tracker, projects: frozenset[str] | None, maxlen: int,
+                 transport: str = "internal") -> None:
         self._tracker = tracker
+        self.transport = transport
         self.projects = projects
         self._maxlen = maxlen
         self._queue: deque[Event] = deque()
@@ -179,6 +181,14 @@ class Tracker:
         self._latest: dict[str, Progress] = {}
         self._subscribers: set[Subscription] = set()
 
+    def preload(self, events: list[Event], latest: dict[str, Progress]) -> None:
+        """Continue an earlier sequence after a restart: persisted events fill the replay buffer (so
+        ``Last-Event-ID`` resume works across the restart) and known projects get their last state."""
+        self._replay.extend(ev for ev in events if ev.id < self._next_id)
+        for project, progress in latest.items():
+            if project in self._latest:
+                self._latest[project] = progress
+
     # --- projects ----------------------------------------------------------------------------------
 
     def add_project(self, project: str) -> None:
@@ -215,14 +225,14 @@ class Tracker:
     # --- subscribing -------------------------------------------------------------------------------
 
     def subscribe(self, projects: Iterable[str] | None = None, *, last_event_id: int | None = None,
-                  fast_path: FastPath | None = None) -> Subscription:
+                  fast_path: FastPath | None = None, transport: str = "internal") -> Subscription:
         """Open a subscription; its queue starts with the replay or the current state.
 
         With ``last_event_id`` still covered by the replay buffer, exactly the later events are queued
         (no gap, no duplicate). Otherwise the current state of each project is queued, oldest event
         first, and ``gap`` is set if a resume was asked for but could not be honoured.
         """
-        sub = Subscription(self, None if projects is None else frozenset(projects), self.queue_events)
+        sub = Subscription(self, None if projects is None else frozenset(projects), self.queue_events, transport)
         initial: list[Event]
         if last_event_id is not None and self._can_replay(last_event_id):
             initial = [ev for ev in self._replay if ev.id > last_event_id and sub.matches(ev.progress.project)]
@@ -250,6 +260,12 @@ class Tracker:
     def _discard(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
         self.stats.subscribers = len(self._subscribers)
+
+    def subscribers_by_transport(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for sub in self._subscribers:
+            out[sub.transport] = out.get(sub.transport, 0) + 1
+        return out
 
     def statistics(self) -> TrackerStatistics:
         return replace(self.stats, subscribers=len(self._subscribers))
