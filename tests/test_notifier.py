@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import syncsnap
 import trio
-from conftest import DaemonProcess, make_tree, start_daemon
+from conftest import DaemonProcess, make_env, make_tree, start_daemon
 from jeepney import HeaderFields, MatchRule, message_bus, new_method_return
 from jeepney.io.trio import open_dbus_router
 from syncsnap._notify import CRITICAL, LOW, NORMAL, NotificationPolicy, run_notifier
@@ -127,9 +127,11 @@ def test_daemon_restart_is_followed_without_duplicate_notifications(short_tmp: P
 
 
 def test_without_a_session_bus_it_says_so_once_and_keeps_following(short_tmp: Path) -> None:
+    """Also: started before the daemon, it waits for it."""
     make_tree(short_tmp / "docs", files=5)
+    n = NotifierProcess(short_tmp, make_env(short_tmp))  # make_env removes DBUS_SESSION_BUS_ADDRESS
+    n.wait_for(r"cannot follow syncsnapd \(syncsnapd is not running: no socket at .*\); retrying in 1\.\d s")
     d = start_daemon(short_tmp, {"docs": short_tmp / "docs"})
-    n = NotifierProcess(short_tmp, d.env)  # make_env removed DBUS_SESSION_BUS_ADDRESS
     try:
         n.wait_for(r"following /api/v1/events")
         for _ in range(2):
