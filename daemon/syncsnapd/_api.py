@@ -23,7 +23,7 @@ from ._http_protocol import (
 )
 from ._scheduler import Scheduler, UnknownProject
 from ._store import SnapshotInfo
-from ._tracker import Event, Subscription, Tracker
+from ._tracker import Event, Tracker
 from ._watch import WatchStatus
 
 API = "/api/v1"
@@ -127,19 +127,18 @@ class Api:
         return StreamResponse(200, "text/event-stream", (("Cache-Control", "no-store"),), body)
 
     async def _serve_stream(self, writer: BodyWriter, projects: list[str] | None, last_id: int | None) -> None:
-        sub: Subscription | None = None
-
-        def fast_path(event: Event) -> bool:
-            # The publisher's non-blocking write (docs/architecture.md): only while nothing is pending
-            # for this connection; otherwise the event waits in the queue for this task.
-            if writer.pending_bytes or writer.closed:
-                return False
-            if not writer.write_nowait(event.sse_bytes) and sub is not None:
-                sub.wake()  # partly written: the rest is pending; this task flushes it
-            return True
-
         head = sse_retry(SSE_RETRY_MS)
         with self.tracker.subscribe(projects, last_event_id=last_id, transport="sse") as sub:
+
+            def fast_path(event: Event) -> bool:
+                # The publisher's non-blocking write (docs/architecture.md): only while nothing is pending
+                # for this connection; otherwise the event waits in the queue for this task.
+                if writer.pending_bytes or writer.closed:
+                    return False
+                if not writer.write_nowait(event.sse_bytes):
+                    sub.wake()  # partly written: the rest is pending; this task flushes it
+                return True
+
             if sub.gap:
                 head += f"event: {GAP_EVENT}\ndata: {{\"last_event_id\": {last_id}}}\n\n".encode()
             await writer.send(head)

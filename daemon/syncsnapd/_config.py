@@ -213,7 +213,7 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
     if "retry_backoff" in daemon:
         settings["retry_backoff"] = _duration(daemon["retry_backoff"], "daemon.retry_backoff")
 
-    timing = {
+    timing: dict[str, Any] = {
         "settle": _duration(daemon.get("settle", DEFAULT_SETTLE_SECONDS), "daemon.settle"),
         "max_delay": _duration(daemon.get("max_delay", DEFAULT_MAX_DELAY_SECONDS), "daemon.max_delay"),
         "interval": _duration(daemon["interval"], "daemon.interval") if "interval" in daemon else None,

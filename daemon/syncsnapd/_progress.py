@@ -146,7 +146,7 @@ class RunProgress:
     second, never one per file.
     """
 
-    def __init__(self, project: str, run: str, publish: Callable[[Progress], None], *,
+    def __init__(self, project: str, run: str, publish: Callable[[Progress], object], *,
                  plan: Plan = SNAPSHOT_PLAN, trigger: str | None = None, attempt: int = 1,
                  retry_of: str | None = None, expected_seconds: float | None = None) -> None:
         self.project = project

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import trio
 
@@ -55,7 +56,7 @@ class Debouncer:
         self.first = self.last = None
 
 
-async def serve_debounce(changes: trio.MemoryReceiveChannel[object], request: Callable[[], None], *,
+async def serve_debounce(changes: trio.MemoryReceiveChannel[object], request: Callable[[], object], *,
                          settle: float, max_delay: float,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Call ``request()`` once per settled burst of items received on ``changes``."""
@@ -135,7 +136,8 @@ async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object]
                 watcher = watchfiles.awatch(
                     root, watch_filter=wf_filter, debounce=WATCH_BATCH_MS, step=WATCH_BATCH_MS,
                     force_polling=polling, poll_delay_ms=POLL_INTERVAL_MS, ignore_permission_denied=True,
-                    stop_event=stop, recursive=True,
+                    # awatch only calls is_set(), which a threading.Event has (typed for async events).
+                    stop_event=cast(Any, stop), recursive=True,
                 )
                 if not started:
                     started = True
@@ -218,7 +220,7 @@ def summary_of_entries(entries: Iterable[Entry]) -> FolderSummary:
     return FolderSummary(files, total, newest)
 
 
-async def serve_project_watch(project: ProjectConfig, request: Callable[[str], None],
+async def serve_project_watch(project: ProjectConfig, request: Callable[[str], object],
                               last_summary: Callable[[], Awaitable[FolderSummary | None]], *,
                               exclude: tuple[Path, ...] = (), status: WatchStatus | None = None,
                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
