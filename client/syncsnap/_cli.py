@@ -126,7 +126,7 @@ def _state_line(p: Progress) -> str:
         return "idle"
     if p.terminal:
         return f"{p.state}: {p.message}"
-    return f"step {p.step}/6 {p.step_name}, {p.percent:.1f}%: {p.message}"
+    return f"step {p.step}/{p.steps} {p.step_name}, {p.percent:.1f}%: {p.message}"
 
 
 async def _cmd_projects(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:

@@ -6,7 +6,7 @@ Parsing is strict about the fields this client uses (a missing or mistyped one r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from ._errors import ProtocolError
@@ -125,7 +125,10 @@ class Progress:
     eta_seconds: float | None
     error: ErrorInfo | None
     snapshot: SnapshotSummary | None
+    kind: str = "snapshot"
     gap: bool = False
+    # The object as the daemon sent it, fields this client does not know included (for to_json).
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -134,7 +137,8 @@ class Progress:
 
     @property
     def step_name(self) -> str:
-        if self.step == 6:
+        """The step's name: the snapshot model's names (docs/api.md); other kinds of run, by state."""
+        if self.terminal or self.kind != "snapshot":
             return self.state.capitalize()
         return STEP_NAMES.get(self.step, f"Step {self.step}")
 
@@ -155,15 +159,21 @@ class Progress:
             eta_seconds=None if eta is None else float(eta),
             error=None if error is None else ErrorInfo.from_json(error),
             snapshot=None if snapshot is None else SnapshotSummary.from_json(snapshot),
+            # Newer daemons run other kinds of run (restore, check, ...) with their own steps.
+            kind=_opt(d, "kind", str, w) or "snapshot", raw=d,
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The daemon's JSON shape (plus ``"gap": true`` when set), e.g. for NDJSON output."""
-        d = asdict(self)
-        if self.snapshot is not None:
-            d["snapshot"]["warning_paths"] = list(self.snapshot.warning_paths)
-        if not self.gap:
-            del d["gap"]
+        """The object as the daemon sent it (plus ``"gap": true`` when set), e.g. for NDJSON output."""
+        if self.raw:
+            d = dict(self.raw)
+        else:
+            d = asdict(self)
+            del d["raw"], d["gap"]
+            if self.snapshot is not None:
+                d["snapshot"]["warning_paths"] = list(self.snapshot.warning_paths)
+        if self.gap:
+            d["gap"] = True
         return d
 
 

@@ -108,7 +108,7 @@ class NotificationPolicy:
         if last is not None and last[1] == p.step and now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
             return None
         self._last_progress[p.project] = (now, p.step)
-        return Notification(p.project, f"Snapshot of {p.project}: step {p.step}/6, {p.step_name}",
+        return Notification(p.project, f"{p.kind.capitalize()} of {p.project}: step {p.step}/{p.steps}, {p.step_name}",
                             f"{p.percent:.0f}% · {p.message}", urgency=LOW, value=int(p.percent))
 
 
@@ -122,11 +122,13 @@ def terminal_notification(p: Progress) -> Notification:
             body += f"; {plural(s.warnings, 'file')} changed or unreadable while captured"
         return Notification(p.project, f"Snapshot of {p.project} completed", body, category="transfer.complete",
                             value=100)
+    what = f"{p.kind.capitalize()} of {p.project}"
     reason = p.error.message if p.error is not None else p.message
     if p.state == "failed":
-        return Notification(p.project, f"Snapshot of {p.project} failed", reason, urgency=CRITICAL,
-                            category="transfer.error")
-    return Notification(p.project, f"Snapshot of {p.project} {p.state}", reason, category="transfer.error")
+        return Notification(p.project, f"{what} failed", reason, urgency=CRITICAL, category="transfer.error")
+    if p.state == "completed":  # another kind of run (restore, check, ...): the daemon's sentence
+        return Notification(p.project, f"{what} completed", p.message, category="transfer.complete", value=100)
+    return Notification(p.project, f"{what} {p.state}", reason, category="transfer.error")
 
 
 class Deliverer:

@@ -41,7 +41,7 @@ def final_line(p: Progress) -> str:
             line += f", {plural(s.warnings, 'warning')}"
         return line
     if p.error is not None:
-        return f"{p.project}: snapshot {p.state}: {p.error.message}"
+        return f"{p.project}: {p.kind} {p.state}: {p.error.message}"
     return f"{p.project}: {p.message}"
 
 
@@ -107,7 +107,7 @@ class TerminalView:
         self.console = console or Console(highlight=False)
         self._bars: RichProgress = Bars(
             TextColumn("[bold]{task.fields[project]}"),
-            TextColumn("step {task.fields[step]}/6 {task.fields[step_name]:<22}"),
+            TextColumn("step {task.fields[step]}/{task.fields[steps]} {task.fields[step_name]:<22}"),
             BarColumn(bar_width=24),
             TextColumn("{task.percentage:>5.1f}%"),
             TextColumn("{task.fields[files]}"),
@@ -129,18 +129,18 @@ class TerminalView:
 
     def queued(self, project: str, message: str) -> None:
         """Show a project whose followed run has not started yet."""
-        self._task(project, step=0, step_name="Queued", percent=0, message=message, files="", bytes="",
+        self._task(project, step=0, steps=6, step_name="Queued", percent=0, message=message, files="", bytes="",
                    rate="", eta="-")
 
     def show(self, p: Progress) -> None:
         if p.gap:
             self.note(f"{p.project}: some events were missed; showing the current state")
-        unit = COUNTED.get(p.step, "files")
+        unit = COUNTED.get(p.step, "files") if p.kind == "snapshot" else "items"
         files = f"{p.files_done:,}/{p.files_total:,} {unit}" if p.files_total else (
             f"{p.files_done:,} {unit}" if p.files_done else "")
         nbytes = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else ""
         eta = "-" if p.eta_seconds is None else short_duration(p.eta_seconds)
-        self._task(p.project, step=p.step, step_name=p.step_name, percent=p.percent, message=p.message,
+        self._task(p.project, step=p.step, steps=p.steps, step_name=p.step_name, percent=p.percent, message=p.message,
                    files=files, bytes=nbytes, rate=self._rate(p), eta=eta)
         if p.terminal and p.run is not None:
             style = "green" if p.state == "completed" else "red"
@@ -164,4 +164,5 @@ class TerminalView:
             return ""
         if p.bytes_total:
             return f"{human_bytes((p.bytes_done - r.bytes0) / dt)}/s"
-        return f"{(p.files_done - r.files0) / dt:,.0f} {COUNTED.get(p.step, 'files')}/s"
+        unit = COUNTED.get(p.step, "files") if p.kind == "snapshot" else "items"
+        return f"{(p.files_done - r.files0) / dt:,.0f} {'entries' if unit == 'found' else unit}/s"
