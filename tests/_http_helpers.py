@@ -12,6 +12,7 @@ from typing import Any
 import h11
 import trio
 import trio.testing
+
 from syncsnapd._http_protocol import (
     BodyWriter,
     HTTPError,

@@ -7,6 +7,7 @@ import os
 
 import h11
 import pytest
+
 from syncsnapd._http_protocol import (
     Headers,
     HTTPError,

@@ -26,6 +26,7 @@ from _http_helpers import (
     read_to_eof,
     wait_until,
 )
+
 from syncsnapd._http_protocol import BodyWriter, Peer, Request, Response, StreamResponse, json_response
 from syncsnapd._http_server import HttpConfig, HttpServer, serve_http
 from syncsnapd._listeners import listener_address, open_tcp_listener, open_unix_listener

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from syncsnapd._listeners import (
     AddressInUse,
     ListenerError,

@@ -31,6 +31,7 @@ from _syncthing_fixtures import (
     syncthing_table,
     write_files,
 )
+
 from syncsnapd._config import ProjectConfig, SyncthingConfig, load_config
 from syncsnapd._progress import Progress, RunProgress
 from syncsnapd._scheduler import Scheduler

@@ -164,7 +164,7 @@ async def test_a_blocked_loop_stops_the_watchdog_pings(short_tmp: Path) -> None:
         await nursery.start(serve_watchdog, notifier, interval)
         await trio.sleep(0.55)
         assert 5 <= drain() <= 7
-        time.sleep(0.6)  # the Trio loop itself is blocked: no task runs, so no ping is sent
+        time.sleep(0.6)  # noqa: ASYNC251 -- deliberately block the Trio loop: no task runs, no ping is sent
         assert drain() == 0
         await trio.sleep(0.35)
         assert drain() >= 3  # pings resume with the loop

@@ -145,18 +145,22 @@ async def test_startup_check_and_interval_skip_unchanged_folders(tmp_path: Path)
     project = ProjectConfig("p", tmp_path, watch=False, interval=0.2)
     fingerprint = summarize_folder(tmp_path, project.ignore_fn())
     requests: list[str] = []
+    asked = trio.Event()
+
+    def request(trigger: str) -> None:
+        requests.append(trigger)
+        asked.set()
 
     async def last() -> FolderSummary | None:
         return fingerprint
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_project_watch, project, requests.append, last)
+        await nursery.start(serve_project_watch, project, request, last)
         await trio.sleep(1.0)
         assert requests == []  # unchanged: neither the start-up check nor the interval snapshot
         (tmp_path / "b.txt").write_text("two")
         with trio.fail_after(5):
-            while not requests:
-                await trio.sleep(0.05)
+            await asked.wait()
         assert requests[0] == "schedule"
         nursery.cancel_scope.cancel()
 

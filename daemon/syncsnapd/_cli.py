@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +80,20 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     return _offline.run_check(config.store, sys.stdout)
 
 
+def _raise_fd_limit() -> None:
+    # Every connection is a descriptor; the usual soft limit (1,024) is below what the daemon serves.
+    # Raising the soft limit up to the hard one is what systemd recommends (systemd.exec, LimitNOFILE=).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _run_daemon(config: DaemonConfig, load: Callable[[], DaemonConfig], verbose: bool) -> int:
     from ._daemon import StartupError, run_until_signalled
 
     _setup_logging(verbose)
+    _raise_fd_limit()
     if sys.stderr.isatty():
         print(_hint(config), file=sys.stderr)
     failed = False

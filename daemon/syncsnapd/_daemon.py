@@ -24,11 +24,11 @@ import trio
 
 from . import __version__
 from ._api import Api
+from ._api_runs import register_runs
 from ._config import ConfigError, DaemonConfig, ProjectConfig
+from ._history import History
 from ._http_server import HttpConfig, HttpServer, serve_http
 from ._listeners import listener_address, load_or_create_token, open_tcp_listener, open_unix_listener
-from ._api_runs import register_runs
-from ._history import History
 from ._metrics import Metrics
 from ._progress import Progress, utc_now
 from ._scheduler import RetryPolicy, Scheduler
@@ -44,6 +44,9 @@ log = logging.getLogger("syncsnapd")
 STOP_GRACE_SECONDS = 4.0
 # How long open streams get to deliver the final events after runs were cancelled.
 STREAM_DRAIN_SECONDS = 0.2
+# Open connections served at once (beyond: 503). Each SSE subscriber holds one; 4,096 covers the
+# 1,000-subscriber fan-out we benchmark with room to spare. The start-up raises RLIMIT_NOFILE to match.
+MAX_CONNECTIONS = 4096
 # STATUS= is a summary for `systemctl status`; once a second is plenty.
 STATUS_INTERVAL_SECONDS = 1.0
 
@@ -309,7 +312,8 @@ class Daemon:
             self._mark_interrupted()
             await nursery.start(run_scheduler)
             server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
-                                                     HttpConfig(token=listeners.token))
+                                                     HttpConfig(token=listeners.token,
+                                                                max_connections=MAX_CONNECTIONS))
             self.server = server
             for project in self.config.projects:
                 self._start_sources(nursery, project)

@@ -42,6 +42,11 @@ class Event:
         return json.dumps(self.progress.to_json(), separators=(",", ":"))
 
     @cached_property
+    def json_body(self) -> bytes:
+        """The progress object as an HTTP response body."""
+        return f"{self.json_text}\n".encode()
+
+    @cached_property
     def sse_bytes(self) -> bytes:
         return f"id: {self.id}\nevent: progress\ndata: {self.json_text}\n\n".encode()
 
@@ -178,7 +183,9 @@ class Tracker:
     def __post_init__(self) -> None:
         self._next_id = self.first_event_id
         self._replay: deque[Event] = deque(maxlen=self.replay_events)
-        self._latest: dict[str, Progress] = {}
+        # The newest event per project (an idle one with id 0 for a project that never ran); its encodings
+        # are cached, so answering a progress poll is a dictionary lookup.
+        self._latest: dict[str, Event] = {}
         self._subscribers: set[Subscription] = set()
 
     def preload(self, events: list[Event], latest: dict[str, Progress]) -> None:
@@ -187,12 +194,12 @@ class Tracker:
         self._replay.extend(ev for ev in events if ev.id < self._next_id)
         for project, progress in latest.items():
             if project in self._latest:
-                self._latest[project] = progress
+                self._latest[project] = Event(progress.event_id, progress)
 
     # --- projects ----------------------------------------------------------------------------------
 
     def add_project(self, project: str) -> None:
-        self._latest.setdefault(project, Progress(project=project))
+        self._latest.setdefault(project, Event(0, Progress(project=project)))
 
     def remove_project(self, project: str) -> None:
         self._latest.pop(project, None)
@@ -202,6 +209,10 @@ class Tracker:
 
     def latest(self, project: str) -> Progress:
         """The newest progress of ``project`` (idle with event_id 0 if it never ran). KeyError if unknown."""
+        return self._latest[project].progress
+
+    def latest_event(self, project: str) -> Event:
+        """Like :meth:`latest`, with the cached JSON encoding. KeyError if unknown."""
         return self._latest[project]
 
     @property
@@ -214,7 +225,7 @@ class Tracker:
         """Stamp ``progress`` with the next event id and deliver it. Never waits."""
         event = Event(self._next_id, replace(progress, event_id=self._next_id))
         self._next_id += 1
-        self._latest[progress.project] = event.progress
+        self._latest[progress.project] = event
         self._replay.append(event)
         self.stats.published += 1
         for sub in list(self._subscribers):
@@ -238,10 +249,7 @@ class Tracker:
             initial = [ev for ev in self._replay if ev.id > last_event_id and sub.matches(ev.progress.project)]
         else:
             sub.gap = last_event_id is not None
-            current = sorted(
-                (p for name, p in self._latest.items() if sub.matches(name)), key=lambda p: p.event_id
-            )
-            initial = [Event(p.event_id, p) for p in current]
+            initial = sorted((ev for name, ev in self._latest.items() if sub.matches(name)), key=lambda ev: ev.id)
         sub._queue.extend(initial)
         # A resumed reader may already be far behind; apply the bound from the start.
         if len(sub._queue) > sub._maxlen:
