@@ -149,7 +149,6 @@ class Follower:
         self._daemon: tuple[int, float] | None = None
         # Ordering state.
         self._last_id: int | None = last_event_id
-        self._yielded_any = last_event_id is not None
         self._zero_seen: set[str] = set()
         self._last_by_project: dict[str, Progress] = {}
         self._gap_all = False
@@ -435,17 +434,14 @@ class Follower:
         """Events were missed and ids may restart: the next event of each project is a marked gap."""
         self._last_id = None
         self._zero_seen.clear()
-        if self._yielded_any:
-            self._gap_all = True
-            self._gap_marked.clear()
-            self._stats.gaps += 1
+        self._gap_all = True
+        self._gap_marked.clear()
+        self._stats.gaps += 1
 
     def _on_gap(self, event: SseEvent) -> None:
         log.info("the daemon could not replay from event %s: following on from the current state",
                  self._last_id, extra={"follow_event": "gap"})
         self._new_epoch()
-        self._yielded_any = True
-        self._gap_all = True
 
     def _offer(self, p: Progress) -> None:
         eid = p.event_id
@@ -479,7 +475,6 @@ class Follower:
                 self._check_run_lost(p)
                 return
             self._run_seen = True
-        self._yielded_any = True
         self._ready.append(p)
 
     def _check_run_lost(self, p: Progress) -> None:
