@@ -17,6 +17,7 @@ from ._http_protocol import (
     Response,
     Router,
     StreamResponse,
+    UpgradeResponse,
     json_response,
     sse_comment,
     sse_retry,
@@ -25,6 +26,7 @@ from ._scheduler import Scheduler, UnknownProject
 from ._store import SnapshotInfo
 from ._tracker import Event, Tracker
 from ._watch import WatchStatus
+from ._ws import websocket_endpoint
 
 API = "/api/v1"
 # Sent as `retry:` on every stream: how long an EventSource waits before reconnecting (milliseconds).
@@ -53,8 +55,9 @@ class Api:
         r.add("GET", f"{API}/projects/{{id}}/snapshots", self.snapshots)
         r.add("POST", f"{API}/projects/{{id}}/snapshots", self.start_snapshot)
         r.add("GET", f"{API}/events", self.all_events)
+        r.add("GET", f"{API}/ws", websocket_endpoint(tracker, scheduler))
 
-    async def __call__(self, request: Request) -> Response | StreamResponse:
+    async def __call__(self, request: Request) -> Response | StreamResponse | UpgradeResponse:
         handler, params = self.router.resolve(request.method, request.path)
         return await handler(request, params)
 

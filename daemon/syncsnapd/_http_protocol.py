@@ -24,10 +24,13 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import h11
+
+if TYPE_CHECKING:  # only for the type of UpgradeResponse.session; this module does no I/O
+    import trio
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -42,6 +45,7 @@ __all__ = [
     "Response",
     "Router",
     "StreamResponse",
+    "UpgradeResponse",
     "authorize",
     "error_response",
     "json_response",
@@ -211,10 +215,21 @@ class StreamResponse:
     body: Callable[[BodyWriter], Awaitable[None]]
 
 
-Handler = Callable[[Request, dict[str, str]], Awaitable[Response | StreamResponse]]
+@dataclass(frozen=True)
+class UpgradeResponse:
+    """Hand the connection over to another protocol (WebSocket): the server stops speaking HTTP and awaits
+    ``session(stream)``, where ``stream`` replays the request head (and anything the client sent after
+    it) before the live connection, so the protocol library performs its own handshake. The connection
+    closes when ``session`` returns. Authorization has already happened, as for any request.
+    """
+
+    session: Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+Handler = Callable[[Request, dict[str, str]], Awaitable[Response | StreamResponse | UpgradeResponse]]
 """A route handler: gets the request and the path parameters of its pattern."""
 
-App = Callable[[Request], Awaitable[Response | StreamResponse]]
+App = Callable[[Request], Awaitable[Response | StreamResponse | UpgradeResponse]]
 """What :func:`syncsnapd._http_server.serve_http` serves: one request in, one response out."""
 
 
@@ -530,7 +545,7 @@ def router_app(router: Router) -> App:
     """
     resolve = router.resolve
 
-    async def app(request: Request) -> Response | StreamResponse:
+    async def app(request: Request) -> Response | StreamResponse | UpgradeResponse:
         handler, params = resolve(request.method, request.path)
         return await handler(request, params)
 

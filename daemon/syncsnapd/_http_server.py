@@ -66,6 +66,7 @@ from ._http_protocol import (
     Peer,
     Response,
     StreamResponse,
+    UpgradeResponse,
     authorize,
     error_response,
     parse_request,
@@ -418,6 +419,31 @@ class TrioBodyWriter:
         self._body_scope = None
 
 
+class _ReplayStream(trio.abc.Stream):
+    """A connection whose first bytes received are ``replay`` (for protocol upgrades)."""
+
+    def __init__(self, stream: trio.abc.Stream, replay: bytes) -> None:
+        self._stream = stream
+        self._replay = replay
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._replay:
+            n = len(self._replay) if max_bytes is None else max_bytes
+            data, self._replay = self._replay[:n], self._replay[n:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return cast(bytes, await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 class _Connection:
     # One client connection; HttpServer runs one task per instance.
     #
@@ -440,6 +466,7 @@ class _Connection:
         "scope",
         "idle",
         "writer",
+        "session_scope",
     )
 
     def __init__(self, server: HttpServer, stream: trio.abc.HalfCloseableStream, peer: Peer) -> None:
@@ -457,10 +484,13 @@ class _Connection:
         self.scope = trio.CancelScope()  # the connection's timeouts (replaced in run)
         self.idle = False  # waiting for the first byte of a request: shutdown may close us
         self.writer: TrioBodyWriter | None = None  # set while streaming
+        self.session_scope: trio.CancelScope | None = None  # set while an upgraded session runs
 
     def begin_shutdown(self) -> None:
         if self.idle:
             self.scope.cancel()
+        if self.session_scope is not None:
+            self.session_scope.cancel()
         writer = self.writer
         if writer is not None and writer._body_scope is not None:
             writer._body_scope.cancel()
@@ -609,9 +639,29 @@ class _Connection:
             await self._respond(result)
         elif isinstance(result, StreamResponse):
             await self._stream(result)
+        elif isinstance(result, UpgradeResponse):
+            await self._upgrade(event, result)
         else:
             LOGGER.error("the app returned %r for %s %s", result, request.method, request.target)
             await self._respond(_INTERNAL_ERROR)
+
+    async def _upgrade(self, event: h11.Request, response: UpgradeResponse) -> None:
+        # Leave HTTP: the session's protocol library re-reads the request head from a stream that replays
+        # it (and whatever followed it) before the live connection, and does its own handshake.
+        head = b"%s %s HTTP/%s\r\n" % (event.method, event.target, event.http_version)
+        head += b"".join(b"%s: %s\r\n" % (name, value) for name, value in event.headers.raw_items())
+        replay = head + b"\r\n" + self.conn.trailing_data[0]
+        self.keep_alive = False
+        self.responded = True
+        self.server._count(101)
+        self.server._open_streams += 1
+        self.session_scope = trio.CancelScope()
+        try:
+            with self.session_scope:
+                await response.session(_ReplayStream(self.stream, replay))
+        finally:
+            self.session_scope = None
+            self.server._open_streams -= 1
 
     async def _receive_body(self) -> bytes:
         # Read the body through h11 (Content-Length or chunked), at most max_body bytes.
