@@ -154,8 +154,8 @@ def start_daemon(d: Daemon, res: dict[str, Any]) -> None:
         why = {"max_connections": " (its built-in connection cap applies)",
                "watch": " (its watcher may start runs of its own)"}.get(k, "")
         msg = f"syncsnapd has no `[daemon] {k}` setting: started without it{why}"
-        if msg not in res["errors"]:
-            res["errors"].append(msg)
+        if msg not in res["notes"]:
+            res["notes"].append(msg)
 
 
 def rewarm(tree: Path, spec: _tree.TreeSpec, res: dict[str, Any], who: str) -> None:
@@ -369,7 +369,7 @@ def main() -> int:
         print(f"BENCH_ONLY: unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     res: dict[str, Any] = {"scale": scale, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                           "errors": [], "snapshots": {}, "fanout": {}}
+                           "errors": [], "notes": [], "snapshots": {}, "fanout": {}}
     log(f"syncsnap bench, BENCH_SCALE={scale:g}")
     lock = _lock(log)  # noqa: F841 - released at exit
     nofile = _env.raise_nofile(8192)
@@ -457,5 +457,7 @@ def main() -> int:
     print()
     for e in res["errors"]:
         print(f"not measured: {e}")
+    for e in res["notes"]:
+        print(f"note: {e}")
     log(f"wrote {doc.relative_to(REPO)} and {(WORK / 'results.json').relative_to(REPO)}")
     return 0

@@ -294,6 +294,12 @@ def markdown(r: dict[str, Any]) -> str:
                          "max deliveries/s", "disconnected", "refused or silent"], rows))
         L.append("")
 
+    notes = r.get("notes", [])
+    if notes:
+        L.append("## Notes")
+        L.append("")
+        L += [f"- {e}" for e in notes]
+        L.append("")
     errs = r.get("errors", [])
     if errs:
         L.append("## Not measured in this run")
