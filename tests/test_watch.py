@@ -198,3 +198,43 @@ def test_daemon_snapshots_a_changed_folder_exactly_once(daemon_factory: Any, sho
     snaps = json.loads(d.curl("http://localhost/api/v1/projects/w/snapshots").stdout)["snapshots"]
     assert len(snaps) == 2, snaps
     assert snaps[1]["files"] == 50 and snaps[1]["files_new"] == 50
+
+
+async def test_debounced_changes_queue_at_most_one_follow_up_run(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Watcher bursts -> debounce -> scheduler: while a run is in progress, later bursts coalesce into one
+    queued run. Each run's step 1 takes 10 s and then fails (no worker threads, so times are exact)."""
+    from syncsnapd._progress import RunProgress
+    from syncsnapd._scheduler import RetryPolicy, Scheduler
+    from syncsnapd._snapshot import SnapshotError
+    from syncsnapd._store import Store
+    from syncsnapd._tracker import Tracker
+
+    starts: list[float] = []
+
+    async def slow_step_one(project: ProjectConfig, progress: RunProgress) -> None:
+        starts.append(trio.current_time())
+        await trio.sleep(10)
+        raise SnapshotError("sync_unreachable", "test: step 1 ends the run here")
+
+    store = await trio.to_thread.run_sync(lambda: Store.open(tmp_path / "store", writable=True))
+    sched = Scheduler(store, Tracker(),
+                      [ProjectConfig("p", tmp_path)], waiter=slow_step_one, retry=RetryPolicy(attempts=1))
+    send, recv = trio.open_memory_channel[object](16)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.serve)
+            await nursery.start(lambda task_status: serve_debounce(  # type: ignore[misc]
+                recv, lambda: sched.request_snapshot("p", "watch"), settle=5, max_delay=60,
+                task_status=task_status))
+            t0 = trio.current_time()
+            for t in (0, 6, 7, 13, 14.5):
+                await trio.sleep_until(t0 + t)
+                await send.send(1)
+            await trio.sleep_until(t0 + 100)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    # Burst 1 (0) -> request at 5: run A 5-15. Burst 2 (6, 7) -> request at 12: queued B.
+    # Burst 3 (13, 14.5) -> request at 19.5: B is running (15-25), so it queues C, which runs 25-35.
+    assert [round(s - t0, 6) for s in starts] == [5.0, 15.0, 25.0]
