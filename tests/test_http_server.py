@@ -16,6 +16,7 @@ import h11
 import pytest
 import trio
 import trio.testing
+
 from _http_helpers import (
     TOKEN,
     AppState,
@@ -26,7 +27,6 @@ from _http_helpers import (
     read_to_eof,
     wait_until,
 )
-
 from syncsnapd._http_protocol import BodyWriter, Peer, Request, Response, StreamResponse, json_response
 from syncsnapd._http_server import HttpConfig, HttpServer, serve_http
 from syncsnapd._listeners import listener_address, open_tcp_listener, open_unix_listener

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+
 from _syncthing_fixtures import (
     FOLDER_ID,
     Syncthing,
@@ -31,7 +32,6 @@ from _syncthing_fixtures import (
     syncthing_table,
     write_files,
 )
-
 from syncsnapd._config import ProjectConfig, SyncthingConfig, load_config
 from syncsnapd._progress import Progress, RunProgress
 from syncsnapd._scheduler import Scheduler
