@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+
 import syncsnap
 from conftest import DaemonProcess, make_tree
-from rich.console import Console
 from syncsnap._view import TerminalView
 
 SYNCSNAP = str(Path(sys.executable).parent / "syncsnap")
@@ -44,11 +46,11 @@ def cli(d: DaemonProcess | None, *args: str, env: dict[str, str] | None = None,
 
 
 class Pty:
-    """The command in a pseudo-terminal of 120x30, as a person at a terminal runs it."""
+    """The command in a pseudo-terminal of 80x30, as a person at a terminal runs it."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 80, 0, 0))
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
                                      env={**env, "TERM": "xterm-256color"})
         os.close(slave)
@@ -98,10 +100,12 @@ def test_snapshot_follow_in_a_terminal_shows_a_live_progress_bar(daemon_factory:
     for step in ("step 1/6 Waiting for sync", "step 2/6 Browsing folder status", "step 3/6 Browsing files",
                  "step 4/6 Compressing", "step 5/6 Uploading to the store", "step 6/6 Completed"):
         assert step in out
-    assert "/400 files" in out and "MiB/25.0 MiB" in out and "100.0%" in out and "ETA" in out
+    assert "/400 files · " in out and "/25.0 MiB" in out and "100.0%" in out and "ETA" in out
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert max(len(line) for line in plain.replace("\r", "\n").splitlines()) <= 80  # fits the terminal
     assert "Compressing " in out and " of 400 files (" in out  # the daemon's message, under the bar
-    final = [line for line in out.splitlines() if "✔ big: snapshot " in line]
-    assert final and "completed: 400 files (25.0 MiB), 25.0 MiB added in" in final[0]
+    # The summary line stays (wrapped at 80 columns, not cut).
+    assert re.search(r"✔ big: snapshot \S+ completed: 400 files \(25\.0 MiB\),\s+25\.0 MiB added in", plain)
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())
 
 
@@ -118,10 +122,10 @@ def test_terminal_view_shows_rate_and_eta() -> None:
         view.show(syncsnap.Progress(percent=37.5, files_done=10, bytes_done=10 * 2**20, eta_seconds=None, **base))
         view.show(syncsnap.Progress(percent=55.0, files_done=20, bytes_done=30 * 2**20, eta_seconds=125, **base))
     out = console.file.getvalue()  # type: ignore[attr-defined]
-    last = out.rsplit("docs step 4/6", 1)[1]
-    assert "Compressing" in last and "55.0%" in last and "20/40 files" in last
-    assert "30.0 MiB/40.0 MiB" in last and "10.0 MiB/s" in last and "ETA 2m05s" in last
-    assert "Compressing 10 of 40 files (10.0 MiB of 40.0 MiB)" in last
+    bar, details, message = out.rsplit("docs step 4/6", 1)[1].splitlines()[:3]
+    assert "Compressing" in bar and "55.0%" in bar and "ETA 2m05s" in bar
+    assert details == "  20/40 files · 30.0 MiB/40.0 MiB · 10.0 MiB/s"
+    assert message == "  Compressing 10 of 40 files (10.0 MiB of 40.0 MiB)"
 
 
 def test_terminal_view_shows_a_queued_run_and_the_polling_fallback() -> None:

@@ -9,6 +9,7 @@ own 503 (its connection limit filled), and across a daemon restart.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket as stdsocket
 import subprocess
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import syncsnap
 import trio
+
+import syncsnap
 from conftest import DaemonProcess, make_tree, start_daemon
 from syncsnap._http import HttpConnection
 
@@ -256,8 +258,32 @@ async def test_no_loss_when_the_stream_stalls(daemon_factory: Any, short_tmp: Pa
     assert follower.statistics().streams_lost in (3, 4)
 
 
+def fill_connection_slots(path: str, hogs: list[stdsocket.socket]) -> bytes:
+    """Open idle connections until the daemon answers a probe with its 503; returns that answer.
+
+    Whatever the daemon's limit is (256, 4,096, ...): batches of 256, each followed by a probe that the
+    daemon accepts (in order) only after the batch. Idle connections cost the daemon nothing but a slot,
+    and it closes them only after its request-head timeout (10 s), far beyond this test.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    while len(hogs) < 16384:
+        for _ in range(256):
+            s = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+            s.connect(path)
+            hogs.append(s)
+        with stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM) as probe:
+            probe.settimeout(10)
+            probe.connect(path)
+            probe.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            answer = probe.recv(4096)
+        if answer.startswith(b"HTTP/1.1 503 "):
+            return answer
+    raise AssertionError(f"no 503 after {len(hogs)} connections")
+
+
 async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, short_tmp: Path) -> None:
-    """The daemon's own connection limit (256) is filled by idle streams: new connections get its 503,
+    """The daemon's own connection limit is filled with idle connections: new connections get its 503,
     while runs go on (started over a connection opened before)."""
     d = await start(daemon_factory, short_tmp)
     refused_answers: list[bytes] = []
@@ -270,22 +296,17 @@ async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, sho
             await wait_until(lambda: not streaming(follower))
             # ... and its slot with it. Fill every slot (blocking calls: the follower cannot reconnect
             # before this is done), so that its reconnects meet the limit.
-            for _ in range(260):
-                s = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-                s.connect(d.socket)
-                s.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                hogs.append(s)
-            probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-            probe.connect(d.socket)
-            probe.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            refused_answers.append(probe.recv(4096))
-            probe.close()
+            refused_answers.append(fill_connection_slots(d.socket, hogs))
         if i == 4:  # runs 2, 3 and 4 went on meanwhile
             await wait_until(lambda: follower.statistics().stream_attempts_failed >= 2)
             for s in hogs:
                 s.close()
 
-    follower, _ = await check_no_loss(d, short_tmp, refuse)
+    try:
+        follower, _ = await check_no_loss(d, short_tmp, refuse)
+    finally:
+        for s in hogs:
+            s.close()
     assert refused_answers[0].startswith(b"HTTP/1.1 503 ")
     st = follower.statistics()
     assert st.stream_attempts_failed >= 2 and st.streams_opened == 2

@@ -77,8 +77,14 @@ class _Rate:
 
 
 class TerminalView:
-    """A live bar per project: step n/6 and its name, percent, files and bytes done/total, rate, ETA, and
-    the daemon's message on the line below. Finished runs leave one summary line above the bars."""
+    """A live display per project, three lines that fit an 80-column terminal::
+
+        docs step 4/6 Compressing            ━━━━━━━━━━━━━━╸━━━━━━━━━   62.4%  ETA 7s
+          3,120/5,000 files · 1.9 GiB/3.4 GiB · 212.5 MiB/s
+          Compressing 3,120 of 5,000 files (1.9 GiB of 3.4 GiB)
+
+    (the counters of the current step with its rate, then the daemon's message; lines too long for the
+    terminal end with an ellipsis rather than wrap). Finished runs leave one summary line above."""
 
     def __init__(self, status: Callable[[], str] | None = None, *, console: Console | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -98,6 +104,9 @@ class TerminalView:
                 rows: list[RenderableType] = []
                 for task in self.tasks:
                     rows.append(self.make_tasks_table([task]))
+                    details = " · ".join(x for x in (task.fields["files"], task.fields["bytes"], task.fields["rate"]) if x)
+                    if details:
+                        rows.append(Text(f"  {details}", no_wrap=True, overflow="ellipsis"))
                     rows.append(Text(f"  {task.fields['message']}", style="dim", no_wrap=True, overflow="ellipsis"))
                 line = view._status() if view._status else ""
                 if line:
@@ -108,11 +117,8 @@ class TerminalView:
         self._bars: RichProgress = Bars(
             TextColumn("[bold]{task.fields[project]}"),
             TextColumn("step {task.fields[step]}/{task.fields[steps]} {task.fields[step_name]:<22}"),
-            BarColumn(bar_width=24),
+            BarColumn(bar_width=20),
             TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[files]}"),
-            TextColumn("{task.fields[bytes]}"),
-            TextColumn("{task.fields[rate]}"),
             TextColumn("ETA {task.fields[eta]}"),
             console=self.console, refresh_per_second=8, transient=False,
         )
