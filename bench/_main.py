@@ -4,6 +4,7 @@ fan-out, in one run; prints a summary table and writes docs/benchmarks.md.
 Environment:
     BENCH_SCALE             float, default 1.0: file counts (and large file sizes) of the tree.
     BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
+    BENCH_ROUNDS            int, default 2: rounds of the snapshot comparison (best time of the rounds).
     BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout);
                             default all. A partial run writes bench/.work/benchmarks-partial.md.
 """
@@ -99,8 +100,13 @@ def _stop_poller(p: subprocess.Popen[str], out: Path, window: tuple[int, int], i
     lat = sorted(rec[i + 1] / 1e6 for i in range(0, len(rec), 2) if window[0] <= rec[i] <= window[1])
     parts = tail.split()
     errors = int(parts[2]) if len(parts) >= 4 and parts[0] == "done" else -1
+    return {**_lat_stats(lat), "errors": errors, "interval_ms": interval_ms, "_lat": lat}
+
+
+def _lat_stats(lat: list[float]) -> dict[str, Any]:
+    lat = sorted(lat)
     return {"count": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
-            "max_ms": lat[-1] if lat else float("nan"), "errors": errors, "interval_ms": interval_ms}
+            "max_ms": lat[-1] if lat else float("nan")}
 
 
 def _snap_details(final: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +146,7 @@ def run_syncsnap_hammered(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, res:
         finally:
             poll = _stop_poller(poller, poll_file, run.window if run else (0, 0), 0)
         _check(run.final, "initial (back-to-back poller)")
+        poll.pop("_lat", None)
         res["snapshots"]["syncsnap"]["hammered"] = {"seconds": run.seconds, "poll": poll}
         log(f"syncsnap initial with a back-to-back poller: {run.seconds:.2f} s, {poll['count']:,} requests "
             f"({poll['count'] / run.seconds:,.0f}/s), p99 {poll['p99_ms']:.1f} ms")
@@ -169,9 +176,10 @@ def rewarm(tree: Path, spec: _tree.TreeSpec, res: dict[str, Any], who: str) -> N
 
 def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval: float,
                  res: dict[str, Any]) -> Daemon:
-    """Three timed snapshots; returns the daemon, still running, for the serving benchmarks."""
+    """One round of three timed snapshots on a fresh daemon and store; returns the daemon, still
+    running, for the serving benchmarks."""
     out: dict[str, Any] = {}
-    res["snapshots"]["syncsnap"] = out
+    res["snapshots"].setdefault("syncsnap", {}).setdefault("rounds", []).append(out)
     d = new_daemon(tree, fan_tree)
     _tree.restore(tree, spec)
     rewarm(tree, spec, res, "syncsnap")
@@ -223,6 +231,31 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
     return d
 
 
+def aggregate(tool: dict[str, Any]) -> None:
+    """Fold a tool's rounds into one figure per step: the best time of the rounds (noise from other
+    work on the machine only ever adds time), the largest RSS, and latencies over all rounds' samples."""
+    rounds = tool.get("rounds", [])
+    for step in ("initial", "nochange", "changed"):
+        runs = [r[step] for r in rounds if step in r]
+        if not runs:
+            continue
+        best = dict(min(runs, key=lambda x: x["seconds"]))
+        best["all_seconds"] = [x["seconds"] for x in runs]
+        rss = [x["max_rss_bytes"] for x in runs if x.get("max_rss_bytes")]
+        if rss:
+            best["max_rss_bytes"] = max(rss)
+        tool[step] = best
+    for key in ("peak_rss_bytes", "peak_rss_any_bytes", "store_bytes", "idle_rss_bytes"):
+        vals = [r[key] for r in rounds if r.get(key)]
+        if vals:
+            tool[key] = max(vals)
+    polls = [r["poll"] for r in rounds if "poll" in r]
+    if polls:
+        lat = [x for p in polls for x in p.pop("_lat", [])]
+        tool["poll"] = {**_lat_stats(lat), "errors": sum(p["errors"] for p in polls),
+                        "interval_ms": polls[0]["interval_ms"], "rounds": len(polls)}
+
+
 def _check(final: dict[str, Any], what: str) -> None:
     if final.get("state") != "completed":
         raise RuntimeError(f"syncsnap {what} snapshot ended {final.get('state')}: {final.get('error')}")
@@ -232,8 +265,9 @@ def _check(final: dict[str, Any], what: str) -> None:
 
 
 def run_tool(tool: Any, tree: Path, spec: _tree.TreeSpec, res: dict[str, Any]) -> None:
+    """One round of three timed backups into a fresh repository."""
     out: dict[str, Any] = {}
-    res["snapshots"][tool.name] = out
+    res["snapshots"].setdefault(tool.name, {}).setdefault("rounds", []).append(out)
     _tree.restore(tree, spec)
     tool.setup()
     rewarm(tree, spec, res, tool.name)
@@ -410,21 +444,41 @@ def main() -> int:
     _section("raw", only, res, raw)
 
     daemon: Daemon | None = None
+    rounds = max(1, int(os.environ.get("BENCH_ROUNDS", "2")))
+    res["rounds"] = rounds
 
-    def syncsnap() -> None:
+    def syncsnap(r: int) -> None:
         nonlocal daemon
-        log("syncsnap snapshots")
-        daemon = run_syncsnap(tree, fan_tree, spec, poll_interval, res)
-        if poll_interval:
-            run_syncsnap_hammered(tree, fan_tree, spec, res)
+        log(f"syncsnap snapshots (round {r + 1} of {rounds})")
+        d = run_syncsnap(tree, fan_tree, spec, poll_interval, res)
+        if r < rounds - 1:
+            d.stop()
+            d.cleanup()
+        else:
+            daemon = d  # the last round's daemon serves the later sections
 
-    _section("syncsnap", only, res, syncsnap)
-    for cls in (_backup_tools.Restic, _backup_tools.Borg):
-        if cls.name == "borg" and "borgbackup" in missing or cls.name == "restic" and "restic" in missing:
-            continue
-        tool = cls(WORK / "runs" / cls.name, tree)
-        _section(cls.name, only, res, lambda tool=tool: (log(f"{tool.name} snapshots"),
-                                                         run_tool(tool, tree, spec, res)))
+    def tool_round(name: str, r: int) -> None:
+        cls = {"restic": _backup_tools.Restic, "borg": _backup_tools.Borg}[name]
+        tool = cls(WORK / "runs" / name, tree)
+        log(f"{name} snapshots (round {r + 1} of {rounds})")
+        run_tool(tool, tree, spec, res)
+
+    # Rounds alternate the order of the tools, so a drift in the machine's speed favours none of them.
+    order = ["syncsnap", "restic", "borg"]
+    skip = {"restic"} if "restic" in missing else set()
+    skip |= {"borg"} if "borgbackup" in missing else set()
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            if name in skip:
+                continue
+            if name == "syncsnap":
+                _section(name, only, res, partial(syncsnap, r))
+            else:
+                _section(name, only, res, partial(tool_round, name, r))
+    for tool in res["snapshots"].values():
+        aggregate(tool)
+    if daemon is not None and poll_interval and (not only or "syncsnap" in only):
+        _section("syncsnap", only, res, partial(run_syncsnap_hammered, tree, fan_tree, spec, res))
 
     needs_daemon = {"serving", "fanout"} & (only or set(SECTIONS))
     if daemon is None and needs_daemon:

@@ -187,6 +187,13 @@ def markdown(r: dict[str, Any]) -> str:
              + "; latencies of the requests sent during the initial snapshot count. A second initial "
              "snapshot (fresh daemon and store, not used for the ratios) runs with the client polling back "
              "to back, to show what an aggressive poller costs the engine.")
+    nr = r.get("rounds", 1)
+    if nr > 1:
+        L.append(f"- **Rounds**: the three-step comparison runs {nr} times, alternating the order of the "
+                 "tools (syncsnap, restic, borg, then borg, restic, syncsnap), each round into a fresh "
+                 "repository or store (and a fresh daemon). Times are the best of the rounds (other work on "
+                 "the machine only ever adds time), every round's time is shown in brackets; RSS is the "
+                 "largest of the rounds; latencies are taken over the samples of all rounds.")
     L.append("- **restic**: `restic init`, then `restic backup --json TREE` (repository in a temporary "
              "directory, `RESTIC_PASSWORD` set, its own cache dir). **borg**: `borg init -e none`, then "
              "`borg create --json REPO::NAME TREE` (temporary `BORG_BASE_DIR`). Both with their default "
@@ -212,9 +219,15 @@ def markdown(r: dict[str, Any]) -> str:
         L.append("## Snapshots")
         L.append("")
         rows = []
+        def cell(t: str, step: str) -> str:
+            best, every = _get(snap, t, step, "seconds"), _get(snap, t, step, "all_seconds") or []
+            if len(every) > 1:
+                return f"{_s(best)} ({', '.join(f'{x:.2f}' for x in every)})"
+            return _s(best)
+
         for step, label in (("initial", "initial"), ("nochange", "no change"),
                             ("changed", "1% changed + new files")):
-            rows.append([label] + [_s(_get(snap, t, step, "seconds")) for t in ("syncsnap", "restic", "borg")])
+            rows.append([label] + [cell(t, step) for t in ("syncsnap", "restic", "borg")])
         rows.append(["peak RSS, initial"] + [_mb(_get(snap, "syncsnap", "peak_rss_bytes"))]
                     + [_mb(_get(snap, t, "initial", "max_rss_bytes")) for t in ("restic", "borg")])
         rows.append(["peak RSS, any step"] + [_mb(_get(snap, "syncsnap", "peak_rss_any_bytes"))]
