@@ -104,6 +104,7 @@ def test_snapshot_follow_in_a_terminal_shows_a_live_progress_bar(daemon_factory:
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
     assert max(len(line) for line in plain.replace("\r", "\n").splitlines()) <= 80  # fits the terminal
     assert "Compressing " in out and " of 400 files (" in out  # the daemon's message, under the bar
+    assert "  400 files · 25.0 MiB · 25.0 MiB added" in plain  # at the end: what the run produced
     # The summary line stays (wrapped at 80 columns, not cut).
     assert re.search(r"✔ big: snapshot \S+ completed: 400 files \(25\.0 MiB\),\s+25\.0 MiB added in", plain)
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())

@@ -146,8 +146,14 @@ class TerminalView:
             f"{p.files_done:,} {unit}" if p.files_done else "")
         nbytes = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else ""
         eta = "-" if p.eta_seconds is None else short_duration(p.eta_seconds)
+        rate = self._rate(p)
+        if p.terminal:
+            # The last step's counters are the store's objects; what the run produced says more.
+            s = p.snapshot
+            files, nbytes, rate = (f"{s.files:,} files", human_bytes(s.bytes), f"{human_bytes(s.bytes_added)} added") \
+                if s is not None else ("", "", "")
         self._task(p.project, step=p.step, steps=p.steps, step_name=p.step_name, percent=p.percent, message=p.message,
-                   files=files, bytes=nbytes, rate=self._rate(p), eta=eta)
+                   files=files, bytes=nbytes, rate=rate, eta=eta)
         if p.terminal and p.run is not None:
             style = "green" if p.state == "completed" else "red"
             mark = "✔" if p.state == "completed" else "✘"
