@@ -23,8 +23,9 @@ DEFAULT_FOLDER = "~/Sync"
 
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
-                "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff"}
-_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing"}
+                "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections"}
+_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
+_KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
@@ -53,6 +54,22 @@ class SyncthingConfig:
 
 
 @dataclass(frozen=True)
+class KeepPolicy:
+    """Which snapshots of a project a prune keeps (``keep = { last = 10, daily = 7, ... }``), as restic's
+    ``forget --keep-*``: the newest ``last`` snapshots, and the newest snapshot of each of the newest
+    ``hourly`` hours, ``daily`` days, ``weekly`` ISO weeks, ``monthly`` months and ``yearly`` years that
+    have one (local time). A snapshot kept by any rule is kept. At least one count is above 0, so the
+    newest snapshot is always kept."""
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """One watched folder."""
 
@@ -64,6 +81,8 @@ class ProjectConfig:
     interval: float | None = None
     watch: bool = True
     syncthing: SyncthingConfig | None = None
+    # Retention for prune; None keeps every snapshot of the project.
+    keep: KeepPolicy | None = None
 
     def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
         """A predicate over relative POSIX paths: sync tools' files, the project's ``ignore`` globs, and
@@ -103,6 +122,9 @@ class DaemonConfig:
     heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
     # Snapshots running at once across projects; failed runs are retried (attempts in all, doubling backoff).
     max_concurrent: int = 2
+    # Open HTTP connections served at once (beyond: 503). Each SSE subscriber holds one; 4,096 covers the
+    # 1,000-subscriber fan-out we benchmark with room to spare. The start-up raises RLIMIT_NOFILE to match.
+    max_connections: int = 4096
     retry_attempts: int = 3
     retry_backoff: float = 30.0
     projects: tuple[ProjectConfig, ...] = field(default=())
@@ -204,7 +226,7 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         if isinstance(hb, bool) or not isinstance(hb, int | float) or not 0.1 <= hb <= 3600:
             raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
         settings["heartbeat"] = float(hb)
-    for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100)):
+    for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100), ("max_connections", 8, 65536)):
         if key in daemon:
             v = daemon[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -288,8 +310,26 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
             own["watch"] = _bool(item["watch"], f"{where}.watch")
         if own["max_delay"] < own["settle"]:
             raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
-        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), syncthing=syncthing, **own))
+        keep = _keep(item["keep"], f"{where}.keep") if "keep" in item else None
+        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), syncthing=syncthing,
+                                 keep=keep, **own))
     return out
+
+
+def _keep(raw: object, key: str) -> KeepPolicy:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a table such as {{ last = 10, daily = 7, weekly = 4 }}")
+    counts: dict[str, int] = {}
+    for k, v in raw.items():
+        if k not in _KEEP_KEYS:
+            raise ConfigError(f"{key}.{k}: unknown key (known: {', '.join(_KEEP_KEYS)})")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1_000_000:
+            raise ConfigError(f"{key}.{k}: expected a whole number of snapshots from 0 to 1000000, got {v!r}")
+        counts[k] = v
+    if not any(counts.values()):
+        raise ConfigError(f"{key}: keeps no snapshot at all; set at least one of {', '.join(_KEEP_KEYS)} above 0 "
+                          "(leave keep out to keep every snapshot)")
+    return KeepPolicy(**counts)
 
 
 def _syncthing(raw: object, key: str, base_dir: Path) -> SyncthingConfig:

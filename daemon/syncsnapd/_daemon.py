@@ -24,12 +24,14 @@ import trio
 
 from . import __version__
 from ._api import Api
+from ._api_ops import register_operations
 from ._api_runs import register_runs
 from ._config import ConfigError, DaemonConfig, ProjectConfig
 from ._history import History
 from ._http_server import HttpConfig, HttpServer, serve_http
 from ._listeners import listener_address, load_or_create_token, open_tcp_listener, open_unix_listener
 from ._metrics import Metrics
+from ._operations import Operations
 from ._progress import Progress, utc_now
 from ._scheduler import RetryPolicy, Scheduler
 from ._store import Store
@@ -44,9 +46,6 @@ log = logging.getLogger("syncsnapd")
 STOP_GRACE_SECONDS = 4.0
 # How long open streams get to deliver the final events after runs were cancelled.
 STREAM_DRAIN_SECONDS = 0.2
-# Open connections served at once (beyond: 503). Each SSE subscriber holds one; 4,096 covers the
-# 1,000-subscriber fan-out we benchmark with room to spare. The start-up raises RLIMIT_NOFILE to match.
-MAX_CONNECTIONS = 4096
 # STATUS= is a summary for `systemctl status`; once a second is plenty.
 STATUS_INTERVAL_SECONDS = 1.0
 
@@ -203,6 +202,8 @@ class Daemon:
                                    expected=lambda project: history.expected.get(project))
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status)
         register_runs(self.api.router, history, self.scheduler)
+        self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude)
+        register_operations(self.api.router, self.ops)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None)
         self.metrics.register(self.api.router)
@@ -307,13 +308,20 @@ class Daemon:
                 with run_scope:
                     await self.scheduler.serve(task_status=task_status)
 
+            ops_scope = trio.CancelScope()
+
+            async def run_ops(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with ops_scope:
+                    await self.ops.serve(task_status=task_status)
+
             await nursery.start(self.history.serve, self.tracker)
             await nursery.start(self.metrics.serve)
             self._mark_interrupted()
             await nursery.start(run_scheduler)
+            await nursery.start(run_ops)
             server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
                                                      HttpConfig(token=listeners.token,
-                                                                max_connections=MAX_CONNECTIONS))
+                                                                max_connections=self.config.max_connections))
             self.server = server
             for project in self.config.projects:
                 self._start_sources(nursery, project)
@@ -341,8 +349,9 @@ class Daemon:
                 with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_SECONDS):
                     self.notifier.stopping()
                     log.info("stopping: cancelling runs, ending streams")
-                    busy = self.scheduler.busy()
+                    busy = self.scheduler.busy() or self.ops.busy()
                     run_scope.cancel()
+                    ops_scope.cancel()
                     if busy:
                         # Let the cancelled runs publish, and streams carry those events out.
                         await trio.sleep(STREAM_DRAIN_SECONDS)
