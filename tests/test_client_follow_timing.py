@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import syncsnap
 import trio
 import trio.testing
+
+import syncsnap
 
 pytest.register_assert_rewrite("_client_fixtures")
 from _client_fixtures import FakeDaemon, LogTimes  # noqa: E402

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import syncsnap
 import trio
-from conftest import DaemonProcess, make_env, make_tree, start_daemon
 from jeepney import HeaderFields, MatchRule, message_bus, new_method_return
 from jeepney.io.trio import open_dbus_router
+
+import syncsnap
+from conftest import DaemonProcess, make_env, make_tree, start_daemon
 from syncsnap._notify import CRITICAL, LOW, NORMAL, NotificationPolicy, run_notifier
 
 pytest.register_assert_rewrite("_client_fixtures")
