@@ -18,7 +18,7 @@ setup-system:
 
 # Start the daemon on an embedded default: ~/Sync (created if missing), the local store under XDG dirs.
 run: setup
-	$(VENV)/bin/syncsnapd --demo
+	$(VENV)/bin/syncsnapd
 
 lint: setup
 	$(VENV)/bin/ruff check daemon client tests bench
