@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import DaemonProcess, make_tree, start_daemon
+from conftest import DaemonProcess, make_env, make_tree, start_daemon
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -208,3 +208,28 @@ def test_stale_socket_file_is_replaced(short_tmp: Path) -> None:
         assert json.loads(d.curl("http://localhost/api/v1/health").stdout)["status"] == "ok"
     finally:
         d.stop()
+
+
+def test_embedded_default_needs_no_config(short_tmp: Path) -> None:
+    """`syncsnapd` with no arguments (the README's Quick start): ~/Sync is created and served."""
+    env = make_env(short_tmp)
+    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        disc = short_tmp / "run/syncsnap/syncsnapd.json"
+        deadline = time.monotonic() + 20
+        while not disc.exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        info = json.loads(disc.read_text())
+        assert info["tcp"] == "127.0.0.1:8473" and info["socket"] == str(short_tmp / "run/syncsnap/syncsnapd.sock")
+        out = subprocess.run(["curl", "-sS", "--unix-socket", info["socket"], "http://localhost/api/v1/projects"],
+                             capture_output=True, text=True, timeout=10).stdout
+        (project,) = json.loads(out)["projects"]
+        assert project["id"] == "Sync" and project["path"] == str(short_tmp / "home/Sync")
+        assert (short_tmp / "home/Sync").is_dir()
+        assert (short_tmp / "data/syncsnap/store/config.json").exists()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
