@@ -17,6 +17,7 @@ class StepResult:
     seconds: float
     max_rss_bytes: int | None
     details: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float | None = None
 
 
 def _last_json(text: str, key: str, value: str | None = None) -> dict[str, Any]:
@@ -60,7 +61,7 @@ class Restic:
         s = _last_json(r.stdout, "message_type", "summary")
         details = {k: s[k] for k in ("files_new", "files_changed", "files_unmodified", "data_added")
                    if k in s}
-        return StepResult(r.seconds, r.max_rss_bytes, details)
+        return StepResult(r.seconds, r.max_rss_bytes, details, r.cpu_seconds)
 
     def teardown(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -97,7 +98,7 @@ class Borg:
             details = {"nfiles": stats.get("nfiles"), "deduplicated_size": stats.get("deduplicated_size")}
         except (ValueError, KeyError, TypeError):
             pass
-        return StepResult(r.seconds, r.max_rss_bytes, details)
+        return StepResult(r.seconds, r.max_rss_bytes, details, r.cpu_seconds)
 
     def teardown(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

@@ -32,6 +32,7 @@ import trio
 from . import _backup_tools, _env, _raw, _report, _serving, _sse, _tree
 from ._daemon import Daemon, timed_snapshot
 from ._http import Connection
+from ._proc import machine_busy_seconds, process_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work"
@@ -107,6 +108,20 @@ def _lat_stats(lat: list[float]) -> dict[str, Any]:
     lat = sorted(lat)
     return {"count": len(lat), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
             "max_ms": lat[-1] if lat else float("nan")}
+
+
+class _CpuWindow:
+    """CPU-seconds a process, and everything else on the machine, used from now until ``end()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.busy0 = machine_busy_seconds()
+        self.cpu0 = process_cpu_seconds(pid)
+
+    def end(self) -> dict[str, float]:
+        cpu = process_cpu_seconds(self.pid) - self.cpu0
+        busy = machine_busy_seconds() - self.busy0
+        return {"cpu_seconds": cpu, "others_cpu_seconds": max(0.0, busy - cpu)}
 
 
 def _snap_details(final: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +210,7 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
         if d.http is not None:
             poller = _start_poller(d, poll_interval, poll_file)
         run = None
+        cpu = _CpuWindow(d.pid)
         try:
             run = trio.run(partial(timed_snapshot, d.unix, "bench", rss_of=d))
         finally:
@@ -202,22 +218,27 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
                 out["poll"] = _stop_poller(poller, poll_file, run.window if run else (0, 0), poll_interval)
         hwm = d.status("VmHWM") or 0
         out["initial"] = {"seconds": run.seconds, "details": _snap_details(run.final), "events": run.events,
-                          "timeline": run.timeline}
+                          "timeline": run.timeline, **cpu.end()}
         out["peak_rss_bytes"] = max([hwm, *run.rss_samples])
         _check(run.final, "initial")
         log(f"syncsnap initial: {run.seconds:.2f} s, peak RSS {out['peak_rss_bytes'] / 1e6:.0f} MB, "
-            f"poll p99 {out.get('poll', {}).get('p99_ms', float('nan')):.1f} ms")
+            f"poll p99 {out.get('poll', {}).get('p99_ms', float('nan')):.1f} ms, "
+            f"CPU {out['initial']['cpu_seconds']:.2f} s (others {out['initial']['others_cpu_seconds']:.2f} s)")
 
         _sync()
+        cpu = _CpuWindow(d.pid)
         run = trio.run(partial(timed_snapshot, d.unix, "bench"))
-        out["nochange"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline}
+        out["nochange"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline,
+                           **cpu.end()}
         _check(run.final, "no-change")
         log(f"syncsnap no-change: {run.seconds:.2f} s")
 
         _tree.mutate(tree, spec)
         _sync()
+        cpu = _CpuWindow(d.pid)
         run = trio.run(partial(timed_snapshot, d.unix, "bench"))
-        out["changed"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline}
+        out["changed"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline,
+                          **cpu.end()}
         _check(run.final, "1% changed")
         log(f"syncsnap 1% changed: {run.seconds:.2f} s")
         out["peak_rss_any_bytes"] = d.status("VmHWM")
@@ -276,9 +297,13 @@ def run_tool(tool: Any, tree: Path, spec: _tree.TreeSpec, res: dict[str, Any]) -
             if step == "changed":
                 _tree.mutate(tree, spec)
             _sync()
+            busy0 = machine_busy_seconds()
             r = tool.snapshot(step)
-            out[step] = {"seconds": r.seconds, "max_rss_bytes": r.max_rss_bytes, "details": r.details}
-            log(f"{tool.name} {label}: {r.seconds:.2f} s, RSS {r.max_rss_bytes / 1e6:.0f} MB")
+            busy = machine_busy_seconds() - busy0
+            out[step] = {"seconds": r.seconds, "max_rss_bytes": r.max_rss_bytes, "details": r.details,
+                         "cpu_seconds": r.cpu_seconds, "others_cpu_seconds": max(0.0, busy - (r.cpu_seconds or 0))}
+            log(f"{tool.name} {label}: {r.seconds:.2f} s, RSS {r.max_rss_bytes / 1e6:.0f} MB, "
+                f"CPU {r.cpu_seconds:.2f} s (others {out[step]['others_cpu_seconds']:.2f} s)")
         out["store_bytes"] = _dir_bytes(tool.repo)
     finally:
         _tree.restore(tree, spec)

@@ -19,6 +19,7 @@ class Timed:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system time of the process (and its reaped children)
 
 
 class CommandFailed(RuntimeError):
@@ -60,10 +61,28 @@ def run_timed(
     stderr = err_path.read_text(errors="replace")
     out_path.unlink(missing_ok=True)
     err_path.unlink(missing_ok=True)
-    res = Timed(seconds, ru.ru_maxrss * 1024, p.returncode, stdout, stderr)
+    res = Timed(seconds, ru.ru_maxrss * 1024, p.returncode, stdout, stderr, ru.ru_utime + ru.ru_stime)
     if check and p.returncode != 0:
         raise CommandFailed(f"{argv[0]} exited {p.returncode}: {stderr.strip()[-800:]}")
     return res
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine (all cores) spent busy since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU-seconds of a running process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / _TICK
 
 
 def output(argv: Sequence[str], timeout: float = 60.0) -> str:

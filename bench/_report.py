@@ -228,6 +228,16 @@ def markdown(r: dict[str, Any]) -> str:
         for step, label in (("initial", "initial"), ("nochange", "no change"),
                             ("changed", "1% changed + new files")):
             rows.append([label] + [cell(t, step) for t in ("syncsnap", "restic", "borg")])
+        def cpu(t: str, step: str, key: str) -> str:
+            v = _get(snap, t, step, key)
+            return f"{v:.2f} s" if _num(v) else "n/a"
+
+        for step, label in (("initial", "initial"), ("nochange", "no change"), ("changed", "1% changed")):
+            rows.append([f"CPU time of the tool, {label}"] + [cpu(t, step, "cpu_seconds")
+                                                              for t in ("syncsnap", "restic", "borg")])
+        for step, label in (("initial", "initial"), ("nochange", "no change"), ("changed", "1% changed")):
+            rows.append([f"CPU time of everything else, {label}"]
+                        + [cpu(t, step, "others_cpu_seconds") for t in ("syncsnap", "restic", "borg")])
         rows.append(["peak RSS, initial"] + [_mb(_get(snap, "syncsnap", "peak_rss_bytes"))]
                     + [_mb(_get(snap, t, "initial", "max_rss_bytes")) for t in ("restic", "borg")])
         rows.append(["peak RSS, any step"] + [_mb(_get(snap, "syncsnap", "peak_rss_any_bytes"))]
@@ -235,6 +245,11 @@ def markdown(r: dict[str, Any]) -> str:
                                default=0) or None) for t in ("restic", "borg")])
         rows.append(["store / repository size"] + [_mb(_get(snap, t, "store_bytes")) for t in ("syncsnap", "restic", "borg")])
         L.append(_table(["", "syncsnap", "restic", "borg"], rows))
+        L.append("")
+        L.append("CPU times are of the round shown (the best). \"Everything else\" is the machine's busy "
+                 "CPU time during the step (both cores, from /proc/stat) less the tool's own: the harness "
+                 "(for syncsnap, its progress poller and event reader) and any other work on the machine. "
+                 "When it is large, that step's wall time was inflated by contention for the 2 cores.")
         L.append("")
         details = []
         for t in ("syncsnap", "restic", "borg"):
