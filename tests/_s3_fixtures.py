@@ -96,6 +96,9 @@ class MotoServer:
         self._post("/moto-api/reset-auth", b"inf")
         self._post("/moto-api/reset")
 
+    def accept_any_credentials(self) -> None:
+        self._post("/moto-api/reset-auth", b"inf")
+
     def enforce_auth(self) -> None:
         """From now on, refuse credentials moto's IAM does not know (every key the tests use)."""
         self._post("/moto-api/reset-auth", b"0")
@@ -146,28 +149,33 @@ class ThrottlingProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port = int(self._sock.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
         self._lock = threading.Lock()
         self._to_throttle = 0
         self.throttled = 0
         self.delay = 0.0
         self.requests: list[tuple[str, str]] = []
+        self.up()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        """Listen (again, on the same port after :meth:`down`)."""
         self._closed = False
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
+
+    def down(self) -> None:
+        """Stop listening: connections are refused, as by a server that is down."""
+        self.close()
 
     def throttle(self, n: int) -> None:
         with self._lock:
             self._to_throttle = n
-
-    def puts(self) -> list[str]:
-        with self._lock:
-            return [path for method, path in self.requests if method in ("PUT", "POST")]
 
     def close(self) -> None:
         self._closed = True
