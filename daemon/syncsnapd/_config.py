@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._backend import S3Options, parse_s3_url
+from ._remote import staging_dir
+
 DEFAULT_TCP_PORT = 8473
 DEFAULT_HEARTBEAT_SECONDS = 15.0
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -22,10 +25,11 @@ DEFAULT_CONFIG_NAME = "config.toml"
 DEFAULT_FOLDER = "~/Sync"
 
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DAEMON_KEYS = {"socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
+_DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
@@ -126,6 +130,10 @@ class DaemonConfig:
     # 1,000-subscriber fan-out we benchmark with room to spare. The start-up raises RLIMIT_NOFILE to match.
     max_connections: int = 4096
     retry_attempts: int = 3
+    # An S3-compatible store (``store = "s3://bucket/prefix"``, ``[daemon.s3]``): then ``store`` is its
+    # local staging and cache directory, under the state directory (see _remote.py).
+    store_url: str | None = None
+    s3: S3Options | None = None
     retry_backoff: float = 30.0
     projects: tuple[ProjectConfig, ...] = field(default=())
     source: str = "embedded default"
@@ -216,9 +224,22 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
             raise ConfigError(f"daemon.{key}: unknown key (known: {', '.join(sorted(_DAEMON_KEYS))})")
 
     settings = _defaults(env)
+    store = daemon.get("store")
+    if isinstance(store, str) and store.startswith("s3://"):
+        try:
+            parse_s3_url(store)
+        except ValueError as exc:
+            raise ConfigError(f"daemon.store: {exc}") from None
+        settings["store_url"] = store
+        del daemon["store"]
+    elif "s3" in daemon:
+        raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
     for key in ("socket", "store", "state_dir", "token_file"):
         if key in daemon:
             settings[key] = _path(daemon[key], f"daemon.{key}", base_dir)
+    if "store_url" in settings:
+        settings["s3"] = _s3(daemon.get("s3", {}))
+        settings["store"] = staging_dir(settings["state_dir"], settings["store_url"])
     if "tcp" in daemon:
         settings["tcp"] = _tcp(daemon["tcp"])
     if "heartbeat" in daemon:
@@ -252,6 +273,26 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
         projects.append(ProjectConfig(id=_slug(default.name), path=default, **timing))
     return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, **settings)
+
+
+def _s3(raw: object) -> S3Options:
+    if not isinstance(raw, dict):
+        raise ConfigError("daemon.s3: expected a table ([daemon.s3])")
+    for k in raw:
+        if k not in _S3_KEYS:
+            raise ConfigError(f"daemon.s3.{k}: unknown key (known: {', '.join(sorted(_S3_KEYS))})")
+    endpoint = raw.get("endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not re.match(r"https?://[^/\s]+/?$", endpoint)):
+        raise ConfigError(f"daemon.s3.endpoint: expected the service's URL such as https://s3.example.com or "
+                          f"http://127.0.0.1:9000, got {endpoint!r}")
+    region = raw.get("region")
+    if region is not None and (not isinstance(region, str) or not re.fullmatch(r"[a-z0-9-]{1,64}", region)):
+        raise ConfigError(f"daemon.s3.region: expected a region name such as us-east-1, got {region!r}")
+    concurrency = raw.get("concurrency", 4)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
+        raise ConfigError(f"daemon.s3.concurrency: expected uploads at once from 1 to 64, got {concurrency!r}")
+    return S3Options(endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
+                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency)
 
 
 def _path(value: object, key: str, base_dir: Path) -> Path:
