@@ -134,14 +134,16 @@ def moto_server() -> Iterator[MotoServer]:
         server.stop()
 
 
-_SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
-             b"<Message>Please reduce your request rate.</Message></Error>")
+def _error_body(code: str) -> bytes:
+    return (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>" + code.encode()
+            + b"</Code><Message>" + code.encode() + b" (injected by the test proxy)</Message></Error>")
 
 
 class ThrottlingProxy:
     """A loopback HTTP proxy in front of moto (test double for throttling and slow links only).
 
-    ``throttle(n)``: the next ``n`` requests are answered ``503 SlowDown`` as S3 does under load.
+    ``throttle(n)``: the next ``n`` requests are answered ``503 SlowDown`` as S3 does under load (or
+    another error answer moto cannot produce, such as 507 for a full store).
     ``delay``: seconds each forwarded request is held (a slow link). ``requests``: (method, path) of
     every request forwarded to moto. Every forwarded request is sent with ``Connection: close`` and the
     answer relayed until moto closes, so no HTTP parsing of responses is needed.
@@ -155,6 +157,7 @@ class ThrottlingProxy:
         self.throttled = 0
         self.delay = 0.0
         self.requests: list[tuple[str, str]] = []
+        self._answer = (b"503 Slow Down", _error_body("SlowDown"))
         self.up()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -173,9 +176,11 @@ class ThrottlingProxy:
         """Stop listening: connections are refused, as by a server that is down."""
         self.close()
 
-    def throttle(self, n: int) -> None:
+    def throttle(self, n: int, status: str = "503 Slow Down", code: str = "SlowDown") -> None:
+        """Answer the next ``n`` requests with this error (default: S3's throttling answer)."""
         with self._lock:
             self._to_throttle = n
+            self._answer = (status.encode(), _error_body(code))
 
     def close(self) -> None:
         self._closed = True
@@ -222,8 +227,9 @@ class ThrottlingProxy:
                             if not block:
                                 return
                             rest += block
-                    conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: "
-                                 + str(len(_SLOWDOWN)).encode() + b"\r\nConnection: close\r\n\r\n" + _SLOWDOWN)
+                    status, body = self._answer
+                    conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
                     return
                 if self.delay:
                     time.sleep(self.delay)

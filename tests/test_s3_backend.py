@@ -187,3 +187,22 @@ def test_local_backend_leaves_no_partial_object(tmp_path: Path) -> None:
         backend.put_file("packs/aa/x.pack", tmp_path / "does-not-exist")
     assert list(backend.list("")) == []
     assert os.listdir(tmp_path / "store" / "tmp") == []
+
+
+def test_full_store_is_store_full_and_not_retried(s3: S3Backend, moto: MotoServer) -> None:
+    """A service out of space (507) or over quota: the run fails at once with store_full."""
+    proxy = ThrottlingProxy(moto.port)
+    try:
+        full = S3Backend(BUCKET, "stores/one/", opts(proxy.url))
+        proxy.throttle(10, "507 Insufficient Storage", "InsufficientStorage")
+        with pytest.raises(BackendError) as info:
+            full.put_bytes("index/x.idx", b"x")
+        assert info.value.code == "store_full"
+        proxy.throttle(10, "400 Bad Request", "EntityTooLarge")
+        with pytest.raises(BackendError) as info:
+            full.put_bytes("index/x.idx", b"x")
+        assert info.value.code == "store_full"
+        assert proxy.throttled == 2  # each asked once: retrying cannot make room
+        full.close()
+    finally:
+        proxy.close()
