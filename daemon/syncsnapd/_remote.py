@@ -45,6 +45,7 @@ import os
 import secrets
 import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +62,10 @@ __all__ = ["MARKER", "Remote", "RemoteError", "RemoteSpec", "error_code", "prepa
 log = logging.getLogger("syncsnapd.remote")
 
 MARKER = "remote.json"
+# Bytes fetched per ranged GET when reading blobs from the bucket (see Remote.read_range), and the number
+# of packs whose last window each thread keeps: 4 MiB x 4 per reading thread.
+READ_AHEAD = 4 << 20
+_READ_AHEAD_PACKS = 4
 
 
 class RemoteError(Exception):
@@ -155,6 +160,7 @@ class Remote:
         self._lock = threading.Lock()
         # Pack id -> its upload in progress (another run needing the same pack waits for it).
         self._inflight: dict[str, concurrent.futures.Future[None]] = {}
+        self._tls = threading.local()
 
     @property
     def description(self) -> str:
@@ -383,13 +389,32 @@ class Remote:
     # --- reading ------------------------------------------------------------------------------------
 
     def read_range(self, pack: str, offset: int, length: int) -> bytes:
-        """Bytes of a pack in the bucket. Raises FileNotFoundError if the bucket does not have it."""
+        """Bytes of a pack in the bucket. Raises FileNotFoundError if the bucket does not have it.
+
+        Reads ahead: one GET fetches at least :data:`READ_AHEAD` bytes, kept per thread for a few packs,
+        so the many small blobs a restore or check reads in pack order cost one request per window, not
+        one each (measured: 7 MiB/s restoring small files with a GET per blob).
+        """
+        cache: OrderedDict[str, tuple[int, bytes]] | None = getattr(self._tls, "windows", None)
+        if cache is None:
+            cache = self._tls.windows = OrderedDict()
+        hit = cache.get(pack)
+        if hit is not None:
+            start, data = hit
+            if start <= offset and offset + length <= start + len(data):
+                cache.move_to_end(pack)
+                return data[offset - start:offset - start + length]
         try:
-            return self.backend.get_range(_pack_key(pack), offset, length)
+            data = self.backend.get_range(_pack_key(pack), offset, max(length, READ_AHEAD))
         except ObjectMissing:
             raise FileNotFoundError(pack) from None
         except BackendError as exc:
             raise _store_error(exc) from exc
+        cache[pack] = (offset, data)
+        cache.move_to_end(pack)
+        while len(cache) > _READ_AHEAD_PACKS:
+            cache.popitem(last=False)
+        return data[:length]
 
     def pack_sizes(self) -> dict[str, int]:
         """Every pack in the bucket with its size (one listing of ``packs/``)."""
