@@ -263,33 +263,15 @@ def start_syncthing_daemon(base: Path, projects: list[dict[str, str]], *, watch:
                            extra_daemon: str = "") -> Any:
     """A syncsnapd subprocess (see conftest.start_daemon) whose projects are given as TOML key/values,
     e.g. ``{"id": '"synced"', "syncthing": '{ url = "...", api_key = "...", folder = "..." }'}``."""
-    import json
-    import sys
 
-    from conftest import DaemonProcess, make_env, write_config
+    from conftest import spawn_daemon, write_config
 
     base.mkdir(parents=True, exist_ok=True)
-    env = make_env(base)
     cfg = write_config(base, {}, watch=watch, extra_daemon=extra_daemon)
     with open(cfg, "a") as f:
         for project in projects:
             f.write("[[projects]]\n" + "".join(f"{k} = {v}\n" for k, v in project.items()))
-    disc = base / "run/syncsnap/syncsnapd.json"
-    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(cfg), "-v"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(base / "daemon.log", "wb"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited {proc.returncode}: {(base / 'daemon.log').read_text()}")
-        try:
-            info = json.loads(disc.read_text())
-            if info.get("pid") == proc.pid:
-                return DaemonProcess(base, cfg, env, proc, info)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("daemon did not start within 20 s")
+    return spawn_daemon(base, cfg, "-v")
 
 
 def syncthing_table(st: Syncthing, *, folder: str = FOLDER_ID, api_key: str | None = None) -> str:

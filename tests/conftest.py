@@ -87,12 +87,13 @@ class DaemonProcess:
         return self.proc.wait(timeout)
 
 
-def start_daemon(base: Path, projects: dict[str, Path], **kw: object) -> DaemonProcess:
+def spawn_daemon(base: Path, config: Path, *args: str) -> DaemonProcess:
+    """Start ``syncsnapd --config CONFIG`` with the XDG dirs under ``base``; return once it is serving
+    (its discovery file names its pid). The log goes to ``base/daemon.log`` (appended)."""
     env = make_env(base)
-    cfg = write_config(base, projects, **kw)  # type: ignore[arg-type]
     disc = base / "run/syncsnap/syncsnapd.json"
-    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(cfg)], env=env,
-                            stdout=subprocess.PIPE, stderr=open(base / "daemon.log", "wb"))
+    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(config), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(base / "daemon.log", "ab"))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -100,12 +101,17 @@ def start_daemon(base: Path, projects: dict[str, Path], **kw: object) -> DaemonP
         try:
             info = json.loads(disc.read_text())
             if info.get("pid") == proc.pid:
-                return DaemonProcess(base, cfg, env, proc, info)
+                return DaemonProcess(base, config, env, proc, info)
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
     proc.kill()
     raise RuntimeError("daemon did not start within 20 s")
+
+
+def start_daemon(base: Path, projects: dict[str, Path], **kw: object) -> DaemonProcess:
+    """Write a config for ``projects`` (see :func:`write_config`) and start a daemon on it."""
+    return spawn_daemon(base, write_config(base, projects, **kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture

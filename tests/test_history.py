@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DaemonProcess, make_env, make_tree, write_config
+from conftest import DaemonProcess, make_tree, spawn_daemon, write_config
 from syncsnapd._config import ProjectConfig
 from syncsnapd._progress import RunProgress
 from syncsnapd._scheduler import RetryPolicy, Scheduler
@@ -77,24 +76,6 @@ def _get(d: DaemonProcess, path: str, *args: str) -> Any:
     return json.loads(d.curl(*args, f"http://localhost{path}").stdout)
 
 
-def _spawn(base: Path, cfg: Path) -> DaemonProcess:
-    """Start syncsnapd on an existing config and wait for its discovery file."""
-    env = make_env(base)
-    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(cfg)], env=env,
-                            stderr=open(base / "daemon.log", "ab"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            info = json.loads((base / "run/syncsnap/syncsnapd.json").read_text())
-            if info["pid"] == proc.pid:
-                return DaemonProcess(base, cfg, env, proc, info)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError((base / "daemon.log").read_text())
-
-
 def _many_files(root: Path, dirs: int = 20, per_dir: int = 1000) -> Path:
     for d in range(dirs):
         (root / f"d{d}").mkdir(parents=True)
@@ -113,7 +94,7 @@ def test_sigkill_mid_run_restart_marks_interrupted_and_resumes_the_stream(short_
     with open(cfg, "a") as f:  # its Syncthing (port 9, discard) never answers
         f.write(f'[[projects]]\nid = "synced"\npath = "{synced}"\n'
                 'syncthing = { url = "http://127.0.0.1:9", api_key = "k", folder = "f" }\n')
-    d = _spawn(short_tmp, cfg)
+    d = spawn_daemon(short_tmp, cfg)
     stream = Stream(d, "/api/v1/events")
     try:
         stream.wait_for(lambda e: e["project"] == "synced")
@@ -128,7 +109,7 @@ def test_sigkill_mid_run_restart_marks_interrupted_and_resumes_the_stream(short_
         stream.close()
     last_seen = max(e["event_id"] for e in stream.events)
 
-    d2 = _spawn(short_tmp, cfg)
+    d2 = spawn_daemon(short_tmp, cfg)
     try:
         rec = _get(d2, f"/api/v1/runs/{stuck}")
         assert rec["state"] == "failed" and rec["error"]["code"] == "interrupted"
