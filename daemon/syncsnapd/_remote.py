@@ -227,14 +227,18 @@ class Remote:
                 shutil.rmtree(root / sub)
                 (root / sub).mkdir()
             _write_atomic(root / "config.json", config)
-        self._sync_folder("index/", ".idx", keep_local=self._staged_packs())
-        self._sync_folder("snapshots/", ".json", keep_local=set())
+        self._sync_folder("index/", ".idx", self._staged_packs)
+        self._sync_folder("snapshots/", ".json", set)
 
-    def _sync_folder(self, prefix: str, suffix: str, keep_local: set[str]) -> None:
+    def _sync_folder(self, prefix: str, suffix: str, staged: Callable[[], set[str]]) -> None:
         folder = self.root / prefix.rstrip("/")
+        # In this order: the local names, then the staged packs, then the bucket's listing. A daemon
+        # writing meanwhile writes a pack's index, uploads pack and index, then drops the staged pack;
+        # so an index seen here is either still staged or already listed in the bucket.
+        local = {n for n in os.listdir(folder) if n.endswith(suffix)}
+        keep_local = staged()
         remote = {k[len(prefix):] for k, _ in self.backend.list(prefix)
                   if k.endswith(suffix) and "/" not in k[len(prefix):]}
-        local = {n for n in os.listdir(folder) if n.endswith(suffix)}
         def fetch(name: str) -> None:
             with contextlib.suppress(ObjectMissing):
                 _write_atomic(folder / name, self.backend.get(prefix + name))
