@@ -24,6 +24,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio_websocket
 
 # ----------------------------------------------------------------------------------------------------
 # Progress objects
@@ -62,13 +63,54 @@ class Hit:
 
 @dataclass
 class _Stream:
+    """One open stream of the fake: SSE bytes or WebSocket messages (``ws``), one per event."""
+
     project: str | None
-    send: trio.MemorySendChannel[bytes | None]
+    send: trio.MemorySendChannel[Any]
+    ws: bool = False
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    socket: trio.abc.Stream | None = None  # under the WebSocket: closed when the stream is cut
+    stalled: bool = False
+
+    def encode(self, p: dict[str, Any]) -> Any:
+        return json.dumps({"type": "progress", "progress": p}) if self.ws else _sse(p)
+
+
+class _Gated(trio.abc.Stream):
+    """The fake's side of a WebSocket: replays the request head, and once stalled moves no byte any more
+    (so trio-websocket's reader does not answer pings either: a hung peer)."""
+
+    def __init__(self, stream: trio.SocketStream, replay: bytes) -> None:
+        self._stream = stream
+        self._replay = replay
+        self.stalled = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._replay:
+            data, self._replay = self._replay, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        data = bytes(await self._stream.receive_some(max_bytes))
+        if self.stalled:
+            await trio.sleep_forever()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.stalled:
+            await trio.sleep_forever()
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class FakeDaemon:
-    """A tiny h11 server speaking the subset of the daemon's API that ``follow`` uses, on a Unix socket.
+    """A tiny h11 server speaking the subset of the daemon's API that ``follow`` uses, on a Unix socket:
+    health, progress, projects, the SSE streams and the WebSocket (served by trio-websocket, as the
+    daemon serves it: subscribe, snapshot).
 
     TEST DOUBLE, on purpose: it runs inside the test's own Trio run so that ``autojump_clock`` governs
     both sides and reconnect timings can be asserted to the exact virtual second, and it can be told to
@@ -84,13 +126,14 @@ class FakeDaemon:
         self.uptime = 100.0
         self.stream_status = 200
         self.hits: list[Hit] = []
+        self.ws_messages: list[tuple[float, dict[str, Any]]] = []  # what WebSocket clients sent
         self.events: list[dict[str, Any]] = []
         self.replay_from = 1  # oldest event id still replayable
         self.latest: dict[str, dict[str, Any]] = {p: progress_json(p, None, step=0) for p in projects}
         self._next_id = 1
         self._streams: list[_Stream] = []
-        self._stalled = False
         self._scope: trio.CancelScope | None = None
+        self._run_counter = 0
 
     # --- test controls -----------------------------------------------------------------------------
 
@@ -100,19 +143,37 @@ class FakeDaemon:
         self.events.append(p)
         self.latest[p["project"]] = p
         for s in list(self._streams):
-            if s.project in (None, p["project"]) and not self._stalled:
+            if s.project in (None, p["project"]) and not s.stalled:
                 try:
-                    s.send.send_nowait(_sse(p))
+                    s.send.send_nowait(s.encode(p))
                 except trio.WouldBlock:  # pragma: no cover
                     pass
         return p
+
+    def resend(self, p: dict[str, Any]) -> None:
+        """Send an event again on every open stream (a misbehaving transport)."""
+        for s in self._streams:
+            s.send.send_nowait(s.encode(p))
+
+    def resume_ids(self) -> list[str | None]:
+        """The resume point of each stream request: SSE ``Last-Event-ID``, WebSocket ``last_event_id``."""
+        out: list[tuple[float, str | None]] = [
+            (h.time, h.headers.get("last-event-id")) for h in self.hits
+            if h.target.endswith("/stream") or h.target.startswith("/api/v1/events")]
+        out += [(t, None if m.get("last_event_id") is None else str(m["last_event_id"]))
+                for t, m in self.ws_messages if m.get("op") == "subscribe"]
+        return [r for _, r in sorted(out, key=lambda x: x[0])]
 
     def cut_streams(self) -> None:
         for s in self._streams:
             s.cancel.cancel()
 
-    def stall(self, stalled: bool = True) -> None:
-        self._stalled = stalled
+    def stall(self) -> None:
+        """Freeze the open streams: still open, but nothing moves on them any more (a hung peer)."""
+        for s in self._streams:
+            s.stalled = True
+            if isinstance(s.socket, _Gated):
+                s.socket.stalled = True
 
     def restart(self) -> None:
         """Behave like a new daemon process: new pid, ids from 1, idle projects, streams cut."""
@@ -127,7 +188,7 @@ class FakeDaemon:
     def hits_of(self, kind: str) -> list[float]:
         """Times of the requests of one kind: ``stream``, ``poll`` or ``health``."""
         def kind_of(h: Hit) -> str:
-            if h.target.endswith("/stream") or h.target.startswith("/api/v1/events"):
+            if h.target.endswith("/stream") or h.target.startswith(("/api/v1/events", "/api/v1/ws")):
                 return "stream"
             if h.target.endswith("/health"):
                 return "health"
@@ -169,6 +230,11 @@ class FakeDaemon:
                 target = req.target.decode()
                 headers = {k.decode().lower(): v.decode() for k, v in req.headers}
                 self.hits.append(Hit(trio.current_time(), req.method.decode(), target, headers))
+                if target == "/api/v1/ws" and self.stream_status == 200:
+                    head = b"%s %s HTTP/1.1\r\n" % (req.method, req.target)
+                    head += b"".join(b"%s: %s\r\n" % (k, v) for k, v in req.headers.raw_items())
+                    await self._ws_session(_Gated(stream, head + b"\r\n" + conn.trailing_data[0]))
+                    return
                 if await self._respond(conn, stream, target, headers):
                     return
                 conn.start_next_cycle()
@@ -193,6 +259,10 @@ class FakeDaemon:
             if parts[3] not in self.latest:
                 return await _json(conn, stream, 404, {"error": {"code": "not_found", "message": "No project."}})
             return await _json(conn, stream, 200, self.latest[parts[3]])
+        if path == "/api/v1/ws":  # refused (stream_status): the handshake gets the error answer
+            await _json(conn, stream, self.stream_status,
+                        {"error": {"code": "unavailable", "message": "Too many connections."}})
+            return True
         if path == "/api/v1/events" or (len(parts) == 6 and parts[5] == "stream"):
             project = None if path == "/api/v1/events" else parts[3]
             if project is not None and project not in self.latest:
@@ -210,16 +280,12 @@ class FakeDaemon:
                       last_id: str | None) -> None:
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
             ("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")])))
-        send, receive = trio.open_memory_channel[bytes | None](1000)
+        send, receive = trio.open_memory_channel[Any](1000)
         s = _Stream(project, send)
         head = b"retry: 2000\n\n"
-        match = [e for e in self.events if project in (None, e["project"])]
-        if last_id is not None and self.replay_from - 1 <= int(last_id) <= self._next_id - 1:
-            initial = [e for e in match if e["event_id"] > int(last_id)]
-        else:
-            if last_id is not None:
-                head += f'event: gap\ndata: {{"last_event_id": {last_id}}}\n\n'.encode()
-            initial = sorted((v for p, v in self.latest.items() if project in (None, p)), key=lambda v: v["event_id"])
+        gap, initial = self._initial(project, last_id)
+        if gap:
+            head += f'event: gap\ndata: {{"last_event_id": {last_id}}}\n\n'.encode()
         await stream.send_all(conn.send(h11.Data(data=head + b"".join(_sse(e) for e in initial))))
         self._streams.append(s)
         try:
@@ -228,6 +294,80 @@ class FakeDaemon:
                     await stream.send_all(conn.send(h11.Data(data=chunk)))
         finally:
             self._streams.remove(s)
+
+
+    def _initial(self, project: str | None, last_id: str | None) -> tuple[bool, list[dict[str, Any]]]:
+        """What a new stream starts with: (gap?, events), as docs/api.md says."""
+        match = [e for e in self.events if project in (None, e["project"])]
+        if last_id is not None and self.replay_from - 1 <= int(last_id) <= self._next_id - 1:
+            return False, [e for e in match if e["event_id"] > int(last_id)]
+        return last_id is not None, sorted((v for p, v in self.latest.items() if project in (None, p)),
+                                           key=lambda v: v["event_id"])
+
+    async def _ws_session(self, stream: _Gated) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                request = await trio_websocket.wrap_server_stream(nursery, stream)
+                ws = await request.accept()
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):  # pragma: no cover
+                nursery.cancel_scope.cancel()
+                return
+            current: _Stream | None = None
+            try:
+                while True:
+                    msg = json.loads(await ws.get_message())
+                    self.ws_messages.append((trio.current_time(), msg))
+                    if msg["op"] == "subscribe":
+                        projects = msg.get("projects", "*")
+                        project = None if projects == "*" else projects[0]
+                        if project is not None and project not in self.latest:
+                            await ws.send_message(json.dumps({"type": "error", "op": "subscribe", "id": msg.get("id"),
+                                                              "error": {"code": "not_found",
+                                                                        "message": f"No project named {project!r}."}}))
+                            continue
+                        if current is not None:  # replaced, not cut
+                            self._streams.remove(current)
+                            current.cancel.cancel()
+                        last = msg.get("last_event_id")
+                        gap, initial = self._initial(project, None if last is None else str(last))
+                        send, receive = trio.open_memory_channel[Any](1000)
+                        current = _Stream(project, send, ws=True, socket=stream)
+                        await ws.send_message(json.dumps({"type": "reply", "op": "subscribe", "id": msg.get("id"),
+                                                          "ok": True}))
+                        if gap:
+                            await ws.send_message(json.dumps({"type": "gap", "last_event_id": last}))
+                        for e in initial:
+                            await ws.send_message(current.encode(e))
+                        self._streams.append(current)
+                        nursery.start_soon(self._ws_push, ws, current, receive)
+                    elif msg["op"] == "snapshot":
+                        self._run_counter += 1
+                        run = f"r-{0x19000000100 + self._run_counter:x}-{self._run_counter:04d}-fake"
+                        p = self.publish(project=msg["project"], run=run, step=1)
+                        await ws.send_message(json.dumps({"type": "reply", "op": "snapshot", "id": msg.get("id"),
+                                                          "ok": True, "run": run, "progress": p}))
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                pass
+            finally:
+                if current is not None and current in self._streams:
+                    self._streams.remove(current)
+                nursery.cancel_scope.cancel()
+
+    async def _ws_push(self, ws: trio_websocket.WebSocketConnection, s: _Stream,
+                       receive: trio.MemoryReceiveChannel[Any]) -> None:
+        try:
+            with s.cancel:
+                async for text in receive:
+                    await ws.send_message(text)
+                return
+            # Cut (cut_streams): the connection ends abruptly, as a crash or a dropped link would end it.
+            if s in self._streams and s.socket is not None:
+                await s.socket.aclose()
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+            pass
+        finally:
+            if s in self._streams:
+                self._streams.remove(s)
 
 
 def _sse(p: dict[str, Any]) -> bytes:

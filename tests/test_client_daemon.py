@@ -45,6 +45,12 @@ def client(path: str | Path, policy: syncsnap.FollowPolicy = FAST) -> syncsnap.A
     return syncsnap.AsyncClient(syncsnap.find_endpoint({}, socket=path), policy=policy)
 
 
+@pytest.fixture(params=["sse", "ws"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Both of follow's transports: the daemon's SSE streams and its WebSocket."""
+    return str(request.param)
+
+
 async def test_every_method_over_the_unix_socket_found_through_the_discovery_file(
         daemon_factory: Any, short_tmp: Path) -> None:
     d = await start(daemon_factory, short_tmp)
@@ -103,6 +109,61 @@ async def test_tcp_with_the_token_and_errors_that_say_what_to_do(daemon_factory:
                                 "start it with `syncsnapd`.")
 
 
+async def test_websocket_over_tcp_with_the_token_and_the_same_refusals(daemon_factory: Any, short_tmp: Path) -> None:
+    d = await start(daemon_factory, short_tmp)
+    env = {**d.env, "SYNCSNAP_URL": f"http://{d.tcp}"}
+    async with syncsnap.open_client(env=env) as c:
+        async with c.follow("docs", transport="ws") as f:
+            started = await f.start_snapshot()  # over the follower's own WebSocket
+            seen = [p async for p in f]
+        assert f.statistics().transport == "ws" and f.statistics().streams_opened == 1
+        assert [p.step for p in seen] == [1, 2, 3, 4, 5, 6] and seen[-1].state == "completed"
+        assert {p.run for p in seen} == {started.run} and started.stream == "/api/v1/ws"
+        with pytest.raises(syncsnap.NotFound, match=r"^No project named 'nope'\. \(`syncsnap projects`"):
+            async for _ in c.follow("nope", transport="ws"):
+                pass
+
+    bad = short_tmp / "bad-token"
+    bad.write_text("nope\n")
+    async with syncsnap.open_client(env={**env, "SYNCSNAP_TOKEN_FILE": str(bad)}, policy=FAST) as c:
+        with pytest.raises(syncsnap.Unauthorized) as info:  # at once: a wrong token does not heal
+            async for _ in c.follow(transport="ws"):
+                pass
+    assert str(info.value).startswith(f"syncsnapd at http://{d.tcp} refused the request (unauthorized): the "
+                                      f"token in {bad} (SYNCSNAP_TOKEN_FILE) is not the daemon's.")
+
+
+async def test_start_snapshot_over_the_websocket_sees_a_queued_run_from_its_first_step(
+        daemon_factory: Any, short_tmp: Path) -> None:
+    """Subscribed before the request goes out, the follower sees the run however late it starts: here it
+    is queued behind a running snapshot, whose events are not the followed run's."""
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"f{i}").write_bytes(os.urandom(64 * 1024))
+    d: DaemonProcess = await trio.to_thread.run_sync(lambda: daemon_factory({"docs": folder}))
+    async with syncsnap.open_client(env=d.env, policy=FAST) as c:
+        first = await c.start_snapshot("docs")
+        async with c.follow("docs", first.run) as running:
+            async for p in running:
+                if p.step >= 3:
+                    break
+        async with c.follow("docs", transport="ws") as f:
+            started = await f.start_snapshot()
+            assert started.progress.run == first.run  # queued: the answer shows the running run
+            seen = [p async for p in f]
+        assert {p.run for p in seen} == {started.run}
+        assert [p.step for p in seen] == [1, 2, 3, 4, 5, 6] and seen[-1].state == "completed"
+        # The daemon's history lags its event stream by about 0.25 s (it writes in batches).
+        with trio.fail_after(5):
+            while not (await c.runs("docs")).runs[0].run == started.run:
+                await trio.sleep(0.02)
+        page = await c.runs("docs")
+        assert [(r.run, r.state, r.trigger) for r in page.runs] == [
+            (started.run, "completed", "api"), (first.run, "completed", "api")]
+        assert page.next is None and sorted(page.runs[0].step_seconds) == [1, 2, 3, 4, 5]
+
+
 def test_blocking_client_has_the_same_methods(daemon_factory: Any, short_tmp: Path) -> None:
     folder = short_tmp / "docs"
     make_tree(folder, files=10)
@@ -114,8 +175,12 @@ def test_blocking_client_has_the_same_methods(daemon_factory: Any, short_tmp: Pa
         started = c.start_snapshot("docs")
         states = [p.state for p in c.follow("docs", run=started.run, last_event_id=started.progress.event_id - 1)]
         assert states[0] == "waiting" and states[-1] == "completed"
+        started = c.start_snapshot("docs")
+        states = [p.state for p in c.follow("docs", run=started.run, last_event_id=started.progress.event_id - 1,
+                                            transport="ws")]
+        assert states[0] == "waiting" and states[-1] == "completed"
         assert c.progress("docs").state == "completed"
-        assert len(c.snapshots("docs")) == 1 and c.project("docs").last_snapshot is not None
+        assert len(c.snapshots("docs")) == 2 and c.project("docs").last_snapshot is not None
         with pytest.raises(syncsnap.NotFound):
             c.snapshots("nope")
         # Breaking out of a follow closes it; the client stays usable.
@@ -205,7 +270,7 @@ def compact(events: list[dict[str, Any]]) -> list[tuple[int, str | None, str]]:
     return [(e["event_id"], e["run"], e["state"]) for e in events]
 
 
-async def check_no_loss(d: DaemonProcess, short_tmp: Path, fault: Fault, runs: int = 8
+async def check_no_loss(d: DaemonProcess, short_tmp: Path, fault: Fault, transport: str, runs: int = 8
                         ) -> tuple[syncsnap.Follower, list[syncsnap.Progress]]:
     proxy = FaultyProxy(short_tmp / "proxy.sock", d.socket)
     ref = CurlEvents(d.socket)
@@ -213,7 +278,7 @@ async def check_no_loss(d: DaemonProcess, short_tmp: Path, fault: Fault, runs: i
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
         await nursery.start(ref.run)
-        follower = client(proxy.path).follow()
+        follower = client(proxy.path).follow(transport=transport)
         nursery.start_soon(follow_into, follower, got)
         await wait_until(lambda: len(got) == 1)
 
@@ -231,14 +296,15 @@ async def check_no_loss(d: DaemonProcess, short_tmp: Path, fault: Fault, runs: i
     return follower, got
 
 
-async def test_no_loss_when_the_stream_is_cut_again_and_again(daemon_factory: Any, short_tmp: Path) -> None:
+async def test_no_loss_when_the_stream_is_cut_again_and_again(daemon_factory: Any, short_tmp: Path,
+                                                             transport: str) -> None:
     d = await start(daemon_factory, short_tmp)
 
     async def cut(proxy: FaultyProxy, follower: syncsnap.Follower, i: int) -> None:
         await wait_until(lambda: streaming(follower) and follower.statistics().streams_opened == i + 1)
         assert proxy.cut() == 1
 
-    follower, got = await check_no_loss(d, short_tmp, cut)
+    follower, got = await check_no_loss(d, short_tmp, cut, transport)
     st = follower.statistics()
     # Each of the 8 cuts hit a live stream (see `cut`); the follower may still be noticing the last one,
     # which may come after the last event went through.
@@ -246,7 +312,8 @@ async def test_no_loss_when_the_stream_is_cut_again_and_again(daemon_factory: An
     assert len(got) > 8 * 6  # every run has at least 6 events: steps 1-5 and its end
 
 
-async def test_no_loss_when_the_stream_stalls(daemon_factory: Any, short_tmp: Path) -> None:
+async def test_no_loss_when_the_stream_stalls(daemon_factory: Any, short_tmp: Path,
+                                             transport: str) -> None:
     d = await start(daemon_factory, short_tmp)
 
     async def stall(proxy: FaultyProxy, follower: syncsnap.Follower, i: int) -> None:
@@ -254,7 +321,7 @@ async def test_no_loss_when_the_stream_stalls(daemon_factory: Any, short_tmp: Pa
             await wait_until(lambda: streaming(follower) and follower.statistics().streams_opened == i // 2 + 1)
             assert proxy.stall() == 1
 
-    follower, _ = await check_no_loss(d, short_tmp, stall)
+    follower, _ = await check_no_loss(d, short_tmp, stall, transport)
     assert follower.statistics().streams_lost in (3, 4)
 
 
@@ -282,7 +349,8 @@ def fill_connection_slots(path: str, hogs: list[stdsocket.socket]) -> bytes:
     raise AssertionError(f"no 503 after {len(hogs)} connections")
 
 
-async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, short_tmp: Path) -> None:
+async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, short_tmp: Path,
+                                                       transport: str) -> None:
     """The daemon's own connection limit is filled with idle connections: new connections get its 503,
     while runs go on (started over a connection opened before)."""
     d = await start(daemon_factory, short_tmp)
@@ -303,7 +371,7 @@ async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, sho
                 s.close()
 
     try:
-        follower, _ = await check_no_loss(d, short_tmp, refuse)
+        follower, _ = await check_no_loss(d, short_tmp, refuse, transport)
     finally:
         for s in hogs:
             s.close()
@@ -312,7 +380,7 @@ async def test_no_loss_when_the_daemon_refuses_with_503(daemon_factory: Any, sho
     assert st.stream_attempts_failed >= 2 and st.streams_opened == 2
 
 
-async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp: Path) -> None:
+async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp: Path, transport: str) -> None:
     """SIGTERM mid-run: the run's `cancelled` event arrives once; the new daemon's events follow. A daemon
     that keeps its event log across restarts replays seamlessly (ids keep growing, no gap); one that starts
     its ids again answers the resume with a gap, and the first state after it is marked."""
@@ -323,7 +391,8 @@ async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp
     d = await trio.to_thread.run_sync(lambda: daemon_factory({"docs": folder}))
     got: list[syncsnap.Progress] = []
     async with trio.open_nursery() as nursery:
-        follower = client(d.socket, syncsnap.FollowPolicy(jitter=0.0, backoff_initial=0.3)).follow("docs")
+        follower = client(d.socket, syncsnap.FollowPolicy(jitter=0.0, backoff_initial=0.3)).follow(
+            "docs", transport=transport)
         nursery.start_soon(follow_into, follower, got)
         async with syncsnap.open_client(env=d.env) as c:
             run1 = (await c.start_snapshot("docs")).run

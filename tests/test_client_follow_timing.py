@@ -2,13 +2,13 @@
 
 Two kinds of peer: a Unix socket path with nothing listening (real, instant connection failures), and
 :class:`FakeDaemon`, a tiny h11 server in the test's own Trio run (a test double: see its docstring for
-why; the no-loss tests against a real daemon are in test_client_daemon.py).
+why; the no-loss tests against a real daemon are in test_client_daemon.py). Every rule holds for both
+transports, so the tests run over SSE and over the WebSocket (``transport``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -28,6 +28,11 @@ RUN2 = "r-19000000001-0002-beef"
 
 def client_for(path: Path, policy: syncsnap.FollowPolicy = EXACT) -> syncsnap.AsyncClient:
     return syncsnap.AsyncClient(syncsnap.find_endpoint({}, socket=path), policy=policy)
+
+
+@pytest.fixture(params=["sse", "ws"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 class Collector:
@@ -54,12 +59,12 @@ class Collector:
 
 
 async def test_backoff_1_2_4_8_16_then_polling_every_second_with_nothing_listening(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes, transport: str) -> None:
     path = short_tmp / "none.sock"  # nothing listens here: every connect fails at once (ENOENT)
     client = client_for(path)
     col = Collector()
     async with trio.open_nursery() as nursery:
-        follower = client.follow("docs", wait=True)
+        follower = client.follow("docs", wait=True, transport=transport)
         nursery.start_soon(col.run, follower)
         await trio.sleep(40.5)
         assert follow_log.times("first_failed") == [0]
@@ -87,14 +92,14 @@ async def test_backoff_1_2_4_8_16_then_polling_every_second_with_nothing_listeni
 
 
 async def test_stream_refused_with_503_falls_back_to_polls_and_returns_to_streaming(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes, transport: str) -> None:
     """The stream answers 503 while JSON works: polls carry the events, then the stream takes over."""
     fake = FakeDaemon(short_tmp / "d.sock")
     fake.stream_status = 503
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        follower = client_for(fake.path).follow("docs")
+        follower = client_for(fake.path).follow("docs", transport=transport)
         nursery.start_soon(col.run, follower)
         await trio.sleep(31.5)
         # The first request at 0 and the 5 reconnect attempts, 1, 2, 4, 8 and 16 s apart, all refused.
@@ -121,7 +126,7 @@ async def test_stream_refused_with_503_falls_back_to_polls_and_returns_to_stream
         assert follow_log.times("connected") == [91]
         assert fake.hits_of("poll")[-1] == 90  # no poll once the stream is back
         # The stream resumed right after the last event yielded.
-        assert fake.hits[-1].headers["last-event-id"] == "4"
+        assert fake.resume_ids()[-1] == "4"
         fake.publish(run=RUN, step=6, state="completed", percent=100)  # id 5, streamed
         await trio.sleep(1)
         assert col.ids == [0, 2, 3, 4, 5]
@@ -131,12 +136,12 @@ async def test_stream_refused_with_503_falls_back_to_polls_and_returns_to_stream
 
 
 async def test_cut_stream_resumes_after_1s_with_last_event_id_and_loses_nothing(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        nursery.start_soon(col.run, client_for(fake.path).follow())
+        nursery.start_soon(col.run, client_for(fake.path).follow(transport=transport))
         await trio.sleep(1)
         fake.publish(run=RUN, step=1)
         fake.publish(run=RUN, step=2)
@@ -148,37 +153,60 @@ async def test_cut_stream_resumes_after_1s_with_last_event_id_and_loses_nothing(
         await trio.sleep(2)
         assert follow_log.times("lost") == [10]
         assert fake.hits_of("stream") == [0, 11]
-        assert fake.hits[-1].headers["last-event-id"] == "2"
+        assert fake.resume_ids()[-1] == "2"
         assert col.ids == [0, 1, 2, 3, 4]
         assert [t for t, _ in col.got][-2:] == [11, 11]
         nursery.cancel_scope.cancel()
 
 
 async def test_stalled_stream_is_dropped_after_stall_timeout(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        nursery.start_soon(col.run, client_for(fake.path).follow("docs"))
+        follower = client_for(fake.path).follow("docs", transport=transport)
+        nursery.start_soon(col.run, follower)
         await trio.sleep(5)
-        fake.stall()  # open, but silent: no events, no keep-alive
+        fake.stall()  # open, but silent: no events, no keep-alive, no pong
         fake.publish(run=RUN, step=1)
         await trio.sleep_until(50)
         # Last byte at 0 (the head); silent for 45 s -> dropped at 45, back 1 s later with the missed event.
         assert follow_log.times("lost") == [45]
         assert fake.hits_of("stream") == [0, 46]
         assert col.ids == [0, 1] and col.got[-1][0] == 46
+        # The WebSocket asked for a pong after 15 and 30 quiet seconds; none came.
+        assert follower.statistics().pings == (2 if transport == "ws" else 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_quiet_websocket_is_kept_open_by_its_pings(
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, follow_log: LogTimes) -> None:
+    """The daemon sends nothing on a WebSocket while nothing happens: the follower's pings (every 15 s
+    without a message) get the daemon's pongs, and the connection is not taken for dead."""
+    fake = FakeDaemon(short_tmp / "d.sock")
+    col = Collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        follower = client_for(fake.path).follow("docs", transport="ws")
+        nursery.start_soon(col.run, follower)
+        await trio.sleep_until(200.5)
+        st = follower.statistics()
+        assert (st.streams_opened, st.streams_lost, st.pings) == (1, 0, 13)  # at 15, 30, ..., 195
+        fake.publish(run=RUN, step=1)
+        await trio.sleep(0.5)
+        assert col.ids == [0, 1] and col.got[-1][0] == 200.5
+        assert fake.hits_of("stream") == [0] and follow_log.times("lost") == []
         nursery.cancel_scope.cancel()
 
 
 async def test_gap_and_daemon_restart_yield_current_state_marked_gap(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock", projects=("docs", "pics"))
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        nursery.start_soon(col.run, client_for(fake.path).follow())
+        nursery.start_soon(col.run, client_for(fake.path).follow(transport=transport))
         await trio.sleep(1)
         for step in (1, 2, 3):
             fake.publish(run=RUN, step=step)  # ids 1-3
@@ -205,13 +233,13 @@ async def test_gap_and_daemon_restart_yield_current_state_marked_gap(
 
 
 async def test_follow_run_stops_at_its_terminal_state_and_skips_other_runs(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     fake.publish(run=RUN, step=4)  # an earlier run is running; ours (RUN2) is queued
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        nursery.start_soon(col.run, client_for(fake.path).follow("docs", run=RUN2))
+        nursery.start_soon(col.run, client_for(fake.path).follow("docs", run=RUN2, transport=transport))
         await trio.sleep(1)
         fake.publish(run=RUN, step=6, state="completed", percent=100)
         fake.publish(run=RUN2, step=1)
@@ -226,13 +254,13 @@ async def test_follow_run_stops_at_its_terminal_state_and_skips_other_runs(
 
 
 async def test_follow_run_raises_run_lost_when_its_end_was_missed(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         fake.publish(run=RUN, step=4)
-        nursery.start_soon(col.run, client_for(fake.path).follow("docs", run=RUN))
+        nursery.start_soon(col.run, client_for(fake.path).follow("docs", run=RUN, transport=transport))
         await trio.sleep(1)
         fake.restart()  # the run is gone with the old daemon, its cancelled event never reached us
         with trio.fail_after(10):
@@ -244,19 +272,18 @@ async def test_follow_run_raises_run_lost_when_its_end_was_missed(
 
 
 async def test_duplicates_and_out_of_order_events_are_dropped(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        follower = client_for(fake.path).follow("docs")
+        follower = client_for(fake.path).follow("docs", transport=transport)
         nursery.start_soon(col.run, follower)
         await trio.sleep(1)
         a = fake.publish(run=RUN, step=1)
         b = fake.publish(run=RUN, step=2)
-        for s in fake._streams:  # a misbehaving transport: the same events again, then an older one
-            s.send.send_nowait(b"id: 2\nevent: progress\ndata: " + _dumps(b) + b"\n\n")
-            s.send.send_nowait(b"id: 1\nevent: progress\ndata: " + _dumps(a) + b"\n\n")
+        fake.resend(b)  # a misbehaving transport: the same events again, then an older one
+        fake.resend(a)
         fake.publish(run=RUN, step=3)
         await trio.sleep(1)
         assert col.ids == [0, 1, 2, 3]
@@ -265,13 +292,13 @@ async def test_duplicates_and_out_of_order_events_are_dropped(
 
 
 async def test_polling_marks_a_run_that_ended_between_two_polls_as_gap(
-        short_tmp: Path, autojump_clock: trio.testing.MockClock) -> None:
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     fake.stream_status = 503
     col = Collector()
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
-        nursery.start_soon(col.run, client_for(fake.path).follow("docs"))
+        nursery.start_soon(col.run, client_for(fake.path).follow("docs", transport=transport))
         await trio.sleep_until(31.5)
         fake.publish(run=RUN, step=4)
         await trio.sleep(1)
@@ -295,12 +322,12 @@ async def test_first_connection_failure_raises_daemon_not_running_with_a_sentenc
 
 
 async def test_unknown_project_raises_not_found_at_once(short_tmp: Path, autojump_clock: trio.testing.MockClock
-                                                        ) -> None:
+                                                        , transport: str) -> None:
     fake = FakeDaemon(short_tmp / "d.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         with pytest.raises(syncsnap.NotFound, match="syncsnap projects"), trio.fail_after(5):
-            async for _ in client_for(fake.path).follow("nope"):
+            async for _ in client_for(fake.path).follow("nope", transport=transport):
                 pass
         assert trio.current_time() == 0
         nursery.cancel_scope.cancel()
@@ -310,8 +337,3 @@ def test_jitter_stretches_each_delay_by_at_most_the_jitter_fraction() -> None:
     policy = syncsnap.FollowPolicy(jitter=0.1, random=lambda: 0.5)
     assert [policy.delay(k) for k in range(1, 8)] == pytest.approx([1.05, 2.1, 4.2, 8.4, 16.8, 31.5, 31.5])
     assert syncsnap.FollowPolicy(jitter=0.0).delay(6) == 30.0
-
-
-def _dumps(p: dict[str, Any]) -> bytes:
-    import json
-    return json.dumps(p).encode()

@@ -287,7 +287,7 @@ def test_policy_rate_limits_progress_notifications() -> None:
 
 
 def test_systemd_user_unit_verifies(tmp_path: Path) -> None:
-    unit = REPO / "systemd" / "syncsnap-notify.service"
+    unit = REPO / "systemd" / "user" / "syncsnap-notify.service"
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}

@@ -26,10 +26,14 @@ from ._errors import Unauthorized as Unauthorized
 from ._follow import Follower as Follower
 from ._follow import FollowPolicy as FollowPolicy
 from ._follow import FollowStatistics as FollowStatistics
+from ._models import Cancelling as Cancelling
 from ._models import ErrorInfo as ErrorInfo
 from ._models import Health as Health
 from ._models import Progress as Progress
 from ._models import Project as Project
+from ._models import ProjectStats as ProjectStats
+from ._models import RunInfo as RunInfo
+from ._models import RunList as RunList
 from ._models import RunStarted as RunStarted
 from ._models import SnapshotInfo as SnapshotInfo
 from ._models import SnapshotSummary as SnapshotSummary

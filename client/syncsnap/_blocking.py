@@ -16,8 +16,18 @@ import trio
 
 from ._client import DEFAULT_TIMEOUT_SECONDS, AsyncClient
 from ._discovery import Endpoint, find_endpoint
-from ._follow import Follower, FollowPolicy
-from ._models import Health, Progress, Project, RunStarted, SnapshotInfo
+from ._follow import Follower, FollowPolicy, Transport
+from ._models import (
+    Cancelling,
+    Health,
+    Progress,
+    Project,
+    ProjectStats,
+    RunInfo,
+    RunList,
+    RunStarted,
+    SnapshotInfo,
+)
 
 T = TypeVar("T")
 
@@ -128,10 +138,26 @@ class Client:
     def snapshots(self, project: str) -> list[SnapshotInfo]:
         return self._call(self._async.snapshots, project)
 
+    def runs(self, project: str, *, limit: int = 20, before: str | None = None) -> RunList:
+        return self._call(lambda: self._async.runs(project, limit=limit, before=before))
+
+    def run(self, run: str) -> RunInfo:
+        return self._call(self._async.run, run)
+
+    def run_events(self, run: str) -> list[Progress]:
+        return self._call(self._async.run_events, run)
+
+    def stats(self, project: str) -> ProjectStats:
+        return self._call(self._async.stats, project)
+
+    def cancel(self, project: str) -> Cancelling:
+        return self._call(self._async.cancel, project)
+
     def follow(self, project: str | None = None, run: str | None = None, *, last_event_id: int | None = None,
-               wait: bool = False) -> Iterator[Progress]:
+               wait: bool = False, transport: Transport = "sse", kind: str = "snapshot") -> Iterator[Progress]:
         """Like :meth:`AsyncClient.follow`, as a plain iterator (see there)."""
-        follower: Follower = self._async.follow(project, run, last_event_id=last_event_id, wait=wait)
+        follower: Follower = self._async.follow(project, run, last_event_id=last_event_id, wait=wait,
+                                                transport=transport, kind=kind)
         try:
             while True:
                 try:

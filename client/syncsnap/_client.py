@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -13,9 +14,20 @@ import trio
 
 from ._discovery import Endpoint, find_endpoint
 from ._errors import ConnectionLost
-from ._follow import API, Follower, FollowPolicy
+from ._follow import API, Follower, FollowPolicy, Transport
 from ._http import HttpConnection, error_for_response
-from ._models import Health, Progress, Project, RunStarted, SnapshotInfo, parse_list
+from ._models import (
+    Cancelling,
+    Health,
+    Progress,
+    Project,
+    ProjectStats,
+    RunInfo,
+    RunList,
+    RunStarted,
+    SnapshotInfo,
+    parse_list,
+)
 
 # How long one request may take before the client gives up. The daemon answers JSON requests in
 # milliseconds even while snapshotting (its disk work runs in threads); 30 s means it is stuck.
@@ -43,9 +55,15 @@ class AsyncClient:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    async def _request(self, method: str, target: str, *, expect: int = 200) -> Any:
+    async def _request(self, method: str, target: str, *, expect: int = 200, body: Any = None) -> Any:
         # A GET may reuse an idle keep-alive connection; if the daemon closed it meanwhile, one retry on a
-        # fresh connection is safe. A POST always gets a fresh connection, so it is never sent twice.
+        # fresh connection is safe. Anything else (POST, DELETE) always gets a fresh connection, so it is
+        # never sent twice.
+        headers: list[tuple[str, str]] = []
+        data = b""
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            headers.append(("Content-Type", "application/json"))
         for attempt in range(2):
             reused = method == "GET" and bool(self._idle)
             conn = self._idle.pop() if reused else None
@@ -53,7 +71,7 @@ class AsyncClient:
                 with trio.fail_after(self.request_timeout):
                     if conn is None:
                         conn = await HttpConnection.open(self.endpoint)
-                    resp = await conn.request(method, target)
+                    resp = await conn.request(method, target, headers, data)
             except trio.TooSlowError:
                 if conn is not None:
                     await conn.aclose()
@@ -104,8 +122,40 @@ class AsyncClient:
         return parse_list(await self._request("GET", f"{API}/projects/{_q(project)}/snapshots"), "snapshots",
                           SnapshotInfo, "a snapshot list")
 
+    # --- history (docs/api.md "Runs") --------------------------------------------------------------
+
+    async def runs(self, project: str, *, limit: int = 20, before: str | None = None) -> RunList:
+        """The project's runs, newest first, ``limit`` (1-500) at a time; pass ``next`` as ``before`` for
+        the following page."""
+        target = f"{API}/projects/{_q(project)}/runs?limit={int(limit)}"
+        if before is not None:
+            target += f"&before={_q(before)}"
+        return RunList.from_json(await self._request("GET", target))
+
+    async def run(self, run: str) -> RunInfo:
+        """One run of any kind, finished or not, with the time spent in each step."""
+        return RunInfo.from_json(await self._request("GET", f"{API}/runs/{_q(run)}"))
+
+    async def run_events(self, run: str) -> list[Progress]:
+        """A run's full progress log, oldest first."""
+        doc = await self._request("GET", f"{API}/runs/{_q(run)}/events")
+        return parse_list(doc, "events", Progress, "a run's event log")
+
+    async def stats(self, project: str) -> ProjectStats:
+        """Count, success rate, mean and p95 duration of the project's finished snapshot runs."""
+        return ProjectStats.from_json(await self._request("GET", f"{API}/projects/{_q(project)}/stats"))
+
+    async def cancel(self, project: str) -> Cancelling:
+        """Cancel the project's running snapshot (and drop a queued follow-up). The run ends ``cancelled``
+        promptly; follow it to see that. Raises :class:`~syncsnap.NotFound` with ``code == "no_run"``
+        when nothing runs."""
+        return Cancelling.from_json(await self._request("DELETE", f"{API}/projects/{_q(project)}/runs/current",
+                                                        expect=202))
+
+    # --- following ---------------------------------------------------------------------------------
+
     def follow(self, project: str | None = None, run: str | None = None, *, last_event_id: int | None = None,
-               wait: bool = False) -> Follower:
+               wait: bool = False, transport: Transport = "sse", kind: str = "snapshot") -> Follower:
         """Every progress event of ``project`` (all projects if None), in order and each once.
 
         Args:
@@ -115,6 +165,11 @@ class AsyncClient:
             last_event_id: resume after this event (the ``last_event_id`` of an earlier follower).
             wait: keep trying when the daemon is not running at the start, instead of raising
                 :class:`~syncsnap.DaemonNotRunning`.
+            transport: ``"sse"`` (the daemon's event streams) or ``"ws"`` (its WebSocket); the same
+                events and guarantees either way, with JSON polling as the fallback of both.
+            kind: the kind of ``run`` when it is not a snapshot (``restore``, ``check``, ``prune``: the
+                ``progress.kind`` of the answer that started it). A store-wide run (check, prune) needs
+                no ``project``.
 
         Returns:
             A :class:`Follower`: ``async for progress in follower``. It reconnects by itself (see
@@ -125,7 +180,8 @@ class AsyncClient:
             RunLost: the followed run ended while this client could not see it.
             DaemonNotRunning: only for the first connection, and only without ``wait``.
         """
-        follower = Follower(self, project, run, last_event_id=last_event_id, wait=wait)
+        follower = Follower(self, project, run, kind=kind, last_event_id=last_event_id, wait=wait,
+                            transport=transport)
         self._followers.add(follower)
         return follower
 

@@ -1,7 +1,8 @@
 """``follow``: every progress event, in order, once, across dropped connections and daemon restarts.
 
-The transport is the daemon's SSE stream (``/api/v1/events`` or a project's ``.../progress/stream``).
-When the stream is lost, :class:`Follower` reconnects with ``Last-Event-ID`` (the daemon then replays
+The transport is the daemon's SSE stream (``/api/v1/events`` or a project's ``.../progress/stream``),
+or with ``transport="ws"`` its WebSocket (``/api/v1/ws``, a ``subscribe`` with ``last_event_id``); both
+carry the same events with the same ids, and everything below holds for both. When the stream is lost, :class:`Follower` reconnects with ``Last-Event-ID`` (the daemon then replays
 exactly what was missed), waiting 1, 2, 4, 8, 16 s before the successive attempts (doubling up to
 ``backoff_max``, each stretched by a little random jitter). When the 5th attempt in a row fails it falls
 back to polling the JSON progress endpoint every second, tries the stream again every 30 s (and at once
@@ -15,6 +16,10 @@ next event of each affected project is its current state, with ``gap=True``.
 
 The follower is a plain async iterator with no background task: each ``__anext__`` does the reads,
 waits and reconnects needed for the next event, so cancelling the caller cancels everything.
+
+Runs of other kinds than snapshots (restore, check, prune) go out on the same streams without replacing
+the project's state, so the ordering bookkeeping is kept per *lane*: a project's snapshot runs form one
+lane, and each operation run its own.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import quote
 
 import trio
@@ -35,11 +40,14 @@ from ._errors import (
     ConnectionLost,
     DaemonError,
     DaemonNotRunning,
+    NotFound,
     ProtocolError,
     RunLost,
+    SyncsnapError,
 )
-from ._http import HttpConnection, SseComment, SseEvent, SseParser, error_for_response
-from ._models import Health, Progress, Project, parse_list
+from ._http import HttpConnection, SseComment, SseParser, error_for_response
+from ._models import Health, Progress, Project, RunStarted, parse_list
+from ._ws import CLOSE_POLICY, WS_TARGET, WsConnection
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
@@ -47,6 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncsnap.follow")
 
 API = "/api/v1"
+Transport = Literal["sse", "ws"]
+TRANSPORTS: tuple[Transport, ...] = ("sse", "ws")
 # A health answer whose uptime is this much below the last one we saw comes from a new daemon process.
 UPTIME_SLACK_SECONDS = 1.0
 
@@ -64,7 +74,9 @@ class FollowPolicy:
         poll_interval: how often the JSON progress endpoint is polled while the stream is down.
         stream_retry_interval: while polling, how often the stream is tried again.
         stall_timeout: a stream silent for this long is dead. The daemon sends a keep-alive comment every
-            ``heartbeat`` seconds (15 by default), so three missed heartbeats.
+            ``heartbeat`` seconds (15 by default) on SSE, so three missed heartbeats. On the WebSocket the
+            follower sends a ping after a third of it without a message (the daemon answers with a pong),
+            so a quiet but healthy connection is never taken for dead.
         random: the jitter's random source, returning floats in [0, 1).
     """
 
@@ -77,6 +89,11 @@ class FollowPolicy:
     stall_timeout: float = 45.0
     random: Callable[[], float] = field(default=random.random, compare=False, repr=False)
 
+    @property
+    def ping_interval(self) -> float:
+        """WebSocket only: a ping goes out after this long without anything received."""
+        return self.stall_timeout / 3
+
     def delay(self, attempt: int) -> float:
         """The wait before reconnect attempt ``attempt`` (1-based) of a series."""
         base = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1))
@@ -88,6 +105,7 @@ class FollowStatistics:
     """Counters of one follower (for tests, logs and a CLI status line)."""
 
     mode: Literal["stream", "poll"] = "stream"
+    transport: Transport = "sse"
     streams_opened: int = 0
     stream_attempts_failed: int = 0
     streams_lost: int = 0
@@ -96,6 +114,7 @@ class FollowStatistics:
     gaps: int = 0
     restarts: int = 0
     duplicates_dropped: int = 0
+    pings: int = 0
     last_event_id: int | None = None
 
 
@@ -114,19 +133,146 @@ def _run_time(run: str) -> tuple[int, str] | None:
         return None
 
 
+class _Gap:
+    """The daemon could not resume from our last event id (SSE ``event: gap``, WebSocket ``type: gap``)."""
+
+
+class _TooSlow:
+    """The daemon is about to drop this reader for falling behind: resuming at once loses nothing."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A WebSocket answer to one of our commands (``type`` ``reply`` or ``error``)."""
+
+    msg: dict[str, Any]
+
+    @property
+    def id(self) -> Any:
+        return self.msg.get("id")
+
+
+_Item = Progress | _Gap | _TooSlow | _Reply
+
+
+class _SseStream:
+    """An open ``text/event-stream`` answer."""
+
+    pings = False
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self._conn = conn
+        self._parser = SseParser()
+
+    async def receive(self) -> list[_Item] | None:
+        """What the next read brought (maybe nothing whole yet); None when the stream ended."""
+        data = await self._conn.receive_body()
+        if data is None:
+            return None
+        items: list[_Item] = []
+        for item in self._parser.feed(data):
+            if isinstance(item, SseComment):
+                if item.text.startswith("too slow"):
+                    items.append(_TooSlow())
+            elif item.event == "gap":
+                items.append(_Gap())
+            elif item.event == "progress":
+                items.append(_parse_progress(item.data))
+        return items
+
+    async def ping(self) -> None:  # pragma: no cover - SSE streams are kept alive by the daemon
+        pass
+
+    def end_reason(self) -> str:
+        return "the daemon ended the stream"
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()
+
+
+class _WsStream:
+    """A subscribed WebSocket."""
+
+    pings = True
+
+    def __init__(self, ws: WsConnection) -> None:
+        self.ws = ws
+        self.backlog: list[_Item] = []
+
+    async def receive(self) -> list[_Item] | None:
+        if self.backlog:
+            items, self.backlog = self.backlog, []
+            return items
+        if self.ws.closed:
+            return None
+        items = []
+        for msg in await self.ws.receive():
+            kind = msg.get("type")
+            if kind == "progress":
+                if not isinstance(msg.get("progress"), dict):
+                    raise ProtocolError("The daemon sent a progress message without a progress object; is "
+                                        "syncsnapd the same version as this client?")
+                items.append(Progress.from_json(msg["progress"]))
+            elif kind == "gap":
+                items.append(_Gap())
+            elif kind == "error" and isinstance(msg.get("error"), dict) and msg["error"].get("code") == "too_slow":
+                items.append(_TooSlow())
+            elif kind in ("reply", "error"):
+                items.append(_Reply(msg))
+        return items
+
+    async def ping(self) -> None:
+        await self.ws.ping()
+
+    def end_reason(self) -> str:
+        code = self.ws.close_code
+        if code == CLOSE_POLICY:
+            return "the daemon dropped this slow reader"
+        return "the daemon closed the WebSocket" + (f" (code {code})" if code not in (None, 1006) else "")
+
+    async def aclose(self) -> None:
+        await self.ws.aclose()
+
+
+def _parse_progress(data: str) -> Progress:
+    try:
+        return Progress.from_json(json.loads(data))
+    except ValueError as exc:
+        raise ProtocolError(f"The daemon sent a progress event that is not JSON ({exc}).") from None
+
+
+def _ws_error(endpoint_desc: str, msg: dict[str, Any]) -> SyncsnapError:
+    err = msg.get("error")
+    if not isinstance(err, dict):
+        err = {}
+    code = str(err.get("code", ""))
+    message = str(err.get("message", "")) or "no reason given"
+    if code == "not_found":
+        if message.startswith("No project named"):
+            message += " (`syncsnap projects` lists the configured projects.)"
+        return NotFound(message, code=code)
+    return DaemonError(f"syncsnapd at {endpoint_desc} refused {msg.get('op')!r} on the WebSocket ({code}): "
+                       f"{message}", code=code)
+
+
 class Follower:
     """The async iterator returned by :meth:`AsyncClient.follow`. Use it in ``async with`` or close it
     with :meth:`aclose` to release its connection at once."""
 
     def __init__(self, client: AsyncClient, project: str | None, run: str | None, *,
-                 last_event_id: int | None = None, wait: bool = False) -> None:
-        if run is not None and project is None:
+                 kind: str = "snapshot", last_event_id: int | None = None, wait: bool = False,
+                 transport: Transport = "sse") -> None:
+        if run is not None and project is None and kind == "snapshot":
             raise ValueError("follow(run=...) needs the run's project too")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)} (got {transport!r})")
         self._client = client
         self._endpoint = client.endpoint
         self._policy = client.policy
         self.project = project
         self.run = run
+        self.kind = kind
+        self.transport: Transport = transport
         self._wait = wait
         if project is None:
             self._stream_target = f"{API}/events"
@@ -134,11 +280,13 @@ class Follower:
         else:
             self._stream_target = f"{API}/projects/{quote(project, safe='')}/progress/stream"
             self._poll_target = f"{API}/projects/{quote(project, safe='')}/progress"
-        self._stats = FollowStatistics(last_event_id=last_event_id)
+        if run is not None and kind != "snapshot":
+            # An operation's events do not replace its project's state: its own endpoint has them.
+            self._poll_target = f"{API}/operations/{quote(run, safe='')}"
+        self._stats = FollowStatistics(last_event_id=last_event_id, transport=transport)
         # Transport state.
-        self._conn: HttpConnection | None = None
+        self._stream: _SseStream | _WsStream | None = None
         self._poll_conn: HttpConnection | None = None
-        self._parser = SseParser()
         self._too_slow = False
         self._ever_connected = False
         self._failures = 0
@@ -147,13 +295,19 @@ class Follower:
         self._next_stream_try = 0.0
         self._polls_failing = False
         self._daemon: tuple[int, float] | None = None
+        self._last_rx = 0.0
+        self._next_ping = math.inf
+        self._replies: dict[Any, dict[str, Any]] = {}
+        self._busy = False
         # Ordering state.
         self._last_id: int | None = last_event_id
-        self._zero_seen: set[str] = set()
-        self._last_by_project: dict[str, Progress] = {}
+        self._zero_seen: set[str | None] = set()
+        self._last_by_lane: dict[str, Progress] = {}
         self._gap_all = False
         self._gap_marked: set[str] = set()
         self._run_seen = False
+        self._run_floor = -1  # events up to this id came before the followed run began
+        self._check_run = False
         self._ready: deque[Progress] = deque()
         self._finished = False
 
@@ -176,10 +330,14 @@ class Follower:
         return self
 
     async def __anext__(self) -> Progress:
-        while not self._ready:
-            if self._finished:
-                raise StopAsyncIteration
-            await self._step()
+        self._enter()
+        try:
+            while not self._ready:
+                if self._finished:
+                    raise StopAsyncIteration
+                await self._step()
+        finally:
+            self._busy = False
         p = self._ready.popleft()
         if self.run is not None and p.run == self.run and p.terminal:
             self._finished = True
@@ -187,13 +345,20 @@ class Follower:
             await self.aclose()
         return p
 
+    def _enter(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError("another task is already reading this follower")
+        self._busy = True
+
     async def aclose(self) -> None:
         """Close the connections. Idempotent; the follower ends."""
         self._finished = True
-        for conn in (self._conn, self._poll_conn):
-            if conn is not None:
-                await conn.aclose()
-        self._conn = self._poll_conn = None
+        stream, poll = self._stream, self._poll_conn
+        self._stream = self._poll_conn = None
+        if stream is not None:
+            await stream.aclose()
+        if poll is not None:
+            await poll.aclose()
 
     async def __aenter__(self) -> Follower:
         return self
@@ -201,13 +366,63 @@ class Follower:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def start_snapshot(self) -> RunStarted:
+        """Start a snapshot of the followed project over this follower's WebSocket (``transport="ws"``).
+
+        The follower is subscribed before the request goes out, so the run is seen from its very first
+        event, whenever it starts. From then on the follower follows that run: iteration yields its
+        events (a run it queued behind shows up when it starts) and stops after its terminal one.
+        Call it before iterating, or between two events; never while another task iterates.
+
+        Raises :class:`~syncsnap.NotFound` for an unknown project, :class:`~syncsnap.ConnectionLost` if
+        the connection broke before the daemon answered (the request is never resent: whether the run
+        started is unknown), and any error of the first connection.
+        """
+        if self.transport != "ws":
+            raise ValueError("start_snapshot() on a follower needs transport='ws'; otherwise use "
+                             "AsyncClient.start_snapshot()")
+        if self.project is None or self.run is not None:
+            raise ValueError("start_snapshot() needs a follower of one project, not yet following a run")
+        self._enter()
+        try:
+            if self._finished:
+                raise ValueError("this follower is closed")
+            if not isinstance(self._stream, _WsStream):
+                await self._open_stream()  # one attempt: its error is the caller's
+                await self._close_poll_conn()
+            ws = self._stream
+            assert isinstance(ws, _WsStream)
+            rid = await ws.ws.send({"op": "snapshot", "project": self.project})
+            while rid not in self._replies:
+                if self._stream is not ws:
+                    raise ConnectionLost(f"The WebSocket to syncsnapd at {self._endpoint.describe()} broke before "
+                                         "the daemon answered the snapshot request; whether it started is "
+                                         f"unknown (`syncsnap runs {self.project}` shows it).")
+                await self._read_step()
+            msg = self._replies.pop(rid)
+        finally:
+            self._busy = False
+        if msg.get("type") == "error":
+            raise _ws_error(self._endpoint.describe(), msg)
+        started = RunStarted.from_json({**msg, "stream": WS_TARGET})
+        self.run = started.run
+        # Events read before the answer: keep the new run's (it may have begun already), drop the others.
+        # The subscription's first event (the project's state before the run) may still be on its way: it
+        # says nothing about this run.
+        self._ready = deque(p for p in self._ready if p.run == started.run)
+        self._run_seen = bool(self._ready)
+        self._run_floor = started.progress.event_id - (started.progress.run == started.run)
+        return started
+
     # --- the state machine -------------------------------------------------------------------------
 
     async def _step(self) -> None:
         """Do one unit of work: wait, connect, read a chunk, or poll."""
-        if self._stats.mode == "poll":
+        if self._check_run:
+            await self._check_operation_run()
+        elif self._stats.mode == "poll":
             await self._poll_step()
-        elif self._conn is None:
+        elif self._stream is None:
             await self._stream_attempt_step()
         else:
             await self._read_step()
@@ -249,19 +464,13 @@ class Follower:
 
     async def _open_stream(self) -> None:
         conn = await self._connect()
+        stream: _SseStream | _WsStream
         try:
-            headers = []
-            if self._last_id is not None:
-                headers.append(("Last-Event-ID", str(self._last_id)))
-            headers.append(("Accept", "text/event-stream"))
             with trio.fail_after(self._handshake_timeout):
-                resp = await conn.start_stream(self._stream_target, headers)
-            if resp.status != 200:
-                raise error_for_response(self._endpoint, "GET", self._stream_target, resp.status, resp.body)
-            ctype = (resp.header(b"content-type") or b"").decode("latin-1")
-            if not ctype.startswith("text/event-stream"):
-                raise ProtocolError(f"The daemon answered {self._stream_target} with {ctype or 'no content type'} "
-                                    "instead of an event stream; is it syncsnapd?")
+                if self.transport == "ws":
+                    stream = await self._open_ws(conn)
+                else:
+                    stream = await self._open_sse(conn)
         except trio.TooSlowError:
             await conn.aclose()
             raise ConnectionLost(f"syncsnapd at {self._endpoint.describe()} did not answer the stream request "
@@ -269,15 +478,54 @@ class Follower:
         except BaseException:
             await conn.aclose()
             raise
-        self._conn = conn
-        self._parser = SseParser()
+        self._stream = stream
         self._too_slow = False
         self._ever_connected = True
         self._failures = 0
         self._stats.streams_opened += 1
         self._stats.mode = "stream"
-        log.info("following %s (Last-Event-ID %s)", self._stream_target, self._last_id,
-                 extra={"follow_event": "connected"})
+        now = trio.current_time()
+        self._last_rx = now
+        self._next_ping = now + self._policy.ping_interval if stream.pings else math.inf
+        log.info("following %s (Last-Event-ID %s)", WS_TARGET if self.transport == "ws" else self._stream_target,
+                 self._last_id, extra={"follow_event": "connected"})
+
+    async def _open_sse(self, conn: HttpConnection) -> _SseStream:
+        headers = []
+        if self._last_id is not None:
+            headers.append(("Last-Event-ID", str(self._last_id)))
+        headers.append(("Accept", "text/event-stream"))
+        resp = await conn.start_stream(self._stream_target, headers)
+        if resp.status != 200:
+            raise error_for_response(self._endpoint, "GET", self._stream_target, resp.status, resp.body)
+        ctype = (resp.header(b"content-type") or b"").decode("latin-1")
+        if not ctype.startswith("text/event-stream"):
+            raise ProtocolError(f"The daemon answered {self._stream_target} with {ctype or 'no content type'} "
+                                "instead of an event stream; is it syncsnapd?")
+        return _SseStream(conn)
+
+    async def _open_ws(self, conn: HttpConnection) -> _WsStream:
+        ws = await WsConnection.handshake(conn.detach(), self._endpoint)
+        stream = _WsStream(ws)
+        try:
+            sub: dict[str, Any] = {"op": "subscribe", "projects": "*" if self.project is None else [self.project]}
+            if self._last_id is not None:
+                sub["last_event_id"] = self._last_id
+            rid = await ws.send(sub)
+            while True:
+                items = await stream.receive()
+                if items is None:
+                    raise ConnectionLost(f"syncsnapd at {self._endpoint.describe()} closed the WebSocket before "
+                                         "answering the subscription.")
+                for i, item in enumerate(items):
+                    if isinstance(item, _Reply) and item.id == rid:
+                        if item.msg.get("type") == "error":
+                            raise _ws_error(self._endpoint.describe(), item.msg)
+                        stream.backlog = items[:i] + items[i + 1:]
+                        return stream
+        except BaseException:
+            await ws.aclose()
+            raise
 
     async def _connect(self) -> HttpConnection:
         """A new connection, checked with ``/health`` (which tells whether the daemon restarted)."""
@@ -305,50 +553,65 @@ class Follower:
                 # missed; one that starts its ids again answers with its `gap` event (that id is not its).
                 self._stats.restarts += 1
                 log.info("syncsnapd restarted (pid %d -> %d)", pid, health.pid, extra={"follow_event": "restarted"})
+                if self.run is not None and self.kind != "snapshot":
+                    self._check_run = True  # an operation run does not survive its daemon
         self._daemon = (health.pid, health.uptime_seconds)
 
     async def _read_step(self) -> None:
-        assert self._conn is not None
-        data: bytes | None = None
+        stream = self._stream
+        assert stream is not None
+        items: list[_Item] | None = None
         reason = ""
-        with trio.move_on_after(self._policy.stall_timeout) as stall:
+        now = trio.current_time()
+        dead_at = self._last_rx + self._policy.stall_timeout
+        if now >= self._next_ping and now < dead_at:
+            # Quiet for a while: ask the daemon for a pong (WebSocket), which proves the connection lives.
+            self._next_ping = now + self._policy.ping_interval
+            self._stats.pings += 1
             try:
-                data = await self._conn.receive_body()
+                await stream.ping()
+            except ConnectionLost as exc:
+                await self._lost(str(exc))
+            return
+        with trio.move_on_at(min(dead_at, self._next_ping)) as waiting:
+            try:
+                items = await stream.receive()
             except (ConnectionLost, ProtocolError) as exc:
                 reason = str(exc)
-        if stall.cancelled_caught:
-            reason = f"nothing received for {self._policy.stall_timeout:g} s"
-        elif data is None and not reason:
-            reason = "the daemon ended the stream"
-        if data is None:
+            else:
+                if items is None:
+                    reason = stream.end_reason()
+        if waiting.cancelled_caught:
+            if trio.current_time() >= dead_at:
+                await self._lost(f"nothing received for {self._policy.stall_timeout:g} s")
+            return  # time to ping
+        if items is None:
             await self._lost(reason)
             return
-        try:
-            items = self._parser.feed(data)
-        except ProtocolError as exc:
-            await self._lost(str(exc))
-            return
+        now = trio.current_time()
+        self._last_rx = now
+        if stream.pings:
+            self._next_ping = now + self._policy.ping_interval
         for item in items:
-            if isinstance(item, SseComment):
-                if item.text.startswith("too slow"):
-                    self._too_slow = True
-            elif item.event == "gap":
-                self._on_gap(item)
-            elif item.event == "progress":
-                try:
-                    progress = Progress.from_json(json.loads(item.data))
-                except (ValueError, ProtocolError) as exc:
-                    await self._lost(f"bad progress event: {exc}")
-                    return
-                self._offer(progress)
+            if isinstance(item, _TooSlow):
+                self._too_slow = True
+            elif isinstance(item, _Gap):
+                self._on_gap()
+            elif isinstance(item, _Reply):
+                self._replies[item.id] = item.msg
+            else:
+                self._offer(item)
 
     async def _lost(self, reason: str) -> None:
-        if self._conn is not None:
-            await self._conn.aclose()
-            self._conn = None
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            if isinstance(stream, _WsStream) and stream.ws.close_code == CLOSE_POLICY:
+                self._too_slow = True
+            await stream.aclose()
         self._stats.streams_lost += 1
         now = trio.current_time()
         self._failures = 0
+        self._next_ping = math.inf
         if self._too_slow:
             # The daemon dropped us for reading too slowly; resuming at once loses nothing.
             self._next_attempt = now
@@ -381,23 +644,33 @@ class Follower:
             return
         await trio.sleep_until(min(self._next_poll, self._next_stream_try))
 
+    async def _get(self, target: str) -> Any:
+        """One JSON GET on the polling connection (opened, and checked with /health, when needed)."""
+        if self._poll_conn is None or not self._poll_conn.reusable:
+            await self._close_poll_conn()
+            self._poll_conn = await self._connect()
+        try:
+            with trio.fail_after(self._handshake_timeout):
+                resp = await self._poll_conn.request("GET", target)
+        except trio.TooSlowError:
+            raise ConnectionLost("no answer to a progress poll") from None
+        if resp.status != 200:
+            raise error_for_response(self._endpoint, "GET", target, resp.status, resp.body)
+        return resp.json()
+
     async def _poll_once(self, now: float) -> None:
         self._stats.polls += 1
         try:
-            if self._poll_conn is None or not self._poll_conn.reusable:
-                await self._close_poll_conn()
-                self._poll_conn = await self._connect()
             try:
-                with trio.fail_after(self._handshake_timeout):
-                    resp = await self._poll_conn.request("GET", self._poll_target)
-            except trio.TooSlowError:
-                raise ConnectionLost("no answer to a progress poll") from None
-            if resp.status != 200:
-                raise error_for_response(self._endpoint, "GET", self._poll_target, resp.status, resp.body)
-            if self.project is None:
-                items = [p.progress for p in parse_list(resp.json(), "projects", Project, "a project list")]
+                doc = await self._get(self._poll_target)
+            except NotFound:
+                if self.run is not None and self.kind != "snapshot":
+                    self._run_lost(self.project)
+                raise
+            if self.project is None and (self.run is None or self.kind == "snapshot"):
+                items = [p.progress for p in parse_list(doc, "projects", Project, "a project list")]
             else:
-                items = [Progress.from_json(resp.json())]
+                items = [Progress.from_json(doc)]
         except _TRANSIENT as exc:
             self._stats.polls_failed += 1
             await self._close_poll_conn()
@@ -420,25 +693,44 @@ class Follower:
     def _offer_polled(self, items: list[Progress]) -> None:
         items.sort(key=lambda p: p.event_id)
         for p in items:
-            prev = self._last_by_project.get(p.project)
+            prev = self._last_by_lane.get(p.lane)
             if prev is not None and p.event_id < prev.event_id:
-                # Ids of one project only grow within one daemon: these come from a new one.
+                # Ids of one lane only grow within one daemon: these come from a new one.
                 self._new_epoch()
                 break
         for p in items:
             self._offer(p)
 
+    async def _check_operation_run(self) -> None:
+        """After a gap or a restart: the followed operation run's state now (or RunLost if it is gone)."""
+        assert self.run is not None
+        try:
+            doc = await self._get(self._poll_target)
+        except NotFound:
+            self._run_lost(self.project)
+        except _TRANSIENT:
+            await self._close_poll_conn()
+            return  # the stream (or polling) carries on; checked again after the next gap or restart
+        self._check_run = False
+        p = Progress.from_json(doc)
+        if self._last_id is None or p.event_id > self._last_id:
+            self._offer(p)
+
     # --- ordering, gaps, runs ----------------------------------------------------------------------
 
     def _new_epoch(self) -> None:
-        """Events were missed and ids may restart: the next event of each project is a marked gap."""
+        """Events were missed and ids may restart: the next event of each lane is a marked gap."""
         self._last_id = None
         self._zero_seen.clear()
         self._gap_all = True
         self._gap_marked.clear()
         self._stats.gaps += 1
+        self._run_floor = -1
+        if self.run is not None and self.kind != "snapshot":
+            # The daemon's current states are its projects'; an operation's end may be among the missed.
+            self._check_run = True
 
-    def _on_gap(self, event: SseEvent) -> None:
+    def _on_gap(self) -> None:
         log.info("the daemon could not replay from event %s: following on from the current state",
                  self._last_id, extra={"follow_event": "gap"})
         self._new_epoch()
@@ -454,11 +746,12 @@ class Follower:
         self._stats.last_event_id = self._last_id
 
         gap = False
-        prev = self._last_by_project.get(p.project)
-        if self._gap_all and p.project not in self._gap_marked:
-            self._gap_marked.add(p.project)
+        lane = p.lane
+        prev = self._last_by_lane.get(lane)
+        if self._gap_all and lane not in self._gap_marked:
+            self._gap_marked.add(lane)
             if prev == p:
-                # The project's current state is the very event we yielded last: nothing was missed here.
+                # The lane's current state is the very event we yielded last: nothing was missed here.
                 self._stats.duplicates_dropped += 1
                 return
             gap = True
@@ -466,7 +759,7 @@ class Follower:
             # A run ended and we never saw its terminal event (it fell between two polls).
             gap = True
             self._stats.gaps += 1
-        self._last_by_project[p.project] = p
+        self._last_by_lane[lane] = p
         if gap:
             p = replace(p, gap=True)
 
@@ -478,13 +771,23 @@ class Follower:
         self._ready.append(p)
 
     def _check_run_lost(self, p: Progress) -> None:
-        """While following run X, another run's event (or idle) arrived: is X over, unseen?"""
+        """While following snapshot run X, another snapshot run's event (or idle) of its project arrived:
+        is X over, unseen? (Operation runs are checked at their own endpoint instead.)"""
         assert self.run is not None
+        if self.kind != "snapshot" or p.kind != "snapshot" or p.project != self.project or p.event_id <= self._run_floor:
+            return
         lost = self._run_seen or p.run is None
         if not lost and p.run is not None:
             mine, theirs = _run_time(self.run), _run_time(p.run)
             lost = mine is not None and theirs is not None and theirs > mine
         if lost:
-            raise RunLost(f"Run {self.run} of {p.project} ended without this client seeing how (the daemon "
-                          f"restarted, or the run finished while the connection was down); "
-                          f"`syncsnap snapshots {p.project}` shows whether a snapshot was made.")
+            self._run_lost(p.project)
+
+    def _run_lost(self, project: str | None) -> NoReturn:
+        if self.kind == "snapshot":
+            hint = f"`syncsnap snapshots {project}` shows whether a snapshot was made."
+        else:
+            hint = f"`syncsnap run {self.run}` shows how it ended."
+        where = f" of {project}" if project else ""
+        raise RunLost(f"Run {self.run}{where} ended without this client seeing how (the daemon restarted, or the "
+                      f"run finished while the connection was down); {hint}")

@@ -36,3 +36,17 @@ def short_duration(seconds: float) -> str:
 
 def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def precise_duration(seconds: float) -> str:
+    """For timings that may be tiny: '3 ms', '0.42 s', '4.2 s', then as :func:`human_duration`."""
+    if seconds < 0.1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    return human_duration(seconds)
+
+
+def percent(fraction: float) -> str:
+    """0.9091 -> '90.9%'."""
+    return f"{fraction * 100:.1f}%"

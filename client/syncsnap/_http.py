@@ -178,8 +178,11 @@ def error_for_response(endpoint: Endpoint, method: str, target: str, status: int
         return Unauthorized(f"{where} refused the request: {message or 'forbidden'} ({hint}).",
                             status=status, code=code)
     if status == 404:
-        return NotFound(f"{message or 'Not found.'} (`syncsnap projects` lists the configured projects.)",
-                        status=status, code=code)
+        if message.startswith("No project named"):
+            message += " (`syncsnap projects` lists the configured projects.)"
+        elif message.startswith("No run "):
+            message += " (`syncsnap runs PROJECT` lists a project's runs.)"
+        return NotFound(message or f"{where} has no {target} (an older version?).", status=status, code=code)
     if status == 503:
         return DaemonError(f"{where} is unavailable right now: {message or 'service unavailable'} "
                            "(too many connections, or it is shutting down); try again in a moment.",
@@ -349,6 +352,13 @@ class HttpConnection:
             return bytes(event.data)
         self.closed = True
         return None
+
+    def detach(self) -> trio.abc.Stream:
+        """Hand the socket over to another protocol (a WebSocket), between two requests."""
+        if not self.reusable:
+            raise ProtocolError("Cannot upgrade a connection in the middle of a request.")
+        self.closed = True
+        return self._stream
 
     async def aclose(self) -> None:
         self.closed = True

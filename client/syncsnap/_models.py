@@ -24,7 +24,17 @@ STEP_NAMES: dict[int, str] = {
     6: "Finished",
 }
 
+# Other kinds of run have their own steps (docs/api.md, "Operations").
+OPERATION_STEP_NAMES: dict[str, dict[int, str]] = {}
+
 T = TypeVar("T")
+
+
+def step_names(kind: str) -> dict[int, str]:
+    """Step number -> name for a kind of run (``snapshot``, ``restore``, ...); {} when unknown."""
+    if kind == "snapshot":
+        return {k: v for k, v in STEP_NAMES.items() if 1 <= k <= 5}
+    return OPERATION_STEP_NAMES.get(kind, {})
 
 
 def _field(obj: dict[str, Any], key: str, kind: type[T] | tuple[type, ...], what: str) -> T:
@@ -109,7 +119,7 @@ class Progress:
     """
 
     event_id: int
-    project: str
+    project: str | None
     run: str | None
     state: str
     step: int
@@ -136,6 +146,18 @@ class Progress:
         return self.state in TERMINAL_STATES
 
     @property
+    def label(self) -> str:
+        """What the run is about, for people: the project, or ``store`` for a store-wide operation."""
+        return self.project if self.project is not None else "store"
+
+    @property
+    def lane(self) -> str:
+        """Events that replace one another: those of a project's snapshot runs, or of one other run."""
+        if self.kind == "snapshot":
+            return f"project:{self.project or ''}"
+        return f"run:{self.run or ''}"
+
+    @property
     def step_name(self) -> str:
         """The step's name: the snapshot model's names (docs/api.md); other kinds of run, by state."""
         if self.terminal or self.kind != "snapshot":
@@ -150,7 +172,8 @@ class Progress:
         snapshot = d.get("snapshot")
         eta = _opt(d, "eta_seconds", (int, float), w)
         return cls(
-            event_id=_field(d, "event_id", int, w), project=_field(d, "project", str, w),
+            # None for store-wide operations (check, prune).
+            event_id=_field(d, "event_id", int, w), project=_opt(d, "project", str, w),
             run=_opt(d, "run", str, w), state=_field(d, "state", str, w), step=_field(d, "step", int, w),
             steps=_field(d, "steps", int, w), percent=_num(d, "percent", w), message=_field(d, "message", str, w),
             files_done=_field(d, "files_done", int, w), files_total=_field(d, "files_total", int, w),
@@ -269,3 +292,123 @@ def parse_list(obj: Any, key: str, item: Any, what: str) -> list[Any]:
     """``{"key": [..]}`` -> ``[item.from_json(..), ...]``."""
     d = _obj(obj, what)
     return [item.from_json(x) for x in _field(d, key, list, what)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# History (docs/api.md, "Runs")
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run from the daemon's history (``GET /api/v1/runs/{run}``), finished or not.
+
+    ``step_seconds`` maps step numbers to the time spent in each; ``snapshot`` is set for a completed
+    snapshot run, ``result`` for a finished restore, check or prune (the daemon's object, as sent).
+    """
+
+    run: str
+    project: str | None
+    kind: str
+    trigger: str | None
+    attempt: int
+    retry_of: str | None
+    state: str
+    started_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+    step_seconds: dict[int, float]
+    error: ErrorInfo | None
+    snapshot: SnapshotSummary | None
+    result: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RunInfo:
+        w = "a run"
+        d = _obj(obj, w)
+        steps = _opt(d, "step_seconds", dict, w) or {}
+        try:
+            step_seconds = {int(k): float(v) for k, v in steps.items()}
+        except (TypeError, ValueError):
+            raise ProtocolError("The daemon sent a run whose step_seconds are not numbers by step; is syncsnapd "
+                                "the same version as this client?") from None
+        error, snapshot = d.get("error"), d.get("snapshot")
+        duration = _opt(d, "duration_seconds", (int, float), w)
+        return cls(
+            run=_field(d, "run", str, w), project=_opt(d, "project", str, w) or None,
+            kind=_opt(d, "kind", str, w) or "snapshot", trigger=_opt(d, "trigger", str, w),
+            attempt=_opt(d, "attempt", int, w) or 1, retry_of=_opt(d, "retry_of", str, w),
+            state=_field(d, "state", str, w), started_at=_opt(d, "started_at", str, w),
+            ended_at=_opt(d, "ended_at", str, w), duration_seconds=None if duration is None else float(duration),
+            step_seconds=dict(sorted(step_seconds.items())),
+            error=None if error is None else ErrorInfo.from_json(error),
+            snapshot=None if snapshot is None else SnapshotSummary.from_json(snapshot),
+            result=_opt(d, "result", dict, w), raw=d,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as the daemon sent it."""
+        return dict(self.raw) if self.raw else asdict(self)
+
+
+@dataclass(frozen=True)
+class RunList:
+    """A page of a project's runs, newest first; ``next`` is the ``before`` of the next page (None: last)."""
+
+    runs: list[RunInfo]
+    next: str | None
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RunList:
+        w = "a run list"
+        d = _obj(obj, w)
+        return cls(runs=parse_list(d, "runs", RunInfo, w), next=_opt(d, "next", str, w))
+
+
+@dataclass(frozen=True)
+class ProjectStats:
+    """``GET /api/v1/projects/{id}/stats``: over the project's finished snapshot runs (None: no data)."""
+
+    project: str
+    runs: int
+    completed: int
+    failed: int
+    cancelled: int
+    success_rate: float | None
+    mean_seconds: float | None
+    p95_seconds: float | None
+    seconds_per_gib: float | None
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ProjectStats:
+        w = "project statistics"
+        d = _obj(obj, w)
+
+        def num(key: str) -> float | None:
+            v = _opt(d, key, (int, float), w)
+            return None if v is None else float(v)
+
+        return cls(project=_field(d, "project", str, w), runs=_field(d, "runs", int, w),
+                   completed=_field(d, "completed", int, w), failed=_field(d, "failed", int, w),
+                   cancelled=_field(d, "cancelled", int, w), success_rate=num("success_rate"),
+                   mean_seconds=num("mean_seconds"), p95_seconds=num("p95_seconds"),
+                   seconds_per_gib=num("seconds_per_gib"))
+
+
+@dataclass(frozen=True)
+class Cancelling:
+    """The answer to a cancel request: the run being cancelled (it ends ``cancelled`` promptly)."""
+
+    run: str
+    state: str
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Cancelling:
+        w = "a cancel answer"
+        d = _obj(obj, w)
+        return cls(run=_field(d, "run", str, w), state=_field(d, "state", str, w))

@@ -34,6 +34,7 @@ from jeepney.wrappers import DBusErrorResponse, unwrap_msg  # type: ignore[impor
 
 from ._client import AsyncClient
 from ._errors import SyncsnapError
+from ._follow import Transport
 from ._format import human_bytes, human_duration, plural
 from ._models import Progress
 
@@ -90,8 +91,10 @@ class NotificationPolicy:
             self._notified.popitem(last=False)
 
     def decide(self, p: Progress) -> Notification | None:
-        first = p.project not in self._seen_projects
-        self._seen_projects.add(p.project)
+        # The first state of a project is what it was doing when we connected. (Other runs' events do not
+        # replace a project's state: the daemon sends them only live or replayed.)
+        first = p.kind == "snapshot" and p.lane not in self._seen_projects
+        self._seen_projects.add(p.lane)
         if p.run is None or p.state == "idle":
             return None
         if p.terminal:
@@ -104,12 +107,17 @@ class NotificationPolicy:
         if not self.progress:
             return None
         now = self._clock()
-        last = self._last_progress.get(p.project)
+        last = self._last_progress.get(p.lane)
         if last is not None and last[1] == p.step and now - last[0] < PROGRESS_MIN_INTERVAL_SECONDS:
             return None
-        self._last_progress[p.project] = (now, p.step)
-        return Notification(p.project, f"{p.kind.capitalize()} of {p.project}: step {p.step}/{p.steps}, {p.step_name}",
+        self._last_progress[p.lane] = (now, p.step)
+        return Notification(p.label, f"{_what(p)}: step {p.step}/{p.steps}, {p.step_name}",
                             f"{p.percent:.0f}% · {p.message}", urgency=LOW, value=int(p.percent))
+
+
+def _what(p: Progress) -> str:
+    """``Snapshot of docs``, ``Restore of docs``, ``Check of the store``."""
+    return f"{p.kind.capitalize()} of {p.project if p.project is not None else 'the store'}"
 
 
 def terminal_notification(p: Progress) -> Notification:
@@ -120,15 +128,15 @@ def terminal_notification(p: Progress) -> Notification:
                 f"{human_duration(s.duration_seconds)}")
         if s.warnings:
             body += f"; {plural(s.warnings, 'file')} changed or unreadable while captured"
-        return Notification(p.project, f"Snapshot of {p.project} completed", body, category="transfer.complete",
+        return Notification(p.label, f"Snapshot of {p.label} completed", body, category="transfer.complete",
                             value=100)
-    what = f"{p.kind.capitalize()} of {p.project}"
+    what = _what(p)
     reason = p.error.message if p.error is not None else p.message
     if p.state == "failed":
-        return Notification(p.project, f"{what} failed", reason, urgency=CRITICAL, category="transfer.error")
+        return Notification(p.label, f"{what} failed", reason, urgency=CRITICAL, category="transfer.error")
     if p.state == "completed":  # another kind of run (restore, check, ...): the daemon's sentence
-        return Notification(p.project, f"{what} completed", p.message, category="transfer.complete", value=100)
-    return Notification(p.project, f"{what} {p.state}", reason, category="transfer.error")
+        return Notification(p.label, f"{what} completed", p.message, category="transfer.complete", value=100)
+    return Notification(p.label, f"{what} {p.state}", reason, category="transfer.error")
 
 
 class Deliverer:
@@ -242,7 +250,8 @@ def _bus_problem(exc: BaseException) -> str:
     return f"no D-Bus session bus at {address or 'the session address'} ({type(exc).__name__}: {exc})"
 
 
-async def run_notifier(client: AsyncClient, *, progress: bool = False, bus: str = "SESSION") -> int:
+async def run_notifier(client: AsyncClient, *, progress: bool = False, bus: str = "SESSION",
+                       transport: Transport = "sse") -> int:
     """Follow every project and notify until cancelled. Returns an exit code (2 for a fatal error)."""
     if not logging.getLogger().handlers:
         fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
@@ -256,7 +265,7 @@ async def run_notifier(client: AsyncClient, *, progress: bool = False, bus: str 
         nursery.start_soon(deliverer.serve, receive)
         async with send:
             try:
-                async with client.follow(wait=True) as follower:
+                async with client.follow(wait=True, transport=transport) as follower:
                     async for p in follower:
                         n = policy.decide(p)
                         if n is not None:

@@ -135,12 +135,12 @@ class TerminalView:
 
     def queued(self, project: str, message: str) -> None:
         """Show a project whose followed run has not started yet."""
-        self._task(project, step=0, steps=6, step_name="Queued", percent=0, message=message, files="", bytes="",
+        self._task(f"project:{project}", label=project, step=0, steps=6, step_name="Queued", percent=0, message=message, files="", bytes="",
                    rate="", eta="-")
 
     def show(self, p: Progress) -> None:
         if p.gap:
-            self.note(f"{p.project}: some events were missed; showing the current state")
+            self.note(f"{p.label}: some events were missed; showing the current state")
         unit = COUNTED.get(p.step, "files") if p.kind == "snapshot" else "items"
         files = f"{p.files_done:,}/{p.files_total:,} {unit}" if p.files_total else (
             f"{p.files_done:,} {unit}" if p.files_done else "")
@@ -152,24 +152,25 @@ class TerminalView:
             s = p.snapshot
             files, nbytes, rate = (f"{s.files:,} files", human_bytes(s.bytes), f"{human_bytes(s.bytes_added)} added") \
                 if s is not None else ("", "", "")
-        self._task(p.project, step=p.step, steps=p.steps, step_name=p.step_name, percent=p.percent, message=p.message,
+        self._task(p.lane, label=p.label, step=p.step, steps=p.steps, step_name=p.step_name, percent=p.percent, message=p.message,
                    files=files, bytes=nbytes, rate=rate, eta=eta)
         if p.terminal and p.run is not None:
             style = "green" if p.state == "completed" else "red"
             mark = "✔" if p.state == "completed" else "✘"
             self._bars.console.print(self._Text(f"{mark} {final_line(p)}", style=style))
 
-    def _task(self, project: str, *, percent: float, **fields: Any) -> None:
-        if project not in self._tasks:
-            self._tasks[project] = self._bars.add_task(project, total=100, project=project, **fields)
-        self._bars.update(self._tasks[project], completed=percent, **fields)
+    def _task(self, key: str, *, label: str, percent: float, **fields: Any) -> None:
+        """Create or update the display of ``key`` (a :attr:`Progress.lane`), titled ``label``."""
+        if key not in self._tasks:
+            self._tasks[key] = self._bars.add_task(label, total=100, project=label, **fields)
+        self._bars.update(self._tasks[key], completed=percent, project=label, **fields)
         self._bars.refresh()
 
     def _rate(self, p: Progress) -> str:
         now = self._clock()
-        r = self._rates.get(p.project)
+        r = self._rates.get(p.lane)
         if r is None or r.step != p.step or p.bytes_done < r.bytes0 or p.files_done < r.files0:
-            self._rates[p.project] = _Rate(p.step, now, p.bytes_done, p.files_done)
+            self._rates[p.lane] = _Rate(p.step, now, p.bytes_done, p.files_done)
             return ""
         dt = now - r.t0
         if dt < 0.2 or p.terminal:
