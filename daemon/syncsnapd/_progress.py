@@ -118,6 +118,8 @@ class Progress:
     eta_seconds: float | None = None
     error: dict[str, str] | None = None
     snapshot: SnapshotSummary | None = None
+    # The outcome of a finished restore, check or prune run (docs/api.md "Operations"); None otherwise.
+    result: dict[str, Any] | None = None
     event_id: int = 0
 
     @property
@@ -310,7 +312,7 @@ class RunProgress:
         self._publish(progress)
 
     def finish(self, state: str, *, snapshot: SnapshotSummary | None = None,
-               error: dict[str, str] | None = None, message: str) -> Progress:
+               error: dict[str, str] | None = None, message: str, result: dict[str, Any] | None = None) -> Progress:
         """Build the terminal progress object (the caller publishes it exactly once)."""
         with self._lock:
             last = self._last
@@ -319,7 +321,7 @@ class RunProgress:
                 last, state=state, step=self.plan.total, percent=100.0 if completed else self._percent, message=message,
                 files_done=last.files_total if completed else min(self._files_done, last.files_total),
                 bytes_done=last.bytes_total if completed else min(self._bytes_done, last.bytes_total),
-                eta_seconds=None if not completed else 0.0, error=error, snapshot=snapshot,
+                eta_seconds=None if not completed else 0.0, error=error, snapshot=snapshot, result=result,
                 updated_at=utc_now(),
             )
 
