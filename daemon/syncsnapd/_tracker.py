@@ -225,7 +225,10 @@ class Tracker:
         """Stamp ``progress`` with the next event id and deliver it. Never waits."""
         event = Event(self._next_id, replace(progress, event_id=self._next_id))
         self._next_id += 1
-        self._latest[progress.project] = event
+        if progress.kind == "snapshot":
+            # A project's state is that of its snapshot runs. Restore runs (and store-wide check and prune
+            # runs, project "") go out on the streams but do not replace it: see docs/api.md "Operations".
+            self._latest[progress.project] = event
         self._replay.append(event)
         self.stats.published += 1
         for sub in list(self._subscribers):
