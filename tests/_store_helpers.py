@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from syncsnapd._progress import Progress, RunProgress, SnapshotSummary
 from syncsnapd._snapshot import take_snapshot
 from syncsnapd._store import Entry, SnapshotStats, Store, hash_bytes, make_snapshot_id
@@ -210,9 +211,7 @@ def drop_dac_capabilities() -> None:
 
 # --- the subprocess command line ------------------------------------------------------------------
 
-def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: int | None,
-                         steps_file: Path | None = None) -> dict[str, Any]:
-    steps: list[str] = []
+def _fault_hook(fault_at: int | None, steps_file: Path | None, steps: list[str]) -> Any:
     steps_fd = os.open(steps_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if steps_file else 2
 
     def fault(label: str) -> None:
@@ -220,6 +219,33 @@ def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: i
         os.write(steps_fd, f"step: {label}\n".encode())  # unbuffered: the parent learns what was reached
         if fault_at is not None and len(steps) == fault_at:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    return fault
+
+
+def prune_store(store: Store, keep_last: int = 1) -> Any:
+    """Forget all but the newest ``keep_last`` snapshots of every project, then collect garbage."""
+    from syncsnapd._config import KeepPolicy
+    from syncsnapd._retention import plan_forget
+
+    snaps = store.list_snapshots()
+    decisions = plan_forget(snaps, {s.project: KeepPolicy(last=keep_last) for s in snaps})
+    store.forget([sid for d in decisions.values() for sid in d.forget])
+    return store.collect_garbage()
+
+
+def run_prune_command(store_root: Path, fault_at: int | None, steps_file: Path | None = None) -> dict[str, Any]:
+    steps: list[str] = []
+    with Store.open(store_root, writable=True) as store:
+        store._fault = _fault_hook(fault_at, steps_file, steps)
+        stats = prune_store(store)
+    return {"stats": stats.to_json(), "steps": steps}
+
+
+def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: int | None,
+                         steps_file: Path | None = None) -> dict[str, Any]:
+    steps: list[str] = []
+    fault = _fault_hook(fault_at, steps_file, steps)
 
     async def main() -> dict[str, Any]:
         store = Store.open(store_root, writable=True)
@@ -235,7 +261,8 @@ def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: i
 
 def crash_server() -> None:
     """Serve crash runs: read ``{"store", "root", "project", "fault_at"}`` lines on stdin; for each, fork a
-    child that takes the snapshot (SIGKILLed at step ``fault_at``); answer ``{"code", "steps"}``.
+    child that takes the snapshot (or prunes the store, keeping the newest snapshot of each project, when
+    ``root`` is null), SIGKILLed at step ``fault_at``; answer ``{"code", "steps"}``.
 
     This process imports everything once and never starts a thread (only its children run Trio), so
     forking it is safe; a crash run then costs a fork instead of a Python start-up.
@@ -246,8 +273,11 @@ def crash_server() -> None:
         pid = os.fork()
         if pid == 0:
             try:
-                run_snapshot_command(Path(req["store"]), Path(req["root"]), req["project"], req["fault_at"],
-                                     steps_file)
+                if req["root"] is None:
+                    run_prune_command(Path(req["store"]), req["fault_at"], steps_file)
+                else:
+                    run_snapshot_command(Path(req["store"]), Path(req["root"]), req["project"], req["fault_at"],
+                                         steps_file)
                 code = 0
             except BaseException:
                 import traceback
@@ -271,11 +301,12 @@ class CrashRunner:
         self.proc = subprocess.Popen([sys.executable, str(HERE), "crash-server"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
 
-    def run(self, store: Path, root: Path, project: str, fault_at: int) -> tuple[int, list[str]]:
-        """Snapshot ``root`` into ``store`` in a child killed at step ``fault_at``: (exit code, steps)."""
+    def run(self, store: Path, root: Path | None, project: str, fault_at: int) -> tuple[int, list[str]]:
+        """Snapshot ``root`` into ``store`` (prune ``store`` if ``root`` is None) in a child killed at step
+        ``fault_at``: (exit code, steps)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"store": str(store), "root": str(root), "project": project,
-                                          "fault_at": fault_at}) + "\n")
+        self.proc.stdin.write(json.dumps({"store": str(store), "root": None if root is None else str(root),
+                                          "project": project, "fault_at": fault_at}) + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self.proc.stdout.readline())
         return reply["code"], reply["steps"]

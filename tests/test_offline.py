@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from _store_helpers import flip_byte, snapshot, tree_state, write_files
 from syncsnapd._offline import run_check, run_restore, run_snapshots
 from syncsnapd._store import Store
@@ -77,14 +78,16 @@ def test_restore_command_errors(daemon_store: Store, tmp_path: Path) -> None:
     code, lines = run(run_restore, daemon_store.root, docs.id, tmp_path / "code")
     assert code == 2
     assert lines == [f"Cannot restore: the target {tmp_path / 'code'} is not empty; restore into a new "
-                     "or empty directory."]
+                     "or empty directory (or allow overwriting)."]
 
 
 def test_check_command_on_a_healthy_store(daemon_store: Store) -> None:
-    code, lines = run(run_check, daemon_store.root)
+    code, lines = run(run_check, daemon_store.root, read_data=True)
     assert code == 0 and len(lines) == 1
     assert re.fullmatch(r"Checked 2 snapshots, 2 packs, 5 chunks \(5\.\d KiB read\): no problems found\.",
                         lines[0])
+    assert run(run_check, daemon_store.root) == (0, ["Checked 2 snapshots, 2 packs, 5 chunks (data not read; "
+                                                     "--read-data re-hashes it): no problems found."])
 
 
 def test_check_command_reports_damage(daemon_store: Store) -> None:
@@ -93,10 +96,14 @@ def test_check_command_reports_damage(daemon_store: Store) -> None:
     loc = daemon_store.locate(logo.chunks[0])
     assert loc is not None
     flip_byte(daemon_store.pack_path(loc.pack), loc.offset + 10)
-    code, lines = run(run_check, daemon_store.root)
+    code, lines = run(run_check, daemon_store.root, read_data=True)
     assert code == 1
-    assert lines[0] == f"corrupt: chunk {logo.chunks[0]} in pack {loc.pack}"
-    assert lines[1] == f"damaged: snapshot {docs.id}: 1 file(s) cannot be fully restored: 'img/logo.bin'"
-    assert lines[2].endswith(": 1 problem(s), 1 damaged snapshot(s).") and len(lines) == 3
+    assert lines == [
+        f"corrupt: chunk {logo.chunks[0]} in pack {loc.pack} (does not match its hash)",
+        f"  damages snapshot {docs.id}: 1 file(s): 'img/logo.bin'",
+        f"damaged: snapshot {docs.id}: 1 file(s) cannot be fully restored: 'img/logo.bin'",
+        lines[3],
+    ]
+    assert lines[3].endswith(": 1 problem(s), 1 damaged snapshot(s).")
     # Without reading data only structure is checked, and the flipped byte goes unnoticed.
-    assert run(run_check, daemon_store.root, read_data=False)[0] == 0
+    assert run(run_check, daemon_store.root)[0] == 0

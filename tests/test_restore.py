@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from _store_helpers import commit_entries, flip_byte, patch_file, snapshot, tree_state
 from syncsnapd._restore import RestoreError, restore_snapshot
 from syncsnapd._store import Store, UnknownSnapshotError
@@ -143,3 +144,67 @@ def test_restore_of_an_unknown_snapshot(store: Store, tmp_path: Path) -> None:
     with pytest.raises(UnknownSnapshotError):
         restore_snapshot(store, "20261128T170102.123Z-a1b2c3", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+async def test_restore_of_paths_inside_the_snapshot(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    build_odd_tree(src)
+    summary = await snapshot(store, src)
+    stats = restore_snapshot(store, summary.id, out, paths=[os.fsdecode(b"dir \xff/deeper/"), "/text.txt"])
+    full = tree_state(src)
+    wanted = {k: v for k, v in full.items() if k.startswith(b"dir \xff/deeper") or k == b"text.txt"}
+    # The directory leading to the path is restored too (with its mode and mtime), not its other contents.
+    wanted[b"dir \xff"] = full[b"dir \xff"]
+    assert tree_state(out) == wanted
+    assert (stats.files, stats.dirs, stats.symlinks) == (2, 2, 0)
+    for bad, code in [("../x", "path_invalid"), ("", "path_invalid"), ("nope", "path_unknown"),
+                      ("text.txt/x", "path_unknown")]:
+        with pytest.raises(RestoreError) as exc:
+            restore_snapshot(store, summary.id, tmp_path / "other", paths=[bad])
+        assert exc.value.code == code
+    assert not (tmp_path / "other").exists()
+
+
+async def test_overwrite_replaces_files_and_links_but_never_a_directory(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    patch_file(src / "a.txt", 0, b"from the snapshot")
+    os.symlink("a.txt", src / "link")
+    (src / "d").mkdir()
+    patch_file(src / "d" / "inner", 0, b"inner")
+    patch_file(src / "was-file-now-dir", 0, b"x")
+    summary = await snapshot(store, src)
+    out.mkdir()
+    patch_file(out / "a.txt", 0, b"a local version that is longer")
+    os.symlink("/etc/passwd", out / "link")
+    patch_file(out / "d", 0, b"a file where the snapshot has a directory")
+    patch_file(out / "mine.txt", 0, b"kept")
+    stats = restore_snapshot(store, summary.id, out, overwrite=True)
+    assert stats.files == 3 and (out / "a.txt").read_bytes() == b"from the snapshot"
+    assert os.readlink(out / "link") == "a.txt" and (out / "d" / "inner").read_bytes() == b"inner"
+    assert (out / "mine.txt").read_bytes() == b"kept"
+    # A directory where the snapshot has a file stays: a restore never deletes a directory tree.
+    (out / "was-file-now-dir").unlink()
+    (out / "was-file-now-dir").mkdir()
+    patch_file(out / "was-file-now-dir" / "precious", 0, b"p")
+    with pytest.raises(RestoreError) as exc:
+        restore_snapshot(store, summary.id, out, overwrite=True)
+    assert exc.value.code == "target_conflict"
+    assert (out / "was-file-now-dir" / "precious").read_bytes() == b"p"
+    assert [p.name for p in out.rglob(".syncsnap-restore-*")] == []
+
+
+async def test_damaged_data_never_leaves_a_half_written_file_under_its_name(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    patch_file(src / "a.txt", 0, b"whole")
+    patch_file(src / "b.bin", 0, os.urandom(3 * MiB))
+    summary = await snapshot(store, src)
+    entry = next(e for e in store.load_entries(summary.id) if e.path == "b.bin")
+    loc = store.locate(entry.chunks[2])  # the first two chunks are written before the damage shows
+    assert loc is not None
+    flip_byte(store.pack_path(loc.pack), loc.offset + 5)
+    with pytest.raises(RestoreError) as exc:
+        restore_snapshot(store, summary.id, out)
+    assert exc.value.code == "data_damaged"
+    assert sorted(os.listdir(out)) == ["a.txt"] and (out / "a.txt").read_bytes() == b"whole"

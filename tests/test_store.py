@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from _store_helpers import (
     CrashRunner,
     backdate,
@@ -22,6 +23,7 @@ from _store_helpers import (
 )
 from syncsnapd._restore import restore_snapshot
 from syncsnapd._store import (
+    Damage,
     DamagedSnapshot,
     Problem,
     SnapshotInfo,
@@ -194,7 +196,8 @@ async def test_check_finds_a_corrupted_chunk_and_the_snapshots_it_damages(store:
     flip_byte(store.pack_path(loc.pack), loc.offset + 100)
     with Store.open(store.root, writable=False) as reader:
         report = reader.check()
-    assert report.problems == [Problem("corrupt", f"chunk {a_hash} in pack {loc.pack}")]
+    assert report.problems == [Problem("corrupt", "chunk", a_hash, "does not match its hash", pack=loc.pack,
+                                       damages=(Damage(s1, 1, ("a.bin",)), Damage(s2, 1, ("a.bin",))))]
     assert report.damaged == [DamagedSnapshot(s1, 1, ("a.bin",)), DamagedSnapshot(s2, 1, ("a.bin",))]
     with Store.open(store.root, writable=False) as reader:
         assert reader.check(read_data=False).ok  # without reading data, a flipped byte is invisible
@@ -208,8 +211,9 @@ async def test_check_finds_a_deleted_pack_and_the_snapshot_it_damages(store: Sto
     for read_data in (True, False):
         with Store.open(store.root, writable=False) as reader:
             report = reader.check(read_data=read_data)
-        assert report.problems == [Problem("missing", f"pack {loc.pack}")]
         # S2's new list of entries went into the same pack as c.bin, so S2's listing is lost too.
+        assert report.problems == [Problem("missing", "pack", loc.pack, "2 chunks",
+                                           damages=(Damage(s2, 0, (), listing=True),))]
         assert report.damaged == [DamagedSnapshot(s2, 0, (), listing=True)]
     assert s1 not in [d.id for d in report.damaged]
 
@@ -220,7 +224,7 @@ async def test_check_finds_a_damaged_snapshot_file(store: Store, tmp_path: Path)
     path.write_text(path.read_text().replace('"files": 2', '"files": 3'))
     with Store.open(store.root, writable=False) as reader:
         report = reader.check()
-        assert report.problems == [Problem("corrupt", f"snapshot {s1}")]
+        assert report.problems == [Problem("corrupt", "snapshot", s1, "the snapshot file is damaged")]
         assert s1 not in [i.id for i in reader.list_snapshots()]
 
 
@@ -232,7 +236,11 @@ async def test_a_pack_without_index_is_reindexed_on_writable_open(store: Store, 
     store.close()
     (store.root / "index" / f"{loc.pack}.idx").unlink()
     with Store.open(store.root, writable=False) as reader:
-        assert not reader.check().ok  # read-only: nothing repaired
+        # Read-only, nothing is repaired, but the pack's own copy of its index is used.
+        report = reader.check()
+        assert report.ok and report.unindexed_packs == 1
+        restore_snapshot(reader, s1, tmp_path / "read-only")
+    assert not (store.root / "index" / f"{loc.pack}.idx").exists()
     with Store.open(store.root, writable=True) as writer:
         assert writer.check().ok
         restore_snapshot(writer, s1, tmp_path / "out")

@@ -72,6 +72,7 @@ clean nothing; they see snapshots written meanwhile by re-reading the index when
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import json
 import os
@@ -83,7 +84,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -197,20 +198,55 @@ class SnapshotStats:
     symlinks: int = 0
 
 
+# How many affected paths a check keeps per snapshot and problem (the counts are always complete).
+DAMAGE_PATHS = 10
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What one problem costs one snapshot: ``files`` that cannot be fully restored (the first few of
+    them in ``paths``), and ``listing`` when part of the snapshot's list of entries itself is lost (the
+    files listed in that part are then unknown and not counted)."""
+
+    snapshot: str
+    files: int = 0
+    paths: tuple[str, ...] = ()
+    listing: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot, "files": self.files, "paths": list(self.paths),
+                "listing": self.listing}
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One damaged or missing object found by :meth:`Store.check`."""
+    """One damaged or missing object found by :meth:`Store.check`.
+
+    ``object`` is ``pack``, ``index``, ``chunk`` or ``snapshot``; ``id`` its hash or snapshot id;
+    ``pack`` the pack a damaged chunk is in; ``detail`` what is wrong, in words; ``damages`` the
+    snapshots (and files) that cannot be fully restored because of it.
+    """
 
     kind: Literal["missing", "corrupt"]
-    what: str
+    object: Literal["pack", "index", "chunk", "snapshot"]
+    id: str
+    detail: str = ""
+    pack: str | None = None
+    damages: tuple[Damage, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.kind}: {self.what}"
+        where = f" in pack {self.pack}" if self.pack else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.kind}: {self.object} {self.id}{where}{detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "object": self.object, "id": self.id, "pack": self.pack,
+                "detail": self.detail, "damages": [d.to_json() for d in self.damages]}
 
 
 @dataclass(frozen=True)
 class DamagedSnapshot:
-    """A snapshot that cannot be fully restored because of the problems found.
+    """A snapshot that cannot be fully restored because of the problems found (all problems together).
 
     ``listing`` is True when (part of) its list of entries itself is lost: then the files in that part
     are unknown and not counted in ``files``.
@@ -221,6 +257,9 @@ class DamagedSnapshot:
     paths: tuple[str, ...]  # the first few affected paths
     listing: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        return {"snapshot": self.id, "files": self.files, "paths": list(self.paths), "listing": self.listing}
+
 
 @dataclass
 class CheckReport:
@@ -228,6 +267,7 @@ class CheckReport:
 
     problems: list[Problem] = field(default_factory=list)
     damaged: list[DamagedSnapshot] = field(default_factory=list)
+    read_data: bool = True
     snapshots: int = 0
     packs: int = 0
     chunks: int = 0
@@ -237,6 +277,12 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.problems and not self.damaged
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "read_data": self.read_data, "snapshots": self.snapshots, "packs": self.packs,
+                "chunks": self.chunks, "bytes_read": self.bytes_read, "unindexed_packs": self.unindexed_packs,
+                "problems": [p.to_json() for p in self.problems],
+                "damaged": [d.to_json() for d in self.damaged]}
 
 
 class ChunkLocation(NamedTuple):
@@ -352,8 +398,20 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
+class _PackMissing(StoreError):
+    """A pack named by the index is not on disk (deleted by a prune since the index was read, or lost)."""
+
+    def __init__(self, pack: str) -> None:
+        super().__init__(f"pack {pack} is missing from the store")
+        self.pack = pack
+
+
 class ChunkReader:
-    """Reads blobs for one thread, keeping a few pack files open. Not thread-safe; close when done."""
+    """Reads blobs for one thread, keeping a few pack files open. Not thread-safe; close when done.
+
+    A pack deleted by a prune after its location was looked up (its blobs moved to a new pack) is
+    looked up again once: readers never see a prune's repacking.
+    """
 
     _MAX_OPEN = 8
 
@@ -366,8 +424,8 @@ class ChunkReader:
         if fd is None:
             try:
                 fd = os.open(self._store.pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as exc:
-                raise StoreError(f"pack {pack} is missing from the store") from exc
+            except FileNotFoundError:
+                raise _PackMissing(pack) from None
             if len(self._fds) >= self._MAX_OPEN:
                 _, old = self._fds.popitem(last=False)
                 os.close(old)
@@ -384,9 +442,24 @@ class ChunkReader:
         loc = self._store.locate(chunk)
         if loc is None:
             raise StoreError(f"chunk {chunk} is not in the store")
-        return self.read_at(chunk, loc)
+        try:
+            return self.read_at(chunk, loc)
+        except _PackMissing:
+            moved = self._store._forget_pack(loc.pack, chunk)
+            if moved is None or moved.pack == loc.pack:
+                raise
+            return self.read_at(chunk, moved)
 
     def read_at(self, chunk: str, loc: ChunkLocation) -> bytes:
+        """The verified bytes of ``chunk`` stored at ``loc`` (no index look-up)."""
+        return self._read_verified(chunk, loc)[1]
+
+    def read_stored(self, chunk: str, loc: ChunkLocation) -> bytes:
+        """The bytes of ``chunk`` as stored at ``loc`` (compressed or not), after verifying that they
+        decode to data with that hash (for copying a blob to another pack as it is)."""
+        return self._read_verified(chunk, loc)[0]
+
+    def _read_verified(self, chunk: str, loc: ChunkLocation) -> tuple[bytes, bytes]:
         raw = os.pread(self._fd(loc.pack), loc.length, loc.offset)
         if len(raw) != loc.length:
             raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} is truncated")
@@ -399,7 +472,7 @@ class ChunkReader:
             data = raw
         if len(data) != loc.raw_length or hash_bytes(data) != chunk:
             raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} does not match its hash")
-        return bytes(data)
+        return raw, bytes(data)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -434,6 +507,15 @@ class Store:
         # Crash tests set this to a function called at every durable-write step (see tests/_store_helpers).
         self._fault: Callable[[str], None] | None = None
         self._closed = False
+        # Coordination with prune (see "Pruning" in the module docstring). Under self._lock: the writers
+        # running, the collector in progress, and snapshots pinned by readers (restore, diff).
+        self._writers: set[StoreWriter] = set()
+        self._gc: GarbageCollector | None = None
+        self._pins: dict[str, int] = {}
+        # Packs a prune is about to delete; a writer that seals a pack with the same id (same content)
+        # takes it back. Guarded by self._pack_lock, which also covers each pack's deletion.
+        self._doomed: set[str] = set()
+        self._pack_lock = threading.Lock()
 
     # --- opening ------------------------------------------------------------------------------------
 
@@ -533,9 +615,25 @@ class Store:
                 p.unlink()
 
     def _reindex_orphan_packs(self) -> None:
-        # A crash between renaming a pack into place and writing its index leaves a durable pack that no
-        # index names. Its footer holds the index; write it out so its blobs are found again.
-        indexed = {p.name[:-4] for p in (self.root / "index").iterdir() if p.name.endswith(".idx")}
+        # A crash between renaming a pack into place and writing its index (or a prune's crash between
+        # deleting a pack's index and the pack) leaves a durable pack that no index names. Its footer
+        # holds the index; write it out so its blobs are found again. A damaged index file is re-created
+        # the same way.
+        for pack_id, index_bytes in self._orphan_footers(repair_damaged=True):
+            self._write_durable(self.root / "index" / f"{pack_id}.idx", index_bytes, "reindex")
+
+    def _orphan_footers(self, *, repair_damaged: bool = False) -> Iterator[tuple[str, bytes]]:
+        """(pack id, index bytes) from the footers of packs that have no (readable) index file."""
+        indexed = {n[:-4] for n in os.listdir(self.root / "index") if n.endswith(".idx")}
+        if repair_damaged:
+            for pack in list(indexed):
+                try:
+                    data = (self.root / "index" / f"{pack}.idx").read_bytes()
+                    _decode_index(data)
+                    if hash_bytes(data) != pack:
+                        raise CorruptDataError("name mismatch")
+                except (OSError, CorruptDataError):
+                    indexed.discard(pack)
         for pack_path in (self.root / "packs").glob("*/*.pack"):
             pack_id = pack_path.name[:-5]
             if pack_id in indexed:
@@ -546,7 +644,7 @@ class Store:
             except (OSError, CorruptDataError):
                 continue  # not readable: leave it for `check`, no snapshot can reference it
             if hash_bytes(index_bytes) == pack_id:
-                self._write_durable(self.root / "index" / f"{pack_id}.idx", index_bytes, "reindex")
+                yield pack_id, index_bytes
 
     @staticmethod
     def _read_pack_footer(pack_path: Path) -> bytes:
@@ -614,7 +712,27 @@ class Store:
         if loc is None:
             self._refresh_index()
             loc = self._index.get(chunk)
+            if loc is None and not self.writable:
+                # A read-only opener may look at a pack whose index the daemon has not written yet (or
+                # that a crash left without one): its footer holds the same records.
+                for pack_id, index_bytes in self._orphan_footers():
+                    if pack_id not in self._loaded_indexes:
+                        self._add_to_index(pack_id, _decode_index(index_bytes))
+                loc = self._index.get(chunk)
         return loc
+
+    def _forget_pack(self, pack: str, chunk: str) -> ChunkLocation | None:
+        """A pack named by the index is gone: drop its locations, re-read the indexes (a prune writes the
+        blobs it moved into new packs, with their indexes, before it deletes the old ones), and return
+        where ``chunk`` is now, if anywhere."""
+        gone = not (self.root / "index" / f"{pack}.idx").exists()
+        with self._lock:
+            if self._index.get(chunk, ChunkLocation("", 0, 0, 0, 0)).pack == pack:
+                for h in [h for h, loc in self._index.items() if loc.pack == pack]:
+                    del self._index[h]
+                if gone:
+                    self._loaded_indexes.discard(pack)
+        return self.locate(chunk)
 
     def read_chunk(self, chunk: str) -> bytes:
         """Return the verified, uncompressed bytes of a blob. For many reads use :class:`ChunkReader`."""
@@ -650,19 +768,28 @@ class Store:
             names = os.listdir(self.root / "snapshots")
         except FileNotFoundError:
             names = []
+        present: set[str] = set()
         for name in names:
             sid = name[:-5]
-            if not name.endswith(".json") or not SNAPSHOT_ID_RE.match(sid) or sid in self._snapshots:
+            if not name.endswith(".json") or not SNAPSHOT_ID_RE.match(sid):
+                continue
+            present.add(sid)
+            if sid in self._snapshots:
                 continue
             try:
                 record = self._read_snapshot(sid)
+            except FileNotFoundError:
+                present.discard(sid)  # forgotten by a prune meanwhile
+                continue
             except (OSError, CorruptDataError):
                 if problems is not None:
-                    problems.append(Problem("corrupt", f"snapshot {sid}"))
+                    problems.append(Problem("corrupt", "snapshot", sid, "the snapshot file is damaged"))
                 continue
             with self._lock:
                 self._snapshots[sid] = record.info
         with self._lock:
+            for sid in [sid for sid in self._snapshots if sid not in present]:
+                del self._snapshots[sid]  # forgotten (by a prune here or in the daemon)
             return dict(self._snapshots)
 
     def _read_snapshot(self, snapshot_id: str) -> _SnapshotRecord:
@@ -733,7 +860,143 @@ class Store:
         """Start writing blobs for one snapshot run. See :class:`StoreWriter`."""
         if not self.writable:
             raise StoreError(f"store {self.root} is open read-only")
-        return StoreWriter(self)
+        writer = StoreWriter(self)
+        with self._lock:
+            self._writers.add(writer)
+        return writer
+
+    def _writer_done(self, writer: StoreWriter) -> None:
+        """A writer committed its snapshot (its file is durable) or gave up. A collector that is still
+        marking may have listed the snapshots before that file existed: it keeps protecting what this
+        writer wrote and relied on until it has decided what to delete."""
+        with self._lock:
+            if writer in self._writers:
+                self._writers.discard(writer)
+                if self._gc is not None and self._gc._marking:
+                    self._gc._retired.append(writer)
+
+    def _use_chunk(self, chunk: str, relied: set[str]) -> bool:
+        """Whether the blob is durable in the store; if so, record that the caller relies on it.
+
+        Under the store lock, so that a collector deciding what to delete either sees the record, or
+        has already removed the blob from the index and the caller stores its own copy.
+        """
+        with self._lock:
+            if chunk in self._index:
+                relied.add(chunk)
+                return True
+            return False
+
+    def _install_pack(self, pack: _OpenPack, owner: set[str] | None = None) -> str:
+        """Make a filled pack durable and indexed: footer, fsync, rename into place, fsync the directory,
+        then its index file. Returns the pack id; ``owner`` (a writer's set of packs) gets the id before
+        the pack becomes visible, so a collector never takes it for an unreferenced pack."""
+        index_bytes = _encode_index(pack.records)
+        _write_all(pack.fd, index_bytes + _PACK_FOOTER.pack(len(index_bytes), _PACK_END))
+        self._step("pack:written")
+        os.fsync(pack.fd)
+        os.close(pack.fd)
+        pack.fd = -1
+        self._step("pack:fsynced")
+        pack_id = hash_bytes(index_bytes)
+        if owner is not None:
+            with self._lock:
+                owner.add(pack_id)
+        with self._pack_lock:
+            # Same id, same bytes: a pack a prune is about to delete has just been written again (the
+            # same blobs, in the same order). It stays.
+            self._doomed.discard(pack_id)
+        final = self.pack_path(pack_id)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            _fsync_dir(final.parent.parent)
+            self._step("packdir:dirsynced")
+        os.rename(pack.tmp, final)
+        self._step("pack:renamed")
+        _fsync_dir(final.parent)
+        self._step("pack:dirsynced")
+        self._write_durable(self.root / "index" / f"{pack_id}.idx", index_bytes, "index")
+        return pack_id
+
+    def _relocate(self, pack: str, records: Iterable[tuple[bytes, int, int, int, int]]) -> None:
+        """Point the index at the copies of blobs a prune has just made durable in ``pack``."""
+        with self._lock:
+            for h, off, length, raw, flags in records:
+                self._index[h.hex()] = ChunkLocation(pack, off, length, raw, flags)
+            self._loaded_indexes.add(pack)
+
+    # --- pins and forgetting -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pinned(self, snapshot_ids: Iterable[str]) -> Iterator[None]:
+        """Keep these snapshots (and so their data) from being forgotten while the block runs: a
+        restore or diff reading them is never cut short by a prune."""
+        ids = list(snapshot_ids)
+        with self._lock:
+            for sid in ids:
+                self._pins[sid] = self._pins.get(sid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for sid in ids:
+                    n = self._pins[sid] - 1
+                    if n:
+                        self._pins[sid] = n
+                    else:
+                        del self._pins[sid]
+
+    def forget(self, snapshot_ids: Iterable[str]) -> list[str]:
+        """Delete these snapshots' files (their data stays until :meth:`collect_garbage`).
+
+        Never forgets a pinned snapshot, nor the newest snapshot of a project: a running snapshot re-uses
+        the newest one's blobs for unchanged files without reading them again (retention policies always
+        keep it anyway). Returns the ids actually forgotten.
+        """
+        if not self.writable:
+            raise StoreError(f"store {self.root} is open read-only")
+        infos = self._scan_snapshots()
+        newest: dict[str, str] = {}
+        for sid in sorted(infos):
+            newest[infos[sid].project] = sid
+        keep = set(newest.values())
+        gone: list[str] = []
+        try:
+            for sid in sorted(set(snapshot_ids)):
+                if sid in keep or sid not in infos:
+                    continue
+                with self._lock:
+                    # Under the lock: a restore pinning this snapshot now either comes first (and it
+                    # stays) or finds it gone.
+                    if sid in self._pins:
+                        continue
+                    try:
+                        os.unlink(self.root / "snapshots" / f"{sid}.json")
+                    except FileNotFoundError:
+                        pass
+                    self._snapshots.pop(sid, None)
+                gone.append(sid)
+                self._step("forget:unlinked")
+            if gone:
+                _fsync_dir(self.root / "snapshots")
+                self._step("forget:dirsynced")
+        except OSError as exc:
+            raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
+        return gone
+
+    def collect_garbage(self, *, dry_run: bool = False, exclude: Iterable[str] = (),
+                        check: Callable[[], None] | None = None) -> PruneStats:
+        """Delete the blobs no snapshot references: every phase of :class:`GarbageCollector` in turn.
+
+        ``exclude``: snapshots to treat as forgotten (for a dry run of a prune that would forget them).
+        """
+        with GarbageCollector(self, dry_run=dry_run, exclude=exclude, check=check) as gc:
+            gc.mark()
+            gc.plan()
+            if not dry_run:
+                gc.repack()
+                gc.delete()
+            return gc.stats
 
     def commit_snapshot(self, writer: StoreWriter, *, snapshot_id: str, project: str, root: str,
                         entries: Sequence[Entry], stats: SnapshotStats,
@@ -773,117 +1036,234 @@ class Store:
         record = self._parse_snapshot(snapshot_id, payload)
         with self._lock:
             self._snapshots[snapshot_id] = record.info
+        self._writer_done(writer)
         return record.info
 
     # --- check --------------------------------------------------------------------------------------
 
     def check(self, *, read_data: bool = True, progress: Callable[[int], None] | None = None) -> CheckReport:
-        """Verify the store: every index, every pack (with ``read_data``: every blob's hash), every
-        snapshot's tree and the presence of every chunk it references.
+        """Verify the store: every phase of :class:`StoreCheck` in turn.
 
-        Unindexed packs (a crash before the index was written; re-indexed by the next writable open) and
-        temporary files are not problems. ``progress(nbytes)`` is called as pack data is read.
+        ``progress(nbytes)`` is called as pack data is read (with ``read_data``).
         """
-        report = CheckReport()
-        problems = report.problems
-        # Snapshots first, then indexes: an index is durable before any snapshot that needs it, so a
-        # daemon writing meanwhile cannot make us report its new snapshot's data as missing.
-        infos = self._scan_snapshots(problems)
-        report.snapshots = len(infos)
-        self._refresh_index()
-        bad: set[str] = set()
-        indexed: dict[str, list[tuple[bytes, int, int, int, int]]] = {}
-        index_bytes_of: dict[str, bytes] = {}
-        index_files = sorted((self.root / "index").glob("*.idx"))
-        # Packs are listed after indexes: a pack is durable before its index is written, so a daemon
-        # writing meanwhile cannot make an indexed pack look missing.
-        packs_on_disk = {p.name[:-5] for p in (self.root / "packs").glob("*/*.pack")}
-        for p in index_files:
-            pack = p.name[:-4]
+        checker = StoreCheck(self, read_data=read_data)
+        checker.scan()
+        checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
+        return checker.verify_snapshots()
+
+
+class StoreCheck:
+    """One verification of the store, in three phases a caller can report as steps:
+
+    1. :meth:`scan`: list the snapshots (damaged snapshot files are problems), read every index (a
+       damaged index is a problem; its pack's own copy is used when intact) and list the packs;
+    2. :meth:`verify_packs`: every indexed pack is present, with the size its index implies and intact
+       header and footer; with ``read_data``, every blob decodes to data with its hash;
+    3. :meth:`verify_snapshots`: every snapshot's list of entries can be read and every blob it
+       references is present and intact. Each problem gets the snapshots and files it damages.
+
+    The fast level (``read_data=False``) reads indexes, pack headers and footers and the lists of
+    entries, not the file content. Snapshots are listed before indexes and indexes before packs: each is
+    durable before the next needs it, so a daemon writing meanwhile causes no false alarm. Packs without
+    an index (a crash, or a pack sealed while this runs) are not problems: their footer is used.
+    """
+
+    def __init__(self, store: Store, *, read_data: bool) -> None:
+        self._store = store
+        self.report = CheckReport(read_data=read_data)
+        self._infos: dict[str, SnapshotInfo] = {}
+        self._indexed: dict[str, list[tuple[bytes, int, int, int, int]]] = {}
+        self._index_bytes: dict[str, bytes] = {}
+        self._on_disk: set[str] = set()
+        # Blob hash -> the problem that makes it unusable (a missing pack, a corrupt chunk...).
+        self._bad: dict[str, int] = {}
+        # Where each blob is, by this check's own reading of the indexes (and footers).
+        self._locs: dict[str, ChunkLocation] = {}
+        self.bytes_total = 0
+
+    def _problem(self, problem: Problem) -> int:
+        self.report.problems.append(problem)
+        return len(self.report.problems) - 1
+
+    def scan(self) -> tuple[int, int, int]:
+        """Phase 1. Returns (snapshots, packs, bytes phase 2 reads)."""
+        store = self._store
+        problems: list[Problem] = []
+        self._infos = store._scan_snapshots(problems)
+        for p in problems:
+            self._problem(p)
+        self.report.snapshots = len(self._infos)
+        store._refresh_index()
+        index_dir = store.root / "index"
+        for name in sorted(os.listdir(index_dir)):
+            if not name.endswith(".idx"):
+                continue
+            pack = name[:-4]
             try:
-                data = p.read_bytes()
-                indexed[pack] = _decode_index(data)
-                index_bytes_of[pack] = data
+                data = (index_dir / name).read_bytes()
+            except FileNotFoundError:
+                continue  # deleted by a prune meanwhile
+            except OSError as exc:
+                self._problem(Problem("corrupt", "index", pack, f"cannot be read: {exc.strerror}"))
+                continue
+            try:
+                records = _decode_index(data)
                 if hash_bytes(data) != pack:
-                    raise CorruptDataError("name mismatch")
-            except (OSError, CorruptDataError):
-                problems.append(Problem("corrupt", f"index {pack}"))
-                indexed.pop(pack, None)
-        report.unindexed_packs = len(packs_on_disk - set(indexed))
-        reader = self.reader()
-        try:
-            for pack in sorted(indexed):
-                records_ = indexed[pack]
-                report.packs += 1
-                report.chunks += len(records_)
-                hashes = [r[0].hex() for r in records_]
-                if pack not in packs_on_disk:
-                    problems.append(Problem("missing", f"pack {pack}"))
-                    bad.update(hashes)
-                    continue
-                footer_ok = self._check_pack_frame(pack, index_bytes_of[pack])
-                if not footer_ok:
-                    problems.append(Problem("corrupt", f"pack {pack} (header or footer)"))
-                if not read_data:
-                    continue
-                for h, (_, off, length, raw, flags) in zip(hashes, records_, strict=True):
-                    try:
-                        reader.read_at(h, ChunkLocation(pack, off, length, raw, flags))
-                    except (StoreError, OSError):
-                        problems.append(Problem("corrupt", f"chunk {h} in pack {pack}"))
-                        bad.add(h)
-                    report.bytes_read += length
-                    if progress is not None:
-                        progress(length)
-            known = {h for recs in indexed.values() for h in (r[0].hex() for r in recs)}
-            missing_reported: set[str] = set()
-
-            def usable(h: str) -> bool:
-                if h in bad:
-                    return False
-                if h not in known:
-                    if h not in missing_reported:
-                        missing_reported.add(h)
-                        problems.append(Problem("missing", f"chunk {h}"))
-                    return False
-                return True
-
-            for sid in sorted(infos):
+                    raise CorruptDataError("its content does not match its name")
+            except CorruptDataError as exc:
+                detail = str(exc)
                 try:
-                    record = self._read_snapshot(sid)
+                    data = store._read_pack_footer(store.pack_path(pack))
+                    records = _decode_index(data)
+                    if hash_bytes(data) != pack:
+                        raise CorruptDataError("name mismatch")
+                    detail += "; the pack's own copy is intact and the next start of the daemon re-creates it"
                 except (OSError, CorruptDataError):
-                    problems.append(Problem("corrupt", f"snapshot {sid}"))
+                    self._problem(Problem("corrupt", "index", pack, detail))
+                    continue  # its blobs are unknown; the snapshots needing them show as damaged
+                self._problem(Problem("corrupt", "index", pack, detail))
+            self._indexed[pack] = records
+            self._index_bytes[pack] = data
+        self._on_disk = {p.name[:-5] for p in (store.root / "packs").glob("*/*.pack")}
+        unindexed = self._on_disk - set(self._indexed)
+        for pack in sorted(unindexed):
+            try:
+                data = store._read_pack_footer(store.pack_path(pack))
+                records = _decode_index(data)
+            except (OSError, CorruptDataError):
+                continue  # half a pack from a crash is never referenced
+            if hash_bytes(data) == pack:
+                self.report.unindexed_packs += 1
+                self._indexed[pack] = records
+                self._index_bytes[pack] = data
+        self.report.packs = len(self._indexed)
+        self.report.chunks = sum(len(r) for r in self._indexed.values())
+        if self.report.read_data:
+            self.bytes_total = sum(r[2] for recs in self._indexed.values() for r in recs)
+        return self.report.snapshots, self.report.packs, self.bytes_total
+
+    def verify_packs(self, progress: Callable[[int, int], None] | None = None,
+                     check: Callable[[], None] | None = None) -> None:
+        """Phase 2. ``progress(packs, nbytes)`` is called as packs are done; ``check()`` may raise to stop."""
+        store = self._store
+        report = self.report
+        bad = self._bad
+        with store.reader() as reader:
+            for pack in sorted(self._indexed):
+                if check is not None:
+                    check()
+                records = self._indexed[pack]
+                hashes = [r[0].hex() for r in records]
+                for h, (_, off, length, raw, flags) in zip(hashes, records, strict=True):
+                    self._locs.setdefault(h, ChunkLocation(pack, off, length, raw, flags))
+                read = 0
+                try:
+                    size = os.stat(store.pack_path(pack)).st_size
+                except FileNotFoundError:
+                    size = -1
+                if size < 0 and not (store.root / "index" / f"{pack}.idx").exists():
+                    size = -2  # deleted by a prune meanwhile, with its index
+                if size == -1:
+                    n = self._problem(Problem("missing", "pack", pack, f"{len(records)} chunks"))
+                    bad.update(dict.fromkeys(hashes, n))
+                elif size >= 0:
+                    index_bytes = self._index_bytes[pack]
+                    end = max((off + length for _, off, length, _, _ in records), default=len(_PACK_MAGIC))
+                    expected = end + len(index_bytes) + _PACK_FOOTER.size
+                    beyond: list[str] = [h for h, r in zip(hashes, records, strict=True) if r[1] + r[2] > size]
+                    frame = _pack_frame_ok(store.pack_path(pack), index_bytes)
+                    if size != expected or not frame:
+                        detail = (f"{size:,} bytes where its index implies {expected:,}" if size != expected
+                                  else "header or footer damaged")
+                        n = self._problem(Problem("corrupt", "pack", pack, detail))
+                        bad.update(dict.fromkeys(beyond, n))
+                    if report.read_data:
+                        for h, (_, off, length, raw, flags) in zip(hashes, records, strict=True):
+                            if h in bad:
+                                continue
+                            try:
+                                reader.read_at(h, ChunkLocation(pack, off, length, raw, flags))
+                            except (StoreError, OSError) as exc:
+                                reason = str(exc).rsplit(f" in pack {pack} ", 1)[-1]
+                                bad[h] = self._problem(Problem("corrupt", "chunk", h, reason, pack=pack))
+                            read += length
+                        report.bytes_read += read
+                if progress is not None:
+                    progress(1, read)
+
+    def verify_snapshots(self, progress: Callable[[int, int], None] | None = None,
+                         check: Callable[[], None] | None = None) -> CheckReport:
+        """Phase 3: every snapshot's references. Returns the finished report."""
+        store = self._store
+        report = self.report
+        bad, known = self._bad, self._locs
+        # problem index -> snapshot -> [files, paths, listing]
+        hurt: dict[int, dict[str, list[Any]]] = {}
+
+        def problem_of(h: str) -> int | None:
+            n = bad.get(h)
+            if n is None and h not in known:
+                n = bad[h] = self._problem(Problem("missing", "chunk", h, "referenced, but in no pack"))
+            return n
+
+        with store.reader() as reader:
+            for sid in sorted(self._infos):
+                if check is not None:
+                    check()
+                try:
+                    record = store._read_snapshot(sid)
+                except FileNotFoundError:
+                    continue  # forgotten by a prune meanwhile
+                except (OSError, CorruptDataError):
+                    self._problem(Problem("corrupt", "snapshot", sid, "the snapshot file is damaged"))
                     continue
-                damaged: list[str] = []
-                count = 0
+                files: dict[str, None] = {}  # damaged paths of this snapshot, in order
                 listing = False
                 for th in record.tree:
-                    try:
-                        group = decode_tree_group(reader.read(th)) if usable(th) else None
-                    except (StoreError, ValueError, TypeError):
-                        group = None
+                    n = problem_of(th)
+                    group = None
+                    if n is None:
+                        loc = known[th]
+                        try:
+                            group = decode_tree_group(reader.read_at(th, loc))
+                        except (StoreError, OSError) as exc:
+                            reason = str(exc).rsplit(f" in pack {loc.pack} ", 1)[-1]
+                            n = bad[th] = self._problem(Problem("corrupt", "chunk", th, reason, pack=loc.pack))
+                        except (ValueError, TypeError):
+                            n = bad[th] = self._problem(Problem("corrupt", "chunk", th, "a list of entries that "
+                                                                "cannot be decoded", pack=loc.pack))
                     if group is None:
+                        assert n is not None
+                        hurt.setdefault(n, {}).setdefault(sid, [0, [], False])[2] = True
                         listing = True
                         continue
                     for e in group:
-                        if e.kind == "file" and not all(usable(h) for h in e.chunks):
-                            count += 1
-                            if len(damaged) < 10:
-                                damaged.append(e.path)
-                if count or listing:
-                    report.damaged.append(DamagedSnapshot(sid, count, tuple(damaged), listing))
-        finally:
-            reader.close()
+                        if e.kind != "file":
+                            continue
+                        for n2 in dict.fromkeys(p for p in map(problem_of, e.chunks) if p is not None):
+                            entry = hurt.setdefault(n2, {}).setdefault(sid, [0, [], False])
+                            entry[0] += 1
+                            if len(entry[1]) < DAMAGE_PATHS:
+                                entry[1].append(e.path)
+                            files[e.path] = None
+                if files or listing:
+                    paths = tuple(list(files)[:DAMAGE_PATHS])
+                    report.damaged.append(DamagedSnapshot(sid, len(files), paths, listing))
+                if progress is not None:
+                    progress(1, 0)
+        for n, per_snapshot in hurt.items():
+            damages = tuple(Damage(sid, c, tuple(p), listing) for sid, (c, p, listing) in sorted(per_snapshot.items()))
+            report.problems[n] = replace(report.problems[n], damages=damages)
         return report
 
-    def _check_pack_frame(self, pack: str, index_bytes: bytes) -> bool:
-        path = self.pack_path(pack)
-        try:
-            with open(path, "rb") as f:
-                head = f.read(len(_PACK_MAGIC))
-            return head == _PACK_MAGIC and self._read_pack_footer(path) == index_bytes
-        except (OSError, CorruptDataError):
-            return False
+
+def _pack_frame_ok(path: Path, index_bytes: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_PACK_MAGIC))
+        return head == _PACK_MAGIC and Store._read_pack_footer(path) == index_bytes
+    except (OSError, CorruptDataError):
+        return False
 
 
 class _OpenPack:
@@ -927,10 +1307,15 @@ class StoreWriter:
         self.data_bytes_added = 0  # stored bytes of new file content
         self.meta_bytes_added = 0  # stored bytes of new tree groups
         self.packs_written = 0
+        # What a prune running meanwhile must not delete (see Store._writer_done): blobs this run found
+        # already stored and did not store again, and the packs it wrote. Changed under the store lock.
+        self._relied: set[str] = set()
+        self._packs: set[str] = set()
 
     def has_chunk(self, chunk: str) -> bool:
-        """Whether the blob is durable in the store or already added by this writer."""
-        return chunk in self._pending or self._store.has_chunk(chunk)
+        """Whether the blob is durable in the store or already added by this writer. A True answer for a
+        blob of the store means this run relies on it: a prune running meanwhile keeps it."""
+        return chunk in self._pending or self._store._use_chunk(chunk, self._relied)
 
     def add_chunk(self, chunk: str, data: bytes | bytearray | memoryview, *, metadata: bool = False) -> int:
         """Store ``data`` under its hash ``chunk`` unless already present.
@@ -951,7 +1336,7 @@ class StoreWriter:
         with self._lock:
             if self._done:
                 raise StoreError("writer already finished or aborted")
-            if chunk in self._pending or self._store.has_chunk(chunk):
+            if self.has_chunk(chunk):
                 return 0  # another worker stored the same data meanwhile
             pack = self._current
             try:
@@ -992,24 +1377,7 @@ class StoreWriter:
     def _seal(self, pack: _OpenPack) -> int:
         store = self._store
         try:
-            index_bytes = _encode_index(pack.records)
-            _write_all(pack.fd, index_bytes + _PACK_FOOTER.pack(len(index_bytes), _PACK_END))
-            store._step("pack:written")
-            os.fsync(pack.fd)
-            os.close(pack.fd)
-            pack.fd = -1
-            store._step("pack:fsynced")
-            pack_id = hash_bytes(index_bytes)
-            final = store.pack_path(pack_id)
-            if not final.parent.is_dir():
-                final.parent.mkdir(exist_ok=True)
-                _fsync_dir(final.parent.parent)
-                store._step("packdir:dirsynced")
-            os.rename(pack.tmp, final)
-            store._step("pack:renamed")
-            _fsync_dir(final.parent)
-            store._step("pack:dirsynced")
-            store._write_durable(store.root / "index" / f"{pack_id}.idx", index_bytes, "index")
+            pack_id = store._install_pack(pack, self._packs)
         except OSError as exc:
             raise StoreError(f"cannot write to store {store.root}: {exc.strerror or exc}") from exc
         store._add_to_index(pack_id, pack.records)
@@ -1058,3 +1426,326 @@ class StoreWriter:
                 pack.discard()
             self._unsealed.clear()
             self._pending.clear()
+        self._store._writer_done(self)
+
+
+# --- pruning ----------------------------------------------------------------------------------------
+
+# A pack that still holds blobs in use is rewritten (its used blobs copied to a new pack, then deleted)
+# once at least this share of its bytes is unused: rewriting a mostly-used 16 MiB pack to free a few
+# hundred KiB costs more disk writes than it saves. So at most about this share of the store is dead
+# weight after a prune (restic's default `--max-unused` is 5% of the repository, for the same trade-off).
+REPACK_MIN_UNUSED = 0.10
+
+
+@dataclass
+class PruneStats:
+    """What a garbage collection found and did (planned only, for a dry run)."""
+
+    snapshots: int = 0  # snapshots whose data is kept
+    packs: int = 0  # packs looked at
+    chunks_used: int = 0
+    chunks_unused: int = 0
+    packs_deleted: int = 0  # wholly unused packs
+    packs_repacked: int = 0  # partly used packs rewritten
+    packs_written: int = 0  # new packs holding the used blobs of repacked packs
+    bytes_repacked: int = 0  # stored bytes copied
+    bytes_deleted: int = 0  # size of the pack and index files deleted
+    bytes_written: int = 0  # size of the pack and index files written
+    missing_chunks: int = 0  # referenced by a snapshot but in no pack (`check` says which)
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.bytes_deleted - self.bytes_written
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "bytes_freed": self.bytes_freed}
+
+
+class GarbageCollector:
+    """Deletes the blobs no snapshot references, safely while snapshots are being written.
+
+    Phases (a caller may report each as a step; ``check()`` is called often and may raise to stop):
+
+    1. :meth:`mark`: list the packs' indexes, then read every snapshot's list of entries: the blobs
+       they reference are *used*. A snapshot that cannot be read stops the prune (what it references is
+       unknown). Running writers are registered meanwhile (see :meth:`Store._writer_done`).
+    2. :meth:`plan`: under the store lock, add what running writers (and writers that finished while
+       marking) wrote or relied on, decide per pack (delete if nothing in it is used; repack if at least
+       :data:`REPACK_MIN_UNUSED` of it is unused), and remove the unused blobs of those packs from the
+       index. From then on no writer can find them: it stores its own copy instead.
+    3. :meth:`repack`: copy the used blobs of the packs to repack into new packs (verified against their
+       hash, stored bytes copied as they are), made durable and indexed like any pack.
+    4. :meth:`delete`: delete the old packs: all their index files first (then fsync the directory), then
+       the pack files. A crash in between leaves packs without index, which the next writable open
+       re-indexes (their blobs are then stored twice, and the next prune removes the extra copies).
+
+    A crash or a stop at any point loses nothing a snapshot references. Use as a context manager: leaving
+    early puts back in the index what was not deleted.
+    """
+
+    def __init__(self, store: Store, *, dry_run: bool = False, exclude: Iterable[str] = (),
+                 check: Callable[[], None] | None = None) -> None:
+        if not store.writable and not dry_run:
+            raise StoreError(f"store {store.root} is open read-only")
+        self._store = store
+        self.dry_run = dry_run
+        self._exclude = set(exclude)
+        self._check = check or (lambda: None)
+        self.stats = PruneStats()
+        self._marking = False
+        self._retired: list[StoreWriter] = []
+        self._registered = False
+        self._records: dict[str, list[tuple[bytes, int, int, int, int]]] = {}
+        self._used: set[str] = set()
+        self.delete_packs: list[str] = []
+        self.repack_packs: dict[str, list[tuple[str, ChunkLocation]]] = {}
+        self._hidden: dict[str, list[tuple[bytes, int, int, int, int]]] = {}
+        self._deleted: set[str] = set()
+        self._open: _OpenPack | None = None
+
+    def __enter__(self) -> GarbageCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def mark(self, progress: Callable[[int], None] | None = None) -> int:
+        """Phase 1. Returns the number of snapshots; ``progress(1)`` per snapshot read."""
+        store = self._store
+        if not self.dry_run:
+            with store._lock:
+                if store._gc is not None:
+                    raise StoreError("another prune of this store is running")
+                store._gc = self
+                self._registered = True
+                self._marking = True
+        index_dir = store.root / "index"
+        for name in sorted(os.listdir(index_dir)):
+            if name.endswith(".idx"):
+                try:
+                    self._records[name[:-4]] = _decode_index((index_dir / name).read_bytes())
+                except (OSError, CorruptDataError):
+                    continue  # its blobs are unknown: this pack is never deleted
+        infos = store._scan_snapshots()
+        used = self._used
+        seen: set[str] = set()
+        count = 0
+        with store.reader() as reader:
+            for sid in sorted(infos):
+                if sid in self._exclude:
+                    continue
+                self._check()
+                try:
+                    record = store._read_snapshot(sid)
+                except FileNotFoundError:
+                    continue
+                except (OSError, CorruptDataError) as exc:
+                    raise StoreError(f"snapshot {sid} cannot be read ({exc}); prune would not know which data "
+                                     "it needs: run `syncsnapd check`") from exc
+                for th in record.tree:
+                    used.add(th)
+                    if th in seen:
+                        continue
+                    seen.add(th)
+                    try:
+                        group = decode_tree_group(reader.read(th))
+                    except (StoreError, ValueError, TypeError) as exc:
+                        raise StoreError(f"the list of entries of snapshot {sid} cannot be read ({exc}); prune "
+                                         "would not know which data it needs: run `syncsnapd check`") from exc
+                    for e in group:
+                        if e.kind == "file":
+                            used.update(e.chunks)
+                count += 1
+                if progress is not None:
+                    progress(1)
+        self.stats.snapshots = count
+        return count
+
+    def plan(self) -> PruneStats:
+        """Phase 2: decide, and (unless a dry run) hide the unused blobs of the packs to delete or repack."""
+        store = self._store
+        stats = self.stats
+        with store._lock:
+            writers = [*store._writers, *self._retired]
+            protected_packs = set().union(*(w._packs for w in writers))
+            relied = set().union(*(w._relied for w in writers))
+            index = store._index
+            used = self._used
+            present: set[str] = set()
+            for pack in sorted(self._records):
+                if pack in protected_packs:
+                    continue
+                stats.packs += 1
+                keep: list[tuple[str, ChunkLocation]] = []
+                drop: list[tuple[bytes, int, int, int, int]] = []
+                total = unused = 0
+                for rec in self._records[pack]:
+                    hb, off, length, raw, flags = rec
+                    h = hb.hex()
+                    total += length
+                    loc = index.get(h)
+                    # Only the copy the index points at counts; other copies of a blob are extra.
+                    canonical = loc is None or (loc.pack == pack and loc.offset == off)
+                    if canonical and (h in used or h in relied):
+                        keep.append((h, ChunkLocation(pack, off, length, raw, flags)))
+                        present.add(h)
+                    else:
+                        drop.append(rec)
+                        unused += length
+                stats.chunks_used += len(keep)
+                stats.chunks_unused += len(drop)
+                if not keep:
+                    self.delete_packs.append(pack)
+                elif unused and unused >= REPACK_MIN_UNUSED * total:
+                    self.repack_packs[pack] = keep
+                    stats.bytes_repacked += total - unused
+                else:
+                    continue
+                self._hidden[pack] = drop
+            stats.packs_deleted = len(self.delete_packs)
+            stats.packs_repacked = len(self.repack_packs)
+            stats.missing_chunks = len(used - present - set(index) - relied)
+            if not self.dry_run:
+                for pack, drop in self._hidden.items():
+                    for hb, off, *_ in drop:
+                        h = hb.hex()
+                        loc = index.get(h)
+                        if loc is not None and loc.pack == pack and loc.offset == off:
+                            del index[h]
+            self._marking = False
+            self._retired.clear()
+        if not self.dry_run:
+            with store._pack_lock:
+                store._doomed.update(self._hidden)
+        for pack in self._hidden:
+            stats.bytes_deleted += self._file_sizes(pack)
+        if self.repack_packs:
+            # Estimate for a dry run; repack() counts what it actually writes.
+            stats.bytes_written = stats.bytes_repacked
+        return stats
+
+    def _file_sizes(self, pack: str) -> int:
+        size = 0
+        for path in (self._store.pack_path(pack), self._store.root / "index" / f"{pack}.idx"):
+            try:
+                size += os.stat(path).st_size
+            except FileNotFoundError:
+                pass
+        return size
+
+    def repack(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Phase 3: copy the used blobs of partly used packs into new packs. ``progress(packs, nbytes)``."""
+        if self.dry_run:
+            return
+        store = self._store
+        self.stats.bytes_written = 0
+        try:
+            with store.reader() as reader:
+                for src in sorted(self.repack_packs):
+                    for h, loc in self.repack_packs[src]:
+                        self._check()
+                        try:
+                            stored = reader.read_stored(h, loc)
+                        except StoreError as exc:
+                            raise StoreError(f"cannot repack: {exc}; nothing was deleted, run `syncsnapd check`"
+                                             ) from exc
+                        pack = self._open
+                        if pack is None:
+                            pack = self._open = _OpenPack(store)
+                        _write_all(pack.fd, stored)
+                        pack.records.append((bytes.fromhex(h), pack.size, loc.length, loc.raw_length, loc.flags))
+                        pack.hashes.append(h)
+                        pack.size += loc.length
+                        if progress is not None:
+                            progress(0, loc.length)
+                        if pack.size >= store.pack_size:
+                            self._install()
+                    if progress is not None:
+                        progress(1, 0)
+                if self._open is not None:
+                    self._install()
+        except OSError as exc:
+            raise StoreError(f"cannot write to store {store.root}: {exc.strerror or exc}") from exc
+
+    def _install(self) -> None:
+        pack, self._open = self._open, None
+        assert pack is not None
+        store = self._store
+        pack_id = store._install_pack(pack)
+        store._relocate(pack_id, pack.records)
+        self.stats.packs_written += 1
+        self.stats.bytes_written += self._file_sizes(pack_id)
+
+    def delete(self, progress: Callable[[int], None] | None = None) -> None:
+        """Phase 4: delete the packs decided on (indexes first). Quick; not interrupted by ``check``."""
+        if self.dry_run:
+            return
+        store = self._store
+        doomed = sorted(self._hidden)
+        unindexed: list[str] = []
+        self.stats.bytes_deleted = 0
+        try:
+            for pack in doomed:
+                with store._pack_lock:
+                    if pack not in store._doomed:
+                        continue  # written again meanwhile by a snapshot (same blobs): it stays
+                    idx = store.root / "index" / f"{pack}.idx"
+                    self.stats.bytes_deleted += self._file_sizes(pack)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(idx)
+                    with store._lock:
+                        store._loaded_indexes.discard(pack)
+                unindexed.append(pack)
+                store._step("gc:index-unlinked")
+            if unindexed:
+                _fsync_dir(store.root / "index")
+                store._step("gc:indexdir-synced")
+            dirs: set[Path] = set()
+            for pack in unindexed:
+                with store._pack_lock:
+                    if pack not in store._doomed:
+                        continue
+                    path = store.pack_path(pack)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    store._doomed.discard(pack)
+                self._deleted.add(pack)
+                dirs.add(path.parent)
+                store._step("gc:pack-unlinked")
+                if progress is not None:
+                    progress(1)
+            for d in sorted(dirs):
+                _fsync_dir(d)
+            if dirs:
+                store._step("gc:packdir-synced")
+        except OSError as exc:
+            raise StoreError(f"cannot delete from store {store.root}: {exc.strerror or exc}") from exc
+        with store._lock:
+            # Nothing should still point at a deleted pack (used blobs were moved, unused ones hidden).
+            stale = [h for h, loc in store._index.items() if loc.pack in self._deleted]
+            for h in stale:
+                del store._index[h]
+        self.stats.packs_deleted = len(self._deleted - set(self.repack_packs))
+        self.stats.packs_repacked = len(self._deleted & set(self.repack_packs))
+
+    def close(self) -> None:
+        """End the collection: put what was hidden but not deleted back into the index. Idempotent."""
+        store = self._store
+        if self._open is not None:
+            self._open.discard()
+            self._open = None
+        if not self.dry_run and self._hidden:
+            with store._pack_lock:
+                back = [p for p in self._hidden if p not in self._deleted and p in store._doomed]
+                store._doomed.difference_update(back)
+            for pack in back:
+                store._add_to_index(pack, self._hidden[pack])
+            self._hidden = {p: d for p, d in self._hidden.items() if p in self._deleted}
+        if self._registered:
+            with store._lock:
+                if store._gc is self:
+                    store._gc = None
+                self._marking = False
+                self._retired.clear()
+            self._registered = False

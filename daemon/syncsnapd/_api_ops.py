@@ -1,0 +1,115 @@
+"""Endpoints of the snapshot operations (docs/api.md, "Operations"): diff, restore, check, prune, and the
+state and cancelling of operation runs. Request parsing and error mapping only; the work is in
+``_operations.py``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._http_protocol import HTTPError, Request, Response, Router, json_response
+from ._operations import OperationError, Operations
+from ._progress import Progress
+
+API = "/api/v1"
+# The most list items a diff answers with (per list); the summary always counts everything.
+MAX_DIFF_LIMIT = 1_000_000
+DEFAULT_DIFF_LIMIT = 10_000
+
+
+def _body(request: Request, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """The request's JSON object (empty body: {}), with only ``allowed`` fields of the right types."""
+    if not request.body.strip():
+        return {}
+    try:
+        doc = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPError(400, "bad_request", "The body is not valid JSON.") from None
+    if not isinstance(doc, dict):
+        raise HTTPError(400, "bad_request", "The body must be a JSON object.")
+    for key, value in doc.items():
+        if key not in allowed:
+            raise HTTPError(400, "bad_request", f"Unknown field {key!r} (known: {', '.join(sorted(allowed))}).")
+        want = allowed[key]
+        if value is not None and (not isinstance(value, want) or (isinstance(value, bool) and want is not bool)):
+            raise HTTPError(400, "bad_request", f"Field {key!r} has the wrong type.")
+    return doc
+
+
+def _started(progress: Progress, stream: str) -> Response:
+    return json_response(202, {"run": progress.run, "progress": progress.to_json(), "stream": stream})
+
+
+def register_operations(router: Router, ops: Operations) -> None:
+    """Add the operations' endpoints to ``router``."""
+
+    async def diff(request: Request, params: dict[str, str]) -> Response:
+        before = request.query.get("from")
+        if not before:
+            raise HTTPError(400, "bad_request", "Query parameter 'from' (a snapshot id or 'latest') is required.")
+        after = request.query.get("to") or "live"
+        try:
+            limit = int(request.query.get("limit", DEFAULT_DIFF_LIMIT))
+        except ValueError:
+            raise HTTPError(400, "bad_request", "limit must be a whole number.") from None
+        if not 1 <= limit <= MAX_DIFF_LIMIT:
+            raise HTTPError(400, "bad_request", f"limit must be from 1 to {MAX_DIFF_LIMIT}.")
+        try:
+            return json_response(200, await ops.diff(params["id"], before, after, limit=limit))
+        except OperationError as exc:
+            raise HTTPError(exc.status, exc.code, exc.message) from None
+
+    async def restore(request: Request, params: dict[str, str]) -> Response:
+        doc = _body(request, {"snapshot": str, "target": str, "paths": list, "overwrite": bool})
+        if not doc.get("snapshot") or not doc.get("target"):
+            raise HTTPError(400, "bad_request", "Fields 'snapshot' and 'target' are required.")
+        paths = doc.get("paths") or []
+        if not all(isinstance(p, str) for p in paths):
+            raise HTTPError(400, "bad_request", "Field 'paths' must be a list of strings.")
+        try:
+            first = await ops.start_restore(params["id"], doc["snapshot"], doc["target"], paths=paths,
+                                            overwrite=bool(doc.get("overwrite")))
+        except OperationError as exc:
+            raise HTTPError(exc.status, exc.code, exc.message) from None
+        return _started(first, f"{API}/projects/{params['id']}/progress/stream")
+
+    async def check(request: Request, params: dict[str, str]) -> Response:
+        doc = _body(request, {"read_data": bool})
+        try:
+            first = ops.start_check(read_data=bool(doc.get("read_data")))
+        except OperationError as exc:
+            raise HTTPError(exc.status, exc.code, exc.message) from None
+        return _started(first, f"{API}/events")
+
+    async def prune(request: Request, params: dict[str, str]) -> Response:
+        doc = _body(request, {"dry_run": bool})
+        try:
+            first = ops.start_prune(dry_run=bool(doc.get("dry_run")))
+        except OperationError as exc:
+            raise HTTPError(exc.status, exc.code, exc.message) from None
+        return _started(first, f"{API}/events")
+
+    async def operations(request: Request, params: dict[str, str]) -> Response:
+        return json_response(200, {"operations": [p.to_json() for p in ops.operations()]})
+
+    async def operation(request: Request, params: dict[str, str]) -> Response:
+        progress = ops.get(params["run"])
+        if progress is None:
+            raise HTTPError(404, "not_found", f"No recent operation run {params['run']!r} (older runs: "
+                                              f"{API}/runs/{params['run']}).")
+        return json_response(200, progress.to_json())
+
+    async def cancel(request: Request, params: dict[str, str]) -> Response:
+        if not ops.cancel(params["run"]):
+            if ops.get(params["run"]) is not None:
+                raise HTTPError(409, "finished", f"Run {params['run']!r} has already finished.")
+            raise HTTPError(404, "not_found", f"No operation run {params['run']!r} in progress.")
+        return json_response(202, {"run": params["run"], "state": "cancelling"})
+
+    router.add("GET", f"{API}/projects/{{id}}/diff", diff)
+    router.add("POST", f"{API}/projects/{{id}}/restore", restore)
+    router.add("POST", f"{API}/check", check)
+    router.add("POST", f"{API}/prune", prune)
+    router.add("GET", f"{API}/operations", operations)
+    router.add("GET", f"{API}/operations/{{run}}", operation)
+    router.add("DELETE", f"{API}/operations/{{run}}", cancel)
