@@ -2,8 +2,10 @@
 
     syncsnapd [--config FILE] [--folder PATH ...]     run the daemon (default)
     syncsnapd snapshots [--config FILE] [--project P] list snapshots
-    syncsnapd restore SNAPSHOT_ID TARGET_DIR [--config FILE]
-    syncsnapd check [--config FILE]                   verify every object (exit 1 on problems)
+    syncsnapd diff SNAPSHOT_ID [SNAPSHOT_ID] [--json]  what changed (second id omitted: the live folder)
+    syncsnapd restore SNAPSHOT_ID TARGET_DIR [--path P ...] [--overwrite]
+    syncsnapd check [--read-data]                     verify the store (exit 1 on problems)
+    syncsnapd prune [--dry-run]                       apply the projects' keep policies, delete unused data
 
 Exit codes: 0 success, 1 problems found / daemon failed, 2 usage or configuration error.
 """
@@ -46,10 +48,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("snapshots", parents=[common], help="list snapshots in the store")
     s.add_argument("--project", help="only this project's snapshots")
+    d = sub.add_parser("diff", parents=[common], help="what changed between two snapshots, or since one")
+    d.add_argument("snapshot_id")
+    d.add_argument("other", nargs="?", metavar="snapshot_id", help="omitted: compare with the live folder")
+    d.add_argument("--json", action="store_true", help="one JSON object (as the API's diff endpoint)")
     r = sub.add_parser("restore", parents=[common], help="restore a snapshot into an empty or new directory")
     r.add_argument("snapshot_id")
     r.add_argument("target", type=Path)
-    sub.add_parser("check", parents=[common], help="re-hash every object; exit 1 if any is missing or corrupt")
+    r.add_argument("--path", action="append", default=[], metavar="PATH",
+                   help="restore only this file or directory of the snapshot (repeatable)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="restore into a directory that has files, replacing those the snapshot has")
+    c = sub.add_parser("check", parents=[common], help="verify the store; exit 1 if anything is missing or corrupt")
+    c.add_argument("--read-data", action="store_true",
+                   help="also re-read and re-hash every stored chunk (default: structure and references only)")
+    pr = sub.add_parser("prune", parents=[common],
+                        help="forget snapshots as the projects' keep policies say, then delete unused data "
+                             "(not while the daemon runs)")
+    pr.add_argument("--dry-run", action="store_true", help="only say what would be forgotten and deleted")
     return p
 
 
@@ -76,8 +92,15 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.command == "snapshots":
         return _offline.run_snapshots(config.store, sys.stdout, project=args.project)
     if args.command == "restore":
-        return _offline.run_restore(config.store, args.snapshot_id, args.target, sys.stdout)
-    return _offline.run_check(config.store, sys.stdout)
+        return _offline.run_restore(config.store, args.snapshot_id, args.target, sys.stdout, paths=args.path,
+                                    overwrite=args.overwrite)
+    if args.command == "diff":
+        return _offline.run_diff(config.store, args.snapshot_id, args.other, sys.stdout, as_json=args.json,
+                                 projects=config.projects, exclude=(config.store, config.state_dir))
+    if args.command == "prune":
+        return _offline.run_prune(config.store, sys.stdout, policies={p.id: p.keep for p in config.projects},
+                                  dry_run=args.dry_run)
+    return _offline.run_check(config.store, sys.stdout, read_data=args.read_data)
 
 
 def _raise_fd_limit() -> None:
