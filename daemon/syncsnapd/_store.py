@@ -57,16 +57,50 @@ Every pack, index and snapshot file is written under ``tmp/``, fsynced, renamed 
 directory fsynced. A pack's index is written only once the pack is durable, and a snapshot file only once
 every pack and index it needs is durable, so a snapshot exists exactly when its file does, and then all
 of its data does. What a crash can leave: temporary files (removed by the next writable open), a pack
-without index (re-indexed by the next writable open), and packs no snapshot references (harmless; the
-next snapshot re-uses their blobs, a future prune could reclaim them).
+without index (re-indexed from its footer by the next writable open, which also re-creates a damaged
+index file the same way), and packs no snapshot references (harmless; the next snapshot re-uses their
+blobs, the next prune reclaims them).
+
+Pruning
+=======
+
+:meth:`Store.forget` deletes snapshot files (never a pinned one, never a project's newest);
+:class:`GarbageCollector` then deletes the blobs no snapshot references: whole packs when nothing in them
+is used, and packs with at least :data:`REPACK_MIN_UNUSED` of unused bytes are *repacked* (their used
+blobs copied, verified, into new packs). New packs and their indexes are durable before anything is
+deleted; then all the old packs' index files are deleted (directory fsynced), then the pack files. A
+crash at any point loses nothing a snapshot references: at worst a pack without index, which the next
+writable open re-indexes (its blobs are then stored twice until the next prune).
+
+Pruning is safe while snapshots are written, within this process: every :class:`StoreWriter` records the
+blobs it found already stored and relied on (under the store lock, so the check and the record are one
+step) and the packs it wrote. The collector decides under the same lock: it keeps everything any running
+writer (or one that finished while the collector was reading the snapshots) wrote or relied on, and
+removes the blobs it will delete from the index there and then, so a writer coming later cannot find them
+and stores its own copy. A pack written again with the very same content (and so the same id) as one about
+to be deleted is taken back from the collector. Unchanged files a snapshot takes from the project's
+previous snapshot are covered by that snapshot, which is never forgotten. Other processes cannot prune:
+a prune needs the writable open, which the daemon holds. Readers (restores, read-only opens) that looked a
+blob up in a pack deleted since look it up again in the new indexes.
 
 Concurrency
 ===========
 
 One writable opener per store (``fcntl.flock`` on ``lock``). Within it, several :class:`StoreWriter`
 (one per snapshot run) may write at once; each keeps its unsealed blobs to itself, so a cancelled run
-can never leave another run referencing data that was not made durable. Read-only opens take no lock and
-clean nothing; they see snapshots written meanwhile by re-reading the index when a blob is unknown.
+can never leave another run referencing data that was not made durable. One :class:`GarbageCollector`
+at a time may run beside them (see Pruning). Read-only opens take no lock and clean nothing; they see
+snapshots written meanwhile by re-reading the index when a blob is unknown (and a pack's footer when it
+has no index yet).
+
+Checking
+========
+
+:class:`StoreCheck` verifies at two levels. The fast level reads every index, checks that every pack is
+present with the size its index implies and intact header and footer, and reads every snapshot's list of
+entries to check that every blob it references is stored. ``read_data`` also re-hashes every blob. Each
+:class:`Problem` (missing or corrupt pack, index, chunk or snapshot file) carries the snapshots and files
+it damages.
 """
 
 from __future__ import annotations
