@@ -5,6 +5,7 @@ Command line (run with the project's venv Python)::
     python tests/_store_helpers.py snapshot STORE ROOT PROJECT [--fault-at N] [--drop-dac]
     python tests/_store_helpers.py crash-server
     python tests/_store_helpers.py bench DIR [--files 5000] [--mib 400]
+    python tests/_store_helpers.py prune-bench DIR [--files 5000] [--mib 1000] [--rounds 10] [--keep 3]
 
 ``snapshot`` takes one snapshot and prints its summary as JSON. ``--fault-at N`` kills the process with
 SIGKILL right after the N-th durable-write step of the store; each step reached is printed to stderr as
@@ -14,6 +15,9 @@ CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH first, so that file permissions apply e
 
 ``bench`` generates a tree like the reference one (mostly 1-64 KiB files, a few 1-50 MiB ones, partly
 compressible) and times an initial, a no-change and a 1%-changed snapshot, with the peak RSS.
+``prune-bench`` takes ``--rounds`` snapshots of such a tree, rewriting 10% of its files with new content
+before each, then times a prune keeping the newest ``--keep`` (forget, each collector phase) and the two
+check levels.
 """
 
 from __future__ import annotations
@@ -419,6 +423,66 @@ def bench(workdir: Path, files: int, total_mib: int) -> None:
     print(f"store size {store_size / 2**20:.0f} MiB")
 
 
+def prune_bench(workdir: Path, files: int, total_mib: int, rounds: int, keep: int) -> None:
+    import shutil
+
+    from syncsnapd._config import KeepPolicy
+    from syncsnapd._retention import plan_forget
+    from syncsnapd._store import GarbageCollector
+
+    tree, store_root = workdir / "tree", workdir / "store"
+    shutil.rmtree(workdir, ignore_errors=True)
+    t = time.perf_counter()
+    make_bench_tree(tree, files, total_mib)
+    backdate(tree)
+    print(f"generated {files} files, {total_mib} MiB in {time.perf_counter() - t:.1f} s", flush=True)
+    rng = random.Random(11)
+    all_files = sorted(tree.rglob("*.dat"))
+
+    async def snap() -> SnapshotSummary:
+        with Store.open(store_root, writable=True) as store:
+            return await take_snapshot(store, "bench", tree, new_progress("bench"))
+
+    t = time.perf_counter()
+    for r in range(rounds):
+        if r:
+            past = time.time_ns() - 60 * 1_000_000_000
+            for p in rng.sample(all_files, max(1, len(all_files) // 10)):
+                size = p.stat().st_size
+                with open(p, "r+b") as f:
+                    f.write(os.urandom(min(size, 64 << 10)))  # new content in the first chunk
+                os.utime(p, ns=(past, past))
+        trio.run(snap)
+    store_bytes = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
+    print(f"{rounds} snapshots in {time.perf_counter() - t:.1f} s; store {store_bytes / 2**20:.0f} MiB, "
+          f"{len(list(store_root.glob('packs/*/*.pack')))} packs", flush=True)
+    os.system("sync")
+    with Store.open(store_root, writable=True) as store:
+        t0 = time.perf_counter()
+        decisions = plan_forget(store.list_snapshots(), {"bench": KeepPolicy(last=keep)})
+        gone = store.forget([sid for d in decisions.values() for sid in d.forget])
+        t1 = time.perf_counter()
+        with GarbageCollector(store) as gc:
+            gc.mark()
+            t2 = time.perf_counter()
+            gc.plan()
+            t3 = time.perf_counter()
+            gc.repack()
+            t4 = time.perf_counter()
+            gc.delete()
+            t5 = time.perf_counter()
+        st = gc.stats
+        print(f"prune: forgot {len(gone)} snapshots in {t1 - t0:.2f} s; mark {t2 - t1:.2f} s, plan {t3 - t2:.2f} s, "
+              f"repack {t4 - t3:.2f} s ({st.packs_repacked} packs, {st.bytes_repacked / 2**20:.0f} MiB copied into "
+              f"{st.packs_written}), delete {t5 - t4:.2f} s ({st.packs_deleted} unused + {st.packs_repacked} "
+              f"repacked packs); total {t5 - t0:.2f} s, freed {st.bytes_freed / 2**20:.0f} MiB", flush=True)
+        for read_data in (False, True):
+            t = time.perf_counter()
+            report = store.check(read_data=read_data)
+            print(f"check{' --read-data' if read_data else ''}: {time.perf_counter() - t:.2f} s, ok={report.ok}, "
+                  f"{report.packs} packs, {report.chunks} chunks", flush=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -433,6 +497,12 @@ def main(argv: list[str]) -> int:
     b.add_argument("dir", type=Path)
     b.add_argument("--files", type=int, default=5000)
     b.add_argument("--mib", type=int, default=400)
+    pb = sub.add_parser("prune-bench")
+    pb.add_argument("dir", type=Path)
+    pb.add_argument("--files", type=int, default=5000)
+    pb.add_argument("--mib", type=int, default=1000)
+    pb.add_argument("--rounds", type=int, default=10)
+    pb.add_argument("--keep", type=int, default=3)
     bp = sub.add_parser("bench-phase")
     bp.add_argument("dir", type=Path)
     bp.add_argument("label")
@@ -446,6 +516,8 @@ def main(argv: list[str]) -> int:
         crash_server()
     elif args.cmd == "bench-phase":
         bench_phase(args.dir, args.label)
+    elif args.cmd == "prune-bench":
+        prune_bench(args.dir, args.files, args.mib, args.rounds, args.keep)
     else:
         bench(args.dir, args.files, args.mib)
     return 0

@@ -222,3 +222,40 @@ def test_no_false_alarm_while_a_writer_adds_snapshots(tmp_path: Path) -> None:
     with Store.open(root, writable=False) as store:
         final = store.check(read_data=True)
     assert final.ok and final.snapshots == commits and final.packs > commits
+
+
+def test_no_false_alarm_while_the_daemon_prunes(tmp_path: Path) -> None:
+    """The same while snapshots are forgotten, packs deleted and repacked (indexes deleted before packs,
+    blobs moved to new packs) between the check's listing and its reading."""
+    from _store_helpers import prune_store
+
+    root = tmp_path / "store"
+    small_packs(root, 64 * KiB)
+    errors: list[BaseException] = []
+    pool = [os.urandom(12 * KiB) for _ in range(16)]
+    rounds = 40
+    pruned: list[int] = []
+
+    def daemon() -> None:
+        try:
+            with Store.open(root, writable=True) as store:
+                for i in range(rounds):
+                    files = [(f"f{j}", "file", pool[(i + j * 3) % len(pool)]) for j in range(5)]
+                    commit_entries(store, "p", [*files, ("u", "file", os.urandom(30 * KiB))])
+                    stats = prune_store(store, keep_last=2)
+                    pruned.append(stats.packs_deleted + stats.packs_repacked)
+        except BaseException as exc:  # noqa: B036 - reported by the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=daemon)
+    thread.start()
+    checks = 0
+    try:
+        while thread.is_alive():
+            with Store.open(root, writable=False) as store:
+                report = store.check(read_data=checks % 2 == 1)
+            assert report.ok, report
+            checks += 1
+    finally:
+        thread.join()
+    assert not errors and checks >= 10 and sum(pruned) > rounds

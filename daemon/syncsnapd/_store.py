@@ -1113,6 +1113,7 @@ class StoreCheck:
         self._bad: dict[str, int] = {}
         # Where each blob is, by this check's own reading of the indexes (and footers).
         self._locs: dict[str, ChunkLocation] = {}
+        self._from_footer: set[str] = set()
         self.bytes_total = 0
 
     def _problem(self, problem: Problem) -> int:
@@ -1168,6 +1169,7 @@ class StoreCheck:
                 continue  # half a pack from a crash is never referenced
             if hash_bytes(data) == pack:
                 self.report.unindexed_packs += 1
+                self._from_footer.add(pack)
                 self._indexed[pack] = records
                 self._index_bytes[pack] = data
         self.report.packs = len(self._indexed)
@@ -1197,9 +1199,11 @@ class StoreCheck:
                     size = -1
                 if size < 0 and not (store.root / "index" / f"{pack}.idx").exists():
                     size = -2  # deleted by a prune meanwhile, with its index
+                # Problems of this pack, with the blobs each makes unusable; kept only if the pack was
+                # not deleted by a prune while it was being checked (a prune deletes the index first).
+                found: list[tuple[Problem, list[str]]] = []
                 if size == -1:
-                    n = self._problem(Problem("missing", "pack", pack, f"{len(records)} chunks"))
-                    bad.update(dict.fromkeys(hashes, n))
+                    found.append((Problem("missing", "pack", pack, f"{len(records)} chunks"), hashes))
                 elif size >= 0:
                     index_bytes = self._index_bytes[pack]
                     end = max((off + length for _, off, length, _, _ in records), default=len(_PACK_MAGIC))
@@ -1209,21 +1213,31 @@ class StoreCheck:
                     if size != expected or not frame:
                         detail = (f"{size:,} bytes where its index implies {expected:,}" if size != expected
                                   else "header or footer damaged")
-                        n = self._problem(Problem("corrupt", "pack", pack, detail))
-                        bad.update(dict.fromkeys(beyond, n))
+                        found.append((Problem("corrupt", "pack", pack, detail), beyond))
                     if report.read_data:
+                        skip = set(beyond) if found else set()
                         for h, (_, off, length, raw, flags) in zip(hashes, records, strict=True):
-                            if h in bad:
+                            if h in bad or h in skip:
                                 continue
                             try:
                                 reader.read_at(h, ChunkLocation(pack, off, length, raw, flags))
                             except (StoreError, OSError) as exc:
                                 reason = str(exc).rsplit(f" in pack {pack} ", 1)[-1]
-                                bad[h] = self._problem(Problem("corrupt", "chunk", h, reason, pack=pack))
+                                found.append((Problem("corrupt", "chunk", h, reason, pack=pack), [h]))
                             read += length
                         report.bytes_read += read
+                if found and self._deleted_meanwhile(pack):
+                    found = []
+                for problem, unusable in found:
+                    n = self._problem(problem)
+                    bad.update(dict.fromkeys(unusable, n))
                 if progress is not None:
                     progress(1, read)
+
+    def _deleted_meanwhile(self, pack: str) -> bool:
+        if pack in self._from_footer:
+            return not self._store.pack_path(pack).exists()
+        return not (self._store.root / "index" / f"{pack}.idx").exists()
 
     def verify_snapshots(self, progress: Callable[[int, int], None] | None = None,
                          check: Callable[[], None] | None = None) -> CheckReport:
@@ -1259,7 +1273,13 @@ class StoreCheck:
                     if n is None:
                         loc = known[th]
                         try:
-                            group = decode_tree_group(reader.read_at(th, loc))
+                            try:
+                                data = reader.read_at(th, loc)
+                            except _PackMissing:
+                                if (store.root / "index" / f"{loc.pack}.idx").exists():
+                                    raise
+                                data = reader.read(th)  # moved by a prune since the scan: look it up again
+                            group = decode_tree_group(data)
                         except (StoreError, OSError) as exc:
                             reason = str(exc).rsplit(f" in pack {loc.pack} ", 1)[-1]
                             n = bad[th] = self._problem(Problem("corrupt", "chunk", th, reason, pack=loc.pack))
