@@ -8,13 +8,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import pty
+import select
 import shutil
 import signal
 import socket as stdsocket
+import struct
 import subprocess
+import sys
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,17 +39,22 @@ import trio_websocket
 STATES = {1: "waiting", 2: "browsing", 3: "browsing", 4: "compressing", 5: "uploading"}
 
 
-def progress_json(project: str = "docs", run: str | None = "r-19000000000-0001-abcd", *, step: int = 1,
+def progress_json(project: str | None = "docs", run: str | None = "r-19000000000-0001-abcd", *, step: int = 1,
                   state: str | None = None, percent: float = 0.0, event_id: int = 0,
-                  snapshot: dict[str, Any] | None = None, error: dict[str, str] | None = None) -> dict[str, Any]:
+                  snapshot: dict[str, Any] | None = None, error: dict[str, str] | None = None,
+                  kind: str | None = None, steps: int = 6, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A progress object; ``kind`` (restore, check, prune) makes it another kind of run's, with ``steps``."""
     if state is None:
         state = "idle" if step == 0 else STATES.get(step, "completed")
-    return {
-        "event_id": event_id, "project": project, "run": run, "state": state, "step": step, "steps": 6,
+    p = {
+        "event_id": event_id, "project": project, "run": run, "state": state, "step": step, "steps": steps,
         "percent": percent, "message": f"{state} {percent}", "files_done": 0, "files_total": 0,
         "bytes_done": 0, "bytes_total": 0, "started_at": None, "updated_at": None, "eta_seconds": None,
         "error": error, "snapshot": snapshot,
     }
+    if kind is not None:
+        p.update(kind=kind, result=result)
+    return p
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,7 +152,8 @@ class FakeDaemon:
         p = progress_json(**{**kw, "event_id": self._next_id})
         self._next_id += 1
         self.events.append(p)
-        self.latest[p["project"]] = p
+        if p.get("kind", "snapshot") == "snapshot":
+            self.latest[p["project"]] = p  # other kinds of run do not replace a project's state
         for s in list(self._streams):
             if s.project in (None, p["project"]) and not s.stalled:
                 try:
@@ -186,12 +198,14 @@ class FakeDaemon:
         self.latest = {p: progress_json(p, None, step=0) for p in self.latest}
 
     def hits_of(self, kind: str) -> list[float]:
-        """Times of the requests of one kind: ``stream``, ``poll`` or ``health``."""
+        """Times of the requests of one kind: ``stream``, ``poll``, ``operation`` or ``health``."""
         def kind_of(h: Hit) -> str:
             if h.target.endswith("/stream") or h.target.startswith(("/api/v1/events", "/api/v1/ws")):
                 return "stream"
             if h.target.endswith("/health"):
                 return "health"
+            if h.target.startswith("/api/v1/operations/"):
+                return "operation"
             return "poll"
         return [h.time for h in self.hits if kind_of(h) == kind]
 
@@ -255,6 +269,12 @@ class FakeDaemon:
             return await _json(conn, stream, 200, {"projects": [
                 {"id": p, "path": f"/x/{p}", "state": v["state"], "progress": v, "last_snapshot": None}
                 for p, v in self.latest.items()]})
+        if len(parts) == 4 and parts[2] == "operations":
+            mine = [e for e in self.events if e["run"] == parts[3] and e.get("kind", "snapshot") != "snapshot"]
+            if not mine:
+                return await _json(conn, stream, 404, {"error": {"code": "not_found",
+                                                                 "message": f"No recent operation run {parts[3]!r}."}})
+            return await _json(conn, stream, 200, mine[-1])
         if len(parts) == 5 and parts[4] == "progress":
             if parts[3] not in self.latest:
                 return await _json(conn, stream, 404, {"error": {"code": "not_found", "message": "No project."}})
@@ -389,6 +409,65 @@ async def _json(conn: h11.Connection, stream: trio.SocketStream, status: int, ob
         ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]))
         + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
     return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# The console script, as users run it
+# ----------------------------------------------------------------------------------------------------
+
+SYNCSNAP = str(Path(sys.executable).parent / "syncsnap")
+
+
+def cli(d: Any, *args: str, env: dict[str, str] | None = None, timeout: float = 30,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``syncsnap ARGS`` with the daemon ``d``'s environment (its discovery file), output captured (a pipe)."""
+    env = env if env is not None else (d.env if d else dict(os.environ))
+    return subprocess.run([SYNCSNAP, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+class Pty:
+    """The command in a pseudo-terminal of 80x30, as a person at a terminal runs it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 80, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                     env={**env, "TERM": "xterm-256color"})
+        os.close(slave)
+        self.out = b""
+
+    def read_until(self, needle: bytes, timeout: float = 30) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.out:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} not seen; output: {self.out[-2000:]!r}")
+            if not self._read(left):
+                raise AssertionError(f"EOF before {needle!r}; output: {self.out[-2000:]!r}")
+        return self.out
+
+    def _read(self, timeout: float) -> bool:
+        r, _, _ = select.select([self.master], [], [], timeout)
+        if not r:
+            return True
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: the other side closed
+            return False
+        self.out += chunk
+        return bool(chunk)
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while self._read(max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
+            pass
+        code = self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        os.close(self.master)
+        return code
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -3,19 +3,12 @@ in a pseudo-terminal (live bar) and in JSON mode (NDJSON), with its exit codes."
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
-import pty
 import re
-import select
 import shutil
 import signal
-import struct
-import subprocess
-import sys
-import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +20,9 @@ import syncsnap
 from conftest import DaemonProcess, make_tree
 from syncsnap._view import TerminalView
 
-SYNCSNAP = str(Path(sys.executable).parent / "syncsnap")
+pytest.register_assert_rewrite("_client_fixtures")
+from _client_fixtures import SYNCSNAP, Pty, cli, progress_json  # noqa: E402
+
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -37,57 +32,6 @@ def big_tree(root: Path, files: int = 400, size: int = 64 * 1024) -> None:
     for i in range(files):
         (root / f"d{i % 8}").mkdir(exist_ok=True)
         (root / f"d{i % 8}" / f"f{i}.bin").write_bytes(os.urandom(size))
-
-
-def cli(d: DaemonProcess | None, *args: str, env: dict[str, str] | None = None,
-        timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = env if env is not None else (d.env if d else dict(os.environ))
-    return subprocess.run([SYNCSNAP, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-class Pty:
-    """The command in a pseudo-terminal of 80x30, as a person at a terminal runs it."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 80, 0, 0))
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                     env={**env, "TERM": "xterm-256color"})
-        os.close(slave)
-        self.out = b""
-
-    def read_until(self, needle: bytes, timeout: float = 30) -> bytes:
-        deadline = time.monotonic() + timeout
-        while needle not in self.out:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{needle!r} not seen; output: {self.out[-2000:]!r}")
-            if not self._read(left):
-                raise AssertionError(f"EOF before {needle!r}; output: {self.out[-2000:]!r}")
-        return self.out
-
-    def _read(self, timeout: float) -> bool:
-        r, _, _ = select.select([self.master], [], [], timeout)
-        if not r:
-            return True
-        try:
-            chunk = os.read(self.master, 65536)
-        except OSError:  # EIO: the other side closed
-            return False
-        self.out += chunk
-        return bool(chunk)
-
-    def wait(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while self._read(max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
-            pass
-        code = self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        os.close(self.master)
-        return code
-
-    @property
-    def text(self) -> str:
-        return self.out.decode("utf-8", "replace")
 
 
 def test_snapshot_follow_in_a_terminal_shows_a_live_progress_bar(daemon_factory: Any, short_tmp: Path) -> None:
@@ -127,6 +71,32 @@ def test_terminal_view_shows_rate_and_eta() -> None:
     assert "Compressing" in bar and "55.0%" in bar and "ETA 2m05s" in bar
     assert details == "  20/40 files · 30.0 MiB/40.0 MiB · 10.0 MiB/s"
     assert message == "  Compressing 10 of 40 files (10.0 MiB of 40.0 MiB)"
+
+
+def test_terminal_view_of_everything_drops_an_operation_once_its_end_is_printed() -> None:
+    """`syncsnap follow` (every project): a restore has its own display beside its project's, named
+    after it, with its own step names and counters; at its end a ✔ line stays and the display goes."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    view = TerminalView(console=console, drop_finished_operations=True)
+
+    def restore(step: int, state: str, **kw: Any) -> syncsnap.Progress:
+        return syncsnap.Progress.from_json({**progress_json("docs", "r-5", step=step, state=state, kind="restore",
+                                                            steps=4, **kw), "files_total": 3, "files_done": 1})
+
+    with view:
+        view.show(syncsnap.Progress.from_json(progress_json("docs", "r-4", step=4, percent=40)))
+        view.show(restore(2, "restoring", percent=50))
+        frame = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "docs restore step 2/4 Restoring files" in frame and "1/3 files" in frame
+        done = {**progress_json("docs", "r-5", step=4, state="completed", kind="restore", steps=4, percent=100,
+                                result={"files": 3, "bytes": 3014}), "message": "Restored snapshot s1 into /t"}
+        view.show(syncsnap.Progress.from_json(done))
+        assert "✔ docs: Restored snapshot s1 into /t" in console.file.getvalue()  # type: ignore[attr-defined]
+        console.file.seek(0)  # type: ignore[attr-defined]
+        console.file.truncate(0)  # type: ignore[attr-defined]
+        view.show(syncsnap.Progress.from_json(progress_json("docs", "r-4", step=5, percent=90)))
+        last_frame = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "docs step 5/6 Uploading to the store" in last_frame and "restore" not in last_frame
 
 
 def test_terminal_view_shows_a_queued_run_and_the_polling_fallback() -> None:

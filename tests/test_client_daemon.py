@@ -156,7 +156,7 @@ async def test_start_snapshot_over_the_websocket_sees_a_queued_run_from_its_firs
         assert [p.step for p in seen] == [1, 2, 3, 4, 5, 6] and seen[-1].state == "completed"
         # The daemon's history lags its event stream by about 0.25 s (it writes in batches).
         with trio.fail_after(5):
-            while not (await c.runs("docs")).runs[0].run == started.run:
+            while not (await c.runs("docs")).runs[0].run == started.run:  # noqa: ASYNC110 - polling the daemon
                 await trio.sleep(0.02)
         page = await c.runs("docs")
         assert [(r.run, r.state, r.trigger) for r in page.runs] == [
@@ -422,3 +422,45 @@ async def test_daemon_restart_is_followed_through(daemon_factory: Any, short_tmp
         assert [p.event_id for p in got] == sorted({p.event_id for p in got})
     assert all(p.run == run2 and not p.gap for p in after) and after[-1].state == "completed"
     assert [p.event_id for p in after] == sorted({p.event_id for p in after})
+
+
+def test_operations_with_typed_results_in_the_blocking_api(daemon_factory: Any, short_tmp: Path) -> None:
+    folder = short_tmp / "docs"
+    make_tree(folder, files=6)
+    d = daemon_factory({"docs": folder})
+    with syncsnap.Client(env=d.env) as c:
+        *_, done = c.follow_run(c.start_snapshot("docs"))
+        assert done.state == "completed" and done.snapshot is not None
+        (folder / "new.txt").write_bytes(b"new\n")
+        diff = c.diff("docs", "latest")
+        assert (diff.from_, diff.to, diff.truncated) == (done.snapshot.id, "live", False)
+        assert diff.added == (syncsnap.DiffEntry("new.txt", "file", 4),) and diff.removed == diff.modified == ()
+        assert (diff.summary.added, diff.summary.unchanged) == (1, 17)
+
+        started = c.start_restore("docs", "latest", short_tmp / "out", paths=["d0"])
+        assert started.progress.kind == "restore" and started.progress.project == "docs"
+        events = list(c.follow_run(started))
+        assert [p.step for p in events][0] == 1 and events[-1].state == "completed"
+        restored = syncsnap.RestoreResult.from_json(events[-1].result)
+        assert (restored.snapshot, restored.target, restored.paths, restored.files) == (
+            done.snapshot.id, str(short_tmp / "out"), ("d0",), 2)
+        with pytest.raises(syncsnap.DaemonError) as refused:
+            c.start_restore("docs", "latest", short_tmp / "out")
+        assert refused.value.code == "target_not_empty" and refused.value.status == 409
+
+        check = c.start_check(read_data=True)
+        assert check.progress.project is None and check.stream == "/api/v1/events"
+        *_, last = c.follow_run(check, transport="ws")
+        report = syncsnap.CheckResult.from_json(last.result)
+        report_json = last.result
+        assert (last.state, report.ok, report.read_data, report.snapshots, report.problems) == (
+            "completed", True, True, 1, ())
+        *_, last = c.follow_run(c.start_prune(dry_run=True))
+        pruned = syncsnap.PruneResult.from_json(last.result)
+        assert (pruned.dry_run, pruned.snapshots_removed, pruned.projects) == (True, (), {"docs": (1, 0)})
+
+        final = c.operation(check.run)
+        assert (final.state, final.kind, final.result) == ("completed", "check", report_json)
+        assert [p.kind for p in c.operations()] == ["prune", "check", "restore"]
+        with pytest.raises(syncsnap.NotFound):
+            c.operation("r-nope")

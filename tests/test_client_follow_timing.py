@@ -337,3 +337,118 @@ def test_jitter_stretches_each_delay_by_at_most_the_jitter_fraction() -> None:
     policy = syncsnap.FollowPolicy(jitter=0.1, random=lambda: 0.5)
     assert [policy.delay(k) for k in range(1, 8)] == pytest.approx([1.05, 2.1, 4.2, 8.4, 16.8, 31.5, 31.5])
     assert syncsnap.FollowPolicy(jitter=0.0).delay(6) == 30.0
+
+
+# --- runs of other kinds: restore (on its project's stream), check and prune (store-wide) ---------------
+
+RESTORE = "r-19000000005-0005-7e57"
+CHECK = "r-19000000006-0006-c4ec"
+
+
+async def test_a_restore_is_followed_to_its_end_beside_its_projects_snapshots(
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
+    """A restore's events share its project's stream with the project's snapshot runs without replacing
+    them: neither is taken for the end of the other (no gap, no RunLost)."""
+    fake = FakeDaemon(short_tmp / "d.sock")
+    col, all_col = Collector(), Collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        fake.publish(run=RUN, step=4)
+        first = fake.publish(run=RESTORE, kind="restore", steps=3, step=1, state="reading")
+        follower = client_for(fake.path).follow("docs", RESTORE, kind="restore", last_event_id=first["event_id"] - 1,
+                                                transport=transport)
+        nursery.start_soon(col.run, follower)
+        nursery.start_soon(all_col.run, client_for(fake.path).follow("docs", transport=transport))
+        await trio.sleep(1)
+        fake.publish(run=RUN, step=5)
+        fake.publish(run=RESTORE, kind="restore", steps=3, step=2, state="restoring", percent=50)
+        fake.publish(run=RUN, step=6, state="completed", percent=100)
+        fake.publish(run=RUN2, step=1)  # the next snapshot starts while the restore goes on
+        fake.publish(run=RESTORE, kind="restore", steps=3, step=3, state="completed", percent=100,
+                     result={"files": 3})
+        with trio.fail_after(5):
+            await col.done.wait()
+        assert col.error is None
+        assert [(p.run, p.step, p.state) for _, p in col.got] == [
+            (RESTORE, 1, "reading"), (RESTORE, 2, "restoring"), (RESTORE, 3, "completed")]
+        assert col.got[-1][1].raw["result"] == {"files": 3}
+        await trio.sleep(1)
+        assert [(p.run, p.state, p.gap) for _, p in all_col.got] == [
+            (RUN, "compressing", False), (RUN, "uploading", False), (RESTORE, "restoring", False),
+            (RUN, "completed", False), (RUN2, "waiting", False), (RESTORE, "completed", False)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_store_wide_check_is_followed_while_polling_through_its_own_endpoint(
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
+    """An operation's progress is not its project's state: while the stream is refused, the follower
+    polls the operation's own endpoint."""
+    fake = FakeDaemon(short_tmp / "d.sock")
+    fake.stream_status = 503
+    col = Collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        first = fake.publish(project=None, run=CHECK, kind="check", steps=3, step=1, state="checking")
+        follower = client_for(fake.path).follow(run=CHECK, kind="check", last_event_id=first["event_id"] - 1,
+                                                transport=transport)
+        nursery.start_soon(col.run, follower)
+        await trio.sleep_until(31.5)  # 5 refused reconnects, then polling
+        assert fake.hits_of("operation") == [31] and fake.hits_of("poll") == []
+        fake.publish(project=None, run=CHECK, kind="check", steps=3, step=2, state="checking", percent=40)
+        await trio.sleep_until(35.5)
+        fake.publish(project=None, run=CHECK, kind="check", steps=3, step=3, state="completed", percent=100)
+        with trio.fail_after(5):
+            await col.done.wait()
+        assert [(t, p.step, p.state, p.label) for t, p in col.got] == [
+            (31, 1, "checking", "store"), (32, 2, "checking", "store"), (36, 3, "completed", "store")]
+        assert fake.hits_of("operation") == [31, 32, 33, 34, 35, 36]
+        nursery.cancel_scope.cancel()
+
+
+async def test_following_an_operation_run_later_starts_from_its_state_at_its_own_endpoint(
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
+    """A fresh stream does not replay operation runs: a follower given no resume point asks the run's
+    state first, then streams from that event on, so a run that ends any time after is seen ending."""
+    fake = FakeDaemon(short_tmp / "d.sock")
+    col = Collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        fake.publish(run=CHECK, project=None, kind="check", steps=4, step=2, state="checking", percent=30)
+        fake.publish(run=RUN, step=3)
+        follower = client_for(fake.path).follow(run=CHECK, kind="check", transport=transport)
+        nursery.start_soon(col.run, follower)
+        await trio.sleep(1)
+        fake.publish(run=CHECK, project=None, kind="check", steps=4, step=4, state="completed", percent=100)
+        with trio.fail_after(5):
+            await col.done.wait()
+        assert [(t, p.step, p.state, p.gap) for t, p in col.got] == [
+            (0, 2, "checking", False), (1, 4, "completed", False)]
+        assert fake.hits_of("operation") == [0] and fake.resume_ids() == ["1"]
+        # Ended already: its final state, at once.
+        done = [p async for p in client_for(fake.path).follow(run=CHECK, kind="check", transport=transport)]
+        assert [p.state for p in done] == ["completed"] and trio.current_time() == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_operation_run_is_lost_with_its_daemon(
+        short_tmp: Path, autojump_clock: trio.testing.MockClock, transport: str) -> None:
+    fake = FakeDaemon(short_tmp / "d.sock")
+    col = Collector()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        fake.publish(run=RESTORE, kind="restore", steps=3, step=2, state="restoring")
+        nursery.start_soon(col.run, client_for(fake.path).follow("docs", RESTORE, kind="restore",
+                                                                 transport=transport))
+        await trio.sleep(1)
+        fake.restart()  # a new daemon knows nothing of the restore
+        with trio.fail_after(10):
+            await col.done.wait()
+        nursery.cancel_scope.cancel()
+    assert isinstance(col.error, syncsnap.RunLost)
+    assert str(col.error) == (f"Run {RESTORE} of docs ended without this client seeing how (the daemon restarted, "
+                              f"or the run finished while the connection was down); `syncsnap run {RESTORE}` "
+                              "shows how it ended.")
+    # Its state was asked at the start (no resume point given), then at the reconnect 1 s after the cut,
+    # which found a new daemon.
+    assert fake.hits_of("operation") == [0, 2]
+    assert [(p.run, p.state) for _, p in col.got] == [(RESTORE, "restoring")]

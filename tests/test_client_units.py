@@ -83,3 +83,31 @@ def test_sse_parser_handles_any_split_and_line_ending() -> None:
 def test_sse_parser_refuses_an_endless_line() -> None:
     with pytest.raises(syncsnap.ProtocolError, match="over 1 MiB"):
         SseParser().feed(b"data: " + b"x" * (1024 * 1024 + 1))
+
+
+def test_store_wide_runs_have_no_project_and_each_operation_run_its_own_lane() -> None:
+    check = {**progress_json(None, "r-19000000002-0003-c0de", step=2, state="checking", event_id=9),
+             "kind": "check", "steps": 3}
+    p = syncsnap.Progress.from_json(check)
+    assert (p.project, p.label, p.kind, p.terminal) == (None, "store", "check", False)
+    assert p.to_json() == check
+    snap = syncsnap.Progress.from_json(progress_json("docs", "r-19000000000-0001-abcd", step=4))
+    restore = syncsnap.Progress.from_json({**progress_json("docs", "r-19000000001-0002-beef"), "kind": "restore"})
+    # A project's snapshots replace one another; a restore of the same project does not replace them.
+    assert len({p.lane, snap.lane, restore.lane}) == 3
+    assert snap.lane == syncsnap.Progress.from_json(progress_json("docs", "r-2", step=1)).lane
+
+
+def test_run_records_parse_with_step_timings_by_number() -> None:
+    obj = {"run": "r-1", "project": "docs", "kind": "snapshot", "trigger": "watch", "attempt": 2, "retry_of": "r-0",
+           "state": "failed", "started_at": "2026-11-28T17:57:15.985Z", "ended_at": "2026-11-28T17:57:16.000Z",
+           "duration_seconds": 0.015, "step_seconds": {"10": 0.5, "2": 0.001, "1": 0.003},
+           "error": {"code": "folder_missing", "message": "gone"}, "snapshot": None, "future": 1}
+    r = syncsnap.RunInfo.from_json(obj)
+    assert (r.trigger, r.attempt, r.retry_of, r.terminal) == ("watch", 2, "r-0", True)
+    assert list(r.step_seconds.items()) == [(1, 0.003), (2, 0.001), (10, 0.5)]
+    assert r.error == syncsnap.ErrorInfo("folder_missing", "gone") and r.to_json() == obj
+    with pytest.raises(syncsnap.ProtocolError, match="step_seconds"):
+        syncsnap.RunInfo.from_json({**obj, "step_seconds": {"one": 1}})
+    page = syncsnap.RunList.from_json({"runs": [obj], "next": "r-1"})
+    assert page.next == "r-1" and page.runs == [r]

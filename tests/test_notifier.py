@@ -275,6 +275,25 @@ def test_policy_notifies_each_run_end_once_and_skips_old_news() -> None:
     assert policy.decide(p("r-9", "completed", event_id=1, gap=True, project="pics")) is not None
 
 
+def test_policy_notifies_the_ends_of_restores_checks_and_prunes() -> None:
+    def op(kind: str, project: str | None, run: str, state: str, message: str, **kw: Any) -> syncsnap.Progress:
+        return syncsnap.Progress.from_json({**progress_json(project, run, step=4, state=state, kind=kind, steps=4,
+                                                            **kw), "message": message})
+
+    policy = NotificationPolicy(progress=True, clock=lambda: 0.0)
+    # Operation runs are never a project's current state: the first one seen is live, not old news.
+    n = policy.decide(op("restore", "docs", "r-5", "completed", "Restored snapshot s1 into /tmp/out: 3 files"))
+    assert n is not None and (n.project, n.summary, n.body, n.urgency) == (
+        "docs", "Restore of docs completed", "Restored snapshot s1 into /tmp/out: 3 files", NORMAL)
+    n = policy.decide(op("check", None, "r-6", "failed", "Check failed", error={
+        "code": "problems_found", "message": "1 problem(s), 1 damaged snapshot(s) in 2 snapshots"}))
+    assert n is not None and (n.project, n.summary, n.body, n.urgency) == (
+        "store", "Check of the store failed", "1 problem(s), 1 damaged snapshot(s) in 2 snapshots", CRITICAL)
+    n = policy.decide(syncsnap.Progress.from_json(progress_json(None, "r-7", step=2, state="marking", kind="prune",
+                                                                steps=5, percent=20)))
+    assert n is not None and n.summary == "Prune of the store: step 2/5, Finding data in use" and n.urgency == LOW
+
+
 def test_policy_rate_limits_progress_notifications() -> None:
     now = [0.0]
     policy = NotificationPolicy(progress=True, clock=lambda: now[0])

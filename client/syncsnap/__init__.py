@@ -27,15 +27,24 @@ from ._follow import Follower as Follower
 from ._follow import FollowPolicy as FollowPolicy
 from ._follow import FollowStatistics as FollowStatistics
 from ._models import Cancelling as Cancelling
+from ._models import CheckResult as CheckResult
+from ._models import DamagedSnapshot as DamagedSnapshot
+from ._models import Diff as Diff
+from ._models import DiffChange as DiffChange
+from ._models import DiffEntry as DiffEntry
+from ._models import DiffSummary as DiffSummary
 from ._models import ErrorInfo as ErrorInfo
 from ._models import Health as Health
 from ._models import Progress as Progress
 from ._models import Project as Project
 from ._models import ProjectStats as ProjectStats
+from ._models import PruneResult as PruneResult
+from ._models import RestoreResult as RestoreResult
 from ._models import RunInfo as RunInfo
 from ._models import RunList as RunList
 from ._models import RunStarted as RunStarted
 from ._models import SnapshotInfo as SnapshotInfo
 from ._models import SnapshotSummary as SnapshotSummary
+from ._models import StoreProblem as StoreProblem
 
 __version__ = "0.1.0"

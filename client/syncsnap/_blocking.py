@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -19,6 +19,7 @@ from ._discovery import Endpoint, find_endpoint
 from ._follow import Follower, FollowPolicy, Transport
 from ._models import (
     Cancelling,
+    Diff,
     Health,
     Progress,
     Project,
@@ -153,11 +154,40 @@ class Client:
     def cancel(self, project: str) -> Cancelling:
         return self._call(self._async.cancel, project)
 
+    def diff(self, project: str, before: str, after: str | None = None, *, limit: int | None = None) -> Diff:
+        return self._call(lambda: self._async.diff(project, before, after, limit=limit))
+
+    def start_restore(self, project: str, snapshot: str, target: str | os.PathLike[str], *,
+                      paths: Sequence[str] = (), overwrite: bool = False) -> RunStarted:
+        return self._call(lambda: self._async.start_restore(project, snapshot, target, paths=paths,
+                                                            overwrite=overwrite))
+
+    def start_check(self, *, read_data: bool = False) -> RunStarted:
+        return self._call(lambda: self._async.start_check(read_data=read_data))
+
+    def start_prune(self, *, dry_run: bool = False) -> RunStarted:
+        return self._call(lambda: self._async.start_prune(dry_run=dry_run))
+
+    def operation(self, run: str) -> Progress:
+        return self._call(self._async.operation, run)
+
+    def operations(self) -> list[Progress]:
+        return self._call(self._async.operations)
+
+    def cancel_operation(self, run: str) -> Cancelling:
+        return self._call(self._async.cancel_operation, run)
+
+    def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Iterator[Progress]:
+        """Like :meth:`AsyncClient.follow_run`, as a plain iterator."""
+        return self._iterate(self._async.follow_run(started, transport=transport))
+
     def follow(self, project: str | None = None, run: str | None = None, *, last_event_id: int | None = None,
                wait: bool = False, transport: Transport = "sse", kind: str = "snapshot") -> Iterator[Progress]:
         """Like :meth:`AsyncClient.follow`, as a plain iterator (see there)."""
-        follower: Follower = self._async.follow(project, run, last_event_id=last_event_id, wait=wait,
-                                                transport=transport, kind=kind)
+        return self._iterate(self._async.follow(project, run, last_event_id=last_event_id, wait=wait,
+                                                transport=transport, kind=kind))
+
+    def _iterate(self, follower: Follower) -> Iterator[Progress]:
         try:
             while True:
                 try:

@@ -8,11 +8,17 @@
     syncsnap runs PROJECT [--limit N]    the project's runs, newest first
     syncsnap run RUN                     one run, with the time spent in each step
     syncsnap stats PROJECT               success rate and durations of the project's snapshots
-    syncsnap cancel PROJECT              cancel the running snapshot (and wait until it ended)
+    syncsnap cancel PROJECT | --run RUN  cancel the running snapshot, or an operation run (and wait for its end)
+    syncsnap diff PROJECT FROM [TO]      what changed between two snapshots, or since one (TO: the live folder)
+    syncsnap restore PROJECT SNAPSHOT TARGET [--path P] [--overwrite] [--follow]
+    syncsnap check [--read-data] [--follow]     verify the store
+    syncsnap prune [--dry-run] [--follow]       apply retention policies, delete unused data
     syncsnap notify [--progress]         desktop notifications for every project (see _notify.py)
 
-On a terminal, following shows a live progress bar; elsewhere, or with ``--json``, one JSON object per
-event (NDJSON). ``--transport ws`` follows over the daemon's WebSocket instead of its SSE streams.
+Restore, check and prune are runs of the daemon like snapshots: ``--follow`` shows them with the same
+live display and exit codes. On a terminal, following shows a live progress bar; elsewhere, or with
+``--json``, one JSON object per event (NDJSON). ``--transport ws`` follows over the daemon's WebSocket
+instead of its SSE streams.
 Exit codes: 0 completed (or success), 1 a followed run failed or was cancelled (or nothing was there to
 cancel), 2 usage or connection errors, 130 interrupted (Ctrl-C).
 """
@@ -29,10 +35,20 @@ import trio
 
 from . import __version__
 from ._client import AsyncClient, open_client
-from ._errors import NotFound, RunLost, SyncsnapError
+from ._errors import DaemonError, NotFound, ProtocolError, RunLost, SyncsnapError
 from ._follow import TRANSPORTS, Follower, Transport
 from ._format import human_bytes, human_duration, percent, plural, precise_duration
-from ._models import Progress, Project, RunInfo, SnapshotInfo, step_names
+from ._models import (
+    CheckResult,
+    DiffChange,
+    Progress,
+    Project,
+    PruneResult,
+    RunInfo,
+    RunStarted,
+    SnapshotInfo,
+    step_names,
+)
 from ._view import JsonView, TerminalView, View, final_line
 
 EXIT_OK = 0
@@ -72,10 +88,31 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="show one run, with the time spent in each step").add_argument("run")
     sub.add_parser("stats", parents=[common], help="success rate and durations of a project's snapshots"
                    ).add_argument("project")
-    c = sub.add_parser("cancel", parents=[common], help="cancel a project's running snapshot")
-    c.add_argument("project")
+    c = sub.add_parser("cancel", parents=[common], help="cancel a project's running snapshot, or an operation run")
+    c.add_argument("project", nargs="?")
+    c.add_argument("--run", help="cancel this restore, check or prune run instead")
     c.add_argument("--no-wait", action="store_true", help="return once the daemon took the request, without "
                                                           "waiting for the run to end")
+    d = sub.add_parser("diff", parents=[common], help="what changed between two snapshots, or since one")
+    d.add_argument("project")
+    d.add_argument("snapshot_from", metavar="FROM", help="a snapshot id, or latest")
+    d.add_argument("snapshot_to", metavar="TO", nargs="?", help="a snapshot id, or latest (default: the live folder)")
+    d.add_argument("-n", "--limit", type=_limit, default=None, metavar="N",
+                   help="list at most N entries of each kind (the summary counts all)")
+    rs = sub.add_parser("restore", parents=[common], help="restore a snapshot, or paths in it, into a directory")
+    rs.add_argument("project")
+    rs.add_argument("snapshot", help="a snapshot id, or latest")
+    rs.add_argument("target", help="the directory to restore into (created if missing)")
+    rs.add_argument("-p", "--path", action="append", dest="paths", default=[], metavar="P",
+                    help="restore only this path of the snapshot (repeat for several)")
+    rs.add_argument("--overwrite", action="store_true", help="restore over files that are already there")
+    rs.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 completed, 1 not)")
+    ck = sub.add_parser("check", parents=[common], help="verify the store")
+    ck.add_argument("--read-data", action="store_true", help="also re-hash every object's content (slower)")
+    ck.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 no problem, 1 not)")
+    pr = sub.add_parser("prune", parents=[common], help="apply retention policies and delete unused data")
+    pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    pr.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 completed, 1 not)")
     n = sub.add_parser("notify", parents=[common], help="send desktop notifications for every project")
     n.add_argument("--progress", action="store_true", help="also show progress while a snapshot runs")
     return p
@@ -95,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``syncsnap`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "follow" and args.run and not args.project:
-        parser.error("follow --run needs the run's PROJECT")
+    if args.command == "cancel" and (args.project is None) == (args.run is None):
+        parser.error("cancel needs a PROJECT (its running snapshot) or --run RUN (an operation run)")
     try:
         return trio.run(_main, args)
     except KeyboardInterrupt:
@@ -192,10 +229,10 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _view(as_json: bool, status: Any = None) -> View:
+def _view(as_json: bool, status: Any = None, *, one_run: bool = True) -> View:
     if as_json or not sys.stdout.isatty():
         return JsonView()
-    return TerminalView(status)
+    return TerminalView(status, drop_finished_operations=not one_run)
 
 
 def _transport(args: argparse.Namespace) -> Transport:
@@ -224,14 +261,23 @@ async def _cmd_snapshot(client: AsyncClient, args: argparse.Namespace, as_json: 
                   f"`syncsnap follow {args.project} --run {started.run}`.")
         return EXIT_OK
     # Resume just before the run's first event, so none of its steps is missed (the daemon replays them).
-    first = started.progress.event_id
-    after = max(first - 1, 0) if not busy else first
-    return await _follow(client, args.project, started.run, as_json, last_event_id=after, queued=busy,
-                         transport=_transport(args))
+    return await _follow(client, args.project, started.run, as_json, queued=busy,
+                         follower=client.follow_run(started, transport=_transport(args)))
 
 
 async def _cmd_follow(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
-    return await _follow(client, args.project, args.run, as_json, transport=_transport(args))
+    if args.run is None:
+        return await _follow(client, args.project, None, as_json, transport=_transport(args))
+    # A restore, check or prune run is followed by its kind (and has its project, if any, with it).
+    try:
+        op = await client.operation(args.run)
+    except NotFound:
+        if not args.project:
+            print("syncsnap: follow --run needs the run's PROJECT (for a snapshot run).", file=sys.stderr)
+            return EXIT_USAGE
+        return await _follow(client, args.project, args.run, as_json, transport=_transport(args))
+    follower = client.follow(op.project, args.run, kind=op.kind, transport=_transport(args))
+    return await _follow(client, op.project, args.run, as_json, follower=follower)
 
 
 async def _follow(client: AsyncClient, project: str | None, run: str | None, as_json: bool, *,
@@ -246,7 +292,7 @@ async def _follow(client: AsyncClient, project: str | None, run: str | None, as_
         return ""
 
     last: Progress | None = None
-    with _view(as_json, status) as view:
+    with _view(as_json, status, one_run=run is not None) as view:
         if queued and project is not None and isinstance(view, TerminalView):
             view.queued(project, f"Run {run} is queued: it starts when the running snapshot ends.")
         async with follower:
@@ -255,9 +301,132 @@ async def _follow(client: AsyncClient, project: str | None, run: str | None, as_
                 last = p
     if run is None or last is None:
         return EXIT_OK
-    if as_json or not sys.stdout.isatty():
-        print(final_line(last), file=sys.stderr)
+    out = sys.stdout if sys.stdout.isatty() and not as_json else sys.stderr
+    if out is sys.stderr:
+        print(final_line(last), file=out)
+    for line in _details(last):
+        print(line, file=out)
     return EXIT_OK if last.state == "completed" else EXIT_FAILED
+
+
+def _details(p: Progress) -> list[str]:
+    """What an operation's end says beyond its final line: the problems a check found, what a prune removed."""
+    if p.result is None:
+        return []
+    try:
+        if p.kind == "check":
+            return _check_details(CheckResult.from_json(p.result))
+        if p.kind == "prune":
+            return _prune_details(PruneResult.from_json(p.result))
+    except ProtocolError:
+        return []  # the final line said the essential
+    return []
+
+
+def _check_details(r: CheckResult) -> list[str]:
+    lines = [f"  {plural(len(r.problems), 'problem')}:"] if r.problems else []
+    for problem in r.problems:
+        where = f" in pack {_short(problem.pack)}" if problem.pack else ""
+        detail = f" ({problem.detail})" if problem.detail else ""
+        lines.append(f"    {problem.kind} {problem.object} {_short(problem.id)}{where}{detail}")
+    if r.damaged:
+        lines.append(f"  {plural(len(r.damaged), 'snapshot')} cannot be fully restored:")
+    for d in r.damaged:
+        what = "part of its file list is lost" if d.listing else f"{plural(d.files, 'file')} damaged"
+        shown = f": {', '.join(d.paths)}" + (", ..." if d.files > len(d.paths) else "") if d.paths else ""
+        lines.append(f"    {d.snapshot}: {what}{shown}")
+    return lines
+
+
+def _short(object_id: str) -> str:
+    """A hash shortened for people, as git does (``--json`` has it whole); other ids as they are."""
+    if len(object_id) == 64 and all(c in "0123456789abcdef" for c in object_id):
+        return object_id[:12]
+    return object_id
+
+
+def _prune_details(r: PruneResult) -> list[str]:
+    lines = []
+    for project, (kept, removed) in sorted(r.projects.items()):
+        lines.append(f"  {project}: {plural(kept, 'snapshot')} kept, {removed:,} {'to remove' if r.dry_run else 'removed'}")
+    for sid in r.snapshots_removed:
+        lines.append(f"    {'would remove' if r.dry_run else 'removed'} {sid}")
+    return lines
+
+
+async def _start_operation(client: AsyncClient, args: argparse.Namespace, as_json: bool, started: RunStarted,
+                           what: str) -> int:
+    """After a restore, check or prune was started: say so, or follow it to its end."""
+    if args.follow:
+        follower = client.follow_run(started, transport=_transport(args))
+        return await _follow(client, started.progress.project, started.run, as_json, follower=follower)
+    if as_json or not sys.stdout.isatty():
+        _print_json({"run": started.run, "kind": started.progress.kind, "project": started.progress.project,
+                     "progress": started.progress.to_json()})
+    else:
+        where = f"{started.progress.project} " if started.progress.project else ""
+        print(f"Started {what} run {started.run}; follow it with `syncsnap follow {where}--run {started.run}`.")
+    return EXIT_OK
+
+
+async def _cmd_restore(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    started = await client.start_restore(args.project, args.snapshot, args.target, paths=args.paths,
+                                         overwrite=args.overwrite)
+    return await _start_operation(client, args, as_json, started, f"restore of {args.project}")
+
+
+async def _cmd_check(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    started = await client.start_check(read_data=args.read_data)
+    return await _start_operation(client, args, as_json, started, "check")
+
+
+async def _cmd_prune(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    started = await client.start_prune(dry_run=args.dry_run)
+    return await _start_operation(client, args, as_json, started, "prune (dry run)" if args.dry_run else "prune")
+
+
+async def _cmd_diff(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    diff = await client.diff(args.project, args.snapshot_from, args.snapshot_to, limit=args.limit)
+    if as_json:
+        _print_json(diff.raw)
+        return EXIT_OK
+    rows: list[tuple[str, str, str]] = []
+    rows += [(e.path, "+", _side(e.kind, e.size)) for e in diff.added]
+    rows += [(e.path, "-", _side(e.kind, e.size)) for e in diff.removed]
+    rows += [(c.path, _change_mark(c), _change(c)) for c in diff.modified]
+    for path, mark, detail in sorted(rows):
+        print(f"{mark} {path}" + (f"  ({detail})" if detail else ""))
+    sm = diff.summary
+    to = "the live folder" if diff.to == "live" else diff.to
+    if rows:
+        print()
+    print(f"{diff.from_} -> {to}: {sm.added:,} added ({human_bytes(sm.size_added)}), {sm.removed:,} removed "
+          f"({human_bytes(sm.size_removed)}), {sm.modified:,} modified, {sm.unchanged:,} unchanged; "
+          f"{human_bytes(sm.size_before)} -> {human_bytes(sm.size_after)}")
+    if diff.truncated:
+        print(f"(lists cut at {len(max(diff.added, diff.removed, diff.modified, key=len)):,} entries each; "
+              "--limit N shows more, --json gives them to scripts)")
+    return EXIT_OK
+
+
+def _side(kind: str, size: int) -> str:
+    return human_bytes(size) if kind == "file" else kind
+
+
+def _change_mark(c: DiffChange) -> str:
+    return "T" if "type" in c.change else "M"
+
+
+def _change(c: DiffChange) -> str:
+    parts = []
+    if "type" in c.change:
+        parts.append(f"{c.kind_before} -> {c.kind_after}")
+    if "content" in c.change:
+        parts.append(f"content {human_bytes(c.size_before)} -> {human_bytes(c.size_after)}"
+                     if c.kind_after == "file" else "target")
+    if "mode" in c.change:
+        parts.append(f"mode {c.mode_before} -> {c.mode_after}")
+    return ", ".join(parts)
 
 
 # --- history ---------------------------------------------------------------------------------------
@@ -353,21 +522,32 @@ async def _cmd_stats(client: AsyncClient, args: argparse.Namespace, as_json: boo
 
 
 async def _cmd_cancel(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    project, kind = args.project, "snapshot"
     try:
-        answer = await client.cancel(args.project)
+        if args.run is not None:
+            op = await client.operation(args.run)
+            project, kind = op.project, op.kind
+            answer = await client.cancel_operation(args.run)
+        else:
+            answer = await client.cancel(args.project)
     except NotFound as exc:
         if exc.code != "no_run":
             raise
         print(f"syncsnap: {exc.message} Nothing to cancel.", file=sys.stderr)
         return EXIT_FAILED
+    except DaemonError as exc:
+        if exc.code != "finished":
+            raise
+        print(f"syncsnap: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     if args.no_wait:
         if as_json:
             _print_json(asdict(answer))
         else:
-            print(f"Cancelling run {answer.run} of {args.project}.")
+            print(f"Cancelling run {answer.run}" + (f" of {project}." if project else "."))
         return EXIT_OK
     last: Progress | None = None
-    async with client.follow(args.project, answer.run, transport=_transport(args)) as follower:
+    async with client.follow(project, answer.run, kind=kind, transport=_transport(args)) as follower:
         async for p in follower:
             last = p
     assert last is not None and last.terminal

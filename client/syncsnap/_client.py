@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +18,7 @@ from ._follow import API, Follower, FollowPolicy, Transport
 from ._http import HttpConnection, error_for_response
 from ._models import (
     Cancelling,
+    Diff,
     Health,
     Progress,
     Project,
@@ -152,7 +153,74 @@ class AsyncClient:
         return Cancelling.from_json(await self._request("DELETE", f"{API}/projects/{_q(project)}/runs/current",
                                                         expect=202))
 
+    # --- operations (docs/api.md "Operations") -----------------------------------------------------
+
+    async def diff(self, project: str, before: str, after: str | None = None, *, limit: int | None = None) -> Diff:
+        """What changed from snapshot ``before`` to snapshot ``after`` (default: the live folder).
+
+        Snapshot ids, or ``latest``. ``limit`` caps each list (the summary always counts everything;
+        ``Diff.truncated`` says when a list was cut).
+        """
+        target = f"{API}/projects/{_q(project)}/diff?from={_q(before)}"
+        if after is not None:
+            target += f"&to={_q(after)}"
+        if limit is not None:
+            target += f"&limit={int(limit)}"
+        return Diff.from_json(await self._request("GET", target))
+
+    async def start_restore(self, project: str, snapshot: str, target: str | os.PathLike[str], *,
+                            paths: Sequence[str] = (), overwrite: bool = False) -> RunStarted:
+        """Restore a snapshot (``latest``, or an id) of ``project``, or only ``paths`` inside it, into the
+        directory ``target`` (absolute; relative paths are resolved here). Existing files are refused
+        unless ``overwrite``. Returns the run to follow (``kind`` ``restore``)."""
+        body: dict[str, Any] = {"snapshot": snapshot, "target": _absolute(target)}
+        if paths:
+            body["paths"] = list(paths)
+        if overwrite:
+            body["overwrite"] = True
+        return RunStarted.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/restore",
+                                                        expect=202, body=body))
+
+    async def start_check(self, *, read_data: bool = False) -> RunStarted:
+        """Check the whole store: its structure and references, and with ``read_data`` every object's
+        content against its hash. Returns the run to follow (``kind`` ``check``, no project)."""
+        return RunStarted.from_json(await self._request("POST", f"{API}/check", expect=202,
+                                                        body={"read_data": True} if read_data else {}))
+
+    async def start_prune(self, *, dry_run: bool = False) -> RunStarted:
+        """Apply the projects' retention policies and delete the data no snapshot uses (``dry_run``: only
+        say what would go). Returns the run to follow (``kind`` ``prune``, no project)."""
+        return RunStarted.from_json(await self._request("POST", f"{API}/prune", expect=202,
+                                                        body={"dry_run": True} if dry_run else {}))
+
+    async def operation(self, run: str) -> Progress:
+        """The latest progress of an operation run (running, or recently finished)."""
+        return Progress.from_json(await self._request("GET", f"{API}/operations/{_q(run)}"))
+
+    async def operations(self) -> list[Progress]:
+        """Running operation runs, then recently finished ones, newest first."""
+        return parse_list(await self._request("GET", f"{API}/operations"), "operations", Progress,
+                          "an operation list")
+
+    async def cancel_operation(self, run: str) -> Cancelling:
+        """Cancel a running restore, check or prune; it ends ``cancelled`` promptly."""
+        return Cancelling.from_json(await self._request("DELETE", f"{API}/operations/{_q(run)}", expect=202))
+
     # --- following ---------------------------------------------------------------------------------
+
+    def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Follower:
+        """Follow a run this client started (any kind), from its first event to its end.
+
+        The follower resumes just before the run's first event, so even a run that ended before the
+        stream opened is seen from its start; a snapshot queued behind a running one shows up when it
+        starts.
+        """
+        p = started.progress
+        if p.run == started.run:
+            return self.follow(p.project, started.run, kind=p.kind, last_event_id=max(p.event_id - 1, 0),
+                               transport=transport)
+        # Queued behind the running snapshot (whose progress this is): its events come after this one.
+        return self.follow(p.project, started.run, last_event_id=p.event_id, transport=transport)
 
     def follow(self, project: str | None = None, run: str | None = None, *, last_event_id: int | None = None,
                wait: bool = False, transport: Transport = "sse", kind: str = "snapshot") -> Follower:
@@ -192,6 +260,11 @@ class AsyncClient:
         self._followers.clear()
         while self._idle:
             await self._idle.pop().aclose()
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute against this process's working directory (the daemon's is not ours)."""
+    return os.path.abspath(os.fspath(path))
 
 
 def _q(project: str) -> str:

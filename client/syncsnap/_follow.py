@@ -307,7 +307,12 @@ class Follower:
         self._gap_marked: set[str] = set()
         self._run_seen = False
         self._run_floor = -1  # events up to this id came before the followed run began
-        self._check_run = False
+        # An operation run's state is asked of its own endpoint (GET /operations/{run}): at the start when
+        # there is no resume point (a fresh stream does not replay operations), and after a gap or a restart.
+        self._check_run = run is not None and kind != "snapshot" and last_event_id is None
+        self._check_initial = self._check_run
+        self._check_at = -math.inf
+        self._check_failures = 0
         self._ready: deque[Progress] = deque()
         self._finished = False
 
@@ -418,7 +423,7 @@ class Follower:
 
     async def _step(self) -> None:
         """Do one unit of work: wait, connect, read a chunk, or poll."""
-        if self._check_run:
+        if self._check_run and trio.current_time() >= self._check_at:
             await self._check_operation_run()
         elif self._stats.mode == "poll":
             await self._poll_step()
@@ -702,19 +707,37 @@ class Follower:
             self._offer(p)
 
     async def _check_operation_run(self) -> None:
-        """After a gap or a restart: the followed operation run's state now (or RunLost if it is gone)."""
+        """The followed operation run's state now, from its own endpoint (RunLost if the daemon no longer
+        knows it): at the start, and after a gap or a restart (its end may be among what was missed)."""
         assert self.run is not None
         try:
             doc = await self._get(self._poll_target)
+            p = Progress.from_json(doc)
         except NotFound:
             self._run_lost(self.project)
-        except _TRANSIENT:
+        except _TRANSIENT as exc:
             await self._close_poll_conn()
-            return  # the stream (or polling) carries on; checked again after the next gap or restart
-        self._check_run = False
-        p = Progress.from_json(doc)
+            if self._check_initial and not self._ever_connected and not self._wait and \
+                    isinstance(exc, DaemonNotRunning):
+                raise
+            # The stream's attempts go on meanwhile; ask again later.
+            self._check_failures += 1
+            self._check_at = trio.current_time() + self._policy.delay(self._check_failures)
+            return
+        self._ever_connected = True
+        initial, self._check_run, self._check_initial, self._check_failures = self._check_initial, False, False, 0
+        prev = self._last_by_lane.get(p.lane)
+        if prev is not None and p.event_id <= prev.event_id:
+            return  # nothing new: the streams carry on from there
+        # Yield it even when other events with higher ids came meanwhile: this run's own events stay in
+        # order, and its end must not be lost because it was not replayed.
+        self._last_by_lane[p.lane] = p
+        self._gap_marked.add(p.lane)
         if self._last_id is None or p.event_id > self._last_id:
-            self._offer(p)
+            self._last_id = p.event_id  # a stream opened from here replays everything after it
+            self._stats.last_event_id = p.event_id
+        self._run_seen = True
+        self._ready.append(p if initial else replace(p, gap=True))
 
     # --- ordering, gaps, runs ----------------------------------------------------------------------
 

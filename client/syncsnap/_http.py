@@ -158,6 +158,21 @@ def _daemon_error(status: int, body: bytes) -> tuple[str, str]:
         return "", body.decode("utf-8", "replace").strip()[:200]
 
 
+# What to do about the daemon's refusals of operations (docs/api.md, "Operations"), by error code.
+HINTS = {
+    "snapshot_unknown": "`syncsnap snapshots PROJECT` lists a project's snapshots.",
+    "target_not_empty": "`--overwrite` restores over what is there.",
+    "busy": "one check or prune runs at a time; try again when it has ended.",
+    "store_error": "`syncsnap check` says what is damaged.",
+}
+
+
+def _sentence(text: str) -> str:
+    """The daemon's message, ending with a full stop."""
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?")) else text + "."
+
+
 def error_for_response(endpoint: Endpoint, method: str, target: str, status: int, body: bytes) -> SyncsnapError:
     """The exception for an error answer (status >= 400), with a message that says what to do."""
     code, message = _daemon_error(status, body)
@@ -177,12 +192,20 @@ def error_for_response(endpoint: Endpoint, method: str, target: str, status: int
             hint = "run the client as the user who runs the daemon"
         return Unauthorized(f"{where} refused the request: {message or 'forbidden'} ({hint}).",
                             status=status, code=code)
+    hint = HINTS.get(code, "")
     if status == 404:
         if message.startswith("No project named"):
-            message += " (`syncsnap projects` lists the configured projects.)"
+            hint = "`syncsnap projects` lists the configured projects."
         elif message.startswith("No run "):
-            message += " (`syncsnap runs PROJECT` lists a project's runs.)"
-        return NotFound(message or f"{where} has no {target} (an older version?).", status=status, code=code)
+            hint = "`syncsnap runs PROJECT` lists a project's runs."
+        text = _sentence(message) + (f" ({hint})" if hint else "") if message else \
+            f"{where} has no {target} (an older version?)."
+        return NotFound(text, status=status, code=code)
+    if status in (400, 409, 422, 500) and message and code not in ("bad_request", "internal_error", ""):
+        # The daemon refused what was asked (a target that is not empty, a check already running, ...):
+        # its own sentence says why.
+        return DaemonError(f"syncsnapd refused the request: {_sentence(message)}" + (f" ({hint})" if hint else ""),
+                           status=status, code=code)
     if status == 503:
         return DaemonError(f"{where} is unavailable right now: {message or 'service unavailable'} "
                            "(too many connections, or it is shutting down); try again in a moment.",

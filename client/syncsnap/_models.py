@@ -25,7 +25,19 @@ STEP_NAMES: dict[int, str] = {
 }
 
 # Other kinds of run have their own steps (docs/api.md, "Operations").
-OPERATION_STEP_NAMES: dict[str, dict[int, str]] = {}
+# Short names (at most 22 characters, to fit the live display; the daemon's message says more).
+OPERATION_STEP_NAMES: dict[str, dict[int, str]] = {
+    "restore": {1: "Reading the snapshot", 2: "Restoring files", 3: "Directory metadata"},
+    "check": {1: "Reading indexes", 2: "Checking packs", 3: "Checking references"},
+    "prune": {1: "Applying retention", 2: "Finding data in use", 3: "Repacking packs", 4: "Deleting unused packs"},
+}
+# What the files_* counters count, by kind and step (docs/api.md): shown as "3/40 packs".
+COUNTED: dict[tuple[str, int], str] = {
+    ("snapshot", 3): "found", ("snapshot", 4): "files", ("snapshot", 5): "objects",
+    ("restore", 1): "files", ("restore", 2): "files", ("restore", 3): "directories",
+    ("check", 2): "packs", ("check", 3): "snapshots",
+    ("prune", 1): "snapshots", ("prune", 2): "snapshots", ("prune", 3): "packs", ("prune", 4): "packs",
+}
 
 T = TypeVar("T")
 
@@ -136,6 +148,9 @@ class Progress:
     error: ErrorInfo | None
     snapshot: SnapshotSummary | None
     kind: str = "snapshot"
+    # What a finished restore, check or prune produced (docs/api.md, "Operations"): see RestoreResult,
+    # CheckResult and PruneResult.
+    result: dict[str, Any] | None = None
     gap: bool = False
     # The object as the daemon sent it, fields this client does not know included (for to_json).
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -159,10 +174,17 @@ class Progress:
 
     @property
     def step_name(self) -> str:
-        """The step's name: the snapshot model's names (docs/api.md); other kinds of run, by state."""
-        if self.terminal or self.kind != "snapshot":
+        """The step's name (docs/api.md: the snapshot model's, or another kind's own); at the end, the state."""
+        if self.terminal or self.state == "idle":
             return self.state.capitalize()
-        return STEP_NAMES.get(self.step, f"Step {self.step}")
+        if self.kind == "snapshot":
+            return STEP_NAMES.get(self.step, f"Step {self.step}")
+        return OPERATION_STEP_NAMES.get(self.kind, {}).get(self.step) or self.state.capitalize()
+
+    @property
+    def counted(self) -> str:
+        """What ``files_done``/``files_total`` count in this step: ``files``, ``packs``, ``objects``, ..."""
+        return COUNTED.get((self.kind, self.step), "files" if self.kind == "snapshot" else "items")
 
     @classmethod
     def from_json(cls, obj: Any) -> Progress:
@@ -183,7 +205,7 @@ class Progress:
             error=None if error is None else ErrorInfo.from_json(error),
             snapshot=None if snapshot is None else SnapshotSummary.from_json(snapshot),
             # Newer daemons run other kinds of run (restore, check, ...) with their own steps.
-            kind=_opt(d, "kind", str, w) or "snapshot", raw=d,
+            kind=_opt(d, "kind", str, w) or "snapshot", result=_opt(d, "result", dict, w), raw=d,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -193,6 +215,8 @@ class Progress:
         else:
             d = asdict(self)
             del d["raw"], d["gap"]
+            if d["result"] is None and self.kind == "snapshot":
+                del d["result"]
             if self.snapshot is not None:
                 d["snapshot"]["warning_paths"] = list(self.snapshot.warning_paths)
         if self.gap:
@@ -412,3 +436,213 @@ class Cancelling:
         w = "a cancel answer"
         d = _obj(obj, w)
         return cls(run=_field(d, "run", str, w), state=_field(d, "state", str, w))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Operations (docs/api.md, "Operations"): diff, and the results of restore, check and prune runs
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    """An entry only on one side of a diff: ``kind`` is ``file``, ``dir``, ``symlink``, ...; ``size`` in bytes."""
+
+    path: str
+    kind: str
+    size: int
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DiffEntry:
+        w = "a diff entry"
+        d = _obj(obj, w)
+        return cls(path=_field(d, "path", str, w), kind=_field(d, "kind", str, w), size=_field(d, "size", int, w))
+
+
+@dataclass(frozen=True)
+class DiffChange:
+    """An entry on both sides that differs: ``change`` holds ``content``, ``mode`` and/or ``type``;
+    modes are octal strings (``"0644"``)."""
+
+    path: str
+    change: tuple[str, ...]
+    kind_before: str
+    kind_after: str
+    size_before: int
+    size_after: int
+    mode_before: str
+    mode_after: str
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DiffChange:
+        w = "a diff change"
+        d = _obj(obj, w)
+        return cls(path=_field(d, "path", str, w), change=tuple(str(c) for c in _field(d, "change", list, w)),
+                   kind_before=_field(d, "kind_before", str, w), kind_after=_field(d, "kind_after", str, w),
+                   size_before=_field(d, "size_before", int, w), size_after=_field(d, "size_after", int, w),
+                   mode_before=str(_field(d, "mode_before", (str, int), w)),
+                   mode_after=str(_field(d, "mode_after", (str, int), w)))
+
+
+@dataclass(frozen=True)
+class DiffSummary:
+    """Counts over the whole diff (the lists may be truncated; these never are); sizes are files' bytes."""
+
+    added: int
+    removed: int
+    modified: int
+    unchanged: int
+    size_added: int
+    size_removed: int
+    size_before: int
+    size_after: int
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DiffSummary:
+        w = "a diff summary"
+        d = _obj(obj, w)
+        return cls(**{k: _field(d, k, int, w) for k in ("added", "removed", "modified", "unchanged", "size_added",
+                                                        "size_removed", "size_before", "size_after")})
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What changed from snapshot ``from_`` to snapshot ``to`` (or ``"live"``, the folder as it is now),
+    each list sorted by path. ``truncated``: the lists stop at the requested limit."""
+
+    from_: str
+    to: str
+    added: tuple[DiffEntry, ...]
+    removed: tuple[DiffEntry, ...]
+    modified: tuple[DiffChange, ...]
+    truncated: bool
+    summary: DiffSummary
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Diff:
+        w = "a diff"
+        d = _obj(obj, w)
+        return cls(from_=_field(d, "from", str, w), to=_field(d, "to", str, w),
+                   added=tuple(DiffEntry.from_json(x) for x in _field(d, "added", list, w)),
+                   removed=tuple(DiffEntry.from_json(x) for x in _field(d, "removed", list, w)),
+                   modified=tuple(DiffChange.from_json(x) for x in _field(d, "modified", list, w)),
+                   truncated=bool(_opt(d, "truncated", bool, w)), summary=DiffSummary.from_json(d.get("summary")),
+                   raw=d)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a completed restore wrote (``Progress.result`` of its last event)."""
+
+    snapshot: str
+    target: str
+    paths: tuple[str, ...]
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RestoreResult:
+        w = "a restore result"
+        d = _obj(obj, w)
+        return cls(snapshot=_field(d, "snapshot", str, w), target=_field(d, "target", str, w),
+                   paths=tuple(str(p) for p in (_opt(d, "paths", list, w) or [])), files=_field(d, "files", int, w),
+                   dirs=_field(d, "dirs", int, w), symlinks=_field(d, "symlinks", int, w),
+                   bytes=_field(d, "bytes", int, w))
+
+
+@dataclass(frozen=True)
+class DamagedSnapshot:
+    """A snapshot that cannot be fully restored: ``files`` affected, the first few ``paths``; ``listing``
+    when part of its list of entries itself is lost."""
+
+    snapshot: str
+    files: int
+    paths: tuple[str, ...]
+    listing: bool
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DamagedSnapshot:
+        w = "a damaged snapshot"
+        d = _obj(obj, w)
+        return cls(snapshot=_field(d, "snapshot", str, w), files=_field(d, "files", int, w),
+                   paths=tuple(str(p) for p in (_opt(d, "paths", list, w) or [])),
+                   listing=bool(_opt(d, "listing", bool, w)))
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """One missing or corrupt object found by a check (``kind`` ``missing`` / ``corrupt``; ``object``
+    ``pack``, ``index``, ``chunk`` or ``snapshot``), with the snapshots it damages."""
+
+    kind: str
+    object: str
+    id: str
+    pack: str | None
+    detail: str
+    damages: tuple[DamagedSnapshot, ...]
+
+    @classmethod
+    def from_json(cls, obj: Any) -> StoreProblem:
+        w = "a store problem"
+        d = _obj(obj, w)
+        return cls(kind=_field(d, "kind", str, w), object=_field(d, "object", str, w), id=_field(d, "id", str, w),
+                   pack=_opt(d, "pack", str, w), detail=_opt(d, "detail", str, w) or "",
+                   damages=tuple(DamagedSnapshot.from_json(x) for x in (_opt(d, "damages", list, w) or [])))
+
+    def __str__(self) -> str:
+        where = f" in pack {self.pack}" if self.pack else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.kind} {self.object} {self.id}{where}{detail}"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check found (``Progress.result`` of its last event, completed or ``problems_found``)."""
+
+    ok: bool
+    read_data: bool
+    snapshots: int
+    packs: int
+    chunks: int
+    bytes_read: int
+    problems: tuple[StoreProblem, ...]
+    damaged: tuple[DamagedSnapshot, ...]
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CheckResult:
+        w = "a check result"
+        d = _obj(obj, w)
+        return cls(ok=_field(d, "ok", bool, w), read_data=bool(_opt(d, "read_data", bool, w)),
+                   snapshots=_field(d, "snapshots", int, w), packs=_field(d, "packs", int, w),
+                   chunks=_field(d, "chunks", int, w), bytes_read=_opt(d, "bytes_read", int, w) or 0,
+                   problems=tuple(StoreProblem.from_json(x) for x in _field(d, "problems", list, w)),
+                   damaged=tuple(DamagedSnapshot.from_json(x) for x in (_opt(d, "damaged", list, w) or [])))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune removed (or, with ``dry_run``, would remove): the snapshots its retention policies
+    forgot, the kept/removed counts per project, and what garbage collection deleted and repacked."""
+
+    dry_run: bool
+    snapshots_removed: tuple[str, ...]
+    projects: dict[str, tuple[int, int]]  # project -> (kept, removed)
+    packs_deleted: int
+    packs_repacked: int
+    bytes_freed: int
+
+    @classmethod
+    def from_json(cls, obj: Any) -> PruneResult:
+        w = "a prune result"
+        d = _obj(obj, w)
+        projects: dict[str, tuple[int, int]] = {}
+        for pid, counts in (_opt(d, "projects", dict, w) or {}).items():
+            c = _obj(counts, w)
+            projects[str(pid)] = (_field(c, "kept", int, w), _field(c, "removed", int, w))
+        return cls(dry_run=bool(_opt(d, "dry_run", bool, w)),
+                   snapshots_removed=tuple(str(x) for x in (_opt(d, "snapshots_removed", list, w) or [])),
+                   projects=projects, packs_deleted=_opt(d, "packs_deleted", int, w) or 0,
+                   packs_repacked=_opt(d, "packs_repacked", int, w) or 0,
+                   bytes_freed=_opt(d, "bytes_freed", int, w) or 0)

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress as RichProgress
 
-# What the files_* counters count in each step (docs/api.md): entries found, changed files, objects.
-COUNTED = {3: "found", 4: "files", 5: "objects"}
-
 
 class View(Protocol):
     def note(self, text: str) -> None: ...
@@ -32,17 +29,34 @@ class View(Protocol):
 
 
 def final_line(p: Progress) -> str:
-    """One sentence for a run's end: what the daemon said, with the project in front."""
+    """One sentence for a run's end: what the daemon said, with the project (or ``store``) in front."""
     if p.state == "completed" and p.snapshot is not None:
         s = p.snapshot
-        line = (f"{p.project}: snapshot {s.id} completed: {plural(s.files, 'file')} ({human_bytes(s.bytes)}), "
+        line = (f"{p.label}: snapshot {s.id} completed: {plural(s.files, 'file')} ({human_bytes(s.bytes)}), "
                 f"{human_bytes(s.bytes_added)} added in {s.duration_seconds:.1f} s")
         if s.warnings:
             line += f", {plural(s.warnings, 'warning')}"
         return line
     if p.error is not None:
-        return f"{p.project}: {p.kind} {p.state}: {p.error.message}"
-    return f"{p.project}: {p.message}"
+        return f"{p.label}: {p.kind} {p.state}: {p.error.message}"
+    return f"{p.label}: {p.message}"
+
+
+def _operation_summary(p: Progress) -> tuple[str, str, str]:
+    """The counters shown at the end of a restore, check or prune: what it did, from its ``result``."""
+    r = p.result or {}
+    try:
+        if p.kind == "restore" and "files" in r:
+            return f"{r['files']:,} files restored", human_bytes(r["bytes"]), ""
+        if p.kind == "check" and "snapshots" in r:
+            return f"{r['snapshots']:,} snapshots · {r['packs']:,} packs checked", "", ""
+        if p.kind == "prune" and "snapshots_removed" in r:
+            verb = "to remove" if r.get("dry_run") else "removed"
+            return (f"{len(r['snapshots_removed']):,} snapshots {verb}",
+                    f"{human_bytes(max(0, r['bytes_freed']))} {'to free' if r.get('dry_run') else 'freed'}", "")
+    except (KeyError, TypeError, ValueError):
+        pass  # another daemon's result: the message below says it
+    return "", "", ""
 
 
 class JsonView:
@@ -87,13 +101,16 @@ class TerminalView:
     terminal end with an ellipsis rather than wrap). Finished runs leave one summary line above."""
 
     def __init__(self, status: Callable[[], str] | None = None, *, console: Console | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, drop_finished_operations: bool = False) -> None:
         from rich.console import Console, Group, RenderableType
         from rich.progress import BarColumn, Progress, TaskID, TextColumn
         from rich.text import Text
 
         self._Text = Text
         self._status = status
+        # Following everything: each restore, check or prune has a display of its own while it runs, gone
+        # once its end is printed above (a project keeps one display for all its snapshot runs).
+        self._drop_finished = drop_finished_operations
         self._clock = clock
         self._tasks: dict[str, TaskID] = {}
         self._rates: dict[str, _Rate] = {}
@@ -141,23 +158,28 @@ class TerminalView:
     def show(self, p: Progress) -> None:
         if p.gap:
             self.note(f"{p.label}: some events were missed; showing the current state")
-        unit = COUNTED.get(p.step, "files") if p.kind == "snapshot" else "items"
+        unit = p.counted
         files = f"{p.files_done:,}/{p.files_total:,} {unit}" if p.files_total else (
             f"{p.files_done:,} {unit}" if p.files_done else "")
         nbytes = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else ""
         eta = "-" if p.eta_seconds is None else short_duration(p.eta_seconds)
         rate = self._rate(p)
-        if p.terminal:
+        if p.terminal and p.kind == "snapshot":
             # The last step's counters are the store's objects; what the run produced says more.
             s = p.snapshot
             files, nbytes, rate = (f"{s.files:,} files", human_bytes(s.bytes), f"{human_bytes(s.bytes_added)} added") \
                 if s is not None else ("", "", "")
-        self._task(p.lane, label=p.label, step=p.step, steps=p.steps, step_name=p.step_name, percent=p.percent, message=p.message,
+        elif p.terminal:
+            files, nbytes, rate = _operation_summary(p)
+        self._task(p.lane, label=p.label if p.kind == "snapshot" else f"{p.label} {p.kind}", step=p.step, steps=p.steps, step_name=p.step_name, percent=p.percent, message=p.message,
                    files=files, bytes=nbytes, rate=rate, eta=eta)
         if p.terminal and p.run is not None:
             style = "green" if p.state == "completed" else "red"
             mark = "✔" if p.state == "completed" else "✘"
             self._bars.console.print(self._Text(f"{mark} {final_line(p)}", style=style))
+            if self._drop_finished and p.kind != "snapshot":
+                self._bars.remove_task(self._tasks.pop(p.lane))
+                self._rates.pop(p.lane, None)
 
     def _task(self, key: str, *, label: str, percent: float, **fields: Any) -> None:
         """Create or update the display of ``key`` (a :attr:`Progress.lane`), titled ``label``."""
@@ -177,5 +199,5 @@ class TerminalView:
             return ""
         if p.bytes_total:
             return f"{human_bytes((p.bytes_done - r.bytes0) / dt)}/s"
-        unit = COUNTED.get(p.step, "files") if p.kind == "snapshot" else "items"
+        unit = p.counted
         return f"{(p.files_done - r.files0) / dt:,.0f} {'entries' if unit == 'found' else unit}/s"
