@@ -171,8 +171,8 @@ def markdown(r: dict[str, Any]) -> str:
              + (" (re-reads took " + ", ".join(f"{k} {v:.2f} s" for k, v in rw.items()) + ")" if rw else "")
              + "; `sync` runs before each timed step so one tool's writeback does not land in another's "
              "time. Each tool writes to its own fresh repository or store on the same disk.")
-    L.append("- **A shared machine**: before each timed step the bench waits (up to 30 s) until other "
-             "processes use less than 0.3 of a core over half a second"
+    L.append("- **A shared machine**: before each timed step the bench waits (up to 30 s, 90 s in all) "
+             "until other processes use less than 0.3 of a core over half a second"
              + (f" (it waited {r['quiet_wait_seconds']:.0f} s in all)" if r.get("quiet_wait_seconds") else "")
              + "; what other work still used during each step is in the snapshot table below.")
     L.append("- **syncsnap**: `syncsnapd --config` on a temporary TOML config (Unix socket, loopback TCP on "
