@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     from . import _offline
+    from ._remote import prepare_store
 
-    if not (config.store / "config.json").exists():
+    prepare_store(config)  # an S3 store: its local cache directory knows the bucket
+    if config.store_url is None and not (config.store / "config.json").exists():
         print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)",
               file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from ._listeners import listener_address, load_or_create_token, open_tcp_listene
 from ._metrics import Metrics
 from ._operations import Operations
 from ._progress import Progress, utc_now
+from ._remote import prepare_store
 from ._scheduler import RetryPolicy, Scheduler
 from ._store import Store
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
@@ -406,9 +407,9 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
             log.info("created folder %s for project %s", project.path, project.id)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        store = await trio.to_thread.run_sync(lambda: Store.open(config.store, writable=True))
+        store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))
     except Exception as exc:
-        raise StartupError(f"cannot open the store at {config.store}: {exc}") from exc
+        raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
     try:
         history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")
     except Exception as exc:

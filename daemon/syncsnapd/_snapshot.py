@@ -41,6 +41,7 @@ import blake3
 import trio
 
 from ._progress import RunProgress, SnapshotSummary
+from ._remote import error_code
 from ._store import Entry, SnapshotStats, Store, StoreError, StoreWriter, make_snapshot_id
 
 __all__ = ["SnapshotError", "take_snapshot"]
@@ -485,6 +486,10 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             unchanged=run.unchanged.files + sum(t.unchanged for t in tallies),
         )
         packs, pack_bytes = writer.unsealed()
+        if store.remote is not None:
+            # Upload: every staged pack and index plus the snapshot file (exact once the bucket is asked).
+            packs, pack_bytes = store.remote.pending(writer)
+            packs -= 1
         progress.set_step(5, files_total=packs + 1, bytes_total=pack_bytes)
         stats = SnapshotStats(
             files=tally.files, bytes=tally.bytes, files_new=tally.new, files_changed=tally.changed,
@@ -497,6 +502,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             lambda: store.commit_snapshot(
                 writer, snapshot_id=snapshot_id, project=project, root=run.root, entries=entries,
                 stats=stats, on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
+                on_total=lambda n, b: progress.set_totals(files_total=n, bytes_total=b),
             ),
             limiter=limiter,
         )
@@ -506,7 +512,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(writer.abort, limiter=limiter)
         if isinstance(exc, StoreError):
-            raise SnapshotError("store_error", str(exc)) from exc
+            # store_unreachable / store_auth / store_full when the bucket is the cause.
+            raise SnapshotError(error_code(exc), str(exc)) from exc
         raise
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,

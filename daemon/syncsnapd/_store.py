@@ -126,6 +126,8 @@ from typing import Any, Literal, NamedTuple
 import blake3
 import zstandard
 
+from ._remote import Remote
+
 FORMAT_NAME = "syncsnap-store"
 FORMAT_VERSION = 1
 # Fixed-size chunking: 1 MiB keeps a changed large file's re-stored share small while keeping per-chunk
@@ -162,6 +164,14 @@ class UnknownSnapshotError(StoreError):
 
 class CorruptDataError(StoreError):
     """Stored data does not match its hash or cannot be decoded."""
+
+
+def refuse_on_remote(store: Store) -> None:
+    """Deleting (forget, prune) is refused on an S3 store: without a lock object in the bucket, another
+    machine may be writing a snapshot that relies on the data a prune would delete."""
+    if store.remote is not None:
+        raise StoreError(f"forgetting and pruning are not supported on an S3 store yet ({store.remote.description})"
+                         "; another machine could be writing to it")
 
 
 class Entry(NamedTuple):
@@ -494,7 +504,7 @@ class ChunkReader:
         return self._read_verified(chunk, loc)[0]
 
     def _read_verified(self, chunk: str, loc: ChunkLocation) -> tuple[bytes, bytes]:
-        raw = os.pread(self._fd(loc.pack), loc.length, loc.offset)
+        raw = self._pread(loc)
         if len(raw) != loc.length:
             raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} is truncated")
         if loc.flags & _FLAG_ZSTD:
@@ -507,6 +517,19 @@ class ChunkReader:
         if len(data) != loc.raw_length or hash_bytes(data) != chunk:
             raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} does not match its hash")
         return raw, bytes(data)
+
+    def _pread(self, loc: ChunkLocation) -> bytes:
+        try:
+            fd = self._fd(loc.pack)
+        except _PackMissing:
+            remote = self._store.remote
+            if remote is None:
+                raise
+            try:
+                return remote.read_range(loc.pack, loc.offset, loc.length)
+            except FileNotFoundError:
+                raise _PackMissing(loc.pack) from None
+        return os.pread(fd, loc.length, loc.offset)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -550,6 +573,9 @@ class Store:
         # takes it back. Guarded by self._pack_lock, which also covers each pack's deletion.
         self._doomed: set[str] = set()
         self._pack_lock = threading.Lock()
+        # The bucket behind this store when its directory is the staging and cache of an S3 store
+        # (see _remote.py); None for a local store.
+        self.remote: Remote | None = None
 
     # --- opening ------------------------------------------------------------------------------------
 
@@ -560,6 +586,10 @@ class Store:
         A writable open creates the store if ``root`` is missing or empty, takes the exclusive lock,
         removes leftover temporary files and re-indexes packs whose index was not written. A read-only
         open needs an existing store and changes nothing on disk.
+
+        A directory marked by ``remote.json`` is the staging and cache directory of an S3 store (see
+        ``_remote.py``): opening first syncs its cached metadata with the bucket (creating the store
+        there, writable, when missing), and ``self.remote`` is set.
 
         Raises:
             StoreError: not a store, unsupported version, or (writable) in use by another process.
@@ -572,6 +602,17 @@ class Store:
 
     @classmethod
     def _open(cls, root: Path, writable: bool) -> Store:
+        # An S3 store: sync the cached metadata with the bucket first (creates the store there if needed).
+        remote = Remote.attach(root, writable=writable)
+        try:
+            return cls._open_local(root, writable, remote)
+        except BaseException:
+            if remote is not None:
+                remote.close()
+            raise
+
+    @classmethod
+    def _open_local(cls, root: Path, writable: bool, remote: Remote | None) -> Store:
         config_path = root / "config.json"
         if writable and not config_path.exists():
             cls._create(root)
@@ -592,6 +633,7 @@ class Store:
                 (root / sub).mkdir(exist_ok=True)
             lock_fd = cls._take_lock(root)
         store = cls(root, writable, config, lock_fd)
+        store.remote = remote
         try:
             if writable:
                 store._clean_tmp()
@@ -701,12 +743,50 @@ class Store:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
+        if self.remote is not None:
+            self.remote.close()
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- packs wherever they are (staged here, or in the bucket) --------------------------------------
+
+    def _pack_sizes(self) -> dict[str, int]:
+        """Every pack file with its size: here, and (S3 store) in the bucket, listed now."""
+        sizes = {} if self.remote is None else self.remote.pack_sizes()
+        for p in (self.root / "packs").glob("*/*.pack"):
+            with contextlib.suppress(FileNotFoundError):
+                sizes[p.name[:-5]] = p.stat().st_size
+        return sizes
+
+    def _pack_footer(self, pack: str) -> bytes:
+        """The index copy at the end of a pack (local, else in the bucket)."""
+        path = self.pack_path(pack)
+        if self.remote is None or path.exists():
+            return self._read_pack_footer(path)
+        size = self.remote.pack_sizes().get(pack)
+        if size is None:
+            raise FileNotFoundError(pack)
+        tail = self.remote.read_range(pack, size - _PACK_FOOTER.size, _PACK_FOOTER.size)
+        length, end = _PACK_FOOTER.unpack(tail) if len(tail) == _PACK_FOOTER.size else (0, b"")
+        if end != _PACK_END or length > size - len(_PACK_MAGIC) - _PACK_FOOTER.size:
+            raise CorruptDataError("bad pack footer")
+        return self.remote.read_range(pack, size - _PACK_FOOTER.size - length, length)
+
+    def _pack_frame_ok(self, pack: str, index_bytes: bytes, size: int) -> bool:
+        path = self.pack_path(pack)
+        if self.remote is None or path.exists():
+            return _pack_frame_ok(path, index_bytes)
+        try:
+            head = self.remote.read_range(pack, 0, len(_PACK_MAGIC))
+            tail_len = len(index_bytes) + _PACK_FOOTER.size
+            tail = self.remote.read_range(pack, size - tail_len, tail_len)
+        except (OSError, StoreError):
+            return False
+        return head == _PACK_MAGIC and tail == index_bytes + _PACK_FOOTER.pack(len(index_bytes), _PACK_END)
 
     # --- paths and index ---------------------------------------------------------------------------
 
@@ -989,6 +1069,7 @@ class Store:
         """
         if not self.writable:
             raise StoreError(f"store {self.root} is open read-only")
+        refuse_on_remote(self)
         infos = self._scan_snapshots()
         newest: dict[str, str] = {}
         for sid in sorted(infos):
@@ -1035,8 +1116,12 @@ class Store:
     def commit_snapshot(self, writer: StoreWriter, *, snapshot_id: str, project: str, root: str,
                         entries: Sequence[Entry], stats: SnapshotStats,
                         on_written: Callable[[int, int], None] | None = None,
-                        check: Callable[[], None] | None = None) -> SnapshotInfo:
+                        check: Callable[[], None] | None = None,
+                        on_total: Callable[[int, int], None] | None = None) -> SnapshotInfo:
         """Store the tree, make every pack of ``writer`` durable, then write the snapshot file.
+
+        For an S3 store, "durable" means uploaded: ``on_total(objects, nbytes)`` is called once what
+        the upload sends is known, and ``on_written`` counts the bytes sent.
 
         ``on_written(objects, nbytes)`` is called as packs and the snapshot file become durable;
         ``check()`` is called before each step and may raise to abandon the commit (then call
@@ -1052,15 +1137,23 @@ class Store:
             h = hash_bytes(data)
             writer.add_chunk(h, data, metadata=True)
             tree.append(h)
-        writer.finish(on_written=on_written, check=check)
         doc: dict[str, Any] = {
             "format": FORMAT_VERSION, "id": snapshot_id, "project": project,
             "time": _snapshot_time(snapshot_id), "root": root, "tree": tree, "stats": asdict(stats),
         }
         doc["checksum"] = hash_bytes(_canonical(doc))
         payload = json.dumps(doc, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+        remote = self.remote
+        # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
+        # (its index after it), then the snapshot file; step 5 counts the bytes sent.
+        writer.finish(on_written=None if remote is not None else on_written, check=check)
         if check is not None:
             check()
+        if remote is not None:
+            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(payload)))
+            if check is not None:
+                check()
+            remote.put_snapshot(snapshot_id, payload)
         try:
             self._write_durable(self.root / "snapshots" / f"{snapshot_id}.json", payload, "snapshot")
         except OSError as exc:
@@ -1148,7 +1241,7 @@ class StoreCheck:
             except CorruptDataError as exc:
                 detail = str(exc)
                 try:
-                    data = store._read_pack_footer(store.pack_path(pack))
+                    data = store._pack_footer(pack)
                     records = _decode_index(data)
                     if hash_bytes(data) != pack:
                         raise CorruptDataError("name mismatch")
@@ -1159,11 +1252,12 @@ class StoreCheck:
                 self._problem(Problem("corrupt", "index", pack, detail))
             self._indexed[pack] = records
             self._index_bytes[pack] = data
-        self._on_disk = {p.name[:-5] for p in (store.root / "packs").glob("*/*.pack")}
+        self._sizes = store._pack_sizes()
+        self._on_disk = set(self._sizes)
         unindexed = self._on_disk - set(self._indexed)
         for pack in sorted(unindexed):
             try:
-                data = store._read_pack_footer(store.pack_path(pack))
+                data = store._pack_footer(pack)
                 records = _decode_index(data)
             except (OSError, CorruptDataError):
                 continue  # half a pack from a crash is never referenced
@@ -1196,7 +1290,7 @@ class StoreCheck:
                 try:
                     size = os.stat(store.pack_path(pack)).st_size
                 except FileNotFoundError:
-                    size = -1
+                    size = self._sizes.get(pack, -1) if store.remote is not None else -1
                 if size < 0 and not (store.root / "index" / f"{pack}.idx").exists():
                     size = -2  # deleted by a prune meanwhile, with its index
                 # Problems of this pack, with the blobs each makes unusable; kept only if the pack was
@@ -1209,7 +1303,7 @@ class StoreCheck:
                     end = max((off + length for _, off, length, _, _ in records), default=len(_PACK_MAGIC))
                     expected = end + len(index_bytes) + _PACK_FOOTER.size
                     beyond: list[str] = [h for h, r in zip(hashes, records, strict=True) if r[1] + r[2] > size]
-                    frame = _pack_frame_ok(store.pack_path(pack), index_bytes)
+                    frame = store._pack_frame_ok(pack, index_bytes, size)
                     if size != expected or not frame:
                         detail = (f"{size:,} bytes where its index implies {expected:,}" if size != expected
                                   else "header or footer damaged")
@@ -1542,6 +1636,8 @@ class GarbageCollector:
                  check: Callable[[], None] | None = None) -> None:
         if not store.writable and not dry_run:
             raise StoreError(f"store {store.root} is open read-only")
+        if not dry_run:
+            refuse_on_remote(store)
         self._store = store
         self.dry_run = dry_run
         self._exclude = set(exclude)
