@@ -225,6 +225,16 @@ def test_check_and_prune_through_the_daemon_while_snapshots_run(daemons: list[Da
         assert problem["damages"] == [{"snapshot": listed[-1], "files": 1, "paths": ["unique.bin"],
                                        "listing": False}]
         assert call(d, "POST", "/api/v1/check", {"read_data": "yes"})[0] == 400
+        # The offline commands on the same store, while the daemon runs.
+        out = d.cli("check", "--read-data")
+        assert out.returncode == 1 and out.stdout.startswith(f"corrupt: chunk {entry.chunks[1]} in pack {loc.pack}")
+        assert d.cli("check").returncode == 0  # the fast level does not read file content
+        out = d.cli("prune", "--dry-run")  # read-only: works beside the daemon
+        assert out.returncode == 0 and out.stdout.startswith("docs: keeping 1, would forget ")
+        out = d.cli("prune")
+        assert out.returncode == 2 and "Prune through the daemon instead" in out.stdout
+        out = d.cli("diff", listed[-1], "--json")
+        assert out.returncode == 0 and json.loads(out.stdout)["summary"]["modified"] == 0
     finally:
         events.close()
 
@@ -255,7 +265,7 @@ async def running_operations(tmp_path: Path, projects: list[ProjectConfig]) -> A
 
 
 async def wait_terminal(tracker: Tracker, first: Progress) -> Progress:
-    with tracker.subscribe(last_event_id=first.event_id) as sub:
+    with trio.fail_after(20), tracker.subscribe(last_event_id=first.event_id) as sub:
         async for ev in sub:
             if ev.progress.run == first.run and ev.progress.terminal:
                 return ev.progress
@@ -302,9 +312,9 @@ async def test_a_cancelled_restore_leaves_whole_files_only(tmp_path: Path, monke
         target = tmp_path / "out"
         first = await ops.start_restore("p", sid, str(target))
         assert first.run is not None
-        with tracker.subscribe(last_event_id=first.event_id) as sub:
+        with trio.fail_after(10), tracker.subscribe(last_event_id=first.event_id) as sub:
             async for ev in sub:
-                if ev.progress.step == 2 and ev.progress.files_done >= 5:
+                if (ev.progress.step == 2 and ev.progress.files_done >= 5) or ev.progress.terminal:
                     break
         assert ops.cancel(first.run)
         final = await wait_terminal(tracker, first)
@@ -341,3 +351,46 @@ async def test_operations_end_cancelled_when_the_daemon_stops(tmp_path: Path,
     for first in firsts:
         final = finals[first.run]
         assert final.state == "cancelled" and final.error is not None and final.error["code"] == "shutdown"
+
+
+async def test_a_cancelled_prune_leaves_the_store_consistent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copying blobs is slowed down (as on a slow disk) so that the prune is cancelled while repacking;
+    the store then checks clean, every snapshot restores, and the next prune finishes the job."""
+    folder = tmp_path / "p"
+    write_files(folder, {f"f{i:02d}.bin": os.urandom(200 * KiB) for i in range(24)})
+    backdate(folder)
+    real = ChunkReader._read_verified
+
+    def slow(self: ChunkReader, chunk: str, loc: ChunkLocation) -> tuple[bytes, bytes]:
+        time.sleep(0.05)
+        return real(self, chunk, loc)
+
+    async with running_operations(tmp_path, [ProjectConfig("p", folder, keep=KeepPolicy(last=1))]) as (
+            ops, tracker, store):
+        await snapshot(store, folder)
+        for i in range(0, 24, 2):
+            (folder / f"f{i:02d}.bin").unlink()
+        backdate(folder)
+        expected = tree_state(folder)
+        kept = (await snapshot(store, folder)).id
+        monkeypatch.setattr(ChunkReader, "_read_verified", slow)
+        first = ops.start_prune()
+        assert first.run is not None
+        with trio.fail_after(10), tracker.subscribe(last_event_id=first.event_id) as sub:
+            async for ev in sub:
+                if (ev.progress.step == 3 and ev.progress.bytes_done > 0) or ev.progress.terminal:
+                    break
+        assert ops.cancel(first.run)
+        final = await wait_terminal(tracker, first)
+        assert final.state == "cancelled" and final.step == 5 and 0 < final.bytes_done < final.bytes_total
+        monkeypatch.undo()
+        assert os.listdir(store.root / "tmp") == []
+        assert store.check(read_data=True).ok
+        restore_out = tmp_path / "out"
+        from syncsnapd._restore import restore_snapshot
+
+        restore_snapshot(store, kept, restore_out)
+        assert tree_state(restore_out) == expected
+        done = await wait_terminal(tracker, ops.start_prune())
+        assert done.state == "completed" and done.result is not None and done.result["packs_repacked"] > 0
+        assert store.check(read_data=True).ok
