@@ -39,6 +39,7 @@ from _s3_fixtures import (
 from _store_helpers import new_progress, snapshot
 from conftest import DaemonProcess, make_env, make_tree
 from syncsnapd import _backend
+from syncsnapd._metrics import store_footprint
 from syncsnapd._offline import run_check, run_restore, run_snapshots
 from syncsnapd._remote import RemoteSpec, prepare
 from syncsnapd._snapshot import SnapshotError
@@ -126,6 +127,11 @@ async def test_upload_then_unchanged_folder_uploads_only_its_snapshot(proxy: Thr
         assert step5.files_done == step5.files_total == len(keys) - 1
         # Nothing stays staged once uploaded.
         assert list((tmp_path / "staging" / "packs").glob("*/*.pack")) == []
+        # /metrics reports the packs in the bucket (from the cached indexes, without a request).
+        packs = {k: v for k, v in keys.items() if k.startswith("packs/")}
+        before = len(proxy.requests)
+        assert store_footprint(tmp_path / "staging") == (len(packs), sum(packs.values()))
+        assert len(proxy.requests) == before
 
         before = len(proxy.requests)
         second = await snapshot(store, folder, "docs")

@@ -28,6 +28,10 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 
 
 def store_footprint(root: Path) -> tuple[int, int]:
     """(pack files, their total bytes) of a local store."""
+    if (root / "remote.json").exists():
+        from ._remote import footprint
+
+        return footprint(root)  # an S3 store: its packs are in the bucket
     packs = size = 0
     for dirpath, _dirs, files in os.walk(root / "packs"):
         for name in files:

@@ -133,6 +133,23 @@ def prepare_store(config: DaemonConfig) -> Path:
     return config.store
 
 
+def footprint(root: Path) -> tuple[int, int]:
+    """(packs, their bytes) of the S3 store whose directory is ``root``, from its cached indexes (no
+    request): a pack is its header, its blobs, a copy of its index and the footer."""
+    from ._store import _PACK_FOOTER, _PACK_MAGIC, CorruptDataError, _decode_index
+
+    packs = size = 0
+    for path in (root / "index").glob("*.idx"):
+        try:
+            data = path.read_bytes()
+            stored = sum(r[2] for r in _decode_index(data))
+        except (OSError, CorruptDataError):
+            continue
+        packs += 1
+        size += len(_PACK_MAGIC) + stored + len(data) + _PACK_FOOTER.size
+    return packs, size
+
+
 def load_spec(root: Path) -> RemoteSpec | None:
     try:
         doc = json.loads((root / MARKER).read_bytes())
