@@ -370,7 +370,7 @@ class Daemon:
             self.tracker.publish(replace(
                 base, state="failed", step=base.steps, eta_seconds=None, updated_at=utc_now(),
                 error={"code": "interrupted", "message": "The daemon stopped while this run was in progress."},
-                message="Snapshot failed: the daemon stopped while it was running"))
+                message=f"{rec.kind.capitalize()} failed: the daemon stopped while it was running"))
             log.warning("%s: run %s was interrupted by a daemon stop; marked failed", rec.project, rec.run)
 
     async def _serve_reloads(self, reloads: trio.MemoryReceiveChannel[None], load: ConfigLoader) -> None:
