@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+
 from _store_helpers import (
     OpenWatcher,
     backdate,
