@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 class NotifierProcess:
     """``syncsnap notify`` as a subprocess; its log (stderr) is where it says what it did."""
 
-    def __init__(self, base: Path, env: dict[str, str]) -> None:
+    def __init__(self, base: Path, env: dict[str, str], *args: str) -> None:
         self.log = base / "notify.log"
-        self.proc = subprocess.Popen([SYNCSNAP, "notify"], env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([SYNCSNAP, "notify", *args], env=env, stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "wb"))
 
     def text(self) -> str:
@@ -101,15 +101,16 @@ def test_completion_and_failure_notifications_reach_dunst(short_tmp: Path, dunst
     assert new == old == str(docs["id"])
 
 
+@pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_daemon_restart_is_followed_without_duplicate_notifications(short_tmp: Path, dunst: Dunst,
-                                                                   private_bus: PrivateBus) -> None:
+                                                                   private_bus: PrivateBus, transport: str) -> None:
     make_tree(short_tmp / "docs", files=5)
     make_tree(short_tmp / "pics", files=5)
     projects = {"docs": short_tmp / "docs", "pics": short_tmp / "pics"}
     d = start_daemon(short_tmp, projects)
-    n = NotifierProcess(short_tmp, private_bus.env(d.env))
+    n = NotifierProcess(short_tmp, private_bus.env(d.env), "--transport", transport)
     try:
-        n.wait_for(r"following /api/v1/events")
+        n.wait_for(r"following /api/v1/events" if transport == "sse" else r"following /api/v1/ws")
         snapshot(d, "docs")
         n.wait_for(r"notified \(id \d+\): Snapshot of docs completed")
         assert len(dunst.close_all_and_history()) == 1
