@@ -76,6 +76,14 @@ def _get(d: DaemonProcess, path: str, *args: str) -> Any:
     return json.loads(d.curl(*args, f"http://localhost{path}").stdout)
 
 
+def _until(condition: Any, timeout: float = 10) -> None:
+    """Poll ``condition`` until it holds (bounded): for state the daemon reaches asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def _many_files(root: Path, dirs: int = 20, per_dir: int = 1000) -> Path:
     for d in range(dirs):
         (root / f"d{d}").mkdir(parents=True)
@@ -102,7 +110,9 @@ def test_sigkill_mid_run_restart_marks_interrupted_and_resumes_the_stream(short_
         seen = stream.wait_for(lambda e: e["run"] == stuck and "not answering" in e["message"])
         run = _get(d, "/api/v1/projects/big/snapshots", "-X", "POST")["run"]
         stream.wait_for(lambda e: e["run"] == run and e["step"] >= 3)
-        time.sleep(0.3)  # the history writer persists a few times a second
+        # Both runs are in the history (its writer persists a few times a second): kill now.
+        _until(lambda: all(d.curl("-w", "%{http_code}", "-o", "/dev/null",
+                                  f"http://localhost/api/v1/runs/{r}").stdout == "200" for r in (stuck, run)))
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
     finally:
@@ -157,7 +167,8 @@ def test_runs_history_pages_step_timings_event_export_and_stats(daemon_factory: 
         stream.wait_for(lambda e, run=run: e["run"] == run and e["state"] in TERMINAL)
         runs.append(run)
     stream.close()
-    time.sleep(0.6)  # the history writer persists a few times a second
+    # The history writer persists a few times a second: wait until it has the last run's end.
+    _until(lambda: _get(d, f"/api/v1/runs/{runs[2]}").get("state") == "completed")
     page1 = _get(d, "/api/v1/projects/p/runs?limit=2")
     assert [r["run"] for r in page1["runs"]] == [runs[2], runs[1]] and page1["next"] == runs[1]
     page2 = _get(d, f"/api/v1/projects/p/runs?limit=2&before={page1['next']}")
