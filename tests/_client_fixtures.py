@@ -138,6 +138,7 @@ class FakeDaemon:
         self.stream_status = 200
         self.hits: list[Hit] = []
         self.ws_messages: list[tuple[float, dict[str, Any]]] = []  # what WebSocket clients sent
+        self.drop_snapshot_requests = False
         self.events: list[dict[str, Any]] = []
         self.replay_from = 1  # oldest event id still replayable
         self.latest: dict[str, dict[str, Any]] = {p: progress_json(p, None, step=0) for p in projects}
@@ -361,6 +362,9 @@ class FakeDaemon:
                         self._streams.append(current)
                         nursery.start_soon(self._ws_push, ws, current, receive)
                     elif msg["op"] == "snapshot":
+                        if self.drop_snapshot_requests:  # the connection breaks before the answer
+                            await stream.aclose()
+                            return
                         self._run_counter += 1
                         run = f"r-{0x19000000100 + self._run_counter:x}-{self._run_counter:04d}-fake"
                         p = self.publish(project=msg["project"], run=run, step=1)

@@ -339,6 +339,45 @@ def test_jitter_stretches_each_delay_by_at_most_the_jitter_fraction() -> None:
     assert syncsnap.FollowPolicy(jitter=0.0).delay(6) == 30.0
 
 
+async def test_start_snapshot_over_the_websocket_subscribes_first_and_never_resends(
+        short_tmp: Path, autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeDaemon(short_tmp / "d.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with client_for(fake.path).follow("docs", transport="ws") as f:
+            started = await f.start_snapshot()
+            fake.publish(run=started.run, step=2)
+            fake.publish(run=started.run, step=6, state="completed", percent=100)
+            seen = [(p.run, p.step) for p in [p async for p in f]]
+        assert seen == [(started.run, 1), (started.run, 2), (started.run, 6)]
+        assert [m["op"] for _, m in fake.ws_messages] == ["subscribe", "snapshot"]
+
+        fake.drop_snapshot_requests = True
+        async with client_for(fake.path).follow("docs", transport="ws") as f:
+            with pytest.raises(syncsnap.ConnectionLost, match="whether it started is unknown"):
+                await f.start_snapshot()
+        await trio.sleep(10)
+        assert [m["op"] for _, m in fake.ws_messages] == ["subscribe", "snapshot", "subscribe", "snapshot"]
+        with pytest.raises(ValueError, match="transport='ws'"):
+            await client_for(fake.path).follow("docs").start_snapshot()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_without_the_websocket_says_so_at_once(short_tmp: Path,
+                                                               autojump_clock: trio.testing.MockClock) -> None:
+    fake = FakeDaemon(short_tmp / "d.sock")
+    fake.stream_status = 404  # an older daemon: no /api/v1/ws
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        with pytest.raises(syncsnap.NotFound) as info:
+            async for _ in client_for(fake.path).follow(transport="ws"):
+                pass
+        assert str(info.value) == (f"syncsnapd at {fake.path} has no WebSocket endpoint (/api/v1/ws answered 404): "
+                                   "it is older than this client; use the SSE transport (--transport sse).")
+        assert trio.current_time() == 0
+        nursery.cancel_scope.cancel()
+
+
 # --- runs of other kinds: restore (on its project's stream), check and prune (store-wide) ---------------
 
 RESTORE = "r-19000000005-0005-7e57"

@@ -47,14 +47,17 @@ from ._errors import (
 )
 from ._http import HttpConnection, SseComment, SseParser, error_for_response
 from ._models import Health, Progress, Project, RunStarted, parse_list
-from ._ws import CLOSE_POLICY, WS_TARGET, WsConnection
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
+    from ._ws import WsConnection
 
 log = logging.getLogger("syncsnap.follow")
 
 API = "/api/v1"
+WS_TARGET = f"{API}/ws"
+# The daemon's close code for a WebSocket reader too slow to keep up (policy violation).
+CLOSE_POLICY = 1008
 Transport = Literal["sse", "ws"]
 TRANSPORTS: tuple[Transport, ...] = ("sse", "ws")
 # A health answer whose uptime is this much below the last one we saw comes from a new daemon process.
@@ -510,6 +513,8 @@ class Follower:
         return _SseStream(conn)
 
     async def _open_ws(self, conn: HttpConnection) -> _WsStream:
+        from ._ws import WsConnection  # wsproto: imported by WebSocket followers only (about 12 ms)
+
         ws = await WsConnection.handshake(conn.detach(), self._endpoint)
         stream = _WsStream(ws)
         try:

@@ -35,14 +35,13 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ._discovery import Endpoint
 from ._errors import ConnectionLost, NotFound, ProtocolError, SyncsnapError
+from ._follow import WS_TARGET
 from ._http import READ_BYTES, USER_AGENT, error_for_response
 
-WS_TARGET = "/api/v1/ws"
 # A message from the daemon is one progress object (under 2 KiB) or a reply; anything near this is not it.
 MAX_MESSAGE_BYTES = 1024 * 1024
-# Close codes (RFC 6455): normal, and the daemon's "too slow" (policy violation).
+# Close code (RFC 6455) of a normal goodbye.
 CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
 # How long answering a ping (or the daemon's close) may take before the connection counts as dead.
 ANSWER_SECONDS = 5.0
 
