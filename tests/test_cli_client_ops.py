@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,14 @@ def tree(root: Path) -> dict[str, Any]:
 
 def ndjson(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
+
+
+def wait_for_history(d: DaemonProcess, run: str) -> None:
+    """The daemon writes its history about 0.25 s after a run's end went out on the streams."""
+    deadline = time.monotonic() + 10
+    while '"ended_at":"' not in d.curl(f"http://localhost/api/v1/runs/{run}").stdout:
+        assert time.monotonic() < deadline, f"{run} not in the daemon's history"
+        time.sleep(0.02)
 
 
 def snapshot_ids(d: DaemonProcess, project: str = "docs") -> list[str]:
@@ -150,6 +159,12 @@ def test_restore_follows_to_its_end_and_never_overwrites_unless_told(daemon_fact
         r = cli(d, "follow", "docs", "--run", run, "--json", "--transport", transport)
         assert r.returncode == 0 and ndjson(r.stdout)[-1]["state"] == "completed"
     assert tree(work / "later") == tree(docs)
+    wait_for_history(d, run)
+    lines = cli(d, "run", run).stdout.splitlines()  # in the history, with what it did and its steps
+    assert lines[0] == f"Run {run}: restore of docs, completed"
+    assert f"  restored  {sid} into {work}/later: 3 files (2.9 KiB), 1 directory, 1 symlink" in lines
+    assert [line.split()[:2] for line in lines[lines.index("  steps:") + 1:]] == [
+        ["1", "Reading"], ["2", "Restoring"], ["3", "Directory"]]
     assert cli(d, "follow", "--run", run).returncode == 0  # the run says which project it is of
     r = cli(d, "cancel", "--run", run)
     assert (r.returncode, r.stderr) == (1, f"syncsnap: syncsnapd refused the request: Run '{run}' has already "
@@ -214,8 +229,13 @@ def test_prune_applies_the_retention_policy_and_a_dry_run_changes_nothing(daemon
     assert r.stderr.splitlines()[1:] == ["  docs: 1 snapshot kept, 2 removed", f"    removed {snaps[0]}",
                                          f"    removed {snaps[1]}"]
     assert snapshot_ids(d) == snaps[2:]
-    result = ndjson(r.stdout)[-1]["result"]
+    final = ndjson(r.stdout)[-1]
+    result = final["result"]
     assert result["snapshots_removed"] == snaps[:2] and result["bytes_freed"] > 0
+    wait_for_history(d, final["run"])
+    lines = cli(d, "run", final["run"]).stdout.splitlines()
+    assert lines[0] == f"Run {final['run']}: prune of the store, completed"
+    assert any(re.fullmatch(r"  pruned    removed 2 snapshots, \d+ packs?; freed \d+\.\d KiB", line) for line in lines)
     assert cli(d, "check", "--read-data", "--follow").returncode == 0
 
     r = cli(d, "prune")

@@ -44,6 +44,7 @@ from ._models import (
     Progress,
     Project,
     PruneResult,
+    RestoreResult,
     RunInfo,
     RunStarted,
     SnapshotInfo,
@@ -485,6 +486,13 @@ async def _cmd_run(client: AsyncClient, args: argparse.Namespace, as_json: bool)
                                   f"{human_bytes(s.bytes_added)} added"))
         lines.append(("files", f"{s.files_new:,} new, {s.files_changed:,} changed, {s.files_unchanged:,} unchanged"
                                + (f", {plural(s.warnings, 'warning')}" if s.warnings else "")))
+    result = r.result
+    if result is None and r.kind != "snapshot" and r.terminal:
+        # The history's run record has no result: the run's last event has it.
+        events = await client.run_events(r.run)
+        result = events[-1].result if events else None
+    if result is not None:
+        lines += _result_lines(r.kind, result)
     if r.error is not None:
         lines.append(("error", f"{r.error.code}: {r.error.message}"))
     for key, value in lines:
@@ -498,6 +506,32 @@ async def _cmd_run(client: AsyncClient, args: argparse.Namespace, as_json: bool)
             bar = "█" * round(20 * secs / total)
             print(f"    {step} {name:<30} {precise_duration(secs):>9}  {bar}".rstrip())
     return EXIT_OK
+
+
+def _result_lines(kind: str, result: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a finished restore, check or prune produced, for ``syncsnap run``."""
+    try:
+        if kind == "restore":
+            rr = RestoreResult.from_json(result)
+            return [("restored", f"{rr.snapshot} into {rr.target}: {plural(rr.files, 'file')} "
+                                 f"({human_bytes(rr.bytes)}), {plural(rr.dirs, 'directory', 'directories')}, "
+                                 f"{plural(rr.symlinks, 'symlink')}"
+                                 + (f" (only {', '.join(rr.paths)})" if rr.paths else ""))]
+        if kind == "check":
+            cr = CheckResult.from_json(result)
+            level = "data re-hashed" if cr.read_data else "structure and references"
+            found = "no problem" if cr.ok else f"{plural(len(cr.problems), 'problem')}, " \
+                                                f"{plural(len(cr.damaged), 'damaged snapshot')}"
+            return [("checked", f"{plural(cr.snapshots, 'snapshot')}, {plural(cr.packs, 'pack')} ({level}): {found}")]
+        if kind == "prune":
+            pr = PruneResult.from_json(result)
+            verb = "would remove" if pr.dry_run else "removed"
+            return [("pruned", f"{verb} {plural(len(pr.snapshots_removed), 'snapshot')}, "
+                               f"{plural(pr.packs_deleted, 'pack')}; {'would free' if pr.dry_run else 'freed'} "
+                               f"{human_bytes(max(0, pr.bytes_freed))}")]
+    except ProtocolError:
+        pass
+    return []
 
 
 async def _cmd_stats(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:

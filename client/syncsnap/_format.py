@@ -34,8 +34,9 @@ def short_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """1 -> '1 file', 3 -> '3 files' (``many``: the plural when it is not word + s)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 def precise_duration(seconds: float) -> str:
