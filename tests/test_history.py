@@ -375,3 +375,50 @@ def test_metrics_parse_and_count_what_happened(daemon_factory: Any, short_tmp: P
     assert samples[("syncsnap_http_requests_total", (("status", "202"),))] == 2
     assert samples[("syncsnap_store_packs", ())] >= 1
     assert samples[("syncsnap_events_published_total", ())] >= 10
+
+
+async def test_cancel_while_step_one_connects_to_syncthing_still_ends_the_run(tmp_path: Path) -> None:
+    """Regression: a cancel landing while step 1 is connecting to Syncthing (httpx connects inside an
+    anyio task group, so the Cancelled arrives wrapped in an exception group, which our own cancel scope
+    then absorbed) must still end the run with exactly one `cancelled` event. The "Syncthing" here is a
+    listening socket whose backlog is full, so a connect hangs, as it does to a host that drops packets."""
+    import socket as socketlib
+
+    from syncsnapd._config import SyncthingConfig
+    from syncsnapd._watch import wait_until_ready
+
+    listener = socketlib.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue: later connects wait in SYN_SENT
+        c = socketlib.socket()
+        c.setblocking(False)
+        c.connect_ex(listener.getsockname())
+        fillers.append(c)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    store = await trio.to_thread.run_sync(lambda: Store.open(tmp_path / "store", writable=True))
+    tracker = Tracker()
+    project = ProjectConfig("s", tmp_path, syncthing=SyncthingConfig(url, "k", "f"))
+    sched = Scheduler(store, tracker, [project], waiter=wait_until_ready)
+    sub = tracker.subscribe(["s"])
+    sub.get_nowait()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.serve)
+            run, _ = sched.request_snapshot("s")
+            await trio.sleep(0.5)  # step 1 is now stuck in its first connect
+            assert sched.cancel_run("s") == run
+            with trio.fail_after(10):
+                async for ev in sub:
+                    if ev.progress.terminal:
+                        break
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+        for c in fillers:
+            c.close()
+        listener.close()
+    assert (ev.progress.run, ev.progress.state, ev.progress.error) == (
+        run, "cancelled", {"code": "cancelled", "message": "The snapshot was cancelled."})
+    assert sub.get_nowait() is None  # exactly one terminal event

@@ -242,47 +242,50 @@ class Scheduler:
     async def _execute(self, slot: _ProjectSlot) -> None:
         project, progress = slot.config, slot.progress
         assert progress is not None
-        final: Progress
+        final: Progress | None = None
         slot.run_scope = scope = trio.CancelScope()
         if slot.cancel_reason is not None:
             scope.cancel()  # cancelled between its request and now
-        with scope:
-            try:
-                await self._waiter(project, progress)
-                if self.run_limiter.available_tokens == 0:
-                    progress.set_message(f"Waiting for other snapshots to finish "
-                                         f"({self.run_limiter.borrowed_tokens} running)")
-                    progress.flush()
-                async with self.run_limiter:
-                    progress.set_message(None)
-                    summary = await take_snapshot(
-                        self.store, project.id, project.path, progress,
-                        ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
-                    )
-                final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
-                log.info("%s: %s", project.id, final.message)
-            except SnapshotError as exc:
-                final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
-                                        message=f"Snapshot failed: {exc.message}")
-                log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
-                self._schedule_retry(slot, final)
-            except (trio.Cancelled, RunCancelled) as exc:
-                # Ours (cancel_run, project removed) or the daemon's (shutdown): one terminal event either way.
+        try:
+            with scope:
+                try:
+                    await self._waiter(project, progress)
+                    if self.run_limiter.available_tokens == 0:
+                        progress.set_message(f"Waiting for other snapshots to finish "
+                                             f"({self.run_limiter.borrowed_tokens} running)")
+                        progress.flush()
+                    async with self.run_limiter:
+                        progress.set_message(None)
+                        summary = await take_snapshot(
+                            self.store, project.id, project.path, progress,
+                            ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
+                        )
+                    final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
+                    log.info("%s: %s", project.id, final.message)
+                except SnapshotError as exc:
+                    final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
+                                            message=f"Snapshot failed: {exc.message}")
+                    log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
+                    self._schedule_retry(slot, final)
+                except RunCancelled:
+                    pass  # worker threads saw the cancel flag: reported as cancelled below
+                except Exception:
+                    log.exception("%s: run %s failed unexpectedly", project.id, progress.run)
+                    final = progress.finish("failed", error={"code": "internal_error",
+                                                             "message": "An internal error stopped the snapshot; "
+                                                                        "see the daemon's log."},
+                                            message="Snapshot failed: internal error")
+                    self._schedule_retry(slot, final)
+        finally:
+            # Exactly one terminal event, however the run ended: cancellation may arrive as trio.Cancelled,
+            # as RunCancelled from a worker thread, or wrapped in an exception group by a nursery inside
+            # the waiter or the engine (which our own cancel scope then absorbs silently).
+            if final is None:
                 code, message = slot.cancel_reason or ("shutdown", "The daemon is shutting down.")
-                self.tracker.publish(progress.finish(
+                final = progress.finish(
                     "cancelled", error={"code": code, "message": message},
-                    message=f"Snapshot cancelled: {message[0].lower()}{message[1:].rstrip('.')}"))
+                    message=f"Snapshot cancelled: {message[0].lower()}{message[1:].rstrip('.')}")
                 log.info("%s: run %s cancelled (%s)", project.id, progress.run, code)
-                if isinstance(exc, trio.Cancelled):
-                    raise  # absorbed by `scope` when the cancel was ours
-                return
-            except Exception:
-                log.exception("%s: run %s failed unexpectedly", project.id, progress.run)
-                final = progress.finish("failed", error={"code": "internal_error",
-                                                         "message": "An internal error stopped the snapshot; "
-                                                                    "see the daemon's log."},
-                                        message="Snapshot failed: internal error")
-                self._schedule_retry(slot, final)
             self.tracker.publish(final)
 
     def _schedule_retry(self, slot: _ProjectSlot, failed: Progress) -> None:
