@@ -110,7 +110,7 @@ def test_sigkill_mid_run_restart_marks_interrupted_and_resumes_the_stream(short_
         seen = stream.wait_for(lambda e: e["run"] == stuck and "not answering" in e["message"])
         run = _get(d, "/api/v1/projects/big/snapshots", "-X", "POST")["run"]
         stream.wait_for(lambda e: e["run"] == run and e["step"] >= 3)
-        # Both runs are in the history (its writer persists a few times a second): kill now.
+        # Both runs are in the history (written asynchronously, a batch at a time): kill now.
         _until(lambda: all(d.curl("-w", "%{http_code}", "-o", "/dev/null",
                                   f"http://localhost/api/v1/runs/{r}").stdout == "200" for r in (stuck, run)))
         d.proc.send_signal(signal.SIGKILL)
@@ -167,7 +167,7 @@ def test_runs_history_pages_step_timings_event_export_and_stats(daemon_factory: 
         stream.wait_for(lambda e, run=run: e["run"] == run and e["state"] in TERMINAL)
         runs.append(run)
     stream.close()
-    # The history writer persists a few times a second: wait until it has the last run's end.
+    # The history is written asynchronously: wait until it has the last run's end.
     _until(lambda: _get(d, f"/api/v1/runs/{runs[2]}").get("state") == "completed")
     page1 = _get(d, "/api/v1/projects/p/runs?limit=2")
     assert [r["run"] for r in page1["runs"]] == [runs[2], runs[1]] and page1["next"] == runs[1]

@@ -1,7 +1,7 @@
 """Run history and the persisted event log, in SQLite (stdlib sqlite3, WAL).
 
-Every published event is written here by :meth:`History.serve` (a tracker subscriber, batched a few times
-a second), so the history survives restarts: run rows with trigger, per-step timings, outcome and
+Every published event is written here by :meth:`History.serve` (a tracker subscriber; events published
+while a write runs form the next batch), so the history survives restarts: run rows with trigger, per-step timings, outcome and
 snapshot stats; the event log for ``Last-Event-ID`` resume across a restart; and statistics per project.
 
 Event ids never repeat, across restarts too: the daemon reserves blocks of ids in the database before it
@@ -33,9 +33,6 @@ log = logging.getLogger("syncsnapd.history")
 
 # Event ids reserved ahead in the database. A crash can only skip ids, never reuse them.
 ID_RESERVATION = 100_000
-# Events written per batch at most, and how often the writer wakes (seconds): a few writes a second keep
-# the loss window small without a transaction per event.
-WRITE_INTERVAL_SECONDS = 0.25
 # Events kept in the database per project; older ones are trimmed (run rows are kept).
 EVENTS_KEPT = 50_000
 # Events loaded into the tracker's replay buffer at start (resume across a restart).
@@ -251,9 +248,10 @@ class History:
                 while (ev := sub.get_nowait()) is not None:
                     batch.append(ev)
                 if batch:
+                    # Events published while this write runs in its thread make the next batch, so the
+                    # writer keeps up without a transaction per event and without a fixed delay.
                     pending, batch = batch, []
                     await trio.to_thread.run_sync(self.write, pending, tracker.last_event_id)
-                await trio.sleep(WRITE_INTERVAL_SECONDS)
         finally:
             while (ev := sub.get_nowait()) is not None:
                 batch.append(ev)

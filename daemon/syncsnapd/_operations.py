@@ -438,7 +438,9 @@ class Operations:
             "projects": {p: {"kept": len(d.keep), "removed": len(d.forget)} for p, d in decisions.items()},
             **stats.to_json(),
         }
-        verb = "would free" if dry_run else "freed"
-        return (f"Prune {'(dry run) ' if dry_run else ''}removed {len(forget)} snapshot(s), "
-                f"{stats.packs_deleted} unused pack(s) and repacked {stats.packs_repacked}; {verb} "
-                f"{human_bytes(max(0, stats.bytes_freed))}"), result
+        if dry_run:
+            return (f"Prune (dry run) would remove {len(forget)} snapshot(s) and "
+                    f"{stats.packs_deleted} unused pack(s), repack {stats.packs_repacked}, and free "
+                    f"{human_bytes(max(0, stats.bytes_freed))}"), result
+        return (f"Prune removed {len(forget)} snapshot(s), {stats.packs_deleted} unused pack(s) and "
+                f"repacked {stats.packs_repacked}; freed {human_bytes(max(0, stats.bytes_freed))}"), result
