@@ -35,6 +35,15 @@ SSE_RETRY_MS = 2000
 GAP_EVENT = "gap"
 
 
+def known_project(scheduler: Scheduler, pid: str) -> str:
+    """``pid`` if the scheduler has that project, else HTTPError 404 (for every project endpoint)."""
+    try:
+        scheduler.project(pid)
+    except UnknownProject:
+        raise HTTPError(404, "not_found", f"No project named {pid!r}.") from None
+    return pid
+
+
 class Api:
     """Handlers bound to one daemon's scheduler and tracker."""
 
@@ -99,11 +108,7 @@ class Api:
                                    "stream": f"{API}/projects/{pid}/progress/stream"})
 
     def _known(self, pid: str) -> str:
-        try:
-            self.scheduler.project(pid)
-        except UnknownProject:
-            raise HTTPError(404, "not_found", f"No project named {pid!r}.") from None
-        return pid
+        return known_project(self.scheduler, pid)
 
     def _project_json(self, pid: str, last: SnapshotInfo | None) -> dict[str, Any]:
         cfg = self.scheduler.project(pid)

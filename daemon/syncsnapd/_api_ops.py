@@ -5,9 +5,11 @@ state and cancelling of operation runs. Request parsing and error mapping only; 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from ._http_protocol import HTTPError, Request, Response, Router, json_response
+from ._http_protocol import HTTPError, Request, Response, Router, json_response, query_int
 from ._operations import OperationError, Operations
 from ._progress import Progress
 
@@ -36,6 +38,15 @@ def _body(request: Request, allowed: dict[str, type | tuple[type, ...]]) -> dict
     return doc
 
 
+@contextmanager
+def _as_http_errors() -> Iterator[None]:
+    """Translate the operations layer's errors at this boundary (they carry their status and code)."""
+    try:
+        yield
+    except OperationError as exc:
+        raise HTTPError(exc.status, exc.code, exc.message) from None
+
+
 def _started(progress: Progress, stream: str) -> Response:
     return json_response(202, {"run": progress.run, "progress": progress.to_json(), "stream": stream})
 
@@ -48,16 +59,9 @@ def register_operations(router: Router, ops: Operations) -> None:
         if not before:
             raise HTTPError(400, "bad_request", "Query parameter 'from' (a snapshot id or 'latest') is required.")
         after = request.query.get("to") or "live"
-        try:
-            limit = int(request.query.get("limit", DEFAULT_DIFF_LIMIT))
-        except ValueError:
-            raise HTTPError(400, "bad_request", "limit must be a whole number.") from None
-        if not 1 <= limit <= MAX_DIFF_LIMIT:
-            raise HTTPError(400, "bad_request", f"limit must be from 1 to {MAX_DIFF_LIMIT}.")
-        try:
+        limit = query_int(request, "limit", DEFAULT_DIFF_LIMIT, 1, MAX_DIFF_LIMIT)
+        with _as_http_errors():
             return json_response(200, await ops.diff(params["id"], before, after, limit=limit))
-        except OperationError as exc:
-            raise HTTPError(exc.status, exc.code, exc.message) from None
 
     async def restore(request: Request, params: dict[str, str]) -> Response:
         doc = _body(request, {"snapshot": str, "target": str, "paths": list, "overwrite": bool})
@@ -66,27 +70,21 @@ def register_operations(router: Router, ops: Operations) -> None:
         paths = doc.get("paths") or []
         if not all(isinstance(p, str) for p in paths):
             raise HTTPError(400, "bad_request", "Field 'paths' must be a list of strings.")
-        try:
+        with _as_http_errors():
             first = await ops.start_restore(params["id"], doc["snapshot"], doc["target"], paths=paths,
                                             overwrite=bool(doc.get("overwrite")))
-        except OperationError as exc:
-            raise HTTPError(exc.status, exc.code, exc.message) from None
         return _started(first, f"{API}/projects/{params['id']}/progress/stream")
 
     async def check(request: Request, params: dict[str, str]) -> Response:
         doc = _body(request, {"read_data": bool})
-        try:
+        with _as_http_errors():
             first = ops.start_check(read_data=bool(doc.get("read_data")))
-        except OperationError as exc:
-            raise HTTPError(exc.status, exc.code, exc.message) from None
         return _started(first, f"{API}/events")
 
     async def prune(request: Request, params: dict[str, str]) -> Response:
         doc = _body(request, {"dry_run": bool})
-        try:
+        with _as_http_errors():
             first = ops.start_prune(dry_run=bool(doc.get("dry_run")))
-        except OperationError as exc:
-            raise HTTPError(exc.status, exc.code, exc.message) from None
         return _started(first, f"{API}/events")
 
     async def operations(request: Request, params: dict[str, str]) -> Response:

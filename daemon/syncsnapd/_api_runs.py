@@ -6,9 +6,10 @@ import json
 
 import trio
 
+from ._api import known_project
 from ._history import History
-from ._http_protocol import HTTPError, Request, Response, Router, json_response
-from ._scheduler import Scheduler, UnknownProject
+from ._http_protocol import HTTPError, Request, Response, Router, json_response, query_int
+from ._scheduler import Scheduler
 
 API = "/api/v1"
 # Page size bounds for GET .../runs.
@@ -20,20 +21,11 @@ def register_runs(router: Router, history: History, scheduler: Scheduler) -> Non
     """Add the run-history and cancel endpoints to ``router``."""
 
     def known(pid: str) -> str:
-        try:
-            scheduler.project(pid)
-        except UnknownProject:
-            raise HTTPError(404, "not_found", f"No project named {pid!r}.") from None
-        return pid
+        return known_project(scheduler, pid)
 
     async def runs(request: Request, params: dict[str, str]) -> Response:
         pid = known(params["id"])
-        try:
-            limit = int(request.query.get("limit", DEFAULT_PAGE))
-        except ValueError:
-            raise HTTPError(400, "bad_request", "limit must be a whole number.") from None
-        if not 1 <= limit <= MAX_PAGE:
-            raise HTTPError(400, "bad_request", f"limit must be from 1 to {MAX_PAGE}.")
+        limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         before = request.query.get("before") or None
         rows = await trio.to_thread.run_sync(lambda: history.runs(pid, limit=limit + 1, before=before))
         page = rows[:limit]

@@ -50,6 +50,7 @@ __all__ = [
     "error_response",
     "json_response",
     "parse_request",
+    "query_int",
     "router_app",
     "sse_comment",
     "sse_event",
@@ -536,6 +537,20 @@ class Router:
         raise HTTPError(
             405, "method_not_allowed", f"{method} is not allowed here; use {allow}.", (("Allow", allow),)
         )
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number query parameter within ``lo``..``hi``; HTTPError 400 naming it otherwise."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, "bad_request", f"{name} must be a whole number.") from None
+    if not lo <= value <= hi:
+        raise HTTPError(400, "bad_request", f"{name} must be from {lo} to {hi}.")
+    return value
 
 
 def router_app(router: Router) -> App:
