@@ -6,9 +6,9 @@ The public surface is small: run it with ``syncsnapd`` (see ``_cli``), or embed 
 
 __version__ = "0.1.0"
 
-from ._config import ConfigError as ConfigError  # noqa: E402
-from ._config import DaemonConfig as DaemonConfig  # noqa: E402
-from ._config import ProjectConfig as ProjectConfig  # noqa: E402
-from ._config import load_config as load_config  # noqa: E402
-from ._progress import Progress as Progress  # noqa: E402
-from ._progress import SnapshotSummary as SnapshotSummary  # noqa: E402
+from .core import ConfigError as ConfigError  # noqa: E402
+from .core import DaemonConfig as DaemonConfig  # noqa: E402
+from .core import Progress as Progress  # noqa: E402
+from .core import ProjectConfig as ProjectConfig  # noqa: E402
+from .core import SnapshotSummary as SnapshotSummary  # noqa: E402
+from .core import load_config as load_config  # noqa: E402

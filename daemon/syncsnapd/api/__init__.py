@@ -1,0 +1,8 @@
+"""The endpoints of docs/api.md: the only package that joins the HTTP layer to runs, sources and the store.
+"""
+
+from ._endpoints import Api as Api
+from ._metrics import Metrics as Metrics
+from ._metrics import store_footprint as store_footprint
+from ._operations import register_operations as register_operations
+from ._runs import register_runs as register_runs

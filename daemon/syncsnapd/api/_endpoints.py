@@ -1,0 +1,192 @@
+"""The endpoints of docs/api.md: the one module that joins the HTTP layer to the tracker and scheduler."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import trio
+
+from .. import __version__
+from ..http import (
+    BodyWriter,
+    HTTPError,
+    Request,
+    Response,
+    Router,
+    StreamResponse,
+    UpgradeResponse,
+    json_response,
+    sse_comment,
+    sse_retry,
+)
+from ..runs import Event, Scheduler, Tracker, UnknownProject
+from ..sources import WatchStatus
+from ..store import SnapshotInfo
+from ._websocket import websocket_endpoint
+
+API = "/api/v1"
+# Sent as `retry:` on every stream: how long an EventSource waits before reconnecting (milliseconds).
+SSE_RETRY_MS = 2000
+# Sent before the current-state events when a Last-Event-ID resume could not be honoured.
+GAP_EVENT = "gap"
+
+
+def known_project(scheduler: Scheduler, pid: str) -> str:
+    """``pid`` if the scheduler has that project, else HTTPError 404 (for every project endpoint)."""
+    try:
+        scheduler.project(pid)
+    except UnknownProject:
+        raise HTTPError(404, "not_found", f"No project named {pid!r}.") from None
+    return pid
+
+
+class Api:
+    """Handlers bound to one daemon's scheduler and tracker."""
+
+    def __init__(self, scheduler: Scheduler, tracker: Tracker, *, heartbeat: float,
+                 watch_status: dict[str, WatchStatus] | None = None) -> None:
+        self.scheduler = scheduler
+        self.tracker = tracker
+        self.watch_status = watch_status if watch_status is not None else {}
+        self.heartbeat = heartbeat
+        self.started = time.monotonic()
+        self.router = Router()
+        r = self.router
+        r.add("GET", f"{API}/health", self.health)
+        r.add("GET", f"{API}/projects", self.projects)
+        r.add("GET", f"{API}/projects/{{id}}", self.project)
+        r.add("GET", f"{API}/projects/{{id}}/progress", self.progress)
+        r.add("GET", f"{API}/projects/{{id}}/progress/stream", self.project_stream)
+        r.add("GET", f"{API}/projects/{{id}}/snapshots", self.snapshots)
+        r.add("POST", f"{API}/projects/{{id}}/snapshots", self.start_snapshot)
+        r.add("GET", f"{API}/events", self.all_events)
+        r.add("GET", f"{API}/ws", websocket_endpoint(tracker, scheduler))
+
+    async def __call__(self, request: Request) -> Response | StreamResponse | UpgradeResponse:
+        handler, params = self.router.resolve(request.method, request.path)
+        return await handler(request, params)
+
+    # --- JSON endpoints ----------------------------------------------------------------------------
+
+    async def health(self, request: Request, params: dict[str, str]) -> Response:
+        return json_response(200, {
+            "status": "ok", "version": __version__, "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "projects": len(self.scheduler.project_ids()),
+        })
+
+    async def projects(self, request: Request, params: dict[str, str]) -> Response:
+        infos = await self._last_snapshots()
+        return json_response(200, {"projects": [self._project_json(pid, infos.get(pid))
+                                                for pid in self.scheduler.project_ids()]})
+
+    async def project(self, request: Request, params: dict[str, str]) -> Response:
+        pid = self._known(params["id"])
+        infos = await self._last_snapshots()
+        return json_response(200, self._project_json(pid, infos.get(pid)))
+
+    async def progress(self, request: Request, params: dict[str, str]) -> Response:
+        # The hot path of every poller: the event's JSON was encoded once, when it was published.
+        try:
+            return Response(200, self.tracker.latest_event(params["id"]).json_body)
+        except KeyError:
+            raise HTTPError(404, "not_found", f"No project named {params['id']!r}.") from None
+
+    async def snapshots(self, request: Request, params: dict[str, str]) -> Response:
+        pid = self._known(params["id"])
+        infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, pid)
+        return json_response(200, {"snapshots": [asdict(i) for i in infos]})
+
+    async def start_snapshot(self, request: Request, params: dict[str, str]) -> Response:
+        pid = self._known(params["id"])
+        run, progress = self.scheduler.request_snapshot(pid)
+        return json_response(202, {"run": run, "progress": progress.to_json(),
+                                   "stream": f"{API}/projects/{pid}/progress/stream"})
+
+    def _known(self, pid: str) -> str:
+        return known_project(self.scheduler, pid)
+
+    def _project_json(self, pid: str, last: SnapshotInfo | None) -> dict[str, Any]:
+        cfg = self.scheduler.project(pid)
+        progress = self.tracker.latest(pid)
+        watch = self.watch_status.get(pid)
+        return {"id": pid, "path": str(cfg.path), "state": progress.state, "progress": progress.to_json(),
+                "last_snapshot": asdict(last) if last else None,
+                "watch": {"mode": watch.mode if watch else "off", "warning": watch.warning if watch else None}}
+
+    async def _last_snapshots(self) -> dict[str, SnapshotInfo]:
+        infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, None)
+        return {i.project: i for i in infos}  # oldest first, so the newest per project wins
+
+    # --- streams -----------------------------------------------------------------------------------
+
+    async def project_stream(self, request: Request, params: dict[str, str]) -> StreamResponse:
+        return self._stream(request, [self._known(params["id"])])
+
+    async def all_events(self, request: Request, params: dict[str, str]) -> StreamResponse:
+        return self._stream(request, None)
+
+    def _stream(self, request: Request, projects: list[str] | None) -> StreamResponse:
+        last_id = _last_event_id(request)
+
+        async def body(writer: BodyWriter) -> None:
+            await self._serve_stream(writer, projects, last_id)
+
+        return StreamResponse(200, "text/event-stream", (("Cache-Control", "no-store"),), body)
+
+    async def _serve_stream(self, writer: BodyWriter, projects: list[str] | None, last_id: int | None) -> None:
+        head = sse_retry(SSE_RETRY_MS)
+        with self.tracker.subscribe(projects, last_event_id=last_id, transport="sse") as sub:
+
+            def fast_path(event: Event) -> bool:
+                # The publisher's non-blocking write (docs/architecture.md): only while nothing is pending
+                # for this connection; otherwise the event waits in the queue for this task.
+                if writer.pending_bytes or writer.closed:
+                    return False
+                if not writer.write_nowait(event.sse_bytes):
+                    sub.wake()  # partly written: the rest is pending; this task flushes it
+                return True
+
+            if sub.gap:
+                head += f"event: {GAP_EVENT}\ndata: {{\"last_event_id\": {last_id}}}\n\n".encode()
+            await writer.send(head)
+            while not writer.closed and not sub.closed:
+                if writer.pending_bytes:
+                    await writer.flush()
+                    continue
+                ev = sub.get_nowait()
+                if ev is not None:
+                    batch = [ev.sse_bytes]
+                    while (ev := sub.get_nowait()) is not None:
+                        batch.append(ev.sse_bytes)
+                    writer.write_nowait(b"".join(batch))
+                    sub.last_delivery = trio.current_time()
+                    continue
+                # Nothing queued: from now on the publisher writes directly while the socket has room.
+                sub.fast_path = fast_path
+                with trio.move_on_at(sub.last_delivery + self.heartbeat) as idle:
+                    await sub.wait()
+                sub.fast_path = None
+                if idle.cancelled_caught and trio.current_time() >= sub.last_delivery + self.heartbeat:
+                    writer.write_nowait(sse_comment("keep-alive"))
+                    sub.last_delivery = trio.current_time()
+            if sub.close_reason == "overflow" and not writer.closed:
+                # Hopelessly behind: end the stream; the reader resumes with Last-Event-ID.
+                writer.write_nowait(sse_comment("too slow: disconnected; resume with Last-Event-ID"))
+                await writer.flush()
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPError(400, "bad_request", "Last-Event-ID must be an integer event id.") from None
+    if value < 0:
+        raise HTTPError(400, "bad_request", "Last-Event-ID must not be negative.")
+    return value

@@ -1,0 +1,146 @@
+"""``GET /api/v1/ws``: progress and control over a WebSocket, served by trio-websocket.
+
+The HTTP server authorizes the request as any other (peer uid on the Unix socket; Host and token on TCP),
+then hands the connection over (:class:`UpgradeResponse`); trio-websocket performs the handshake.
+
+Client messages are JSON objects with an ``op`` and an optional ``id`` that the answer echoes:
+
+- ``{"op": "subscribe", "projects": ["docs"] | "*", "last_event_id": N}``: (re)start the push of progress
+  events; answered ``{"type": "reply", "op": "subscribe", "id", "ok": true}``, then, if a resume was
+  impossible, ``{"type": "gap", "last_event_id": N}``, then ``{"type": "progress", "progress": {...}}``
+  for each event (the same objects and event ids as the SSE streams).
+- ``{"op": "unsubscribe"}``: stop pushing.
+- ``{"op": "snapshot", "project": "docs"}``: start a snapshot; answered with ``run`` and ``progress``.
+
+Errors: ``{"type": "error", "op", "id", "error": {"code", "message"}}``; the connection stays open,
+except for a reader too slow to keep up (code ``too_slow``, then close 1008).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+import trio_websocket
+
+from ..http import HTTPError, Request, UpgradeResponse
+from ..runs import Scheduler, Subscription, Tracker, UnknownProject
+
+log = logging.getLogger("syncsnapd.ws")
+
+# Client messages are small JSON commands; anything bigger is a mistake or an attack (close 1009).
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class _Session:
+    def __init__(self, ws: trio_websocket.WebSocketConnection, tracker: Tracker, scheduler: Scheduler) -> None:
+        self.ws = ws
+        self.tracker = tracker
+        self.scheduler = scheduler
+        self.sub: Subscription | None = None
+        self.pusher: trio.CancelScope | None = None
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(obj, separators=(",", ":")))
+
+    async def reply(self, msg: dict[str, Any], **fields: Any) -> None:
+        await self.send({"type": "reply", "op": msg.get("op"), "id": msg.get("id"), "ok": True, **fields})
+
+    async def error(self, msg: dict[str, Any], code: str, message: str) -> None:
+        await self.send({"type": "error", "op": msg.get("op"), "id": msg.get("id"),
+                         "error": {"code": code, "message": message}})
+
+    def stop_push(self) -> None:
+        if self.pusher is not None:
+            self.pusher.cancel()
+            self.pusher = None
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
+
+    async def push(self, sub: Subscription, scope: trio.CancelScope) -> None:
+        with scope:
+            async for ev in sub:
+                await self.ws.send_message(f'{{"type":"progress","progress":{ev.json_text}}}')
+            if sub.close_reason == "overflow":
+                await self.send({"type": "error", "op": None, "id": None, "error": {
+                    "code": "too_slow", "message": "Too far behind; reconnect with last_event_id."}})
+                await self.ws.aclose(1008, "too slow")
+
+    async def handle(self, nursery: trio.Nursery, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "subscribe":
+            projects = msg.get("projects", "*")
+            last = msg.get("last_event_id")
+            if projects != "*" and not (isinstance(projects, list) and all(isinstance(p, str) for p in projects)):
+                await self.error(msg, "bad_request", 'projects must be "*" or a list of project ids.')
+                return
+            if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+                await self.error(msg, "bad_request", "last_event_id must be a non-negative integer.")
+                return
+            unknown = [p for p in projects if p not in self.scheduler.project_ids()] if projects != "*" else []
+            if unknown:
+                await self.error(msg, "not_found", f"No project named {unknown[0]!r}.")
+                return
+            self.stop_push()
+            self.sub = self.tracker.subscribe(None if projects == "*" else projects, last_event_id=last,
+                                              transport="websocket")
+            await self.reply(msg)
+            if self.sub.gap:
+                await self.send({"type": "gap", "last_event_id": last})
+            self.pusher = trio.CancelScope()
+            nursery.start_soon(self.push, self.sub, self.pusher)
+        elif op == "unsubscribe":
+            self.stop_push()
+            await self.reply(msg)
+        elif op == "snapshot":
+            project = msg.get("project")
+            try:
+                run, progress = self.scheduler.request_snapshot(str(project), "api")
+            except UnknownProject:
+                await self.error(msg, "not_found", f"No project named {project!r}.")
+                return
+            await self.reply(msg, run=run, progress=progress.to_json())
+        else:
+            await self.error(msg, "bad_request", f"Unknown op {op!r} (subscribe, unsubscribe, snapshot).")
+
+
+def websocket_endpoint(tracker: Tracker, scheduler: Scheduler) -> Any:
+    """The handler for ``GET /api/v1/ws``."""
+
+    async def session(stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                request = await trio_websocket.wrap_server_stream(nursery, stream,
+                                                                  max_message_size=MAX_MESSAGE_BYTES)
+                ws = await request.accept()
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                nursery.cancel_scope.cancel()
+                return
+            s = _Session(ws, tracker, scheduler)
+            try:
+                while True:
+                    text = await ws.get_message()
+                    try:
+                        msg = json.loads(text)
+                        if not isinstance(msg, dict):
+                            raise ValueError
+                    except ValueError:
+                        await s.error({}, "bad_request", "Messages must be JSON objects with an op.")
+                        continue
+                    await s.handle(nursery, msg)
+            except trio_websocket.ConnectionClosed:
+                pass
+            finally:
+                s.stop_push()
+                nursery.cancel_scope.cancel()
+
+    async def handler(request: Request, params: dict[str, str]) -> UpgradeResponse:
+        if (request.headers.get("upgrade") or "").lower() != "websocket":
+            raise HTTPError(426, "upgrade_required", "This endpoint speaks WebSocket: send Upgrade: websocket.",
+                            (("Upgrade", "websocket"),))
+        return UpgradeResponse(session)
+
+    return handler

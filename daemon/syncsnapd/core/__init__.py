@@ -1,0 +1,24 @@
+"""The bottom layer: configuration, the progress model, the error base class and supervision.
+
+No I/O beyond reading the configuration file; every other package may import this one.
+"""
+
+from ._config import ConfigError as ConfigError
+from ._config import DaemonConfig as DaemonConfig
+from ._config import KeepPolicy as KeepPolicy
+from ._config import ProjectConfig as ProjectConfig
+from ._config import S3Options as S3Options
+from ._config import SyncthingConfig as SyncthingConfig
+from ._config import load_config as load_config
+from ._config import parse_s3_url as parse_s3_url
+from ._config import staging_dir as staging_dir
+from ._errors import SyncsnapdError as SyncsnapdError
+from ._progress import Plan as Plan
+from ._progress import Progress as Progress
+from ._progress import RunCancelled as RunCancelled
+from ._progress import RunProgress as RunProgress
+from ._progress import SnapshotSummary as SnapshotSummary
+from ._progress import Step as Step
+from ._progress import human_bytes as human_bytes
+from ._progress import parse_time as parse_time
+from ._progress import utc_now as utc_now

@@ -1,0 +1,519 @@
+"""Configuration: TOML file or command-line folders, XDG defaults, validation that names the culprit.
+
+A bad value raises :class:`ConfigError` whose message starts with the key at fault
+(``daemon.tcp: ...``, ``projects[2].path: ...``); the CLI prints it and exits 2 before writing anything.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_TCP_PORT = 8473
+DEFAULT_HEARTBEAT_SECONDS = 15.0
+DEFAULT_CONFIG_NAME = "config.toml"
+# The embedded default project when no config file and no --folder is given.
+DEFAULT_FOLDER = "~/Sync"
+
+_PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
+                "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections"}
+_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
+_KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
+_SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
+# Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
+# MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
+DEFAULT_SETTLE_SECONDS = 5.0
+DEFAULT_MAX_DELAY_SECONDS = 60.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+# Sync tools' own metadata and temporary files are not user content: never snapshotted, never a reason
+# to snapshot (Syncthing's `.stignore` is user content, so it is not listed).
+SYNC_TOOL_IGNORES = (".stfolder", ".stversions", ".syncthing.*.tmp", "~syncthing~*.tmp")
+
+
+# --- S3 store settings (used by store._backend) ---------------------------------------------------------
+
+# botocore's own retries ("standard" mode: exponential backoff with jitter, 1 s base for throttling such
+# as 503 SlowDown, 50 ms for transient errors; honours Retry-After). Per request.
+BOTOCORE_ATTEMPTS = 5
+# Our retries around a whole operation (an upload that botocore gave up on, a 429 botocore does not
+# count as throttling): waits in seconds before each further attempt. Bounded, so a store that is down
+# fails the run within about a minute with store_unreachable instead of hanging it.
+RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0, 10.0)
+# Time limits of one request (seconds): connecting, and waiting for a response or the next bytes.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible service (``[daemon.s3]`` in the configuration).
+
+    ``endpoint``: the service's URL (``https://s3.eu-central-003.backblazeb2.com``,
+    ``http://127.0.0.1:9000``); None for AWS itself. ``path_style``: address buckets as
+    ``endpoint/bucket/key`` rather than ``bucket.endpoint/key`` (MinIO, Ceph and most self-hosted
+    services need it). ``concurrency``: uploads in flight at once.
+    """
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    concurrency: int = 4
+    botocore_attempts: int = BOTOCORE_ATTEMPTS
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> (bucket, ``some/prefix/``); the prefix may be empty.
+
+    Raises:
+        ValueError: not an s3:// URL with a bucket name.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not an s3://bucket/prefix URL")
+    bucket = parts.netloc
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", bucket):
+        raise ValueError(f"{bucket!r} is not a valid bucket name")
+    prefix = parts.path.strip("/")
+    if any(p in (".", "..") for p in prefix.split("/")) or "//" in parts.path.strip("/"):
+        raise ValueError(f"{url!r}: the prefix has empty, '.' or '..' parts")
+    return bucket, (prefix + "/" if prefix else "")
+
+
+def staging_dir(state_dir: Path, url: str) -> Path:
+    """The local directory of the S3 store at ``url``: ``<state_dir>/s3/<bucket>-<prefix>``."""
+    bucket, prefix = parse_s3_url(url)
+    name = "-".join([bucket, *[p for p in prefix.split("/") if p]])
+    return state_dir / "s3" / name
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key or flag at fault."""
+
+
+@dataclass(frozen=True)
+class SyncthingConfig:
+    """The Syncthing folder a project follows (``syncthing = {url, api_key | api_key_file, folder}``)."""
+
+    url: str
+    api_key: str = field(repr=False)
+    folder: str
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """Which snapshots of a project a prune keeps (``keep = { last = 10, daily = 7, ... }``), as restic's
+    ``forget --keep-*``: the newest ``last`` snapshots, and the newest snapshot of each of the newest
+    ``hourly`` hours, ``daily`` days, ``weekly`` ISO weeks, ``monthly`` months and ``yearly`` years that
+    have one (local time). A snapshot kept by any rule is kept. At least one count is above 0, so the
+    newest snapshot is always kept."""
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """One watched folder."""
+
+    id: str
+    path: Path
+    ignore: tuple[str, ...] = ()
+    settle: float = DEFAULT_SETTLE_SECONDS
+    max_delay: float = DEFAULT_MAX_DELAY_SECONDS
+    interval: float | None = None
+    watch: bool = True
+    syncthing: SyncthingConfig | None = None
+    # Retention for prune; None keeps every snapshot of the project.
+    keep: KeepPolicy | None = None
+
+    def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
+        """A predicate over relative POSIX paths: sync tools' files, the project's ``ignore`` globs, and
+        ``exclude`` (the daemon's own store and state directories when they lie inside the folder).
+
+        A pattern without ``/`` matches a name at any depth (like ``.gitignore``); one with ``/`` matches
+        the whole relative path. A matching directory excludes everything below it. The snapshot engine,
+        the watcher and the start-up check all use this one predicate.
+        """
+        name_pats = [*SYNC_TOOL_IGNORES, *(p for p in self.ignore if "/" not in p)]
+        path_pats = [p.strip("/") for p in self.ignore if "/" in p]
+        root = self.path.resolve()
+        excluded = {str(e.resolve().relative_to(root)) for e in exclude if e.resolve().is_relative_to(root)}
+        excluded.discard(".")
+
+        def ignored(rel: str) -> bool:
+            if rel in excluded:
+                return True
+            name = rel.rsplit("/", 1)[-1]
+            return any(fnmatch.fnmatchcase(name, p) for p in name_pats) or any(
+                fnmatch.fnmatchcase(rel, p) for p in path_pats
+            )
+
+        return ignored
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon needs to start; paths are absolute."""
+
+    socket: Path
+    tcp: str | None
+    store: Path
+    state_dir: Path
+    token_file: Path
+    runtime_dir: Path
+    heartbeat: float = DEFAULT_HEARTBEAT_SECONDS
+    # Snapshots running at once across projects; failed runs are retried (attempts in all, doubling backoff).
+    max_concurrent: int = 2
+    # Open HTTP connections served at once (beyond: 503). Each SSE subscriber holds one; 4,096 covers the
+    # 1,000-subscriber fan-out we benchmark with room to spare. The start-up raises RLIMIT_NOFILE to match.
+    max_connections: int = 4096
+    retry_attempts: int = 3
+    # An S3-compatible store (``store = "s3://bucket/prefix"``, ``[daemon.s3]``): then ``store`` is its
+    # local staging and cache directory, under the state directory (see _remote.py).
+    store_url: str | None = None
+    s3: S3Options | None = None
+    retry_backoff: float = 30.0
+    projects: tuple[ProjectConfig, ...] = field(default=())
+    source: str = "embedded default"
+
+    @property
+    def discovery_file(self) -> Path:
+        return self.runtime_dir / "syncsnapd.json"
+
+
+# --- XDG -----------------------------------------------------------------------------------------------
+
+def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    value = env.get(var, "")
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path(env.get("HOME") or os.path.expanduser("~")) / fallback
+
+
+def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_RUNTIME_DIR/syncsnap``, or ``/tmp/syncsnap-UID`` where no runtime dir is set (as tmux does)."""
+    base = env.get("XDG_RUNTIME_DIR", "")
+    if base and os.path.isabs(base):
+        return Path(base) / "syncsnap"
+    return Path(f"/tmp/syncsnap-{os.getuid()}")
+
+
+def config_home(env: Mapping[str, str] = os.environ) -> Path:
+    return _xdg(env, "XDG_CONFIG_HOME", ".config") / "syncsnap"
+
+
+def default_config_file(env: Mapping[str, str] = os.environ) -> Path:
+    return config_home(env) / DEFAULT_CONFIG_NAME
+
+
+def _defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    run = runtime_dir(env)
+    return {
+        "socket": run / "syncsnapd.sock",
+        "tcp": f"127.0.0.1:{DEFAULT_TCP_PORT}",
+        "store": _xdg(env, "XDG_DATA_HOME", ".local/share") / "syncsnap" / "store",
+        "state_dir": _xdg(env, "XDG_STATE_HOME", ".local/state") / "syncsnap",
+        "token_file": config_home(env) / "token",
+        "heartbeat": DEFAULT_HEARTBEAT_SECONDS,
+    }
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+def load_config(config_file: Path | None = None, folders: list[str] | None = None,
+                env: Mapping[str, str] = os.environ) -> DaemonConfig:
+    """Build the daemon configuration.
+
+    Args:
+        config_file: a TOML file; if None, the default file is used when it exists.
+        folders: ``--folder`` paths; projects named after each folder (made unique). They are added to
+            the file's projects, or replace the embedded default project.
+        env: the environment (XDG variables, HOME).
+
+    Raises:
+        ConfigError: naming the key or flag at fault.
+    """
+    data: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    source = "embedded default"
+    if config_file is None and default_config_file(env).exists():
+        config_file = default_config_file(env)
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"--config: {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {config_file} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {config_file}: {exc.strerror}") from None
+        base_dir = config_file.resolve().parent
+        source = str(config_file)
+
+    unknown = set(data) - {"daemon", "projects"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown section (expected [daemon] and [[projects]])")
+    daemon = data.get("daemon", {})
+    if not isinstance(daemon, dict):
+        raise ConfigError("daemon: must be a table ([daemon])")
+    for key in daemon:
+        if key not in _DAEMON_KEYS:
+            raise ConfigError(f"daemon.{key}: unknown key (known: {', '.join(sorted(_DAEMON_KEYS))})")
+
+    settings = _defaults(env)
+    store = daemon.get("store")
+    if isinstance(store, str) and store.startswith("s3://"):
+        try:
+            parse_s3_url(store)
+        except ValueError as exc:
+            raise ConfigError(f"daemon.store: {exc}") from None
+        settings["store_url"] = store
+        del daemon["store"]
+    elif "s3" in daemon:
+        raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
+    for key in ("socket", "store", "state_dir", "token_file"):
+        if key in daemon:
+            settings[key] = _path(daemon[key], f"daemon.{key}", base_dir)
+    if "store_url" in settings:
+        settings["s3"] = _s3(daemon.get("s3", {}))
+        settings["store"] = staging_dir(settings["state_dir"], settings["store_url"])
+    if "tcp" in daemon:
+        settings["tcp"] = _tcp(daemon["tcp"])
+    if "heartbeat" in daemon:
+        hb = daemon["heartbeat"]
+        if isinstance(hb, bool) or not isinstance(hb, int | float) or not 0.1 <= hb <= 3600:
+            raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
+        settings["heartbeat"] = float(hb)
+    for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100), ("max_connections", 8, 65536)):
+        if key in daemon:
+            v = daemon[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"daemon.{key}: expected a whole number from {lo} to {hi}, got {v!r}")
+            settings[key] = v
+    if "retry_backoff" in daemon:
+        settings["retry_backoff"] = _duration(daemon["retry_backoff"], "daemon.retry_backoff")
+
+    timing: dict[str, Any] = {
+        "settle": _duration(daemon.get("settle", DEFAULT_SETTLE_SECONDS), "daemon.settle"),
+        "max_delay": _duration(daemon.get("max_delay", DEFAULT_MAX_DELAY_SECONDS), "daemon.max_delay"),
+        "interval": _duration(daemon["interval"], "daemon.interval") if "interval" in daemon else None,
+        "watch": _bool(daemon.get("watch", True), "daemon.watch"),
+    }
+    projects = _projects(data.get("projects", []), base_dir, timing)
+    for folder in folders or []:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"--folder: {folder} is not a directory")
+        projects.append(ProjectConfig(id=_unique_id(_slug(path.resolve().name), projects), path=path.resolve(),
+                                      **timing))
+    if not projects and config_file is None:
+        default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
+        projects.append(ProjectConfig(id=_slug(default.name), path=default, **timing))
+    return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, **settings)
+
+
+def _s3(raw: object) -> S3Options:
+    if not isinstance(raw, dict):
+        raise ConfigError("daemon.s3: expected a table ([daemon.s3])")
+    for k in raw:
+        if k not in _S3_KEYS:
+            raise ConfigError(f"daemon.s3.{k}: unknown key (known: {', '.join(sorted(_S3_KEYS))})")
+    endpoint = raw.get("endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not re.match(r"https?://[^/\s]+/?$", endpoint)):
+        raise ConfigError(f"daemon.s3.endpoint: expected the service's URL such as https://s3.example.com or "
+                          f"http://127.0.0.1:9000, got {endpoint!r}")
+    region = raw.get("region")
+    if region is not None and (not isinstance(region, str) or not re.fullmatch(r"[a-z0-9-]{1,64}", region)):
+        raise ConfigError(f"daemon.s3.region: expected a region name such as us-east-1, got {region!r}")
+    concurrency = raw.get("concurrency", 4)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
+        raise ConfigError(f"daemon.s3.concurrency: expected uploads at once from 1 to 64, got {concurrency!r}")
+    return S3Options(endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
+                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency)
+
+
+def _path(value: object, key: str, base_dir: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a path string, got {value!r}")
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else (base_dir / p)
+
+
+def _tcp(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ConfigError(f'daemon.tcp: expected "127.0.0.1:PORT" or "" to disable, got {value!r}')
+    if value == "":
+        return None
+    m = re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):(\d{1,5})", value)
+    if not m or int(m.group(2)) > 65535:
+        raise ConfigError(f"daemon.tcp: {value!r} is not a loopback address "
+                          '(use "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT"; port 0 picks one)')
+    return value
+
+
+def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[ProjectConfig]:
+    if not isinstance(raw, list):
+        raise ConfigError("projects: expected an array of tables ([[projects]])")
+    out: list[ProjectConfig] = []
+    for i, item in enumerate(raw):
+        where = f"projects[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a table")
+        for key in item:
+            if key not in _PROJECT_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_PROJECT_KEYS))})")
+        syncthing = _syncthing(item["syncthing"], f"{where}.syncthing", base_dir) if "syncthing" in item else None
+        if "path" in item:
+            path = _path(item["path"], f"{where}.path", base_dir)
+        elif syncthing is not None:
+            path = _syncthing_folder_path(syncthing, f"{where}.path")
+        else:
+            raise ConfigError(f"{where}.path: missing (the folder to snapshot)")
+        if not path.is_dir():
+            raise ConfigError(f"{where}.path: {path} is not a directory")
+        pid = item.get("id", _slug(path.resolve().name))
+        if not isinstance(pid, str) or not _PROJECT_ID.match(pid):
+            raise ConfigError(f"{where}.id: {pid!r} is not a valid id (letters, digits, '.', '_', '-'; "
+                              "at most 64, starting with a letter or digit)")
+        if any(p.id == pid for p in out):
+            raise ConfigError(f"{where}.id: {pid!r} is used by another project")
+        ignore = item.get("ignore", [])
+        if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
+            raise ConfigError(f"{where}.ignore: expected a list of glob patterns")
+        own = dict(timing)
+        for key in ("settle", "max_delay", "interval"):
+            if key in item:
+                own[key] = _duration(item[key], f"{where}.{key}")
+        if "watch" in item:
+            own["watch"] = _bool(item["watch"], f"{where}.watch")
+        if own["max_delay"] < own["settle"]:
+            raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
+        keep = _keep(item["keep"], f"{where}.keep") if "keep" in item else None
+        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), syncthing=syncthing,
+                                 keep=keep, **own))
+    return out
+
+
+def _keep(raw: object, key: str) -> KeepPolicy:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a table such as {{ last = 10, daily = 7, weekly = 4 }}")
+    counts: dict[str, int] = {}
+    for k, v in raw.items():
+        if k not in _KEEP_KEYS:
+            raise ConfigError(f"{key}.{k}: unknown key (known: {', '.join(_KEEP_KEYS)})")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1_000_000:
+            raise ConfigError(f"{key}.{k}: expected a whole number of snapshots from 0 to 1000000, got {v!r}")
+        counts[k] = v
+    if not any(counts.values()):
+        raise ConfigError(f"{key}: keeps no snapshot at all; set at least one of {', '.join(_KEEP_KEYS)} above 0 "
+                          "(leave keep out to keep every snapshot)")
+    return KeepPolicy(**counts)
+
+
+def _syncthing(raw: object, key: str, base_dir: Path) -> SyncthingConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{key}: expected a table such as {{ url = "http://127.0.0.1:8384", '
+                          'api_key_file = "...", folder = "abcd-1234" }}')
+    for k in raw:
+        if k not in _SYNCTHING_KEYS:
+            raise ConfigError(f"{key}.{k}: unknown key (known: {', '.join(sorted(_SYNCTHING_KEYS))})")
+    url = raw.get("url", "http://127.0.0.1:8384")
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+/?", url):
+        raise ConfigError(f"{key}.url: expected the GUI/REST address such as http://127.0.0.1:8384, got {url!r}")
+    folder = raw.get("folder")
+    if not isinstance(folder, str) or not folder:
+        raise ConfigError(f"{key}.folder: missing (the Syncthing folder id, as shown in its GUI)")
+    if ("api_key" in raw) == ("api_key_file" in raw):
+        raise ConfigError(f"{key}.api_key: give exactly one of api_key or api_key_file")
+    if "api_key" in raw:
+        api_key = raw["api_key"]
+        if not isinstance(api_key, str) or not api_key:
+            raise ConfigError(f"{key}.api_key: expected a non-empty string")
+    else:
+        key_file = _path(raw["api_key_file"], f"{key}.api_key_file", base_dir)
+        try:
+            api_key = key_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}.api_key_file: cannot read {key_file}: {exc.strerror}") from None
+        if not api_key:
+            raise ConfigError(f"{key}.api_key_file: {key_file} is empty")
+    return SyncthingConfig(url=url.rstrip("/"), api_key=api_key, folder=folder)
+
+
+def _syncthing_folder_path(cfg: SyncthingConfig, key: str) -> Path:
+    """The folder's path from Syncthing's own configuration (when the project gives no ``path``)."""
+    from ..sources import SyncthingError, folder_path
+
+    try:
+        return folder_path(cfg)
+    except SyncthingError as exc:
+        raise ConfigError(f"{key}: not given, and Syncthing could not tell it: {exc}") from None
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"500ms"``, ``"2s"``, ``"5m"``, ``"1h"``, ``"1d"``.
+
+    Raises:
+        ValueError: for anything else, including negative values.
+    """
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(value)
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(value)
+    return seconds
+
+
+def _duration(value: object, key: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ConfigError(f'{key}: expected a duration such as 30, "2s", "5m" or "1h", got {value!r}') from None
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "folder"
+    if not s[0].isalnum():
+        s = "p" + s
+    return s[:64]
+
+
+def _unique_id(base: str, existing: list[ProjectConfig]) -> str:
+    taken = {p.id for p in existing}
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"

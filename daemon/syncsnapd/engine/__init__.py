@@ -1,0 +1,19 @@
+"""The work on folders: the snapshot engine (walk, hash, compress into the store), diff and restore.
+
+Writes progress into a ``core.RunProgress``; knows nothing of scheduling or HTTP.
+"""
+
+from ._diff import Diff as Diff
+from ._diff import DiffError as DiffError
+from ._diff import Modified as Modified
+from ._diff import Side as Side
+from ._diff import diff_entries as diff_entries
+from ._diff import scan_live as scan_live
+from ._restore import TEMP_PREFIX as TEMP_PREFIX
+from ._restore import Restore as Restore
+from ._restore import RestoreError as RestoreError
+from ._restore import check_target as check_target
+from ._restore import normalize_path as normalize_path
+from ._restore import restore_snapshot as restore_snapshot
+from ._snapshot import SnapshotError as SnapshotError
+from ._snapshot import take_snapshot as take_snapshot

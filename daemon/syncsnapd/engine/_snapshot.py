@@ -1,0 +1,523 @@
+"""The snapshot engine: walk the folder, compare with the previous snapshot, read/hash/compress what
+changed in worker threads, and commit a new snapshot to the store.
+
+Steps reported through :class:`~syncsnapd._progress.RunProgress` (the scheduler already set step 1):
+
+2. browsing folder status: check the folder, load the previous snapshot's entries of the project;
+3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used;
+4. read, hash (blake3) and compress (zstd 1) the new and changed files;
+5. make packs durable, store the tree, write the snapshot file (last).
+
+Performance shape (see the field notes): opening a small file costs ~50 us and two threads on small files
+are slower than one, so one worker reads small files (one thread call for the whole list, not one per
+file) and a second reads large files chunk by chunk; when the small-file worker runs out it helps with the
+large files. Every worker reads into one reused 1 MiB buffer, so memory stays at a chunk or two per
+worker however large the files. An unchanged file costs one ``lstat`` and a dict lookup.
+
+What a snapshot records when files misbehave while it runs:
+
+* a file or directory that vanishes before it is read, or a file that cannot be read (permission denied,
+  I/O error): warning, **omitted** from the snapshot (the snapshot holds only content it actually read);
+* a directory that cannot be listed: warning, kept as an empty directory;
+* a file that changes while it is read: warning, **kept** with the bytes read, and marked (inode 0) so
+  the next snapshot reads it again;
+* a file modified within :data:`RACY_WINDOW_NS` before it was read: kept, no warning, but also marked, so
+  that a later write within the same timestamp tick cannot go unnoticed ("racy git" problem);
+* fifos, sockets and devices: skipped and counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import trio
+
+from ..core import RunProgress, SnapshotSummary
+from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
+
+__all__ = ["SnapshotError", "take_snapshot"]
+
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+_S_IFDIR = stat.S_IFDIR
+_S_IFLNK = stat.S_IFLNK
+# A file whose mtime is this close to the moment it was read could be written again within the same
+# timestamp tick without its mtime changing; such files are read again next time. Linux filesystems
+# stamp with the coarse clock (a jiffy, <= 10 ms); 100 ms leaves a wide margin. Filesystems with
+# whole-second stamps (FAT: 2 s) show it as mtimes without a sub-second part and get 2 s.
+RACY_WINDOW_NS = 100_000_000
+RACY_WINDOW_COARSE_NS = 2_000_000_000
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# O_NOATIME spares a metadata write per file read; only allowed on own files (or with CAP_FOWNER).
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class SnapshotError(Exception):
+    """A snapshot run failed; ``code`` is ``folder_missing`` or ``store_error`` (docs/api.md)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_for_read(name: str, dir_fd: int) -> int:
+    # O_NOFOLLOW: a file replaced by a symlink after the walk is not followed out of the folder.
+    # O_NONBLOCK: a file replaced by a fifo does not hang the worker.
+    if _O_NOATIME:
+        try:
+            return os.open(name, _READ_FLAGS | _O_NOATIME, dir_fd=dir_fd)
+        except PermissionError:
+            pass  # not our file: read it the ordinary way (EACCES will come again if that is the cause)
+    return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+
+
+class _DirChain:
+    """Directory descriptors along one path below the folder, each opened from its parent with
+    O_NOFOLLOW, so a directory swapped for a symlink while a snapshot runs is never followed out of the
+    folder. Moving to another directory re-opens only the components that differ; work comes in walk
+    order, so that is rare. Holds at most one descriptor per level. One per thread."""
+
+    def __init__(self, root: str) -> None:
+        try:
+            # The folder itself may be reached through a symlink: it is the configured path.
+            self._fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        except OSError as exc:
+            raise SnapshotError("folder_missing", f"The folder {root} cannot be read: {exc.strerror}.") from exc
+        self._parts: list[str] = []
+
+    def open_dir(self, rel_dir: str) -> int:
+        """A descriptor for directory ``rel_dir`` ("" is the folder); valid until the next call."""
+        parts = rel_dir.split("/") if rel_dir else []
+        keep = 0
+        for mine, theirs in zip(self._parts, parts, strict=False):
+            if mine != theirs:
+                break
+            keep += 1
+        while len(self._parts) > keep:
+            self._parts.pop()
+            os.close(self._fds.pop())
+        for part in parts[keep:]:
+            self._fds.append(os.open(part, _DIR_FLAGS, dir_fd=self._fds[-1]))
+            self._parts.append(part)
+        return self._fds[-1]
+
+    def open_file(self, rel: str) -> int:
+        """Open the file at relative path ``rel`` for reading."""
+        rel_dir, _, name = rel.rpartition("/")
+        return _open_for_read(name, self.open_dir(rel_dir))
+
+    def close(self) -> None:
+        for fd in reversed(self._fds):
+            os.close(fd)
+        self._fds, self._parts = [], []
+
+
+def _fill(fd: int, view: memoryview, want: int) -> int:
+    """Read up to ``want`` bytes into ``view``; fewer only at end of file."""
+    got = 0
+    while got < want:
+        n = os.readv(fd, [view[got:want]])
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+@dataclass
+class _Tally:
+    """Per-worker counters (summed at the end, so workers never share a counter)."""
+
+    files: int = 0
+    bytes: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+
+# (position in the entry list, relative path, size seen by the walk, the previous snapshot's entry)
+_Work = tuple[int, str, int, Entry | None]
+
+
+class _Run:
+    """The state of one snapshot run, shared by its worker threads."""
+
+    def __init__(self, store: Store, root: Path, progress: RunProgress,
+                 ignore: Callable[[str], bool] | None) -> None:
+        self.store = store
+        self.root = os.fsdecode(os.path.abspath(root))
+        self.progress = progress
+        self.ignore = ignore
+        self.prev: dict[str, Entry] = {}
+        self.entries: list[Entry | None] = []
+        self.small: list[_Work] = []
+        self.large: collections.deque[_Work] = collections.deque()
+        self.changed_bytes = 0
+        self.unchanged = _Tally()
+        self.dirs = 0
+        self.symlinks = 0
+        self.skipped = 0
+        self.writer: StoreWriter | None = None
+        self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
+
+    def check(self) -> None:
+        """Stop a worker thread promptly when the run is cancelled either way."""
+        self.progress.check_cancelled()
+        trio.from_thread.check_cancelled()
+
+    # --- step 2 -------------------------------------------------------------------------------------
+
+    def load_previous(self, project: str) -> None:
+        try:
+            st = os.stat(self.store.root)
+            self.store_key = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            raise SnapshotError("folder_missing", f"The folder {self.root} does not exist.") from None
+        except OSError as exc:
+            raise SnapshotError("folder_missing", f"The folder {self.root} cannot be read: {exc.strerror}.") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise SnapshotError("folder_missing", f"{self.root} is not a folder.")
+        previous = self.store.latest(project)
+        if previous is None:
+            return
+        try:
+            entries = self.store.load_entries(previous.id)
+        except StoreError:
+            # A damaged previous snapshot only costs speed: every file is read (and deduplicated) again.
+            return
+        self.prev = {e.path: e for e in entries if e.kind == "file"}
+
+    # --- step 3 -------------------------------------------------------------------------------------
+
+    def walk(self) -> None:
+        chain = _DirChain(self.root)
+        try:
+            self._walk(chain)
+        finally:
+            chain.close()
+
+    def _walk(self, chain: _DirChain) -> None:
+        root, prev, ignore, entries = self.root, self.prev, self.ignore, self.entries
+        has_chunk = self.store.has_chunk
+        small_limit = self.store.chunk_size
+        warn = self.progress.warn
+        add_done = self.progress.add_done
+        unchanged = self.unchanged
+        stack: list[tuple[str, int]] = [("", -1)]  # (relative path, position of its entry)
+        while stack:
+            self.check()
+            rel_dir, position = stack.pop()
+            try:
+                dir_fd = chain.open_dir(rel_dir)
+                with os.scandir(dir_fd) as it:
+                    listing = sorted(it, key=lambda d: d.name)
+            except OSError as exc:
+                if not rel_dir:
+                    raise SnapshotError("folder_missing",
+                                        f"The folder {root} cannot be read: {exc.strerror}.") from exc
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    # Deleted, or replaced by a file or a symlink (never followed) since it was seen.
+                    warn(rel_dir, "vanished before it could be read" if exc.errno == errno.ENOENT
+                         else "was replaced by a file or symlink before it could be read")
+                    entries[position] = None
+                    self.dirs -= 1
+                else:
+                    warn(rel_dir, f"cannot be listed: {exc.strerror}")  # kept, as an empty directory
+                continue
+            subdirs: list[tuple[str, int]] = []
+            found = 0
+            for de in listing:
+                rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+                if ignore is not None and ignore(rel):
+                    continue
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted before we got to it: not part of this snapshot
+                except OSError as exc:
+                    warn(rel, f"cannot be examined: {exc.strerror}")
+                    continue
+                mode = st.st_mode
+                fmt = mode & _S_IFMT
+                if fmt == _S_IFREG:
+                    size, mtime, ino = st.st_size, st.st_mtime_ns, st.st_ino
+                    p = prev.get(rel)
+                    if (p is not None and p.inode == ino and p.mtime_ns == mtime and p.size == size
+                            and all(map(has_chunk, p.chunks))):
+                        entries.append(Entry(rel, "file", size, mtime, mode & 0o7777, ino, p.data))
+                        unchanged.files += 1
+                        unchanged.bytes += size
+                    else:
+                        work = (len(entries), rel, size, p if p is not None and p.kind == "file" else None)
+                        entries.append(None)  # filled in by a reader in step 4
+                        (self.small.append if size <= small_limit else self.large.append)(work)
+                        self.changed_bytes += size
+                elif fmt == _S_IFDIR:
+                    if (st.st_dev, st.st_ino) == self.store_key:
+                        continue  # never snapshot the store into itself
+                    subdirs.append((rel, len(entries)))
+                    entries.append(Entry(rel, "dir", 0, st.st_mtime_ns, mode & 0o7777, st.st_ino, None))
+                    self.dirs += 1
+                elif fmt == _S_IFLNK:
+                    try:
+                        target = os.readlink(de.name, dir_fd=dir_fd)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        warn(rel, f"cannot be examined: {exc.strerror}")
+                        continue
+                    entries.append(Entry(rel, "symlink", st.st_size, st.st_mtime_ns, mode & 0o7777,
+                                         st.st_ino, target))
+                    self.symlinks += 1
+                else:
+                    self.skipped += 1  # fifo, socket, device: no content to keep
+                    continue
+                found += 1
+            # Reversed so the first subdirectory is listed next: a directory precedes its contents.
+            stack.extend(reversed(subdirs))
+            add_done(files=found)
+
+    # --- step 4 -------------------------------------------------------------------------------------
+
+    def read_small_files(self, tally: _Tally) -> None:
+        view = memoryview(bytearray(self.store.chunk_size))
+        cursor = _DirChain(self.root)
+        try:
+            for work in self.small:
+                self.check()
+                self._read_file(work, cursor, view, tally, per_chunk=False)
+        finally:
+            cursor.close()
+        self.read_large_files(tally, view)
+
+    def read_large_files(self, tally: _Tally, view: memoryview | None = None) -> None:
+        if view is None:
+            view = memoryview(bytearray(self.store.chunk_size))
+        cursor = _DirChain(self.root)
+        try:
+            while True:
+                try:
+                    work = self.large.popleft()  # deque.popleft is atomic: two workers share the queue
+                except IndexError:
+                    return
+                self._read_file(work, cursor, view, tally, per_chunk=True)
+        finally:
+            cursor.close()
+
+    def _read_file(self, work: _Work, cursor: _DirChain, view: memoryview, tally: _Tally, *,
+                   per_chunk: bool) -> None:
+        index, rel, walk_size, prev = work
+        progress = self.progress
+        entry: Entry | None = None
+        try:
+            entry = self._capture(rel, cursor, view, per_chunk)
+        finally:
+            done = 0 if entry is None or not per_chunk else min(walk_size, entry.size)
+            progress.add_done(files=1, nbytes=walk_size - done)
+        if entry is None:
+            return
+        self.entries[index] = entry
+        tally.files += 1
+        tally.bytes += entry.size
+        if prev is None:
+            tally.new += 1
+        elif prev.size == entry.size and prev.mtime_ns == entry.mtime_ns and prev.data == entry.data:
+            # Read again only because it had been modified just before the previous snapshot.
+            tally.unchanged += 1
+        else:
+            tally.changed += 1
+
+    def _capture(self, rel: str, cursor: _DirChain, view: memoryview, per_chunk: bool) -> Entry | None:
+        """Read one file; return its entry, or None (with a warning) when it cannot be captured."""
+        warn = self.progress.warn
+        try:
+            fd = cursor.open_file(rel)
+        except FileNotFoundError:
+            warn(rel, "vanished before it could be read")
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # It, or a directory on its way, is now a symlink (never followed) or not a directory.
+                warn(rel, "was replaced by a symlink before it could be read")
+            else:
+                warn(rel, f"cannot be read: {exc.strerror}")
+            return None
+        writer = self.writer
+        assert writer is not None
+        chunk_size = len(view)
+        hashes: list[str] = []
+        total = 0
+        try:
+            read_at = time.time_ns()
+            st = os.fstat(fd)
+            if st.st_mode & _S_IFMT != _S_IFREG:
+                warn(rel, "was replaced by something that is not a file")
+                return None
+            remaining = st.st_size
+            while remaining > 0:
+                self.check()
+                want = min(chunk_size, remaining)
+                n = _fill(fd, view, want)
+                if n == 0:
+                    break
+                data = view[:n]
+                digest = blake3.blake3(data).hexdigest()
+                writer.add_chunk(digest, data)
+                hashes.append(digest)
+                total += n
+                remaining -= n
+                if per_chunk:
+                    self.progress.add_done(nbytes=n)
+                if n < want:
+                    break
+            after = os.fstat(fd)
+        except OSError as exc:
+            warn(rel, f"cannot be read: {exc.strerror}")
+            return None
+        finally:
+            os.close(fd)
+        mtime = st.st_mtime_ns
+        inode = st.st_ino
+        if (total != st.st_size or after.st_size != st.st_size or after.st_mtime_ns != mtime
+                or after.st_ctime_ns != st.st_ctime_ns):
+            warn(rel, "changed while being read")
+            inode = 0  # read it again next time
+        else:
+            window = RACY_WINDOW_COARSE_NS if mtime % 1_000_000_000 == 0 else RACY_WINDOW_NS
+            if mtime > read_at - window:
+                inode = 0
+        return Entry(rel, "file", total, mtime, st.st_mode & 0o7777, inode, hashes)
+
+
+async def _run_threads(fns: list[Callable[[], None]], limiter: trio.CapacityLimiter | None) -> None:
+    """Run ``fns`` in worker threads at once; re-raise the first failure unwrapped.
+
+    A failing worker cancels the others (they poll ``trio.from_thread.check_cancelled``). Errors are
+    re-raised outside the nursery so callers see ``SnapshotError``/``RunCancelled`` themselves rather
+    than inside an exception group.
+    """
+    failures: list[BaseException] = []
+
+    async def run(fn: Callable[[], None]) -> None:
+        try:
+            await trio.to_thread.run_sync(fn, limiter=limiter)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # noqa: B036 - re-raised below, after the nursery
+            failures.append(exc)
+            nursery.cancel_scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for fn in fns:
+                nursery.start_soon(run, fn)
+    except BaseExceptionGroup as group:
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is not None or cancelled is None:
+            raise
+        first: BaseException = cancelled
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    if failures:
+        raise failures[0]
+
+
+async def take_snapshot(store: Store, project: str, root: Path, progress: RunProgress, *,
+                        ignore: Callable[[str], bool] | None = None,
+                        limiter: trio.CapacityLimiter | None = None) -> SnapshotSummary:
+    """Take a snapshot of the folder ``root`` for ``project`` into ``store`` (opened writable).
+
+    Drives steps 2-5 of ``progress``. ``ignore(relpath)`` returns True for relative POSIX paths to
+    leave out (a directory's contents go with it); it is called from a worker thread. The store's own
+    directory is always left out.
+    Worker threads come from ``limiter`` (trio's default limiter if None).
+
+    Returns:
+        The summary of the new snapshot.
+
+    Raises:
+        SnapshotError: ``folder_missing`` (no such folder or not readable) or ``store_error``.
+        trio.Cancelled, RunCancelled: the run was cancelled; no snapshot was written, and the store
+            holds no temporary files of this run.
+    """
+    started = time.monotonic()
+    snapshot_id = make_snapshot_id()
+    run = _Run(store, root, progress, ignore)
+    writer: StoreWriter | None = None
+    try:
+        progress.set_step(2)
+        await trio.to_thread.run_sync(run.load_previous, project, limiter=limiter)
+
+        progress.set_step(3)
+        await trio.to_thread.run_sync(run.walk, limiter=limiter)
+
+        progress.set_step(4, files_total=len(run.small) + len(run.large), bytes_total=run.changed_bytes)
+        writer = run.writer = store.begin_write()
+        tallies = [_Tally(), _Tally()]
+        workers: list[Callable[[], None]] = []
+        if run.small:
+            workers.append(lambda: run.read_small_files(tallies[0]))
+        if run.large:
+            workers.append(lambda: run.read_large_files(tallies[1]))
+        await _run_threads(workers, limiter)
+
+        tally = _Tally(
+            files=run.unchanged.files + sum(t.files for t in tallies),
+            bytes=run.unchanged.bytes + sum(t.bytes for t in tallies),
+            new=sum(t.new for t in tallies), changed=sum(t.changed for t in tallies),
+            unchanged=run.unchanged.files + sum(t.unchanged for t in tallies),
+        )
+        packs, pack_bytes = writer.unsealed()
+        if store.remote is not None:
+            # Upload: every staged pack and index plus the snapshot file (exact once the bucket is asked).
+            packs, pack_bytes = store.remote.pending(writer)
+            packs -= 1
+        progress.set_step(5, files_total=packs + 1, bytes_total=pack_bytes)
+        stats = SnapshotStats(
+            files=tally.files, bytes=tally.bytes, files_new=tally.new, files_changed=tally.changed,
+            files_unchanged=tally.unchanged, bytes_added=writer.data_bytes_added,
+            duration_seconds=round(time.monotonic() - started, 3), warnings=progress.warning_count,
+            skipped=run.skipped, dirs=run.dirs, symlinks=run.symlinks,
+        )
+        entries = [e for e in run.entries if e is not None]
+        info = await trio.to_thread.run_sync(
+            lambda: store.commit_snapshot(
+                writer, snapshot_id=snapshot_id, project=project, root=run.root, entries=entries,
+                stats=stats, on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
+                on_total=lambda n, b: progress.set_totals(files_total=n, bytes_total=b),
+            ),
+            limiter=limiter,
+        )
+    except BaseException as exc:
+        if writer is not None:
+            # Shielded: removing this run's temporary packs must happen even while being cancelled.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(writer.abort, limiter=limiter)
+        if isinstance(exc, StoreError):
+            # store_unreachable / store_auth / store_full when the bucket is the cause.
+            raise SnapshotError(error_code(exc), str(exc)) from exc
+        raise
+    return SnapshotSummary(
+        id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
+        files_changed=stats.files_changed, files_unchanged=stats.files_unchanged,
+        bytes_added=stats.bytes_added, duration_seconds=round(time.monotonic() - started, 3),
+        warnings=progress.warning_count, warning_paths=tuple(progress.warnings), skipped=run.skipped,
+    )
+

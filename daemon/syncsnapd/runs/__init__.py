@@ -1,0 +1,13 @@
+"""Runs and their record: the tracker (event ids, replay, subscriptions), the scheduler of snapshot
+runs, the operation runs (restore, check, prune) and the SQLite history.
+"""
+
+from ._history import History as History
+from ._operations import OperationError as OperationError
+from ._operations import Operations as Operations
+from ._scheduler import RetryPolicy as RetryPolicy
+from ._scheduler import Scheduler as Scheduler
+from ._scheduler import UnknownProject as UnknownProject
+from ._tracker import Event as Event
+from ._tracker import Subscription as Subscription
+from ._tracker import Tracker as Tracker

@@ -1,0 +1,444 @@
+"""Snapshot operations inside the daemon: restore, check and prune runs with live progress, and diffs.
+
+A run of an operation is published through the tracker like a snapshot run, with its own steps
+(``kind`` ``restore``, ``check`` or ``prune``) and a ``result`` in its terminal event. Restores belong
+to a project (their events go out on its stream); check and prune are store-wide (project ``""``, shown
+as null). Several restores may run at once, beside snapshots of any project; one check or prune at a
+time. Disk and CPU work runs in worker threads under a limiter of its own, so the snapshot runs' threads
+are never taken. Every run can be cancelled and ends in exactly one terminal event. No HTTP here: see
+``_api_ops.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..core import Plan, Progress, RunCancelled, RunProgress, Step, human_bytes
+from ..engine import DiffError, Restore, RestoreError, check_target, diff_entries, normalize_path, scan_live
+from ..store import GarbageCollector, StoreCheck, StoreError, UnknownSnapshotError, plan_forget
+from ._scheduler import TICK_SECONDS, Scheduler, UnknownProject, new_run_id
+from ._tracker import Tracker
+
+log = logging.getLogger("syncsnapd.operations")
+
+RESTORE_PLAN = Plan("restore", (
+    Step("reading", "Reading the snapshot", (0.0, 5.0)),
+    Step("restoring", "Restoring files", (5.0, 95.0)),
+    Step("finishing", "Setting directory metadata", (95.0, 100.0)),
+))
+# The fast level spends its time in step 3 (reading the lists of entries); --read-data in step 2.
+CHECK_PLAN = Plan("check", (
+    Step("checking", "Reading snapshots and indexes", (0.0, 5.0)),
+    Step("checking", "Checking packs", (5.0, 80.0)),
+    Step("checking", "Checking snapshots' references", (80.0, 100.0)),
+))
+PRUNE_PLAN = Plan("prune", (
+    Step("forgetting", "Applying retention policies", (0.0, 5.0)),
+    Step("marking", "Finding the data in use", (5.0, 40.0)),
+    Step("repacking", "Repacking partly used packs", (40.0, 90.0)),
+    Step("deleting", "Deleting unused packs", (90.0, 100.0)),
+))
+# Finished operations whose final state GET /api/v1/operations/{run} still answers (older ones are in
+# the run history: GET /api/v1/runs/{run}).
+RECENT_OPERATIONS = 32
+# Worker threads for operations (restore, check, prune, diff), apart from the snapshot runs' threads.
+OPERATION_THREADS = 2
+
+
+class OperationError(Exception):
+    """A request for an operation is refused before any run starts: ``status`` and ``code`` are the HTTP
+    answer's (docs/api.md)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _Failed(Exception):
+    """An operation run ends ``failed`` with this error code (and possibly a result)."""
+
+    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.result = result
+
+
+@dataclass
+class _Op:
+    kind: str
+    progress: RunProgress
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    last: Progress | None = None
+    cancel_reason: tuple[str, str] | None = None
+    cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
+Body = Callable[[RunProgress], Awaitable[tuple[str, dict[str, Any]]]]
+
+
+def _check_fn(progress: RunProgress) -> Callable[[], None]:
+    def check() -> None:
+        progress.check_cancelled()
+        trio.from_thread.check_cancelled()
+
+    return check
+
+
+class Operations:
+    """Restore, check, prune and diff for one daemon. Start with ``await nursery.start(ops.serve)``.
+
+    Args:
+        scheduler: for the projects (their folders, ignore rules and ``keep`` policies).
+        exclude: the daemon's own directories (store, state), never restored into and never compared.
+        tz: the time zone of the retention policies' days and weeks (local time by default).
+    """
+
+    def __init__(self, scheduler: Scheduler, tracker: Tracker, *, exclude: tuple[Path, ...] = (),
+                 limiter: trio.CapacityLimiter | None = None, tz: tzinfo | None = None) -> None:
+        self.store = scheduler.store
+        self.scheduler = scheduler
+        self.tracker = tracker
+        self._exclude = exclude
+        self._limiter = limiter or trio.CapacityLimiter(OPERATION_THREADS)
+        self._tz = tz
+        self._running: dict[str, _Op] = {}
+        self._recent: OrderedDict[str, Progress] = OrderedDict()
+        self._exclusive: _Op | None = None  # the check or prune in progress
+        self._nursery: trio.Nursery | None = None
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def get(self, run: str) -> Progress | None:
+        """The newest published progress of an operation run (running, or among the recent finished)."""
+        op = self._running.get(run)
+        if op is not None:
+            return op.last
+        return self._recent.get(run)
+
+    def operations(self) -> list[Progress]:
+        """Running operations, then recently finished ones, newest first."""
+        running = [op.last for op in self._running.values() if op.last is not None]
+        return sorted(running, key=lambda p: p.event_id, reverse=True) + list(reversed(self._recent.values()))
+
+    def cancel(self, run: str, code: str = "cancelled", message: str = "The run was cancelled on request.") -> bool:
+        """Cancel a running operation (it ends ``cancelled``). False if no such run is in progress."""
+        op = self._running.get(run)
+        if op is None:
+            return False
+        op.cancel_reason = op.cancel_reason or (code, message)
+        op.progress.cancel()
+        op.scope.cancel()
+        return True
+
+    # --- serving -----------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run operations until cancelled; those in flight then end ``cancelled`` (code ``shutdown``)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._ticker)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def _ticker(self) -> None:
+        try:
+            while True:
+                await trio.sleep(TICK_SECONDS)
+                for op in list(self._running.values()):
+                    op.progress.flush()
+        finally:
+            # Shutting down: worker threads do not see trio's cancellation; raise their flag.
+            for op in self._running.values():
+                op.progress.cancel()
+
+    def _start(self, kind: str, project: str, plan: Plan, body: Body, cleanup: contextlib.ExitStack | None = None
+               ) -> Progress:
+        if self._nursery is None:
+            raise OperationError(503, "unavailable", "The daemon is starting or stopping.")
+        run = new_run_id()
+        holder: list[_Op] = []
+        op = _Op(kind, RunProgress(project, run, lambda p: self._publish(holder[0], p), plan=plan, trigger="api"))
+        holder.append(op)
+        if cleanup is not None:
+            op.cleanup.push(cleanup.pop_all())
+        self._running[run] = op
+        op.progress.add_done()  # mark dirty so the step-1 state is published now
+        op.progress.flush()
+        self._nursery.start_soon(self._execute, op, body)
+        assert op.last is not None
+        return op.last
+
+    def _publish(self, op: _Op, progress: Progress) -> None:
+        op.last = self.tracker.publish(progress).progress
+
+    async def _execute(self, op: _Op, body: Body) -> None:
+        progress = op.progress
+        what = progress.plan.kind.capitalize()
+        try:
+            with op.scope:
+                try:
+                    message, result = await body(progress)
+                    final = progress.finish("completed", message=message, result=result)
+                    log.info("%s run %s: %s", op.kind, progress.run, message)
+                except (_Failed, StoreError) as exc:
+                    failed = exc if isinstance(exc, _Failed) else _Failed("store_error", str(exc))
+                    final = progress.finish("failed", error={"code": failed.code, "message": failed.message},
+                                            message=f"{what} failed: {failed.message}", result=failed.result)
+                    log.warning("%s run %s failed: %s", op.kind, progress.run, failed.message)
+                except (trio.Cancelled, RunCancelled) as exc:
+                    code, message = op.cancel_reason or ("shutdown", "The daemon is shutting down.")
+                    progress.flush()
+                    self._publish(op, progress.finish(
+                        "cancelled", error={"code": code, "message": message},
+                        message=f"{what} cancelled: {message[0].lower()}{message[1:].rstrip('.')}"))
+                    log.info("%s run %s cancelled (%s)", op.kind, progress.run, code)
+                    if isinstance(exc, trio.Cancelled):
+                        raise  # absorbed by op.scope when the cancel was ours
+                    return
+                except Exception:
+                    log.exception("%s run %s failed unexpectedly", op.kind, progress.run)
+                    final = progress.finish("failed", error={"code": "internal_error",
+                                                             "message": "An internal error stopped the run; "
+                                                                        "see the daemon's log."},
+                                            message=f"{what} failed: internal error")
+                progress.flush()
+                self._publish(op, final)
+        finally:
+            op.cleanup.close()  # releases the snapshot a restore pinned
+            del self._running[progress.run]
+            if self._exclusive is op:
+                self._exclusive = None
+            if op.last is not None:
+                self._recent[progress.run] = op.last
+                while len(self._recent) > RECENT_OPERATIONS:
+                    self._recent.popitem(last=False)
+
+    async def _thread(self, fn: Callable[[], Any]) -> Any:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _known(self, project: str) -> None:
+        try:
+            self.scheduler.project(project)
+        except UnknownProject:
+            raise OperationError(404, "not_found", f"No project named {project!r}.") from None
+
+    async def _resolve(self, project: str, snapshot: str) -> str:
+        """A snapshot id of ``project`` (``latest`` is its newest snapshot)."""
+        snaps = await self._thread(lambda: self.store.list_snapshots(project))
+        if snapshot == "latest":
+            if not snaps:
+                raise OperationError(404, "snapshot_unknown", f"Project {project!r} has no snapshot yet.")
+            return str(snaps[-1].id)
+        if not any(s.id == snapshot for s in snaps):
+            raise OperationError(404, "snapshot_unknown", f"Project {project!r} has no snapshot {snapshot!r}.")
+        return snapshot
+
+    def _forbidden_target(self, target: Path) -> bool:
+        real = Path(os.path.realpath(target))
+        for own in (self.store.root, *self._exclude):
+            mine = Path(os.path.realpath(own))
+            if real == mine or real.is_relative_to(mine):
+                return True
+        return False
+
+    # --- diff --------------------------------------------------------------------------------------
+
+    async def diff(self, project: str, before: str, after: str = "live", *, limit: int = 10_000) -> dict[str, Any]:
+        """What changed from snapshot ``before`` to snapshot ``after`` or to the live folder (``live``).
+
+        Raises:
+            OperationError: unknown project or snapshot (404), folder missing (409), damaged store (500).
+        """
+        self._known(project)
+        before = await self._resolve(project, before)
+        if after != "live":
+            after = await self._resolve(project, after)
+        config = self.scheduler.project(project)
+        store = self.store
+        with store.pinned([before] if after == "live" else [before, after]):
+
+            def work() -> dict[str, Any]:
+                check = trio.from_thread.check_cancelled
+                old = store.load_entries(before)
+                if after == "live":
+                    live = scan_live(str(config.path), {e.path: e for e in old}, chunk_size=store.chunk_size,
+                                     ignore=config.ignore_fn(self._exclude), check=check)
+                    return diff_entries(old, live, from_=before, to="live").to_json(limit)
+                return diff_entries(old, store.load_entries(after), from_=before, to=after).to_json(limit)
+
+            try:
+                result: dict[str, Any] = await self._thread(work)
+            except DiffError as exc:
+                raise OperationError(409, exc.code, str(exc)) from exc
+            except StoreError as exc:
+                raise OperationError(500, "store_error", f"The snapshots cannot be read: {exc}") from exc
+        return result
+
+    # --- restore -----------------------------------------------------------------------------------
+
+    async def start_restore(self, project: str, snapshot: str, target: str, *, paths: Sequence[str] = (),
+                            overwrite: bool = False) -> Progress:
+        """Validate a restore request and start its run; returns its first progress event.
+
+        Raises:
+            OperationError: ``not_found``, ``snapshot_unknown`` (404), ``target_invalid``,
+                ``target_forbidden``, ``path_invalid`` (400), ``target_not_empty`` (409).
+        """
+        self._known(project)
+        if not target or "\0" in target or not target.startswith("/"):
+            raise OperationError(400, "target_invalid", "target must be an absolute path.")
+        target_path = Path(target)
+        try:
+            wanted = [normalize_path(p) for p in paths]
+        except RestoreError as exc:
+            raise OperationError(400, exc.code, str(exc)) from None
+        if await self._thread(lambda: self._forbidden_target(target_path)):
+            raise OperationError(400, "target_forbidden",
+                                 f"{target_path} is inside the daemon's store or state directory.")
+        cleanup = contextlib.ExitStack()
+        with cleanup:
+            sid = await self._resolve(project, snapshot)
+            # Pinned from now on: a prune cannot forget it before or while it is restored.
+            cleanup.enter_context(self.store.pinned([sid]))
+            if not any(s.id == sid for s in await self._thread(lambda: self.store.list_snapshots(project))):
+                raise OperationError(404, "snapshot_unknown", f"Snapshot {sid} was just forgotten by a prune.")
+            try:
+                await self._thread(lambda: check_target(target_path, overwrite=overwrite))
+            except RestoreError as exc:
+                raise OperationError(409 if exc.code == "target_not_empty" else 400, exc.code, str(exc)) from None
+
+            async def body(progress: RunProgress) -> tuple[str, dict[str, Any]]:
+                return await self._restore(progress, sid, target_path, wanted, overwrite)
+
+            return self._start("restore", project, RESTORE_PLAN, body, cleanup)
+        raise AssertionError("unreachable")
+
+    async def _restore(self, progress: RunProgress, sid: str, target: Path, paths: list[str], overwrite: bool
+                       ) -> tuple[str, dict[str, Any]]:
+        restore = Restore(self.store, sid, target, paths=paths, overwrite=overwrite, check=_check_fn(progress),
+                          progress=lambda files, nbytes: progress.add_done(files=files, nbytes=nbytes))
+        try:
+            try:
+                files, nbytes = await self._thread(restore.load)
+                progress.set_step(2, files_total=files, bytes_total=nbytes)
+                await self._thread(restore.write)
+                progress.set_step(3, files_total=sum(1 for e in restore.entries if e.kind == "dir"))
+                stats = await self._thread(restore.finish)
+            finally:
+                restore.close()
+        except UnknownSnapshotError as exc:
+            raise _Failed("snapshot_unknown", str(exc)) from exc
+        except RestoreError as exc:
+            raise _Failed(exc.code, str(exc)) from exc
+        result = {"snapshot": sid, "target": str(target), "paths": paths, "files": stats.files, "dirs": stats.dirs,
+                  "symlinks": stats.symlinks, "bytes": stats.bytes}
+        return (f"Restored snapshot {sid} into {target}: {stats.files:,} files ({human_bytes(stats.bytes)}), "
+                f"{stats.dirs:,} directories, {stats.symlinks:,} symlinks"), result
+
+    # --- check and prune ---------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        op = self._exclusive
+        if op is not None:
+            raise OperationError(409, "busy", f"A {op.kind} run ({op.progress.run}) is in progress; one check "
+                                              "or prune runs at a time.")
+
+    def start_check(self, *, read_data: bool = False) -> Progress:
+        """Start a check run (store-wide). Raises OperationError ``busy`` (409) during a check or prune."""
+        self._claim()
+
+        async def body(progress: RunProgress) -> tuple[str, dict[str, Any]]:
+            return await self._check(progress, read_data)
+
+        first = self._start("check", "", CHECK_PLAN, body)
+        assert first.run is not None
+        self._exclusive = self._running[first.run]
+        return first
+
+    async def _check(self, progress: RunProgress, read_data: bool) -> tuple[str, dict[str, Any]]:
+        check = _check_fn(progress)
+        checker = StoreCheck(self.store, read_data=read_data)
+        snapshots, packs, nbytes = await self._thread(checker.scan)
+        progress.set_step(2, files_total=packs, bytes_total=nbytes)
+        await self._thread(lambda: checker.verify_packs(
+            lambda p, b: progress.add_done(files=p, nbytes=b), check))
+        progress.set_step(3, files_total=snapshots)
+        report = await self._thread(lambda: checker.verify_snapshots(
+            lambda p, b: progress.add_done(files=p, nbytes=b), check))
+        result = report.to_json()
+        level = "data re-hashed" if read_data else "structure and references"
+        summary = f"{report.snapshots} snapshots, {report.packs} packs, {report.chunks:,} chunks ({level})"
+        if not report.ok:
+            raise _Failed("problems_found", f"{len(report.problems)} problem(s), {len(report.damaged)} damaged "
+                                            f"snapshot(s) in {summary}", result)
+        return f"Check found no problems in {summary}", result
+
+    def start_prune(self, *, dry_run: bool = False) -> Progress:
+        """Start a prune run (store-wide). Raises OperationError ``busy`` (409) during a check or prune."""
+        self._claim()
+
+        async def body(progress: RunProgress) -> tuple[str, dict[str, Any]]:
+            return await self._prune(progress, dry_run)
+
+        first = self._start("prune", "", PRUNE_PLAN, body)
+        assert first.run is not None
+        self._exclusive = self._running[first.run]
+        return first
+
+    async def _prune(self, progress: RunProgress, dry_run: bool) -> tuple[str, dict[str, Any]]:
+        store = self.store
+        check = _check_fn(progress)
+        policies = {pid: self.scheduler.project(pid).keep for pid in self.scheduler.project_ids()}
+        snapshots = await self._thread(store.list_snapshots)
+        decisions = plan_forget(snapshots, policies, tz=self._tz)
+        forget = [sid for d in decisions.values() for sid in d.forget]
+        progress.set_step(1, files_total=len(forget))
+        if not dry_run and forget:
+            forget = await self._thread(lambda: store.forget(forget))
+        progress.add_done(files=len(forget))
+        gc = GarbageCollector(store, dry_run=dry_run, exclude=forget if dry_run else (), check=check)
+        try:
+            progress.set_step(2, files_total=len(snapshots) - len(forget))
+            await self._thread(lambda: gc.mark(lambda n: progress.add_done(files=n)))
+            stats = await self._thread(gc.plan)
+            progress.set_step(3, files_total=stats.packs_repacked, bytes_total=stats.bytes_repacked)
+            await self._thread(lambda: gc.repack(lambda p, b: progress.add_done(files=p, nbytes=b)))
+            progress.set_step(4, files_total=stats.packs_deleted + stats.packs_repacked)
+            with trio.CancelScope(shield=True):  # a few unlinks; stopping halfway would only leave work
+                await self._thread(lambda: gc.delete(lambda n: progress.add_done(files=n)))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(gc.close)
+        result: dict[str, Any] = {
+            "dry_run": dry_run,
+            "snapshots_removed": forget,
+            "projects": {p: {"kept": len(d.keep), "removed": len(d.forget)} for p, d in decisions.items()},
+            **stats.to_json(),
+        }
+        if dry_run:
+            return (f"Prune (dry run) would remove {len(forget)} snapshot(s) and "
+                    f"{stats.packs_deleted} unused pack(s), repack {stats.packs_repacked}, and free "
+                    f"{human_bytes(max(0, stats.bytes_freed))}"), result
+        return (f"Prune removed {len(forget)} snapshot(s), {stats.packs_deleted} unused pack(s) and "
+                f"repacked {stats.packs_repacked}; freed {human_bytes(max(0, stats.bytes_freed))}"), result

@@ -1,0 +1,459 @@
+"""``serve_daemon``: the whole daemon as one Trio service.
+
+Start order: store (writable, locked), tracker and scheduler, listeners (passed by systemd socket
+activation, or bound here), HTTP, sources of change, discovery file, then ``READY=1`` and
+``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): ``STOPPING=1``; runs are cancelled
+first so their ``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then
+the discovery file and our socket file are removed. The whole stop is bounded by
+:data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from .. import __version__
+from ..api import Api, Metrics, register_operations, register_runs
+from ..core import ConfigError, DaemonConfig, Progress, ProjectConfig, utc_now
+from ..http import (
+    HttpConfig,
+    HttpServer,
+    listener_address,
+    load_or_create_token,
+    open_tcp_listener,
+    open_unix_listener,
+    serve_http,
+)
+from ..runs import History, Operations, RetryPolicy, Scheduler, Tracker
+from ..sources import FolderSummary, WatchStatus, serve_project_watch, summary_of_entries, wait_until_ready
+from ..store import Store, prepare_store
+from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
+
+log = logging.getLogger("syncsnapd")
+
+# We promise users 5 s from SIGTERM to exit (systemd's default TimeoutStopSec is 90 s). Runs get most of
+# it to publish their `cancelled` event; the HTTP layer gets the rest to end streams.
+STOP_GRACE_SECONDS = 4.0
+# How long open streams get to deliver the final events after runs were cancelled.
+STREAM_DRAIN_SECONDS = 0.2
+# STATUS= is a summary for `systemctl status`; once a second is plenty.
+STATUS_INTERVAL_SECONDS = 1.0
+
+ConfigLoader = Callable[[], DaemonConfig]
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What a started daemon is serving; given to ``task_status.started``."""
+
+    socket: Path
+    tcp: str | None
+    token: str | None
+    discovery_file: Path
+    activated: bool
+
+
+class StartupError(Exception):
+    """The daemon cannot start (store locked, socket in use, ...); the message says why."""
+
+
+# --- discovery file ----------------------------------------------------------------------------------
+
+def write_discovery_file(path: Path, info: DaemonInfo, token_file: Path | None) -> None:
+    """Write the discovery file atomically (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = {"pid": os.getpid(), "version": __version__, "socket": str(info.socket), "tcp": info.tcp,
+            "token_file": str(token_file) if token_file else None}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def remove_discovery_file(path: Path) -> None:
+    """Remove the discovery file if it is still ours (another daemon may have replaced it)."""
+    try:
+        with open(path) as f:
+            if json.load(f).get("pid") != os.getpid():
+                return
+        path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+# --- listeners ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Listeners:
+    pairs: list[tuple[trio.SocketListener, str]]
+    tcp_address: str | None
+    token: str | None
+    bound_socket_inode: int | None  # the Unix socket file we created (None: passed by systemd, or none)
+    activated: bool
+
+    async def aclose(self) -> None:
+        for listener, _ in self.pairs:
+            await listener.aclose()
+
+
+def _classify_passed(passed: dict[str, socket.socket]) -> tuple[list[socket.socket], list[socket.socket]]:
+    """Split sockets passed by systemd into (unix, tcp): by name ("unix", "tcp") when named, else by family.
+
+    Raises:
+        StartupError: a socket named for one transport is of the other family, or is not a stream socket.
+    """
+    unix: list[socket.socket] = []
+    tcp: list[socket.socket] = []
+    for name, s in passed.items():
+        base = name.split("#", 1)[0]
+        is_unix = s.family == socket.AF_UNIX
+        is_inet = s.family in (socket.AF_INET, socket.AF_INET6)
+        if s.type != socket.SOCK_STREAM or not (is_unix or is_inet):
+            raise StartupError(f"socket activation: {name!r} is not a Unix or TCP stream socket")
+        if (base == "unix" and not is_unix) or (base == "tcp" and not is_inet):
+            raise StartupError(f"socket activation: the socket named {base!r} is of the wrong family")
+        (unix if is_unix else tcp).append(s)
+    return unix, tcp
+
+
+async def _open_listeners(config: DaemonConfig, passed: dict[str, socket.socket]) -> _Listeners:
+    """Use the sockets systemd passed (``LISTEN_FDNAMES`` "unix" / "tcp", or by family when unnamed),
+    and bind the missing ones ourselves as configured. A socket systemd passed is never bound or unlinked
+    here.
+    """
+    out = _Listeners([], None, None, None, bool(passed))
+    unix, tcp = _classify_passed(passed)
+    if passed:
+        log.info("socket activation: %s", ", ".join(f"{name} ({s.getsockname()})" for name, s in passed.items()))
+    try:
+        for s in unix:
+            out.pairs.append((trio.SocketListener(trio.socket.from_stdlib_socket(s)), "unix"))
+        if not unix:
+            listener = await open_unix_listener(config.socket)
+            out.pairs.append((listener, "unix"))
+            out.bound_socket_inode = os.stat(config.socket).st_ino
+        for s in tcp:
+            out.pairs.append((trio.SocketListener(trio.socket.from_stdlib_socket(s)), "tcp"))
+        if not tcp and config.tcp is not None:
+            out.pairs.append((await open_tcp_listener(config.tcp), "tcp"))
+        tcp_listeners = [lst for lst, kind in out.pairs if kind == "tcp"]
+        if tcp_listeners:
+            out.tcp_address = listener_address(tcp_listeners[0])
+            out.token = await trio.to_thread.run_sync(load_or_create_token, config.token_file)
+    except (OSError, ValueError) as exc:
+        await out.aclose()
+        raise StartupError(str(exc)) from exc
+    return out
+
+
+def _unix_socket_path(listeners: _Listeners, config: DaemonConfig) -> Path:
+    for listener, kind in listeners.pairs:
+        if kind == "unix":
+            name = listener.socket.getsockname()
+            if isinstance(name, str) and name:
+                return Path(name)
+    return config.socket
+
+
+def _remove_own_socket(path: Path, inode: int | None) -> None:
+    if inode is None:
+        return
+    try:
+        if os.stat(path).st_ino == inode:
+            path.unlink()
+    except OSError:
+        pass
+
+
+# --- the daemon --------------------------------------------------------------------------------------
+
+class Daemon:
+    """The running daemon: configuration, store, tracker, scheduler and the per-project sources."""
+
+    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier, history: History) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier
+        self.history = history
+        # Event ids continue the persisted sequence; the replay buffer and each project's last state
+        # come back from the history, so Last-Event-ID resume works across a restart.
+        self.tracker = Tracker(first_event_id=history.reserve_event_ids())
+        for p in config.projects:
+            self.tracker.add_project(p.id)
+        self.tracker.preload(history.recent_events(), history.latest_per_project())
+        history.load_expected(p.id for p in config.projects)
+        self.exclude = (config.store, config.state_dir)
+        self.watch_status: dict[str, WatchStatus] = {}
+        self.scheduler = Scheduler(store, self.tracker, list(config.projects), exclude=self.exclude,
+                                   waiter=wait_until_ready, max_concurrent=config.max_concurrent,
+                                   retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
+                                   expected=lambda project: history.expected.get(project))
+        self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status)
+        register_runs(self.api.router, history, self.scheduler)
+        self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude)
+        register_operations(self.api.router, self.ops)
+        self.server: HttpServer | None = None
+        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None)
+        self.metrics.register(self.api.router)
+        self._sources: dict[str, tuple[ProjectConfig, trio.CancelScope]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # --- sources -----------------------------------------------------------------------------------
+
+    def _start_sources(self, nursery: trio.Nursery, project: ProjectConfig) -> None:
+        scope = trio.CancelScope()
+        self._sources[project.id] = (project, scope)
+        status = self.watch_status[project.id] = WatchStatus()
+
+        async def run() -> None:
+            with scope:
+                await serve_project_watch(
+                    project, functools.partial(self.scheduler.request_snapshot, project.id),
+                    functools.partial(_last_summary, self.store, project.id), exclude=self.exclude,
+                    status=status)
+
+        nursery.start_soon(run)
+
+    def _stop_sources(self, project_id: str) -> None:
+        _, scope = self._sources.pop(project_id)
+        scope.cancel()
+        self.watch_status.pop(project_id, None)
+
+    # --- reload ------------------------------------------------------------------------------------
+
+    async def reload(self, load: ConfigLoader) -> bool:
+        """Re-read the configuration and apply it without a restart (SIGHUP).
+
+        Projects are added, removed (a running snapshot of a removed project ends ``cancelled``) or
+        updated; runs and streams of unchanged projects are undisturbed. An invalid configuration is
+        refused with a logged reason and the current one stays in force. Settings that need new
+        listeners or another store (socket, tcp, store, state_dir, token_file) are logged as needing a
+        restart. Returns True when the new configuration was applied.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                new = await trio.to_thread.run_sync(load)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the current configuration: %s", exc)
+                return False
+            for key in ("socket", "tcp", "store", "state_dir", "token_file"):
+                if getattr(new, key) != getattr(self.config, key):
+                    log.warning("reload: daemon.%s changed; restart syncsnapd to apply it", key)
+            self.api.heartbeat = new.heartbeat
+            old = {p.id: p for p in self.config.projects}
+            wanted = {p.id: p for p in new.projects}
+            self.scheduler.set_projects(list(new.projects))
+            assert self._nursery is not None
+            for pid in old:
+                if pid not in wanted or wanted[pid] != old[pid]:
+                    self._stop_sources(pid)
+            for pid, project in wanted.items():
+                if pid not in self._sources:
+                    self._start_sources(self._nursery, project)
+            added = sorted(set(wanted) - set(old))
+            removed = sorted(set(old) - set(wanted))
+            changed = sorted(p for p in set(old) & set(wanted) if old[p] != wanted[p])
+            self.config = new
+            log.info("reloaded %s: added %s, removed %s, changed %s", new.source, added or "none",
+                     removed or "none", changed or "none")
+            return True
+        finally:
+            self.notifier.ready(self.status_line())
+
+    # --- status --------------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: "2 projects, idle" or "docs: compressing 57%"."""
+        latest = [self.tracker.latest(p) for p in self.scheduler.project_ids()]
+        active = [p for p in latest if not p.terminal and p.state != "idle"]
+        n = len(latest)
+        head = f"{n} project{'s' if n != 1 else ''}"
+        if not active:
+            return f"{head}, idle"
+        return "; ".join(f"{p.project}: {p.state} {p.percent:.0f}%" for p in active) + f" ({head})"
+
+    async def serve_status(self) -> None:
+        """Keep STATUS= current while runs progress (at most once per STATUS_INTERVAL_SECONDS)."""
+        with self.tracker.subscribe() as sub:
+            while True:
+                await sub.wait()
+                while sub.get_nowait() is not None:
+                    pass
+                self.notifier.status(self.status_line())
+                await trio.sleep(STATUS_INTERVAL_SECONDS)
+
+    # --- serving -------------------------------------------------------------------------------------
+
+    async def serve(self, listeners: _Listeners, info: DaemonInfo, reloads: trio.MemoryReceiveChannel[None] | None,
+                    load: ConfigLoader | None, stop: trio.Event | None, *,
+                    task_status: trio.TaskStatus[DaemonInfo]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            run_scope = trio.CancelScope()
+
+            async def run_scheduler(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with run_scope:
+                    await self.scheduler.serve(task_status=task_status)
+
+            ops_scope = trio.CancelScope()
+
+            async def run_ops(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with ops_scope:
+                    await self.ops.serve(task_status=task_status)
+
+            await nursery.start(self.history.serve, self.tracker)
+            await nursery.start(self.metrics.serve)
+            self._mark_interrupted()
+            await nursery.start(run_scheduler)
+            await nursery.start(run_ops)
+            server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
+                                                     HttpConfig(token=listeners.token,
+                                                                max_connections=self.config.max_connections))
+            self.server = server
+            for project in self.config.projects:
+                self._start_sources(nursery, project)
+            interval = watchdog_interval()
+            if interval is not None and self.notifier.enabled:
+                await nursery.start(serve_watchdog, self.notifier, interval)
+                log.info("watchdog: pinging every %.1f s", interval)
+            if self.notifier.enabled:
+                nursery.start_soon(self.serve_status)
+            if reloads is not None and load is not None:
+                nursery.start_soon(self._serve_reloads, reloads, load)
+            write_discovery_file(self.config.discovery_file, info,
+                                 self.config.token_file if listeners.token else None)
+            log.info("syncsnapd %s serving %d project(s) on %s%s (config: %s)", __version__,
+                     len(self.config.projects), info.socket,
+                     f" and http://{info.tcp}" if info.tcp else "", self.config.source)
+            self.notifier.ready(self.status_line())
+            task_status.started(info)
+            try:
+                if stop is None:
+                    await trio.sleep_forever()
+                else:
+                    await stop.wait()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_SECONDS):
+                    self.notifier.stopping()
+                    log.info("stopping: cancelling runs, ending streams")
+                    busy = self.scheduler.busy() or self.ops.busy()
+                    run_scope.cancel()
+                    ops_scope.cancel()
+                    if busy:
+                        # Let the cancelled runs publish, and streams carry those events out.
+                        await trio.sleep(STREAM_DRAIN_SECONDS)
+                    server.begin_shutdown()
+                    await trio.sleep(STREAM_DRAIN_SECONDS)
+                nursery.cancel_scope.cancel()
+
+    def _mark_interrupted(self) -> None:
+        """Runs that were in flight when the daemon died end now, as failed with code `interrupted`."""
+        for rec in self.history.interrupted_runs():
+            last = self.tracker.latest(rec.project) if rec.project in self.tracker.projects() else None
+            base = last if last is not None and last.run == rec.run else Progress(
+                project=rec.project, run=rec.run, kind=rec.kind, trigger=rec.trigger, attempt=rec.attempt,
+                retry_of=rec.retry_of, started_at=rec.started_at)
+            self.tracker.publish(replace(
+                base, state="failed", step=base.steps, eta_seconds=None, updated_at=utc_now(),
+                error={"code": "interrupted", "message": "The daemon stopped while this run was in progress."},
+                message=f"{rec.kind.capitalize()} failed: the daemon stopped while it was running"))
+            log.warning("%s: run %s was interrupted by a daemon stop; marked failed", rec.project, rec.run)
+
+    async def _serve_reloads(self, reloads: trio.MemoryReceiveChannel[None], load: ConfigLoader) -> None:
+        async for _ in reloads:
+            await self.reload(load)
+
+
+async def _last_summary(store: Store, project: str) -> FolderSummary | None:
+    def summarize() -> FolderSummary | None:
+        info = store.latest(project)
+        return None if info is None else summary_of_entries(store.load_entries(info.id))
+
+    return await trio.to_thread.run_sync(summarize)
+
+
+async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None,
+                       reloads: trio.MemoryReceiveChannel[None] | None = None, stop: trio.Event | None = None,
+                       task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until ``stop`` is set (a graceful stop: runs end ``cancelled`` and open streams
+    carry that out before they close) or until cancelled (everything closes at once).
+
+    Args:
+        config: the configuration to start with.
+        load: re-reads the configuration, for reloads.
+        reloads: each item received asks for a reload (the CLI sends one per SIGHUP).
+        stop: set it to stop gracefully; ``serve_daemon`` then returns.
+    """
+    notifier = Notifier()
+    passed = listen_fds()
+    for project in config.projects:
+        if not project.path.exists():
+            # The embedded default (~/Sync) is created on first start; configured folders were checked.
+            project.path.mkdir(parents=True, exist_ok=True)
+            log.info("created folder %s for project %s", project.path, project.id)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))
+    except Exception as exc:
+        raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
+    try:
+        history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")
+    except Exception as exc:
+        store.close()
+        raise StartupError(f"cannot open the history in {config.state_dir}: {exc}") from exc
+    try:
+        daemon = await trio.to_thread.run_sync(Daemon, config, store, notifier, history)
+        listeners = await _open_listeners(config, passed)
+        socket_path = _unix_socket_path(listeners, config)
+        info = DaemonInfo(socket_path, listeners.tcp_address, listeners.token, config.discovery_file,
+                          listeners.activated)
+        try:
+            await daemon.serve(listeners, info, reloads, load, stop, task_status=task_status)
+        finally:
+            remove_discovery_file(config.discovery_file)
+            _remove_own_socket(socket_path, listeners.bound_socket_inode)
+    finally:
+        history.close()
+        store.close()  # quick (releases the lock); must run even though we are being cancelled
+        notifier.close()
+        log.info("stopped")
+
+
+async def run_until_signalled(config: DaemonConfig, load: ConfigLoader) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the configuration."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        send_reload, reloads = trio.open_memory_channel[None](1)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                await serve_daemon(config, load=load, reloads=reloads, stop=stop)
+                nursery.cancel_scope.cancel()  # stopped: no more signals to wait for
+
+            nursery.start_soon(serve)
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    try:
+                        send_reload.send_nowait(None)
+                    except trio.WouldBlock:
+                        pass  # a reload is already pending; it will read the newest file
+                elif stop.is_set():
+                    log.warning("second %s: stopping at once", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                else:
+                    stop.set()
+

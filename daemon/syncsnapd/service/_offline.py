@@ -1,0 +1,232 @@
+"""The offline store commands behind ``syncsnapd snapshots|diff|restore|check|prune``.
+
+All but ``prune`` open the store read-only (no lock, no clean-up), so they work while the daemon runs.
+``prune`` deletes data and takes the store's lock, so it refuses while a daemon holds the store (prune
+through the daemon then: ``POST /api/v1/prune``). Each returns the process exit code: 0 success, 1
+problems found (``check``), 2 the command could not do its job (no store, unknown snapshot id, target
+not empty...); the reason is printed as one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import tzinfo
+from pathlib import Path
+from typing import TextIO
+
+from ..core import KeepPolicy, ProjectConfig, human_bytes
+from ..engine import Diff, DiffError, RestoreError, diff_entries, restore_snapshot, scan_live
+from ..store import GarbageCollector, Store, StoreError, UnknownSnapshotError, plan_forget
+
+__all__ = ["run_check", "run_diff", "run_prune", "run_restore", "run_snapshots"]
+
+
+def _open(store_root: Path, out: TextIO) -> Store | None:
+    try:
+        return Store.open(Path(store_root), writable=False)
+    except StoreError as exc:
+        print(f"Cannot open the store: {exc}.", file=out)
+        return None
+
+
+def display_path(path: str) -> str:
+    """A path as printed on a terminal: control characters and undecodable bytes escaped."""
+    if path.isprintable():
+        return path
+    return repr(path)[1:-1]
+
+
+def run_snapshots(store_root: Path, out: TextIO, *, project: str | None = None) -> int:
+    """Print a table of the snapshots (oldest first): id, project, time, files, bytes."""
+    store = _open(store_root, out)
+    if store is None:
+        return 2
+    with store:
+        snaps = store.list_snapshots(project)
+    if not snaps:
+        print("No snapshots" + (f" of project {project!r}." if project is not None else "."), file=out)
+        return 0
+    rows = [("ID", "PROJECT", "TIME", "FILES", "BYTES")]
+    rows += [(s.id, s.project, s.time, f"{s.files:,}", human_bytes(s.bytes)) for s in snaps]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        left = "  ".join(c.ljust(w) for c, w in zip(r[:3], widths[:3], strict=True))
+        right = "  ".join(c.rjust(w) for c, w in zip(r[3:], widths[3:], strict=True))
+        print(f"{left}  {right}", file=out)
+    return 0
+
+
+def _unknown(snapshot_id: str, store_root: Path) -> str:
+    return f"There is no snapshot {snapshot_id!r} in {store_root}; `syncsnapd snapshots` lists them."
+
+
+def run_restore(store_root: Path, snapshot_id: str, target: Path, out: TextIO, *, paths: Sequence[str] = (),
+                overwrite: bool = False) -> int:
+    """Restore ``snapshot_id`` (or ``paths`` inside it) into ``target`` (new or empty directory, unless
+    ``overwrite``)."""
+    store = _open(store_root, out)
+    if store is None:
+        return 2
+    with store:
+        try:
+            stats = restore_snapshot(store, snapshot_id, Path(target), paths=paths, overwrite=overwrite)
+        except UnknownSnapshotError:
+            print(_unknown(snapshot_id, store_root), file=out)
+            return 2
+        except RestoreError as exc:
+            print(f"Cannot restore: {exc}.", file=out)
+            return 2
+    print(f"Restored snapshot {snapshot_id} into {target}: {stats.files:,} files "
+          f"({human_bytes(stats.bytes)}), {stats.dirs:,} directories, {stats.symlinks:,} symlinks.", file=out)
+    return 0
+
+
+def print_diff(diff: Diff, out: TextIO) -> None:
+    """The readable form: one line per change (``+`` added, ``-`` removed, ``M`` modified), then a summary."""
+    def name(path: str, kind: str) -> str:
+        return display_path(path) + ("/" if kind == "dir" else "@" if kind == "symlink" else "")
+
+    lines: list[tuple[str, str]] = []
+    for s in diff.added:
+        lines.append((s.path, f"+ {name(s.path, s.kind)}" + (f"  ({human_bytes(s.size)})" if s.kind == "file" else "")))
+    for s in diff.removed:
+        lines.append((s.path, f"- {name(s.path, s.kind)}" + (f"  ({human_bytes(s.size)})" if s.kind == "file" else "")))
+    for m in diff.modified:
+        what: list[str] = []
+        if "type" in m.change:
+            what.append(f"type {m.kind_before} -> {m.kind_after}")
+        if "content" in m.change:
+            what.append("content" + (f" {human_bytes(m.size_before)} -> {human_bytes(m.size_after)}"
+                                     if m.kind_after == "file" else ""))
+        if "mode" in m.change:
+            what.append(f"mode {m.mode_before:04o} -> {m.mode_after:04o}")
+        lines.append((m.path, f"M {name(m.path, m.kind_after)}  ({', '.join(what)})"))
+    for _, line in sorted(lines):
+        print(line, file=out)
+    sm = diff.summary()
+    print(f"{sm['added']:,} added, {sm['removed']:,} removed, {sm['modified']:,} modified, {sm['unchanged']:,} "
+          f"unchanged ({diff.from_} -> {diff.to}); files {human_bytes(sm['size_before'])} -> "
+          f"{human_bytes(sm['size_after'])}.", file=out)
+
+
+def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, as_json: bool = False,
+             projects: Sequence[ProjectConfig] = (), exclude: tuple[Path, ...] = ()) -> int:
+    """Print what changed from snapshot ``before`` to snapshot ``after``, or to the live folder when
+    ``after`` is None: the folder of the project in ``projects`` (with its ignore rules), else the folder
+    the snapshot was taken of."""
+    store = _open(store_root, out)
+    if store is None:
+        return 2
+    with store:
+        infos = {s.id: s for s in store.list_snapshots()}
+        for sid in (before, after):
+            if sid is not None and sid != "live" and sid not in infos:
+                print(_unknown(sid, store_root), file=out)
+                return 2
+        try:
+            old = store.load_entries(before)
+            if after is not None and after != "live":
+                diff = diff_entries(old, store.load_entries(after), from_=before, to=after)
+            else:
+                project = next((p for p in projects if p.id == infos[before].project), None)
+                if project is not None:
+                    root, ignore = str(project.path), project.ignore_fn(exclude)
+                else:
+                    root, ignore = store.snapshot_root(before), None
+                reference = {e.path: e for e in old}
+                live = scan_live(root, reference, chunk_size=store.chunk_size, ignore=ignore)
+                diff = diff_entries(old, live, from_=before, to="live")
+        except DiffError as exc:
+            print(f"Cannot compare with the live folder: {exc}", file=out)
+            return 2
+        except StoreError as exc:
+            print(f"Cannot read the snapshots: {exc}.", file=out)
+            return 2
+    if as_json:
+        print(json.dumps(diff.to_json(limit=len(diff.added) + len(diff.removed) + len(diff.modified))), file=out)
+    else:
+        print_diff(diff, out)
+    return 0
+
+
+def print_check(report_json: Mapping[str, object], out: TextIO) -> None:
+    """Print a check report (its JSON form, as the daemon's check run carries it in ``result``)."""
+    problems = report_json["problems"]
+    damaged = report_json["damaged"]
+    assert isinstance(problems, list) and isinstance(damaged, list)
+    for p in problems:
+        where = f" in pack {p['pack']}" if p["pack"] else ""
+        detail = f" ({p['detail']})" if p["detail"] else ""
+        print(f"{p['kind']}: {p['object']} {p['id']}{where}{detail}", file=out)
+        for d in p["damages"]:
+            if d["listing"]:
+                print(f"  damages snapshot {d['snapshot']}: part of its list of files is lost", file=out)
+            if d["files"]:
+                more = f" and {d['files'] - len(d['paths'])} more" if d["files"] > len(d["paths"]) else ""
+                print(f"  damages snapshot {d['snapshot']}: {d['files']} file(s): "
+                      f"{', '.join(repr(x) for x in d['paths'])}{more}", file=out)
+    for d in damaged:
+        more = f" and {d['files'] - len(d['paths'])} more" if d["files"] > len(d["paths"]) else ""
+        lost = "; part of its list of files is lost" if d["listing"] else ""
+        print(f"damaged: snapshot {d['snapshot']}: {d['files']} file(s) cannot be fully restored"
+              + (f": {', '.join(repr(x) for x in d['paths'])}{more}" if d["files"] else "") + lost, file=out)
+    read = (f" ({human_bytes(int(str(report_json['bytes_read'])))} read)" if report_json["read_data"]
+            else " (data not read; --read-data re-hashes it)")
+    summary = (f"Checked {report_json['snapshots']} snapshots, {report_json['packs']} packs, "
+               f"{int(str(report_json['chunks'])):,} chunks{read}")
+    if report_json["ok"]:
+        print(f"{summary}: no problems found.", file=out)
+    else:
+        print(f"{summary}: {len(problems)} problem(s), {len(damaged)} damaged snapshot(s).", file=out)
+
+
+def run_check(store_root: Path, out: TextIO, *, read_data: bool = False) -> int:
+    """Verify the store; print each problem with what it damages. Exit code 0 when clean, 1 when problems
+    were found. Without ``read_data`` only the structure is checked (see :class:`StoreCheck`)."""
+    store = _open(store_root, out)
+    if store is None:
+        return 2
+    with store:
+        report = store.check(read_data=read_data)
+    print_check(report.to_json(), out)
+    return 0 if report.ok else 1
+
+
+def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolicy | None], dry_run: bool = False,
+              tz: tzinfo | None = None) -> int:
+    """Forget snapshots as the projects' ``keep`` policies say, then delete the data no snapshot needs.
+
+    Opens the store for writing: refused while the daemon runs (prune through the daemon then).
+    """
+    try:
+        store = Store.open(Path(store_root), writable=not dry_run)
+    except StoreError as exc:
+        hint = " Prune through the daemon instead (POST /api/v1/prune)." if "in use" in str(exc) else ""
+        print(f"Cannot open the store: {exc}.{hint}", file=out)
+        return 2
+    with store:
+        decisions = plan_forget(store.list_snapshots(), policies, tz=tz)
+        forget = [sid for d in decisions.values() for sid in d.forget]
+        verb = "would forget" if dry_run else "forgetting"
+        for project, d in decisions.items():
+            print(f"{project}: keeping {len(d.keep)}, {verb} {len(d.forget)}", file=out)
+            for sid in d.forget:
+                print(f"  - {sid}", file=out)
+        try:
+            if not dry_run:
+                forget = store.forget(forget)
+            with GarbageCollector(store, dry_run=dry_run, exclude=forget if dry_run else ()) as gc:
+                gc.mark()
+                gc.plan()
+                gc.repack()
+                gc.delete()
+                stats = gc.stats
+        except StoreError as exc:
+            print(f"Cannot prune: {exc}.", file=out)
+            return 2
+    verb2 = "Would delete" if dry_run else "Deleted"
+    print(f"{verb2} {stats.packs_deleted} unused packs and repack {stats.packs_repacked} partly used ones "
+          f"({human_bytes(stats.bytes_repacked)} copied); {'would free' if dry_run else 'freed'} "
+          f"{human_bytes(max(0, stats.bytes_freed))}.", file=out)
+    return 0

@@ -1,0 +1,93 @@
+"""Configuration: XDG defaults, --folder, and errors that name the key and exit 2 without writing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncsnapd.core import ConfigError, load_config
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+            "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "data"),
+            "XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def test_embedded_default_uses_xdg_dirs_and_sync_folder(tmp_path: Path) -> None:
+    cfg = load_config(None, [], _env(tmp_path))
+    assert cfg.socket == tmp_path / "run/syncsnap/syncsnapd.sock"
+    assert cfg.store == tmp_path / "data/syncsnap/store"
+    assert cfg.token_file == tmp_path / "cfg/syncsnap/token"
+    assert cfg.state_dir == tmp_path / "state/syncsnap"
+    assert cfg.tcp == "127.0.0.1:8473"
+    assert [(p.id, p.path) for p in cfg.projects] == [("Sync", tmp_path / "home/Sync")]
+    assert not (tmp_path / "home").exists()  # loading writes nothing
+
+
+def test_folders_get_unique_ids(tmp_path: Path) -> None:
+    (tmp_path / "a/docs").mkdir(parents=True)
+    (tmp_path / "b/docs").mkdir(parents=True)
+    (tmp_path / "My Photos").mkdir()
+    cfg = load_config(None, [str(tmp_path / "a/docs"), str(tmp_path / "b/docs"), str(tmp_path / "My Photos")],
+                      _env(tmp_path))
+    assert [p.id for p in cfg.projects] == ["docs", "docs-2", "My-Photos"]
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    (tmp_path / "proj").mkdir()
+    f = tmp_path / "c.toml"
+    f.write_text('[daemon]\nsocket = "s.sock"\ntcp = ""\nstore = "/x/store"\nheartbeat = 2\n'
+                 '[[projects]]\nid = "p1"\npath = "proj"\nignore = ["*.tmp", "build/"]\n')
+    cfg = load_config(f, [], _env(tmp_path))
+    assert cfg.socket == tmp_path / "s.sock" and cfg.tcp is None and cfg.heartbeat == 2.0
+    assert cfg.store == Path("/x/store")
+    (p,) = cfg.projects
+    assert p.id == "p1" and p.path == tmp_path / "proj"
+    ignored = p.ignore_fn()
+    assert ignored is not None
+    assert ignored("a/b/x.tmp") and ignored("build") and not ignored("src/build.py")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[daemon]\nsockett = "x"\n', "daemon.sockett"),
+    ('[daemon]\ntcp = "0.0.0.0:80"\n', "daemon.tcp"),
+    ('[daemon]\ntcp = 8080\n', "daemon.tcp"),
+    ('[daemon]\nheartbeat = "soon"\n', "daemon.heartbeat"),
+    ('[[projects]]\nid = "a"\n', "projects[0].path"),
+    ('[[projects]]\npath = "/nonexistent/x"\n', "projects[0].path"),
+    ('[[projects]]\npath = "."\nid = "../evil"\n', "projects[0].id"),
+    ('[[projects]]\npath = "."\nid = "a"\n[[projects]]\npath = "."\nid = "a"\n', "projects[1].id"),
+    ('[[projects]]\npath = "."\ncolour = 1\n', "projects[0].colour"),
+    ('[extra]\n', "extra"),
+    ('not toml [', "--config"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(f, [], _env(tmp_path))
+    assert str(info.value).startswith(key + ":")
+
+
+def test_cli_exits_2_on_bad_config_and_writes_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[daemon]\ntcp = "10.0.0.1:80"\n')
+    env = _env(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "syncsnapd", "--config", str(f)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "daemon.tcp" in proc.stderr and "10.0.0.1:80" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+def test_cli_exits_2_on_bad_flag(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "syncsnapd", "--folder", str(tmp_path / "missing")],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--folder" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "syncsnapd", "--bogus"], env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--bogus" in proc.stderr

@@ -1,0 +1,210 @@
+"""Restoring snapshots: byte-identical trees, refusing unsafe targets and entries, verifying data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.store import commit_entries, flip_byte, patch_file, snapshot, tree_state
+from syncsnapd.engine import RestoreError, restore_snapshot
+from syncsnapd.store import Store, UnknownSnapshotError
+
+MiB = 1 << 20
+T0 = 1_650_000_000_000_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "store", writable=True)
+    yield s
+    s.close()
+
+
+def build_odd_tree(src: Path) -> None:
+    """Odd names (not UTF-8, NFC and NFD, spaces, newline), every kind of symlink, empty things, modes
+    from 0o444 to setuid, and a distinct nanosecond mtime on every entry."""
+    b = os.fsencode(src)
+    os.mkdir(b)
+    files = {
+        b"caf\xc3\xa9": b"nfc", b"cafe\xcc\x81": b"nfd", b"bad\xff\xfe": b"latin-1 bytes",
+        b"with space": b"s", b"new\nline": b"n", b"tab\tname": b"t", b"-dash": b"d",
+        b"\xe2\x80\x8b": b"zero width", b"emoji \xf0\x9f\x93\xb8": b"e", b"empty": b"",
+        b"big.bin": os.urandom(2 * MiB + 12345), b"text.txt": b"compressible " * 10000,
+    }
+    os.mkdir(b + b"/dir \xff")
+    os.mkdir(b + b"/dir \xff/deeper")
+    os.mkdir(b + b"/emptydir")
+    os.mkdir(b + b"/ro dir")
+    files[b"dir \xff/inner\x80"] = b"inner"
+    files[b"dir \xff/deeper/leaf"] = b"leaf"
+    files[b"ro dir/kept"] = b"inside a read-only directory"
+    for name, data in files.items():
+        patch_file(b + b"/" + name, 0, data)
+    links = {b"dangling": b"does/not/exist", b"outside": b"/etc/passwd", b"up": b"../../x",
+             b"todir": b"dir \xff", b"badtarget": b"\xff\xfe", b"dir \xff/self": b"."}
+    for name, target in links.items():
+        os.symlink(target, b + b"/" + name)
+    modes = {b"big.bin": 0o755, b"text.txt": 0o600, b"-dash": 0o444, b"tab\tname": 0o4755,
+             b"emptydir": 0o1777, b"dir \xff/deeper": 0o700}
+    for name, mode in modes.items():
+        os.chmod(b + b"/" + name, mode)
+    everything = [*files, *links, b"dir \xff", b"dir \xff/deeper", b"emptydir", b"ro dir"]
+    # Deepest first, so setting a directory's time is not undone by touching its contents.
+    for i, name in enumerate(sorted(everything, key=lambda n: -n.count(b"/"))):
+        t = T0 + i * 1_000_000_007
+        os.utime(b + b"/" + name, ns=(t, t), follow_symlinks=False)
+    os.chmod(b + b"/ro dir", 0o555)
+
+
+async def test_restore_reproduces_the_tree_exactly(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    build_odd_tree(src)
+    expected = tree_state(src)
+    summary = await snapshot(store, src)
+    stats = restore_snapshot(store, summary.id, out)
+    assert tree_state(out) == expected
+    assert (stats.files, stats.symlinks, stats.dirs) == (15, 6, 4)
+    assert stats.bytes == sum(e[3] for e in expected.values() if e[0] == "file")
+    assert os.readlink(out / "outside") == "/etc/passwd"  # a link, never followed
+
+
+async def test_restore_into_an_existing_empty_directory(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    patch_file(tmp_path / "src.txt", 0, b"")  # not part of the snapshot
+    src.mkdir()
+    patch_file(src / "a", 0, b"a")
+    out.mkdir()
+    summary = await snapshot(store, src)
+    restore_snapshot(store, summary.id, out)
+    assert (out / "a").read_bytes() == b"a"
+
+
+async def test_restore_refuses_a_target_that_is_not_empty(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    patch_file(src / "a", 0, b"new")
+    out.mkdir()
+    patch_file(out / "a", 0, b"mine")
+    summary = await snapshot(store, src)
+    with pytest.raises(RestoreError, match="is not empty"):
+        restore_snapshot(store, summary.id, out)
+    assert os.listdir(out) == ["a"] and (out / "a").read_bytes() == b"mine"
+    with pytest.raises(RestoreError, match="not a directory"):
+        restore_snapshot(store, summary.id, out / "a")
+
+
+UNSAFE: dict[str, list[tuple[str, str, bytes | str | None]]] = {
+    "dot-dot": [("../escape", "file", b"x")],
+    "absolute": [("/tmp/escape", "file", b"x")],
+    "dot-dot inside": [("a", "dir", None), ("a/../../escape", "file", b"x")],
+    "dot": [("a", "dir", None), ("a/./b", "file", b"x")],
+    "empty component": [("a", "dir", None), ("a//b", "file", b"x")],
+    "empty path": [("", "file", b"x")],
+    "through a symlink": [("link", "symlink", "OUTSIDE"), ("link/pwned", "file", b"x")],
+    "through a file": [("f", "file", b"x"), ("f/g", "file", b"y")],
+    "parent not listed": [("missing/child", "file", b"x")],
+    "twice": [("d", "dir", None), ("d", "dir", None)],
+    "unknown kind": [("dev", "chardev", None)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_restore_refuses_entries_that_could_escape_the_target(store: Store, tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [(p, k, str(outside) if d == "OUTSIDE" else d) for p, k, d in UNSAFE[case]]
+    sid = commit_entries(store, "evil", entries)
+    target = tmp_path / "nested" / "target"
+    target.parent.mkdir()
+    with pytest.raises(RestoreError, match="nothing was restored"):
+        restore_snapshot(store, sid, target)
+    assert not target.exists()
+    assert os.listdir(outside) == [] and sorted(os.listdir(tmp_path)) == ["nested", "outside", "store"]
+    assert os.listdir(target.parent) == []
+
+
+async def test_restore_verifies_every_chunk(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    patch_file(src / "good.txt", 0, b"good")
+    patch_file(src / "z.bin", 0, os.urandom(100_000))
+    summary = await snapshot(store, src)
+    entry = next(e for e in store.load_entries(summary.id) if e.path == "z.bin")
+    loc = store.locate(entry.chunks[0])
+    assert loc is not None
+    flip_byte(store.pack_path(loc.pack), loc.offset + 5000)
+    with pytest.raises(RestoreError, match=r"cannot restore 'z.bin'.*does not match its hash"):
+        restore_snapshot(store, summary.id, tmp_path / "out")
+
+
+def test_restore_of_an_unknown_snapshot(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(UnknownSnapshotError):
+        restore_snapshot(store, "20261128T170102.123Z-a1b2c3", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+async def test_restore_of_paths_inside_the_snapshot(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    build_odd_tree(src)
+    summary = await snapshot(store, src)
+    stats = restore_snapshot(store, summary.id, out, paths=[os.fsdecode(b"dir \xff/deeper/"), "/text.txt"])
+    full = tree_state(src)
+    wanted = {k: v for k, v in full.items() if k.startswith(b"dir \xff/deeper") or k == b"text.txt"}
+    # The directory leading to the path is restored too (with its mode and mtime), not its other contents.
+    wanted[b"dir \xff"] = full[b"dir \xff"]
+    assert tree_state(out) == wanted
+    assert (stats.files, stats.dirs, stats.symlinks) == (2, 2, 0)
+    for bad, code in [("../x", "path_invalid"), ("", "path_invalid"), ("nope", "path_unknown"),
+                      ("text.txt/x", "path_unknown")]:
+        with pytest.raises(RestoreError) as exc:
+            restore_snapshot(store, summary.id, tmp_path / "other", paths=[bad])
+        assert exc.value.code == code
+    assert not (tmp_path / "other").exists()
+
+
+async def test_overwrite_replaces_files_and_links_but_never_a_directory(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    patch_file(src / "a.txt", 0, b"from the snapshot")
+    os.symlink("a.txt", src / "link")
+    (src / "d").mkdir()
+    patch_file(src / "d" / "inner", 0, b"inner")
+    patch_file(src / "was-file-now-dir", 0, b"x")
+    summary = await snapshot(store, src)
+    out.mkdir()
+    patch_file(out / "a.txt", 0, b"a local version that is longer")
+    os.symlink("/etc/passwd", out / "link")
+    patch_file(out / "d", 0, b"a file where the snapshot has a directory")
+    patch_file(out / "mine.txt", 0, b"kept")
+    stats = restore_snapshot(store, summary.id, out, overwrite=True)
+    assert stats.files == 3 and (out / "a.txt").read_bytes() == b"from the snapshot"
+    assert os.readlink(out / "link") == "a.txt" and (out / "d" / "inner").read_bytes() == b"inner"
+    assert (out / "mine.txt").read_bytes() == b"kept"
+    # A directory where the snapshot has a file stays: a restore never deletes a directory tree.
+    (out / "was-file-now-dir").unlink()
+    (out / "was-file-now-dir").mkdir()
+    patch_file(out / "was-file-now-dir" / "precious", 0, b"p")
+    with pytest.raises(RestoreError) as exc:
+        restore_snapshot(store, summary.id, out, overwrite=True)
+    assert exc.value.code == "target_conflict"
+    assert (out / "was-file-now-dir" / "precious").read_bytes() == b"p"
+    assert [p.name for p in out.rglob(".syncsnap-restore-*")] == []
+
+
+async def test_damaged_data_never_leaves_a_half_written_file_under_its_name(store: Store, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    patch_file(src / "a.txt", 0, b"whole")
+    patch_file(src / "b.bin", 0, os.urandom(3 * MiB))
+    summary = await snapshot(store, src)
+    entry = next(e for e in store.load_entries(summary.id) if e.path == "b.bin")
+    loc = store.locate(entry.chunks[2])  # the first two chunks are written before the damage shows
+    assert loc is not None
+    flip_byte(store.pack_path(loc.pack), loc.offset + 5)
+    with pytest.raises(RestoreError) as exc:
+        restore_snapshot(store, summary.id, out)
+    assert exc.value.code == "data_damaged"
+    assert sorted(os.listdir(out)) == ["a.txt"] and (out / "a.txt").read_bytes() == b"whole"

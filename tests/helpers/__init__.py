@@ -1,0 +1,1 @@
+"""Test helpers shared by the test folders: real daemons, peers and trees."""

@@ -1,0 +1,527 @@
+"""Helpers for the store/snapshot/restore tests, and a small command-line tool they run in subprocesses.
+
+Command line (run with the project's venv Python)::
+
+    python tests/helpers/store.py snapshot STORE ROOT PROJECT [--fault-at N] [--drop-dac]
+    python tests/helpers/store.py crash-server
+    python tests/helpers/store.py bench DIR [--files 5000] [--mib 400]
+    python tests/helpers/store.py prune-bench DIR [--files 5000] [--mib 1000] [--rounds 10] [--keep 3]
+
+``snapshot`` takes one snapshot and prints its summary as JSON. ``--fault-at N`` kills the process with
+SIGKILL right after the N-th durable-write step of the store; each step reached is printed to stderr as
+``step: LABEL``. ``crash-server`` does the same for many runs, forking one child per run (see
+:class:`CrashRunner`), which is what the crash test iterates over. ``--drop-dac`` drops
+CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH first, so that file permissions apply even to root.
+
+``bench`` generates a tree like the reference one (mostly 1-64 KiB files, a few 1-50 MiB ones, partly
+compressible) and times an initial, a no-change and a 1%-changed snapshot, with the peak RSS.
+``prune-bench`` takes ``--rounds`` snapshots of such a tree, rewriting 10% of its files with new content
+before each, then times a prune keeping the newest ``--keep`` (forget, each collector phase) and the two
+check levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+import struct
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from syncsnapd.core import Progress, RunProgress, SnapshotSummary
+from syncsnapd.engine import take_snapshot
+from syncsnapd.store import Entry, SnapshotStats, Store, hash_bytes, make_snapshot_id
+
+HERE = Path(__file__).resolve()
+
+
+def new_progress(project: str = "p", events: list[Progress] | None = None) -> RunProgress:
+    sink: list[Progress] = [] if events is None else events
+    return RunProgress(project, "r-test", sink.append)
+
+
+async def snapshot(store: Store, root: Path, project: str = "p", progress: RunProgress | None = None,
+                   **kw: Any) -> SnapshotSummary:
+    """Take a snapshot with a fresh progress reporter unless one is given."""
+    return await take_snapshot(store, project, root, progress or new_progress(project), **kw)
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def commit_entries(store: Store, project: str, entries: list[tuple[str, str, bytes | str | None]]) -> str:
+    """Commit a hand-made snapshot: (path, kind, content for files / target for symlinks / None)."""
+    writer = store.begin_write()
+    made: list[Entry] = []
+    for path, kind, data in entries:
+        if kind == "file":
+            assert isinstance(data, bytes)
+            h = hash_bytes(data)
+            writer.add_chunk(h, data)
+            made.append(Entry(path, "file", len(data), 1_600_000_000_000_000_000, 0o644, 0, [h]))
+        elif kind == "symlink":
+            assert isinstance(data, str)
+            made.append(Entry(path, "symlink", 0, 1_600_000_000_000_000_000, 0o777, 0, data))
+        else:
+            made.append(Entry(path, kind, 0, 1_600_000_000_000_000_000, 0o755, 0, None))
+    sid = make_snapshot_id()
+    store.commit_snapshot(writer, snapshot_id=sid, project=project, root="/nowhere", entries=made,
+                          stats=SnapshotStats())
+    return sid
+
+
+def patch_file(path: Path | bytes, offset: int, data: bytes) -> None:
+    """Overwrite bytes in place (``offset`` -1 appends); creates the file if missing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if offset < 0:
+            offset = os.fstat(fd).st_size
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def tree_state(root: Path) -> dict[bytes, tuple[Any, ...]]:
+    """Everything a restore must reproduce, keyed by relative path as bytes (non-UTF-8 names stay exact)."""
+    state: dict[bytes, tuple[Any, ...]] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                state[rel] = ("symlink", os.readlink(full), st.st_mtime_ns)
+            elif stat.S_ISDIR(st.st_mode):
+                state[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            else:
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                state[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size, digest)
+    return state
+
+
+def backdate(root: Path, seconds: int = 3600) -> None:
+    """Move every mtime into the past, so that no file counts as just modified (see RACY_WINDOW_NS)."""
+    past = time.time_ns() - seconds * 1_000_000_000
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), ns=(past, past), follow_symlinks=False)
+    os.utime(root, ns=(past, past))
+
+
+# --- inotify: watching which files a snapshot opens -----------------------------------------------
+
+IN_ACCESS = 0x001
+IN_OPEN = 0x020
+IN_ISDIR = 0x40000000
+_IN_NONBLOCK = os.O_NONBLOCK
+_EVENT = struct.Struct("iIII")
+
+
+class OpenWatcher:
+    """Records the names of files opened or read below a directory tree, as the kernel reports them.
+
+    Uses inotify (IN_OPEN, IN_ACCESS) on every directory of the tree, so it observes the real
+    system calls of whatever code runs, not a hook inside the engine.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        # inotify instances are limited per user (128 here); other test suites on this machine may
+        # briefly use them all (the watcher's tests exhaust them on purpose), so wait a little.
+        deadline = time.monotonic() + 10
+        while True:
+            self.fd = self._libc.inotify_init1(_IN_NONBLOCK | os.O_CLOEXEC)
+            if self.fd >= 0:
+                break
+            err = ctypes.get_errno()
+            if err != errno.EMFILE or time.monotonic() > deadline:
+                raise OSError(err, "inotify_init1")
+            time.sleep(0.05)
+        self._dirs: dict[int, bytes] = {}
+        for dirpath, _dirnames, _filenames in os.walk(os.fsencode(root)):
+            wd = self._libc.inotify_add_watch(self.fd, dirpath, IN_OPEN | IN_ACCESS)
+            if wd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_add_watch")
+            self._dirs[wd] = dirpath
+
+    def file_events(self) -> list[bytes]:
+        """Paths of files (not directories) opened or read since the last call."""
+        names: list[bytes] = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return names
+            pos = 0
+            while pos < len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, pos)
+                name = data[pos + _EVENT.size:pos + _EVENT.size + length].rstrip(b"\0")
+                pos += _EVENT.size + length
+                if not mask & IN_ISDIR and name:
+                    names.append(os.path.join(self._dirs.get(wd, b"?"), name))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# --- capabilities: make permissions apply to root --------------------------------------------------
+
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+
+
+def drop_dac_capabilities() -> None:
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this process (call before any thread starts).
+
+    Root keeps its uid (and so owns the test files), but mode 000 then denies it reading, as for anyone.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # 2 x {effective, permitted, inheritable}
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    mask = ~((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) & 0xFFFFFFFF
+    data[0] &= mask  # effective (low word)
+    data[1] &= mask  # permitted (low word)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+# --- the subprocess command line ------------------------------------------------------------------
+
+def _fault_hook(fault_at: int | None, steps_file: Path | None, steps: list[str]) -> Any:
+    steps_fd = os.open(steps_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if steps_file else 2
+
+    def fault(label: str) -> None:
+        steps.append(label)
+        os.write(steps_fd, f"step: {label}\n".encode())  # unbuffered: the parent learns what was reached
+        if fault_at is not None and len(steps) == fault_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return fault
+
+
+def prune_store(store: Store, keep_last: int = 1) -> Any:
+    """Forget all but the newest ``keep_last`` snapshots of every project, then collect garbage."""
+    from syncsnapd.core import KeepPolicy
+    from syncsnapd.store import plan_forget
+
+    snaps = store.list_snapshots()
+    decisions = plan_forget(snaps, {s.project: KeepPolicy(last=keep_last) for s in snaps})
+    store.forget([sid for d in decisions.values() for sid in d.forget])
+    return store.collect_garbage()
+
+
+def run_prune_command(store_root: Path, fault_at: int | None, steps_file: Path | None = None) -> dict[str, Any]:
+    steps: list[str] = []
+    with Store.open(store_root, writable=True) as store:
+        store._fault = _fault_hook(fault_at, steps_file, steps)
+        stats = prune_store(store)
+    return {"stats": stats.to_json(), "steps": steps}
+
+
+def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: int | None,
+                         steps_file: Path | None = None) -> dict[str, Any]:
+    steps: list[str] = []
+    fault = _fault_hook(fault_at, steps_file, steps)
+
+    async def main() -> dict[str, Any]:
+        store = Store.open(store_root, writable=True)
+        store._fault = fault
+        try:
+            summary = await take_snapshot(store, project, root, new_progress(project))
+        finally:
+            store.close()
+        return {"summary": asdict(summary), "steps": steps}
+
+    return trio.run(main)
+
+
+def crash_server() -> None:
+    """Serve crash runs: read ``{"store", "root", "project", "fault_at"}`` lines on stdin; for each, fork a
+    child that takes the snapshot (or prunes the store, keeping the newest snapshot of each project, when
+    ``root`` is null), SIGKILLed at step ``fault_at``; answer ``{"code", "steps"}``.
+
+    This process imports everything once and never starts a thread (only its children run Trio), so
+    forking it is safe; a crash run then costs a fork instead of a Python start-up.
+    """
+    for line in sys.stdin:
+        req = json.loads(line)
+        steps_file = Path(req["store"] + ".steps")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if req["root"] is None:
+                    run_prune_command(Path(req["store"]), req["fault_at"], steps_file)
+                else:
+                    run_snapshot_command(Path(req["store"]), Path(req["root"]), req["project"], req["fault_at"],
+                                         steps_file)
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        steps = [ln[6:] for ln in steps_file.read_text().splitlines() if ln.startswith("step: ")]
+        steps_file.unlink()
+        print(json.dumps({"code": code, "steps": steps}), flush=True)
+
+
+class CrashRunner:
+    """The test side of :func:`crash_server` (a context manager)."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, str(HERE), "crash-server"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def run(self, store: Path, root: Path | None, project: str, fault_at: int) -> tuple[int, list[str]]:
+        """Snapshot ``root`` into ``store`` (prune ``store`` if ``root`` is None) in a child killed at step
+        ``fault_at``: (exit code, steps)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"store": str(store), "root": None if root is None else str(root),
+                                          "project": project, "fault_at": fault_at}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return reply["code"], reply["steps"]
+
+    def __enter__(self) -> CrashRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def run_in_subprocess(*args: str, check: bool = True) -> tuple[int, dict[str, Any] | None, str]:
+    """Run this file with ``args``; return (returncode, parsed JSON output or None, stderr)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(HERE), *args], capture_output=True, text=True, timeout=120)
+    try:
+        out = json.loads(proc.stdout) if proc.stdout.strip() else None
+    except ValueError:
+        out = None
+    if check and proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"helper failed ({proc.returncode}): {proc.stderr}")
+    return proc.returncode, out, proc.stderr
+
+
+# --- benchmark ------------------------------------------------------------------------------------
+
+def make_bench_tree(root: Path, files: int, total_mib: int, seed: int = 1) -> None:
+    """A tree like the reference one: ~99.7% files of 1-64 KiB, the rest 1-50 MiB; ~half compressible."""
+    rng = random.Random(seed)
+    pool_random = rng.randbytes(64 << 20)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(5000)]
+    text = bytearray()
+    while len(text) < 64 << 20:
+        text += b" ".join(rng.choices(words, k=1000)) + b"\n"
+    pool_text = bytes(text)
+    n_large = max(1, files * 3 // 1000)
+    small_sizes = [rng.randint(1 << 10, 64 << 10) for _ in range(files - n_large)]
+    large_budget = max(n_large << 20, (total_mib << 20) - sum(small_sizes))
+    weights = [rng.random() + 0.05 for _ in range(n_large)]
+    large_sizes = [min(50 << 20, max(1 << 20, int(large_budget * w / sum(weights)))) for w in weights]
+    sizes = small_sizes + large_sizes
+    rng.shuffle(sizes)
+    for i, size in enumerate(sizes):
+        d = root / f"d{i % 40:02d}" / f"s{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        pool = pool_text if rng.random() < 0.5 else pool_random
+        with open(d / f"f{i:05d}.dat", "wb") as f:
+            written = 0
+            while written < size:
+                n = min(size - written, 8 << 20)
+                off = rng.randrange(0, len(pool) - n)
+                f.write(pool[off:off + n])
+                written += n
+
+
+def bench_phase(workdir: Path, label: str) -> None:
+    """One timed snapshot of ``workdir/tree`` into ``workdir/store``, in a process of its own."""
+    tree, store_root = workdir / "tree", workdir / "store"
+
+    async def one() -> tuple[SnapshotSummary, float]:
+        store = Store.open(store_root, writable=True)
+        try:
+            t = time.perf_counter()
+            s = await take_snapshot(store, "bench", tree, new_progress("bench"))
+            return s, time.perf_counter() - t
+        finally:
+            store.close()
+
+    s, dt = trio.run(one)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec.
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    rss = int(hwm.split()[1]) / 1024
+    print(f"{label:12s} {dt:6.2f} s  new={s.files_new} changed={s.files_changed} "
+          f"unchanged={s.files_unchanged} added={s.bytes_added / 2**20:.1f} MiB  peak RSS {rss:.0f} MB",
+          flush=True)
+
+
+def bench(workdir: Path, files: int, total_mib: int) -> None:
+    import shutil
+    import subprocess
+
+    tree, store_root = workdir / "tree", workdir / "store"
+    if not tree.exists():
+        t = time.perf_counter()
+        make_bench_tree(tree, files, total_mib)
+        backdate(tree)
+        print(f"generated {files} files in {time.perf_counter() - t:.1f} s")
+    shutil.rmtree(store_root, ignore_errors=True)
+    all_files = sorted(tree.rglob("*.dat"))
+    size = sum(p.stat().st_size for p in all_files)
+    print(f"tree: {len(all_files)} files, {size / 2**20:.0f} MiB (page cache warm)")
+
+    def phase(label: str) -> None:
+        subprocess.run([sys.executable, str(HERE), "bench-phase", str(workdir), label], check=True)
+
+    phase("initial")
+    phase("no-change")
+    rng = random.Random(7)
+    past = time.time_ns() - 60 * 1_000_000_000
+    for p in rng.sample(all_files, max(1, len(all_files) // 100)):
+        with open(p, "r+b") as f:
+            f.write(os.urandom(min(4096, p.stat().st_size)))  # new content, never seen before
+        os.utime(p, ns=(past, past))  # changed, but not "just modified" (see RACY_WINDOW_NS)
+    phase("1% changed")
+    store_size = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
+    print(f"store size {store_size / 2**20:.0f} MiB")
+
+
+def prune_bench(workdir: Path, files: int, total_mib: int, rounds: int, keep: int) -> None:
+    import shutil
+
+    from syncsnapd.core import KeepPolicy
+    from syncsnapd.store import GarbageCollector, plan_forget
+
+    tree, store_root = workdir / "tree", workdir / "store"
+    shutil.rmtree(workdir, ignore_errors=True)
+    t = time.perf_counter()
+    make_bench_tree(tree, files, total_mib)
+    backdate(tree)
+    print(f"generated {files} files, {total_mib} MiB in {time.perf_counter() - t:.1f} s", flush=True)
+    rng = random.Random(11)
+    all_files = sorted(tree.rglob("*.dat"))
+
+    async def snap() -> SnapshotSummary:
+        with Store.open(store_root, writable=True) as store:
+            return await take_snapshot(store, "bench", tree, new_progress("bench"))
+
+    t = time.perf_counter()
+    for r in range(rounds):
+        if r:
+            past = time.time_ns() - 60 * 1_000_000_000
+            for p in rng.sample(all_files, max(1, len(all_files) // 10)):
+                size = p.stat().st_size
+                with open(p, "r+b") as f:
+                    f.write(os.urandom(min(size, 64 << 10)))  # new content in the first chunk
+                os.utime(p, ns=(past, past))
+        trio.run(snap)
+    store_bytes = sum(p.stat().st_size for p in store_root.rglob("*") if p.is_file())
+    print(f"{rounds} snapshots in {time.perf_counter() - t:.1f} s; store {store_bytes / 2**20:.0f} MiB, "
+          f"{len(list(store_root.glob('packs/*/*.pack')))} packs", flush=True)
+    os.system("sync")
+    with Store.open(store_root, writable=True) as store:
+        t0 = time.perf_counter()
+        decisions = plan_forget(store.list_snapshots(), {"bench": KeepPolicy(last=keep)})
+        gone = store.forget([sid for d in decisions.values() for sid in d.forget])
+        t1 = time.perf_counter()
+        with GarbageCollector(store) as gc:
+            gc.mark()
+            t2 = time.perf_counter()
+            gc.plan()
+            t3 = time.perf_counter()
+            gc.repack()
+            t4 = time.perf_counter()
+            gc.delete()
+            t5 = time.perf_counter()
+        st = gc.stats
+        print(f"prune: forgot {len(gone)} snapshots in {t1 - t0:.2f} s; mark {t2 - t1:.2f} s, plan {t3 - t2:.2f} s, "
+              f"repack {t4 - t3:.2f} s ({st.packs_repacked} packs, {st.bytes_repacked / 2**20:.0f} MiB copied into "
+              f"{st.packs_written}), delete {t5 - t4:.2f} s ({st.packs_deleted} unused + {st.packs_repacked} "
+              f"repacked packs); total {t5 - t0:.2f} s, freed {st.bytes_freed / 2**20:.0f} MiB", flush=True)
+        for read_data in (False, True):
+            t = time.perf_counter()
+            report = store.check(read_data=read_data)
+            print(f"check{' --read-data' if read_data else ''}: {time.perf_counter() - t:.2f} s, ok={report.ok}, "
+                  f"{report.packs} packs, {report.chunks} chunks", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("snapshot")
+    s.add_argument("store", type=Path)
+    s.add_argument("root", type=Path)
+    s.add_argument("project")
+    s.add_argument("--fault-at", type=int)
+    s.add_argument("--drop-dac", action="store_true")
+    sub.add_parser("crash-server")
+    b = sub.add_parser("bench")
+    b.add_argument("dir", type=Path)
+    b.add_argument("--files", type=int, default=5000)
+    b.add_argument("--mib", type=int, default=400)
+    pb = sub.add_parser("prune-bench")
+    pb.add_argument("dir", type=Path)
+    pb.add_argument("--files", type=int, default=5000)
+    pb.add_argument("--mib", type=int, default=1000)
+    pb.add_argument("--rounds", type=int, default=10)
+    pb.add_argument("--keep", type=int, default=3)
+    bp = sub.add_parser("bench-phase")
+    bp.add_argument("dir", type=Path)
+    bp.add_argument("label")
+    args = parser.parse_args(argv)
+    if args.cmd == "snapshot":
+        if args.drop_dac:
+            drop_dac_capabilities()
+        result = run_snapshot_command(args.store, args.root, args.project, args.fault_at)
+        print(json.dumps(result))
+    elif args.cmd == "crash-server":
+        crash_server()
+    elif args.cmd == "bench-phase":
+        bench_phase(args.dir, args.label)
+    elif args.cmd == "prune-bench":
+        prune_bench(args.dir, args.files, args.mib, args.rounds, args.keep)
+    else:
+        bench(args.dir, args.files, args.mib)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
