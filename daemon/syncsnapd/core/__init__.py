@@ -22,3 +22,6 @@ from ._progress import Step as Step
 from ._progress import human_bytes as human_bytes
 from ._progress import parse_time as parse_time
 from ._progress import utc_now as utc_now
+from ._supervise import ServiceError as ServiceError
+from ._supervise import ServiceStatus as ServiceStatus
+from ._supervise import Supervisor as Supervisor
