@@ -1,5 +1,5 @@
 import sys
 
-from .service._cli import main
+from .service import main
 
 sys.exit(main())

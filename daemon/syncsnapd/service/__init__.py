@@ -2,6 +2,7 @@
 glue, the ``syncsnapd`` command line and its offline commands.
 """
 
+from ._cli import main as main
 from ._offline import run_check as run_check
 from ._offline import run_diff as run_diff
 from ._offline import run_prune as run_prune
