@@ -8,8 +8,8 @@ Command line (run with the project's venv Python)::
     python tests/helpers/store.py prune-bench DIR [--files 5000] [--mib 1000] [--rounds 10] [--keep 3]
 
 ``snapshot`` takes one snapshot and prints its summary as JSON. ``--fault-at N`` kills the process with
-SIGKILL right after the N-th durable-write step of the store; each step reached is printed to stderr as
-``step: LABEL``. ``crash-server`` does the same for many runs, forking one child per run (see
+SIGKILL right after the N-th durable-write step of the store (its ``on_durable_step`` hook, see
+``Store.open``); each step reached is printed to stderr as ``step: LABEL``. ``crash-server`` does the same for many runs, forking one child per run (see
 :class:`CrashRunner`), which is what the crash test iterates over. ``--drop-dac`` drops
 CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH first, so that file permissions apply even to root.
 
@@ -240,8 +240,7 @@ def prune_store(store: Store, keep_last: int = 1) -> Any:
 
 def run_prune_command(store_root: Path, fault_at: int | None, steps_file: Path | None = None) -> dict[str, Any]:
     steps: list[str] = []
-    with Store.open(store_root, writable=True) as store:
-        store._fault = _fault_hook(fault_at, steps_file, steps)
+    with Store.open(store_root, writable=True, on_durable_step=_fault_hook(fault_at, steps_file, steps)) as store:
         stats = prune_store(store)
     return {"stats": stats.to_json(), "steps": steps}
 
@@ -252,8 +251,7 @@ def run_snapshot_command(store_root: Path, root: Path, project: str, fault_at: i
     fault = _fault_hook(fault_at, steps_file, steps)
 
     async def main() -> dict[str, Any]:
-        store = Store.open(store_root, writable=True)
-        store._fault = fault
+        store = Store.open(store_root, writable=True, on_durable_step=fault)
         try:
             summary = await take_snapshot(store, project, root, new_progress(project))
         finally:

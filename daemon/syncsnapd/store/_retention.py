@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from ..core import KeepPolicy
-from ._store import SnapshotInfo
+from ._format import SnapshotInfo
 
 __all__ = ["Decision", "apply_policy", "plan_forget", "snapshot_time"]
 
