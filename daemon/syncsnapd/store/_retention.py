@@ -1,6 +1,6 @@
 """Retention policies: which snapshots of a project a prune keeps (restic's ``forget --keep-*`` rules).
 
-Pure functions over snapshot listings; no I/O. See :class:`~syncsnapd._config.KeepPolicy`.
+Pure functions over snapshot listings; no I/O. See :class:`~syncsnapd.core.KeepPolicy`.
 """
 
 from __future__ import annotations
