@@ -5,4 +5,7 @@ Modules: ``_main`` (the run), ``_tree`` (the generated tree and its change set),
 ``_daemon`` (starting syncsnapd, timing snapshots), ``_backup_tools`` (restic, borg), ``_serving`` (wrk,
 hypercorn), ``_sse`` (fan-out), ``_report`` (tables). Run as their own processes: ``_poller`` (progress
 latency), ``_fanout`` (SSE subscribers), ``_hypercorn_app`` (the baseline ASGI app).
+
+``_store_bench``: the store's own benchmarks without the daemon (``python -m bench store-bench DIR``,
+``python -m bench prune-bench DIR``).
 """

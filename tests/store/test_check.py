@@ -155,7 +155,7 @@ def test_a_damaged_index_is_reported_and_repaired_from_its_pack(store_copy: tupl
 def test_a_damaged_list_of_entries_damages_the_listing(store_copy: tuple[Path, dict[str, str]]) -> None:
     root, ids = store_copy
     with Store.open(root, writable=False) as store:
-        tree = store._read_snapshot(ids["code1"]).tree
+        tree = store.catalog.read(ids["code1"]).tree
         loc = store.locate(tree[0])
         assert loc is not None
     flip_byte(root / "packs" / loc.pack[:2] / f"{loc.pack}.pack", loc.offset + loc.length // 2)

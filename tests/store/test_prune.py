@@ -55,9 +55,9 @@ def all_packs(root: Path) -> set[str]:
 
 def stored_chunks(root: Path) -> set[str]:
     """Every blob hash named by an index file on disk."""
-    from syncsnapd.store._store import _decode_index
+    from syncsnapd.store._format import decode_index
 
-    return {r[0].hex() for p in (root / "index").glob("*.idx") for r in _decode_index(p.read_bytes())}
+    return {r[0].hex() for p in (root / "index").glob("*.idx") for r in decode_index(p.read_bytes())}
 
 
 def assert_restores(store: Store, expected: dict[str, Any], out: Path) -> None:
@@ -305,16 +305,20 @@ def dedup_fixture(root: Path, src: Path) -> tuple[dict[str, Any], dict[str, byte
     return expected, old
 
 
-def prune_at_step(store: Store, n: int, fired: list[str]) -> Callable[[str], None]:
-    """A fault hook that runs a whole prune at the ``n``-th durable-write step (once)."""
+def prune_at_step(armed: list[Store], n: int, fired: list[str]) -> Callable[[str], None]:
+    """A durable-step hook (``Store.open(on_durable_step=...)``) that runs a whole prune of the store in
+    ``armed`` at the ``n``-th durable-write step (once); steps taken while ``armed`` is empty (opening,
+    checking afterwards) are not counted."""
     count = 0
 
     def hook(label: str) -> None:
         nonlocal count
+        if not armed:
+            return
         count += 1
         if count == n and not fired:
             fired.append(label)
-            prune_store(store)
+            prune_store(armed[0])
 
     return hook
 
@@ -335,10 +339,11 @@ def test_a_prune_at_every_durable_step_of_a_running_snapshot_loses_nothing(tmp_p
         shutil.copytree(pristine, root)
         fired: list[str] = []
 
-        with Store.open(root, writable=True) as store:
-            store._fault = prune_at_step(store, n, fired)
+        armed: list[Store] = []
+        with Store.open(root, writable=True, on_durable_step=prune_at_step(armed, n, fired)) as store:
+            armed.append(store)
             new = trio.run(snapshot, store, src)
-            store._fault = None
+            armed.clear()
             want = {k: v for k, v in expected.items()}
             want[new.id] = live
             assert_restores(store, want, tmp_path / f"out{n}")

@@ -1,4 +1,5 @@
-"""The store's object backends: a local directory, and an S3-compatible bucket via boto3.
+"""The store's object backend: an S3-compatible bucket via boto3 (a local store has no backend: its
+directory is written directly, and its crash safety is tested in test_store.py and test_prune.py).
 
 The S3 tests run against ``moto_server`` on loopback, an S3 **emulator** (see tests/helpers/s3.py),
 started once for this module and reset before every test. Throttling is injected by a small proxy in
@@ -15,7 +16,7 @@ import pytest
 
 from helpers.s3 import BUCKET, MotoServer, ThrottlingProxy, create_bucket, moto_server, s3_env
 from syncsnapd.core import S3Options, parse_s3_url
-from syncsnapd.store import BackendError, LocalBackend, ObjectMissing, S3Backend
+from syncsnapd.store import BackendError, ObjectMissing, S3Backend
 
 
 # Short bounds so failing cases fail in seconds (the defaults wait about a minute before giving up).
@@ -42,14 +43,6 @@ def s3(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     backend.close()
 
 
-@pytest.fixture(params=["local", "s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalBackend | S3Backend]:
-    if request.param == "local":
-        yield LocalBackend(tmp_path / "store")
-    else:
-        yield request.getfixturevalue("s3")
-
-
 def test_parse_s3_url() -> None:
     assert parse_s3_url("s3://bucket/some/prefix") == ("bucket", "some/prefix/")
     assert parse_s3_url("s3://bucket") == ("bucket", "")
@@ -59,7 +52,8 @@ def test_parse_s3_url() -> None:
             parse_s3_url(bad)
 
 
-def test_put_get_range_list_exists(backend: LocalBackend | S3Backend, tmp_path: Path) -> None:
+def test_put_get_range_list_exists(s3: S3Backend, tmp_path: Path) -> None:
+    backend = s3
     data = os.urandom(100_000)
     src = tmp_path / "src.bin"
     src.write_bytes(data)
@@ -180,14 +174,6 @@ def test_throttling_is_retried(s3: S3Backend, moto: MotoServer, tmp_path: Path) 
         slow.close()
     finally:
         proxy.close()
-
-
-def test_local_backend_leaves_no_partial_object(tmp_path: Path) -> None:
-    backend = LocalBackend(tmp_path / "store")
-    with pytest.raises(BackendError):
-        backend.put_file("packs/aa/x.pack", tmp_path / "does-not-exist")
-    assert list(backend.list("")) == []
-    assert os.listdir(tmp_path / "store" / "tmp") == []
 
 
 def test_full_store_is_store_full_and_not_retried(s3: S3Backend, moto: MotoServer) -> None:

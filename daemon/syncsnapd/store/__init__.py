@@ -1,31 +1,37 @@
 """The content-addressed store: packs, indexes, trees and snapshot files, on a local directory or an
 S3-compatible bucket; check, forget and prune. Knows nothing of runs, sources or HTTP.
+
+Modules: ``_format`` (the on-disk format), ``_errors``, ``_files`` (the directory, durable writes),
+``_index`` (the master index), ``_snapshots`` (snapshot files), ``_repository`` (:class:`Store`),
+``_writer``, ``_reader``, ``_check``, ``_prune``, ``_retention``, and for S3 ``_remote`` over ``_backend``.
 """
 
-from ._backend import BackendError as BackendError
-from ._backend import LocalBackend as LocalBackend
-from ._backend import ObjectMissing as ObjectMissing
 from ._backend import S3Backend as S3Backend
+from ._check import CheckReport as CheckReport
+from ._check import Damage as Damage
+from ._check import DamagedSnapshot as DamagedSnapshot
+from ._check import Problem as Problem
+from ._check import StoreCheck as StoreCheck
+from ._errors import BackendError as BackendError
+from ._errors import CorruptDataError as CorruptDataError
+from ._errors import ObjectMissing as ObjectMissing
+from ._errors import StoreError as StoreError
+from ._errors import UnknownSnapshotError as UnknownSnapshotError
+from ._errors import error_code as error_code
+from ._format import ChunkLocation as ChunkLocation
+from ._format import Entry as Entry
+from ._format import SnapshotInfo as SnapshotInfo
+from ._format import SnapshotStats as SnapshotStats
+from ._format import hash_bytes as hash_bytes
+from ._format import make_snapshot_id as make_snapshot_id
+from ._prune import GarbageCollector as GarbageCollector
+from ._prune import PruneStats as PruneStats
+from ._reader import ChunkReader as ChunkReader
 from ._remote import RemoteSpec as RemoteSpec
-from ._remote import error_code as error_code
 from ._remote import footprint as footprint
 from ._remote import prepare as prepare
 from ._remote import prepare_store as prepare_store
+from ._repository import Store as Store
 from ._retention import apply_policy as apply_policy
 from ._retention import plan_forget as plan_forget
-from ._store import ChunkLocation as ChunkLocation
-from ._store import ChunkReader as ChunkReader
-from ._store import Damage as Damage
-from ._store import DamagedSnapshot as DamagedSnapshot
-from ._store import Entry as Entry
-from ._store import GarbageCollector as GarbageCollector
-from ._store import Problem as Problem
-from ._store import SnapshotInfo as SnapshotInfo
-from ._store import SnapshotStats as SnapshotStats
-from ._store import Store as Store
-from ._store import StoreCheck as StoreCheck
-from ._store import StoreError as StoreError
-from ._store import StoreWriter as StoreWriter
-from ._store import UnknownSnapshotError as UnknownSnapshotError
-from ._store import hash_bytes as hash_bytes
-from ._store import make_snapshot_id as make_snapshot_id
+from ._writer import StoreWriter as StoreWriter

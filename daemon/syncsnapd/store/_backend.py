@@ -1,16 +1,17 @@
-"""Where the store's durable objects live: a local directory, or an S3-compatible bucket.
+"""The object layer under an S3 store: where its durable objects live when they are not local.
 
 A :class:`Backend` holds the store's immutable, content-addressed objects under keys such as
 ``config.json``, ``packs/ab/<id>.pack``, ``index/<id>.idx`` and ``snapshots/<id>.json``. It is small and
 blocking on purpose: every method is called from a worker thread, and every method is thread-safe.
+``_remote.py`` is its one user; a local store has no backend: its directory *is* the store, written by
+``_files.py`` and ``_writer.py`` (streamed packs, a durable-step hook for the crash tests, directory
+fsyncs batched by prune), which a whole-object interface could not express without copying every pack.
 
-* :class:`LocalBackend`: a directory; every write is a temporary name, fsync, rename, fsync of the
-  directory (the local store's own semantics).
-* :class:`S3Backend`: a bucket (and key prefix) on S3 or an S3-compatible service (MinIO, Backblaze B2,
-  Cloudflare R2, Wasabi, Ceph, ...), through **boto3** in worker threads. Measured against the
-  alternatives: boto3 is the maintained reference client, signs requests itself (no hand-written
-  SigV4), does multipart through s3transfer and retries with backoff; its blocking calls release the GIL
-  while they wait on the network, so a few worker threads upload in parallel.
+:class:`S3Backend`: a bucket (and key prefix) on S3 or an S3-compatible service (MinIO, Backblaze B2,
+Cloudflare R2, Wasabi, Ceph, ...), through **boto3** in worker threads. Measured against the
+alternatives: boto3 is the maintained reference client, signs requests itself (no hand-written SigV4),
+does multipart through s3transfer and retries with backoff; its blocking calls release the GIL while they
+wait on the network, so a few worker threads upload in parallel.
 
 Errors are :class:`BackendError` with a ``code`` the daemon reports as is (docs/api.md):
 ``store_unreachable`` (no connection, timeouts, 5xx or throttling that outlasted the retries),
@@ -25,27 +26,22 @@ and error messages are scrubbed of the key id and secret before they leave this 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import logging
-import os
 import random
 import re
-import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..core import S3Options, parse_s3_url
+from ._errors import BackendError, ObjectMissing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-__all__ = ["Backend", "BackendError", "LocalBackend", "ObjectMissing", "Progress", "S3Backend", "S3Options",
-           "parse_s3_url"]
+__all__ = ["Backend", "BackendError", "ObjectMissing", "Progress", "S3Backend", "S3Options", "parse_s3_url"]
 
 log = logging.getLogger("syncsnapd.backend")
 
@@ -78,24 +74,6 @@ _THROTTLE_CODES = frozenset({
 })
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _ACCESS_KEY_RE = re.compile(r"\b(?:AKIA|ASIA|AIDA)[0-9A-Z]{12,}\b")
-
-
-class BackendError(Exception):
-    """A backend operation failed. ``code``: ``store_unreachable``, ``store_auth``, ``store_full``,
-    ``not_found`` or ``store_error``; the message never holds credentials."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ObjectMissing(BackendError):
-    """The key does not exist."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__("not_found", f"{key} does not exist")
-        self.key = key
 
 
 class Backend(Protocol):
@@ -148,153 +126,6 @@ def _parents(keys: Iterable[str]) -> dict[str, set[str]]:
             for p in parents:
                 out[p] = by_parent[p]
     return out
-
-
-# --- local ------------------------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class LocalBackend:
-    """Objects as files below ``root``; writes go through ``root/tmp/`` (temporary name, fsync, rename,
-    fsync of the directory), so a crash leaves either the whole object or none of it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._made: set[Path] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def description(self) -> str:
-        return str(self.root)
-
-    def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"bad object key {key!r}")
-        return self.root.joinpath(*parts)
-
-    def _error(self, exc: OSError, what: str) -> BackendError:
-        code = "store_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "store_error"
-        return BackendError(code, f"cannot {what} {self.root}: {exc.strerror or exc}")
-
-    def _parent(self, final: Path) -> None:
-        parent = final.parent
-        with self._lock:
-            if parent in self._made:
-                return
-        if not parent.is_dir():
-            parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(parent.parent)
-        with self._lock:
-            self._made.add(parent)
-
-    def _write(self, key: str, fill: Callable[[int], int], progress: Progress | None) -> None:
-        final = self._path(key)
-        tmpdir = self.root / "tmp"
-        try:
-            tmpdir.mkdir(parents=True, exist_ok=True)
-            self._parent(final)
-            tmp = tmpdir / f"{final.name}.{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                n = fill(fd)
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(final.parent)
-        except OSError as exc:
-            raise self._error(exc, "write to") from exc
-        if progress is not None:
-            progress(n)
-
-    def put_file(self, key: str, local_path: Path, progress: Progress | None = None) -> None:
-        def fill(fd: int) -> int:
-            with open(local_path, "rb") as src:
-                return _copy(src.fileno(), fd)
-        self._write(key, fill, progress)
-
-    def put_bytes(self, key: str, data: bytes, progress: Progress | None = None) -> None:
-        def fill(fd: int) -> int:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            return len(data)
-        self._write(key, fill, progress)
-
-    def get(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
-        except OSError as exc:
-            raise self._error(exc, "read from") from exc
-
-    def get_range(self, key: str, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
-        except OSError as exc:
-            raise self._error(exc, "read from") from exc
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        found: list[tuple[str, int]] = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            rel_dir = os.path.relpath(dirpath, self.root)
-            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-            if rel_dir == "tmp/":
-                dirnames.clear()
-                continue
-            # Prune folders that cannot hold keys with this prefix.
-            dirnames[:] = [d for d in dirnames if (rel_dir + d + "/").startswith(prefix)
-                           or prefix.startswith(rel_dir + d + "/") and d != "tmp"]
-            for name in filenames:
-                key = rel_dir + name
-                if key.startswith(prefix):
-                    with contextlib.suppress(FileNotFoundError):
-                        found.append((key, os.stat(os.path.join(dirpath, name)).st_size))
-        return iter(sorted(found))
-
-    def exists_many(self, keys: Iterable[str]) -> set[str]:
-        return {k for k in keys if self._path(k).is_file()}
-
-    def delete(self, key: str) -> None:
-        try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise self._error(exc, "delete from") from exc
-
-    def close(self) -> None:
-        pass
-
-
-def _copy(src: int, dst: int) -> int:
-    total = 0
-    while True:
-        block = os.read(src, 1 << 20)
-        if not block:
-            return total
-        view = memoryview(block)
-        while view:
-            view = view[os.write(dst, view):]
-        total += len(block)
 
 
 # --- S3 ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Layout
 ======
 
-The bucket (under its prefix) holds exactly the objects of a local store (see ``_store.py``)::
+The bucket (under its prefix) holds exactly the objects of a local store (see ``_format.py``)::
 
     config.json  packs/<2hex>/<packid>.pack  index/<packid>.idx  snapshots/<id>.json
 
@@ -52,13 +52,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core import S3Options, parse_s3_url, staging_dir
-from ._backend import Backend, BackendError, ObjectMissing, S3Backend
+from ._backend import Backend, S3Backend
+from ._errors import REMOTE_CODES, BackendError, CorruptDataError, ObjectMissing, StoreError
+from ._format import new_config, pack_file_size
 
 if TYPE_CHECKING:
     from ..core import DaemonConfig
-    from ._store import StoreWriter
+    from ._writer import StoreWriter
 
-__all__ = ["MARKER", "Remote", "RemoteError", "RemoteSpec", "error_code", "prepare", "prepare_store", "staging_dir"]
+__all__ = ["MARKER", "Remote", "RemoteSpec", "footprint", "prepare", "prepare_store", "staging_dir"]
 
 log = logging.getLogger("syncsnapd.remote")
 
@@ -69,21 +71,9 @@ READ_AHEAD = 4 << 20
 _READ_AHEAD_PACKS = 4
 
 
-class RemoteError(Exception):
-    """Mixin marker: a store error caused by the remote; ``code`` is the error code for docs/api.md."""
-
-    code: str
-
-
-def _store_error(exc: BackendError) -> Exception:
-    from ._store import StoreError
-
-    class _Err(StoreError, RemoteError):
-        pass
-
-    err = _Err(exc.message)
-    err.code = exc.code if exc.code in ("store_unreachable", "store_auth", "store_full") else "store_error"
-    return err
+def _store_error(exc: BackendError) -> StoreError:
+    """A backend failure as the store error a run reports (store_unreachable, store_auth, store_full)."""
+    return StoreError(exc.message, code=exc.code if exc.code in REMOTE_CODES else "store_error")
 
 
 @dataclass(frozen=True)
@@ -130,17 +120,13 @@ def prepare_store(config: DaemonConfig) -> Path:
 def footprint(root: Path) -> tuple[int, int]:
     """(packs, their bytes) of the S3 store whose directory is ``root``, from its cached indexes (no
     request): a pack is its header, its blobs, a copy of its index and the footer."""
-    from ._store import _PACK_FOOTER, _PACK_MAGIC, CorruptDataError, _decode_index
-
     packs = size = 0
     for path in (root / "index").glob("*.idx"):
         try:
-            data = path.read_bytes()
-            stored = sum(r[2] for r in _decode_index(data))
+            size += pack_file_size(path.read_bytes())
         except (OSError, CorruptDataError):
             continue
         packs += 1
-        size += len(_PACK_MAGIC) + stored + len(data) + _PACK_FOOTER.size
     return packs, size
 
 
@@ -208,8 +194,6 @@ class Remote:
     # --- opening ------------------------------------------------------------------------------------
 
     def _sync(self, writable: bool) -> None:
-        from ._store import CHUNK_SIZE, COMPRESSION_LEVEL, FORMAT_NAME, FORMAT_VERSION, PACK_SIZE, StoreError
-
         root, backend = self.root, self.backend
         if writable and isinstance(backend, S3Backend):
             backend.ensure_bucket()
@@ -218,10 +202,7 @@ class Remote:
         except ObjectMissing:
             if not writable:
                 raise StoreError(f"there is no syncsnap store at {self.description}") from None
-            doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "chunk_size": CHUNK_SIZE,
-                   "hash": "blake3", "compression": "zstd", "compression_level": COMPRESSION_LEVEL,
-                   "pack_size": PACK_SIZE}
-            config = json.dumps(doc, indent=1).encode() + b"\n"
+            config = new_config()
             backend.put_bytes("config.json", config)
             log.info("created a new store at %s", self.description)
         cached = None
@@ -300,7 +281,7 @@ class Remote:
         (the snapshot file that follows). ``check()`` may raise to stop between objects.
 
         Raises:
-            StoreError: with ``code`` (see :class:`RemoteError`).
+            StoreError: with ``code`` store_unreachable / store_auth / store_full when the bucket fails.
         """
         staged = sorted(p for p in self._staged_packs() if (self.root / "index" / f"{p}.idx").exists())
         report = on_written or (lambda objects, nbytes: None)
@@ -446,12 +427,6 @@ def _pack_key(pack: str) -> str:
 
 def _index_key(pack: str) -> str:
     return f"index/{pack}.idx"
-
-
-def error_code(exc: BaseException, default: str = "store_error") -> str:
-    """The docs/api.md code of a store error (``store_unreachable``... for remote failures)."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, str) and isinstance(exc, RemoteError) else default
 
 
 def spec_from(url: str, options: S3Options | None) -> RemoteSpec:

@@ -1,6 +1,6 @@
 """Retention policies: which snapshots of a project a prune keeps (restic's ``forget --keep-*`` rules).
 
-Pure functions over snapshot listings; no I/O. See :class:`~syncsnapd._config.KeepPolicy`.
+Pure functions over snapshot listings; no I/O. See :class:`~syncsnapd.core.KeepPolicy`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from ..core import KeepPolicy
-from ._store import SnapshotInfo
+from ._format import SnapshotInfo
 
 __all__ = ["Decision", "apply_policy", "plan_forget", "snapshot_time"]
 

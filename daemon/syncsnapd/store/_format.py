@@ -1,0 +1,347 @@
+"""The store's on-disk format: constants, and the encodings of packs, indexes, trees, config.json and
+snapshot files (pure functions, no I/O).
+
+On-disk format (version 1)
+==========================
+
+::
+
+    store/
+      config.json                  {"format": "syncsnap-store", "version": 1, "chunk_size": 1048576,
+                                    "hash": "blake3", "compression": "zstd", "compression_level": 1,
+                                    "pack_size": 16777216}
+      lock                         flock'ed by the one writable opener; holds its pid (for the error message)
+      tmp/                         temporary files; emptied by every writable open
+      packs/<2hex>/<packid>.pack   chunks ("blobs"), back to back, plus a copy of the pack's index
+      index/<packid>.idx           which blobs a pack holds, where, and how they are stored
+      snapshots/<id>.json          one small file per snapshot; written last
+
+**Blobs.** Every piece of stored data is a blob keyed by the blake3-256 hash (64 hex digits) of its
+*uncompressed* bytes, so equal data is stored once, across files, snapshots and projects. A blob is
+stored zstd-compressed (level 1) unless compression does not make it smaller; then it is stored raw
+(flag bit 0 clear). File content is split into fixed 1 MiB chunks, so a large file changed in place only
+stores the chunks that changed. The list of entries of a snapshot (its "tree") is stored as blobs too
+(see below), in the same packs.
+
+**Packs.** Blobs are appended to a pack of about 16 MiB (``pack_size``), so durability costs one fsync
+per pack instead of one per file (an fsync of file + directory costs ~0.5 ms here; restic and borg pack
+for the same reason). Layout::
+
+    b"SYNPACK1" | blob | blob | ... | index copy (as in the .idx file) | u64 LE length of the copy | b"SYNPKEND"
+
+The copy of the index at the end makes a pack self-describing: a writable open re-creates a missing
+``.idx`` from it (the crash window between renaming a pack and writing its index).
+
+**Index files** (little-endian)::
+
+    b"SYNIDX01" | records of <32s hash, u64 offset, u32 stored length, u32 raw length, u8 flags> | blake3 of all before (32 bytes)
+
+flags bit 0: zstd-compressed. The pack id is the blake3 hex digest of the index bytes: it is derived from
+the hashes of everything the pack holds, so it names the content without hashing the whole pack.
+
+**Trees.** A snapshot's entries are a list of ``[path, kind, size, mtime_ns, mode, inode, data]`` (see
+:class:`Entry`), in walk order (a directory before its contents), cut into groups where the crc32 of a
+path ends in 8 zero bits (about 256 entries per group). Each group is stored as a blob holding its JSON
+(``ensure_ascii``, so names that are not UTF-8, held as ``surrogateescape`` strings, round-trip). Cuts
+depend only on paths, so a snapshot where few files changed re-uses most groups of the previous one,
+and an unchanged folder adds no tree data at all.
+
+**Snapshot files** ``snapshots/<id>.json``: ``{"format": 1, "id", "project", "time", "root", "tree":
+[group hashes], "stats": {...}, "checksum"}``, where ``checksum`` is the blake3 of the canonical JSON of
+the rest. Ids sort by time: ``20261128T170102.123Z-a1b2c3`` (UTC start time, random suffix); they are safe
+as file names and URL path segments.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple
+
+import blake3
+import zstandard
+
+from ._errors import CorruptDataError
+
+FORMAT_NAME = "syncsnap-store"
+FORMAT_VERSION = 1
+# Fixed-size chunking: 1 MiB keeps a changed large file's re-stored share small while keeping per-chunk
+# overhead (index record, hash call, compressor call) negligible next to the data.
+CHUNK_SIZE = 1 << 20
+# 16 MiB packs (restic's default): few enough files that fsync cost vanishes, small enough that the
+# fsync of a full pack overlaps with hashing the next one.
+PACK_SIZE = 16 << 20
+COMPRESSION_LEVEL = 1
+# A tree group ends after a path whose crc32 has these low bits all zero: about 256 entries per group.
+TREE_CUT_MASK = 0xFF
+
+PACK_MAGIC = b"SYNPACK1"
+PACK_END = b"SYNPKEND"
+PACK_FOOTER = struct.Struct("<Q8s")
+IDX_MAGIC = b"SYNIDX01"
+IDX_RECORD = struct.Struct("<32sQIIB")
+FLAG_ZSTD = 1
+SNAPSHOT_ID_RE = re.compile(r"\A\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}\Z")
+
+EntryKind = Literal["file", "dir", "symlink"]
+# One record of an index file: (blob hash as 32 bytes, offset in the pack, stored length, raw length, flags).
+IndexRecord = tuple[bytes, int, int, int, int]
+
+
+class Entry(NamedTuple):
+    """One entry of a snapshot: a file, directory or symlink below the project folder.
+
+    ``path`` is relative POSIX, held as an ``os.fsdecode`` string (non-UTF-8 bytes as lone surrogates).
+    ``mode`` is the permission bits (``st_mode & 0o7777``). ``inode`` is 0 when the engine does not trust
+    the entry for the incremental check (changed while read, or modified just before the snapshot), so
+    the next snapshot reads the file again. ``data``: chunk hashes for a file, the target for a symlink,
+    ``None`` for a directory. Sizes of directories are recorded as 0.
+    """
+
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    mode: int
+    inode: int
+    data: list[str] | str | None
+
+    @property
+    def chunks(self) -> list[str]:
+        """The chunk hashes of a file entry (empty for other kinds)."""
+        return self.data if isinstance(self.data, list) else []
+
+    @property
+    def target(self) -> str:
+        """The target of a symlink entry."""
+        if not isinstance(self.data, str):
+            raise ValueError(f"entry {self.path!r} is not a symlink")
+        return self.data
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot as listed (docs/api.md SNAPSHOT_INFO)."""
+
+    id: str
+    project: str
+    time: str
+    files: int
+    bytes: int
+    files_new: int
+    files_changed: int
+    files_unchanged: int
+    bytes_added: int
+    duration_seconds: float
+    warnings: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SnapshotStats:
+    """What the engine reports about a run; stored in the snapshot file."""
+
+    files: int = 0
+    bytes: int = 0
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    bytes_added: int = 0
+    duration_seconds: float = 0.0
+    warnings: int = 0
+    skipped: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+
+
+class ChunkLocation(NamedTuple):
+    """Where a blob is stored: its pack, offset and stored length there, its raw length, its flags."""
+
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A parsed snapshot file: its listing, the folder it was taken of, its tree group hashes."""
+
+    info: SnapshotInfo
+    root: str
+    tree: list[str]
+    skipped: int
+
+
+# --- hashes, ids, compression ---------------------------------------------------------------------
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+    """The store's content hash: blake3-256 as 64 lowercase hex digits."""
+    return blake3.blake3(data).hexdigest()
+
+
+def make_snapshot_id(when: datetime | None = None) -> str:
+    """A new snapshot id that sorts by time, e.g. ``20261128T170102.123Z-a1b2c3``."""
+    when = when or datetime.now(UTC)
+    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}.{when.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def snapshot_time(snapshot_id: str) -> str:
+    """The ISO 8601 UTC start time encoded in a snapshot id."""
+    d, t = snapshot_id[:8], snapshot_id[9:19]
+    return f"{d[:4]}-{d[4:6]}-{d[6:]}T{t[:2]}:{t[2:4]}:{t[4:]}Z"
+
+
+_tls = threading.local()
+
+
+def compressor() -> Any:
+    """This thread's zstd compressor (contexts are not thread-safe; allocating one per chunk is costly)."""
+    c = getattr(_tls, "cctx", None)
+    if c is None:
+        c = _tls.cctx = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL)
+    return c
+
+
+def decompressor() -> Any:
+    """This thread's zstd decompressor."""
+    d = getattr(_tls, "dctx", None)
+    if d is None:
+        d = _tls.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+# --- trees ----------------------------------------------------------------------------------------
+
+def tree_groups(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
+    """Cut the entry list into groups at content-defined points (paths whose crc32 ends in zero bits)."""
+    start = 0
+    crc32 = zlib.crc32
+    for i, e in enumerate(entries):
+        if crc32(e.path.encode("utf-8", "surrogatepass")) & TREE_CUT_MASK == 0:
+            yield entries[start:i + 1]
+            start = i + 1
+    if start < len(entries):
+        yield entries[start:]
+
+
+def encode_tree_group(group: Sequence[Entry]) -> bytes:
+    # Canonical JSON: same entries, same bytes, same hash. ensure_ascii keeps lone surrogates intact.
+    return json.dumps(group, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def decode_tree_group(data: bytes) -> list[Entry]:
+    make = Entry._make
+    return [make(e) for e in json.loads(data)]
+
+
+# --- index files and pack framing -----------------------------------------------------------------
+
+def encode_index(records: Sequence[IndexRecord]) -> bytes:
+    body = bytearray(IDX_MAGIC)
+    pack = IDX_RECORD.pack
+    for r in records:
+        body += pack(*r)
+    body += blake3.blake3(body).digest()
+    return bytes(body)
+
+
+def decode_index(data: bytes) -> list[IndexRecord]:
+    """The records of an index file (or of a pack's copy of it).
+
+    Raises:
+        CorruptDataError: bad header, checksum or length.
+    """
+    if len(data) < len(IDX_MAGIC) + 32 or not data.startswith(IDX_MAGIC):
+        raise CorruptDataError("bad index header")
+    body, digest = data[:-32], data[-32:]
+    if blake3.blake3(body).digest() != digest:
+        raise CorruptDataError("index checksum mismatch")
+    payload = memoryview(body)[len(IDX_MAGIC):]
+    if len(payload) % IDX_RECORD.size:
+        raise CorruptDataError("index length is not a whole number of records")
+    return list(IDX_RECORD.iter_unpack(payload))
+
+
+def pack_tail(index_bytes: bytes) -> bytes:
+    """What ends a pack after its blobs: the copy of its index and the footer."""
+    return index_bytes + PACK_FOOTER.pack(len(index_bytes), PACK_END)
+
+
+def footer_index_length(footer: bytes, pack_size: int) -> int:
+    """The length of the index copy named by a pack's last :data:`PACK_FOOTER` bytes.
+
+    Raises:
+        CorruptDataError: the footer is damaged or names more bytes than the pack holds.
+    """
+    if pack_size < len(PACK_MAGIC) + PACK_FOOTER.size or len(footer) != PACK_FOOTER.size:
+        raise CorruptDataError("pack too short")
+    length, end = PACK_FOOTER.unpack(footer)
+    if end != PACK_END or length > pack_size - len(PACK_MAGIC) - PACK_FOOTER.size:
+        raise CorruptDataError("bad pack footer")
+    return int(length)
+
+
+def pack_file_size(index_bytes: bytes) -> int:
+    """The size of the pack whose index is ``index_bytes``: header, blobs, index copy and footer."""
+    stored = sum(r[2] for r in decode_index(index_bytes))
+    return len(PACK_MAGIC) + stored + len(pack_tail(index_bytes))
+
+
+# --- config.json and snapshot files ---------------------------------------------------------------
+
+def new_config() -> bytes:
+    """The ``config.json`` of a new store."""
+    config = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "chunk_size": CHUNK_SIZE,
+              "hash": "blake3", "compression": "zstd", "compression_level": COMPRESSION_LEVEL,
+              "pack_size": PACK_SIZE}
+    return json.dumps(config, indent=1).encode() + b"\n"
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def encode_snapshot(snapshot_id: str, project: str, root: str, tree: list[str], stats: SnapshotStats) -> bytes:
+    """A snapshot file, its checksum included."""
+    doc: dict[str, Any] = {
+        "format": FORMAT_VERSION, "id": snapshot_id, "project": project,
+        "time": snapshot_time(snapshot_id), "root": root, "tree": tree, "stats": asdict(stats),
+    }
+    doc["checksum"] = hash_bytes(canonical(doc))
+    return json.dumps(doc, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+
+
+def decode_snapshot(snapshot_id: str, data: bytes) -> SnapshotRecord:
+    """Parse and verify a snapshot file.
+
+    Raises:
+        CorruptDataError: not a snapshot file of this id, or its checksum does not match.
+    """
+    try:
+        doc = json.loads(data)
+        checksum = doc.pop("checksum")
+        if hash_bytes(canonical(doc)) != checksum or doc.get("id") != snapshot_id:
+            raise ValueError("checksum mismatch")
+        stats = doc["stats"]
+        info = SnapshotInfo(
+            id=snapshot_id, project=doc["project"], time=doc["time"], files=stats["files"],
+            bytes=stats["bytes"], files_new=stats["files_new"], files_changed=stats["files_changed"],
+            files_unchanged=stats["files_unchanged"], bytes_added=stats["bytes_added"],
+            duration_seconds=stats["duration_seconds"], warnings=stats["warnings"],
+        )
+        tree = [str(h) for h in doc["tree"]]
+        return SnapshotRecord(info, str(doc["root"]), tree, int(stats.get("skipped", 0)))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptDataError(f"snapshot file {snapshot_id}.json is damaged") from exc

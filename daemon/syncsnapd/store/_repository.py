@@ -1,0 +1,452 @@
+"""An open store: :class:`Store` (open, lock, clean-up after a crash, look-ups, snapshots, commits).
+
+The pieces it is made of, one module each: the on-disk format (``_format.py``), the directory and its
+durable writes (``_files.py``), the master index (``_index.py``), the snapshot files (``_snapshots.py``),
+writing (``_writer.py``), reading (``_reader.py``), checking (``_check.py``), pruning (``_prune.py``) and,
+for an S3 store, the bucket behind the directory (``_remote.py`` over ``_backend.py``).
+
+Crash safety
+============
+
+Every pack, index and snapshot file is written under ``tmp/``, fsynced, renamed into place, and its
+directory fsynced. A pack's index is written only once the pack is durable, and a snapshot file only once
+every pack and index it needs is durable, so a snapshot exists exactly when its file does, and then all
+of its data does. What a crash can leave: temporary files (removed by the next writable open), a pack
+without index (re-indexed from its footer by the next writable open, which also re-creates a damaged
+index file the same way), and packs no snapshot references (harmless; the next snapshot re-uses their
+blobs, the next prune reclaims them). ``Store.open(..., on_durable_step=...)`` is how the crash tests
+stop a process at each of those steps (see ``_files.py``).
+
+Concurrency
+===========
+
+One writable opener per store (``fcntl.flock`` on ``lock``). Within it, several :class:`StoreWriter`
+(one per snapshot run) may write at once; each keeps its unsealed blobs to itself, so a cancelled run
+can never leave another run referencing data that was not made durable. One :class:`GarbageCollector`
+at a time may run beside them (see ``_prune.py`` and ``_index.py``). Read-only opens take no lock and
+clean nothing; they see snapshots written meanwhile by re-reading the index when a blob is unknown (and a
+pack's footer when it has no index yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._check import CheckReport, StoreCheck
+from ._errors import CorruptDataError, StoreError
+from ._files import DurableStep, StoreFiles, fsync_dir, read_pack_footer, write_all
+from ._format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    PACK_FOOTER,
+    PACK_MAGIC,
+    SNAPSHOT_ID_RE,
+    ChunkLocation,
+    Entry,
+    SnapshotInfo,
+    SnapshotStats,
+    decode_index,
+    decode_snapshot,
+    decode_tree_group,
+    encode_snapshot,
+    encode_tree_group,
+    footer_index_length,
+    hash_bytes,
+    new_config,
+    pack_tail,
+    tree_groups,
+)
+from ._index import MasterIndex
+from ._prune import GarbageCollector, PruneStats, forget
+from ._reader import ChunkReader
+from ._remote import Remote
+from ._snapshots import SnapshotCatalog
+from ._writer import StoreWriter
+
+__all__ = ["Store"]
+
+
+class Store:
+    """An open store. Methods are synchronous and thread-safe; call them from worker threads.
+
+    Use :meth:`open`; close with :meth:`close` or a ``with`` block. Its parts are public for the other
+    classes of the store: ``files`` (paths and durable writes), ``index`` (the :class:`MasterIndex`),
+    ``catalog`` (the snapshot files) and ``remote`` (the bucket of an S3 store, else None).
+    """
+
+    def __init__(self, root: Path, writable: bool, config: dict[str, Any], lock_fd: int | None,
+                 remote: Remote | None = None, on_durable_step: DurableStep | None = None) -> None:
+        self.root = root
+        self.writable = writable
+        self.chunk_size: int = config["chunk_size"]
+        self.pack_size: int = config["pack_size"]
+        self.files = StoreFiles(root, on_durable_step)
+        self.index = MasterIndex(self.files.index_dir)
+        self.catalog = SnapshotCatalog(self.files)
+        # The bucket behind this store when its directory is the staging and cache of an S3 store
+        # (see _remote.py); None for a local store.
+        self.remote = remote
+        self._lock_fd = lock_fd
+        self._closed = False
+
+    # --- opening ------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, *, writable: bool, on_durable_step: Callable[[str], None] | None = None) -> Store:
+        """Open the store at ``root``.
+
+        A writable open creates the store if ``root`` is missing or empty, takes the exclusive lock,
+        removes leftover temporary files and re-indexes packs whose index was not written. A read-only
+        open needs an existing store and changes nothing on disk.
+
+        A directory marked by ``remote.json`` is the staging and cache directory of an S3 store (see
+        ``_remote.py``): opening first syncs its cached metadata with the bucket (creating the store
+        there, writable, when missing), and ``self.remote`` is set.
+
+        ``on_durable_step(label)``, for crash tests: called right after every durable-write step (see
+        ``_files.py`` for the labels); it may kill the process to simulate a crash there.
+
+        Raises:
+            StoreError: not a store, unsupported version, or (writable) in use by another process.
+        """
+        root = Path(root)
+        try:
+            # An S3 store: sync the cached metadata with the bucket first (creates the store there if needed).
+            remote = Remote.attach(root, writable=writable)
+            try:
+                return cls._open_local(root, writable, remote, on_durable_step)
+            except BaseException:
+                if remote is not None:
+                    remote.close()
+                raise
+        except OSError as exc:
+            raise StoreError(f"cannot open store {root}: {exc.strerror or exc}") from exc
+
+    @classmethod
+    def _open_local(cls, root: Path, writable: bool, remote: Remote | None,
+                    on_durable_step: DurableStep | None) -> Store:
+        config_path = root / "config.json"
+        if writable and not config_path.exists():
+            cls._create(root)
+        try:
+            config = json.loads(config_path.read_bytes())
+        except FileNotFoundError:
+            raise StoreError(f"{root} is not a syncsnap store (no config.json)") from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the store configuration {config_path}: {exc}") from exc
+        if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+            raise StoreError(f"{root} is not a syncsnap store")
+        if config.get("version") != FORMAT_VERSION:
+            raise StoreError(f"store {root} has format version {config.get('version')}, "
+                             f"this syncsnapd reads version {FORMAT_VERSION}")
+        lock_fd = None
+        if writable:
+            for sub in ("tmp", "packs", "index", "snapshots"):
+                (root / sub).mkdir(exist_ok=True)
+            lock_fd = cls._take_lock(root)
+        store = cls(root, writable, config, lock_fd, remote, on_durable_step)
+        try:
+            if writable:
+                store.files.clean_tmp()
+                store._reindex_orphan_packs()
+            store.index.refresh()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @staticmethod
+    def _create(root: Path) -> None:
+        # A crash during creation can leave tmp/ behind; anything else means this is someone's data.
+        if root.exists() and {p.name for p in root.iterdir()} - {"tmp"}:
+            raise StoreError(f"{root} is not empty and not a syncsnap store")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
+        tmp = StoreFiles(root).tmp_name("config.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            write_all(fd, new_config())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, root / "config.json")
+        fsync_dir(root)
+
+    @staticmethod
+    def _take_lock(root: Path) -> int:
+        fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise StoreError(f"store {root} is in use by another syncsnapd (pid {pid})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _reindex_orphan_packs(self) -> None:
+        # A crash between renaming a pack into place and writing its index (or a prune's crash between
+        # deleting a pack's index and the pack) leaves a durable pack that no index names. Its footer
+        # holds the index; write it out so its blobs are found again. A damaged index file is re-created
+        # the same way.
+        for pack_id, index_bytes in self._orphan_footers(repair_damaged=True):
+            self.files.write_durable(self.files.index_path(pack_id), index_bytes, "reindex")
+
+    def _orphan_footers(self, *, repair_damaged: bool = False) -> Iterator[tuple[str, bytes]]:
+        """(pack id, index bytes) from the footers of packs that have no (readable) index file."""
+        indexed = set(self.files.indexed_packs())
+        if repair_damaged:
+            for pack in list(indexed):
+                try:
+                    data = self.files.index_path(pack).read_bytes()
+                    decode_index(data)
+                    if hash_bytes(data) != pack:
+                        raise CorruptDataError("name mismatch")
+                except (OSError, CorruptDataError):
+                    indexed.discard(pack)
+        for pack_path in self.files.pack_files():
+            pack_id = pack_path.name[:-5]
+            if pack_id in indexed:
+                continue
+            try:
+                index_bytes = read_pack_footer(pack_path)
+                decode_index(index_bytes)
+            except (OSError, CorruptDataError):
+                continue  # not readable: leave it for `check`, no snapshot can reference it
+            if hash_bytes(index_bytes) == pack_id:
+                yield pack_id, index_bytes
+
+    def close(self) -> None:
+        """Release the lock (writable) and forget cached state. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+        if self.remote is not None:
+            self.remote.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- packs wherever they are (staged here, or in the bucket) --------------------------------------
+
+    def pack_path(self, pack: str) -> Path:
+        """The local file of a pack (of an S3 store: while it is staged)."""
+        return self.files.pack_path(pack)
+
+    def pack_sizes(self) -> dict[str, int]:
+        """Every pack file with its size: here, and (S3 store) in the bucket, listed now."""
+        sizes = {} if self.remote is None else self.remote.pack_sizes()
+        for p in self.files.pack_files():
+            with contextlib.suppress(FileNotFoundError):
+                sizes[p.name[:-5]] = p.stat().st_size
+        return sizes
+
+    def pack_footer(self, pack: str) -> bytes:
+        """The index copy at the end of a pack (local, else in the bucket).
+
+        Raises:
+            OSError: no such pack (FileNotFoundError), or it cannot be read.
+            CorruptDataError: its footer is damaged.
+        """
+        path = self.pack_path(pack)
+        if self.remote is None or path.exists():
+            return read_pack_footer(path)
+        size = self.remote.pack_sizes().get(pack)
+        if size is None:
+            raise FileNotFoundError(pack)
+        tail = self.remote.read_range(pack, size - PACK_FOOTER.size, PACK_FOOTER.size)
+        length = footer_index_length(tail, size)
+        return self.remote.read_range(pack, size - PACK_FOOTER.size - length, length)
+
+    def pack_frame_ok(self, pack: str, index_bytes: bytes, size: int) -> bool:
+        """Whether a pack of ``size`` bytes has an intact header and ends with ``index_bytes`` and footer."""
+        path = self.pack_path(pack)
+        try:
+            if self.remote is None or path.exists():
+                with open(path, "rb") as f:
+                    head = f.read(len(PACK_MAGIC))
+                return head == PACK_MAGIC and read_pack_footer(path) == index_bytes
+            head = self.remote.read_range(pack, 0, len(PACK_MAGIC))
+            tail = pack_tail(index_bytes)
+            return head == PACK_MAGIC and self.remote.read_range(pack, size - len(tail), len(tail)) == tail
+        except (OSError, StoreError):
+            return False
+
+    # --- blobs --------------------------------------------------------------------------------------
+
+    def has_chunk(self, chunk: str) -> bool:
+        """Whether a durable blob with this hash is in the store (as last loaded; no disk access)."""
+        return self.index.has(chunk)
+
+    def locate(self, chunk: str) -> ChunkLocation | None:
+        """Where a blob is stored, reading index files (and, read-only, pack footers) not seen yet."""
+        loc = self.index.lookup(chunk)
+        if loc is None:
+            self.index.refresh()
+            loc = self.index.lookup(chunk)
+            if loc is None and not self.writable:
+                # A read-only opener may look at a pack whose index the daemon has not written yet (or
+                # that a crash left without one): its footer holds the same records.
+                for pack_id, index_bytes in self._orphan_footers():
+                    if not self.index.is_loaded(pack_id):
+                        self.index.add_pack(pack_id, decode_index(index_bytes))
+                loc = self.index.lookup(chunk)
+        return loc
+
+    def locate_moved(self, pack: str, chunk: str) -> ChunkLocation | None:
+        """``pack``, named by the index, is gone: where ``chunk`` is now, if anywhere (a prune writes the
+        blobs it moves into new packs, with their indexes, before it deletes the old ones)."""
+        self.index.drop_pack(pack, chunk)
+        return self.locate(chunk)
+
+    def read_chunk(self, chunk: str) -> bytes:
+        """Return the verified, uncompressed bytes of a blob. For many reads use :class:`ChunkReader`."""
+        with ChunkReader(self) as reader:
+            return reader.read(chunk)
+
+    def reader(self) -> ChunkReader:
+        """A :class:`ChunkReader` for this thread (keeps pack files open between reads)."""
+        return ChunkReader(self)
+
+    # --- snapshots ----------------------------------------------------------------------------------
+
+    def list_snapshots(self, project: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots of ``project`` (all projects if None), oldest first."""
+        infos = self.catalog.scan()
+        return [infos[sid] for sid in sorted(infos) if project is None or infos[sid].project == project]
+
+    def latest(self, project: str) -> SnapshotInfo | None:
+        """The most recent snapshot of ``project``, or None."""
+        snaps = self.list_snapshots(project)
+        return snaps[-1] if snaps else None
+
+    def snapshot_root(self, snapshot_id: str) -> str:
+        """The folder path the snapshot was taken of."""
+        return self.catalog.record(snapshot_id).root
+
+    def load_entries(self, snapshot_id: str) -> list[Entry]:
+        """All entries of a snapshot, a directory always before its contents.
+
+        Raises:
+            UnknownSnapshotError: no such snapshot.
+            StoreError: its tree data is missing or damaged.
+        """
+        record = self.catalog.record(snapshot_id)
+        entries: list[Entry] = []
+        with self.reader() as reader:
+            for h in record.tree:
+                entries.extend(decode_tree_group(reader.read(h)))
+        return entries
+
+    def pinned(self, snapshot_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """Keep these snapshots (and so their data) from being forgotten while the block runs: a
+        restore or diff reading them is never cut short by a prune."""
+        return self.catalog.pinned(snapshot_ids)
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def begin_write(self) -> StoreWriter:
+        """Start writing blobs for one snapshot run. See :class:`StoreWriter`."""
+        if not self.writable:
+            raise StoreError(f"store {self.root} is open read-only")
+        return StoreWriter(self)
+
+    def commit_snapshot(self, writer: StoreWriter, *, snapshot_id: str, project: str, root: str,
+                        entries: Sequence[Entry], stats: SnapshotStats,
+                        on_written: Callable[[int, int], None] | None = None,
+                        check: Callable[[], None] | None = None,
+                        on_total: Callable[[int, int], None] | None = None) -> SnapshotInfo:
+        """Store the tree, make every pack of ``writer`` durable, then write the snapshot file.
+
+        For an S3 store, "durable" means uploaded: ``on_total(objects, nbytes)`` is called once what
+        the upload sends is known, and ``on_written`` counts the bytes sent.
+
+        ``on_written(objects, nbytes)`` is called as packs and the snapshot file become durable;
+        ``check()`` is called before each step and may raise to abandon the commit (then call
+        ``writer.abort()``). Returns the new snapshot's info.
+        """
+        if not SNAPSHOT_ID_RE.match(snapshot_id):
+            raise ValueError(f"bad snapshot id {snapshot_id!r}")
+        tree: list[str] = []
+        for group in tree_groups(entries):
+            if check is not None:
+                check()
+            data = encode_tree_group(group)
+            h = hash_bytes(data)
+            writer.add_chunk(h, data, metadata=True)
+            tree.append(h)
+        payload = encode_snapshot(snapshot_id, project, root, tree, stats)
+        remote = self.remote
+        # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
+        # (its index after it), then the snapshot file; step 5 counts the bytes sent.
+        writer.finish(on_written=None if remote is not None else on_written, check=check)
+        if check is not None:
+            check()
+        if remote is not None:
+            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(payload)))
+            if check is not None:
+                check()
+            remote.put_snapshot(snapshot_id, payload)
+        try:
+            self.files.write_durable(self.files.snapshot_path(snapshot_id), payload, "snapshot")
+        except OSError as exc:
+            raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
+        if on_written is not None:
+            on_written(1, len(payload))
+        info = decode_snapshot(snapshot_id, payload).info
+        self.catalog.added(info)
+        writer.committed()
+        return info
+
+    # --- forget, prune, check -----------------------------------------------------------------------
+
+    def forget(self, snapshot_ids: Iterable[str]) -> list[str]:
+        """Delete these snapshots' files (their data stays until :meth:`collect_garbage`).
+
+        Never forgets a pinned snapshot, nor the newest snapshot of a project: a running snapshot re-uses
+        the newest one's blobs for unchanged files without reading them again (retention policies always
+        keep it anyway). Returns the ids actually forgotten.
+        """
+        return forget(self, snapshot_ids)
+
+    def collect_garbage(self, *, dry_run: bool = False, exclude: Iterable[str] = (),
+                        check: Callable[[], None] | None = None) -> PruneStats:
+        """Delete the blobs no snapshot references: every phase of :class:`GarbageCollector` in turn.
+
+        ``exclude``: snapshots to treat as forgotten (for a dry run of a prune that would forget them).
+        """
+        with GarbageCollector(self, dry_run=dry_run, exclude=exclude, check=check) as gc:
+            gc.mark()
+            gc.plan()
+            if not dry_run:
+                gc.repack()
+                gc.delete()
+            return gc.stats
+
+    def check(self, *, read_data: bool = True, progress: Callable[[int], None] | None = None) -> CheckReport:
+        """Verify the store: every phase of :class:`StoreCheck` in turn.
+
+        ``progress(nbytes)`` is called as pack data is read (with ``read_data``).
+        """
+        checker = StoreCheck(self, read_data=read_data)
+        checker.scan()
+        checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
+        return checker.verify_snapshots()
