@@ -70,10 +70,12 @@ class S3Options:
     region: str | None = None
     path_style: bool = False
     concurrency: int = 4
-    botocore_attempts: int = BOTOCORE_ATTEMPTS
-    retry_delays: tuple[float, ...] = RETRY_DELAYS
-    connect_timeout: float = CONNECT_TIMEOUT
-    read_timeout: float = READ_TIMEOUT
+    # The bounds default to this module's constants as they are when the options are made (tests
+    # shorten them for a store that is down).
+    botocore_attempts: int = field(default_factory=lambda: BOTOCORE_ATTEMPTS)
+    retry_delays: tuple[float, ...] = field(default_factory=lambda: RETRY_DELAYS)
+    connect_timeout: float = field(default_factory=lambda: CONNECT_TIMEOUT)
+    read_timeout: float = field(default_factory=lambda: READ_TIMEOUT)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

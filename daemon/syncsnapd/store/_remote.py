@@ -87,13 +87,8 @@ class RemoteSpec:
     concurrency: int = 4
 
     def options(self) -> S3Options:
-        # Retry bounds read from the config module at call time (tests shorten them).
-        from ..core import _config
-
         return S3Options(endpoint=self.endpoint, region=self.region, path_style=self.path_style,
-                         concurrency=self.concurrency, botocore_attempts=_config.BOTOCORE_ATTEMPTS,
-                         retry_delays=_config.RETRY_DELAYS, connect_timeout=_config.CONNECT_TIMEOUT,
-                         read_timeout=_config.READ_TIMEOUT)
+                         concurrency=self.concurrency)
 
 
 def prepare(root: Path, spec: RemoteSpec) -> None:
