@@ -1,7 +1,7 @@
 """The Trio adapter for syncsnapd's HTTP/1.1 layer: one task per connection, h11 underneath.
 
-The protocol decisions live in :mod:`syncsnapd._http_protocol` (validation, routing, authorization, error
-bodies); this module does the reading and writing, and owns everything that takes time:
+The protocol decisions live in the sans-I/O modules (``_validation``, ``_routing``, ``_authorization``,
+``_messages``); this module does the reading and writing, and owns everything that takes time:
 
 - **Timeouts are cancel scopes at the edge**: one per connection, whose deadline follows the phase the
   connection is in (and one around a request body). A fresh connection has
@@ -23,7 +23,7 @@ bodies); this module does the reading and writing, and owns everything that take
   exception text (the traceback goes to the ``syncsnapd.http`` log); an error response is sent only if no
   response has started in this cycle; a failed send ends the connection (and calls ``send_failed()`` on
   a stream's h11 connection). One bad connection never takes the server down.
-- **Streams** (:class:`~syncsnapd._http_protocol.StreamResponse`, i.e. SSE): chunked on HTTP/1.1, always
+- **Streams** (:class:`~syncsnapd.http.StreamResponse`, i.e. SSE): chunked on HTTP/1.1, always
   with ``Connection: close``: the connection is *not* reused after a stream. The body runs next to a task
   that watches the socket; EOF, a reset or any byte from the client (it was told the connection closes)
   cancels the body at once. Bytes are written through a :class:`TrioBodyWriter` whose ``write_nowait`` is the
@@ -56,9 +56,8 @@ from wsgiref.handlers import format_date_time
 import h11
 import trio
 
-from ._protocol import (
-    DEFAULT_MAX_BODY,
-    DEFAULT_MAX_HEAD,
+from ._authorization import authorize
+from ._messages import (
     App,
     BodyWriter,
     Headers,
@@ -67,8 +66,12 @@ from ._protocol import (
     Response,
     StreamResponse,
     UpgradeResponse,
-    authorize,
     error_response,
+)
+from ._validation import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_HEAD,
+    body_too_large,
     parse_request,
     protocol_error_response,
 )
@@ -214,7 +217,7 @@ class _DateCache:
 
 
 class TrioBodyWriter:
-    """The :class:`~syncsnapd._http_protocol.BodyWriter` of a stream: built by the server for each one.
+    """The :class:`~syncsnapd.http.BodyWriter` of a stream: built by the server for each one.
 
     ``write_nowait`` is the fan-out fast path: the publisher calls it for every subscriber, and it frames the
     data as a chunk (in the framing h11 chose for the response) and writes it at once with a non-blocking ``os.write`` on the connection's
@@ -681,9 +684,7 @@ class _Connection:
                 elif type(event) is h11.Data:
                     size += len(event.data)
                     if size > max_body:  # chunked; Content-Length was checked before reading
-                        raise HTTPError(
-                            413, "payload_too_large", f"The request body exceeds {max_body} bytes."
-                        )
+                        raise body_too_large(max_body)
                     pieces.append(event.data)
                 elif type(event) is h11.EndOfMessage:
                     break
@@ -1020,7 +1021,7 @@ async def serve_http(
 
     Args:
         app: ``async (Request) -> Response | StreamResponse``; see
-            :func:`~syncsnapd._http_protocol.router_app`. :class:`~syncsnapd._http_protocol.HTTPError`
+            :func:`~syncsnapd.http.router_app`. :class:`~syncsnapd.http.HTTPError`
             becomes its JSON error; any other exception becomes 500 ``internal_error``.
         listeners: ``(listener, transport)`` pairs, transport ``"unix"`` (peers checked with
             ``SO_PEERCRED``) or ``"tcp"`` (``Host`` and bearer token checked). The listeners are closed
