@@ -1,10 +1,13 @@
 """Our HTTP/1.1 layer on h11. The sans-I/O protocol: the messages (``_messages``), request validation
-(``_validation``), routing (``_routing``), authorization (``_authorization``) and SSE framing (``_sse``).
-The per-connection Trio adapter (``_server``). The listeners (``_listeners``: Unix socket with peer
-credentials, loopback TCP with token and Host).
+(``_validation``), routing (``_routing``), authorization (``_authorization``), SSE framing (``_sse``) and
+response heads (``_heads``). The Trio adapter: the server (``_server``: listeners, connection cap,
+statistics, shutdown), one ``_connection`` per client (read loop, keep-alive, timeouts, error answers)
+and ``_streaming`` bodies, sharing a ``_context`` and ``_config``. The listeners (``_listeners``: Unix
+socket with peer credentials, loopback TCP with token and Host).
 """
 
 from ._authorization import authorize as authorize
+from ._config import HttpConfig as HttpConfig
 from ._listeners import AddressInUse as AddressInUse
 from ._listeners import ListenerError as ListenerError
 from ._listeners import listener_address as listener_address
@@ -23,7 +26,6 @@ from ._messages import error_response as error_response
 from ._messages import json_response as json_response
 from ._routing import Router as Router
 from ._routing import router_app as router_app
-from ._server import HttpConfig as HttpConfig
 from ._server import HttpServer as HttpServer
 from ._server import HttpStatistics as HttpStatistics
 from ._server import serve_http as serve_http
