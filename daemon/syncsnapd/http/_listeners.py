@@ -5,7 +5,7 @@
 - :func:`open_tcp_listener`: a loopback-only TCP listener (``127.0.0.1``, ``[::1]`` or ``localhost``).
 - :func:`load_or_create_token`: the bearer token file, 0600, created atomically at first start.
 
-Who may talk to a listener is decided per request by :func:`syncsnapd._http_protocol.authorize`
+Who may talk to a listener is decided per request by :func:`syncsnapd.http.authorize`
 (``SO_PEERCRED`` uid on the Unix socket; ``Host`` and token on TCP).
 """
 
