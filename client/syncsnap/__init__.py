@@ -8,6 +8,15 @@ Trio API::
             print(progress.step, progress.percent, progress.message)
 
 Blocking API: ``with syncsnap.Client() as c: ...`` with the same methods. See docs/client.md.
+
+Layers, top to bottom (each imports only those below it; pyproject.toml ``[tool.importlinter]``):
+
+- ``syncsnap.cli``: the ``syncsnap`` command and its notifier (the library never imports it);
+- ``_blocking``, ``_client``: :class:`Client` and :class:`AsyncClient`;
+- ``_follow``: :class:`Follower`, the driver of the protocol's schedule and ordering, with Trio;
+- ``syncsnap.transport``: the I/O (discovery, h11 over the socket, wsproto, streams, polling);
+- ``syncsnap.protocol``: sans-I/O (SSE, error answers, messages, ordering, the reconnect schedule);
+- ``syncsnap.models``, ``_endpoint``, ``_errors``: typed results, the daemon's address, the exceptions.
 """
 
 from ._blocking import Client as Client
