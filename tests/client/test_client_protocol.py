@@ -192,6 +192,15 @@ def test_following_a_run_stops_after_its_terminal_event() -> None:
     assert o.next_event() is None
 
 
+def test_following_a_run_the_next_runs_event_in_the_same_read_does_not_hide_its_end() -> None:
+    o, _ = order(run=RUN)
+    # One read (or one replay after a resume) with the run's end and a queued run's start.
+    o.offer(progress(4, step=5))
+    o.offer(progress(5, step=6, state="completed"))
+    o.offer(progress(6, run=RUN2, step=1))
+    assert drain(o) == [(4, False), (5, False)] and o.finished
+
+
 @pytest.mark.parametrize("later", [progress(9, run=RUN2, step=1), progress(9, run=None, step=0)],
                          ids=["a later run", "idle"])
 def test_following_a_run_whose_end_was_missed_raises_run_lost(later: syncsnap.Progress) -> None:

@@ -66,6 +66,7 @@ class EventOrder:
         self._gap_all = False
         self._gap_marked: set[str] = set()
         self._run_seen = False
+        self._run_ended = False  # the followed run's terminal event is kept: what comes after is not ours
         self._run_floor = -1  # events up to this id came before the followed run began
         self._daemon: tuple[int, float] | None = None
         # An operation run's state is asked of its own endpoint (GET /operations/{run}): at the start when
@@ -157,6 +158,7 @@ class EventOrder:
                 self._check_run_lost(p)
                 return
             self._run_seen = True
+            self._run_ended = self._run_ended or p.terminal
         self._ready.append(p)
 
     def offer_polled(self, items: list[Progress]) -> None:
@@ -221,6 +223,8 @@ class EventOrder:
         """While following snapshot run X, another snapshot run's event (or idle) of its project arrived:
         is X over, unseen? (Operation runs are checked at their own endpoint instead.)"""
         assert self.run is not None
+        if self._run_ended:
+            return  # its end came in the same read as this later event: it is yielded, then the follower ends
         if self.kind != "snapshot" or p.kind != "snapshot" or p.project != self.project or p.event_id <= self._run_floor:
             return
         lost = self._run_seen or p.run is None
