@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import trio
 
 from ._client import DEFAULT_TIMEOUT_SECONDS, AsyncClient
-from ._discovery import Endpoint, find_endpoint
-from ._follow import Follower, FollowPolicy, Transport
-from ._models import (
+from ._endpoint import Endpoint
+from ._follow import Follower
+from .models import (
     Cancelling,
     Diff,
     Health,
@@ -29,6 +29,8 @@ from ._models import (
     RunStarted,
     SnapshotInfo,
 )
+from .protocol import FollowPolicy, Transport
+from .transport import find_endpoint
 
 T = TypeVar("T")
 

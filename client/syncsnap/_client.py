@@ -12,11 +12,10 @@ from urllib.parse import quote
 
 import trio
 
-from ._discovery import Endpoint, find_endpoint
+from ._endpoint import Endpoint
 from ._errors import ConnectionLost
-from ._follow import API, Follower, FollowPolicy, Transport
-from ._http import HttpConnection, error_for_response
-from ._models import (
+from ._follow import Follower
+from .models import (
     Cancelling,
     Diff,
     Health,
@@ -29,6 +28,8 @@ from ._models import (
     SnapshotInfo,
     parse_list,
 )
+from .protocol import API, FollowPolicy, Transport, error_for_response
+from .transport import HttpConnection, find_endpoint
 
 # How long one request may take before the client gives up. The daemon answers JSON requests in
 # milliseconds even while snapshotting (its disk work runs in threads); 30 s means it is stuck.

@@ -19,7 +19,7 @@ from rich.console import Console
 import syncsnap
 from helpers.client import SYNCSNAP, Pty, cli, progress_json  # noqa: E402
 from helpers.daemon import DaemonProcess, make_tree
-from syncsnap._view import TerminalView
+from syncsnap.cli._view import TerminalView
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

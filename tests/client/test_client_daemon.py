@@ -24,7 +24,7 @@ import trio
 import syncsnap
 from helpers.client import CurlEvents, FaultyProxy  # noqa: E402
 from helpers.daemon import DaemonProcess, make_tree, start_daemon
-from syncsnap._http import HttpConnection
+from syncsnap.transport import HttpConnection
 
 Factory = Callable[..., DaemonProcess]
 # Quick reconnects keep these tests short; the timings themselves are proven in test_client_follow_timing.

@@ -10,7 +10,7 @@ import pytest
 
 import syncsnap
 from helpers.client import progress_json  # noqa: E402
-from syncsnap._http import SseComment, SseEvent, SseParser
+from syncsnap.protocol import SseComment, SseEvent, SseParser
 
 
 def test_endpoint_lookup_order(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from jeepney.io.trio import open_dbus_router
 import syncsnap
 from helpers.client import Dunst, PrivateBus, progress_json  # noqa: E402
 from helpers.daemon import DaemonProcess, make_env, make_tree, start_daemon
-from syncsnap._notify import CRITICAL, LOW, NORMAL, NotificationPolicy, run_notifier
+from syncsnap.cli._notify import CRITICAL, LOW, NORMAL, NotificationPolicy, run_notifier
 
 SYNCSNAP = str(Path(sys.executable).parent / "syncsnap")
 REPO = Path(__file__).resolve().parents[2]

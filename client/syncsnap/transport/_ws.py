@@ -33,10 +33,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ._discovery import Endpoint
-from ._errors import ConnectionLost, NotFound, ProtocolError, SyncsnapError
-from ._follow import WS_TARGET
-from ._http import READ_BYTES, USER_AGENT, error_for_response
+from .._endpoint import Endpoint
+from .._errors import ConnectionLost, NotFound, ProtocolError, SyncsnapError
+from ..protocol import WS_TARGET, error_for_response
+from ._http import READ_BYTES, USER_AGENT
 
 # A message from the daemon is one progress object (under 2 KiB) or a reply; anything near this is not it.
 MAX_MESSAGE_BYTES = 1024 * 1024

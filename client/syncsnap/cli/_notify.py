@@ -32,11 +32,11 @@ from jeepney.io.common import RouterClosed  # type: ignore[import-untyped]
 from jeepney.io.trio import open_dbus_router  # type: ignore[import-untyped]
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg  # type: ignore[import-untyped]
 
-from ._client import AsyncClient
-from ._errors import SyncsnapError
-from ._follow import Transport
+from .._client import AsyncClient
+from .._errors import SyncsnapError
+from ..models import Progress
+from ..protocol import Transport
 from ._format import human_bytes, human_duration, plural
-from ._models import Progress
 
 log = logging.getLogger("syncsnap.notify")
 

@@ -17,49 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
-from ._errors import SyncsnapError
+from .._endpoint import Endpoint
+from .._errors import SyncsnapError
 
 DISCOVERY_NAME = "syncsnapd.json"
 SOCKET_NAME = "syncsnapd.sock"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How to reach the daemon.
-
-    Attributes:
-        transport: ``"unix"`` or ``"tcp"``.
-        path: the socket path (Unix).
-        host, port: the loopback address (TCP).
-        token: the bearer token sent over TCP (None: none found).
-        token_source: where the token was (or would have been) read, for error messages.
-        source: where this address came from, for error messages.
-    """
-
-    transport: Literal["unix", "tcp"]
-    path: str = ""
-    host: str = ""
-    port: int = 0
-    token: str | None = None
-    token_source: str = ""
-    source: str = ""
-
-    @property
-    def host_header(self) -> str:
-        """The ``Host`` header: the daemon refuses anything but a loopback name over TCP."""
-        if self.transport == "unix":
-            return "localhost"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def describe(self) -> str:
-        """``/run/user/1000/syncsnap/syncsnapd.sock`` or ``http://127.0.0.1:8473``."""
-        return self.path if self.transport == "unix" else f"http://{self.host_header}"
 
 
 def runtime_dir(env: Mapping[str, str]) -> Path:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from ..models import Progress
 from ._format import human_bytes, plural, short_duration
-from ._models import Progress
 
 if TYPE_CHECKING:
     from rich.console import Console

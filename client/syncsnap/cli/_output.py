@@ -1,0 +1,30 @@
+"""What every command shares: exit codes, JSON and table output, the chosen transport."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from ..protocol import Transport
+from ._view import JsonView
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def print_json(obj: Any) -> None:
+    JsonView().emit(obj)
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def transport_of(args: argparse.Namespace) -> Transport:
+    t: Transport = getattr(args, "transport", "sse")
+    return t
