@@ -233,6 +233,41 @@ def test_snapshot_waits_while_syncthing_pulls_then_captures_the_complete_set(
 
 
 @needs_syncthing
+def test_a_project_without_path_starts_while_syncthing_is_down_and_gets_its_path_when_it_answers(
+        syncthing_pair: SyncthingPair, short_tmp: Path) -> None:
+    """Loading the configuration asks Syncthing nothing, so the daemon starts while Syncthing is down: the
+    project's source asks for the path, retries with backoff and says why in ``watch.error``; its
+    snapshots fail with ``folder_path_unknown`` meanwhile; once Syncthing answers, the path is known."""
+    pair = syncthing_pair
+    settled(pair)
+    pair.b.stop()
+    d = None
+    try:
+        d = start_syncthing_daemon(short_tmp, [{"id": '"synced"', "syncthing": syncthing_table(pair.b)}],
+                                   watch=True)
+        project = _api(d, "/projects/synced")
+        assert project["path"] is None and project["watch"]["mode"] == "stopped"
+        assert project["watch"]["error"]["code"] == "sync_unreachable"
+        assert "is not answering" in project["watch"]["error"]["message"]
+        assert _api(d, "/health")["degraded"] == ["project:synced/syncthing"]
+        run = _api(d, "/projects/synced/snapshots", "POST")["run"]
+        final = _finished(d, "synced", run, 15)
+        assert final["state"] == "failed" and final["error"]["code"] == "folder_path_unknown", final
+        assert "Syncthing has not told it" in final["error"]["message"]
+    finally:
+        pair.b.start()
+    try:
+        wait_until(lambda: _api(d, "/projects/synced")["path"] == str(pair.folder_b), 30, "the path")
+        watch = _api(d, "/projects/synced")["watch"]
+        assert watch["mode"] == "syncthing" and watch["error"] is None
+        assert _api(d, "/health")["degraded"] == []
+        run = _api(d, "/projects/synced/snapshots", "POST")["run"]
+        assert _finished(d, "synced", run, 60)["state"] == "completed"
+    finally:
+        d.stop()
+
+
+@needs_syncthing
 async def test_shutdown_while_waiting_for_syncthing_ends_the_run_as_cancelled(
         syncthing_pair: SyncthingPair, tmp_path: Path) -> None:
     pair = syncthing_pair
