@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_cli_exits_2_on_bad_flag(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "syncsnapd", "--bogus"], env=_env(tmp_path),
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--bogus" in proc.stderr
+
+
+def test_a_syncthing_project_without_path_loads_without_asking_syncthing(tmp_path: Path) -> None:
+    """Loading the configuration does no network I/O: Syncthing need not be up (nothing listens at this
+    address, and a listener would be asked nothing). The daemon resolves the path when the project starts
+    (tests/sources/test_syncthing.py)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        (tmp_path / "st.key").write_text("key\n")
+        (tmp_path / "plain").mkdir()
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[[projects]]\nsyncthing = {{ url = "http://127.0.0.1:{port}", api_key_file = "st.key", '
+                       'folder = "abcd-1234" }\n'
+                       f'[[projects]]\npath = "plain"\nsyncthing = {{ api_key = "k", folder = "x" }}\n')
+        pending, plain = load_config(cfg, env=_env(tmp_path)).projects
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert pending.id == "abcd-1234" and not pending.path_known  # id from the Syncthing folder id
+    assert pending.syncthing is not None and pending.syncthing.api_key == "key"
+    assert plain.path_known and plain.path == (tmp_path / "plain").resolve() and plain.id == "plain"

@@ -32,7 +32,7 @@ from helpers.syncthing import (
     syncthing_table,
     write_files,
 )
-from syncsnapd.core import Progress, ProjectConfig, RunProgress, SyncthingConfig, load_config
+from syncsnapd.core import Progress, ProjectConfig, RunProgress, SyncthingConfig
 from syncsnapd.runs import Scheduler, Tracker
 from syncsnapd.sources import (
     SyncthingChange,
@@ -155,29 +155,19 @@ def test_step_1_message_shows_syncthings_own_progress() -> None:
 # --- against real Syncthing ------------------------------------------------------------------------------
 
 @needs_syncthing
-def test_folder_path_comes_from_syncthing_and_errors_say_what_to_fix(syncthing_pair: SyncthingPair,
-                                                                     tmp_path: Path) -> None:
+async def test_folder_path_comes_from_syncthing_and_errors_say_what_to_fix(syncthing_pair: SyncthingPair) -> None:
     pair = syncthing_pair
-    assert folder_path(cfg_of(pair.b)) == pair.folder_b
+    assert await folder_path(cfg_of(pair.b)) == pair.folder_b
     with pytest.raises(SyncthingError) as err:
-        folder_path(cfg_of(pair.b, api_key="wrong"))
+        await folder_path(cfg_of(pair.b, api_key="wrong"))
     assert err.value.code == "sync_auth" and "refused the API key" in str(err.value)
     assert "api_key/api_key_file" in str(err.value)
     with pytest.raises(SyncthingError) as err:
-        folder_path(cfg_of(pair.b, folder="no-such-folder"))
+        await folder_path(cfg_of(pair.b, folder="no-such-folder"))
     assert err.value.code == "sync_folder_unknown" and "'no-such-folder'" in str(err.value)
     with pytest.raises(SyncthingError) as err:
-        folder_path(cfg_of(pair.b, url=f"http://127.0.0.1:{free_port()}"))
+        await folder_path(cfg_of(pair.b, url=f"http://127.0.0.1:{free_port()}"))
     assert err.value.code == "sync_unreachable" and "is not answering" in str(err.value)
-
-    # The config needs no `path` for a Syncthing project.
-    key_file = tmp_path / "st.key"
-    key_file.write_text(pair.b.api_key + "\n")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[[projects]]\nid = "s"\nsyncthing = {{ url = "{pair.b.url}", api_key_file = "st.key", '
-                   f'folder = "{FOLDER_ID}" }}\n')
-    (project,) = load_config(cfg, env={"HOME": str(tmp_path)}).projects
-    assert project.path == pair.folder_b.resolve() and project.syncthing == cfg_of(pair.b)
 
 
 def _api(d: Any, path: str, method: str = "GET") -> Any:
@@ -240,6 +230,41 @@ def test_snapshot_waits_while_syncthing_pulls_then_captures_the_complete_set(
     finally:
         d.stop()
         pair.b.limit_receive_rate(0)
+
+
+@needs_syncthing
+def test_a_project_without_path_starts_while_syncthing_is_down_and_gets_its_path_when_it_answers(
+        syncthing_pair: SyncthingPair, short_tmp: Path) -> None:
+    """Loading the configuration asks Syncthing nothing, so the daemon starts while Syncthing is down: the
+    project's source asks for the path, retries with backoff and says why in ``watch.error``; its
+    snapshots fail with ``folder_path_unknown`` meanwhile; once Syncthing answers, the path is known."""
+    pair = syncthing_pair
+    settled(pair)
+    pair.b.stop()
+    d = None
+    try:
+        d = start_syncthing_daemon(short_tmp, [{"id": '"synced"', "syncthing": syncthing_table(pair.b)}],
+                                   watch=True)
+        project = _api(d, "/projects/synced")
+        assert project["path"] is None and project["watch"]["mode"] == "stopped"
+        assert project["watch"]["error"]["code"] == "sync_unreachable"
+        assert "is not answering" in project["watch"]["error"]["message"]
+        assert _api(d, "/health")["degraded"] == ["project:synced/syncthing"]
+        run = _api(d, "/projects/synced/snapshots", "POST")["run"]
+        final = _finished(d, "synced", run, 15)
+        assert final["state"] == "failed" and final["error"]["code"] == "folder_path_unknown", final
+        assert "Syncthing has not told it" in final["error"]["message"]
+    finally:
+        pair.b.start()
+    try:
+        wait_until(lambda: _api(d, "/projects/synced")["path"] == str(pair.folder_b), 30, "the path")
+        watch = _api(d, "/projects/synced")["watch"]
+        assert watch["mode"] == "syncthing" and watch["error"] is None
+        assert _api(d, "/health")["degraded"] == []
+        run = _api(d, "/projects/synced/snapshots", "POST")["run"]
+        assert _finished(d, "synced", run, 60)["state"] == "completed"
+    finally:
+        d.stop()
 
 
 @needs_syncthing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from syncsnapd.core import ProjectConfig
+from syncsnapd.core import ProjectConfig, SyncsnapdError
 from syncsnapd.sources import (
     FolderSummary,
     WatchStatus,
+    folder_fingerprint,
     make_filter,
     serve_debounce,
     serve_folder_watch,
@@ -237,3 +239,81 @@ async def test_debounced_changes_queue_at_most_one_follow_up_run(
     # Burst 1 (0) -> request at 5: run A 5-15. Burst 2 (6, 7) -> request at 12: queued B.
     # Burst 3 (13, 14.5) -> request at 19.5: B is running (15-25), so it queues C, which runs 25-35.
     assert [round(s - t0, 6) for s in starts] == [5.0, 15.0, 25.0]
+
+
+def write_bytes(path: bytes, data: bytes, mode: str = "wb") -> None:
+    """Write a file whose name is given as bytes (names that are not UTF-8)."""
+    with open(path, mode) as f:
+        f.write(data)
+
+
+async def test_names_that_are_not_utf8_switch_the_watch_to_polling_which_still_sees_them(tmp_path: Path) -> None:
+    """watchfiles (Rust notify) fails on any change to a name that is not valid UTF-8, under inotify and
+    under its own polling alike, and keeps failing. The watch must not end: it polls the folder itself,
+    says so, and changes to such names keep triggering."""
+    status = WatchStatus()
+    root = os.fsencode(tmp_path)
+    (tmp_path / "sub").mkdir()
+    send, recv = trio.open_memory_channel[object](100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_folder_watch, tmp_path, send,
+                            make_filter(tmp_path, ignore=ProjectConfig("p", tmp_path).ignore_fn()), status)
+        assert status.mode == "inotify"
+        write_bytes(root + b"/sub/bad\xff name", b"x")
+        with trio.fail_after(5):
+            await recv.receive()  # the failed batch counts as a change
+            while status.mode != "polling":
+                await recv.receive()
+        assert status.warning is not None and "not valid UTF-8" in status.warning, status
+        assert "polling" in status.warning
+        while True:  # drain what the switch sent
+            try:
+                recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+        os.mkdir(root + b"/dir\xfe")
+        write_bytes(root + b"/dir\xfe/inner.txt", b"y")
+        with trio.fail_after(10):
+            await recv.receive()
+        write_bytes(root + b"/sub/bad\xff name", b"more", "ab")
+        with trio.fail_after(10):
+            await recv.receive()
+        assert status.mode == "polling"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_removed_folder_ends_the_watch_with_folder_missing(tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    root.mkdir()
+    status = WatchStatus()
+    send, recv = trio.open_memory_channel[object](100)
+    wanted = make_filter(root, ignore=ProjectConfig("p", root).ignore_fn())
+    with pytest.raises(SyncsnapdError) as missing:
+        await serve_folder_watch(tmp_path / "nope", send, wanted, status)
+    assert missing.value.code == "folder_missing" and "nope" in missing.value.message
+    with pytest.RaisesGroup(pytest.RaisesExc(SyncsnapdError, check=lambda e: e.code == "folder_missing"),
+                            flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_folder_watch, root, send, wanted, status)
+            (root / "a").write_text("a")
+            await recv.receive()
+            shutil.rmtree(root)
+            with trio.fail_after(3):  # the folder's own deletion event: no periodic check needed
+                await trio.sleep_forever()
+
+
+def test_fingerprint_changes_with_content_names_and_modes(tmp_path: Path) -> None:
+    wanted = make_filter(tmp_path, ignore=ProjectConfig("p", tmp_path, ignore=("*.tmp",)).ignore_fn())
+    (tmp_path / "a").write_text("one")
+    base = folder_fingerprint(tmp_path, wanted)
+    assert folder_fingerprint(tmp_path, wanted) == base
+    (tmp_path / "junk.tmp").write_text("ignored")
+    assert folder_fingerprint(tmp_path, wanted) == base
+    with open(os.fsencode(tmp_path) + b"/b\xff", "wb") as f:
+        f.write(b"odd")
+    odd = folder_fingerprint(tmp_path, wanted)
+    assert odd != base
+    os.chmod(os.fsencode(tmp_path) + b"/b\xff", 0o600)
+    assert folder_fingerprint(tmp_path, wanted) != odd
+    with pytest.raises(SyncsnapdError):
+        folder_fingerprint(tmp_path / "gone", wanted)

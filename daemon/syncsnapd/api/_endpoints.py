@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from .. import __version__
+from ..core import Supervisor
 from ..http import (
     BodyWriter,
     HTTPError,
@@ -47,10 +48,11 @@ class Api:
     """Handlers bound to one daemon's scheduler and tracker."""
 
     def __init__(self, scheduler: Scheduler, tracker: Tracker, *, heartbeat: float,
-                 watch_status: dict[str, WatchStatus] | None = None) -> None:
+                 watch_status: dict[str, WatchStatus] | None = None, supervisor: Supervisor | None = None) -> None:
         self.scheduler = scheduler
         self.tracker = tracker
         self.watch_status = watch_status if watch_status is not None else {}
+        self.supervisor = supervisor
         self.heartbeat = heartbeat
         self.started = time.monotonic()
         self.router = Router()
@@ -72,10 +74,15 @@ class Api:
     # --- JSON endpoints ----------------------------------------------------------------------------
 
     async def health(self, request: Request, params: dict[str, str]) -> Response:
+        # Still 200 while services are degraded: the daemon answers, and says what is wrong.
+        statuses = self.supervisor.statuses() if self.supervisor is not None else []
+        now = trio.current_time()
         return json_response(200, {
             "status": "ok", "version": __version__, "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "projects": len(self.scheduler.project_ids()),
+            "services": [s.to_json(now) for s in statuses],
+            "degraded": [s.name for s in statuses if s.degraded],
         })
 
     async def projects(self, request: Request, params: dict[str, str]) -> Response:
@@ -112,10 +119,11 @@ class Api:
     def _project_json(self, pid: str, last: SnapshotInfo | None) -> dict[str, Any]:
         cfg = self.scheduler.project(pid)
         progress = self.tracker.latest(pid)
-        watch = self.watch_status.get(pid)
-        return {"id": pid, "path": str(cfg.path), "state": progress.state, "progress": progress.to_json(),
-                "last_snapshot": asdict(last) if last else None,
-                "watch": {"mode": watch.mode if watch else "off", "warning": watch.warning if watch else None}}
+        watch = self.watch_status.get(pid) or WatchStatus(mode="off")
+        # path: null for a Syncthing project configured without one, until Syncthing has told it.
+        return {"id": pid, "path": str(cfg.path) if cfg.path_known else None, "state": progress.state,
+                "progress": progress.to_json(), "last_snapshot": asdict(last) if last else None,
+                "watch": watch.to_json()}
 
     async def _last_snapshots(self) -> dict[str, SnapshotInfo]:
         infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, None)

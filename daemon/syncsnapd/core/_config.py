@@ -132,9 +132,20 @@ class KeepPolicy:
     yearly: int = 0
 
 
+# The ``path`` of a Syncthing project whose configuration gives none, until the daemon has asked Syncthing
+# (when the project starts: loading the configuration does no network I/O). No folder has this path, and
+# ``ProjectConfig.path_known`` is False while it stands; the daemon fails such a project's runs with
+# ``folder_path_unknown`` before anything could use it, and replaces it once Syncthing has answered.
+PATH_FROM_SYNCTHING = Path("/nonexistent/syncsnap-path-from-syncthing")
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
-    """One watched folder."""
+    """One watched folder.
+
+    ``path`` is :data:`PATH_FROM_SYNCTHING` for a Syncthing project configured without a path, until the
+    daemon has resolved it (see :attr:`path_known`).
+    """
 
     id: str
     path: Path
@@ -146,6 +157,11 @@ class ProjectConfig:
     syncthing: SyncthingConfig | None = None
     # Retention for prune; None keeps every snapshot of the project.
     keep: KeepPolicy | None = None
+
+    @property
+    def path_known(self) -> bool:
+        """False for a Syncthing project whose path Syncthing has not told yet."""
+        return self.path != PATH_FROM_SYNCTHING
 
     def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
         """A predicate over relative POSIX paths: sync tools' files, the project's ``ignore`` globs, and
@@ -386,14 +402,16 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
                 raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(_PROJECT_KEYS))})")
         syncthing = _syncthing(item["syncthing"], f"{where}.syncthing", base_dir) if "syncthing" in item else None
         if "path" in item:
-            path = _path(item["path"], f"{where}.path", base_dir)
+            path = _path(item["path"], f"{where}.path", base_dir).resolve()
+            if not path.is_dir():
+                raise ConfigError(f"{where}.path: {path} is not a directory")
+            default_id = _slug(path.name)
         elif syncthing is not None:
-            path = _syncthing_folder_path(syncthing, f"{where}.path")
+            # Syncthing's own config has the path; the daemon asks it when the project starts.
+            path, default_id = PATH_FROM_SYNCTHING, _slug(syncthing.folder)
         else:
             raise ConfigError(f"{where}.path: missing (the folder to snapshot)")
-        if not path.is_dir():
-            raise ConfigError(f"{where}.path: {path} is not a directory")
-        pid = item.get("id", _slug(path.resolve().name))
+        pid = item.get("id", default_id)
         if not isinstance(pid, str) or not _PROJECT_ID.match(pid):
             raise ConfigError(f"{where}.id: {pid!r} is not a valid id (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
@@ -411,7 +429,7 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
         if own["max_delay"] < own["settle"]:
             raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
         keep = _keep(item["keep"], f"{where}.keep") if "keep" in item else None
-        out.append(ProjectConfig(id=pid, path=path.resolve(), ignore=tuple(ignore), syncthing=syncthing,
+        out.append(ProjectConfig(id=pid, path=path, ignore=tuple(ignore), syncthing=syncthing,
                                  keep=keep, **own))
     return out
 
@@ -460,16 +478,6 @@ def _syncthing(raw: object, key: str, base_dir: Path) -> SyncthingConfig:
         if not api_key:
             raise ConfigError(f"{key}.api_key_file: {key_file} is empty")
     return SyncthingConfig(url=url.rstrip("/"), api_key=api_key, folder=folder)
-
-
-def _syncthing_folder_path(cfg: SyncthingConfig, key: str) -> Path:
-    """The folder's path from Syncthing's own configuration (when the project gives no ``path``)."""
-    from ..sources import SyncthingError, folder_path
-
-    try:
-        return folder_path(cfg)
-    except SyncthingError as exc:
-        raise ConfigError(f"{key}: not given, and Syncthing could not tell it: {exc}") from None
 
 
 def parse_duration(value: object) -> float:

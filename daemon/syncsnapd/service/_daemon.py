@@ -6,6 +6,14 @@ activation, or bound here), HTTP, sources of change, discovery file, then ``READ
 first so their ``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then
 the discovery file and our socket file are removed. The whole stop is bounded by
 :data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
+
+Supervision: every long-running service (each project's change source ``project:<id>/watch`` or
+``project:<id>/syncthing``, the history writer ``history``, metrics ``metrics``, the systemd status
+``status``) runs under the daemon's :class:`~syncsnapd.core.Supervisor`: a failure is logged once, shown
+(the project's ``watch.error``, ``/api/v1/health``'s ``services`` and ``degraded``, ``STATUS=``) and the
+service is restarted with backoff, while everything else carries on. Only failing to open the store, the
+history or the listeners at start stops the daemon (:class:`StartupError`). The watchdog stays a plain
+task: if the loop is blocked, restarting a task would not help.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +32,17 @@ import trio
 
 from .. import __version__
 from ..api import Api, Metrics, register_operations, register_runs
-from ..core import ConfigError, DaemonConfig, Progress, ProjectConfig, utc_now
+from ..core import (
+    ConfigError,
+    DaemonConfig,
+    Progress,
+    ProjectConfig,
+    RunProgress,
+    ServiceStatus,
+    Supervisor,
+    utc_now,
+)
+from ..engine import SnapshotError
 from ..http import (
     HttpConfig,
     HttpServer,
@@ -35,7 +53,7 @@ from ..http import (
     serve_http,
 )
 from ..runs import History, Operations, RetryPolicy, Scheduler, Tracker
-from ..sources import FolderSummary, WatchStatus, serve_project_watch, summary_of_entries, wait_until_ready
+from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
 from ..store import Store, prepare_store
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
 
@@ -50,6 +68,11 @@ STREAM_DRAIN_SECONDS = 0.2
 STATUS_INTERVAL_SECONDS = 1.0
 
 ConfigLoader = Callable[[], DaemonConfig]
+# A supervised service: ``await fn(*args, task_status=...)``.
+ServiceFn = Callable[..., Awaitable[object]]
+# The test hook of :func:`serve_daemon`: given a service's name and function, returns the function to run
+# in its place (tests wrap services to make them fail, then recover).
+ServiceWrapper = Callable[[str, ServiceFn], ServiceFn]
 
 
 @dataclass(frozen=True)
@@ -182,7 +205,8 @@ def _remove_own_socket(path: Path, inode: int | None) -> None:
 class Daemon:
     """The running daemon: configuration, store, tracker, scheduler and the per-project sources."""
 
-    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier, history: History) -> None:
+    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier, history: History, *,
+                 wrap_service: ServiceWrapper | None = None) -> None:
         self.config = config
         self.store = store
         self.notifier = notifier
@@ -196,40 +220,86 @@ class Daemon:
         history.load_expected(p.id for p in config.projects)
         self.exclude = (config.store, config.state_dir)
         self.watch_status: dict[str, WatchStatus] = {}
+        self.supervisor = Supervisor(on_change=self._service_changed)
+        self._wrap_service = wrap_service
+        # Syncthing projects configured without a path, as resolved by their source (by project id).
+        self._resolved: dict[str, ProjectConfig] = {}
         self.scheduler = Scheduler(store, self.tracker, list(config.projects), exclude=self.exclude,
-                                   waiter=wait_until_ready, max_concurrent=config.max_concurrent,
+                                   waiter=self._wait_until_ready, max_concurrent=config.max_concurrent,
                                    retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
                                    expected=lambda project: history.expected.get(project))
-        self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status)
+        self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status,
+                       supervisor=self.supervisor)
         register_runs(self.api.router, history, self.scheduler)
         self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude)
         register_operations(self.api.router, self.ops)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None)
         self.metrics.register(self.api.router)
-        self._sources: dict[str, tuple[ProjectConfig, trio.CancelScope]] = {}
+        self._sources: dict[str, str] = {}  # project id -> the name of its supervised source
         self._nursery: trio.Nursery | None = None
+
+    # --- supervised services ----------------------------------------------------------------------
+
+    async def _start_service(self, name: str, fn: ServiceFn, *args: object,
+                             on_change: Callable[[ServiceStatus], None] | None = None) -> None:
+        if self._wrap_service is not None:
+            fn = self._wrap_service(name, fn)
+        await self.supervisor.start(name, fn, *args, on_change=on_change)
+
+    def _service_changed(self, status: ServiceStatus) -> None:
+        # STATUS= names degraded services as soon as one fails or recovers.
+        if self.notifier.enabled:
+            self.notifier.status(self.status_line())
 
     # --- sources -----------------------------------------------------------------------------------
 
-    def _start_sources(self, nursery: trio.Nursery, project: ProjectConfig) -> None:
-        scope = trio.CancelScope()
-        self._sources[project.id] = (project, scope)
+    @staticmethod
+    def source_name(project: ProjectConfig) -> str:
+        """The supervised service name of a project's change source."""
+        return f"project:{project.id}/{'syncthing' if project.syncthing is not None else 'watch'}"
+
+    async def _start_sources(self, project: ProjectConfig) -> None:
         status = self.watch_status[project.id] = WatchStatus()
+        if not (project.watch or project.interval or not project.path_known):
+            status.mode = "off"  # nothing automatic, nothing to ask Syncthing: no source to run
+            return
+        name = self._sources[project.id] = self.source_name(project)
 
-        async def run() -> None:
-            with scope:
-                await serve_project_watch(
-                    project, functools.partial(self.scheduler.request_snapshot, project.id),
-                    functools.partial(_last_summary, self.store, project.id), exclude=self.exclude,
-                    status=status)
+        def changed(new: ServiceStatus) -> None:
+            status.error = new.error
+            if new.state == "backoff":
+                status.mode = "stopped"
 
-        nursery.start_soon(run)
+        def resolved(resolved: ProjectConfig) -> None:
+            # A Syncthing project configured without a path: Syncthing told it; runs use it from now on.
+            if self._sources.get(project.id) == name and self.watch_status.get(project.id) is status:
+                self._resolved[project.id] = resolved
+                self.scheduler.set_projects(self._scheduled(self.config.projects))
+
+        source = functools.partial(serve_project_source, status=status, exclude=self.exclude, on_path=resolved)
+        await self._start_service(name, source, project, functools.partial(self.scheduler.request_snapshot, project.id),
+                                  functools.partial(_last_summary, self.store, project.id), on_change=changed)
 
     def _stop_sources(self, project_id: str) -> None:
-        _, scope = self._sources.pop(project_id)
-        scope.cancel()
+        name = self._sources.pop(project_id, None)
+        if name is not None:
+            self.supervisor.stop(name)
         self.watch_status.pop(project_id, None)
+        self._resolved.pop(project_id, None)
+
+    def _scheduled(self, projects: tuple[ProjectConfig, ...]) -> list[ProjectConfig]:
+        """The projects as the scheduler runs them: with the paths Syncthing told, where it did."""
+        return [self._resolved.get(p.id, p) for p in projects]
+
+    async def _wait_until_ready(self, project: ProjectConfig, progress: RunProgress) -> None:
+        """Step 1 of every run; a Syncthing project whose path Syncthing has not told yet fails at once."""
+        if not project.path_known:
+            status = self.watch_status.get(project.id)
+            why = f" ({status.error.message})" if status is not None and status.error is not None else ""
+            raise SnapshotError("folder_path_unknown", "The folder's path is not known yet: it is not configured "
+                                f"and Syncthing has not told it{why}.")
+        await wait_until_ready(project, progress)
 
     # --- reload ------------------------------------------------------------------------------------
 
@@ -255,18 +325,17 @@ class Daemon:
             self.api.heartbeat = new.heartbeat
             old = {p.id: p for p in self.config.projects}
             wanted = {p.id: p for p in new.projects}
-            self.scheduler.set_projects(list(new.projects))
-            assert self._nursery is not None
             for pid in old:
                 if pid not in wanted or wanted[pid] != old[pid]:
                     self._stop_sources(pid)
+            self.config = new
+            self.scheduler.set_projects(self._scheduled(new.projects))
             for pid, project in wanted.items():
-                if pid not in self._sources:
-                    self._start_sources(self._nursery, project)
+                if pid not in self.watch_status:
+                    await self._start_sources(project)
             added = sorted(set(wanted) - set(old))
             removed = sorted(set(old) - set(wanted))
             changed = sorted(p for p in set(old) & set(wanted) if old[p] != wanted[p])
-            self.config = new
             log.info("reloaded %s: added %s, removed %s, changed %s", new.source, added or "none",
                      removed or "none", changed or "none")
             return True
@@ -276,18 +345,25 @@ class Daemon:
     # --- status --------------------------------------------------------------------------------------
 
     def status_line(self) -> str:
-        """One line for systemd's STATUS=: "2 projects, idle" or "docs: compressing 57%"."""
+        """One line for systemd's STATUS=: "2 projects, idle" or "docs: compressing 57%", followed by
+        "; degraded: project:docs/watch, history" while services wait to be restarted."""
         latest = [self.tracker.latest(p) for p in self.scheduler.project_ids()]
         active = [p for p in latest if not p.terminal and p.state != "idle"]
         n = len(latest)
         head = f"{n} project{'s' if n != 1 else ''}"
         if not active:
-            return f"{head}, idle"
-        return "; ".join(f"{p.project}: {p.state} {p.percent:.0f}%" for p in active) + f" ({head})"
+            line = f"{head}, idle"
+        else:
+            line = "; ".join(f"{p.project}: {p.state} {p.percent:.0f}%" for p in active) + f" ({head})"
+        degraded = [s.name for s in self.supervisor.degraded()]
+        if degraded:
+            line += f"; degraded: {', '.join(degraded)}"
+        return line
 
-    async def serve_status(self) -> None:
+    async def serve_status(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep STATUS= current while runs progress (at most once per STATUS_INTERVAL_SECONDS)."""
         with self.tracker.subscribe() as sub:
+            task_status.started()
             while True:
                 await sub.wait()
                 while sub.get_nowait() is not None:
@@ -314,8 +390,9 @@ class Daemon:
                 with ops_scope:
                     await self.ops.serve(task_status=task_status)
 
-            await nursery.start(self.history.serve, self.tracker)
-            await nursery.start(self.metrics.serve)
+            await nursery.start(self.supervisor.serve)
+            await self._start_service("history", self.history.serve, self.tracker)
+            await self._start_service("metrics", self.metrics.serve)
             self._mark_interrupted()
             await nursery.start(run_scheduler)
             await nursery.start(run_ops)
@@ -323,14 +400,16 @@ class Daemon:
                                                      HttpConfig(token=listeners.token,
                                                                 max_connections=self.config.max_connections))
             self.server = server
-            for project in self.config.projects:
-                self._start_sources(nursery, project)
+            # Started side by side: a Syncthing project may first have to ask Syncthing for its path.
+            async with trio.open_nursery() as starting:
+                for project in self.config.projects:
+                    starting.start_soon(self._start_sources, project)
             interval = watchdog_interval()
             if interval is not None and self.notifier.enabled:
                 await nursery.start(serve_watchdog, self.notifier, interval)
                 log.info("watchdog: pinging every %.1f s", interval)
             if self.notifier.enabled:
-                nursery.start_soon(self.serve_status)
+                await self._start_service("status", self.serve_status)
             if reloads is not None and load is not None:
                 nursery.start_soon(self._serve_reloads, reloads, load)
             write_discovery_file(self.config.discovery_file, info,
@@ -387,6 +466,7 @@ async def _last_summary(store: Store, project: str) -> FolderSummary | None:
 
 async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None,
                        reloads: trio.MemoryReceiveChannel[None] | None = None, stop: trio.Event | None = None,
+                       wrap_service: ServiceWrapper | None = None,
                        task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until ``stop`` is set (a graceful stop: runs end ``cancelled`` and open streams
     carry that out before they close) or until cancelled (everything closes at once).
@@ -396,11 +476,13 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
         load: re-reads the configuration, for reloads.
         reloads: each item received asks for a reload (the CLI sends one per SIGHUP).
         stop: set it to stop gracefully; ``serve_daemon`` then returns.
+        wrap_service: a test hook: called with each supervised service's name and function before it
+            starts, returns the function to run instead (to inject failures). None in production.
     """
     notifier = Notifier()
     passed = listen_fds()
     for project in config.projects:
-        if not project.path.exists():
+        if project.path_known and not project.path.exists():
             # The embedded default (~/Sync) is created on first start; configured folders were checked.
             project.path.mkdir(parents=True, exist_ok=True)
             log.info("created folder %s for project %s", project.path, project.id)
@@ -415,7 +497,8 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
         store.close()
         raise StartupError(f"cannot open the history in {config.state_dir}: {exc}") from exc
     try:
-        daemon = await trio.to_thread.run_sync(Daemon, config, store, notifier, history)
+        daemon = await trio.to_thread.run_sync(functools.partial(Daemon, config, store, notifier, history,
+                                                                 wrap_service=wrap_service))
         listeners = await _open_listeners(config, passed)
         socket_path = _unix_socket_path(listeners, config)
         info = DaemonInfo(socket_path, listeners.tcp_address, listeners.token, config.discovery_file,

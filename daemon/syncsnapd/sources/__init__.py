@@ -12,9 +12,11 @@ from ._syncthing import serve_syncthing_changes as serve_syncthing_changes
 from ._syncthing import wait_for_sync as wait_for_sync
 from ._watch import FolderSummary as FolderSummary
 from ._watch import WatchStatus as WatchStatus
+from ._watch import folder_fingerprint as folder_fingerprint
 from ._watch import make_filter as make_filter
 from ._watch import serve_debounce as serve_debounce
 from ._watch import serve_folder_watch as serve_folder_watch
+from ._watch import serve_project_source as serve_project_source
 from ._watch import serve_project_watch as serve_project_watch
 from ._watch import summarize_folder as summarize_folder
 from ._watch import summary_of_entries as summary_of_entries

@@ -2,7 +2,8 @@
 
 Three entry points, each called from elsewhere:
 
-* :func:`folder_path` (synchronous, at configuration time): the folder's path from Syncthing's config.
+* :func:`folder_path` (when a project configured without a ``path`` starts): the folder's path from
+  Syncthing's config. Loading the configuration never calls Syncthing.
 * :func:`wait_for_sync` (step 1 of every run): ask Syncthing to rescan, then wait until the folder is
   ``idle`` with nothing left to pull, showing Syncthing's own progress in step 1's message and percent.
 * :func:`serve_syncthing_changes` (the project's change source): follow ``/rest/events`` and send one item
@@ -46,7 +47,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from ..core import RunProgress, SyncthingConfig, human_bytes
+from ..core import RunProgress, SyncsnapdError, SyncthingConfig, human_bytes
 from ..engine import SnapshotError
 
 if TYPE_CHECKING:
@@ -60,8 +61,6 @@ log = logging.getLogger("syncsnapd.syncthing")
 # An ordinary REST call (status, config, ping) answers in milliseconds on loopback; ten seconds means the
 # process is hung or swapping, which we treat like "not answering".
 REQUEST_TIMEOUT_SECONDS = 10.0
-# ``folder_path`` runs while the config is loaded, before the daemon serves anything: keep start-up snappy.
-FOLDER_PATH_TIMEOUT_SECONDS = 5.0
 # POST /rest/db/scan returns only when the scan is done (after a pull in progress, if any). Hashing a
 # large first-time folder takes hours (1 TB at 200 MB/s is 1.4 h); liveness is checked meanwhile by the
 # status polls, so this only bounds a scan that never ends.
@@ -89,7 +88,7 @@ BUSY_STATES = frozenset({"scan-waiting", "scanning", "sync-waiting", "sync-prepa
                          "clean-waiting", "cleaning"})
 
 
-class SyncthingError(Exception):
+class SyncthingError(SyncsnapdError):
     """Syncthing could not be asked, or said no; ``code`` says which and the message says what to fix.
 
     Codes: ``sync_auth`` (API key refused), ``sync_folder_unknown`` (no such folder id),
@@ -98,9 +97,7 @@ class SyncthingError(Exception):
     """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 @dataclass(frozen=True)
@@ -205,32 +202,6 @@ def _folder_config_path(cfg: SyncthingConfig) -> str:
     return f"/rest/config/folders/{quote(cfg.folder, safe='')}"
 
 
-# --- configuration time ----------------------------------------------------------------------------------
-
-def folder_path(cfg: SyncthingConfig) -> Path:
-    """The folder's path as Syncthing has it configured (``GET /rest/config/folders/{id}``).
-
-    Raises:
-        SyncthingError: ``sync_auth``, ``sync_folder_unknown`` or ``sync_unreachable``.
-    """
-    try:
-        # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute a loopback call.
-        with httpx.Client(base_url=cfg.url, headers=_headers(cfg), timeout=FOLDER_PATH_TIMEOUT_SECONDS,
-                          trust_env=False) as client:
-            response = client.get(_folder_config_path(cfg))
-    except httpx.TimeoutException:
-        raise _unreachable(cfg, f"no answer within {FOLDER_PATH_TIMEOUT_SECONDS:g} s") from None
-    except httpx.RequestError as exc:
-        raise _unreachable(cfg, _transport_reason(exc)) from None
-    _check_response(cfg, response, folder_call=True)
-    data = _json(cfg, response)
-    path = data.get("path") if isinstance(data, dict) else None
-    if not isinstance(path, str) or not path:
-        raise _unreachable(cfg, f"its config of folder {cfg.folder!r} has no path")
-    # Syncthing keeps "~/..." as typed in its GUI; it runs as the same user, so our ~ is its ~.
-    return Path(path).expanduser()
-
-
 # --- the async REST client -------------------------------------------------------------------------------
 
 class _Rest:
@@ -269,6 +240,15 @@ class _Rest:
         await self._call("GET", _folder_config_path(self.cfg), deadline=REQUEST_TIMEOUT_SECONDS,
                          folder_call=True)
 
+    async def folder_path(self) -> str:
+        r = await self._call("GET", _folder_config_path(self.cfg), deadline=REQUEST_TIMEOUT_SECONDS,
+                             folder_call=True)
+        data = _json(self.cfg, r)
+        path = data.get("path") if isinstance(data, dict) else None
+        if not isinstance(path, str) or not path:
+            raise _unreachable(self.cfg, f"its config of folder {self.cfg.folder!r} has no path")
+        return path
+
     async def identity(self) -> tuple[str, str]:
         """Which Syncthing process answers: (device id, start time); changes when it restarts."""
         r = await self._call("GET", "/rest/system/status", deadline=REQUEST_TIMEOUT_SECONDS)
@@ -304,6 +284,25 @@ async def _open_rest(cfg: SyncthingConfig) -> AsyncIterator[_Rest]:
     async with httpx.AsyncClient(base_url=cfg.url, headers=_headers(cfg), timeout=None,
                                  trust_env=False) as client:
         yield _Rest(cfg, client)
+
+
+async def folder_path(cfg: SyncthingConfig) -> Path:
+    """The folder's path as Syncthing has it configured (``GET /rest/config/folders/{id}``).
+
+    Called when a project configured without a ``path`` starts (loading the configuration does no
+    network I/O); one request, bounded by :data:`REQUEST_TIMEOUT_SECONDS`, not retried here.
+
+    Raises:
+        SyncthingError: ``sync_auth``, ``sync_folder_unknown`` or ``sync_unreachable``.
+    """
+    async with _open_rest(cfg) as rest:
+        path = await rest.folder_path()
+    return _expand_home(path)
+
+
+def _expand_home(path: str) -> Path:
+    # Syncthing keeps "~/..." as typed in its GUI; it runs as the same user, so our ~ is its ~.
+    return Path(path).expanduser()
 
 
 def _reraise_cancelled(group: BaseExceptionGroup[BaseException]) -> NoReturn:

@@ -8,18 +8,21 @@ after the first change of a burst. The scheduler keeps at most one run and one q
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import os
+import stat
 import threading
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 import trio
 
-from ..core import ProjectConfig, RunProgress
+from ..core import ProjectConfig, RunProgress, ServiceError, SyncsnapdError
 from ..store import Entry
 
 log = logging.getLogger("syncsnapd.watch")
@@ -27,8 +30,12 @@ log = logging.getLogger("syncsnapd.watch")
 # watchfiles batches raw events for this long before yielding (ms). Our own debounce does the real
 # settling; this only keeps a burst of thousands of events from waking us thousands of times.
 WATCH_BATCH_MS = 50
-# Poll interval when inotify is not available (limits reached): slow enough to be cheap on a big tree.
+# Poll interval when inotify is not available (limits reached, undecodable names): slow enough to be
+# cheap on a big tree.
 POLL_INTERVAL_MS = 2000
+# How often an inotify watch checks that its folder is still there and still the same directory (a
+# removed folder gives one event, then silence; one created again under the same name is not watched).
+IDENTITY_CHECK_MS = 5000
 
 
 @dataclass
@@ -94,31 +101,150 @@ def make_filter(root: Path, *, ignore: Callable[[str], bool],
 
 @dataclass
 class WatchStatus:
-    """What the watcher reports about itself (shown in the project's status)."""
+    """What the project's change source reports about itself (shown in the project's ``watch``).
 
-    mode: str = "starting"  # "inotify", "polling", "stopped"
+    ``mode`` and ``warning`` are set by the source; ``error`` is set by whoever supervises it (the last
+    failure that stopped the source while it waits to be restarted, None while it runs).
+    """
+
+    mode: str = "starting"  # "inotify", "polling", "syncthing", "off", "stopped"
     warning: str | None = None
+    error: ServiceError | None = None
+
+    def to_json(self) -> dict[str, object]:
+        error = None if self.error is None else {"code": self.error.code, "message": self.error.message}
+        return {"mode": self.mode, "warning": self.warning, "error": error}
 
 
-async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
-                             status: WatchStatus, *, force_polling: bool = False,
-                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Watch ``root`` recursively and send one item per batch of wanted changes.
+def folder_missing(root: Path) -> SyncsnapdError:
+    return SyncsnapdError(f"The folder {root} does not exist (or is not a directory).", code="folder_missing")
 
-    Falls back to polling, with a warning, when the kernel refuses more inotify watches or instances:
-    never silently stops watching. New directories are covered by the snapshot's own walk, so files a
-    fresh watch misses are still captured; the batch that reports a new directory triggers the debounce.
+
+def _identity(root: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder, None when it is missing: a folder removed and created again under
+    the same name is another folder, which an inotify watch of the old one does not see."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def folder_fingerprint(root: Path, wanted: Callable[[str], bool]) -> bytes:
+    """A digest of every wanted entry below ``root`` (name, type, mode, size, mtime): changes whenever a
+    snapshot would differ. Names are handled as bytes-like ``os.fsdecode`` strings, so names that are not
+    valid UTF-8 are fingerprinted like any other.
+
+    Raises:
+        SyncsnapdError: ``folder_missing`` when ``root`` is not a directory.
+        OSError: ``root`` cannot be read.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    stack = [str(root)]
+    first = True
+    while stack:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            if first and _identity(root) is None:
+                raise folder_missing(root) from None
+            if first:
+                raise
+            continue  # vanished or unreadable meanwhile: the snapshot will say so
+        first = False
+        for entry in entries:
+            if not wanted(entry.path):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+            digest.update(f"{entry.path}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                          .encode("utf-8", "surrogateescape"))
+    return digest.digest()
+
+
+class _Ready:
+    """``task_status.started()`` that may be called more than once: only the first call counts."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status: trio.TaskStatus[None] | None = task_status
+
+    def started(self) -> None:
+        task_status, self._task_status = self._task_status, None
+        if task_status is not None:
+            task_status.started()
+
+
+async def _serve_polling(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
+                         ready: _Ready, status: WatchStatus, warning: str | None) -> None:
+    """Walk ``root`` every POLL_INTERVAL_MS and send a change whenever its fingerprint changed.
+
+    With a ``warning`` (why inotify is not used), sends a change once the first walk is done: whatever
+    happened before polling began may have been missed.
+    """
+    def fingerprint() -> bytes:
+        return folder_fingerprint(root, wanted)
+
+    # abandon_on_cancel: a walk of a big tree must not hold up a shutdown; its result is simply dropped.
+    last = await trio.to_thread.run_sync(fingerprint, abandon_on_cancel=True)
+    status.mode, status.warning = "polling", warning
+    ready.started()
+    if warning is not None:
+        log.warning("%s", warning)
+        await changes.send(0)
+    while True:
+        await trio.sleep(POLL_INTERVAL_MS / 1000)
+        current = await trio.to_thread.run_sync(fingerprint, abandon_on_cancel=True)
+        if current != last:
+            last = current
+            await changes.send(1)
+
+
+class _InotifyGaveUp(Exception):
+    """Inotify watching failed for good (kernel limits, names watchfiles cannot decode): poll instead."""
+
+    def __init__(self, warning: str) -> None:
+        super().__init__(warning)
+        self.warning = warning
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+# What watchfiles (Rust notify) says when a changed path is not valid UTF-8. From then on every call of
+# that watcher fails the same way, and its polling mode fails alike: only our own polling copes.
+_UNDECODABLE = "Unable to decode path"
+_MISSING = "missing"
+
+
+async def _serve_inotify(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
+                         identity: tuple[int, int], ready: _Ready) -> tuple[int, int]:
+    """Watch ``root`` with watchfiles (inotify) until cancelled, or until the folder was replaced by
+    another one of the same name (returns that one's identity).
+
+    Raises:
+        _InotifyGaveUp: the kernel refuses more watches or instances, or watchfiles met a name it cannot
+            decode.
+        SyncsnapdError: ``folder_missing`` when the folder was removed.
     """
     import watchfiles  # imported here: only a watching daemon pays for it
 
     def wf_filter(_change: watchfiles.Change, path: str) -> bool:
         return wanted(path)
 
-    polling = force_polling
-    started = False
     # watchfiles runs the inotify wait in a thread that trio cannot interrupt; it returns within one
     # `step` once this event is set. A sibling task sets it the moment we are cancelled, so shutting
-    # down does not wait for the watcher's 5 s internal timeout.
+    # down does not wait for the watcher's internal timeout.
     stop = threading.Event()
 
     async def stop_on_cancel() -> None:
@@ -127,34 +253,80 @@ async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object]
         finally:
             stop.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_cancel)
-        while True:
-            status.mode = "polling" if polling else "inotify"
-            try:
-                watcher = watchfiles.awatch(
-                    root, watch_filter=wf_filter, debounce=WATCH_BATCH_MS, step=WATCH_BATCH_MS,
-                    force_polling=polling, poll_delay_ms=POLL_INTERVAL_MS, ignore_permission_denied=True,
-                    # awatch only calls is_set(), which a threading.Event has (typed for async events).
-                    stop_event=cast(Any, stop), recursive=True,
-                )
-                if not started:
-                    started = True
-                    task_status.started()
+    outcome: str | None = None  # why watching ended: _MISSING, a warning, or None (replaced)
+    replaced = identity
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_cancel)
+            watcher = watchfiles.awatch(
+                root, watch_filter=wf_filter, debounce=WATCH_BATCH_MS, step=WATCH_BATCH_MS,
+                rust_timeout=IDENTITY_CHECK_MS, yield_on_timeout=True, ignore_permission_denied=True,
+                # awatch only calls is_set(), which a threading.Event has (typed for async events).
+                stop_event=cast(Any, stop), recursive=True,
+            )
+            ready.started()
+            async with contextlib.aclosing(watcher):
                 async for batch in watcher:
+                    # An empty batch is the periodic wake-up: is the folder still the one we watch?
+                    if not batch or any(path == str(root) for _, path in batch):
+                        now = await trio.to_thread.run_sync(_identity, root)
+                        if now != identity:
+                            outcome, replaced = (_MISSING, identity) if now is None else (None, now)
+                            break
                     if batch:
                         await changes.send(len(batch))
-                break
-            except (OSError, RuntimeError) as exc:  # WatchfilesRustInternalError is a RuntimeError
-                if polling:
-                    raise
-                polling = True
-                status.warning = (f"file watch limit reached ({exc}); polling {root} every "
-                                  f"{POLL_INTERVAL_MS / 1000:g} s instead")
-                log.warning("%s", status.warning)
-                # Whatever happened before the watcher failed may have been missed: treat it as a change.
+            nursery.cancel_scope.cancel()
+    except* (OSError, RuntimeError) as group:  # WatchfilesRustInternalError is a RuntimeError
+        # Raised bare when the watch is set up, wrapped in groups (anyio's task group, our nursery) while
+        # watching: either way inotify watching of this folder has ended.
+        log.debug("inotify watch of %s ended", root, exc_info=group)
+        leaves = [str(e) for e in _leaves(group)]
+        undecodable = [e for e in leaves if _UNDECODABLE in e]
+        if await trio.to_thread.run_sync(_identity, root) is None:
+            outcome = _MISSING
+        elif undecodable:
+            outcome = f"a name that is not valid UTF-8 cannot be watched with inotify ({undecodable[0]})"
+        else:
+            outcome = f"file watch limit reached ({leaves[0]})"
+    if outcome == _MISSING:
+        raise folder_missing(root)
+    if outcome is not None:
+        raise _InotifyGaveUp(outcome)
+    return replaced
+
+
+async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
+                             status: WatchStatus, *, force_polling: bool = False,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Watch ``root`` recursively and send one item per batch of wanted changes.
+
+    Uses inotify (watchfiles). When that fails for good (the kernel refuses more watches or instances,
+    or a file or directory name is not valid UTF-8, which watchfiles cannot report), it polls instead,
+    says why in ``status.warning`` with ``status.mode == "polling"``, and sends a change at once (whatever
+    happened meanwhile may have been missed). Polling walks the folder itself (every entry's name, type,
+    mode, size and mtime), so folders with any names are covered. Never silently stops watching: a
+    folder that is removed ends the watch with ``folder_missing`` (for its supervisor to retry), and one
+    replaced by another folder of the same name is watched anew. New directories are covered by the
+    snapshot's own walk; the batch that reports them triggers the debounce.
+
+    Raises:
+        SyncsnapdError: ``folder_missing`` when ``root`` is (or becomes) missing.
+    """
+    identity = await trio.to_thread.run_sync(_identity, root)
+    if identity is None:
+        raise folder_missing(root)
+    ready = _Ready(task_status)
+    warning: str | None = None
+    if not force_polling:
+        status.mode, status.warning = "inotify", None
+        try:
+            while True:
+                identity = await _serve_inotify(root, changes, wanted, identity, ready)
+                log.info("%s was replaced by another folder; watching the new one", root)
                 await changes.send(0)
-        nursery.cancel_scope.cancel()
+        except _InotifyGaveUp as exc:
+            warning = f"{exc.warning}; polling {root} every {POLL_INTERVAL_MS / 1000:g} s instead"
+    await _serve_polling(root, changes, wanted, ready, status, warning)
 
 
 @dataclass(frozen=True)
@@ -227,9 +399,47 @@ async def serve_project_watch(project: ProjectConfig, request: Callable[[str], o
 
     ``request(trigger)`` asks the scheduler for a snapshot (``"start-up"``, ``"watch"``, ``"schedule"``);
     ``last_summary()`` gives the fingerprint of the project's newest snapshot (None if it has none).
+    ``task_status.started()`` is called once the start-up check has made its request, if any.
     """
+    await _serve_project(project, request, last_summary, exclude, status or WatchStatus(), _Ready(task_status),
+                         ready_before_check=False)
+
+
+async def serve_project_source(project: ProjectConfig, request: Callable[[str], object],
+                               last_summary: Callable[[], Awaitable[FolderSummary | None]], *,
+                               status: WatchStatus, exclude: tuple[Path, ...] = (),
+                               on_path: Callable[[ProjectConfig], object] | None = None,
+                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The daemon's change source of one project, meant to run under a supervisor that restarts it.
+
+    As :func:`serve_project_watch`, except that ``task_status.started()`` comes as soon as the change
+    source is set up (the start-up check, a walk of the whole folder, follows), that a Syncthing
+    project configured without a path first asks Syncthing for it, then calls ``on_path(project)`` with
+    the project as resolved, and that it never returns (with nothing to watch, it idles until cancelled).
+
+    Raises:
+        SyncthingError: Syncthing could not tell the folder's path (``sync_unreachable``, ``sync_auth``,
+            ``sync_folder_unknown``).
+        SyncsnapdError: ``folder_missing``, from the folder watcher.
+    """
+    cfg = project.syncthing
+    if not project.path_known and cfg is not None:  # only Syncthing projects may lack a path
+        from ._syncthing import folder_path
+
+        status.mode = "syncthing"
+        project = replace(project, path=await folder_path(cfg))
+        log.info("%s: Syncthing has folder %r at %s", project.id, cfg.folder, project.path)
+        if on_path is not None:
+            on_path(project)
+    await _serve_project(project, request, last_summary, exclude, status, _Ready(task_status),
+                         ready_before_check=True)
+    await trio.sleep_forever()
+
+
+async def _serve_project(project: ProjectConfig, request: Callable[[str], object],
+                         last_summary: Callable[[], Awaitable[FolderSummary | None]], exclude: tuple[Path, ...],
+                         status: WatchStatus, ready: _Ready, *, ready_before_check: bool) -> None:
     ignore = project.ignore_fn(exclude)
-    status = status or WatchStatus()
 
     async def changed_since_last() -> bool:
         current = await trio.to_thread.run_sync(summarize_folder, project.path, ignore)
@@ -250,10 +460,12 @@ async def serve_project_watch(project: ProjectConfig, request: Callable[[str], o
                                                   settle=project.settle, max_delay=project.max_delay))
         else:
             status.mode = "off"
+        if ready_before_check:
+            ready.started()
         if (project.watch or project.interval) and await changed_since_last():
             log.info("%s: changed since its last snapshot", project.id)
             request("start-up")
-        task_status.started()
+        ready.started()
         if project.interval:
             while True:
                 await trio.sleep(project.interval)
