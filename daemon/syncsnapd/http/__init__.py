@@ -1,5 +1,6 @@
-"""Our HTTP/1.1 layer on h11: the sans-I/O protocol (validation, routing, SSE framing), the per-connection
-Trio adapter, and the listeners (Unix socket with peer credentials, loopback TCP with token and Host).
+"""Our HTTP/1.1 layer on h11: the sans-I/O protocol (validation, routing, SSE framing), the wire encodings
+of progress events (SSE, JSON body, WebSocket message), the per-connection Trio adapter, and the
+listeners (Unix socket with peer credentials, loopback TCP with token and Host).
 """
 
 from ._listeners import AddressInUse as AddressInUse
@@ -30,3 +31,6 @@ from ._server import HttpConfig as HttpConfig
 from ._server import HttpServer as HttpServer
 from ._server import HttpStatistics as HttpStatistics
 from ._server import serve_http as serve_http
+from ._wire import json_body as json_body
+from ._wire import sse_progress as sse_progress
+from ._wire import ws_progress as ws_progress

@@ -10,4 +10,5 @@ from ._scheduler import Scheduler as Scheduler
 from ._scheduler import UnknownProject as UnknownProject
 from ._tracker import Event as Event
 from ._tracker import Subscription as Subscription
+from ._tracker import SubscriptionClosed as SubscriptionClosed
 from ._tracker import Tracker as Tracker
