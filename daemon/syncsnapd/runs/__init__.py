@@ -3,6 +3,7 @@ runs, the operation runs (restore, check, prune) and the SQLite history.
 """
 
 from ._history import History as History
+from ._history import HistoryStatistics as HistoryStatistics
 from ._operations import OperationError as OperationError
 from ._operations import Operations as Operations
 from ._scheduler import RetryPolicy as RetryPolicy

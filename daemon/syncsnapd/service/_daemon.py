@@ -205,7 +205,8 @@ class Daemon:
         self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude)
         register_operations(self.api.router, self.ops)
         self.server: HttpServer | None = None
-        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None)
+        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
+                               history)
         self.metrics.register(self.api.router)
         self._sources: dict[str, tuple[ProjectConfig, trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
@@ -287,7 +288,7 @@ class Daemon:
 
     async def serve_status(self) -> None:
         """Keep STATUS= current while runs progress (at most once per STATUS_INTERVAL_SECONDS)."""
-        with self.tracker.subscribe() as sub:
+        with self.tracker.subscribe(lossless=True) as sub:
             while True:
                 await sub.wait()
                 while sub.get_nowait() is not None:
