@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.http import H11Client
@@ -114,3 +115,41 @@ async def test_scrapes_stay_consistent_while_subscriptions_churn(short_tmp: Path
     finally:
         history.close()
         store.close()
+
+
+async def test_every_ended_run_is_counted_across_a_restart_of_the_counter(tmp_path: Path) -> None:
+    """As a supervisor restarts it: runs that ended while it was stopped are counted when it resumes, and
+    a consumer far behind loses nothing (its subscription is lossless)."""
+    tracker = Tracker(queue_events=4)
+    tracker.add_project("docs")
+    metrics = Metrics(tracker, tmp_path, lambda: None)
+
+    def ended(run: str) -> None:
+        tracker.publish(Progress(project="docs", run=run, state="completed", step=6, started_at="2024-01-01T00:00:00Z",
+                                 updated_at="2024-01-01T00:00:02Z"))
+
+    def counted() -> float:
+        samples = _samples(metrics.render(metrics.scrape()).decode())
+        return samples.get(("syncsnap_runs_total", (("kind", "snapshot"), ("outcome", "completed"),
+                                                    ("project", "docs"))), 0)
+
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def first(*, task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await metrics.serve(task_status=task_status)
+
+        await nursery.start(first)
+        for i in range(20):  # far more than a network client's queue of 4 would keep
+            ended(f"a{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert counted() == 20
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        ended("b1")
+        ended("b2")
+        await nursery.start(metrics.serve)
+        await trio.testing.wait_all_tasks_blocked()
+        assert counted() == 22
+        nursery.cancel_scope.cancel()

@@ -96,6 +96,7 @@ class Metrics:
         self.bytes_added = Counter("syncsnap_bytes_added", "Bytes added to the store by snapshots.",
                                    ["project"], registry=self.registry)
         self._content_bytes: dict[str, int] = {}  # per running run: bytes to read in step 4
+        self._seen: int | None = None  # the newest event counted
 
     # --- feeding the counters ------------------------------------------------------------------------
 
@@ -117,12 +118,17 @@ class Metrics:
             self.bytes_added.labels(project).inc(p.snapshot.bytes_added)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Count every run that ends, until cancelled (a lossless subscription: no run goes uncounted)."""
-        with self.tracker.subscribe(last_event_id=self.tracker.last_event_id, transport="internal",
-                                    lossless=True) as sub:
+        """Count every run that ends, until cancelled (a lossless subscription: no run goes uncounted).
+
+        Restarted (by a supervisor), it resumes after the last event it counted.
+        """
+        since = self.tracker.last_event_id if self._seen is None else self._seen
+        with self.tracker.subscribe(last_event_id=since, transport="internal", lossless=True) as sub:
             task_status.started()
             async for ev in sub:
-                self.observe(ev.progress)
+                if ev.id > since:
+                    self._seen = ev.id
+                    self.observe(ev.progress)
 
     # --- scraping ------------------------------------------------------------------------------------
 

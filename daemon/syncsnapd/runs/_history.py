@@ -56,9 +56,10 @@ BUSY_TIMEOUT_SECONDS = 1.0
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 # Events held in memory, not yet written, while writes fail. An event (progress object and its JSON)
-# takes about 1.1 KiB, so this is at most about 55 MiB: over three hours of a snapshot run at four events
-# a second. Beyond it the oldest waiting events are dropped and counted (HistoryStatistics.events_lost).
-MAX_PENDING_EVENTS = 50_000
+# takes about 1.2 KiB (1.8 KiB once its SSE encoding is cached too), so this is at most about 35-55 MiB:
+# two hours of a snapshot run at four events a second. Beyond it the oldest waiting events are dropped
+# and counted (HistoryStatistics.events_lost).
+MAX_PENDING_EVENTS = 30_000
 # Events per transaction: a backlog is written in several short transactions, in order, so that history
 # queries never wait behind one huge write.
 MAX_BATCH_EVENTS = 2_000
