@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -420,3 +421,63 @@ async def test_cancel_while_step_one_connects_to_syncthing_still_ends_the_run(tm
     assert (ev.progress.run, ev.progress.state, ev.progress.error) == (
         run, "cancelled", {"code": "cancelled", "message": "The snapshot was cancelled."})
     assert sub.get_nowait() is None  # exactly one terminal event
+
+
+# --- a history database locked by another process ---------------------------------------------------
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("ROLLBACK")
+"""
+LOCK_SECONDS = 15
+
+
+def _metrics(d: DaemonProcess) -> dict[str, float]:
+    text = d.curl("http://localhost/metrics").stdout
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels}
+
+
+@pytest.mark.slow
+def test_a_history_locked_by_another_process_loses_no_event_of_a_snapshot(daemon_factory: Any,
+                                                                         short_tmp: Path) -> None:
+    """Another process holds the history database's write lock for 15 s while a snapshot runs: the daemon
+    stays up, the snapshot completes, and once the lock is gone the run and every one of its events (the
+    same ids the SSE stream carried) are in the history."""
+    folder = short_tmp / "p"
+    make_tree(folder, files=30)
+    d: DaemonProcess = daemon_factory({"p": folder})
+    stream = Stream(d, "/api/v1/events")
+    locker: subprocess.Popen[str] | None = None
+    try:
+        stream.wait_for(lambda e: e["project"] == "p")  # the stream is live
+        locker = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(short_tmp / "state" / "history.sqlite3"),
+                                   str(LOCK_SECONDS)], stdout=subprocess.PIPE, text=True)
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        locked_at = time.monotonic()
+        run = _get(d, "/api/v1/projects/p/snapshots", "-X", "POST")["run"]
+        done = stream.wait_for(lambda e: e["run"] == run and e["state"] in TERMINAL)
+        assert done["state"] == "completed"
+        assert _get(d, "/api/v1/projects/p/progress")["state"] == "completed"
+        # Still locked: the daemon answers, the run waits in memory, and /metrics says so.
+        assert time.monotonic() - locked_at < LOCK_SECONDS - 3, "the snapshot took too long for this test"
+        assert d.curl("-w", "%{http_code}", "-o", "/dev/null", f"http://localhost/api/v1/runs/{run}").stdout == "404"
+        waiting = _metrics(d)
+        assert waiting["syncsnap_history_events_pending"] > 0 and waiting["syncsnap_history_write_failures_total"] >= 1
+        assert locker.wait(timeout=LOCK_SECONDS + 10) == 0
+        _until(lambda: _get(d, f"/api/v1/runs/{run}").get("state") == "completed", timeout=40)
+        seen = [e["event_id"] for e in stream.events if e["run"] == run]
+        stored = [e["event_id"] for e in _get(d, f"/api/v1/runs/{run}/events")["events"]]
+        assert stored == seen and len(seen) >= 6
+        after = _metrics(d)
+        assert after["syncsnap_history_events_lost_total"] == 0 and after["syncsnap_history_events_pending"] == 0
+        assert d.proc.poll() is None
+    finally:
+        stream.close()
+        if locker is not None and locker.poll() is None:
+            locker.kill()
+            locker.wait()
+    assert d.stop() == 0

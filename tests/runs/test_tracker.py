@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
+import trio.testing
 
 from syncsnapd.core import Progress
-from syncsnapd.runs import Tracker
+from syncsnapd.http import sse_progress
+from syncsnapd.runs import SubscriptionClosed, Tracker
 
 
 def _p(project: str, run: str = "r1", state: str = "compressing", percent: float = 0.0) -> Progress:
@@ -21,7 +24,8 @@ async def test_ids_increase_and_latest_is_kept() -> None:
     e2 = t.publish(_p("a", percent=20))
     assert (e1.id, e2.id) == (1, 2)
     assert t.latest("a").event_id == 2 and t.latest("a").percent == 20
-    assert b"id: 2\nevent: progress\ndata: {" in e2.sse_bytes and e2.sse_bytes.endswith(b"\n\n")
+    sse = sse_progress(e2.id, e2.json_text)
+    assert b"id: 2\nevent: progress\ndata: {" in sse and sse.endswith(b"\n\n")
 
 
 async def test_fresh_subscriber_gets_current_state_first() -> None:
@@ -157,3 +161,59 @@ async def test_async_iteration_wakes_on_publish() -> None:
         t.publish(_p("a", state="completed", percent=100))
     assert got == [50, 100]
     sub.close()
+
+
+async def test_lossless_subscription_keeps_every_event_in_order_however_far_behind() -> None:
+    """The history's and the metrics' view: no coalescing, no disconnect, even past the network bound."""
+    t = Tracker(queue_events=4)
+    t.add_project("a")
+    t.add_project("b")
+    with t.subscribe(last_event_id=0, lossless=True) as internal, t.subscribe(last_event_id=0) as network:
+        published = []
+        for run in range(50):
+            for i in range(20):
+                published.append(t.publish(_p("a" if i % 2 else "b", run=f"r{run}", percent=i)).id)
+            published.append(t.publish(_p("a", run=f"r{run}", state="completed")).id)
+        got = []
+        while (ev := internal.get_nowait()) is not None:
+            got.append(ev.id)
+        assert got == published and not internal.closed
+        assert network.closed and network.close_reason == "overflow"  # the network reader was not so lucky
+    stats = t.statistics()
+    assert stats.dropped_subscribers == 1
+
+
+async def test_waiting_on_a_closed_subscription_raises_instead_of_spinning() -> None:
+    t = Tracker(queue_events=2)
+    t.add_project("a")
+    sub = t.subscribe(last_event_id=0)
+    woke: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def waiter() -> None:
+            await sub.wait()  # woken by the close itself: returns, the caller sees `closed`
+            woke.append("returned")
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        for run in range(4):  # more terminal events than the queue holds: closed for overflow
+            t.publish(_p("a", run=f"r{run}", state="completed"))
+    assert woke == ["returned"] and sub.closed
+    while sub.get_nowait() is not None:
+        pass
+    with pytest.raises(SubscriptionClosed) as info:
+        await sub.wait()
+    assert info.value.reason == "overflow"
+    # Every later wait raises too: a consumer loop `while True: await sub.wait()` cannot spin.
+    with pytest.raises(SubscriptionClosed):
+        await sub.wait()
+    # Events still queued when it closed are read first: wait returns while there is something to read.
+    sub2 = t.subscribe(last_event_id=t.last_event_id)
+    t.publish(_p("a", run="r9", state="completed"))
+    sub2.close()
+    await sub2.wait()
+    ev = sub2.get_nowait()
+    assert ev is not None and ev.progress.run == "r9"
+    with pytest.raises(SubscriptionClosed) as info2:
+        await sub2.wait()
+    assert info2.value.reason == "closed"

@@ -26,6 +26,7 @@ from ..http import (
 from ..runs import Event, Scheduler, Tracker, UnknownProject
 from ..sources import WatchStatus
 from ..store import SnapshotInfo
+from ._encodings import event_json_body, event_sse
 from ._websocket import websocket_endpoint
 
 API = "/api/v1"
@@ -98,7 +99,7 @@ class Api:
     async def progress(self, request: Request, params: dict[str, str]) -> Response:
         # The hot path of every poller: the event's JSON was encoded once, when it was published.
         try:
-            return Response(200, self.tracker.latest_event(params["id"]).json_body)
+            return Response(200, event_json_body(self.tracker.latest_event(params["id"])))
         except KeyError:
             raise HTTPError(404, "not_found", f"No project named {params['id']!r}.") from None
 
@@ -154,7 +155,7 @@ class Api:
                 # for this connection; otherwise the event waits in the queue for this task.
                 if writer.pending_bytes or writer.closed:
                     return False
-                if not writer.write_nowait(event.sse_bytes):
+                if not writer.write_nowait(event_sse(event)):
                     sub.wake()  # partly written: the rest is pending; this task flushes it
                 return True
 
@@ -167,9 +168,9 @@ class Api:
                     continue
                 ev = sub.get_nowait()
                 if ev is not None:
-                    batch = [ev.sse_bytes]
+                    batch = [event_sse(ev)]
                     while (ev := sub.get_nowait()) is not None:
-                        batch.append(ev.sse_bytes)
+                        batch.append(event_sse(ev))
                     writer.write_nowait(b"".join(batch))
                     sub.last_delivery = trio.current_time()
                     continue

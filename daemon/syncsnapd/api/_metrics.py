@@ -1,24 +1,27 @@
 """``GET /metrics`` in the Prometheus text format, rendered by prometheus_client.
 
-Run counters and the duration histogram are fed by a tracker subscriber (:meth:`Metrics.serve`); gauges
-(store size, subscribers, HTTP requests, event queue statistics) are read when scraped. The registry is
-private to the daemon: nothing registers into prometheus_client's global default registry.
+Run counters and the duration histogram are fed by a lossless tracker subscriber (:meth:`Metrics.serve`);
+prometheus_client's counters are thread-safe. The rest (subscribers, event queue statistics, HTTP
+requests, history writer) is read when scraped: copied into plain values on the Trio thread, which owns
+those counters, and then rendered in a worker thread together with the store's size (a walk of the disk).
+No worker thread ever reads a structure the event loop mutates. The registry is private to the daemon:
+nothing registers into prometheus_client's global default registry.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from ..core import Progress, parse_time
 from ..http import HttpStatistics, Request, Response, Router
-from ..runs import Tracker
+from ..runs import History, HistoryStatistics, Tracker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Snapshot durations span milliseconds (no change) to hours (a first snapshot of a large folder).
@@ -43,13 +46,46 @@ def store_footprint(root: Path) -> tuple[int, int]:
     return packs, size
 
 
-class Metrics(Collector):
-    """The daemon's metrics: ``await nursery.start(metrics.serve)``, then register :meth:`handler`."""
+@dataclass(frozen=True)
+class _Scraped:
+    """The counters read at scrape time, copied on the Trio thread."""
 
-    def __init__(self, tracker: Tracker, store_root: Path, http_stats: Callable[[], HttpStatistics | None]) -> None:
+    subscribers: tuple[tuple[str, int], ...]
+    published: int
+    coalesced: int
+    dropped_subscribers: int
+    http: HttpStatistics | None
+    history: HistoryStatistics | None
+
+
+class _Exposition:
+    """One scrape's collector: the registry's counters, then the families built from a :class:`_Scraped`."""
+
+    def __init__(self, registry: CollectorRegistry, families: list[Metric]) -> None:
+        self.registry = registry
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self.registry.collect()
+        yield from self.families
+
+
+class Metrics:
+    """The daemon's metrics: ``await nursery.start(metrics.serve)``, then register :meth:`handler`.
+
+    Args:
+        tracker: the progress tracker (its statistics, and the run events that feed the counters).
+        store_root: the store, for its size.
+        http_stats: the HTTP server's statistics, or None before it runs.
+        history: the history, for its writer's statistics.
+    """
+
+    def __init__(self, tracker: Tracker, store_root: Path, http_stats: Callable[[], HttpStatistics | None],
+                 history: History | None = None) -> None:
         self.tracker = tracker
         self.store_root = store_root
         self.http_stats = http_stats
+        self.history = history
         self.registry = CollectorRegistry(auto_describe=False)
         self.runs = Counter("syncsnap_runs", "Runs that ended, by project, kind and outcome.",
                             ["project", "kind", "outcome"], registry=self.registry)
@@ -59,8 +95,8 @@ class Metrics(Collector):
                                   ["project"], registry=self.registry)
         self.bytes_added = Counter("syncsnap_bytes_added", "Bytes added to the store by snapshots.",
                                    ["project"], registry=self.registry)
-        self.registry.register(self)
         self._content_bytes: dict[str, int] = {}  # per running run: bytes to read in step 4
+        self._seen: int | None = None  # the newest event counted
 
     # --- feeding the counters ------------------------------------------------------------------------
 
@@ -82,51 +118,76 @@ class Metrics(Collector):
             self.bytes_added.labels(project).inc(p.snapshot.bytes_added)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.tracker.subscribe(last_event_id=self.tracker.last_event_id, transport="internal") as sub:
+        """Count every run that ends, until cancelled (a lossless subscription: no run goes uncounted).
+
+        Restarted (by a supervisor), it resumes after the last event it counted.
+        """
+        since = self.tracker.last_event_id if self._seen is None else self._seen
+        with self.tracker.subscribe(last_event_id=since, transport="internal", lossless=True) as sub:
             task_status.started()
             async for ev in sub:
-                self.observe(ev.progress)
+                if ev.id > since:
+                    self._seen = ev.id
+                    self.observe(ev.progress)
 
-    # --- scraped gauges ------------------------------------------------------------------------------
+    # --- scraping ------------------------------------------------------------------------------------
 
-    def collect(self) -> Iterator[Metric]:
+    def scrape(self) -> _Scraped:
+        """Copy the counters owned by the event loop into plain values. Call on the Trio thread."""
+        stats = self.tracker.statistics()
+        return _Scraped(
+            subscribers=tuple(sorted(self.tracker.subscribers_by_transport().items())),
+            published=stats.published, coalesced=stats.coalesced, dropped_subscribers=stats.dropped_subscribers,
+            http=self.http_stats(), history=self.history.statistics() if self.history is not None else None)
+
+    def render(self, scraped: _Scraped) -> bytes:
+        """The exposition text: the counters, the scraped values and the store's size (reads the disk)."""
+        return generate_latest(_Exposition(self.registry, self._families(scraped)))
+
+    def _families(self, s: _Scraped) -> list[Metric]:
+        out: list[Metric] = []
+
+        def gauge(name: str, doc: str, value: float) -> None:
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            out.append(g)
+
+        def counter(name: str, doc: str, value: float) -> None:
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            out.append(c)
+
         packs, size = store_footprint(self.store_root)
-        g = GaugeMetricFamily("syncsnap_store_bytes", "Bytes of pack files in the store.")
-        g.add_metric([], size)
-        yield g
-        g = GaugeMetricFamily("syncsnap_store_packs", "Pack files in the store.")
-        g.add_metric([], packs)
-        yield g
+        gauge("syncsnap_store_bytes", "Bytes of pack files in the store.", size)
+        gauge("syncsnap_store_packs", "Pack files in the store.", packs)
         subs = GaugeMetricFamily("syncsnap_subscribers", "Connected progress subscribers, by transport.",
                                  labels=["transport"])
-        for transport, n in sorted(self.tracker.subscribers_by_transport().items()):
+        for transport, n in s.subscribers:
             subs.add_metric([transport], n)
-        yield subs
-        stats = self.tracker.statistics()
-        c = CounterMetricFamily("syncsnap_events_published", "Progress events published.")
-        c.add_metric([], stats.published)
-        yield c
-        c = CounterMetricFamily("syncsnap_events_coalesced", "Intermediate events dropped for slow subscribers.")
-        c.add_metric([], stats.coalesced)
-        yield c
-        c = CounterMetricFamily("syncsnap_subscribers_dropped", "Subscribers disconnected for falling behind.")
-        c.add_metric([], stats.dropped_subscribers)
-        yield c
-        http = self.http_stats()
-        if http is not None:
+        out.append(subs)
+        counter("syncsnap_events_published", "Progress events published.", s.published)
+        counter("syncsnap_events_coalesced", "Intermediate events dropped for slow subscribers.", s.coalesced)
+        counter("syncsnap_subscribers_dropped", "Subscribers disconnected for falling behind.",
+                s.dropped_subscribers)
+        if s.http is not None:
             c = CounterMetricFamily("syncsnap_http_requests", "HTTP responses sent, by status.", labels=["status"])
-            for status, n in sorted(http.requests_by_status.items()):
+            for status, n in sorted(s.http.requests_by_status.items()):
                 c.add_metric([str(status)], n)
-            yield c
-            g = GaugeMetricFamily("syncsnap_http_connections", "Open HTTP connections.")
-            g.add_metric([], http.open_connections)
-            yield g
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
+            out.append(c)
+            gauge("syncsnap_http_connections", "Open HTTP connections.", s.http.open_connections)
+        if s.history is not None:
+            gauge("syncsnap_history_events_pending", "Events waiting in memory to be written to the history.",
+                  s.history.events_pending)
+            counter("syncsnap_history_events_lost",
+                    "Events never written to the history: dropped while too many waited for the database.",
+                    s.history.events_lost)
+            counter("syncsnap_history_write_failures",
+                    "Failed history writes (each retried with backoff).", s.history.write_failures)
+        return out
 
     async def handler(self, request: Request, params: dict[str, str]) -> Response:
-        body = await trio.to_thread.run_sync(generate_latest, self.registry)
+        scraped = self.scrape()
+        body = await trio.to_thread.run_sync(self.render, scraped)
         return Response(200, body, CONTENT_TYPE)
 
     def register(self, router: Router) -> None:

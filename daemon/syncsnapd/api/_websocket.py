@@ -27,6 +27,7 @@ import trio_websocket
 
 from ..http import HTTPError, Request, UpgradeResponse
 from ..runs import Scheduler, Subscription, Tracker, UnknownProject
+from ._encodings import event_ws
 
 log = logging.getLogger("syncsnapd.ws")
 
@@ -63,7 +64,7 @@ class _Session:
     async def push(self, sub: Subscription, scope: trio.CancelScope) -> None:
         with scope:
             async for ev in sub:
-                await self.ws.send_message(f'{{"type":"progress","progress":{ev.json_text}}}')
+                await self.ws.send_message(event_ws(ev))
             if sub.close_reason == "overflow":
                 await self.send({"type": "error", "op": None, "id": None, "error": {
                     "code": "too_slow", "message": "Too far behind; reconnect with last_event_id."}})

@@ -1,6 +1,7 @@
 """Our HTTP/1.1 layer on h11. The sans-I/O protocol: the messages (``_messages``), request validation
-(``_validation``), routing (``_routing``), authorization (``_authorization``), SSE framing (``_sse``) and
-response heads (``_heads``). The Trio adapter: the server (``_server``: listeners, connection cap,
+(``_validation``), routing (``_routing``), authorization (``_authorization``), SSE framing
+(``_sse``), the wire encodings of progress events (``_wire``: SSE event, JSON body, WebSocket message)
+and response heads (``_heads``). The Trio adapter: the server (``_server``: listeners, connection cap,
 statistics, shutdown), one ``_connection`` per client (read loop, keep-alive, timeouts, error answers)
 and ``_streaming`` bodies, sharing a ``_context`` and ``_config``. The listeners (``_listeners``: Unix
 socket with peer credentials, loopback TCP with token and Host).
@@ -34,3 +35,6 @@ from ._sse import sse_event as sse_event
 from ._sse import sse_retry as sse_retry
 from ._validation import parse_request as parse_request
 from ._validation import query_int as query_int
+from ._wire import json_body as json_body
+from ._wire import sse_progress as sse_progress
+from ._wire import ws_progress as ws_progress

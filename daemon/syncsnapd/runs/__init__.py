@@ -3,6 +3,7 @@ runs, the operation runs (restore, check, prune) and the SQLite history.
 """
 
 from ._history import History as History
+from ._history import HistoryStatistics as HistoryStatistics
 from ._operations import OperationError as OperationError
 from ._operations import Operations as Operations
 from ._scheduler import RetryPolicy as RetryPolicy
@@ -10,4 +11,5 @@ from ._scheduler import Scheduler as Scheduler
 from ._scheduler import UnknownProject as UnknownProject
 from ._tracker import Event as Event
 from ._tracker import Subscription as Subscription
+from ._tracker import SubscriptionClosed as SubscriptionClosed
 from ._tracker import Tracker as Tracker

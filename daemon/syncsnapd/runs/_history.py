@@ -1,8 +1,16 @@
 """Run history and the persisted event log, in SQLite (stdlib sqlite3, WAL).
 
-Every published event is written here by :meth:`History.serve` (a tracker subscriber; events published
-while a write runs form the next batch), so the history survives restarts: run rows with trigger, per-step timings, outcome and
-snapshot stats; the event log for ``Last-Event-ID`` resume across a restart; and statistics per project.
+Every published event is written here by :meth:`History.serve`, so the history survives restarts: run rows
+with trigger, per-step timings, outcome and snapshot stats; the event log for ``Last-Event-ID`` resume
+across a restart; and statistics per project.
+
+The history is the complete record: it reads the tracker through a lossless subscription and moves each
+event at once into its own in-memory queue, from which a writer task writes them in order, in batches (the
+events published while a write runs form the next batch). A write that fails (the database locked by
+another process, disk full, an I/O error) is retried with backoff (:data:`RETRY_FIRST_SECONDS` doubling to
+:data:`RETRY_MAX_SECONDS`) for as long as it takes, never fatal; meanwhile events wait in memory up to
+:data:`MAX_PENDING_EVENTS`, beyond which the oldest waiting ones are dropped and counted as lost
+(:meth:`History.statistics`, exported by ``/metrics``), with one log line per episode.
 
 Event ids never repeat, across restarts too: the daemon reserves blocks of ids in the database before it
 uses them (:data:`ID_RESERVATION`), so even events that were published but not yet written when the
@@ -19,15 +27,17 @@ import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from ..core import Progress, SnapshotSummary, parse_time
-from ._tracker import Event, Tracker
+from ._tracker import Event, Subscription, Tracker
 
 log = logging.getLogger("syncsnapd.history")
 
@@ -37,6 +47,22 @@ ID_RESERVATION = 100_000
 EVENTS_KEPT = 50_000
 # Events loaded into the tracker's replay buffer at start (resume across a restart).
 REPLAY_ON_START = 4096
+# How long SQLite waits for a lock another connection holds before a statement fails with "database is
+# locked". Short, because our own retry (below) takes over and because history queries (GET
+# /api/v1/runs/...) wait, in their worker threads, for the connection lock that a waiting write holds.
+BUSY_TIMEOUT_SECONDS = 1.0
+# A failed write is retried after 0.5 s, then each time after twice the previous delay, at most 30 s
+# apart, for as long as it takes: a database locked by another process or a full disk is not fatal.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+# Events held in memory, not yet written, while writes fail. An event (progress object and its JSON)
+# takes about 1.2 KiB (1.8 KiB once its SSE encoding is cached too), so this is at most about 35-55 MiB:
+# two hours of a snapshot run at four events a second. Beyond it the oldest waiting events are dropped
+# and counted (HistoryStatistics.events_lost).
+MAX_PENDING_EVENTS = 30_000
+# Events per transaction: a backlog is written in several short transactions, in order, so that history
+# queries never wait behind one huge write.
+MAX_BATCH_EVENTS = 2_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,13 +135,43 @@ class ProjectStats:
     seconds_per_gib: float | None
 
 
-class History:
-    """The SQLite history. Open with :meth:`open` (in a thread), then ``await nursery.start(h.serve, tracker)``."""
+@dataclass(frozen=True)
+class HistoryStatistics:
+    """The history writer's counters (see :meth:`History.statistics`).
 
-    def __init__(self, path: Path) -> None:
+    Attributes:
+        events_pending: events received from the tracker and not yet written (in memory).
+        events_written: events written since start.
+        events_lost: events dropped unwritten because more than :data:`MAX_PENDING_EVENTS` were waiting.
+        write_failures: write attempts that failed (each retried).
+    """
+
+    events_pending: int
+    events_written: int
+    events_lost: int
+    write_failures: int
+
+
+# Runs a blocking call off the event loop: trio.to_thread.run_sync.
+Offload = Callable[[Callable[[], None]], Awaitable[None]]
+
+
+class History:
+    """The SQLite history. Open with :meth:`open` (in a thread), then ``await nursery.start(h.serve, tracker)``.
+
+    Args:
+        path: the database file.
+        max_pending: events held in memory while writes fail (:data:`MAX_PENDING_EVENTS`).
+        busy_timeout: seconds SQLite waits for another connection's lock (:data:`BUSY_TIMEOUT_SECONDS`).
+        offload: how a write is run off the event loop; ``trio.to_thread.run_sync`` unless a test runs it
+            inline to keep virtual time exact.
+    """
+
+    def __init__(self, path: Path, *, max_pending: int = MAX_PENDING_EVENTS,
+                 busy_timeout: float = BUSY_TIMEOUT_SECONDS, offload: Offload | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a crash can lose the last transactions, never corrupt the database.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -125,11 +181,26 @@ class History:
         self._steps: dict[str, tuple[int, float, dict[str, float]]] = {}
         # Expected duration of the next snapshot per project (seconds), read on the Trio thread.
         self.expected: dict[str, float | None] = {}
+        # The newest event id committed (written by write(), in a worker thread, under the lock).
+        self._written_upto = 0
+        # The writer's state, on the Trio thread. Events received from the tracker and not yet written:
+        # the batch being written (or waiting for its retry), then the rest in order.
+        self._offload: Offload = offload if offload is not None else trio.to_thread.run_sync
+        self._max_pending = max_pending
+        self._batch: list[Event] = []
+        self._pending: deque[Event] = deque()
+        self._arrived = trio.Event()
+        self._received: int | None = None  # the newest event id taken from the tracker
+        self._written = 0
+        self._lost = 0
+        self._failures = 0
+        self._lost_in_episode = 0  # since the last successful write (an episode is logged once)
 
     @classmethod
-    def open(cls, path: Path) -> History:
+    def open(cls, path: Path, **kw: Any) -> History:
+        """Create the folder and open (or create) the database; keywords as for the constructor."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return cls(path)
+        return cls(path, **kw)
 
     def close(self) -> None:
         with self._lock:
@@ -180,12 +251,23 @@ class History:
     # --- writing -------------------------------------------------------------------------------------
 
     def write(self, events: Iterable[Event], last_event_id: int) -> None:
-        """Persist a batch of events and update their runs (one transaction)."""
+        """Persist a batch of events, in order, and update their runs (one transaction).
+
+        Idempotent: events already committed are skipped, so a failed batch can simply be written again.
+        On failure nothing is kept, in the database or in this object's per-run state.
+
+        Raises:
+            sqlite3.Error: the database refused the write (locked by another process, disk full, I/O).
+        """
         with self._lock:
             db = self._db
+            steps = {run: (step, since, dict(seconds)) for run, (step, since, seconds) in self._steps.items()}
+            reserved, written = self._reserved, self._written_upto
             db.execute("BEGIN")
             try:
                 for ev in events:
+                    if ev.id <= written:
+                        continue
                     p = ev.progress
                     db.execute("INSERT OR IGNORE INTO events (id, project, run, data) VALUES (?, ?, ?, ?)",
                                (ev.id, p.project, p.run, ev.json_text))
@@ -193,12 +275,19 @@ class History:
                         self._update_run(p, parse_time(p.updated_at) or time.time())
                         if p.terminal and p.kind == "snapshot" and p.state == "completed":
                             self.expected[p.project] = self._expected_locked(p.project)
+                    written = ev.id
                 if last_event_id + ID_RESERVATION // 2 > self._reserved:
                     self._reserve_locked(last_event_id + ID_RESERVATION)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._steps, self._reserved = steps, reserved
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the transaction is gone either way; the first error is the one to report
                 raise
+            self._written_upto = written
 
     def _update_run(self, p: Progress, now: float) -> None:
         assert p.run is not None
@@ -238,26 +327,107 @@ class History:
 
     async def serve(self, tracker: Tracker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        """Write every event the tracker publishes, in batches, until cancelled (then flush what is left)."""
-        sub = tracker.subscribe(last_event_id=tracker.last_event_id, transport="internal")
-        task_status.started()
-        batch: list[Event] = []
+        """Write every event the tracker publishes, in order, until cancelled (then flush what is left).
+
+        Never fails on a database error: a failed write is retried with backoff while events wait in
+        memory (see the module docstring). The events received are kept on this object, so if this
+        coroutine is restarted (by a supervisor) it continues where it stopped, with nothing lost.
+        """
+        since = tracker.last_event_id if self._received is None else self._received
+        sub = tracker.subscribe(last_event_id=since, transport="internal", lossless=True)
+        self._received = since
         try:
-            while True:
-                await sub.wait()
-                while (ev := sub.get_nowait()) is not None:
-                    batch.append(ev)
-                if batch:
-                    # Events published while this write runs in its thread make the next batch, so the
-                    # writer keeps up without a transaction per event and without a fixed delay.
-                    pending, batch = batch, []
-                    await trio.to_thread.run_sync(self.write, pending, tracker.last_event_id)
+            self._take_queued(sub, tracker, since)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve_receive, sub)
+                await self._serve_writes(tracker)
         finally:
             while (ev := sub.get_nowait()) is not None:
-                batch.append(ev)
-            if batch:
-                self.write(batch, tracker.last_event_id)  # final flush at shutdown: quick, and must happen
+                self._take(ev)
             sub.close()
+            with trio.CancelScope(shield=True):
+                await self._flush_once(tracker)
+
+    def statistics(self) -> HistoryStatistics:
+        """Events waiting in memory, written, lost; failed write attempts. Call on the Trio thread."""
+        return HistoryStatistics(events_pending=len(self._batch) + len(self._pending),
+                                 events_written=self._written, events_lost=self._lost,
+                                 write_failures=self._failures)
+
+    def _take_queued(self, sub: Subscription, tracker: Tracker, since: int) -> None:
+        taken = 0
+        while (ev := sub.get_nowait()) is not None:
+            if ev.id > since:
+                self._take(ev)
+                taken += 1
+        if sub.gap:
+            # Only when a restarted serve() resumes from further back than the tracker's replay buffer.
+            missed = tracker.last_event_id - since - taken
+            self._lost += missed
+            log.error("history: %d events were published while the history writer was stopped and are "
+                      "no longer available; they are missing from the history", missed)
+
+    def _take(self, ev: Event) -> None:
+        """Queue one event for writing, within the bound (on the Trio thread, never waits)."""
+        self._received = ev.id
+        self._pending.append(ev)
+        if len(self._batch) + len(self._pending) > self._max_pending:
+            self._pending.popleft()  # the oldest not already being written
+            self._lost += 1
+            self._lost_in_episode += 1
+            if self._lost_in_episode == 1:
+                log.error("history: %d events are waiting for the database; dropping the oldest until a "
+                          "write succeeds (counted in syncsnap_history_events_lost_total)", self._max_pending)
+        self._arrived.set()
+
+    async def _serve_receive(self, sub: Subscription) -> None:
+        while True:
+            await sub.wait()  # a lossless subscription is never closed under us; if it were, this raises
+            while (ev := sub.get_nowait()) is not None:
+                self._take(ev)
+
+    async def _serve_writes(self, tracker: Tracker) -> None:
+        delay = RETRY_FIRST_SECONDS
+        failing_since: float | None = None
+        while True:
+            if not self._batch:
+                while not self._pending:
+                    await self._arrived.wait()
+                    self._arrived = trio.Event()
+                n = min(len(self._pending), MAX_BATCH_EVENTS)
+                self._batch = [self._pending.popleft() for _ in range(n)]
+            try:
+                await self._offload(partial(self.write, self._batch, tracker.last_event_id))
+            except sqlite3.Error as exc:
+                self._failures += 1
+                if failing_since is None:
+                    failing_since = trio.current_time()
+                    log.warning("history: cannot write to %s (%s); retrying with backoff, events wait in "
+                                "memory (at most %d)", self.path, exc, self._max_pending)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            self._written += len(self._batch)
+            self._batch = []
+            if failing_since is not None:
+                log.warning("history: writing again after %.1f s; %d events were lost meanwhile",
+                            trio.current_time() - failing_since, self._lost_in_episode)
+                failing_since, delay = None, RETRY_FIRST_SECONDS
+            self._lost_in_episode = 0
+
+    async def _flush_once(self, tracker: Tracker) -> None:
+        """At the end of serve(): one attempt to write what is waiting (shielded by the caller)."""
+        events = self._batch + list(self._pending)
+        if not events:
+            return
+        try:
+            await self._offload(partial(self.write, events, tracker.last_event_id))
+        except sqlite3.Error as exc:
+            log.error("history: %d events not written when the writer stopped: %s", len(events), exc)
+            return
+        self._written += len(events)
+        self._batch, self._pending = [], deque()
 
     # --- queries -------------------------------------------------------------------------------------
 

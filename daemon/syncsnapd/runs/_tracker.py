@@ -1,14 +1,24 @@
 """The progress tracker: latest state per project, one daemon-wide event sequence, replay, subscribers.
 
-No I/O. ``publish`` is synchronous and never waits on a subscriber: it stamps the next event id, keeps the
-event in a bounded replay buffer, and offers it to every matching subscription. A subscription holds a
-bounded queue; when that queue is full, intermediate progress events are coalesced to the newest per
-project, terminal events (completed, failed, cancelled) are never dropped, and a subscription that still
-cannot keep up is closed (the reader resumes with ``Last-Event-ID``).
+No I/O, and nothing about HTTP: an event carries its progress object and that object's JSON text (data);
+the transports' framings (SSE, JSON bodies, WebSocket messages) belong to ``syncsnapd.http`` and are cached
+per event in :attr:`Event.cache` by the API layer, so a fan-out encodes each event once.
+
+``publish`` is synchronous and never waits on a subscriber: it stamps the next event id, keeps the event in
+a bounded replay buffer, and offers it to every matching subscription. There are two kinds:
+
+- A network client's subscription holds a bounded queue; when that queue is full, intermediate progress
+  events are coalesced to the newest per project, terminal events (completed, failed, cancelled) are never
+  dropped, and a subscription that still cannot keep up is closed (the reader resumes with
+  ``Last-Event-ID``).
+- A *lossless* subscription (``subscribe(lossless=True)``) is for the daemon's own consumers (the history,
+  the metrics, the systemd status): its queue is unbounded, never coalesced, never closed by the tracker.
+  Such a consumer runs on the event loop and drains its queue without waiting on I/O (the history moves
+  events into its own bounded, counted buffer: see ``_history.py``), so the queue stays short.
 
 A transport may give a subscription a *fast path*: a callable that tries to hand an event straight to the
-connection without blocking (see ``_api.py``: a non-blocking socket write). Only when it cannot does the
-event wait in the queue for the subscriber's own task, which the fast path wakes.
+connection without blocking (see ``syncsnapd.api``: a non-blocking socket write). Only when it cannot does
+the event wait in the queue for the subscriber's own task, which the fast path wakes.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import trio
 
@@ -32,23 +43,20 @@ DEFAULT_QUEUE_EVENTS = 256
 
 @dataclass(frozen=True, eq=False)
 class Event:
-    """One published progress event; its encodings are computed once and shared by all subscribers."""
+    """One published progress event.
+
+    ``json_text`` (the progress object as compact JSON) is computed once and shared by every consumer.
+    ``cache`` holds what other layers derive from the event (the API layer keeps its wire encodings there),
+    so that each is computed once per event however many subscribers receive it; the tracker never reads it.
+    """
 
     id: int
     progress: Progress
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @cached_property
     def json_text(self) -> str:
         return json.dumps(self.progress.to_json(), separators=(",", ":"))
-
-    @cached_property
-    def json_body(self) -> bytes:
-        """The progress object as an HTTP response body."""
-        return f"{self.json_text}\n".encode()
-
-    @cached_property
-    def sse_bytes(self) -> bytes:
-        return f"id: {self.id}\nevent: progress\ndata: {self.json_text}\n\n".encode()
 
 
 @dataclass
@@ -64,14 +72,29 @@ class TrackerStatistics:
 FastPath = Callable[[Event], bool]
 
 
+class SubscriptionClosed(Exception):
+    """:meth:`Subscription.wait` on a subscription that is closed and has nothing left to read.
+
+    Waiting on it again could only return at once, forever (a consumer loop would spin), so it raises.
+    ``reason`` is the subscription's ``close_reason`` ("overflow" for a reader that fell hopelessly behind).
+    """
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(f"the subscription is closed ({reason})")
+        self.reason = reason
+
+
 class Subscription:
     """A subscriber's view of the event sequence. Use as an async iterator, or drain with ``get_nowait``.
 
     ``gap`` is True when the subscriber asked to resume from an event that had left the replay buffer:
     it then received the current state instead of the missed events.
+
+    ``maxlen`` None makes it lossless: every event is queued, none is coalesced, and the tracker never
+    closes it (for the daemon's own consumers, which drain their queue on the event loop).
     """
 
-    def __init__(self, tracker: Tracker, projects: frozenset[str] | None, maxlen: int,
+    def __init__(self, tracker: Tracker, projects: frozenset[str] | None, maxlen: int | None,
                  transport: str = "internal") -> None:
         self._tracker = tracker
         self.transport = transport
@@ -84,6 +107,10 @@ class Subscription:
         self.close_reason: str | None = None
         self.gap = False
         self.last_delivery = trio.current_time()
+
+    @property
+    def lossless(self) -> bool:
+        return self._maxlen is None
 
     def matches(self, project: str) -> bool:
         return self.projects is None or project in self.projects
@@ -98,7 +125,7 @@ class Subscription:
             stats.fast_deliveries += 1
             self.last_delivery = trio.current_time()
             return
-        if len(self._queue) >= self._maxlen:
+        if self._maxlen is not None and len(self._queue) >= self._maxlen:
             self._coalesce()
             if len(self._queue) >= self._maxlen:
                 self.close("overflow")
@@ -138,10 +165,18 @@ class Subscription:
         return len(self._queue)
 
     async def wait(self) -> None:
-        """Wait until an event is queued, the fast path asked for attention, or the subscription closed."""
-        if self._queue or self.closed:
+        """Wait until an event is queued, the fast path asked for attention, or the subscription closed.
+
+        Raises:
+            SubscriptionClosed: it was already closed with nothing left to read (returning would make
+                the caller's loop spin).
+        """
+        if self._queue:
             await trio.lowlevel.checkpoint()
             return
+        if self.closed:
+            await trio.lowlevel.checkpoint()
+            raise SubscriptionClosed(self.close_reason)
         await self._wakeup.wait()
         self._wakeup = trio.Event()
 
@@ -239,14 +274,20 @@ class Tracker:
     # --- subscribing -------------------------------------------------------------------------------
 
     def subscribe(self, projects: Iterable[str] | None = None, *, last_event_id: int | None = None,
-                  fast_path: FastPath | None = None, transport: str = "internal") -> Subscription:
+                  fast_path: FastPath | None = None, transport: str = "internal",
+                  lossless: bool = False) -> Subscription:
         """Open a subscription; its queue starts with the replay or the current state.
 
         With ``last_event_id`` still covered by the replay buffer, exactly the later events are queued
         (no gap, no duplicate). Otherwise the current state of each project is queued, oldest event
         first, and ``gap`` is set if a resume was asked for but could not be honoured.
+
+        ``lossless`` is for the daemon's own consumers (history, metrics, systemd status): an unbounded
+        queue, never coalesced nor closed for falling behind. Network clients get the bounded queue
+        (``queue_events``) so that a slow reader cannot make the daemon hold events without limit.
         """
-        sub = Subscription(self, None if projects is None else frozenset(projects), self.queue_events, transport)
+        maxlen = None if lossless else self.queue_events
+        sub = Subscription(self, None if projects is None else frozenset(projects), maxlen, transport)
         initial: list[Event]
         if last_event_id is not None and self._can_replay(last_event_id):
             initial = [ev for ev in self._replay if ev.id > last_event_id and sub.matches(ev.progress.project)]
@@ -255,7 +296,7 @@ class Tracker:
             initial = sorted((ev for name, ev in self._latest.items() if sub.matches(name)), key=lambda ev: ev.id)
         sub._queue.extend(initial)
         # A resumed reader may already be far behind; apply the bound from the start.
-        if len(sub._queue) > sub._maxlen:
+        if sub._maxlen is not None and len(sub._queue) > sub._maxlen:
             sub._coalesce()
         self._subscribers.add(sub)
         self.stats.subscribers = len(self._subscribers)

@@ -234,7 +234,8 @@ class Daemon:
         self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude)
         register_operations(self.api.router, self.ops)
         self.server: HttpServer | None = None
-        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None)
+        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
+                               history)
         self.metrics.register(self.api.router)
         self._sources: dict[str, str] = {}  # project id -> the name of its supervised source
         self._nursery: trio.Nursery | None = None
@@ -362,7 +363,7 @@ class Daemon:
 
     async def serve_status(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep STATUS= current while runs progress (at most once per STATUS_INTERVAL_SECONDS)."""
-        with self.tracker.subscribe() as sub:
+        with self.tracker.subscribe(lossless=True) as sub:
             task_status.started()
             while True:
                 await sub.wait()
