@@ -3,13 +3,13 @@ and Syncthing (its event stream, and step 1's wait for sync).
 """
 
 from ._syncthing import ScanProgress as ScanProgress
-from ._syncthing import SyncthingChange as SyncthingChange
-from ._syncthing import SyncthingError as SyncthingError
 from ._syncthing import describe_status as describe_status
-from ._syncthing import folder_path as folder_path
 from ._syncthing import read_events as read_events
 from ._syncthing import serve_syncthing_changes as serve_syncthing_changes
 from ._syncthing import wait_for_sync as wait_for_sync
+from ._syncthing_rest import SyncthingChange as SyncthingChange
+from ._syncthing_rest import SyncthingError as SyncthingError
+from ._syncthing_rest import folder_path as folder_path
 from ._watch import FolderSummary as FolderSummary
 from ._watch import WatchStatus as WatchStatus
 from ._watch import folder_fingerprint as folder_fingerprint
