@@ -18,6 +18,7 @@ import trio
 from helpers.curl import TERMINAL, SseReader
 from helpers.daemon import DaemonProcess, make_tree, spawn_daemon
 from helpers.store import backdate, commit_entries, flip_byte, snapshot, tree_state, write_files
+from syncsnapd.api import http_status
 from syncsnapd.core import KeepPolicy, Progress, ProjectConfig
 from syncsnapd.engine import TEMP_PREFIX
 from syncsnapd.runs import OperationError, Operations, Scheduler, Tracker
@@ -279,7 +280,7 @@ async def test_one_check_or_prune_at_a_time(tmp_path: Path) -> None:
         for start in (ops.start_check, ops.start_prune):
             with pytest.raises(OperationError) as exc:
                 start()
-            assert (exc.value.status, exc.value.code) == (409, "busy")
+            assert (http_status(exc.value.code), exc.value.code) == (409, "busy")
         assert (await wait_terminal(tracker, first)).state == "completed"
         prune = ops.start_prune(dry_run=True)
         with pytest.raises(OperationError):

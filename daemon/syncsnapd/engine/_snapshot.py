@@ -40,7 +40,7 @@ from pathlib import Path
 import blake3
 import trio
 
-from ..core import RunProgress, SnapshotSummary
+from ..core import RunProgress, SnapshotSummary, SyncsnapdError
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
 
 __all__ = ["SnapshotError", "take_snapshot"]
@@ -61,13 +61,11 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-class SnapshotError(Exception):
+class SnapshotError(SyncsnapdError):
     """A snapshot run failed; ``code`` is ``folder_missing`` or ``store_error`` (docs/api.md)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
