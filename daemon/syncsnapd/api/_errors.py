@@ -24,6 +24,8 @@ log = logging.getLogger("syncsnapd.api")
 # The status of an unknown code: the server's fault until the table says otherwise.
 DEFAULT_STATUS = 500
 
+# The codes the endpoints and the layers below answer with (docs/api.md, "Errors" and "Operations"); the
+# HTTP layer's own codes (unauthorized, method_not_allowed, ...) come with their status from syncsnapd.http.
 STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     # The request itself is wrong.
     "bad_request": 400,
