@@ -127,6 +127,9 @@ class RunExecutor:
     async def execute(self, run: Run, body: Body) -> Progress:
         """Run ``body`` as ``run`` and publish its terminal event; returns that event's progress.
 
+        The terminal event carries the run's final counters itself; counters changed since the last tick
+        are not published separately before it.
+
         If the caller itself is cancelled (the owner shuts down), the run ends ``cancelled`` and the
         cancellation propagates.
         """
@@ -147,7 +150,6 @@ class RunExecutor:
             del self._active[run.id]
             if final is None:
                 final = self._cancelled(run)
-            progress.flush()
             self._publish_final(run, final)
         return final
 
