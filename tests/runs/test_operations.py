@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import trio
 from helpers.curl import TERMINAL, SseReader
 from helpers.daemon import DaemonProcess, make_tree, spawn_daemon
 from helpers.store import backdate, commit_entries, flip_byte, snapshot, tree_state, write_files
+from syncsnapd.api import http_status
 from syncsnapd.core import KeepPolicy, Progress, ProjectConfig
 from syncsnapd.engine import TEMP_PREFIX
 from syncsnapd.runs import OperationError, Operations, Scheduler, Tracker
@@ -279,7 +281,7 @@ async def test_one_check_or_prune_at_a_time(tmp_path: Path) -> None:
         for start in (ops.start_check, ops.start_prune):
             with pytest.raises(OperationError) as exc:
                 start()
-            assert (exc.value.status, exc.value.code) == (409, "busy")
+            assert (http_status(exc.value.code), exc.value.code) == (409, "busy")
         assert (await wait_terminal(tracker, first)).state == "completed"
         prune = ops.start_prune(dry_run=True)
         with pytest.raises(OperationError):
@@ -391,3 +393,52 @@ async def test_a_cancelled_prune_leaves_the_store_consistent(tmp_path: Path, mon
         done = await wait_terminal(tracker, ops.start_prune())
         assert done.state == "completed" and done.result is not None and done.result["packs_repacked"] > 0
         assert store.check(read_data=True).ok
+
+
+@pytest.mark.parametrize("kind", ["restore", "check", "prune"])
+async def test_an_operation_cancelled_while_its_worker_thread_is_mid_step_ends_in_one_cancelled_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The run's worker thread is held inside its first read of the store (mid-step) while the run is
+    cancelled; once released it stops at its next check. The run ends `cancelled` with exactly one
+    terminal event, and nothing of it is published after that. (The same run lifecycle serves snapshot
+    runs; test_executor.py covers the cancellation wrapped in an exception group for every kind.)"""
+    folder = tmp_path / "p"
+    write_files(folder, {f"f{i:02d}.bin": os.urandom(200 * KiB) for i in range(24)})
+    backdate(folder)
+    entered, go = threading.Event(), threading.Event()
+    real = ChunkReader._read_verified
+
+    def held(self: ChunkReader, chunk: str, loc: ChunkLocation) -> tuple[bytes, bytes]:
+        entered.set()
+        go.wait()
+        return real(self, chunk, loc)
+
+    async with running_operations(tmp_path, [ProjectConfig("p", folder, keep=KeepPolicy(last=1))]) as (
+            ops, tracker, store):
+        sid = (await snapshot(store, folder)).id
+        for i in range(0, 24, 2):
+            (folder / f"f{i:02d}.bin").unlink()
+        backdate(folder)
+        await snapshot(store, folder)
+        monkeypatch.setattr(ChunkReader, "_read_verified", held)
+        if kind == "restore":
+            first = await ops.start_restore("p", sid, str(tmp_path / "out"))
+        elif kind == "check":
+            first = ops.start_check(read_data=True)
+        else:
+            first = ops.start_prune()
+        assert first.run is not None
+        sub = tracker.subscribe(last_event_id=first.event_id - 1)
+        assert await trio.to_thread.run_sync(lambda: entered.wait(20))
+        assert ops.cancel(first.run)
+        go.set()
+        final = await wait_terminal(tracker, first)
+        assert ops.get(first.run) == final
+    # The operations have shut down: everything the run published is in the subscription by now.
+    mine = []
+    while (ev := sub.get_nowait()) is not None:
+        if ev.progress.run == first.run:
+            mine.append(ev.progress)
+    assert mine[0] == first and mine[-1] == final
+    assert [(p.kind, p.state, p.error) for p in mine if p.terminal] == [
+        (kind, "cancelled", {"code": "cancelled", "message": "The run was cancelled on request."})]

@@ -2,6 +2,8 @@
 """
 
 from ._endpoints import Api as Api
+from ._errors import STATUS_BY_CODE as STATUS_BY_CODE
+from ._errors import http_status as http_status
 from ._metrics import Metrics as Metrics
 from ._metrics import store_footprint as store_footprint
 from ._operations import register_operations as register_operations

@@ -13,7 +13,6 @@ from .. import __version__
 from ..core import Supervisor
 from ..http import (
     BodyWriter,
-    HTTPError,
     Request,
     Response,
     Router,
@@ -27,6 +26,7 @@ from ..runs import Event, Scheduler, Tracker, UnknownProject
 from ..sources import WatchStatus
 from ..store import SnapshotInfo
 from ._encodings import event_json_body, event_sse
+from ._errors import api_error
 from ._websocket import websocket_endpoint
 
 API = "/api/v1"
@@ -37,11 +37,12 @@ GAP_EVENT = "gap"
 
 
 def known_project(scheduler: Scheduler, pid: str) -> str:
-    """``pid`` if the scheduler has that project, else HTTPError 404 (for every project endpoint)."""
+    """``pid`` if the scheduler has that project, else the ``not_found`` answer (for every project
+    endpoint)."""
     try:
         scheduler.project(pid)
-    except UnknownProject:
-        raise HTTPError(404, "not_found", f"No project named {pid!r}.") from None
+    except UnknownProject as exc:
+        raise api_error(exc.code, exc.message) from None
     return pid
 
 
@@ -101,7 +102,7 @@ class Api:
         try:
             return Response(200, event_json_body(self.tracker.latest_event(params["id"])))
         except KeyError:
-            raise HTTPError(404, "not_found", f"No project named {params['id']!r}.") from None
+            raise api_error("not_found", f"No project named {params['id']!r}.") from None
 
     async def snapshots(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
@@ -195,7 +196,7 @@ def _last_event_id(request: Request) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise HTTPError(400, "bad_request", "Last-Event-ID must be an integer event id.") from None
+        raise api_error("bad_request", "Last-Event-ID must be an integer event id.") from None
     if value < 0:
-        raise HTTPError(400, "bad_request", "Last-Event-ID must not be negative.")
+        raise api_error("bad_request", "Last-Event-ID must not be negative.")
     return value

@@ -6,9 +6,10 @@ import json
 
 import trio
 
-from ..http import HTTPError, Request, Response, Router, json_response, query_int
+from ..http import Request, Response, Router, json_response, query_int
 from ..runs import History, Scheduler
 from ._endpoints import known_project
+from ._errors import api_error
 
 API = "/api/v1"
 # Page size bounds for GET .../runs.
@@ -34,13 +35,13 @@ def register_runs(router: Router, history: History, scheduler: Scheduler) -> Non
     async def run(request: Request, params: dict[str, str]) -> Response:
         rec = await trio.to_thread.run_sync(history.run, params["run"])
         if rec is None:
-            raise HTTPError(404, "not_found", f"No run {params['run']!r}.")
+            raise api_error("not_found", f"No run {params['run']!r}.")
         return json_response(200, rec.to_json())
 
     async def run_events(request: Request, params: dict[str, str]) -> Response:
         rec = await trio.to_thread.run_sync(history.run, params["run"])
         if rec is None:
-            raise HTTPError(404, "not_found", f"No run {params['run']!r}.")
+            raise api_error("not_found", f"No run {params['run']!r}.")
         lines = await trio.to_thread.run_sync(history.run_events, params["run"])
         if "application/x-ndjson" in (request.headers.get("accept") or ""):
             body = "".join(f"{line}\n" for line in lines).encode()
@@ -56,7 +57,7 @@ def register_runs(router: Router, history: History, scheduler: Scheduler) -> Non
         pid = known(params["id"])
         run_id = scheduler.cancel_run(pid, "cancelled", "The snapshot was cancelled on request.")
         if run_id is None:
-            raise HTTPError(404, "no_run", f"Project {pid!r} has no run in progress.")
+            raise api_error("no_run", f"Project {pid!r} has no run in progress.")
         return json_response(202, {"run": run_id, "state": "cancelling"})
 
     router.add("GET", f"{API}/projects/{{id}}/runs", runs)

@@ -25,9 +25,10 @@ from typing import Any
 import trio
 import trio_websocket
 
-from ..http import HTTPError, Request, UpgradeResponse
+from ..http import Request, UpgradeResponse
 from ..runs import Scheduler, Subscription, Tracker, UnknownProject
 from ._encodings import event_ws
+from ._errors import api_error
 
 log = logging.getLogger("syncsnapd.ws")
 
@@ -100,8 +101,8 @@ class _Session:
             project = msg.get("project")
             try:
                 run, progress = self.scheduler.request_snapshot(str(project), "api")
-            except UnknownProject:
-                await self.error(msg, "not_found", f"No project named {project!r}.")
+            except UnknownProject as exc:
+                await self.error(msg, exc.code, f"No project named {project!r}.")
                 return
             await self.reply(msg, run=run, progress=progress.to_json())
         else:
@@ -140,7 +141,7 @@ def websocket_endpoint(tracker: Tracker, scheduler: Scheduler) -> Any:
 
     async def handler(request: Request, params: dict[str, str]) -> UpgradeResponse:
         if (request.headers.get("upgrade") or "").lower() != "websocket":
-            raise HTTPError(426, "upgrade_required", "This endpoint speaks WebSocket: send Upgrade: websocket.",
+            raise api_error("upgrade_required", "This endpoint speaks WebSocket: send Upgrade: websocket.",
                             (("Upgrade", "websocket"),))
         return UpgradeResponse(session)
 

@@ -144,7 +144,7 @@ class RunProgress:
 
     Step changes and messages are set on the Trio thread and published at once through ``publish``.
     ``add_done`` may be called from worker threads; the run's ticker publishes the counters a few times a
-    second (see :data:`syncsnapd._scheduler.TICK_SECONDS`), so a run emits a handful of events per
+    second (see :data:`syncsnapd.runs.TICK_SECONDS`), so a run emits a handful of events per
     second, never one per file.
     """
 

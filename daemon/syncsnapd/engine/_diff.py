@@ -23,6 +23,7 @@ from typing import Any
 
 import blake3
 
+from ..core import SyncsnapdError
 from ..store import Entry
 from ._snapshot import SnapshotError, _DirChain, _fill
 
@@ -32,12 +33,11 @@ __all__ = ["Diff", "DiffError", "Modified", "Side", "diff_entries", "scan_live"]
 DEFAULT_LIMIT = 10_000
 
 
-class DiffError(Exception):
+class DiffError(SyncsnapdError):
     """The live folder cannot be read (``code`` ``folder_missing``)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
 
 
 @dataclass(frozen=True)

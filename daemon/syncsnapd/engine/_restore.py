@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import SyncsnapdError
 from ..store import ChunkReader, Entry, Store, StoreError, UnknownSnapshotError
 
 __all__ = ["Restore", "RestoreError", "RestoreStats", "check_target", "normalize_path", "restore_snapshot",
@@ -46,14 +47,13 @@ TEMP_PREFIX = ".syncsnap-restore-"
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
 
-class RestoreError(Exception):
+class RestoreError(SyncsnapdError):
     """The snapshot cannot be restored to the target. ``code`` says why (docs/api.md): ``target_invalid``,
     ``target_not_empty``, ``target_outside`` (an entry would lead outside the target), ``path_invalid``,
     ``path_unknown``, ``target_conflict``, ``snapshot_damaged``, ``data_damaged`` or ``io_error``."""
 
     def __init__(self, message: str, code: str = "io_error") -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
 
 
 @dataclass(frozen=True)

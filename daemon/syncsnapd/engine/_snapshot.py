@@ -1,7 +1,7 @@
 """The snapshot engine: walk the folder, compare with the previous snapshot, read/hash/compress what
 changed in worker threads, and commit a new snapshot to the store.
 
-Steps reported through :class:`~syncsnapd._progress.RunProgress` (the scheduler already set step 1):
+Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler already set step 1):
 
 2. browsing folder status: check the folder, load the previous snapshot's entries of the project;
 3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used;
@@ -40,7 +40,7 @@ from pathlib import Path
 import blake3
 import trio
 
-from ..core import RunProgress, SnapshotSummary
+from ..core import RunProgress, SnapshotSummary, SyncsnapdError
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
 
 __all__ = ["SnapshotError", "take_snapshot"]
@@ -61,13 +61,11 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
-class SnapshotError(Exception):
+class SnapshotError(SyncsnapdError):
     """A snapshot run failed; ``code`` is ``folder_missing`` or ``store_error`` (docs/api.md)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

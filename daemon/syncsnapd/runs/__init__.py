@@ -1,7 +1,13 @@
 """Runs and their record: the tracker (event ids, replay, subscriptions), the scheduler of snapshot
-runs, the operation runs (restore, check, prune) and the SQLite history.
+runs, the operation runs (restore, check, prune), the lifecycle both kinds of runs share (the executor)
+and the SQLite history.
 """
 
+from ._executor import TICK_SECONDS as TICK_SECONDS
+from ._executor import Outcome as Outcome
+from ._executor import Run as Run
+from ._executor import RunExecutor as RunExecutor
+from ._executor import RunFailed as RunFailed
 from ._history import History as History
 from ._history import HistoryStatistics as HistoryStatistics
 from ._operations import OperationError as OperationError

@@ -5,8 +5,9 @@ A run of an operation is published through the tracker like a snapshot run, with
 to a project (their events go out on its stream); check and prune are store-wide (project ``""``, shown
 as null). Several restores may run at once, beside snapshots of any project; one check or prune at a
 time. Disk and CPU work runs in worker threads under a limiter of its own, so the snapshot runs' threads
-are never taken. Every run can be cancelled and ends in exactly one terminal event. No HTTP here: see
-``_api_ops.py``.
+are never taken. Every run can be cancelled and ends in exactly one terminal event (the lifecycle shared
+with snapshot runs: ``_executor.py``). Requests are refused with :class:`OperationError` codes; no HTTP
+here: the API maps codes to statuses (``syncsnapd.api``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -23,10 +24,11 @@ from typing import Any
 
 import trio
 
-from ..core import Plan, Progress, RunCancelled, RunProgress, Step, human_bytes
+from ..core import Plan, Progress, RunProgress, Step, SyncsnapdError, human_bytes
 from ..engine import DiffError, Restore, RestoreError, check_target, diff_entries, normalize_path, scan_live
 from ..store import GarbageCollector, StoreCheck, StoreError, UnknownSnapshotError, plan_forget
-from ._scheduler import TICK_SECONDS, Scheduler, UnknownProject, new_run_id
+from ._executor import Body, Outcome, Run, RunExecutor, RunFailed
+from ._scheduler import Scheduler, UnknownProject, new_run_id
 from ._tracker import Tracker
 
 log = logging.getLogger("syncsnapd.operations")
@@ -55,38 +57,20 @@ RECENT_OPERATIONS = 32
 OPERATION_THREADS = 2
 
 
-class OperationError(Exception):
-    """A request for an operation is refused before any run starts: ``status`` and ``code`` are the HTTP
-    answer's (docs/api.md)."""
+class OperationError(SyncsnapdError):
+    """A request for an operation is refused before any run starts; ``code`` says why (docs/api.md). What
+    a code means in HTTP is the API's business (``syncsnapd.api``)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
 
 
-class _Failed(Exception):
-    """An operation run ends ``failed`` with this error code (and possibly a result)."""
-
-    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.result = result
-
-
-@dataclass
+@dataclass(eq=False)
 class _Op:
     kind: str
-    progress: RunProgress
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    run: Run
     last: Progress | None = None
-    cancel_reason: tuple[str, str] | None = None
     cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-
-
-Body = Callable[[RunProgress], Awaitable[tuple[str, dict[str, Any]]]]
 
 
 def _check_fn(progress: RunProgress) -> Callable[[], None]:
@@ -117,6 +101,7 @@ class Operations:
         self._running: dict[str, _Op] = {}
         self._recent: OrderedDict[str, Progress] = OrderedDict()
         self._exclusive: _Op | None = None  # the check or prune in progress
+        self._executor = RunExecutor(logger=log)
         self._nursery: trio.Nursery | None = None
 
     # --- queries -----------------------------------------------------------------------------------
@@ -141,9 +126,7 @@ class Operations:
         op = self._running.get(run)
         if op is None:
             return False
-        op.cancel_reason = op.cancel_reason or (code, message)
-        op.progress.cancel()
-        op.scope.cancel()
+        op.run.cancel(code, message)
         return True
 
     # --- serving -----------------------------------------------------------------------------------
@@ -153,82 +136,47 @@ class Operations:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._executor.serve)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
 
-    async def _ticker(self) -> None:
-        try:
-            while True:
-                await trio.sleep(TICK_SECONDS)
-                for op in list(self._running.values()):
-                    op.progress.flush()
-        finally:
-            # Shutting down: worker threads do not see trio's cancellation; raise their flag.
-            for op in self._running.values():
-                op.progress.cancel()
-
     def _start(self, kind: str, project: str, plan: Plan, body: Body, cleanup: contextlib.ExitStack | None = None
                ) -> Progress:
         if self._nursery is None:
-            raise OperationError(503, "unavailable", "The daemon is starting or stopping.")
-        run = new_run_id()
+            raise OperationError("unavailable", "The daemon is starting or stopping.")
         holder: list[_Op] = []
-        op = _Op(kind, RunProgress(project, run, lambda p: self._publish(holder[0], p), plan=plan, trigger="api"))
+
+        def publish(progress: Progress) -> None:
+            holder[0].last = self.tracker.publish(progress).progress
+
+        op = _Op(kind, Run(RunProgress(project, new_run_id(), publish, plan=plan, trigger="api"), publish))
         holder.append(op)
         if cleanup is not None:
             op.cleanup.push(cleanup.pop_all())
-        self._running[run] = op
-        op.progress.add_done()  # mark dirty so the step-1 state is published now
-        op.progress.flush()
+        self._running[op.run.id] = op
+        op.run.announce()
         self._nursery.start_soon(self._execute, op, body)
         assert op.last is not None
         return op.last
 
-    def _publish(self, op: _Op, progress: Progress) -> None:
-        op.last = self.tracker.publish(progress).progress
-
     async def _execute(self, op: _Op, body: Body) -> None:
-        progress = op.progress
-        what = progress.plan.kind.capitalize()
+        async def run_body(progress: RunProgress) -> Outcome:
+            try:
+                return await body(progress)
+            except StoreError as exc:
+                raise RunFailed("store_error", str(exc)) from exc
+
         try:
-            with op.scope:
-                try:
-                    message, result = await body(progress)
-                    final = progress.finish("completed", message=message, result=result)
-                    log.info("%s run %s: %s", op.kind, progress.run, message)
-                except (_Failed, StoreError) as exc:
-                    failed = exc if isinstance(exc, _Failed) else _Failed("store_error", str(exc))
-                    final = progress.finish("failed", error={"code": failed.code, "message": failed.message},
-                                            message=f"{what} failed: {failed.message}", result=failed.result)
-                    log.warning("%s run %s failed: %s", op.kind, progress.run, failed.message)
-                except (trio.Cancelled, RunCancelled) as exc:
-                    code, message = op.cancel_reason or ("shutdown", "The daemon is shutting down.")
-                    progress.flush()
-                    self._publish(op, progress.finish(
-                        "cancelled", error={"code": code, "message": message},
-                        message=f"{what} cancelled: {message[0].lower()}{message[1:].rstrip('.')}"))
-                    log.info("%s run %s cancelled (%s)", op.kind, progress.run, code)
-                    if isinstance(exc, trio.Cancelled):
-                        raise  # absorbed by op.scope when the cancel was ours
-                    return
-                except Exception:
-                    log.exception("%s run %s failed unexpectedly", op.kind, progress.run)
-                    final = progress.finish("failed", error={"code": "internal_error",
-                                                             "message": "An internal error stopped the run; "
-                                                                        "see the daemon's log."},
-                                            message=f"{what} failed: internal error")
-                progress.flush()
-                self._publish(op, final)
+            await self._executor.execute(op.run, run_body)
         finally:
             op.cleanup.close()  # releases the snapshot a restore pinned
-            del self._running[progress.run]
+            del self._running[op.run.id]
             if self._exclusive is op:
                 self._exclusive = None
             if op.last is not None:
-                self._recent[progress.run] = op.last
+                self._recent[op.run.id] = op.last
                 while len(self._recent) > RECENT_OPERATIONS:
                     self._recent.popitem(last=False)
 
@@ -241,17 +189,17 @@ class Operations:
         try:
             self.scheduler.project(project)
         except UnknownProject:
-            raise OperationError(404, "not_found", f"No project named {project!r}.") from None
+            raise OperationError("not_found", f"No project named {project!r}.") from None
 
     async def _resolve(self, project: str, snapshot: str) -> str:
         """A snapshot id of ``project`` (``latest`` is its newest snapshot)."""
         snaps = await self._thread(lambda: self.store.list_snapshots(project))
         if snapshot == "latest":
             if not snaps:
-                raise OperationError(404, "snapshot_unknown", f"Project {project!r} has no snapshot yet.")
+                raise OperationError("snapshot_unknown", f"Project {project!r} has no snapshot yet.")
             return str(snaps[-1].id)
         if not any(s.id == snapshot for s in snaps):
-            raise OperationError(404, "snapshot_unknown", f"Project {project!r} has no snapshot {snapshot!r}.")
+            raise OperationError("snapshot_unknown", f"Project {project!r} has no snapshot {snapshot!r}.")
         return snapshot
 
     def _forbidden_target(self, target: Path) -> bool:
@@ -290,9 +238,9 @@ class Operations:
             try:
                 result: dict[str, Any] = await self._thread(work)
             except DiffError as exc:
-                raise OperationError(409, exc.code, str(exc)) from exc
+                raise OperationError(exc.code, exc.message) from exc
             except StoreError as exc:
-                raise OperationError(500, "store_error", f"The snapshots cannot be read: {exc}") from exc
+                raise OperationError("store_error", f"The snapshots cannot be read: {exc}") from exc
         return result
 
     # --- restore -----------------------------------------------------------------------------------
@@ -307,14 +255,14 @@ class Operations:
         """
         self._known(project)
         if not target or "\0" in target or not target.startswith("/"):
-            raise OperationError(400, "target_invalid", "target must be an absolute path.")
+            raise OperationError("target_invalid", "target must be an absolute path.")
         target_path = Path(target)
         try:
             wanted = [normalize_path(p) for p in paths]
         except RestoreError as exc:
-            raise OperationError(400, exc.code, str(exc)) from None
+            raise OperationError(exc.code, exc.message) from None
         if await self._thread(lambda: self._forbidden_target(target_path)):
-            raise OperationError(400, "target_forbidden",
+            raise OperationError("target_forbidden",
                                  f"{target_path} is inside the daemon's store or state directory.")
         cleanup = contextlib.ExitStack()
         with cleanup:
@@ -322,20 +270,20 @@ class Operations:
             # Pinned from now on: a prune cannot forget it before or while it is restored.
             cleanup.enter_context(self.store.pinned([sid]))
             if not any(s.id == sid for s in await self._thread(lambda: self.store.list_snapshots(project))):
-                raise OperationError(404, "snapshot_unknown", f"Snapshot {sid} was just forgotten by a prune.")
+                raise OperationError("snapshot_unknown", f"Snapshot {sid} was just forgotten by a prune.")
             try:
                 await self._thread(lambda: check_target(target_path, overwrite=overwrite))
             except RestoreError as exc:
-                raise OperationError(409 if exc.code == "target_not_empty" else 400, exc.code, str(exc)) from None
+                raise OperationError(exc.code, exc.message) from None
 
-            async def body(progress: RunProgress) -> tuple[str, dict[str, Any]]:
+            async def body(progress: RunProgress) -> Outcome:
                 return await self._restore(progress, sid, target_path, wanted, overwrite)
 
             return self._start("restore", project, RESTORE_PLAN, body, cleanup)
         raise AssertionError("unreachable")
 
     async def _restore(self, progress: RunProgress, sid: str, target: Path, paths: list[str], overwrite: bool
-                       ) -> tuple[str, dict[str, Any]]:
+                       ) -> Outcome:
         restore = Restore(self.store, sid, target, paths=paths, overwrite=overwrite, check=_check_fn(progress),
                           progress=lambda files, nbytes: progress.add_done(files=files, nbytes=nbytes))
         try:
@@ -348,27 +296,28 @@ class Operations:
             finally:
                 restore.close()
         except UnknownSnapshotError as exc:
-            raise _Failed("snapshot_unknown", str(exc)) from exc
+            raise RunFailed("snapshot_unknown", str(exc)) from exc
         except RestoreError as exc:
-            raise _Failed(exc.code, str(exc)) from exc
+            raise RunFailed(exc.code, str(exc)) from exc
         result = {"snapshot": sid, "target": str(target), "paths": paths, "files": stats.files, "dirs": stats.dirs,
                   "symlinks": stats.symlinks, "bytes": stats.bytes}
-        return (f"Restored snapshot {sid} into {target}: {stats.files:,} files ({human_bytes(stats.bytes)}), "
-                f"{stats.dirs:,} directories, {stats.symlinks:,} symlinks"), result
+        return Outcome(f"Restored snapshot {sid} into {target}: {stats.files:,} files "
+                       f"({human_bytes(stats.bytes)}), {stats.dirs:,} directories, {stats.symlinks:,} symlinks",
+                       result=result)
 
     # --- check and prune ---------------------------------------------------------------------------
 
     def _claim(self) -> None:
         op = self._exclusive
         if op is not None:
-            raise OperationError(409, "busy", f"A {op.kind} run ({op.progress.run}) is in progress; one check "
+            raise OperationError("busy", f"A {op.kind} run ({op.run.id}) is in progress; one check "
                                               "or prune runs at a time.")
 
     def start_check(self, *, read_data: bool = False) -> Progress:
-        """Start a check run (store-wide). Raises OperationError ``busy`` (409) during a check or prune."""
+        """Start a check run (store-wide). Raises OperationError ``busy`` during a check or prune."""
         self._claim()
 
-        async def body(progress: RunProgress) -> tuple[str, dict[str, Any]]:
+        async def body(progress: RunProgress) -> Outcome:
             return await self._check(progress, read_data)
 
         first = self._start("check", "", CHECK_PLAN, body)
@@ -376,7 +325,7 @@ class Operations:
         self._exclusive = self._running[first.run]
         return first
 
-    async def _check(self, progress: RunProgress, read_data: bool) -> tuple[str, dict[str, Any]]:
+    async def _check(self, progress: RunProgress, read_data: bool) -> Outcome:
         check = _check_fn(progress)
         checker = StoreCheck(self.store, read_data=read_data)
         snapshots, packs, nbytes = await self._thread(checker.scan)
@@ -390,15 +339,15 @@ class Operations:
         level = "data re-hashed" if read_data else "structure and references"
         summary = f"{report.snapshots} snapshots, {report.packs} packs, {report.chunks:,} chunks ({level})"
         if not report.ok:
-            raise _Failed("problems_found", f"{len(report.problems)} problem(s), {len(report.damaged)} damaged "
+            raise RunFailed("problems_found", f"{len(report.problems)} problem(s), {len(report.damaged)} damaged "
                                             f"snapshot(s) in {summary}", result)
-        return f"Check found no problems in {summary}", result
+        return Outcome(f"Check found no problems in {summary}", result=result)
 
     def start_prune(self, *, dry_run: bool = False) -> Progress:
-        """Start a prune run (store-wide). Raises OperationError ``busy`` (409) during a check or prune."""
+        """Start a prune run (store-wide). Raises OperationError ``busy`` during a check or prune."""
         self._claim()
 
-        async def body(progress: RunProgress) -> tuple[str, dict[str, Any]]:
+        async def body(progress: RunProgress) -> Outcome:
             return await self._prune(progress, dry_run)
 
         first = self._start("prune", "", PRUNE_PLAN, body)
@@ -406,7 +355,7 @@ class Operations:
         self._exclusive = self._running[first.run]
         return first
 
-    async def _prune(self, progress: RunProgress, dry_run: bool) -> tuple[str, dict[str, Any]]:
+    async def _prune(self, progress: RunProgress, dry_run: bool) -> Outcome:
         store = self.store
         check = _check_fn(progress)
         policies = {pid: self.scheduler.project(pid).keep for pid in self.scheduler.project_ids()}
@@ -437,8 +386,9 @@ class Operations:
             **stats.to_json(),
         }
         if dry_run:
-            return (f"Prune (dry run) would remove {len(forget)} snapshot(s) and "
-                    f"{stats.packs_deleted} unused pack(s), repack {stats.packs_repacked}, and free "
-                    f"{human_bytes(max(0, stats.bytes_freed))}"), result
-        return (f"Prune removed {len(forget)} snapshot(s), {stats.packs_deleted} unused pack(s) and "
-                f"repacked {stats.packs_repacked}; freed {human_bytes(max(0, stats.bytes_freed))}"), result
+            return Outcome(f"Prune (dry run) would remove {len(forget)} snapshot(s) and "
+                           f"{stats.packs_deleted} unused pack(s), repack {stats.packs_repacked}, and free "
+                           f"{human_bytes(max(0, stats.bytes_freed))}", result=result)
+        return Outcome(f"Prune removed {len(forget)} snapshot(s), {stats.packs_deleted} unused pack(s) and "
+                       f"repacked {stats.packs_repacked}; freed {human_bytes(max(0, stats.bytes_freed))}",
+                       result=result)

@@ -1,9 +1,12 @@
 """Runs snapshots: per project at most one running and one queued follow-up run.
 
 Requests (from the API, later from watchers) call :meth:`Scheduler.request_snapshot`, which never waits.
-Each project has one task that takes the queued run and executes it: step 1 (waiting) through the
-project's waiter, steps 2-5 through the snapshot engine, and exactly one terminal event at the end,
-whatever happens (completed, failed, or cancelled).
+Each project has one task that takes the queued run and executes it through the shared
+:class:`RunExecutor` (exactly one terminal event per run, whatever happens): step 1 (waiting) through the
+project's waiter, steps 2-5 through the snapshot engine. A failed run is retried after a backoff
+(:class:`RetryPolicy`) by a timer task; timers are guarded in one place (:meth:`Scheduler._guarded`), so a
+failing one is logged and never stops the scheduler. They are not supervised services: a timer fires
+once, and restarting one that failed would only fail again.
 """
 
 from __future__ import annotations
@@ -18,16 +21,13 @@ from pathlib import Path
 
 import trio
 
-from ..core import Progress, ProjectConfig, RunCancelled, RunProgress, SnapshotSummary, human_bytes
-from ..engine import SnapshotError, take_snapshot
+from ..core import Progress, ProjectConfig, RunProgress, SnapshotSummary, SyncsnapdError, human_bytes
+from ..engine import take_snapshot
 from ..store import Store
+from ._executor import Body, Outcome, Run, RunExecutor
 from ._tracker import Tracker
 
 log = logging.getLogger("syncsnapd.scheduler")
-
-# How often a run publishes its counters: a few events per second is smooth for a progress bar and
-# cheap for hundreds of subscribers; step changes are published at once regardless.
-TICK_SECONDS = 0.25
 
 # Step 1 hook: waits until the project is ready to be captured (the folder settled, the sync tool idle).
 Waiter = Callable[[ProjectConfig, RunProgress], Awaitable[None]]
@@ -66,18 +66,25 @@ class _Request:
 @dataclass
 class _ProjectSlot:
     config: ProjectConfig
-    running: str | None = None
+    # The announced run: executing, or about to.
+    run: Run | None = None
     queued: _Request | None = None
-    progress: RunProgress | None = None
     retry_scope: trio.CancelScope | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
-    run_scope: trio.CancelScope | None = None
     loop_scope: trio.CancelScope | None = None
-    cancel_reason: tuple[str, str] | None = None
 
 
-class UnknownProject(KeyError):
-    pass
+class UnknownProject(SyncsnapdError, KeyError):
+    """No project has this id (code ``not_found``). Also a ``KeyError``, as a missing key is."""
+
+    code = "not_found"
+
+    def __init__(self, project: str) -> None:
+        super().__init__(f"No project named {project!r}.")
+        self.project = project
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Scheduler:
@@ -99,6 +106,7 @@ class Scheduler:
         self._expected = expected
         # The daemon's own directories, never snapshotted even when they lie inside a project.
         self._exclude = exclude
+        self._executor = RunExecutor(logger=log)
         self._slots: dict[str, _ProjectSlot] = {}
         self._nursery: trio.Nursery | None = None
         for p in projects:
@@ -117,7 +125,7 @@ class Scheduler:
             raise UnknownProject(project_id) from None
 
     def busy(self) -> bool:
-        return any(s.running or s.queued for s in self._slots.values())
+        return any(s.run or s.queued for s in self._slots.values())
 
     # --- requests ----------------------------------------------------------------------------------
 
@@ -129,41 +137,50 @@ class Scheduler:
         Running project: one follow-up run is queued; later requests coalesce into that queued run.
         ``trigger`` says who asked (api, watch, schedule, start-up, retry); it is carried by the run's
         events and kept in the history.
+
+        Raises:
+            UnknownProject: no project ``project_id``.
         """
         log.debug("%s: snapshot requested (%s)", project_id, trigger)
         slot = self._slots.get(project_id)
         if slot is None:
             raise UnknownProject(project_id)
-        if slot.running is None:
-            slot.queued = _Request(new_run_id(), trigger, attempt, retry_of)
-            self._begin(slot)
+        request = _Request(new_run_id(), trigger, attempt, retry_of)
+        if slot.run is None:
+            run = self._begin(slot, request)
             slot.wakeup.set()
-            assert slot.running is not None
-            return slot.running, self.tracker.latest(project_id)
+            return run.id, self.tracker.latest(project_id)
         if slot.queued is None:
-            slot.queued = _Request(new_run_id(), trigger, attempt, retry_of)
+            slot.queued = request
         return slot.queued.run, self.tracker.latest(project_id)
 
-    def _begin(self, slot: _ProjectSlot) -> None:
-        """Turn the queued run into the running one and publish its first event."""
-        req = slot.queued
-        assert req is not None
-        slot.running, slot.queued = req.run, None
+    def _begin(self, slot: _ProjectSlot, req: _Request) -> Run:
+        """Make ``req`` the project's run and publish its first event."""
+        progress = RunProgress(slot.config.id, req.run, self.tracker.publish, trigger=req.trigger,
+                               attempt=req.attempt, retry_of=req.retry_of,
+                               expected_seconds=self._expected(slot.config.id))
+        run = slot.run = Run(progress, self.tracker.publish)
         if slot.retry_scope is not None:
             slot.retry_scope.cancel()  # a new run supersedes a pending retry
             slot.retry_scope = None
-        slot.progress = RunProgress(slot.config.id, req.run, self.tracker.publish, trigger=req.trigger,
-                                    attempt=req.attempt, retry_of=req.retry_of,
-                                    expected_seconds=self._expected(slot.config.id))
-        slot.progress.add_done()  # mark dirty so the step-1 state is published now
-        slot.progress.flush()
+        run.announce()
+        return run
+
+    def _begin_queued(self, slot: _ProjectSlot) -> None:
+        req, slot.queued = slot.queued, None
+        if req is not None:
+            self._begin(slot, req)
 
     # --- changing the set of projects (config reload) and cancelling ------------------------------
 
     def cancel_run(self, project_id: str, code: str = "cancelled",
                    message: str = "The snapshot was cancelled.") -> str | None:
         """Cancel the running run of ``project_id`` (it ends ``cancelled`` with ``code``) and drop a queued
-        one. Returns the cancelled run id, or None if nothing was running."""
+        one. Returns the cancelled run id, or None if nothing was running.
+
+        Raises:
+            UnknownProject: no project ``project_id``.
+        """
         slot = self._slots.get(project_id)
         if slot is None:
             raise UnknownProject(project_id)
@@ -171,18 +188,10 @@ class Scheduler:
         if slot.retry_scope is not None:
             slot.retry_scope.cancel()
             slot.retry_scope = None
-        if slot.running is None:
+        if slot.run is None:
             return None
-        slot.cancel_reason = (code, message)
-        self._stop_run(slot)  # a run not executing yet is cancelled as soon as it starts
-        return slot.running
-
-    @staticmethod
-    def _stop_run(slot: _ProjectSlot) -> None:
-        if slot.progress is not None:
-            slot.progress.cancel()  # for worker threads, which trio's cancellation does not reach
-        if slot.run_scope is not None:
-            slot.run_scope.cancel()
+        slot.run.cancel(code, message)  # a run not executing yet is cancelled as soon as it starts
+        return slot.run.id
 
     def set_projects(self, projects: list[ProjectConfig]) -> None:
         """Apply a new project list: add, remove (a running run ends ``cancelled``), or update a project's
@@ -190,8 +199,8 @@ class Scheduler:
         wanted = {p.id: p for p in projects}
         for pid in [pid for pid in self._slots if pid not in wanted]:
             slot = self._slots.pop(pid)
-            slot.cancel_reason = ("project_removed", "The project was removed from the configuration.")
-            self._stop_run(slot)
+            if slot.run is not None:
+                slot.run.cancel("project_removed", "The project was removed from the configuration.")
             if slot.loop_scope is not None:
                 slot.loop_scope.cancel()  # the loop removes the project from the tracker when it ends
             else:
@@ -209,12 +218,15 @@ class Scheduler:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every project's loop until cancelled. Runs in flight end as ``cancelled``."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._ticker)
-            for slot in self._slots.values():
-                nursery.start_soon(self._project_loop, slot)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._executor.serve)
+                for slot in self._slots.values():
+                    nursery.start_soon(self._project_loop, slot)
+                task_status.started()
+        finally:
+            self._nursery = None
 
     async def _project_loop(self, slot: _ProjectSlot) -> None:
         slot.loop_scope = trio.CancelScope()
@@ -222,6 +234,9 @@ class Scheduler:
             with slot.loop_scope:
                 await self._loop_body(slot)
         finally:
+            if slot.run is not None:
+                # Announced, but the loop stopped before executing it: it still ends, once.
+                self._executor.end_unstarted(slot.run)
             if self._slots.get(slot.config.id) is not slot:
                 # Removed by a reload: its last run has published its terminal event by now.
                 self.tracker.remove_project(slot.config.id)
@@ -230,96 +245,62 @@ class Scheduler:
         while True:
             await slot.wakeup.wait()
             slot.wakeup = trio.Event()
-            if slot.running is None and slot.queued is not None:
-                self._begin(slot)
-            while slot.running is not None:
-                await self._execute(slot)
-                slot.running, slot.progress, slot.run_scope, slot.cancel_reason = None, None, None, None
-                if slot.queued is not None:
-                    self._begin(slot)
+            if slot.run is None:
+                self._begin_queued(slot)
+            while slot.run is not None:
+                final = await self._executor.execute(slot.run, self._snapshot_body(slot.config))
+                slot.run = None
+                if final.state == "failed":
+                    self._schedule_retry(slot, final)
+                self._begin_queued(slot)
 
-    async def _execute(self, slot: _ProjectSlot) -> None:
-        project, progress = slot.config, slot.progress
-        assert progress is not None
-        final: Progress | None = None
-        slot.run_scope = scope = trio.CancelScope()
-        if slot.cancel_reason is not None:
-            scope.cancel()  # cancelled between its request and now
-        try:
-            with scope:
-                try:
-                    await self._waiter(project, progress)
-                    if self.run_limiter.available_tokens == 0:
-                        progress.set_message(f"Waiting for other snapshots to finish "
-                                             f"({self.run_limiter.borrowed_tokens} running)")
-                        progress.flush()
-                    async with self.run_limiter:
-                        progress.set_message(None)
-                        summary = await take_snapshot(
-                            self.store, project.id, project.path, progress,
-                            ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
-                        )
-                    final = progress.finish("completed", snapshot=summary, message=_completed_message(summary))
-                    log.info("%s: %s", project.id, final.message)
-                except SnapshotError as exc:
-                    final = progress.finish("failed", error={"code": exc.code, "message": exc.message},
-                                            message=f"Snapshot failed: {exc.message}")
-                    log.warning("%s: run %s failed: %s", project.id, progress.run, exc.message)
-                    self._schedule_retry(slot, final)
-                except RunCancelled:
-                    pass  # worker threads saw the cancel flag: reported as cancelled below
-                except Exception:
-                    log.exception("%s: run %s failed unexpectedly", project.id, progress.run)
-                    final = progress.finish("failed", error={"code": "internal_error",
-                                                             "message": "An internal error stopped the snapshot; "
-                                                                        "see the daemon's log."},
-                                            message="Snapshot failed: internal error")
-                    self._schedule_retry(slot, final)
-        finally:
-            # Exactly one terminal event, however the run ended: cancellation may arrive as trio.Cancelled,
-            # as RunCancelled from a worker thread, or wrapped in an exception group by a nursery inside
-            # the waiter or the engine (which our own cancel scope then absorbs silently).
-            if final is None:
-                code, message = slot.cancel_reason or ("shutdown", "The daemon is shutting down.")
-                final = progress.finish(
-                    "cancelled", error={"code": code, "message": message},
-                    message=f"Snapshot cancelled: {message[0].lower()}{message[1:].rstrip('.')}")
-                log.info("%s: run %s cancelled (%s)", project.id, progress.run, code)
-            self.tracker.publish(final)
+    def _snapshot_body(self, project: ProjectConfig) -> Body:
+        async def body(progress: RunProgress) -> Outcome:
+            await self._waiter(project, progress)
+            if self.run_limiter.available_tokens == 0:
+                progress.set_message(f"Waiting for other snapshots to finish "
+                                     f"({self.run_limiter.borrowed_tokens} running)")
+                progress.flush()
+            async with self.run_limiter:
+                progress.set_message(None)
+                summary = await take_snapshot(
+                    self.store, project.id, project.path, progress,
+                    ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
+                )
+            return Outcome(_completed_message(summary), snapshot=summary)
+
+        return body
+
+    # --- retries -----------------------------------------------------------------------------------
 
     def _schedule_retry(self, slot: _ProjectSlot, failed: Progress) -> None:
         """After a failure, start the next attempt after the backoff, unless another run starts first."""
         if failed.attempt >= self.retry.attempts or self._nursery is None:
             return
         delay = self.retry.backoff * 2 ** (failed.attempt - 1)
-        first = failed.retry_of or failed.run
         scope = slot.retry_scope = trio.CancelScope()
         log.info("%s: retrying in %g s (attempt %d of %d)", slot.config.id, delay, failed.attempt + 1,
                  self.retry.attempts)
+        self._nursery.start_soon(self._guarded, f"{slot.config.id}: the retry timer", self._retry_later, slot,
+                                 scope, delay, failed)
 
-        async def retry() -> None:
-            with scope:
-                await trio.sleep(delay)
-                slot.retry_scope = None
-                if self._slots.get(slot.config.id) is slot:
-                    self.request_snapshot(slot.config.id, "retry", attempt=failed.attempt + 1, retry_of=first)
+    async def _retry_later(self, slot: _ProjectSlot, scope: trio.CancelScope, delay: float,
+                           failed: Progress) -> None:
+        with scope:
+            await trio.sleep(delay)
+            slot.retry_scope = None
+            if self._slots.get(slot.config.id) is slot:
+                self.request_snapshot(slot.config.id, "retry", attempt=failed.attempt + 1,
+                                      retry_of=failed.retry_of or failed.run)
 
-        self._nursery.start_soon(retry)
-
-    async def _ticker(self) -> None:
-        """Publish every running run's counters a few times a second (one task for all runs)."""
+    @staticmethod
+    async def _guarded(what: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run one of the scheduler's helper tasks: its failure is logged and never stops the scheduler
+        (nor another project's runs). Cancellation propagates as usual."""
         try:
-            while True:
-                await trio.sleep(TICK_SECONDS)
-                for slot in self._slots.values():
-                    if slot.progress is not None:
-                        slot.progress.flush()
-        finally:
-            # The scheduler is being cancelled (shutdown): worker threads cannot see trio's cancellation,
-            # so raise their flag; they stop at their next check and the runs end `cancelled`.
-            for slot in self._slots.values():
-                if slot.progress is not None:
-                    slot.progress.cancel()
+            await fn(*args)
+        except Exception:
+            log.exception("%s failed; the scheduler carries on", what)
 
 
 def _completed_message(s: SnapshotSummary) -> str:
@@ -328,4 +309,3 @@ def _completed_message(s: SnapshotSummary) -> str:
     if s.warnings:
         msg += f", {s.warnings} warning{'s' if s.warnings != 1 else ''}"
     return msg
-
