@@ -23,6 +23,7 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check daemon client tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Sets up everything the tests need, then runs lint and the whole suite.
 test: setup setup-system
