@@ -24,7 +24,10 @@ async def get(client: H11Client, path: str) -> Any:
 
 
 async def test_health_lists_services_and_the_degraded_ones_and_watch_shows_the_error(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    # Virtual time, jumping once everything has waited 0.2 s of real time: the project endpoints read
+    # the store in a worker thread, which a jump at once (autojump_clock) would race.
+    mock_clock.autojump_threshold = 0.2
     store = await trio.to_thread.run_sync(lambda: Store.open(tmp_path / "store", writable=True))
     tracker = Tracker()
     scheduler = Scheduler(store, tracker, [ProjectConfig("docs", tmp_path)])

@@ -310,3 +310,22 @@ async def test_error_during_cancellation_propagates_as_cancellation(
     assert shutdown.cancelled_caught and attempts == [0]
     assert [r.getMessage() for r in error_records(caplog)] == [
         "service watch failed while being cancelled (cleanup failed)"]
+
+
+async def test_a_running_service_reports_a_problem_and_its_end_without_a_restart(autojump_clock: Clock) -> None:
+    seen: list[ServiceStatus] = []
+    ticks: list[float] = []
+    async with trio.open_nursery() as nursery:
+        sup = await serving(nursery, on_change=seen.append)
+        await sup.start("history", forever, ticks)
+        sup.report("history", AuthError("the database is locked"))
+        status = sup.status("history")
+        assert status is not None and status.state == "running" and status.degraded
+        assert status.error == ServiceError("sync_auth", "the database is locked")
+        assert [s.name for s in sup.degraded()] == ["history"]
+        sup.report("history", None)
+        assert sup.degraded() == [] and ticks == [0.0]  # never restarted
+        sup.report("unknown", ValueError("ignored"))
+        nursery.cancel_scope.cancel()
+    assert [(s.state, s.error is not None) for s in seen] == [
+        ("starting", False), ("running", False), ("running", True), ("running", False)]

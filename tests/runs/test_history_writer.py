@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from syncsnapd.core import Progress
+from syncsnapd.core import Progress, SyncsnapdError
 from syncsnapd.runs import History, Tracker
 
 
@@ -82,9 +83,14 @@ def _stored_ids(h: History, run: str) -> list[int]:
 async def test_refused_writes_are_retried_at_exact_backoff_times_and_every_event_is_written_in_order(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     attempts: list[float] = []
+    problems: list[tuple[float, str | None]] = []
+
+    def on_problem(problem: SyncsnapdError | None) -> None:
+        problems.append((round(trio.current_time() - t0, 6), None if problem is None else problem.code))
+
     with history(tmp_path, attempts) as (h, tracker, locker):
         async with trio.open_nursery() as nursery:
-            await nursery.start(h.serve, tracker)
+            await nursery.start(partial(h.serve, tracker, on_problem=on_problem))
             t0 = trio.current_time()
             # Steps 1 and 2 are written at once; the rest of the run meets a locked database.
             first = [tracker.publish(_step("r1", s, at)).id for s, at in ((1, 0), (2, 1))]
@@ -115,6 +121,9 @@ async def test_refused_writes_are_retried_at_exact_backoff_times_and_every_event
             100.0, 100.5,  # a new refusal: the first retry is 0.5 s later again
         ]
         assert _stored_ids(h, "r1") == first + rest
+        # The daemon is told of each refused attempt (shown in health) and of the recovery.
+        assert problems == [*((t, "history_write_failed") for t in (1.0, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 62.5)),
+                            (92.5, None), (100.0, "history_write_failed"), (100.5, None)]
         rec = h.run("r1")
         assert rec is not None and rec.state == "completed" and rec.duration_seconds == 15.0
         # Step timings survive the failed attempts (each attempt starts from the state the last commit left).

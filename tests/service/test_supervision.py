@@ -145,7 +145,8 @@ def test_a_removed_folder_and_a_locked_history_degrade_the_daemon_until_they_com
     (gone / "back.txt").write_text("back")
     wait_until(lambda: len(snapshots(d, "gone")) > before, 20, "a snapshot of the recreated folder")
 
-    # The history database is locked by another process: its writer fails and is retried.
+    # The history database is locked by another process: its writer keeps the events in memory and
+    # retries, and says so in health (degraded, running, not restarted).
     db = sqlite3.connect(short_tmp / "state/history.sqlite3", isolation_level=None)
     try:
         db.execute("BEGIN EXCLUSIVE")
@@ -156,21 +157,25 @@ def test_a_removed_folder_and_a_locked_history_degrade_the_daemon_until_they_com
         def history_failed() -> dict[str, Any] | None:
             health: dict[str, Any] = api(d, "/health")
             history = next(s for s in health["services"] if s["name"] == "history")
-            return health if history["state"] == "backoff" else None
+            return health if history["error"] is not None else None
 
-        health = wait_until(history_failed, 20, "the history writer to fail")
+        health = wait_until(history_failed, 20, "the history writer to report its failing writes")
         assert health["status"] == "ok" and health["degraded"] == ["history"]
         history = next(s for s in health["services"] if s["name"] == "history")
-        assert history["error"]["code"] == "internal_error" and "locked" in history["error"]["message"]
+        assert history["state"] == "running"
+        assert history["error"]["code"] == "history_write_failed" and "locked" in history["error"]["message"]
     finally:
         db.close()  # rolls the lock back
 
-    wait_until(lambda: (s := service(d, "history")) and s["state"] == "running", 20, "the history to recover")
+    wait_until(lambda: (s := service(d, "history")) and s["error"] is None, 40, "the history to recover")
     assert api(d, "/health")["degraded"] == []
+    # Nothing was lost: the run written while the database was locked is in the history now.
+    assert api(d, f"/runs/{run}")["state"] == "completed"
     assert d.proc.poll() is None
     log = (short_tmp / "daemon.log").read_text()
     assert "service project:gone/watch failed (folder_missing" in log
-    assert "service history failed (internal_error: database is locked)" in log and "Traceback" in log
+    assert "history: cannot write to" in log and "database is locked" in log
+    assert "history: writing again after" in log
 
 
 # --- in process: injected faults -------------------------------------------------------------------------

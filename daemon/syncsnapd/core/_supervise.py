@@ -230,6 +230,19 @@ class Supervisor:
             self._stopping[name] = service
         self._announce_stopped(service)
 
+    def report(self, name: str, problem: BaseException | None) -> None:
+        """A running service says it works, but degraded (``problem``), or that it is well again (None).
+
+        For services that handle a fault themselves rather than fail (the history retries its writes while
+        events wait in memory): the problem is shown like a failure's error (``degraded``, health,
+        ``STATUS=``) without a restart. Unknown names, and services not running, are ignored.
+        """
+        service = self._services.get(name)
+        if service is None or service.status.state != "running":
+            return
+        error = None if problem is None else ServiceError.from_exception(problem)
+        self._update(service, replace(service.status, error=error))
+
     def statuses(self) -> list[ServiceStatus]:
         """The status of every service, sorted by name."""
         return sorted((s.status for s in self._services.values()), key=lambda status: status.name)

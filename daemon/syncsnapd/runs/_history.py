@@ -36,8 +36,11 @@ from typing import Any
 
 import trio
 
-from ..core import Progress, SnapshotSummary, parse_time
+from ..core import Progress, SnapshotSummary, SyncsnapdError, parse_time
 from ._tracker import Event, Subscription, Tracker
+
+# Told when the writer starts failing (the error) and when it writes again (None).
+ProblemReport = Callable[[SyncsnapdError | None], None]
 
 log = logging.getLogger("syncsnapd.history")
 
@@ -325,13 +328,15 @@ class History:
                 "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
                 "(PARTITION BY project ORDER BY id DESC) AS n FROM events) WHERE n > ?)", (EVENTS_KEPT,))
 
-    async def serve(self, tracker: Tracker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(self, tracker: Tracker, *, on_problem: ProblemReport | None = None,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write every event the tracker publishes, in order, until cancelled (then flush what is left).
 
         Never fails on a database error: a failed write is retried with backoff while events wait in
         memory (see the module docstring). The events received are kept on this object, so if this
         coroutine is restarted (by a supervisor) it continues where it stopped, with nothing lost.
+        ``on_problem`` is told when writes start failing (a ``history_write_failed`` error naming the
+        cause and how many events wait) and when they succeed again (None): the daemon shows it in health.
         """
         since = tracker.last_event_id if self._received is None else self._received
         sub = tracker.subscribe(last_event_id=since, transport="internal", lossless=True)
@@ -341,7 +346,7 @@ class History:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve_receive, sub)
-                await self._serve_writes(tracker)
+                await self._serve_writes(tracker, on_problem or (lambda problem: None))
         finally:
             while (ev := sub.get_nowait()) is not None:
                 self._take(ev)
@@ -387,7 +392,7 @@ class History:
             while (ev := sub.get_nowait()) is not None:
                 self._take(ev)
 
-    async def _serve_writes(self, tracker: Tracker) -> None:
+    async def _serve_writes(self, tracker: Tracker, on_problem: ProblemReport) -> None:
         delay = RETRY_FIRST_SECONDS
         failing_since: float | None = None
         while True:
@@ -405,6 +410,9 @@ class History:
                     failing_since = trio.current_time()
                     log.warning("history: cannot write to %s (%s); retrying with backoff, events wait in "
                                 "memory (at most %d)", self.path, exc, self._max_pending)
+                on_problem(SyncsnapdError(
+                    f"Cannot write the history ({exc}); {len(self._batch) + len(self._pending)} events wait "
+                    f"in memory, retrying in {delay:g} s.", code="history_write_failed"))
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
@@ -414,6 +422,7 @@ class History:
                 log.warning("history: writing again after %.1f s; %d events were lost meanwhile",
                             trio.current_time() - failing_since, self._lost_in_episode)
                 failing_since, delay = None, RETRY_FIRST_SECONDS
+                on_problem(None)
             self._lost_in_episode = 0
 
     async def _flush_once(self, tracker: Tracker) -> None:

@@ -392,7 +392,8 @@ class Daemon:
                     await self.ops.serve(task_status=task_status)
 
             await nursery.start(self.supervisor.serve)
-            await self._start_service("history", self.history.serve, self.tracker)
+            await self._start_service("history", functools.partial(
+                self.history.serve, on_problem=functools.partial(self.supervisor.report, "history")), self.tracker)
             await self._start_service("metrics", self.metrics.serve)
             self._mark_interrupted()
             await nursery.start(run_scheduler)

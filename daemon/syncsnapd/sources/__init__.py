@@ -2,6 +2,7 @@
 and Syncthing (its event stream, and step 1's wait for sync).
 """
 
+from ._status import WatchStatus as WatchStatus
 from ._syncthing import ScanProgress as ScanProgress
 from ._syncthing import describe_status as describe_status
 from ._syncthing import read_events as read_events
@@ -11,7 +12,6 @@ from ._syncthing_rest import SyncthingChange as SyncthingChange
 from ._syncthing_rest import SyncthingError as SyncthingError
 from ._syncthing_rest import folder_path as folder_path
 from ._watch import FolderSummary as FolderSummary
-from ._watch import WatchStatus as WatchStatus
 from ._watch import folder_fingerprint as folder_fingerprint
 from ._watch import make_filter as make_filter
 from ._watch import serve_debounce as serve_debounce

@@ -39,12 +39,13 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ..core import RunProgress, SyncthingConfig, human_bytes
 from ..engine import SnapshotError
+from ._status import WatchStatus
 from ._syncthing_rest import (
     BUSY_STATES,
     CHANGE_EVENTS,
@@ -59,9 +60,6 @@ from ._syncthing_rest import (
     open_rest,
     reraise_cancelled,
 )
-
-if TYPE_CHECKING:
-    from ._watch import WatchStatus
 
 __all__ = ["SyncthingChange", "SyncthingError", "folder_path", "serve_syncthing_changes", "wait_for_sync"]
 

@@ -22,8 +22,9 @@ from typing import Any, cast
 
 import trio
 
-from ..core import ProjectConfig, RunProgress, ServiceError, SyncsnapdError
+from ..core import ProjectConfig, RunProgress, SyncsnapdError
 from ..store import Entry
+from ._status import WatchStatus
 
 log = logging.getLogger("syncsnapd.watch")
 
@@ -97,23 +98,6 @@ def make_filter(root: Path, *, ignore: Callable[[str], bool],
         return not any(ignore("/".join(parts[:i])) for i in range(1, len(parts) + 1))
 
     return wanted
-
-
-@dataclass
-class WatchStatus:
-    """What the project's change source reports about itself (shown in the project's ``watch``).
-
-    ``mode`` and ``warning`` are set by the source; ``error`` is set by whoever supervises it (the last
-    failure that stopped the source while it waits to be restarted, None while it runs).
-    """
-
-    mode: str = "starting"  # "inotify", "polling", "syncthing", "off", "stopped"
-    warning: str | None = None
-    error: ServiceError | None = None
-
-    def to_json(self) -> dict[str, object]:
-        error = None if self.error is None else {"code": self.error.code, "message": self.error.message}
-        return {"mode": self.mode, "warning": self.warning, "error": error}
 
 
 def folder_missing(root: Path) -> SyncsnapdError:
