@@ -397,10 +397,12 @@ def test_prune_racing_snapshots_of_a_changing_folder_loses_nothing(tmp_path: Pat
             thread.join()
         assert not errors, errors
         assert prunes >= 3
-        kept = [s.id for s in store.list_snapshots()]
-        assert 2 <= len(kept) <= 3
+        # How many snapshots finished after the pruner's last pass depends on the machine's load; each pass
+        # keeps 2, and a final pass leaves exactly 2.
+        assert len(store.list_snapshots()) >= 2
         assert_restores(store, expected, tmp_path / "out")
         prune_store(store, keep_last=2)
+        assert len(store.list_snapshots()) == 2
         assert_restores(store, expected, tmp_path / "out")
 
 
