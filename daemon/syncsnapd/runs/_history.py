@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import statistics
 import threading
 import time
@@ -338,6 +339,16 @@ class History:
 
     def _reopen_locked(self) -> None:
         """Open the database for writing again (it could not be written so far); raises if it still cannot."""
+        # SQLite creates -wal and -shm with the database's mode: a read-only file's are read-only too, and
+        # would keep the database read-only after the file is made writable. They are ours: follow it.
+        try:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+            for suffix in ("-wal", "-shm"):
+                side = f"{self.path}{suffix}"
+                if os.path.exists(side) and os.stat(side).st_uid == os.getuid() and os.access(self.path, os.W_OK):
+                    os.chmod(side, mode)
+        except OSError:
+            pass  # the connect below says what is wrong
         db = self._connect(self.path)
         try:
             db.execute("INSERT INTO meta (key, value) VALUES ('reserved_event_id', ?) ON CONFLICT(key) DO "
