@@ -15,7 +15,7 @@ from syncsnap.protocol import SseComment, SseEvent, SseParser
 
 def test_endpoint_lookup_order(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    (run / "syncsnap").mkdir(parents=True)
+    (run / "syncsnap").mkdir(parents=True, mode=0o700)  # the daemon makes it so; the client checks
     env = {"XDG_RUNTIME_DIR": str(run), "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "HOME": str(tmp_path)}
 
     ep = syncsnap.find_endpoint(env)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from syncsnapd.core import ConfigError, load_config
+from syncsnapd.core import ConfigError, load_config, overlap_warnings
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -61,6 +61,12 @@ def test_toml_file(tmp_path: Path) -> None:
     ('[[projects]]\nid = "a"\n', "projects[0].path"),
     ('[[projects]]\npath = "/nonexistent/x"\n', "projects[0].path"),
     ('[[projects]]\npath = "."\nid = "../evil"\n', "projects[0].id"),
+    # "$" matches before a final newline: ids, durations and ports are matched whole, in ASCII digits.
+    ('[[projects]]\npath = "."\nid = "docs\\n"\n', "projects[0].id"),
+    ('[daemon]\nsettle = "5s\\n"\n', "daemon.settle"),
+    ('[daemon]\nsettle = "\u0663s"\n', "daemon.settle"),
+    ('[daemon]\ntcp = "127.0.0.1:\u0663\u0663"\n', "daemon.tcp"),
+    ('[daemon]\nstore = "s3://bkt/p"\n[daemon.s3]\nendpoint = "http://x\\n"\n', "daemon.s3.endpoint"),
     ('[[projects]]\npath = "."\nid = "a"\n[[projects]]\npath = "."\nid = "a"\n', "projects[1].id"),
     ('[[projects]]\npath = "."\ncolour = 1\n', "projects[0].colour"),
     ('[extra]\n', "extra"),
@@ -115,3 +121,19 @@ def test_a_syncthing_project_without_path_loads_without_asking_syncthing(tmp_pat
     assert pending.id == "abcd-1234" and not pending.path_known  # id from the Syncthing folder id
     assert pending.syncthing is not None and pending.syncthing.api_key == "key"
     assert plain.path_known and plain.path == (tmp_path / "plain").resolve() and plain.id == "plain"
+
+
+def test_overlapping_projects_are_named_with_what_each_snapshots(tmp_path: Path) -> None:
+    for sub in ("a/b/c", "a/build/x", "z"):
+        (tmp_path / sub).mkdir(parents=True)
+    f = tmp_path / "c.toml"
+    f.write_text('[[projects]]\nid = "a"\npath = "a"\nignore = ["build"]\n'
+                 '[[projects]]\nid = "b"\npath = "a/b/c"\n'
+                 '[[projects]]\nid = "built"\npath = "a/build"\n'  # ignored by "a": no overlap
+                 '[[projects]]\nid = "z"\npath = "z"\n[[projects]]\nid = "z2"\npath = "z/"\n')
+    config = load_config(f, [], _env(tmp_path))
+    a, c, z = tmp_path / "a", tmp_path / "a/b/c", tmp_path / "z"
+    assert overlap_warnings(config.projects) == [
+        f"projects 'a' and 'b' overlap: 'a' snapshots {a} including {c}, which 'b' snapshots too",
+        f"projects 'z' and 'z2' both snapshot {z}: every file there is snapshotted twice",
+    ]

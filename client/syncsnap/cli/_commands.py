@@ -19,7 +19,7 @@ from ..models import (
     SnapshotInfo,
     step_names,
 )
-from ._format import human_bytes, human_duration, percent, plural, precise_duration
+from ._format import display_path, human_bytes, human_duration, percent, plural, precise_duration
 from ._output import EXIT_OK, print_json, print_table
 
 
@@ -59,7 +59,8 @@ async def cmd_projects(client: AsyncClient, args: argparse.Namespace, as_json: b
     rows = [("PROJECT", "STATE", "LAST SNAPSHOT", "PATH")]
     for p in projects:
         last = p.last_snapshot
-        rows.append((p.id, p.state, f"{last.time} ({plural(last.files, 'file')})" if last else "never", p.path))
+        rows.append((p.id, p.state, f"{last.time} ({plural(last.files, 'file')})" if last else "never",
+                     display_path(p.path)))
     print_table(rows)
     return EXIT_OK
 
@@ -90,7 +91,8 @@ async def cmd_diff(client: AsyncClient, args: argparse.Namespace, as_json: bool)
     rows += [(e.path, "-", _side(e.kind, e.size)) for e in diff.removed]
     rows += [(c.path, _change_mark(c), _change(c)) for c in diff.modified]
     for path, mark, detail in sorted(rows):
-        print(f"{mark} {path}" + (f"  ({detail})" if detail else ""))
+        # File names are anyone's bytes: escaped, or they could drive the terminal (colours, cursor, title).
+        print(f"{mark} {display_path(path)}" + (f"  ({detail})" if detail else ""))
     sm = diff.summary
     to = "the live folder" if diff.to == "live" else diff.to
     if rows:

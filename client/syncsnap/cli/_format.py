@@ -51,3 +51,24 @@ def precise_duration(seconds: float) -> str:
 def percent(fraction: float) -> str:
     """0.9091 -> '90.9%'."""
     return f"{fraction * 100:.1f}%"
+
+
+def display_path(path: str) -> str:
+    """A file name as printed on a terminal: control characters escaped (``\\x1b``, ``\\n``), and the
+    bytes that were not UTF-8 (the daemon sends them as lone surrogates) as ``\\xff``, so that a name can
+    neither move the cursor nor recolour the terminal; a backslash is doubled only in a name so escaped.
+    As the offline ``syncsnapd diff`` does."""
+    if path.isprintable():
+        return path
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)

@@ -20,12 +20,14 @@ live display and exit codes. On a terminal, following shows a live progress bar;
 ``--json``, one JSON object per event (NDJSON). ``--transport ws`` follows over the daemon's WebSocket
 instead of its SSE streams.
 Exit codes: 0 completed (or success), 1 a followed run failed or was cancelled (or nothing was there to
-cancel), 2 usage or connection errors, 130 interrupted (Ctrl-C).
+cancel), 2 usage or connection errors, 130 interrupted (Ctrl-C), 141 the output's reader went away
+(``| head``), quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -36,7 +38,7 @@ from .._client import AsyncClient, open_client
 from .._errors import RunLost, SyncsnapError
 from ..protocol import TRANSPORTS
 from ._commands import cmd_diff, cmd_projects, cmd_run, cmd_runs, cmd_snapshots, cmd_stats, cmd_status
-from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, transport_of
+from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
 
 Command = Callable[[AsyncClient, argparse.Namespace, bool], Awaitable[int]]
@@ -126,9 +128,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cancel" and (args.project is None) == (args.run is None):
         parser.error("cancel needs a PROJECT (its running snapshot) or --run RUN (an operation run)")
     try:
-        return trio.run(_main, args)
+        code = trio.run(_main, args)
+        sys.stdout.flush()  # output that fits the buffer meets a closed pipe only here
+        return code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _stdout_closed()
+    except BaseExceptionGroup as group:
+        if group.split(BrokenPipeError)[1] is not None:
+            raise
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``syncsnap status | head -1``): stop quietly, as ``cat`` or
+    ``ls`` do when SIGPIPE ends them, with the status a shell shows for that (128 + SIGPIPE)."""
+    # Python would try to flush stdout again at exit and print an error; point it at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_STDOUT_CLOSED
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE: what a shell shows for a standard tool whose reader went away (`ls | head -1`).
+EXIT_STDOUT_CLOSED = 141
 
 
 def print_json(obj: Any) -> None:

@@ -10,12 +10,19 @@ Order (the first that applies wins):
 
 Over TCP every request carries the bearer token read from ``token_file=``, ``SYNCSNAP_TOKEN_FILE``, the
 discovery file's ``token_file``, or ``$XDG_CONFIG_HOME/syncsnap/token``, in that order.
+
+The runtime directory is trusted only when it is ours alone, as the daemon requires (tmux's check: not a
+symlink, a directory, owned by us, no permission for group or others), and the discovery file only when
+it is a regular file we own: ``/tmp/syncsnap-UID`` can be created by anyone first, to plant a discovery
+file or a socket of their own. Otherwise :func:`find_endpoint` refuses with a sentence. Where we connect,
+the socket must be a socket we own (``transport/_http.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,13 +49,55 @@ def _config_home(env: Mapping[str, str]) -> Path:
     return Path(env.get("HOME") or os.path.expanduser("~")) / ".config" / "syncsnap"
 
 
-def read_discovery(env: Mapping[str, str]) -> tuple[Path, dict[str, object] | None]:
-    """The discovery file's path and content (None when missing or unreadable)."""
-    path = runtime_dir(env) / DISCOVERY_NAME
+def check_runtime_dir(path: Path) -> bool:
+    """False when ``path`` does not exist (no daemon has run); True when it is ours alone.
+
+    Raises:
+        SyncsnapError: it exists but is not ours alone (see the module docstring).
+    """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise SyncsnapError(f"Cannot use the runtime directory {path}: {exc.strerror}.") from None
+    why = None
+    if stat.S_ISLNK(st.st_mode):
+        why = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a directory"
+    elif st.st_uid != os.getuid():
+        why = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    elif st.st_mode & 0o077:
+        why = f"has mode {stat.S_IMODE(st.st_mode):04o}, so other users may use it"
+    if why is not None:
+        raise SyncsnapError(f"Refusing the runtime directory {path}: it {why}; another user could put a false "
+                            "syncsnapd there. Remove it (or make it yours with mode 0700) and restart syncsnapd.")
+    return True
+
+
+def read_discovery(env: Mapping[str, str]) -> tuple[Path, dict[str, object] | None]:
+    """The discovery file's path and content (None when missing or unreadable).
+
+    Raises:
+        SyncsnapError: the runtime directory, or the discovery file, is not ours alone.
+    """
+    path = runtime_dir(env) / DISCOVERY_NAME
+    if not check_runtime_dir(path.parent):
         return path, None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return path, None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise SyncsnapError(f"Refusing the discovery file {path}: it is not a file of yours (owner uid "
+                                f"{st.st_uid}); remove it and restart syncsnapd.")
+        try:
+            data = json.loads(f.read(1 << 16))
+        except (OSError, ValueError):
+            return path, None
     return path, data if isinstance(data, dict) else None
 
 
@@ -104,4 +153,5 @@ def find_endpoint(env: Mapping[str, str] | None = None, *, socket: str | os.Path
                         source=url_source)
     if disc and isinstance(disc.get("socket"), str):
         return Endpoint("unix", path=str(disc["socket"]), source=f"the discovery file {disc_path}")
+    check_runtime_dir(runtime_dir(env))
     return Endpoint("unix", path=str(runtime_dir(env) / SOCKET_NAME), source="the default location")

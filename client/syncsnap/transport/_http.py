@@ -8,6 +8,8 @@ socket trouble into the client's exceptions (:class:`DaemonNotRunning` when noth
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from collections.abc import Iterable
 
 import h11
@@ -44,6 +46,20 @@ def _connect_error(endpoint: Endpoint, exc: OSError) -> SyncsnapError:
                             f"{exc.strerror or exc}; {start}, or check SYNCSNAP_SOCKET / SYNCSNAP_URL.")
 
 
+def check_socket(endpoint: Endpoint) -> None:
+    """Refuse a Unix socket that is not a socket or not ours: another user's could be a false syncsnapd
+    (a missing one is left to the connect, which says the daemon is not running)."""
+    try:
+        st = os.stat(endpoint.path)
+    except OSError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SyncsnapError(f"Refusing to connect to {endpoint.path} (from {endpoint.source}): it is not a socket.")
+    if st.st_uid != os.getuid():
+        raise SyncsnapError(f"Refusing to connect to {endpoint.path} (from {endpoint.source}): the socket belongs "
+                            f"to uid {st.st_uid}, not to you (uid {os.getuid()}), so it may not be your syncsnapd.")
+
+
 class HttpConnection:
     """One HTTP/1.1 connection to the daemon (keep-alive: several requests, one after another)."""
 
@@ -60,6 +76,7 @@ class HttpConnection:
         stream: trio.abc.Stream
         try:
             if endpoint.transport == "unix":
+                check_socket(endpoint)
                 stream = await trio.open_unix_socket(endpoint.path)
             else:
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)

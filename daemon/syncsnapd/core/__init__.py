@@ -9,7 +9,9 @@ from ._config import KeepPolicy as KeepPolicy
 from ._config import ProjectConfig as ProjectConfig
 from ._config import S3Options as S3Options
 from ._config import SyncthingConfig as SyncthingConfig
+from ._config import check_private_dir as check_private_dir
 from ._config import load_config as load_config
+from ._config import overlap_warnings as overlap_warnings
 from ._config import parse_s3_url as parse_s3_url
 from ._config import staging_dir as staging_dir
 from ._errors import SyncsnapdError as SyncsnapdError

@@ -9,8 +9,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ DEFAULT_CONFIG_NAME = "config.toml"
 # The embedded default project when no config file and no --folder is given.
 DEFAULT_FOLDER = "~/Sync"
 
-_PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched with fullmatch, never match: "$" also matches before a final newline ("docs\n" is no id).
+_PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
@@ -33,7 +35,7 @@ _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
 DEFAULT_SETTLE_SECONDS = 5.0
 DEFAULT_MAX_DELAY_SECONDS = 60.0
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"[ \t]*(\d+(?:\.\d+)?)[ \t]*(ms|s|m|h|d)?[ \t]*", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -235,6 +237,59 @@ def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(f"/tmp/syncsnap-{os.getuid()}")
 
 
+def check_private_dir(path: Path, what: str) -> None:
+    """Make sure ``path`` is a directory only we can use, creating it (0700) if missing.
+
+    The runtime directory holds the socket and the discovery file that clients trust, and
+    ``/tmp/syncsnap-UID`` can be created first by anyone. tmux's check is the model: the directory must
+    not be a symlink, must be a directory, owned by us, without any permission for group or others.
+
+    Raises:
+        ConfigError: a sentence starting with ``what`` (the directory's role) that says what is wrong and
+            what to do; nothing is changed in a directory that fails the check.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot create it: {exc.strerror}") from None
+    why = None
+    if stat.S_ISLNK(st.st_mode):
+        why = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a directory"
+    elif st.st_uid != os.getuid():
+        why = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    elif st.st_mode & 0o077:
+        why = f"has mode {stat.S_IMODE(st.st_mode):04o}: other users may use it"
+    if why is not None:
+        raise ConfigError(f"{what} {path} {why}, so another user could replace the socket or the discovery "
+                          f"file there; remove it (or make it yours with mode 0700) and start again")
+
+
+def overlap_warnings(projects: Sequence[ProjectConfig]) -> list[str]:
+    """One sentence per pair of projects that snapshot the same files: the same folder configured twice,
+    or a folder inside another project's folder (and not ignored there). Not an error: it may be meant,
+    but every change there is stored twice and starts two snapshots."""
+    known = [(p, p.path.resolve()) for p in projects if p.path_known]
+    out: list[str] = []
+    for i, (a, root_a) in enumerate(known):
+        for b, root_b in known[i + 1:]:
+            if root_a == root_b:
+                out.append(f"projects {a.id!r} and {b.id!r} both snapshot {root_a}: every file there is "
+                           "snapshotted twice")
+                continue
+            for outer, root_o, inner, root_i in ((a, root_a, b, root_b), (b, root_b, a, root_a)):
+                if root_i.is_relative_to(root_o):
+                    rel = root_i.relative_to(root_o).as_posix()
+                    parts = rel.split("/")
+                    ignored = outer.ignore_fn()
+                    if not any(ignored("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+                        out.append(f"projects {outer.id!r} and {inner.id!r} overlap: {outer.id!r} snapshots "
+                                   f"{root_o} including {root_i}, which {inner.id!r} snapshots too")
+    return out
+
+
 def config_home(env: Mapping[str, str] = os.environ) -> Path:
     return _xdg(env, "XDG_CONFIG_HOME", ".config") / "syncsnap"
 
@@ -357,7 +412,7 @@ def _s3(raw: object) -> S3Options:
         if k not in _S3_KEYS:
             raise ConfigError(f"daemon.s3.{k}: unknown key (known: {', '.join(sorted(_S3_KEYS))})")
     endpoint = raw.get("endpoint")
-    if endpoint is not None and (not isinstance(endpoint, str) or not re.match(r"https?://[^/\s]+/?$", endpoint)):
+    if endpoint is not None and (not isinstance(endpoint, str) or not re.fullmatch(r"https?://[^/\s]+/?", endpoint)):
         raise ConfigError(f"daemon.s3.endpoint: expected the service's URL such as https://s3.example.com or "
                           f"http://127.0.0.1:9000, got {endpoint!r}")
     region = raw.get("region")
@@ -382,7 +437,7 @@ def _tcp(value: object) -> str | None:
         raise ConfigError(f'daemon.tcp: expected "127.0.0.1:PORT" or "" to disable, got {value!r}')
     if value == "":
         return None
-    m = re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):(\d{1,5})", value)
+    m = re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):(\d{1,5})", value, re.ASCII)
     if not m or int(m.group(2)) > 65535:
         raise ConfigError(f"daemon.tcp: {value!r} is not a loopback address "
                           '(use "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT"; port 0 picks one)')
@@ -412,7 +467,7 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
         else:
             raise ConfigError(f"{where}.path: missing (the folder to snapshot)")
         pid = item.get("id", default_id)
-        if not isinstance(pid, str) or not _PROJECT_ID.match(pid):
+        if not isinstance(pid, str) or not _PROJECT_ID.fullmatch(pid):
             raise ConfigError(f"{where}.id: {pid!r} is not a valid id (letters, digits, '.', '_', '-'; "
                               "at most 64, starting with a letter or digit)")
         if any(p.id == pid for p in out):
@@ -490,7 +545,7 @@ def parse_duration(value: object) -> float:
         raise ValueError(value)
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError(value)

@@ -16,6 +16,14 @@ Event ids never repeat, across restarts too: the daemon reserves blocks of ids i
 uses them (:data:`ID_RESERVATION`), so even events that were published but not yet written when the
 daemon died are never re-issued.
 
+A history that cannot be used never stops the daemon (:meth:`History.open`): a damaged database (not a
+database, or corrupt where the start-up reads it) is moved aside to ``history.sqlite3.corrupt-<time>``
+and a new one is started; a database that cannot be written (a read-only file, a full disk) or opened at
+all is used read-only, or not at all, while events wait in memory as for a failed write, and each retry
+first opens it again. :attr:`History.notice` says which happened, and :meth:`History.serve` reports it.
+While the database cannot be written, event ids are not reserved in it: a daemon that stops before it can
+write again may issue those ids again at its next start.
+
 All database access runs off the event loop, in worker threads, serialised by a lock (one connection).
 """
 
@@ -23,21 +31,34 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import stat
 import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import trio
 
-from ..core import Progress, SnapshotSummary, SyncsnapdError, parse_time
+from ..core import Progress, SyncsnapdError, parse_time
+from ._records import (
+    RUN_COLUMNS,
+    HistoryStatistics,
+    ProjectStats,
+    RunRecord,
+    percentile,
+    progress_from_json,
+    run_from_row,
+)
 from ._tracker import Event, Subscription, Tracker
+
+__all__ = ["History", "HistoryStatistics", "ProjectStats", "RunRecord"]
 
 # Told when the writer starts failing (the error) and when it writes again (None).
 ProblemReport = Callable[[SyncsnapdError | None], None]
@@ -97,64 +118,6 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run, id);
 """
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """One run as stored (``GET /api/v1/runs/{run}``)."""
-
-    run: str
-    project: str
-    kind: str
-    trigger: str | None
-    attempt: int
-    retry_of: str | None
-    state: str
-    started_at: str | None
-    ended_at: str | None
-    duration_seconds: float | None
-    step_seconds: dict[str, float]
-    error: dict[str, str] | None
-    snapshot: dict[str, Any] | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run": self.run, "project": self.project or None, "kind": self.kind, "trigger": self.trigger,
-            "attempt": self.attempt, "retry_of": self.retry_of, "state": self.state,
-            "started_at": self.started_at, "ended_at": self.ended_at, "duration_seconds": self.duration_seconds,
-            "step_seconds": self.step_seconds, "error": self.error, "snapshot": self.snapshot,
-        }
-
-
-@dataclass(frozen=True)
-class ProjectStats:
-    """Statistics of a project's finished snapshot runs."""
-
-    runs: int
-    completed: int
-    failed: int
-    cancelled: int
-    success_rate: float | None
-    mean_seconds: float | None
-    p95_seconds: float | None
-    seconds_per_gib: float | None
-
-
-@dataclass(frozen=True)
-class HistoryStatistics:
-    """The history writer's counters (see :meth:`History.statistics`).
-
-    Attributes:
-        events_pending: events received from the tracker and not yet written (in memory).
-        events_written: events written since start.
-        events_lost: events dropped unwritten because more than :data:`MAX_PENDING_EVENTS` were waiting.
-        write_failures: write attempts that failed (each retried).
-    """
-
-    events_pending: int
-    events_written: int
-    events_lost: int
-    write_failures: int
-
-
 # Runs a blocking call off the event loop: trio.to_thread.run_sync.
 Offload = Callable[[Callable[[], None]], Awaitable[None]]
 
@@ -168,17 +131,22 @@ class History:
         busy_timeout: seconds SQLite waits for another connection's lock (:data:`BUSY_TIMEOUT_SECONDS`).
         offload: how a write is run off the event loop; ``trio.to_thread.run_sync`` unless a test runs it
             inline to keep virtual time exact.
+        read_only: open the file for reading only (:meth:`open`'s fallback for a file it cannot write).
     """
 
     def __init__(self, path: Path, *, max_pending: int = MAX_PENDING_EVENTS,
-                 busy_timeout: float = BUSY_TIMEOUT_SECONDS, offload: Offload | None = None) -> None:
+                 busy_timeout: float = BUSY_TIMEOUT_SECONDS, offload: Offload | None = None,
+                 read_only: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a crash can lose the last transactions, never corrupt the database.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._busy_timeout = busy_timeout
+        self._db = self._connect(path, read_only=read_only)
+        # False while the database cannot be written (see open()): each write first opens it again.
+        self._writable = True
+        # True while an empty database in memory stands in for one that cannot even be read.
+        self._in_memory = False
+        # What went wrong when it was opened (moved aside, not writable), for health; None when all is well.
+        self.notice: SyncsnapdError | None = None
         self._reserved = 0
         # Per running run: the step it is in and since when, plus the seconds spent in each step so far.
         self._steps: dict[str, tuple[int, float, dict[str, float]]] = {}
@@ -199,11 +167,76 @@ class History:
         self._failures = 0
         self._lost_in_episode = 0  # since the last successful write (an episode is logged once)
 
+    def _connect(self, path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+        target, uri = (f"file:{quote(str(path))}?mode=ro", True) if read_only else (str(path), False)
+        db = sqlite3.connect(target, timeout=self._busy_timeout, check_same_thread=False, isolation_level=None,
+                             uri=uri)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a crash can lose the last transactions, never corrupt the database.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            # What the start-up reads, so that a database damaged there is found now, not in the daemon.
+            db.execute("SELECT value FROM meta WHERE key = 'reserved_event_id'").fetchall()
+            db.execute("SELECT MAX(id) FROM events").fetchall()
+            db.execute(f"SELECT {RUN_COLUMNS} FROM runs LIMIT 1").fetchall()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     @classmethod
     def open(cls, path: Path, **kw: Any) -> History:
-        """Create the folder and open (or create) the database; keywords as for the constructor."""
+        """Open (or create) the database, never failing for what is in it; keywords as for the constructor.
+
+        A damaged database is moved aside (``<name>.corrupt-<UTC time>``, with its ``-wal`` and ``-shm``)
+        and a new one created. One that cannot be opened for writing is opened read-only (its runs can be
+        read), or replaced by an empty one in memory when it cannot be opened at all; writes then wait, and
+        retry (see the module docstring). Either way :attr:`notice` says so, and the log.
+
+        Raises:
+            OSError: the folder cannot be created (the daemon checks ``daemon.state_dir`` before).
+        """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return cls(path, **kw)
+        try:
+            history = cls(path, **kw)
+        except sqlite3.Error as exc:
+            if not _is_damage(exc):
+                return cls._unwritable(path, exc, kw)
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.lexists(f"{path}{suffix}"):
+                        os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+                history = cls(path, **kw)
+            except (OSError, sqlite3.Error) as again:
+                return cls._unwritable(path, again, kw)
+            log.error("history: %s is damaged (%s); moved it aside to %s and started a new history", path,
+                      exc, aside.name)
+            history.notice = SyncsnapdError(
+                f"The history database was damaged ({exc}); it was moved aside to {aside} and a new one "
+                "started: runs before this start are only in that file.", code="history_recreated")
+        return history
+
+    @classmethod
+    def _unwritable(cls, path: Path, exc: BaseException, kw: dict[str, Any]) -> History:
+        """A history on ``path`` that is not written yet: read-only if that works, else empty in memory."""
+        try:
+            history = cls(path, read_only=True, **kw)
+        except sqlite3.Error:
+            history = cls(Path(":memory:"), **kw)
+            history._in_memory = True
+        history.path = path
+        history._mark_unwritable(exc)
+        return history
+
+    def _mark_unwritable(self, exc: BaseException) -> None:
+        self._writable = False
+        log.error("history: cannot write to %s (%s); serving without it, events wait in memory and it is "
+                  "tried again with backoff", self.path, exc)
+        self.notice = SyncsnapdError(
+            f"The history database {self.path} cannot be written ({exc}); events wait in memory until it "
+            "can.", code="history_unavailable")
 
     def close(self) -> None:
         with self._lock:
@@ -218,7 +251,17 @@ class History:
             reserved = int(row[0]) if row else 1
             top = self._db.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
             first = max(reserved, top + 1)
-            self._reserve_locked(first + ID_RESERVATION)
+            if self._in_memory:
+                # The real database's ids are unknown: milliseconds since 1970 are above any a daemon
+                # issued before (ids grow by far less than 1,000 a second) and still exact in JSON numbers.
+                first = max(first, int(time.time() * 1000))
+            if self._writable:
+                try:
+                    self._reserve_locked(first + ID_RESERVATION)
+                except sqlite3.Error as exc:  # a read-only file opens, and fails at the first write
+                    self._mark_unwritable(exc)
+            if not self._writable:
+                self._reserved = first  # reserved for real by the first write that works
             return first
 
     def _reserve_locked(self, upto: int) -> None:
@@ -230,7 +273,7 @@ class History:
         """The newest ``limit`` persisted events, oldest first (for the tracker's replay buffer)."""
         with self._lock:
             rows = self._db.execute("SELECT id, data FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [Event(i, _progress_from_json(json.loads(d))) for i, d in reversed(rows)]
+        return [Event(i, progress_from_json(json.loads(d))) for i, d in reversed(rows)]
 
     def latest_per_project(self) -> dict[str, Progress]:
         with self._lock:
@@ -239,7 +282,7 @@ class History:
                 "ON e.id = m.id").fetchall()
         out = {}
         for (d,) in rows:
-            p = _progress_from_json(json.loads(d))
+            p = progress_from_json(json.loads(d))
             out[p.project] = p
         return out
 
@@ -247,9 +290,9 @@ class History:
         """Runs that never reached a terminal state: the daemon died while they were in flight."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE state NOT IN ('completed', 'failed', 'cancelled')"
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE state NOT IN ('completed', 'failed', 'cancelled')"
             ).fetchall()
-        return [_run_from_row(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     # --- writing -------------------------------------------------------------------------------------
 
@@ -263,6 +306,8 @@ class History:
             sqlite3.Error: the database refused the write (locked by another process, disk full, I/O).
         """
         with self._lock:
+            if not self._writable:
+                self._reopen_locked()
             db = self._db
             steps = {run: (step, since, dict(seconds)) for run, (step, since, seconds) in self._steps.items()}
             reserved, written = self._reserved, self._written_upto
@@ -291,6 +336,33 @@ class History:
                         pass  # the transaction is gone either way; the first error is the one to report
                 raise
             self._written_upto = written
+
+    def _reopen_locked(self) -> None:
+        """Open the database for writing again (it could not be written so far); raises if it still cannot."""
+        # SQLite creates -wal and -shm with the database's mode: a read-only file's are read-only too, and
+        # would keep the database read-only after the file is made writable. They are ours: follow it.
+        try:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+            for suffix in ("-wal", "-shm"):
+                side = f"{self.path}{suffix}"
+                if os.path.exists(side) and os.stat(side).st_uid == os.getuid() and os.access(self.path, os.W_OK):
+                    os.chmod(side, mode)
+        except OSError:
+            pass  # the connect below says what is wrong
+        db = self._connect(self.path)
+        try:
+            db.execute("INSERT INTO meta (key, value) VALUES ('reserved_event_id', ?) ON CONFLICT(key) DO "
+                       "UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                       (str(self._reserved + ID_RESERVATION),))
+        except BaseException:
+            db.close()
+            raise
+        self._reserved = int(db.execute("SELECT value FROM meta WHERE key = 'reserved_event_id'").fetchone()[0])
+        self._db.close()
+        self._db, self._writable, self._in_memory = db, True, False
+        if self.notice is not None and self.notice.code == "history_unavailable":
+            self.notice = None
+        log.warning("history: %s can be written again", self.path)
 
     def _update_run(self, p: Progress, now: float) -> None:
         assert p.run is not None
@@ -336,7 +408,9 @@ class History:
         memory (see the module docstring). The events received are kept on this object, so if this
         coroutine is restarted (by a supervisor) it continues where it stopped, with nothing lost.
         ``on_problem`` is told when writes start failing (a ``history_write_failed`` error naming the
-        cause and how many events wait) and when they succeed again (None): the daemon shows it in health.
+        cause and how many events wait) and when they succeed again (:attr:`notice`, None when all is
+        well): the daemon shows it in health. It is told :attr:`notice` at the start, and a database that
+        cannot be written is tried again with backoff even while no event comes.
         """
         since = tracker.last_event_id if self._received is None else self._received
         sub = tracker.subscribe(last_event_id=since, transport="internal", lossless=True)
@@ -344,6 +418,8 @@ class History:
         try:
             self._take_queued(sub, tracker, since)
             task_status.started()
+            if self.notice is not None and on_problem is not None:
+                on_problem(self.notice)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve_receive, sub)
                 await self._serve_writes(tracker, on_problem or (lambda problem: None))
@@ -395,8 +471,9 @@ class History:
     async def _serve_writes(self, tracker: Tracker, on_problem: ProblemReport) -> None:
         delay = RETRY_FIRST_SECONDS
         failing_since: float | None = None
+        shown = self.notice  # what on_problem was told last (serve() told the notice)
         while True:
-            if not self._batch:
+            if not self._batch and self._writable:
                 while not self._pending:
                     await self._arrived.wait()
                     self._arrived = trio.Event()
@@ -410,9 +487,10 @@ class History:
                     failing_since = trio.current_time()
                     log.warning("history: cannot write to %s (%s); retrying with backoff, events wait in "
                                 "memory (at most %d)", self.path, exc, self._max_pending)
-                on_problem(SyncsnapdError(
+                shown = SyncsnapdError(
                     f"Cannot write the history ({exc}); {len(self._batch) + len(self._pending)} events wait "
-                    f"in memory, retrying in {delay:g} s.", code="history_write_failed"))
+                    f"in memory, retrying in {delay:g} s.", code="history_write_failed")
+                on_problem(shown)
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
@@ -422,7 +500,9 @@ class History:
                 log.warning("history: writing again after %.1f s; %d events were lost meanwhile",
                             trio.current_time() - failing_since, self._lost_in_episode)
                 failing_since, delay = None, RETRY_FIRST_SECONDS
-                on_problem(None)
+            if shown is not self.notice:
+                shown = self.notice
+                on_problem(shown)
             self._lost_in_episode = 0
 
     async def _flush_once(self, tracker: Tracker) -> None:
@@ -445,19 +525,19 @@ class History:
         with self._lock:
             if before is None:
                 rows = self._db.execute(
-                    f"SELECT {_RUN_COLUMNS} FROM runs WHERE project = ? ORDER BY started_at DESC, run DESC "
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE project = ? ORDER BY started_at DESC, run DESC "
                     "LIMIT ?", (project, limit)).fetchall()
             else:
                 rows = self._db.execute(
-                    f"SELECT {_RUN_COLUMNS} FROM runs WHERE project = ? AND (started_at, run) < "
+                    f"SELECT {RUN_COLUMNS} FROM runs WHERE project = ? AND (started_at, run) < "
                     "(SELECT started_at, run FROM runs WHERE run = ?) ORDER BY started_at DESC, run DESC LIMIT ?",
                     (project, before, limit)).fetchall()
-        return [_run_from_row(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     def run(self, run: str) -> RunRecord | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ?", (run,)).fetchone()
-        return _run_from_row(row) if row else None
+            row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run = ?", (run,)).fetchone()
+        return run_from_row(row) if row else None
 
     def run_events(self, run: str) -> list[str]:
         """A run's full progress log: the JSON text of each event, oldest first."""
@@ -479,7 +559,7 @@ class History:
             runs=len(rows), completed=len(done), failed=failed, cancelled=len(rows) - len(done) - failed,
             success_rate=round(len(done) / finished, 4) if finished else None,
             mean_seconds=round(statistics.fmean(durations), 3) if durations else None,
-            p95_seconds=round(_percentile(durations, 0.95), 3) if durations else None,
+            p95_seconds=round(percentile(durations, 0.95), 3) if durations else None,
             seconds_per_gib=round(statistics.fmean(per_gib), 3) if per_gib else None,
         )
 
@@ -497,31 +577,6 @@ class History:
         return round(statistics.fmean(r[0] for r in rows), 3) if rows else None
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    # Nearest-rank percentile, as Prometheus and most dashboards report it.
-    k = max(0, min(len(sorted_values) - 1, int(round(q * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[k]
-
-
-_RUN_COLUMNS = ("run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, duration_seconds, "
-                "steps, error_code, error_message, snapshot")
-
-
-def _run_from_row(r: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        run=r[0], project=r[1], kind=r[2], trigger=r[3], attempt=r[4], retry_of=r[5], state=r[6],
-        started_at=r[7], ended_at=r[8], duration_seconds=r[9], step_seconds=json.loads(r[10] or "{}"),
-        error={"code": r[11], "message": r[12] or ""} if r[11] else None,
-        snapshot=json.loads(r[13]) if r[13] else None,
-    )
-
-
-def _progress_from_json(d: dict[str, Any]) -> Progress:
-    snap = d.get("snapshot")
-    summary = None
-    if snap:
-        summary = SnapshotSummary(**{**snap, "warning_paths": tuple(snap.get("warning_paths") or ())})
-    fields = {k: v for k, v in d.items() if k in Progress.__dataclass_fields__ and k != "snapshot"}
-    fields["project"] = fields.get("project") or ""
-    return Progress(**fields, snapshot=summary)
-
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """The file is not a database, or one damaged where it was read (not: locked, read-only, full, I/O)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)

@@ -121,14 +121,18 @@ def _run_daemon(config: DaemonConfig, load: Callable[[], DaemonConfig], verbose:
     _raise_fd_limit()
     if sys.stderr.isatty():
         print(_hint(config), file=sys.stderr)
-    failed = False
+    status = 0
     try:
         trio.run(run_until_signalled, config, load)
     except* StartupError as group:
         for exc in group.exceptions:
             log.error("cannot start: %s", exc)
-        failed = True
-    return 1 if failed else 0
+        status = 1
+    except* ConfigError as config_group:  # found at start: the state or runtime directory (see _daemon.py)
+        for config_exc in config_group.exceptions:
+            print(f"syncsnapd: configuration error: {config_exc}", file=sys.stderr)
+        status = 2
+    return status
 
 
 def _hint(config: DaemonConfig) -> str:

@@ -11,9 +11,17 @@ Supervision: every long-running service (each project's change source ``project:
 ``project:<id>/syncthing``, the history writer ``history``, metrics ``metrics``, the systemd status
 ``status``) runs under the daemon's :class:`~syncsnapd.core.Supervisor`: a failure is logged once, shown
 (the project's ``watch.error``, ``/api/v1/health``'s ``services`` and ``degraded``, ``STATUS=``) and the
-service is restarted with backoff, while everything else carries on. Only failing to open the store, the
-history or the listeners at start stops the daemon (:class:`StartupError`). The watchdog stays a plain
-task: if the loop is blocked, restarting a task would not help.
+service is restarted with backoff, while everything else carries on.
+
+What stops the daemon at start: a state directory (``daemon.state_dir``) that cannot be created or
+written, or a runtime directory (the socket's and the discovery file's) that is not ours alone (another
+user's, a symlink, group or others may use it: tmux's check), are configuration errors
+(:class:`~syncsnapd.core.ConfigError`, exit status 2); failing to open the store or the listeners is a
+:class:`StartupError` (exit status 1). Nothing else does: a history database that is damaged is moved
+aside and a new one started, one that cannot be written degrades the ``history`` service (events wait
+in memory) until it can; both are said in the log and in health (``services``, ``degraded``). Projects
+that snapshot the same files (one folder twice, or one inside another) start with a warning in the log.
+The watchdog stays a plain task: if the loop is blocked, restarting a task would not help.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from ..core import (
     RunProgress,
     ServiceStatus,
     Supervisor,
+    check_private_dir,
+    overlap_warnings,
     utc_now,
 )
 from ..engine import SnapshotError
@@ -330,6 +340,7 @@ class Daemon:
                 if pid not in wanted or wanted[pid] != old[pid]:
                     self._stop_sources(pid)
             self.config = new
+            _warn_overlaps(new)
             self.scheduler.set_projects(self._scheduled(new.projects))
             for pid, project in wanted.items():
                 if pid not in self.watch_status:
@@ -458,6 +469,31 @@ class Daemon:
             await self.reload(load)
 
 
+def _warn_overlaps(config: DaemonConfig) -> None:
+    for warning in overlap_warnings(config.projects):
+        log.warning("%s", warning)
+
+
+def check_state_dir(path: Path) -> None:
+    """Create the state directory if missing and make sure we can write there.
+
+    Raises:
+        ConfigError: naming ``daemon.state_dir``: it is a file, cannot be created, or is not writable.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise ConfigError(f"daemon.state_dir: {path} is a file, not a directory; point daemon.state_dir at a "
+                          "directory (it holds the history)") from None
+    except OSError as exc:
+        raise ConfigError(f"daemon.state_dir: cannot create {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"daemon.state_dir: {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"daemon.state_dir: {path} is not writable by this user (uid {os.getuid()}); "
+                          "give it back write permission or choose another daemon.state_dir")
+
+
 async def _last_summary(store: Store, project: str) -> FolderSummary | None:
     def summarize() -> FolderSummary | None:
         info = store.latest(project)
@@ -472,6 +508,10 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
                        task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until ``stop`` is set (a graceful stop: runs end ``cancelled`` and open streams
     carry that out before they close) or until cancelled (everything closes at once).
+
+    Raises:
+        ConfigError: the state directory or the runtime directory cannot be used (see the module docstring).
+        StartupError: the store or a listener cannot be opened.
 
     Args:
         config: the configuration to start with.
@@ -488,16 +528,19 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
             # The embedded default (~/Sync) is created on first start; configured folders were checked.
             project.path.mkdir(parents=True, exist_ok=True)
             log.info("created folder %s for project %s", project.path, project.id)
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_state_dir(config.state_dir)
+    check_private_dir(config.runtime_dir, "runtime directory")
+    _warn_overlaps(config)
     try:
         store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
     try:
+        # Never fails for what is in the database (see History.open): only for the folder itself.
         history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")
-    except Exception as exc:
+    except OSError as exc:
         store.close()
-        raise StartupError(f"cannot open the history in {config.state_dir}: {exc}") from exc
+        raise ConfigError(f"daemon.state_dir: cannot use {config.state_dir}: {exc.strerror}") from exc
     try:
         daemon = await trio.to_thread.run_sync(functools.partial(Daemon, config, store, notifier, history,
                                                                  wrap_service=wrap_service))

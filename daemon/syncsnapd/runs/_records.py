@@ -1,0 +1,98 @@
+"""The history's records: a run as stored, a project's statistics, the writer's counters, and how rows
+and stored events become them. No I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import Progress, SnapshotSummary
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as stored (``GET /api/v1/runs/{run}``)."""
+
+    run: str
+    project: str
+    kind: str
+    trigger: str | None
+    attempt: int
+    retry_of: str | None
+    state: str
+    started_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+    step_seconds: dict[str, float]
+    error: dict[str, str] | None
+    snapshot: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run, "project": self.project or None, "kind": self.kind, "trigger": self.trigger,
+            "attempt": self.attempt, "retry_of": self.retry_of, "state": self.state,
+            "started_at": self.started_at, "ended_at": self.ended_at, "duration_seconds": self.duration_seconds,
+            "step_seconds": self.step_seconds, "error": self.error, "snapshot": self.snapshot,
+        }
+
+
+@dataclass(frozen=True)
+class ProjectStats:
+    """Statistics of a project's finished snapshot runs."""
+
+    runs: int
+    completed: int
+    failed: int
+    cancelled: int
+    success_rate: float | None
+    mean_seconds: float | None
+    p95_seconds: float | None
+    seconds_per_gib: float | None
+
+
+@dataclass(frozen=True)
+class HistoryStatistics:
+    """The history writer's counters (see :meth:`History.statistics`).
+
+    Attributes:
+        events_pending: events received from the tracker and not yet written (in memory).
+        events_written: events written since start.
+        events_lost: events dropped unwritten because more than :data:`MAX_PENDING_EVENTS` were waiting.
+        write_failures: write attempts that failed (each retried).
+    """
+
+    events_pending: int
+    events_written: int
+    events_lost: int
+    write_failures: int
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    # Nearest-rank percentile, as Prometheus and most dashboards report it.
+    k = max(0, min(len(sorted_values) - 1, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+RUN_COLUMNS = ("run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, duration_seconds, "
+                "steps, error_code, error_message, snapshot")
+
+
+def run_from_row(r: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run=r[0], project=r[1], kind=r[2], trigger=r[3], attempt=r[4], retry_of=r[5], state=r[6],
+        started_at=r[7], ended_at=r[8], duration_seconds=r[9], step_seconds=json.loads(r[10] or "{}"),
+        error={"code": r[11], "message": r[12] or ""} if r[11] else None,
+        snapshot=json.loads(r[13]) if r[13] else None,
+    )
+
+
+def progress_from_json(d: dict[str, Any]) -> Progress:
+    snap = d.get("snapshot")
+    summary = None
+    if snap:
+        summary = SnapshotSummary(**{**snap, "warning_paths": tuple(snap.get("warning_paths") or ())})
+    fields = {k: v for k, v in d.items() if k in Progress.__dataclass_fields__ and k != "snapshot"}
+    fields["project"] = fields.get("project") or ""
+    return Progress(**fields, snapshot=summary)
+
