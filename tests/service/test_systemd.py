@@ -194,7 +194,11 @@ def test_socket_activation_serves_on_passed_sockets_and_binds_nothing(short_tmp:
         # systemd-socket-activate starts the daemon on the first connection; curl waits in the backlog.
         health = json.loads(_curl(str(passed_sock), "/api/v1/health").stdout)
         assert health["status"] == "ok" and health["pid"] == proc.pid
-        disc = json.loads((short_tmp / "run/syncsnap/syncsnapd.json").read_text())
+        # The discovery file is written once start-up is complete, which may be just after the first answer.
+        disc_file = short_tmp / "run/syncsnap/syncsnapd.json"
+        while not disc_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        disc = json.loads(disc_file.read_text())
         assert disc["socket"] == str(passed_sock) and disc["tcp"] == f"127.0.0.1:{port}"
         assert not (short_tmp / "run/syncsnap/syncsnapd.sock").exists()  # bound nothing itself
         token = Path(disc["token_file"]).read_text().strip()
