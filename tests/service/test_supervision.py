@@ -67,7 +67,8 @@ def finished(d: DaemonProcess, project: str, run: str, timeout: float = 30) -> d
 def test_names_that_are_not_utf8_do_not_stop_the_daemon_and_are_snapshotted(daemon_factory: Any,
                                                                              short_tmp: Path) -> None:
     """A file and a directory whose names are not UTF-8 exist before the start and appear after it: the
-    daemon stays up, polls that folder instead (saying why), snapshots those files, and restores them."""
+    daemon stays up, keeps watching that folder with inotify (names are bytes to the watcher), snapshots
+    those files, and restores them."""
     folder = short_tmp / "w"
     folder.mkdir()
     fb = os.fsencode(folder)
@@ -85,9 +86,6 @@ def test_names_that_are_not_utf8_do_not_stop_the_daemon_and_are_snapshotted(daem
     with open(fb + b"/late dir\xfc/x.txt", "wb") as f:
         f.write(b"in a late directory")
 
-    watch = wait_until(lambda: (w := api(d, "/projects/w")["watch"])["mode"] == "polling" and w, 10,
-                       "the watch to fall back to polling")
-    assert watch["error"] is None and "not valid UTF-8" in watch["warning"] and "polling" in watch["warning"]
     # Everything is in a snapshot: 5 files (plain.txt, two with odd names, one in each odd directory).
     latest = wait_until(lambda: (s := snapshots(d, "w")) and s[-1]["files"] == 5 and s[-1], 20,
                         "a snapshot with the late files")
@@ -97,6 +95,7 @@ def test_names_that_are_not_utf8_do_not_stop_the_daemon_and_are_snapshotted(daem
     wait_until(lambda: snapshots(d, "w")[-1]["id"] != latest["id"], 20, "a snapshot of the change")
 
     assert d.proc.poll() is None
+    assert api(d, "/projects/w")["watch"] == {"mode": "inotify", "warning": None, "error": None}
     health = api(d, "/health")
     assert health["status"] == "ok" and health["degraded"] == []
     assert service(d, "project:w/watch") == {"name": "project:w/watch", "state": "running", "failures": 0,

@@ -1,6 +1,7 @@
 """Sources of change for plain folders: a file watcher, debounce, periodic and start-up checks.
 
-Data flows one way: the watcher (watchfiles on inotify, or polling past the kernel's limits) sends
+Data flows one way: the watcher (inotify on every directory a snapshot walks, ``_inotify.py``, or polling
+past the kernel's limits) sends
 "something changed" into a channel; :func:`serve_debounce` turns bursts of changes into snapshot
 requests once the folder has been quiet for ``settle`` seconds, or at the latest ``max_delay`` seconds
 after the first change of a burst. The scheduler keeps at most one run and one queued run per project.
@@ -15,20 +16,20 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
 
 import trio
 
 from ..core import ProjectConfig, RunProgress, SyncsnapdError
 from ..store import Entry
+from ._inotify import TreeWatch, WatchLimit
 from ._status import WatchStatus
 
 log = logging.getLogger("syncsnapd.watch")
 
-# watchfiles batches raw events for this long before yielding (ms). Our own debounce does the real
+# Raw events are gathered for this long before they are read (ms). Our own debounce does the real
 # settling; this only keeps a burst of thousands of events from waking us thousands of times.
 WATCH_BATCH_MS = 50
 # Poll interval when inotify is not available (limits reached, undecodable names): slow enough to be
@@ -190,88 +191,78 @@ async def _serve_polling(root: Path, changes: trio.MemorySendChannel[object], wa
 
 
 class _InotifyGaveUp(Exception):
-    """Inotify watching failed for good (kernel limits, names watchfiles cannot decode): poll instead."""
+    """Inotify watching failed for good (a kernel limit, or an error watching the folder): poll instead."""
 
     def __init__(self, warning: str) -> None:
         super().__init__(warning)
         self.warning = warning
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-# What watchfiles (Rust notify) says when a changed path is not valid UTF-8. From then on every call of
-# that watcher fails the same way, and its polling mode fails alike: only our own polling copes.
-_UNDECODABLE = "Unable to decode path"
-_MISSING = "missing"
+def _dir_keys(paths: tuple[Path, ...]) -> frozenset[tuple[int, int]]:
+    """(device, inode) of those of ``paths`` that are directories."""
+    keys = set()
+    for p in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            if stat.S_ISDIR(st.st_mode):
+                keys.add((st.st_dev, st.st_ino))
+    return frozenset(keys)
 
 
 async def _serve_inotify(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
-                         identity: tuple[int, int], ready: _Ready) -> tuple[int, int]:
-    """Watch ``root`` with watchfiles (inotify) until cancelled, or until the folder was replaced by
-    another one of the same name (returns that one's identity).
+                         identity: tuple[int, int], ready: _Ready, skip: frozenset[tuple[int, int]]) -> tuple[int, int]:
+    """Watch ``root`` with inotify (:class:`TreeWatch`) until cancelled, or until the folder was replaced
+    by another one of the same name (returns that one's identity).
 
     Raises:
-        _InotifyGaveUp: the kernel refuses more watches or instances, or watchfiles met a name it cannot
-            decode.
+        _InotifyGaveUp: the kernel refuses more watches or instances, or the folder cannot be watched.
         SyncsnapdError: ``folder_missing`` when the folder was removed.
     """
-    import watchfiles  # imported here: only a watching daemon pays for it
+    def wanted_bytes(path: bytes) -> bool:
+        return wanted(os.fsdecode(path))
 
-    def wf_filter(_change: watchfiles.Change, path: str) -> bool:
-        return wanted(path)
-
-    # watchfiles runs the inotify wait in a thread that trio cannot interrupt; it returns within one
-    # `step` once this event is set. A sibling task sets it the moment we are cancelled, so shutting
-    # down does not wait for the watcher's internal timeout.
-    stop = threading.Event()
-
-    async def stop_on_cancel() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            stop.set()
-
+    try:
+        tree = TreeWatch(os.fsencode(root), wanted_bytes, skip)
+    except WatchLimit as exc:
+        raise _InotifyGaveUp(str(exc)) from None
+    except OSError as exc:
+        raise _InotifyGaveUp(f"inotify is not available ({exc})") from None
     outcome: str | None = None  # why watching ended: _MISSING, a warning, or None (replaced)
+    failed: str | None = None
     replaced = identity
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_cancel)
-            watcher = watchfiles.awatch(
-                root, watch_filter=wf_filter, debounce=WATCH_BATCH_MS, step=WATCH_BATCH_MS,
-                rust_timeout=IDENTITY_CHECK_MS, yield_on_timeout=True, ignore_permission_denied=True,
-                # awatch only calls is_set(), which a threading.Event has (typed for async events).
-                stop_event=cast(Any, stop), recursive=True,
-            )
+            # The walks run in a worker thread that trio cannot interrupt; they return early once
+            # `tree.stop` is set, which a sibling task does the moment we are cancelled.
+            nursery.start_soon(_stop_on_cancel, tree.stop)
+            await trio.to_thread.run_sync(tree.start)
             ready.started()
-            async with contextlib.aclosing(watcher):
-                async for batch in watcher:
-                    # An empty batch is the periodic wake-up: is the folder still the one we watch?
-                    if not batch or any(path == str(root) for _, path in batch):
-                        now = await trio.to_thread.run_sync(_identity, root)
-                        if now != identity:
-                            outcome, replaced = (_MISSING, identity) if now is None else (None, now)
-                            break
-                    if batch:
-                        await changes.send(len(batch))
+            while True:
+                with trio.move_on_after(IDENTITY_CHECK_MS / 1000) as idle:
+                    await trio.lowlevel.wait_readable(tree.fd)
+                    # Let a burst gather: one batch, not thousands of wake-ups. Our own debounce does the
+                    # real settling.
+                    await trio.sleep(WATCH_BATCH_MS / 1000)
+                batch = await trio.to_thread.run_sync(tree.read)
+                # A quiet spell or an event on the folder itself: is it still the one we watch?
+                if idle.cancelled_caught or batch.root_event:
+                    now = await trio.to_thread.run_sync(_identity, root)
+                    if now != identity:
+                        outcome, replaced = (_MISSING, identity) if now is None else (None, now)
+                        break
+                if batch.changes:
+                    await changes.send(batch.changes)
             nursery.cancel_scope.cancel()
-    except* (OSError, RuntimeError) as group:  # WatchfilesRustInternalError is a RuntimeError
-        # Raised bare when the watch is set up, wrapped in groups (anyio's task group, our nursery) while
-        # watching: either way inotify watching of this folder has ended.
+    except* WatchLimit as group:  # raised inside our nursery: always in a group
+        outcome = str(group.exceptions[0])
+    except* OSError as group:
         log.debug("inotify watch of %s ended", root, exc_info=group)
-        leaves = [str(e) for e in _leaves(group)]
-        undecodable = [e for e in leaves if _UNDECODABLE in e]
-        if await trio.to_thread.run_sync(_identity, root) is None:
-            outcome = _MISSING
-        elif undecodable:
-            outcome = f"a name that is not valid UTF-8 cannot be watched with inotify ({undecodable[0]})"
-        else:
-            outcome = f"file watch limit reached ({leaves[0]})"
+        failed = f"{root} cannot be watched with inotify ({group.exceptions[0]})"
+    finally:
+        tree.close()
+    if failed is not None:
+        gone = await trio.to_thread.run_sync(_identity, root) is None
+        outcome = _MISSING if gone else failed
     if outcome == _MISSING:
         raise folder_missing(root)
     if outcome is not None:
@@ -279,19 +270,31 @@ async def _serve_inotify(root: Path, changes: trio.MemorySendChannel[object], wa
     return replaced
 
 
-async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
-                             status: WatchStatus, *, force_polling: bool = False,
-                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Watch ``root`` recursively and send one item per batch of wanted changes.
+async def _stop_on_cancel(stop: threading.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        stop.set()
 
-    Uses inotify (watchfiles). When that fails for good (the kernel refuses more watches or instances,
-    or a file or directory name is not valid UTF-8, which watchfiles cannot report), it polls instead,
-    says why in ``status.warning`` with ``status.mode == "polling"``, and sends a change at once (whatever
+
+_MISSING = "missing"
+
+
+async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object], wanted: Callable[[str], bool],
+                             status: WatchStatus, *, force_polling: bool = False, exclude: tuple[Path, ...] = (),
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Watch ``root`` and send one item per batch of wanted changes.
+
+    Watches exactly what a snapshot walks: every directory below ``root`` that ``wanted`` accepts,
+    without following symlinks, and not the directories in ``exclude`` (the daemon's store and state,
+    wherever they are reached), each with its own inotify watch; names are bytes, so any name is
+    watched. When the kernel refuses a watch (its per-user watch or instance limit, at start or for a
+    directory created later) it stops using inotify (freeing its watches for others), polls instead, says
+    why in ``status.warning`` with ``status.mode == "polling"``, and sends a change at once (whatever
     happened meanwhile may have been missed). Polling walks the folder itself (every entry's name, type,
-    mode, size and mtime), so folders with any names are covered. Never silently stops watching: a
-    folder that is removed ends the watch with ``folder_missing`` (for its supervisor to retry), and one
-    replaced by another folder of the same name is watched anew. New directories are covered by the
-    snapshot's own walk; the batch that reports them triggers the debounce.
+    mode, size and mtime). Never silently stops watching: a folder that is removed ends the watch with
+    ``folder_missing`` (for its supervisor to retry), and one replaced by another folder of the same
+    name is watched anew.
 
     Raises:
         SyncsnapdError: ``folder_missing`` when ``root`` is (or becomes) missing.
@@ -301,11 +304,12 @@ async def serve_folder_watch(root: Path, changes: trio.MemorySendChannel[object]
         raise folder_missing(root)
     ready = _Ready(task_status)
     warning: str | None = None
+    skip = await trio.to_thread.run_sync(_dir_keys, exclude)
     if not force_polling:
         status.mode, status.warning = "inotify", None
         try:
             while True:
-                identity = await _serve_inotify(root, changes, wanted, identity, ready)
+                identity = await _serve_inotify(root, changes, wanted, identity, ready, skip)
                 log.info("%s was replaced by another folder; watching the new one", root)
                 await changes.send(0)
         except _InotifyGaveUp as exc:
@@ -438,8 +442,9 @@ async def _serve_project(project: ProjectConfig, request: Callable[[str], object
 
                 await nursery.start(serve_syncthing_changes, project.syncthing, send, status)
             else:
-                await nursery.start(serve_folder_watch, project.path, send,
-                                    make_filter(project.path, ignore=ignore), status)
+                await nursery.start(functools.partial(serve_folder_watch, project.path, send,
+                                                      make_filter(project.path, ignore=ignore), status,
+                                                      exclude=exclude))
             await nursery.start(functools.partial(serve_debounce, recv, lambda: request("watch"),
                                                   settle=project.settle, max_delay=project.max_delay))
         else:
