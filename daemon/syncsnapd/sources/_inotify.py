@@ -8,37 +8,41 @@ without a word. Here every directory is watched by itself, ``IN_DONT_FOLLOW | IN
 same ignore rules as the snapshot, and a refused watch is raised as :class:`WatchLimit`. Names are bytes
 throughout, so names that are not UTF-8 are watched like any other.
 
+The system calls and the parsing of events are inotify_simple's (a literal wrapper of inotify, no
+policy): what to watch, and what an event means for a snapshot, is ours.
+
 Blocking code (the walks, ``read``): the caller runs it in a worker thread, one call at a time, and sets
 :attr:`TreeWatch.stop` to make a walk return early.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import errno
 import os
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from inotify_simple import Event, INotify, flags
+
 __all__ = ["Batch", "TreeWatch", "WatchLimit", "watch_limit"]
 
-_IN_MODIFY = 0x2
-_IN_ATTRIB = 0x4
-_IN_CLOSE_WRITE = 0x8
-_IN_MOVED_FROM = 0x40
-_IN_MOVED_TO = 0x80
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
-_IN_Q_OVERFLOW = 0x4000
-_IN_IGNORED = 0x8000
-_IN_ONLYDIR = 0x01000000
-_IN_DONT_FOLLOW = 0x02000000
-_IN_EXCL_UNLINK = 0x04000000
-_IN_ISDIR = 0x40000000
+_IN_MODIFY = flags.MODIFY
+_IN_ATTRIB = flags.ATTRIB
+_IN_CLOSE_WRITE = flags.CLOSE_WRITE
+_IN_MOVED_FROM = flags.MOVED_FROM
+_IN_MOVED_TO = flags.MOVED_TO
+_IN_CREATE = flags.CREATE
+_IN_DELETE = flags.DELETE
+_IN_DELETE_SELF = flags.DELETE_SELF
+_IN_MOVE_SELF = flags.MOVE_SELF
+_IN_Q_OVERFLOW = flags.Q_OVERFLOW
+_IN_IGNORED = flags.IGNORED
+_IN_ONLYDIR = flags.ONLYDIR
+_IN_DONT_FOLLOW = flags.DONT_FOLLOW
+_IN_EXCL_UNLINK = flags.EXCL_UNLINK
+_IN_ISDIR = flags.ISDIR
 
 # What makes a snapshot differ: content, metadata, names coming and going. Not IN_ACCESS/IN_OPEN/
 # IN_CLOSE_NOWRITE: the snapshot's own reads must not trigger the next snapshot.
@@ -49,18 +53,9 @@ _SUBDIR_MASK = _CONTENT | _IN_ONLYDIR | _IN_DONT_FOLLOW | _IN_EXCL_UNLINK
 # its own removal or rename.
 _ROOT_MASK = _CONTENT | _IN_ONLYDIR | _IN_EXCL_UNLINK | _IN_DELETE_SELF | _IN_MOVE_SELF
 
-_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
-_READ_SIZE = 64 * 1024
-# Reads per `read()` call: under a storm of events, hand back a batch rather than read forever.
-_MAX_READS = 64
 # Entries skipped when a watch is refused: the directory vanished, was replaced by a file or a
 # symlink (never followed), or cannot be read (the snapshot says so itself).
 _SKIPPED = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.inotify_init1.argtypes = [ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 def _sysctl(name: str) -> str:
@@ -107,13 +102,13 @@ class TreeWatch:
         self._wds: dict[bytes, int] = {}
         self._paths: dict[int, bytes] = {}
         self._root_wd = -1
-        fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            if err in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-                raise watch_limit(err, 0)
-            raise OSError(err, os.strerror(err), "inotify_init1")
-        self.fd: int = fd
+        try:
+            self._inotify = INotify(nonblocking=True)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise watch_limit(exc.errno, 0) from None
+            raise
+        self.fd: int = self._inotify.fileno()
 
     @property
     def count(self) -> int:
@@ -123,7 +118,7 @@ class TreeWatch:
     def close(self) -> None:
         """Close the instance; the kernel frees all its watches (for other projects, other processes)."""
         if self.fd >= 0:
-            os.close(self.fd)
+            self._inotify.close()
             self.fd = -1
 
     def start(self) -> None:
@@ -144,12 +139,8 @@ class TreeWatch:
         """
         batch = Batch()
         new_dirs: list[bytes] = []
-        for _ in range(_MAX_READS):
-            try:
-                buf = os.read(self.fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            self._events(buf, batch, new_dirs)
+        # Everything queued now (the kernel bounds the queue: fs.inotify.max_queued_events, then overflow).
+        self._events(self._inotify.read(timeout=0), batch, new_dirs)
         if batch.overflow:
             new_dirs = [self.root]  # walking again re-adds what was missed; existing watches are kept
             batch.changes += 1
@@ -159,12 +150,9 @@ class TreeWatch:
             self._walk(path)
         return batch
 
-    def _events(self, buf: bytes, batch: Batch, new_dirs: list[bytes]) -> None:
-        offset = 0
-        while offset + _EVENT.size <= len(buf):
-            wd, mask, _cookie, length = _EVENT.unpack_from(buf, offset)
-            name = buf[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
-            offset += _EVENT.size + length
+    def _events(self, events: list[Event], batch: Batch, new_dirs: list[bytes]) -> None:
+        for wd, mask, _cookie, text in events:
+            name = os.fsencode(text)  # inotify_simple decodes with the file system encoding: back to bytes
             if mask & _IN_Q_OVERFLOW:
                 batch.overflow = True
                 continue
@@ -199,20 +187,21 @@ class TreeWatch:
         prefix = top + b"/"
         for path, wd in list(self._wds.items()):
             if path == top or path.startswith(prefix):
-                _libc.inotify_rm_watch(self.fd, wd)
+                with contextlib.suppress(OSError):  # the kernel dropped it already (IN_IGNORED pending)
+                    self._inotify.rm_watch(wd)
                 self._forget(wd)
 
     def _add(self, path: bytes) -> bool:
         """Watch one directory; False when it is not to be walked (gone, not a directory, seen already)."""
         is_root = path == self.root
-        wd = _libc.inotify_add_watch(self.fd, path, _ROOT_MASK if is_root else _SUBDIR_MASK)
-        if wd < 0:
-            err = ctypes.get_errno()
-            if err == errno.ENOSPC:
-                raise watch_limit(err, len(self._paths))
-            if err in _SKIPPED and not is_root:
+        try:
+            wd = self._inotify.add_watch(path, _ROOT_MASK if is_root else _SUBDIR_MASK)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise watch_limit(exc.errno, len(self._paths)) from None
+            if exc.errno in _SKIPPED and not is_root:
                 return False
-            raise OSError(err, os.strerror(err), os.fsdecode(path))
+            raise OSError(exc.errno, exc.strerror, os.fsdecode(path)) from None
         if is_root:
             self._root_wd = wd
         old = self._paths.get(wd)
