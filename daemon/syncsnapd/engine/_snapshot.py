@@ -21,6 +21,11 @@ What a snapshot records when files misbehave while it runs:
 * a directory that cannot be listed: warning, kept as an empty directory;
 * a file that changes while it is read: warning, **kept** with the bytes read, and marked (inode 0) so
   the next snapshot reads it again;
+* a file changed after the run started (its ctime is not earlier than the run's start; the walk begins
+  once the filesystem's coarse clock has passed it, see :meth:`_Run.wait_for_tick`): warning, kept as
+  read, marked.
+  Together with the line above, every file the run read and that changed under it is named in the
+  warnings. Files the walk found unchanged are not read: they are recorded as the walk saw them;
 * a file modified within :data:`RACY_WINDOW_NS` before it was read: kept, no warning, but also marked, so
   that a later write within the same timestamp tick cannot go unnoticed ("racy git" problem);
 * fifos, sockets and devices: skipped and counted.
@@ -32,6 +37,7 @@ import collections
 import errno
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +61,14 @@ _S_IFLNK = stat.S_IFLNK
 # whole-second stamps (FAT: 2 s) show it as mtimes without a sub-second part and get 2 s.
 RACY_WINDOW_NS = 100_000_000
 RACY_WINDOW_COARSE_NS = 2_000_000_000
+
+# Linux stamps file times from the coarse real-time clock (a tick, <= 10 ms, and a little more behind
+# the fine one), or with a fine time when the file's times were just read (multigrain timestamps).
+# (Python's time module names it from 3.13 on; Linux's CLOCK_REALTIME_COARSE is 5.)
+_COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform == "linux" else time.CLOCK_REALTIME)
+# Waiting for it to pass the run's start: polled every millisecond, at most 50 times (a tick is 1-10 ms).
+_TICK_POLL_SECONDS = 0.001
+_TICK_POLLS = 50
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # O_NOATIME spares a metadata write per file read; only allowed on own files (or with CAP_FOWNER).
@@ -169,6 +183,8 @@ class _Run:
         self.skipped = 0
         self.writer: StoreWriter | None = None
         self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
+        # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
+        self.started_ns = time.time_ns()
 
     def check(self) -> None:
         """Stop a worker thread promptly when the run is cancelled either way."""
@@ -177,7 +193,20 @@ class _Run:
 
     # --- step 2 -------------------------------------------------------------------------------------
 
+    def wait_for_tick(self) -> None:
+        """Take now as the run's start, and wait (a tick, <= 10 ms) until the coarse clock filesystems
+        stamp times with has passed it. A change made before the start is stamped earlier than it (a
+        stamp is never later than the moment of the change), and a change made after this returns is
+        stamped at or after it; so ``ctime >= started_ns`` tells the files changed during the run."""
+        start = time.time_ns()
+        for _ in range(_TICK_POLLS):
+            if time.clock_gettime_ns(_COARSE_CLOCK) >= start:
+                break
+            time.sleep(_TICK_POLL_SECONDS)
+        self.started_ns = start
+
     def load_previous(self, project: str) -> None:
+        self.wait_for_tick()
         try:
             st = os.stat(self.store.root)
             self.store_key = (st.st_dev, st.st_ino)
@@ -396,6 +425,12 @@ class _Run:
                 or after.st_ctime_ns != st.st_ctime_ns):
             warn(rel, "changed while being read")
             inode = 0  # read it again next time
+        elif st.st_ctime_ns >= self.started_ns:
+            # Changed after the run started: written or chmod'ed between the walk and this read, or
+            # written while it was read in a way its stat cannot show (a write stamps its times before it
+            # copies its data). ctime, not mtime: users can set mtimes (even into the future), not ctimes.
+            warn(rel, "changed while the snapshot ran")
+            inode = 0
         else:
             window = RACY_WINDOW_COARSE_NS if mtime % 1_000_000_000 == 0 else RACY_WINDOW_NS
             if mtime > read_at - window:
