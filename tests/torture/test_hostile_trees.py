@@ -439,6 +439,10 @@ class Mutator:
         self.note(rel, *([parent] if parent else []))
 
 
+def brief(s: State | None) -> str:
+    return "absent" if s is None else f"{s[0]} {s[1]:o} t{(s[2] - T_PAST) // 1_000_000_007} {len(s[3])}B"
+
+
 plans = st.lists(st.tuples(st.sampled_from(["walk", "read"]), st.integers(0, 30), st.sampled_from(OPS),
                            st.integers(0, 1000)), min_size=1, max_size=8)
 
@@ -486,10 +490,12 @@ def test_trees_changing_during_snapshots(plan1: list[tuple[str, int, str, int]],
                     allowed = mutator.states.get(path, [None])
                     if got not in allowed and path not in warned:
                         FIGURES.unreported_changes += 1
-                        FIGURES.problems.append(f"{path!r} restored as {str(got)[:100]}, never that during the run")
+                        FIGURES.problems.append(f"{path!r} restored as {brief(got)}, never that during the run "
+                                                f"(round {n}, states {[brief(a) for a in allowed]}, plan {plan})")
                     elif got is not None and got[0] == "file" and got != initial.get(path) and path not in warned:
                         FIGURES.unreported_changes += 1
-                        FIGURES.problems.append(f"{path!r} changed during the run without a warning")
+                        FIGURES.problems.append(f"{path!r} changed during the run without a warning: "
+                                                f"{str(initial.get(path))[:100]} -> {str(got)[:100]}")
                     elif path not in mutator.states or len(allowed) == 1:
                         if got != allowed[0] and path not in warned:
                             FIGURES.restored_mismatches += 1
