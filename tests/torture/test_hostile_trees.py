@@ -38,7 +38,7 @@ from syncsnapd.store import Store
 
 MiB = 1 << 20
 T_PAST = 1_600_000_000_000_000_000
-SETTINGS = settings(max_examples=scale(12, 150), deadline=None, derandomize=False, database=None,
+SETTINGS = settings(max_examples=scale(12, 400), deadline=None, derandomize=False, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # --- reading a tree (through descriptors: paths may exceed PATH_MAX) -----------------------------
@@ -324,7 +324,7 @@ def test_hostile_trees_restore_exactly(specs: list[Spec], deep: bool) -> None:
 
 # --- unreadable entries ---------------------------------------------------------------------------
 
-@settings(SETTINGS, max_examples=scale(4, 30))
+@settings(SETTINGS, max_examples=scale(4, 60))
 @given(specs=trees())
 def test_unreadable_entries_are_named_and_the_rest_restores(specs: list[Spec]) -> None:
     """The snapshot runs without CAP_DAC_OVERRIDE (as any user would: `--drop-dac` of the store helper), so
@@ -447,7 +447,7 @@ plans = st.lists(st.tuples(st.sampled_from(["walk", "read"]), st.integers(0, 30)
                            st.integers(0, 1000)), min_size=1, max_size=8)
 
 
-@settings(SETTINGS, max_examples=scale(10, 120))
+@settings(SETTINGS, max_examples=scale(12, 400))
 @given(plan1=plans, plan2=plans, sizes=st.lists(st.sampled_from([0, 10, 5000, 3 * MiB + 5]), min_size=3,
                                                  max_size=12))
 def test_trees_changing_during_snapshots(plan1: list[tuple[str, int, str, int]],
