@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from helpers.store import commit_entries, flip_byte, patch_file, snapshot, tree_state
+from helpers.daemon import start_daemon
+from helpers.store import commit_entries, commit_raw, flip_byte, patch_file, snapshot, tree_state, write_files
 from syncsnapd.engine import RestoreError, restore_snapshot
-from syncsnapd.store import Store, UnknownSnapshotError
+from syncsnapd.store import Store, UnknownSnapshotError, hash_bytes
 
 MiB = 1 << 20
 T0 = 1_650_000_000_000_000_000
@@ -59,10 +64,15 @@ def build_odd_tree(src: Path) -> None:
     os.chmod(b + b"/ro dir", 0o555)
 
 
+def without_special_bits(state: dict[bytes, tuple[Any, ...]]) -> dict[bytes, tuple[Any, ...]]:
+    """A tree state as a restore reproduces it: setuid, setgid and sticky cleared (owners are not restored)."""
+    return {k: (v[0], v[1] & 0o777, *v[2:]) if v[0] != "symlink" else v for k, v in state.items()}
+
+
 async def test_restore_reproduces_the_tree_exactly(store: Store, tmp_path: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "out"
     build_odd_tree(src)
-    expected = tree_state(src)
+    expected = without_special_bits(tree_state(src))
     summary = await snapshot(store, src)
     stats = restore_snapshot(store, summary.id, out)
     assert tree_state(out) == expected
@@ -208,3 +218,118 @@ async def test_damaged_data_never_leaves_a_half_written_file_under_its_name(stor
         restore_snapshot(store, summary.id, out)
     assert exc.value.code == "data_damaged"
     assert sorted(os.listdir(out)) == ["a.txt"] and (out / "a.txt").read_bytes() == b"whole"
+
+
+async def test_restore_never_recreates_setuid_setgid_or_sticky_bits(store: Store, tmp_path: Path) -> None:
+    """Owners are not restored, so neither are the bits that only mean something with them (as `cp` and
+    `tar` without `-p`): a `-rwsr-xr-x nobody` file restored by root must not become a setuid-root program
+    whose content another user controlled."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_files(src, {"suid": b"#!/bin/sh\nid\n", "sgid": b"g", "both": b"b", "plain": b"p"})
+    (src / "sticky").mkdir()
+    modes = {"suid": 0o4755, "sgid": 0o2750, "both": 0o6711, "plain": 0o644, "sticky": 0o1777}
+    for name, mode in modes.items():
+        if os.geteuid() == 0:
+            os.chown(src / name, 65534, 65534)  # nobody: what the trial restored as a setuid-root program
+        os.chmod(src / name, mode)
+    summary = await snapshot(store, src)
+    recorded = {e.path: e.mode for e in store.load_entries(summary.id)}
+    assert recorded == modes  # the snapshot keeps what the folder had (diff shows it)
+    for overwrite in (False, True):
+        restore_snapshot(store, summary.id, out, overwrite=overwrite)
+        restored = {name: stat.S_IMODE(os.lstat(out / name).st_mode) for name in modes}
+        assert restored == {"suid": 0o755, "sgid": 0o750, "both": 0o711, "plain": 0o644, "sticky": 0o777}
+        assert {os.lstat(out / name).st_uid for name in modes} == {os.geteuid()}
+        assert (out / "suid").read_bytes() == b"#!/bin/sh\nid\n"
+
+
+CRAFTED_MODES = {
+    "setuid and every type bit": 0o177777,
+    "beyond the type bits": 0o1000644,
+    "a directory's type on a file": stat.S_IFDIR | 0o644,
+    "negative": -1,
+    "a string": "0644",
+    "a float": 420.0,
+    "true": True,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED_MODES))
+def test_restore_refuses_a_crafted_mode(store: Store, tmp_path: Path, case: str) -> None:
+    """A mode is validated like any other input from a snapshot file: the permission bits (0o7777), with
+    the type bits of the entry's own kind at most; anything else is damage, and nothing is written."""
+    h = hash_bytes(b"x")
+    writer = store.begin_write()
+    writer.add_chunk(h, b"x")
+    writer.finish()
+    writer.committed()
+    sid = commit_raw(store, "evil", [[["a", "file", 1, T0, CRAFTED_MODES[case], 0, [h]]]])
+    target = tmp_path / "target"
+    with pytest.raises(RestoreError) as exc:
+        restore_snapshot(store, sid, target)
+    assert exc.value.code == "snapshot_damaged"
+    assert sid in str(exc.value) and "mode" in str(exc.value)
+    assert not target.exists()
+
+
+def test_restore_accepts_the_type_bits_of_the_entry_kind(store: Store, tmp_path: Path) -> None:
+    h = hash_bytes(b"x")
+    writer = store.begin_write()
+    writer.add_chunk(h, b"x")
+    writer.finish()
+    writer.committed()
+    sid = commit_raw(store, "p", [[["d", "dir", 0, T0, stat.S_IFDIR | 0o750, 0, None],
+                                   ["d/a", "file", 1, T0, stat.S_IFREG | 0o4640, 0, [h]]]])
+    restore_snapshot(store, sid, tmp_path / "out")
+    assert stat.S_IMODE(os.lstat(tmp_path / "out" / "d").st_mode) == 0o750
+    assert stat.S_IMODE(os.lstat(tmp_path / "out" / "d" / "a").st_mode) == 0o640
+
+
+def test_the_daemons_restore_clears_special_bits_and_refuses_a_crafted_snapshot(short_tmp: Path) -> None:
+    """The restore API shares this engine: through a real syncsnapd (curl), a setuid file of `nobody` comes
+    back without setuid, and a snapshot with a crafted mode fails `snapshot_damaged` with nothing written."""
+    folder = short_tmp / "docs"
+    write_files(folder, {"tool": b"#!/bin/sh\nid\n"})
+    if os.geteuid() == 0:
+        os.chown(folder / "tool", 65534, 65534)
+    os.chmod(folder / "tool", 0o4755)
+    with Store.open(short_tmp / "store", writable=True) as store:
+        chunk = hash_bytes(b"x")
+        writer = store.begin_write()
+        writer.add_chunk(chunk, b"x")
+        writer.finish()
+        writer.committed()
+        crafted = commit_raw(store, "docs", [[["evil", "file", 1, T0, 0o177777, 0, [chunk]]]])
+    d = start_daemon(short_tmp, {"docs": folder})
+    try:
+        def call(method: str, path: str, body: Any = None) -> Any:
+            args = ["-X", method, f"http://localhost{path}"]
+            if body is not None:
+                args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+            return json.loads(d.curl(*args).stdout)
+
+        def until_done(run: str, path: str) -> Any:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                progress = call("GET", path)
+                if progress.get("run") == run and progress["state"] in ("completed", "failed", "cancelled"):
+                    return progress
+                time.sleep(0.05)
+            raise AssertionError(f"run {run} did not end")
+
+        run = call("POST", "/api/v1/projects/docs/snapshots")["run"]
+        assert until_done(run, "/api/v1/projects/docs/progress")["state"] == "completed"
+        run = call("POST", "/api/v1/projects/docs/restore",
+                   {"snapshot": "latest", "target": str(short_tmp / "out")})["run"]
+        assert until_done(run, f"/api/v1/operations/{run}")["state"] == "completed"
+        assert stat.S_IMODE(os.lstat(short_tmp / "out" / "tool").st_mode) == 0o755
+        assert (short_tmp / "out" / "tool").read_bytes() == b"#!/bin/sh\nid\n"
+
+        run = call("POST", "/api/v1/projects/docs/restore",
+                   {"snapshot": crafted, "target": str(short_tmp / "evil")})["run"]
+        final = until_done(run, f"/api/v1/operations/{run}")
+        assert (final["state"], final["error"]["code"]) == ("failed", "snapshot_damaged"), final
+        assert crafted in final["error"]["message"] and "mode" in final["error"]["message"]
+        assert not (short_tmp / "evil").exists()
+    finally:
+        d.stop()

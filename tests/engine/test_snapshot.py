@@ -436,3 +436,40 @@ async def test_summary_matches_what_the_store_lists(store: Store, tmp_path: Path
         s.id, 2, 3, 2, s.bytes_added, 0)
     assert store.snapshot_root(s.id) == str(tmp_path / "src")
 
+
+
+async def test_a_file_changed_after_the_run_started_is_named_in_the_warnings(store: Store, tmp_path: Path) -> None:
+    """A file changed between the walk and its reading (or chmod'ed) is captured as read, but the run says
+    so: every path whose snapshot differs from what it was when the run started is in the warnings."""
+    src = tmp_path / "src"
+    write_files(src, {"a.txt": b"before", "b.txt": b"before", "c.txt": b"stays", "zzz.txt": b"last"})
+    backdate(src)
+
+    def ignore(rel: str) -> bool:
+        if rel == "zzz.txt":  # every file seen by the walk, none read yet
+            patch_file(src / "a.txt", 0, b"AFTER!")  # same size, new content
+            os.chmod(src / "b.txt", 0o600)
+        return False
+
+    summary = await snapshot(store, src, ignore=ignore)
+    assert sorted(summary.warning_paths) == ["a.txt: changed while the snapshot ran",
+                                             "b.txt: changed while the snapshot ran"]
+    entries = by_path(store, summary.id)
+    assert store.read_chunk(entries["a.txt"].chunks[0]) == b"AFTER!" and entries["a.txt"].inode == 0
+    assert entries["c.txt"].inode != 0
+
+
+async def test_a_file_changed_with_its_mtime_set_back_is_read_again(store: Store, tmp_path: Path) -> None:
+    """`touch -r`, `rsync -t` or an extraction can change content and set the old mtime back: same inode,
+    size and mtime, but its ctime is after the previous snapshot started, so it is read again."""
+    src = tmp_path / "src"
+    write_files(src, {"a.txt": b"version 1", "b.txt": b"stays"})
+    backdate(src)
+    st = os.stat(src / "a.txt")
+    await snapshot(store, src)
+    patch_file(src / "a.txt", 0, b"version 2")
+    os.utime(src / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(src / "a.txt").st_ino, os.stat(src / "a.txt").st_size) == (st.st_ino, st.st_size)
+    second = await snapshot(store, src)
+    assert store.read_chunk(by_path(store, second.id)["a.txt"].chunks[0]) == b"version 2"
+    assert (second.files_unchanged, second.files_changed) == (1, 1)

@@ -29,6 +29,7 @@ import stat
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import trio
 from syncsnapd.core import Progress, RunProgress, SnapshotSummary
 from syncsnapd.engine import take_snapshot
 from syncsnapd.store import Entry, SnapshotStats, Store, hash_bytes, make_snapshot_id
+from syncsnapd.store._format import canonical, encode_snapshot
 
 HERE = Path(__file__).resolve()
 
@@ -78,6 +80,30 @@ def commit_entries(store: Store, project: str, entries: list[tuple[str, str, byt
     sid = make_snapshot_id()
     store.commit_snapshot(writer, snapshot_id=sid, project=project, root="/nowhere", entries=made,
                           stats=SnapshotStats())
+    return sid
+
+
+def commit_raw(store: Store, project: str, groups: list[Any], *,
+               edit: Callable[[dict[str, Any]], None] | None = None) -> str:
+    """Commit a crafted snapshot, as an attacker with write access to the store could: each of ``groups``
+    is stored as a tree group blob (bytes as they are, anything else as its JSON), and ``edit(doc)`` may
+    change the snapshot file's fields before its checksum is computed (so the checksum matches)."""
+    writer = store.begin_write()
+    tree: list[str] = []
+    for group in groups:
+        data = group if isinstance(group, bytes) else json.dumps(group).encode()
+        h = hash_bytes(data)
+        writer.add_chunk(h, data, metadata=True)
+        tree.append(h)
+    writer.finish()
+    writer.committed()
+    sid = make_snapshot_id()
+    doc = json.loads(encode_snapshot(sid, project, "/nowhere", tree, SnapshotStats(files=1)))
+    del doc["checksum"]
+    if edit is not None:
+        edit(doc)
+    doc["checksum"] = hash_bytes(canonical(doc))
+    store.files.write_durable(store.files.snapshot_path(sid), json.dumps(doc).encode(), "snapshot")
     return sid
 
 

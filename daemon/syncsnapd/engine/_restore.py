@@ -18,10 +18,13 @@ existing directory, and a file or symlink where the snapshot has a directory is 
 directory where the snapshot has a file is left alone and the restore stops (``target_conflict``): a
 restore never deletes a directory tree.
 
-Restored: content (every chunk verified against its hash), permission bits, modification times (files,
-symlinks, directories; a directory's after its contents), symlinks as links with their exact target.
-Not restored: owners, hard links (each path becomes its own file), sparse holes, extended attributes;
-the target directory itself keeps its own mode and mtime.
+Restored: content (every chunk verified against its hash), the read, write and execute bits,
+modification times (files, symlinks, directories; a directory's after its contents), symlinks as links
+with their exact target. Not restored: owners, and so neither setuid, setgid nor sticky bits (as ``cp``
+and ``tar`` without ``-p``: a setuid file restored by root would otherwise run as root with content its
+owner chose); hard links (each path becomes its own file), sparse holes, extended attributes; the
+target directory itself keeps its own mode and mtime. Every entry is checked as it is read from the
+store (types, ranges, modes: see ``store.decode_tree_group``); a damaged list is ``snapshot_damaged``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import SyncsnapdError
-from ..store import ChunkReader, Entry, Store, StoreError, UnknownSnapshotError
+from ..store import ChunkReader, CorruptDataError, Entry, Store, StoreError, UnknownSnapshotError
 
 __all__ = ["Restore", "RestoreError", "RestoreStats", "check_target", "normalize_path", "restore_snapshot",
            "select_entries", "validate_entries"]
@@ -43,6 +46,10 @@ __all__ = ["Restore", "RestoreError", "RestoreStats", "check_target", "normalize
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_PREFIX = ".syncsnap-restore-"
+# Owners are not restored, so neither are setuid, setgid and sticky (as `cp` and `tar` without `-p`): a
+# setuid file of another user, restored by root, would be a setuid-root program whose content that user
+# chose. Only the read, write and execute bits are restored.
+RESTORED_MODE_BITS = 0o777
 # Filesystems without hard links (FAT, some FUSE): a file is renamed into place once its name was seen free.
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
@@ -249,6 +256,8 @@ class Restore:
             entries = self._store.load_entries(self.snapshot_id)
         except UnknownSnapshotError:
             raise
+        except CorruptDataError as exc:
+            raise RestoreError(f"{exc}; nothing was restored", "snapshot_damaged") from exc
         except StoreError as exc:
             raise RestoreError(f"the list of files of snapshot {self.snapshot_id} cannot be read: {exc}",
                                "snapshot_damaged") from exc
@@ -294,7 +303,7 @@ class Restore:
                 self._check()
                 dirs.close()
                 fd = dirs.open(e.path)
-                os.fchmod(fd, e.mode)
+                os.fchmod(fd, e.mode & RESTORED_MODE_BITS)
                 os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         except OSError as exc:
             raise RestoreError(f"restore into {self.target} failed: {exc}") from exc
@@ -370,7 +379,7 @@ class Restore:
                 if written != e.size:
                     raise RestoreError(f"cannot restore {e.path!r}: the snapshot records {e.size} bytes but "
                                        f"its chunks hold {written}", "data_damaged")
-                os.fchmod(fd, e.mode)
+                os.fchmod(fd, e.mode & RESTORED_MODE_BITS)
                 os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
             finally:
                 os.close(fd)

@@ -4,7 +4,8 @@ changed in worker threads, and commit a new snapshot to the store.
 Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler already set step 1):
 
 2. browsing folder status: check the folder, load the previous snapshot's entries of the project;
-3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used;
+3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used
+   (same inode, size and mtime as in the previous snapshot, and no ctime since it started);
 4. read, hash (blake3) and compress (zstd 1) the new and changed files;
 5. make packs durable, store the tree, write the snapshot file (last).
 
@@ -21,6 +22,12 @@ What a snapshot records when files misbehave while it runs:
 * a directory that cannot be listed: warning, kept as an empty directory;
 * a file that changes while it is read: warning, **kept** with the bytes read, and marked (inode 0) so
   the next snapshot reads it again;
+* a file changed after the run started (its ctime is not earlier than the run's start; the walk begins
+  once the filesystem's coarse clock has passed it, see :meth:`_Run.wait_for_tick`): warning, kept as
+  read, marked. The walk says the same of a file it re-uses unread (same size and mtime: chmod'ed) and
+  of a symlink made during the run. So every file and symlink recorded otherwise than it was when the
+  run started is named in the warnings (a directory's changes are its entries'; a file deleted before
+  the walk reached it is simply not in the snapshot);
 * a file modified within :data:`RACY_WINDOW_NS` before it was read: kept, no warning, but also marked, so
   that a later write within the same timestamp tick cannot go unnoticed ("racy git" problem);
 * fifos, sockets and devices: skipped and counted.
@@ -28,13 +35,16 @@ What a snapshot records when files misbehave while it runs:
 
 from __future__ import annotations
 
+import calendar
 import collections
 import errno
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import blake3
@@ -55,6 +65,14 @@ _S_IFLNK = stat.S_IFLNK
 # whole-second stamps (FAT: 2 s) show it as mtimes without a sub-second part and get 2 s.
 RACY_WINDOW_NS = 100_000_000
 RACY_WINDOW_COARSE_NS = 2_000_000_000
+
+# Linux stamps file times from the coarse real-time clock (a tick, <= 10 ms, and a little more behind
+# the fine one), or with a fine time when the file's times were just read (multigrain timestamps).
+# (Python's time module names it from 3.13 on; Linux's CLOCK_REALTIME_COARSE is 5.)
+_COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform == "linux" else time.CLOCK_REALTIME)
+# Waiting for it to pass the run's start: polled every millisecond, at most 50 times (a tick is 1-10 ms).
+_TICK_POLL_SECONDS = 0.001
+_TICK_POLLS = 50
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # O_NOATIME spares a metadata write per file read; only allowed on own files (or with CAP_FOWNER).
@@ -80,6 +98,18 @@ def _open_for_read(name: str, dir_fd: int) -> int:
         except PermissionError:
             pass  # not our file: read it the ordinary way (EACCES will come again if that is the cause)
     return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+
+
+def _id_time_ns(snapshot_id: str) -> int:
+    """When a snapshot started, from its id (``20261128T170102.123Z-...``, UTC, to the millisecond: exactly
+    its ``started_ns``; ids of older versions were made a little before the run's start)."""
+    when = datetime.strptime(snapshot_id[:19], "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC)
+    return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def _ns_datetime(ns: int) -> datetime:
+    ms = ns // 1_000_000
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
 
 
 class _DirChain:
@@ -159,6 +189,7 @@ class _Run:
         self.progress = progress
         self.ignore = ignore
         self.prev: dict[str, Entry] = {}
+        self.prev_started_ns = 0  # when the previous snapshot started (from its id)
         self.entries: list[Entry | None] = []
         self.small: list[_Work] = []
         self.large: collections.deque[_Work] = collections.deque()
@@ -169,6 +200,8 @@ class _Run:
         self.skipped = 0
         self.writer: StoreWriter | None = None
         self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
+        # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
+        self.started_ns = time.time_ns()
 
     def check(self) -> None:
         """Stop a worker thread promptly when the run is cancelled either way."""
@@ -177,7 +210,21 @@ class _Run:
 
     # --- step 2 -------------------------------------------------------------------------------------
 
+    def wait_for_tick(self) -> None:
+        """Take the next millisecond as the run's start (its snapshot id names it), and wait (a tick,
+        <= 10 ms) until the coarse clock filesystems stamp times with has passed it. A change made before
+        the start is stamped earlier than it (a stamp is never later than the moment of the change), and
+        a change made after this returns is stamped at or after it; so ``ctime >= started_ns`` tells the
+        files changed during the run, and ``ctime <`` the previous run's start those unchanged since."""
+        start = -(-time.time_ns() // 1_000_000) * 1_000_000
+        for _ in range(_TICK_POLLS):
+            if time.clock_gettime_ns(_COARSE_CLOCK) >= start:
+                break
+            time.sleep(_TICK_POLL_SECONDS)
+        self.started_ns = start
+
     def load_previous(self, project: str) -> None:
+        self.wait_for_tick()
         try:
             st = os.stat(self.store.root)
             self.store_key = (st.st_dev, st.st_ino)
@@ -200,6 +247,7 @@ class _Run:
             # A damaged previous snapshot only costs speed: every file is read (and deduplicated) again.
             return
         self.prev = {e.path: e for e in entries if e.kind == "file"}
+        self.prev_started_ns = _id_time_ns(previous.id)
 
     # --- step 3 -------------------------------------------------------------------------------------
 
@@ -217,6 +265,7 @@ class _Run:
         warn = self.progress.warn
         add_done = self.progress.add_done
         unchanged = self.unchanged
+        started, prev_started = self.started_ns, self.prev_started_ns
         stack: list[tuple[str, int]] = [("", -1)]  # (relative path, position of its entry)
         while stack:
             self.check()
@@ -256,11 +305,15 @@ class _Run:
                 if fmt == _S_IFREG:
                     size, mtime, ino = st.st_size, st.st_mtime_ns, st.st_ino
                     p = prev.get(rel)
+                    # ctime too: a file whose content changed and whose mtime was then set back (`touch
+                    # -r`, `rsync -t`, an extraction) has a ctime after the previous run started.
                     if (p is not None and p.inode == ino and p.mtime_ns == mtime and p.size == size
-                            and all(map(has_chunk, p.chunks))):
+                            and st.st_ctime_ns < prev_started and all(map(has_chunk, p.chunks))):
                         entries.append(Entry(rel, "file", size, mtime, mode & 0o7777, ino, p.data))
                         unchanged.files += 1
                         unchanged.bytes += size
+                        if st.st_ctime_ns >= started:  # content as before, but chmod'ed during the run
+                            warn(rel, "changed while the snapshot ran")
                     else:
                         work = (len(entries), rel, size, p if p is not None and p.kind == "file" else None)
                         entries.append(None)  # filled in by a reader in step 4
@@ -283,6 +336,8 @@ class _Run:
                     entries.append(Entry(rel, "symlink", st.st_size, st.st_mtime_ns, mode & 0o7777,
                                          st.st_ino, target))
                     self.symlinks += 1
+                    if st.st_ctime_ns >= started:
+                        warn(rel, "changed while the snapshot ran")
                 else:
                     self.skipped += 1  # fifo, socket, device: no content to keep
                     continue
@@ -396,6 +451,12 @@ class _Run:
                 or after.st_ctime_ns != st.st_ctime_ns):
             warn(rel, "changed while being read")
             inode = 0  # read it again next time
+        elif st.st_ctime_ns >= self.started_ns:
+            # Changed after the run started: written or chmod'ed between the walk and this read, or
+            # written while it was read in a way its stat cannot show (a write stamps its times before it
+            # copies its data). ctime, not mtime: users can set mtimes (even into the future), not ctimes.
+            warn(rel, "changed while the snapshot ran")
+            inode = 0
         else:
             window = RACY_WINDOW_COARSE_NS if mtime % 1_000_000_000 == 0 else RACY_WINDOW_NS
             if mtime > read_at - window:
@@ -456,12 +517,12 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             holds no temporary files of this run.
     """
     started = time.monotonic()
-    snapshot_id = make_snapshot_id()
     run = _Run(store, root, progress, ignore)
     writer: StoreWriter | None = None
     try:
         progress.set_step(2)
         await trio.to_thread.run_sync(run.load_previous, project, limiter=limiter)
+        snapshot_id = make_snapshot_id(_ns_datetime(run.started_ns))
 
         progress.set_step(3)
         await trio.to_thread.run_sync(run.walk, limiter=limiter)

@@ -7,7 +7,8 @@
     syncsnapd check [--read-data]                     verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run]                       apply the projects' keep policies, delete unused data
 
-Exit codes: 0 success, 1 problems found / daemon failed, 2 usage or configuration error.
+Exit codes: 0 success, 1 problems found (a damaged store or snapshot) / daemon failed / output closed
+early (``| head``), 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -79,7 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command is None:
         return _run_daemon(config, lambda: load_config(args.config, args.folder), args.verbose)
-    return _offline(args, config)
+    try:
+        code = _offline(args, config)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`syncsnapd snapshots | head -1`): end quietly, as `ls | head` does. The
+        # recipe of Python's documentation ("Note on SIGPIPE", signal module): point stdout at /dev/null
+        # so that the flush at exit cannot fail again, and exit 1. SIGPIPE itself stays ignored: S3
+        # stores talk over sockets, where it would kill the process.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+    return code
 
 
 def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:

@@ -3,8 +3,10 @@
 All but ``prune`` open the store read-only (no lock, no clean-up), so they work while the daemon runs.
 ``prune`` deletes data and takes the store's lock, so it refuses while a daemon holds the store (prune
 through the daemon then: ``POST /api/v1/prune``). Each returns the process exit code: 0 success, 1
-problems found (``check``), 2 the command could not do its job (no store, unknown snapshot id, target
-not empty...); the reason is printed as one sentence.
+problems found in the store (``check``; ``restore`` and ``diff`` of a damaged snapshot, ``restore`` of
+damaged data), 2 the command could not do its job (no store, unknown snapshot id, target not empty...);
+the reason is printed as one sentence. Snapshot files and lists of entries are input like any other:
+whatever they hold, the answer is a sentence and an exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from typing import TextIO
 
 from ..core import KeepPolicy, ProjectConfig, human_bytes
 from ..engine import Diff, DiffError, RestoreError, diff_entries, restore_snapshot, scan_live
-from ..store import GarbageCollector, Store, StoreError, UnknownSnapshotError, plan_forget
+from ..store import (
+    CorruptDataError,
+    Entry,
+    GarbageCollector,
+    Store,
+    StoreError,
+    UnknownSnapshotError,
+    plan_forget,
+)
 
 __all__ = ["run_check", "run_diff", "run_prune", "run_restore", "run_snapshots"]
 
@@ -57,6 +67,10 @@ def run_snapshots(store_root: Path, out: TextIO, *, project: str | None = None) 
     return 0
 
 
+# Restore errors that are problems of the store (exit 1) rather than of the request (exit 2).
+_DAMAGE_CODES = frozenset({"snapshot_damaged", "data_damaged", "target_outside"})
+
+
 def _unknown(snapshot_id: str, store_root: Path) -> str:
     return f"There is no snapshot {snapshot_id!r} in {store_root}; `syncsnapd snapshots` lists them."
 
@@ -76,7 +90,7 @@ def run_restore(store_root: Path, snapshot_id: str, target: Path, out: TextIO, *
             return 2
         except RestoreError as exc:
             print(f"Cannot restore: {exc}.", file=out)
-            return 2
+            return 1 if exc.code in _DAMAGE_CODES else 2
     print(f"Restored snapshot {snapshot_id} into {target}: {stats.files:,} files "
           f"({human_bytes(stats.bytes)}), {stats.dirs:,} directories, {stats.symlinks:,} symlinks.", file=out)
     return 0
@@ -110,6 +124,18 @@ def print_diff(diff: Diff, out: TextIO) -> None:
           f"{human_bytes(sm['size_after'])}.", file=out)
 
 
+class _Unknown(Exception):
+    def __init__(self, snapshot_id: str) -> None:
+        self.snapshot_id = snapshot_id
+
+
+def _load(store: Store, snapshot_id: str) -> list[Entry]:
+    try:
+        return store.load_entries(snapshot_id)
+    except UnknownSnapshotError:
+        raise _Unknown(snapshot_id) from None
+
+
 def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, as_json: bool = False,
              projects: Sequence[ProjectConfig] = (), exclude: tuple[Path, ...] = ()) -> int:
     """Print what changed from snapshot ``before`` to snapshot ``after``, or to the live folder when
@@ -119,17 +145,12 @@ def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, a
     if store is None:
         return 2
     with store:
-        infos = {s.id: s for s in store.list_snapshots()}
-        for sid in (before, after):
-            if sid is not None and sid != "live" and sid not in infos:
-                print(_unknown(sid, store_root), file=out)
-                return 2
         try:
-            old = store.load_entries(before)
+            old = _load(store, before)
             if after is not None and after != "live":
-                diff = diff_entries(old, store.load_entries(after), from_=before, to=after)
+                diff = diff_entries(old, _load(store, after), from_=before, to=after)
             else:
-                project = next((p for p in projects if p.id == infos[before].project), None)
+                project = next((p for p in projects if p.id == store.catalog.record(before).info.project), None)
                 if project is not None:
                     root, ignore = str(project.path), project.ignore_fn(exclude)
                 else:
@@ -137,9 +158,15 @@ def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, a
                 reference = {e.path: e for e in old}
                 live = scan_live(root, reference, chunk_size=store.chunk_size, ignore=ignore)
                 diff = diff_entries(old, live, from_=before, to="live")
+        except _Unknown as exc:
+            print(_unknown(exc.snapshot_id, store_root), file=out)
+            return 2
         except DiffError as exc:
             print(f"Cannot compare with the live folder: {exc}", file=out)
             return 2
+        except CorruptDataError as exc:
+            print(f"Cannot compare: {exc}.", file=out)
+            return 1
         except StoreError as exc:
             print(f"Cannot read the snapshots: {exc}.", file=out)
             return 2

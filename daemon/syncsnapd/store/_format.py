@@ -44,7 +44,9 @@ the hashes of everything the pack holds, so it names the content without hashing
 path ends in 8 zero bits (about 256 entries per group). Each group is stored as a blob holding its JSON
 (``ensure_ascii``, so names that are not UTF-8, held as ``surrogateescape`` strings, round-trip). Cuts
 depend only on paths, so a snapshot where few files changed re-uses most groups of the previous one,
-and an unchanged folder adds no tree data at all.
+and an unchanged folder adds no tree data at all. Decoding checks every field of every entry and of the
+snapshot file (types, ranges, modes): a store is input like any other, and whatever it holds is either
+valid or :class:`CorruptDataError`.
 
 **Snapshot files** ``snapshots/<id>.json``: ``{"format": 1, "id", "project", "time", "root", "tree":
 [group hashes], "stats": {...}, "checksum"}``, where ``checksum`` is the blake3 of the canonical JSON of
@@ -55,6 +57,7 @@ as file names and URL path segments.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import struct
@@ -241,9 +244,105 @@ def encode_tree_group(group: Sequence[Entry]) -> bytes:
     return json.dumps(group, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+# What an entry's fields may hold. A snapshot file and its tree are input like any other: a store can be
+# damaged, or written by someone else, so every field is checked before anything acts on it.
+_KIND_TYPE_BITS = {"file": 0o100000, "dir": 0o040000, "symlink": 0o120000}
+# os.utime takes seconds that fit a signed 64-bit time_t (the kernel then clamps to what the filesystem
+# can store); stat reports nothing outside that range either.
+MTIME_NS_MIN = -(2**63) * 1_000_000_000
+MTIME_NS_MAX = 2**63 * 1_000_000_000 - 1
+_HASH_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+
+
+def _name_problem(name: object, what: str) -> str | None:
+    """Why ``name`` is not a file name or path as the engine records one (an ``os.fsdecode`` string)."""
+    if not isinstance(name, str):
+        return f"{what} is not a string"
+    if "\0" in name:
+        return f"{what} holds a NUL character"
+    if not name.isascii():
+        try:
+            canonical = os.fsdecode(os.fsencode(name)) == name
+        except UnicodeError:
+            canonical = False
+        if not canonical:
+            return f"{what} is not a file name as snapshots record them"
+    return None
+
+
+def _int_problem(value: object, what: str, low: int, high: int) -> str | None:
+    if type(value) is not int:  # bool is an int too, and 1.0 or "1" are not
+        return f"{what} {value!r:.40} is not an integer"
+    if not low <= value <= high:
+        return f"{what} {value} is out of range"
+    return None
+
+
+def _entry_problem(e: object) -> str | None:
+    if not isinstance(e, list) or len(e) != len(Entry._fields):
+        return f"not a list of {len(Entry._fields)} fields"
+    path, kind, size, mtime_ns, mode, inode, data = e
+    problem = (_name_problem(path, "its path") or _int_problem(size, "size", 0, 2**63 - 1)
+               or _int_problem(mtime_ns, "mtime", MTIME_NS_MIN, MTIME_NS_MAX)
+               or _int_problem(mode, "mode", 0, 0o177777) or _int_problem(inode, "inode", 0, 2**64 - 1))
+    if problem:
+        return problem
+    type_bits = _KIND_TYPE_BITS.get(kind) if isinstance(kind, str) else None
+    if type_bits is None:
+        return f"unknown kind {kind!r:.40}"
+    if mode & ~0o7777 not in (0, type_bits):
+        return f"mode {mode:o} is not the permission bits of a {kind}"
+    if kind == "file":
+        if not isinstance(data, list) or not all(isinstance(h, str) and _HASH_RE.match(h) for h in data):
+            return "a file whose chunks are not a list of hashes"
+    elif kind == "symlink":
+        if data == "":
+            return "a symlink without a target"
+        return _name_problem(data, "its symlink target")
+    elif data is not None:
+        return "a directory with data"
+    return None
+
+
 def decode_tree_group(data: bytes) -> list[Entry]:
-    make = Entry._make
-    return [make(e) for e in json.loads(data)]
+    """The entries of one tree group, each field checked (type, range; a mode holds permission bits and at
+    most the type bits of its own kind, which are dropped).
+
+    Raises:
+        CorruptDataError: not JSON, or naming the first entry that is not a valid entry.
+    """
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptDataError(f"a list of entries is not JSON ({exc})") from None
+    if not isinstance(raw, list):
+        raise CorruptDataError("a list of entries is not a list")
+    entries: list[Entry] = []
+    append = entries.append
+    hash_ok = _HASH_RE.match
+    for i, e in enumerate(raw):
+        # The common case, inline (a snapshot loads every entry of the previous one): an ASCII path and
+        # a file or directory with nothing unusual. Everything else takes the full check.
+        if type(e) is list and len(e) == 7:
+            path, kind, size, mtime_ns, mode, inode, content = e
+            if (type(path) is str and path.isascii() and "\0" not in path and type(size) is int
+                    and type(mtime_ns) is int and type(mode) is int and type(inode) is int
+                    and 0 <= size < 2**63 and MTIME_NS_MIN <= mtime_ns <= MTIME_NS_MAX and 0 <= inode < 2**64):
+                if kind == "file":
+                    if (type(content) is list and mode & ~0o7777 in (0, 0o100000)
+                            and all(type(h) is str and hash_ok(h) for h in content)):
+                        append(Entry(path, kind, size, mtime_ns, mode & 0o7777, inode, content))
+                        continue
+                elif kind == "dir" and content is None and mode & ~0o7777 in (0, 0o040000):
+                    append(Entry(path, kind, size, mtime_ns, mode & 0o7777, inode, None))
+                    continue
+        problem = _entry_problem(e)
+        if problem is not None:
+            where = f" {e[0]!r:.200}" if isinstance(e, list) and e and isinstance(e[0], str) else ""
+            raise CorruptDataError(f"entry {i}{where}: {problem}")
+        path, kind, size, mtime_ns, mode, inode, content = e
+        append(Entry(path, kind, size, mtime_ns, mode & 0o7777, inode, content))
+    return entries
 
 
 # --- index files and pack framing -----------------------------------------------------------------
@@ -323,25 +422,54 @@ def encode_snapshot(snapshot_id: str, project: str, root: str, tree: list[str], 
     return json.dumps(doc, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
 
 
+_STATS_INTS = ("files", "bytes", "files_new", "files_changed", "files_unchanged", "bytes_added", "warnings")
+
+
+def _snapshot_problem(doc: Any, snapshot_id: str) -> str | None:
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    checksum = doc.pop("checksum", None)
+    if not isinstance(checksum, str) or hash_bytes(canonical(doc)) != checksum:
+        return "checksum mismatch"
+    if doc.get("format") != FORMAT_VERSION or doc.get("id") != snapshot_id:
+        return "not a snapshot file of this id and format"
+    for key in ("project", "time", "root"):
+        if not isinstance(doc.get(key), str):
+            return f"{key} is not a string"
+    tree = doc.get("tree")
+    if not isinstance(tree, list) or not all(isinstance(h, str) and _HASH_RE.match(h) for h in tree):
+        return "tree is not a list of hashes"
+    stats = doc.get("stats")
+    if not isinstance(stats, dict):
+        return "stats is not an object"
+    for key in (*_STATS_INTS, "skipped"):
+        value = stats.get(key, 0) if key == "skipped" else stats.get(key)
+        if type(value) is not int or not 0 <= value < 2**63:
+            return f"stats.{key} is not a count"
+    duration = stats.get("duration_seconds")
+    if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 1e12:
+        return "stats.duration_seconds is not a duration"  # the range test also rejects NaN
+    return None
+
+
 def decode_snapshot(snapshot_id: str, data: bytes) -> SnapshotRecord:
-    """Parse and verify a snapshot file.
+    """Parse and verify a snapshot file: its checksum, and the type and range of every field used.
 
     Raises:
-        CorruptDataError: not a snapshot file of this id, or its checksum does not match.
+        CorruptDataError: not a snapshot file of this id, its checksum does not match, or a field is wrong.
     """
     try:
         doc = json.loads(data)
-        checksum = doc.pop("checksum")
-        if hash_bytes(canonical(doc)) != checksum or doc.get("id") != snapshot_id:
-            raise ValueError("checksum mismatch")
-        stats = doc["stats"]
-        info = SnapshotInfo(
-            id=snapshot_id, project=doc["project"], time=doc["time"], files=stats["files"],
-            bytes=stats["bytes"], files_new=stats["files_new"], files_changed=stats["files_changed"],
-            files_unchanged=stats["files_unchanged"], bytes_added=stats["bytes_added"],
-            duration_seconds=stats["duration_seconds"], warnings=stats["warnings"],
-        )
-        tree = [str(h) for h in doc["tree"]]
-        return SnapshotRecord(info, str(doc["root"]), tree, int(stats.get("skipped", 0)))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CorruptDataError(f"snapshot file {snapshot_id}.json is damaged") from exc
+    except (ValueError, RecursionError):
+        doc = None
+    problem = _snapshot_problem(doc, snapshot_id)
+    if problem is not None:
+        raise CorruptDataError(f"snapshot file {snapshot_id}.json is damaged ({problem})")
+    stats = doc["stats"]
+    info = SnapshotInfo(
+        id=snapshot_id, project=doc["project"], time=doc["time"], files=stats["files"],
+        bytes=stats["bytes"], files_new=stats["files_new"], files_changed=stats["files_changed"],
+        files_unchanged=stats["files_unchanged"], bytes_added=stats["bytes_added"],
+        duration_seconds=stats["duration_seconds"], warnings=stats["warnings"],
+    )
+    return SnapshotRecord(info, doc["root"], list(doc["tree"]), stats.get("skipped", 0))

@@ -347,13 +347,19 @@ class Store:
 
         Raises:
             UnknownSnapshotError: no such snapshot.
-            StoreError: its tree data is missing or damaged.
+            CorruptDataError: its snapshot file or a list of entries is damaged (an entry that is not
+                valid: see :func:`decode_tree_group`); the message names the snapshot.
+            StoreError: its tree data is missing or cannot be read.
         """
         record = self.catalog.record(snapshot_id)
         entries: list[Entry] = []
         with self.reader() as reader:
             for h in record.tree:
-                entries.extend(decode_tree_group(reader.read(h)))
+                data = reader.read(h)
+                try:
+                    entries.extend(decode_tree_group(data))
+                except CorruptDataError as exc:
+                    raise CorruptDataError(f"the list of files of snapshot {snapshot_id} is damaged: {exc}") from exc
         return entries
 
     def pinned(self, snapshot_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
