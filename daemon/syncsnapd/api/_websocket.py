@@ -13,8 +13,8 @@ Client messages are JSON objects with an ``op`` and an optional ``id`` that the 
 - ``{"op": "snapshot", "project": "docs"}``: start a snapshot; answered with ``run`` and ``progress``.
 
 Errors: ``{"type": "error", "op", "id", "error": {"code", "message"}}``; the connection stays open,
-except for a reader too slow to keep up: it gets code ``too_slow``, then close 1008, when its connection
-still takes them; one that stopped reading (our send to it is stuck) is disconnected at once. A protocol
+except for a reader too far behind (the tracker dropped its subscription): it is disconnected at once,
+and resumes with ``last_event_id``. A protocol
 error in the client's frames gets a close frame with its code (1002, 1007, 1009) before the connection
 closes.
 """
@@ -68,6 +68,8 @@ class _Wire(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self.close_sent = False
+        self._sending = 0  # sends in progress: a frame must not be written into the middle of another
+        self._broken = False  # a send failed or was cancelled part-way: what follows would be garbage
         self.ws: trio_websocket.WebSocketConnection | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -76,21 +78,40 @@ class _Wire(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if bytes(data[:1]) == b"\x88":  # FIN + opcode 8: our close frame
             self.close_sent = True
-        await self._stream.send_all(data)
+        self._sending += 1
+        try:
+            await self._stream.send_all(data)
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self._sending -= 1
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
-    async def aclose(self) -> None:
+    async def send_owed_close(self) -> None:
+        """Send the close frame the session owes, if it owes one: the connection closed for a reason
+        that travels on the wire, and no close frame went out. Shielded (the session is ending, and its
+        tasks are being cancelled) but bounded by ``CLOSE_FRAME_SECONDS``."""
         reason = self.ws.closed if self.ws is not None else None
-        if reason is not None and not self.close_sent and reason.code not in _NOT_ON_THE_WIRE:
-            self.close_sent = True
-            with trio.move_on_after(CLOSE_FRAME_SECONDS):
-                try:
-                    await self._stream.send_all(_close_frame(reason.code, reason.reason or ""))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-        await self._stream.aclose()
+        if (reason is None or self.close_sent or self._sending or self._broken
+                or reason.code in _NOT_ON_THE_WIRE):
+            return
+        self.close_sent = True
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_FRAME_SECONDS):
+            try:
+                await self._stream.send_all(_close_frame(reason.code, reason.reason or ""))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def aclose(self) -> None:
+        # trio-websocket closes the stream after a close handshake or a protocol error (then without its
+        # close frame). The socket itself is left to the HTTP connection, which closes it when the session
+        # returns (at once: the session sees ConnectionClosed): closing it here could cut the close frame
+        # the session is sending, and the reader may get here before accept() has handed the session its
+        # connection, when what we owe is not known yet.
+        await self.send_owed_close()
 
 
 class _Session:
@@ -100,15 +121,14 @@ class _Session:
         self.scheduler = scheduler
         self.sub: Subscription | None = None
         self.pusher: trio.CancelScope | None = None
-        self.sending = False  # the pusher is inside a send: a dropped reader cannot be told, only cut
         self.abort: Callable[[], None] = lambda: None  # ends the session (and so the connection) now
 
     def dropped(self, reason: str) -> None:
-        # The tracker dropped this reader (overflow). If the pusher is stuck sending to it, the client
-        # stopped reading: end the connection now rather than at the send deadline. Otherwise the pusher
-        # drains the queue and says too_slow.
-        if reason == "overflow" and self.sending:
-            log.info("disconnecting a WebSocket subscriber that stopped reading")
+        # The tracker dropped this reader (overflow): its queue of unsent events is full, so the pusher is
+        # stuck sending to a client that does not read (or is about to be). End the connection now, not
+        # at the send deadline; a close frame could not reach it anyway. It resumes with last_event_id.
+        if reason == "overflow":
+            log.info("disconnecting a WebSocket subscriber that fell too far behind")
             self.abort()
 
     async def send(self, obj: dict[str, Any]) -> None:
@@ -132,13 +152,7 @@ class _Session:
     async def push(self, sub: Subscription, scope: trio.CancelScope) -> None:
         with scope:
             async for ev in sub:
-                self.sending = True
                 await self.ws.send_message(event_ws(ev))
-                self.sending = False
-            if sub.close_reason == "overflow":
-                await self.send({"type": "error", "op": None, "id": None, "error": {
-                    "code": "too_slow", "message": "Too far behind; reconnect with last_event_id."}})
-                await self.ws.aclose(1008, "too slow")
 
     async def handle(self, nursery: trio.Nursery, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -183,7 +197,14 @@ def websocket_endpoint(tracker: Tracker, scheduler: Scheduler) -> Any:
     """The handler for ``GET /api/v1/ws``."""
 
     async def session(stream: trio.abc.Stream) -> None:
+        aborted = False
         async with trio.open_nursery() as nursery:
+
+            def abort() -> None:
+                nonlocal aborted
+                aborted = True
+                nursery.cancel_scope.cancel()
+
             wire = _Wire(stream)
             try:
                 request = await trio_websocket.wrap_server_stream(nursery, wire,
@@ -193,7 +214,7 @@ def websocket_endpoint(tracker: Tracker, scheduler: Scheduler) -> Any:
                 nursery.cancel_scope.cancel()
                 return
             s = _Session(ws, tracker, scheduler)
-            s.abort = nursery.cancel_scope.cancel
+            s.abort = abort
             try:
                 while True:
                     text = await ws.get_message()
@@ -206,10 +227,15 @@ def websocket_endpoint(tracker: Tracker, scheduler: Scheduler) -> Any:
                         continue
                     await s.handle(nursery, msg)
             except trio_websocket.ConnectionClosed:
-                pass
+                # The reader may still be on its way to closing the stream: send what we owe now, before
+                # this nursery's cancellation can stop it.
+                await wire.send_owed_close()
             finally:
                 s.stop_push()
                 nursery.cancel_scope.cancel()
+        if aborted:
+            # Cut, not closed politely: the client is not reading, lingering for it would only wait.
+            await trio.aclose_forcefully(stream)
 
     async def handler(request: Request, params: dict[str, str]) -> UpgradeResponse:
         if (request.headers.get("upgrade") or "").lower() != "websocket":

@@ -72,7 +72,6 @@ class _ReplayStream(trio.abc.Stream):
     def __init__(self, stream: trio.abc.Stream, replay: bytes, send_timeout: float) -> None:
         self._stream = stream
         self._replay = replay
-        self._fd = socket_fd(stream)
         self._send_timeout = send_timeout
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -86,7 +85,12 @@ class _ReplayStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # The session's writes get the send deadline too: a WebSocket client that stops reading is closed.
         await trio.lowlevel.checkpoint()
-        await send_with_deadline(self._stream, self._fd, data, self._send_timeout)
+        # The descriptor is looked up at each send: once the session has closed the stream, its number
+        # may already belong to another connection.
+        fd = socket_fd(self._stream)
+        if fd < 0 and isinstance(self._stream, trio.SocketStream):
+            raise trio.ClosedResourceError("the connection was closed")
+        await send_with_deadline(self._stream, fd, data, self._send_timeout)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
