@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ def _request(d: DaemonProcess, method: str, target: str, body: bytes = b"",
                 "Connection: close", *headers]
         s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         data = b""
-        while chunk := s.recv(65536):
+        deadline = time.monotonic() + 30  # a stream (wrongly accepted) would never end by itself
+        while (chunk := s.recv(65536)) and time.monotonic() < deadline:
             data += chunk
     status = int(data.split(b" ", 2)[1])
     return status, json.loads(data.split(b"\r\n\r\n", 1)[1])
@@ -97,7 +99,9 @@ def _close_code_after(d: DaemonProcess, frame: bytes) -> int | None:
         s.connect(d.socket)
         s.sendall(ws.send(wsproto.events.Request(host="localhost", target="/api/v1/ws")))
         while not any(isinstance(e, wsproto.events.AcceptConnection) for e in ws.events()):
-            ws.receive_data(s.recv(65536))
+            data = s.recv(65536)
+            assert data, "the daemon closed the connection during the handshake"
+            ws.receive_data(data)
         s.sendall(frame)
         data = b""
         try:
