@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import h11
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -145,16 +147,14 @@ async def test_a_reader_that_stops_reading_is_coalesced_then_disconnected(
             await trio.lowlevel.checkpoint()
         stats = a.tracker.statistics()
         assert stats.dropped_subscribers == 1 and stats.subscribers == 0
-        # What it does read is in order and ends with the notice to resume, then the stream ends.
+        # What it does read is in order, then the connection ends at once: cut, without the final chunk
+        # (its socket was full; the notice to resume goes out only when the socket takes it at once).
         ids = []
         text = ""
-        while True:
-            data = await reader.client.data_event()
-            if data is None:
-                break
-            text += data.decode()
+        with pytest.raises(h11.RemoteProtocolError, match="incomplete chunked read"):
+            while (data := await reader.client.data_event()) is not None:
+                text += data.decode()
         for block in text.split("\n\n"):
             if block.startswith("id: "):
                 ids.append(int(block.split("\n", 1)[0][4:]))
-        assert ids == sorted(ids) and ids[-1] < 800
-        assert ": too slow: disconnected; resume with Last-Event-ID" in text
+        assert ids == sorted(ids)

@@ -19,6 +19,7 @@ from ..http import (
     StreamResponse,
     UpgradeResponse,
     json_response,
+    parse_decimal,
     sse_comment,
     sse_retry,
 )
@@ -160,6 +161,16 @@ class Api:
                     sub.wake()  # partly written: the rest is pending; this task flushes it
                 return True
 
+            def dropped(reason: str) -> None:
+                # The tracker dropped a reader hopelessly behind: end the connection now, not at the next
+                # write (its socket is full, so that write would wait). The comment goes out only if the
+                # socket takes it at once; the reader resumes with Last-Event-ID.
+                if reason == "overflow" and not writer.closed:
+                    if not writer.pending_bytes:
+                        writer.write_nowait(sse_comment("too slow: disconnected; resume with Last-Event-ID"))
+                    writer.close()
+
+            sub.on_close = dropped
             if sub.gap:
                 head += f"event: {GAP_EVENT}\ndata: {{\"last_event_id\": {last_id}}}\n\n".encode()
             await writer.send(head)
@@ -183,20 +194,13 @@ class Api:
                 if idle.cancelled_caught and trio.current_time() >= sub.last_delivery + self.heartbeat:
                     writer.write_nowait(sse_comment("keep-alive"))
                     sub.last_delivery = trio.current_time()
-            if sub.close_reason == "overflow" and not writer.closed:
-                # Hopelessly behind: end the stream; the reader resumes with Last-Event-ID.
-                writer.write_nowait(sse_comment("too slow: disconnected; resume with Last-Event-ID"))
-                await writer.flush()
 
 
 def _last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query.get("last_event_id")
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise api_error("bad_request", "Last-Event-ID must be an integer event id.") from None
-    if value < 0:
-        raise api_error("bad_request", "Last-Event-ID must not be negative.")
+    value = parse_decimal(raw)
+    if value is None:
+        raise api_error("bad_request", "Last-Event-ID must be an event id: a whole number in ASCII digits.")
     return value

@@ -16,6 +16,14 @@ API = "/api/v1"
 # The most list items a diff answers with (per list); the summary always counts everything.
 MAX_DIFF_LIMIT = 1_000_000
 DEFAULT_DIFF_LIMIT = 10_000
+# Linux's PATH_MAX (4,096 bytes with the final NUL) and NAME_MAX: a longer path or name cannot be passed to
+# a system call at all, so a restore target or path beyond them is refused up front (400) rather than
+# failing deep inside the run.
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
+# Snapshot ids are 27 characters ("20261128T170102.123Z-a1b2c3") or "latest"; anything much longer is not
+# one, and would only be echoed back in the error message.
+MAX_SNAPSHOT_ID = 64
 
 
 def _body(request: Request, allowed: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
@@ -26,6 +34,8 @@ def _body(request: Request, allowed: dict[str, type | tuple[type, ...]]) -> dict
         doc = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
         raise api_error("bad_request", "The body is not valid JSON.") from None
+    except RecursionError:  # the decoder recurses per level: "[[[[..." of 64 KiB goes past the limit
+        raise api_error("bad_request", "The body's JSON is nested too deeply.") from None
     if not isinstance(doc, dict):
         raise api_error("bad_request", "The body must be a JSON object.")
     for key, value in doc.items():
@@ -35,6 +45,31 @@ def _body(request: Request, allowed: dict[str, type | tuple[type, ...]]) -> dict
         if value is not None and (not isinstance(value, want) or (isinstance(value, bool) and want is not bool)):
             raise api_error("bad_request", f"Field {key!r} has the wrong type.")
     return doc
+
+
+def _local_path(value: str, field: str, code: str) -> str:
+    """``value`` if it can name a local path: bytes as ``os.fsencode`` makes them (UTF-8, and lone
+    surrogates U+DC80..U+DCFF for undecodable bytes, as the daemon reports such names), no NUL, within
+    PATH_MAX and NAME_MAX; else the 400 answer with ``code``."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise api_error(code, f"Field {field!r} holds a lone surrogate that names no byte of a file "
+                              "name (only U+DC80..U+DCFF stand for undecodable bytes).") from None
+    if b"\0" in raw:
+        raise api_error(code, f"Field {field!r} must not contain NUL.")
+    if len(raw) > MAX_PATH_BYTES:
+        raise api_error(code, f"Field {field!r} is {len(raw)} bytes long; a path has at most "
+                              f"{MAX_PATH_BYTES}.")
+    if any(len(name) > MAX_NAME_BYTES for name in raw.split(b"/")):
+        raise api_error(code, f"Field {field!r} has a name longer than {MAX_NAME_BYTES} bytes.")
+    return value
+
+
+def _snapshot_id(value: str) -> str:
+    if len(value) > MAX_SNAPSHOT_ID or not value.isprintable() or not value.isascii():
+        raise api_error("bad_request", "Field 'snapshot' must be a snapshot id or 'latest'.")
+    return value
 
 
 def _started(progress: Progress, stream: str) -> Response:
@@ -60,6 +95,10 @@ def register_operations(router: Router, ops: Operations) -> None:
         paths = doc.get("paths") or []
         if not all(isinstance(p, str) for p in paths):
             raise api_error("bad_request", "Field 'paths' must be a list of strings.")
+        _snapshot_id(doc["snapshot"])
+        _local_path(doc["target"], "target", "target_invalid")
+        for path in paths:
+            _local_path(path, "paths", "path_invalid")
         with as_http_errors():
             first = await ops.start_restore(params["id"], doc["snapshot"], doc["target"], paths=paths,
                                             overwrite=bool(doc.get("overwrite")))

@@ -33,6 +33,7 @@ from ._server import serve_http as serve_http
 from ._sse import sse_comment as sse_comment
 from ._sse import sse_event as sse_event
 from ._sse import sse_retry as sse_retry
+from ._validation import parse_decimal as parse_decimal
 from ._validation import parse_request as parse_request
 from ._validation import query_int as query_int
 from ._wire import json_body as json_body

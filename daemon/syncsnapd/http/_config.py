@@ -10,6 +10,25 @@ from ._validation import DEFAULT_MAX_BODY, DEFAULT_MAX_HEAD
 
 __all__ = ["LINGER_SECONDS", "MAX_RECV", "HttpConfig"]
 
+# How long a write may go without the client taking a single byte before the connection is closed. The
+# timer restarts whenever bytes move, so a slow reader is fine and only one that stopped reading is cut
+# (nginx's send_timeout has the same meaning, "between two successive write operations", default 60 s).
+# Ours is short: our clients are local, and a live local reader takes bytes within milliseconds, while
+# each pinned connection holds a slot that the owner may need.
+DEFAULT_SEND_TIMEOUT = 5.0
+
+# TCP connections that have not yet sent a request with a valid token (anyone on the machine can open
+# them) may hold at most this many slots, and never more than half of TCP's share, so that a local user
+# without the token cannot take the connections of those who have it. Real clients authenticate with
+# their first request, within milliseconds; 64 leaves room for a browser's handful of parallel
+# connections many times over (sshd's MaxStartups defaults to 10 unauthenticated connections).
+DEFAULT_MAX_UNAUTHENTICATED = 64
+
+# The share of max_connections only the Unix socket may use: however many TCP connections are open, the
+# owner (peer credentials at accept) still gets in. A quarter: the Unix socket serves the CLI, the
+# notifier and a few followers, TCP mostly browsers and scripts.
+DEFAULT_UNIX_RESERVED_SHARE = 0.25
+
 # Bytes asked of the kernel per read; h11's example and hypercorn use the same.
 MAX_RECV = 2**16
 
@@ -37,6 +56,12 @@ class HttpConfig:
             (the tracker should coalesce long before; this is the backstop that bounds memory).
         shutdown_grace: after :meth:`HttpServer.begin_shutdown`, requests in progress get this long to
             finish before their connections are cancelled.
+        send_timeout: a write during which the client takes no byte for this long closes the connection
+            (every write: responses, streams, WebSocket sessions; the timer restarts when bytes move).
+        max_unauthenticated: connections not yet authenticated (TCP: no request with a valid token yet)
+            beyond this, or beyond half of TCP's share, get 503.
+        unix_reserved_share: this share of ``max_connections`` (at least one) only the Unix socket may
+            use; TCP connections beyond the rest get 503.
     """
 
     token: str | None = None
@@ -48,3 +73,18 @@ class HttpConfig:
     max_head: int = DEFAULT_MAX_HEAD
     stream_max_pending: int = 1024 * 1024
     shutdown_grace: float = 0.5
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED
+    unix_reserved_share: float = DEFAULT_UNIX_RESERVED_SHARE
+
+    @property
+    def max_tcp(self) -> int:
+        """Open TCP connections at most: ``max_connections`` less the Unix socket's reserved share."""
+        reserved = max(1, int(self.max_connections * self.unix_reserved_share))
+        return max(0, self.max_connections - reserved)
+
+    @property
+    def max_unauthenticated_tcp(self) -> int:
+        """Open connections not yet authenticated at most: ``max_unauthenticated``, and at most half of
+        :attr:`max_tcp` (at least one)."""
+        return max(1, min(self.max_unauthenticated, self.max_tcp // 2))

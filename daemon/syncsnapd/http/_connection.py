@@ -46,6 +46,7 @@ from ._config import LINGER_SECONDS, MAX_RECV
 from ._context import ServerContext
 from ._heads import REASONS, SERVER, format_head
 from ._messages import Headers, HTTPError, Peer, Response, StreamResponse, UpgradeResponse, error_response
+from ._send import send_with_deadline, socket_fd
 from ._streaming import TrioBodyWriter, serve_stream_body
 from ._validation import body_too_large, parse_request, protocol_error_response
 
@@ -68,9 +69,10 @@ class _RequestTimeout(Exception):
 class _ReplayStream(trio.abc.Stream):
     """A connection whose first bytes received are ``replay`` (for protocol upgrades)."""
 
-    def __init__(self, stream: trio.abc.Stream, replay: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, replay: bytes, send_timeout: float) -> None:
         self._stream = stream
         self._replay = replay
+        self._send_timeout = send_timeout
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._replay:
@@ -81,7 +83,14 @@ class _ReplayStream(trio.abc.Stream):
         return cast(bytes, await self._stream.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        # The session's writes get the send deadline too: a WebSocket client that stops reading is closed.
+        await trio.lowlevel.checkpoint()
+        # The descriptor is looked up at each send: once the session has closed the stream, its number
+        # may already belong to another connection.
+        fd = socket_fd(self._stream)
+        if fd < 0 and isinstance(self._stream, trio.SocketStream):
+            raise trio.ClosedResourceError("the connection was closed")
+        await send_with_deadline(self._stream, fd, data, self._send_timeout)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -109,6 +118,7 @@ class Connection:
         "idle",
         "writer",
         "session_scope",
+        "authenticated",
     )
 
     def __init__(self, context: ServerContext, stream: trio.abc.HalfCloseableStream, peer: Peer) -> None:
@@ -116,7 +126,7 @@ class Connection:
         self.stream = stream
         # The socket's descriptor, for direct non-blocking reads and writes (-1 for a stream without one,
         # like the memory streams of tests).
-        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.fd = socket_fd(stream)
         self.peer = peer
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=context.config.max_head)
         self.method = "GET"  # of the request being answered: a HEAD response carries no body
@@ -127,6 +137,9 @@ class Connection:
         self.idle = False  # waiting for the first byte of a request: shutdown may close us
         self.writer: TrioBodyWriter | None = None  # set while streaming
         self.session_scope: trio.CancelScope | None = None  # set while an upgraded session runs
+        # Authenticated connections leave the server's smaller budget of unauthenticated ones: on the Unix
+        # socket by the peer's uid at accept, on TCP by the first request with a valid token.
+        self.authenticated = False
 
     def begin_shutdown(self) -> None:
         """Close the connection if it is idle, end its stream or session; a request in progress finishes
@@ -198,7 +211,8 @@ class Connection:
             if sent == len(data):
                 return
             data = data[sent:]
-        await self.stream.send_all(data)
+        # The rest waits for the client, with the send deadline: one that stopped reading is closed.
+        await send_with_deadline(self.stream, fd, data, self.context.config.send_timeout)
 
     async def _receive(self) -> bytes:
         fd = self.fd
@@ -271,6 +285,9 @@ class Connection:
             # Refused before reading any body; a body left unread means the connection must close.
             await self._respond(refusal, close=has_body)
             return
+        if not self.authenticated:
+            self.authenticated = True
+            context.unauthenticated.discard(self)
         if has_body:
             request = dataclasses.replace(request, body=await self._receive_body())
         try:
@@ -303,7 +320,7 @@ class Connection:
         self.session_scope = trio.CancelScope()
         try:
             with self.session_scope:
-                await response.session(_ReplayStream(self.stream, replay))
+                await response.session(_ReplayStream(self.stream, replay, self.context.config.send_timeout))
         finally:
             self.session_scope = None
             self.context.open_streams -= 1
@@ -402,7 +419,11 @@ class Connection:
             return
         chunked = b"\r\ntransfer-encoding: chunked\r\n" in data.lower()  # what h11 chose
         writer = TrioBodyWriter(
-            conn, self.stream, chunked=chunked, max_pending=context.config.stream_max_pending
+            conn,
+            self.stream,
+            chunked=chunked,
+            max_pending=context.config.stream_max_pending,
+            send_timeout=context.config.send_timeout,
         )
         self.writer = writer
         try:

@@ -24,9 +24,11 @@ class ServerContext:
         by_status: responses sent since start, by status code.
         open_streams: streaming responses (and upgraded sessions) in progress.
         shutting_down: set once by :meth:`HttpServer.begin_shutdown`; connections read it to close.
+        unauthenticated: open connections not yet authenticated (a connection removes itself when its
+            first request passes authorization; the server counts them against their own budget).
     """
 
-    __slots__ = ("app", "config", "date", "by_status", "open_streams", "shutting_down")
+    __slots__ = ("app", "config", "date", "by_status", "open_streams", "shutting_down", "unauthenticated")
 
     def __init__(self, app: App, config: HttpConfig) -> None:
         self.app = app
@@ -35,6 +37,7 @@ class ServerContext:
         self.by_status: dict[int, int] = {}
         self.open_streams = 0
         self.shutting_down = False
+        self.unauthenticated: set[object] = set()
 
     def count(self, status: int) -> None:
         """Count one response sent with ``status``."""

@@ -133,7 +133,7 @@ async def open_unix_listener(path: Path, *, backlog: int = BACKLOG) -> trio.Sock
 
 def _parse_tcp_address(address: str) -> tuple[str, socket.AddressFamily, int]:
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"TCP address {address!r} must be HOST:PORT with a port from 0 to 65535")
     family = _LOOPBACK.get(host.lower())
     if family is None:

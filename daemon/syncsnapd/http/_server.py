@@ -3,9 +3,13 @@ its counters and shuts it down. Each connection is a :class:`~._connection.Conne
 
 - **Accepting**: one task per listener; the errors ``accept(2)`` returns when the system is out of
   resources are retried after a pause, and logged (as trio's ``serve_listeners`` does).
-- **Limits**: at most ``max_connections`` open connections; the next ones get a canned 503 and are closed
-  without being read (beyond a little draining so the kernel does not reset the answer away).
-- **Peers**: a Unix connection's peer is read with ``SO_PEERCRED``; authorization happens per request.
+- **Limits**: at most ``max_connections`` open connections, of which TCP may take all but the Unix
+  socket's reserved share (``HttpConfig.max_tcp``), and connections not yet authenticated at most
+  ``HttpConfig.max_unauthenticated_tcp``; the next ones get a canned 503 and are closed without being read
+  (beyond a little draining so the kernel does not reset the answer away). Every write has a deadline on
+  progress (``send_timeout``), so a client that never reads cannot keep its slot.
+- **Peers**: a Unix connection's peer is read with ``SO_PEERCRED`` (our uid or root: authenticated at
+  accept); authorization happens per request.
 - **Shutdown**: :meth:`HttpServer.begin_shutdown` stops accepting, closes idle connections, lets requests
   in progress finish (their responses carry ``Connection: close``), ends streams with their final chunk
   (a shielded send of at most ``FINAL_CHUNK_SECONDS``), and :func:`serve_http` returns once every
@@ -57,13 +61,16 @@ class HttpStatistics:
         open_streams: streaming responses in progress.
         requests_by_status: responses sent since start, by status code (503s to refused connections
             included).
-        connections_refused: connections answered 503 because of ``max_connections``.
+        connections_refused: connections answered 503 because of ``max_connections``, TCP's share of it
+            or the budget of unauthenticated connections.
+        unauthenticated_connections: open connections not yet authenticated.
     """
 
     open_connections: int
     open_streams: int
     requests_by_status: dict[int, int]
     connections_refused: int
+    unauthenticated_connections: int = 0
 
 
 class HttpServer:
@@ -78,6 +85,7 @@ class HttpServer:
         self.config = config
         self._context = ServerContext(app, config)
         self._connections: set[Connection] = set()
+        self._tcp: set[Connection] = set()  # the TCP ones among them
         self._refusing = 0
         self._refused = 0
         self._shutdown_started = trio.Event()
@@ -92,6 +100,7 @@ class HttpServer:
             open_streams=context.open_streams,
             requests_by_status=dict(context.by_status),
             connections_refused=self._refused,
+            unauthenticated_connections=len(context.unauthenticated),
         )
 
     def begin_shutdown(self) -> None:
@@ -126,6 +135,8 @@ class HttpServer:
             LOGGER.exception("error on an HTTP connection; closing it")
         finally:
             self._connections.discard(connection)
+            self._tcp.discard(connection)
+            self._context.unauthenticated.discard(connection)
             await trio.aclose_forcefully(connection.stream)
             self._wake_if_drained()
 
@@ -170,7 +181,10 @@ class HttpServer:
                     )
                     await trio.sleep(ACCEPT_BACKOFF_SECONDS)
                     continue
-                if len(self._connections) >= self.config.max_connections:
+                peer = _unix_peer(stream) if transport == "unix" else _TCP_PEER
+                # Unix peers authenticate by their uid at accept; TCP ones with their first valid token.
+                authenticated = peer.uid is not None and (peer.uid == 0 or peer.uid == os.getuid())
+                if not self._admits(transport, authenticated):
                     self._refused += 1
                     if self._refusing < MAX_REFUSING:
                         self._refusing += 1
@@ -178,10 +192,24 @@ class HttpServer:
                     else:
                         stream.socket.close()
                     continue
-                peer = _unix_peer(stream) if transport == "unix" else _TCP_PEER
                 connection = Connection(self._context, stream, peer)
+                connection.authenticated = authenticated
+                if not authenticated:
+                    self._context.unauthenticated.add(connection)
+                if transport == "tcp":
+                    self._tcp.add(connection)
                 self._connections.add(connection)
                 nursery.start_soon(self._run_connection, connection)
+
+    def _admits(self, transport: str, authenticated: bool) -> bool:
+        # The connection budgets: all connections, TCP's share (the rest is kept for the Unix socket), and
+        # connections not yet authenticated (their own, smaller budget).
+        config = self.config
+        if len(self._connections) >= config.max_connections:
+            return False
+        if transport == "tcp" and len(self._tcp) >= config.max_tcp:
+            return False
+        return authenticated or len(self._context.unauthenticated) < config.max_unauthenticated_tcp
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
         # Answer 503 without parsing anything, then close. The little draining avoids a reset that could

@@ -3,7 +3,8 @@
 - :class:`TrioBodyWriter` is the :class:`~syncsnapd.http.BodyWriter` of one stream. Its ``write_nowait``
   is the publisher's fan-out fast path: it frames a chunk and hands it to the kernel with one
   non-blocking ``os.write``, keeping in order what the socket does not take; more than
-  ``HttpConfig.stream_max_pending`` bytes left unread disconnects the client.
+  ``HttpConfig.stream_max_pending`` bytes left unread, or pending bytes the client does not start taking
+  within ``HttpConfig.send_timeout``, disconnect the client.
 - :func:`serve_stream_body` runs a body next to the writer's flusher and a task that watches the client
   (EOF, a reset or any byte from the client cancels the body at once), then ends the message with the
   final chunk: within ``body_timeout`` normally, in a short shielded send at shutdown.
@@ -16,6 +17,7 @@ stream.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 
@@ -70,6 +72,8 @@ class TrioBodyWriter:
         "_wakeup",
         "_lock",
         "_body_scope",
+        "_send_timeout",
+        "_progress_at",
     )
 
     def __init__(
@@ -79,6 +83,7 @@ class TrioBodyWriter:
         *,
         chunked: bool = True,
         max_pending: int = 1024 * 1024,
+        send_timeout: float = math.inf,
     ) -> None:
         self._conn = conn
         self._chunked = chunked  # False for an HTTP/1.0 client: the body ends when the connection closes
@@ -96,6 +101,10 @@ class TrioBodyWriter:
         self._wakeup: trio.Event | None = None
         self._lock = trio.Lock()
         self._body_scope: trio.CancelScope | None = None
+        # The send deadline: pending bytes that the client does not start taking within send_timeout of
+        # the last progress (bytes going pending, or a write that moved some) end the stream.
+        self._send_timeout = send_timeout
+        self._progress_at = 0.0
 
     @property
     def closed(self) -> bool:
@@ -152,7 +161,8 @@ class TrioBodyWriter:
                     pending.clear()
                     self._inflight = len(data)
                     try:
-                        await self._stream.send_all(data)
+                        with trio.move_on_after(self._send_timeout):
+                            await self._stream.send_all(data)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self._abort("the client connection broke")
                     except BaseException:
@@ -171,11 +181,18 @@ class TrioBodyWriter:
                     break
                 del pending[:written]
                 if pending:
+                    if written:
+                        self._progress_at = trio.current_time()
                     # Cancellation-safe: nothing is lost if we are cancelled while waiting.
                     try:
-                        await trio.lowlevel.wait_writable(fd)
+                        with trio.move_on_at(self._progress_at + self._send_timeout) as wait:
+                            await trio.lowlevel.wait_writable(fd)
                     except trio.ClosedResourceError:
                         self._abort("the connection was closed")
+                    if wait.cancelled_caught:
+                        LOGGER.info("disconnecting a stream client that took no data for %s s",
+                                    self._send_timeout)
+                        self._abort("no progress within send_timeout")
 
     async def send(self, data: bytes) -> None:
         """:meth:`write_nowait` then :meth:`flush`: send ``data`` and wait until the kernel has it."""
@@ -202,6 +219,8 @@ class TrioBodyWriter:
 
     def _queue(self, data: bytes | memoryview) -> None:
         was_empty = not self._pending
+        if was_empty:
+            self._progress_at = trio.current_time()
         self._pending += data
         if len(self._pending) > self._max_pending:
             LOGGER.info("disconnecting a stream client that left %d bytes unread", len(self._pending))

@@ -103,6 +103,9 @@ class Subscription:
         self._queue: deque[Event] = deque()
         self._wakeup = trio.Event()
         self.fast_path: FastPath | None = None
+        # Called once with the reason when the subscription closes: a transport whose reader was dropped
+        # ("overflow") ends its connection at once instead of at its next write.
+        self.on_close: Callable[[str], None] | None = None
         self.closed = False
         self.close_reason: str | None = None
         self.gap = False
@@ -155,6 +158,8 @@ class Subscription:
             self.close_reason = reason
             self._tracker._discard(self)
             self._wakeup.set()
+            if self.on_close is not None:
+                self.on_close(reason)
 
     # --- subscriber side ---------------------------------------------------------------------------
 
