@@ -38,7 +38,7 @@ bench: setup setup-system
 # the acceptance table and writes docs/robustness.md, even when a test fails (then make fails too).
 torture: setup setup-system
 	@results=$$(mktemp /tmp/syncsnap-torture-XXXXXX.jsonl); \
-	SYNCSNAP_TORTURE=long SYNCSNAP_TORTURE_RESULTS=$$results timeout 40m $(VENV)/bin/pytest -q -p no:cacheprovider \
+	SYNCSNAP_TORTURE=long SYNCSNAP_TORTURE_RESULTS=$$results timeout --signal=INT 35m $(VENV)/bin/pytest -q -p no:cacheprovider \
 	  tests/torture; status=$$?; \
 	$(PY) -m bench torture-report $$results --out docs/robustness.md; report=$$?; \
 	rm -f $$results; \

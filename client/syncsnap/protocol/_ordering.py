@@ -129,10 +129,10 @@ class EventOrder:
         """The daemon could not replay from our last event id (its ``gap`` event)."""
         self._new_epoch()
 
-    def offer(self, p: Progress, *, polled: bool = False) -> None:
-        """An event from a stream (or a poll: ``polled``): kept to be yielded, or dropped as already seen."""
+    def offer(self, p: Progress, *, polled: int | None = None) -> None:
+        """An event from a stream, or from a poll (``polled``: the last event id seen before that poll):
+        kept to be yielded, or dropped as already seen."""
         eid = p.event_id
-        before = self.last_id
         if self.last_id is not None and eid <= self.last_id and not (eid == 0 and p.project not in self._zero_seen):
             self._stats.duplicates_dropped += 1
             return
@@ -166,8 +166,8 @@ class EventOrder:
             # A run ended and we never saw its terminal event (it fell between two polls).
             gap = True
             self._stats.gaps += 1
-        elif (not gap and polled and prev is not None and p.run is not None and p.run != prev.run
-              and (before is None or eid > before + 2)):
+        elif (not gap and polled is not None and prev is not None and p.run is not None and p.run != prev.run
+              and eid > polled + 2):
             # A poll shows a run we have not seen yet, and two events or more were missed since the last
             # one we saw: whole runs (a first event and an end, at least) may have come and gone meanwhile,
             # and a poll cannot tell.
@@ -194,8 +194,9 @@ class EventOrder:
                 # Ids of one lane only grow within one daemon: these come from a new one.
                 self._new_epoch()
                 break
+        before = -1 if self.last_id is None else self.last_id
         for p in items:
-            self.offer(p, polled=True)
+            self.offer(p, polled=before)
 
     def poll_not_found(self) -> None:
         """The polled endpoint answered 404: a followed operation run is unknown to the daemon now."""
