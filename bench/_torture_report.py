@@ -9,7 +9,8 @@ section, and each test file's duration against its budget. It prints the same ta
 Every section is aggregated the same way, without knowing it (the naming rules are in the docstring of
 ``tests/helpers/torture.py``): counts are added up, ``peak``/``max``/``p99`` figures keep the largest value,
 ``min`` ones the smallest, strings are listed, and figures named for what went wrong must be zero. The
-command exits 1 when one of those is not zero or when the test session failed, so ``make torture`` fails.
+command exits 1 when one of those is not zero, when a row of the acceptance table is not met (a theme
+recorded nothing) or when the test session failed, so ``make torture`` fails.
 Sections whose name starts with ``_`` are the suite's own (``_test``: each test's outcome and seconds;
 ``_session``: pytest's exit status and the run's seconds).
 """
@@ -328,5 +329,8 @@ def main(argv: list[str]) -> int:
     bad = results.bad()
     for section, name, value in bad:
         print(f"{section}: {name} = {value}, must be 0", file=sys.stderr)
-    return 1 if bad or failed else 0
+    unmet = [what for what, _, _, ok in acceptance(results) if not ok]
+    for what in unmet:
+        print(f"acceptance not met: {what}", file=sys.stderr)
+    return 1 if bad or failed or unmet else 0
 
