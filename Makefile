@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-system run test lint bench clean
+.PHONY: setup setup-system run test lint bench torture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,16 @@ test: setup setup-system
 # Side-by-side benchmarks against restic, borg and hypercorn; writes docs/benchmarks.md.
 bench: setup setup-system
 	$(PY) -m bench
+
+# The long torture suite (tests/torture, SYNCSNAP_TORTURE=long): bounded, under 30 min on 2 cores; prints
+# the acceptance table and writes docs/robustness.md, even when a test fails (then make fails too).
+torture: setup setup-system
+	@results=$$(mktemp /tmp/syncsnap-torture-XXXXXX.jsonl); \
+	SYNCSNAP_TORTURE=long SYNCSNAP_TORTURE_RESULTS=$$results timeout --signal=INT 35m $(VENV)/bin/pytest -q -p no:cacheprovider \
+	  tests/torture; status=$$?; \
+	$(PY) -m bench torture-report $$results --out docs/robustness.md; report=$$?; \
+	rm -f $$results; \
+	[ $$status -eq 0 ] && [ $$report -eq 0 ]
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

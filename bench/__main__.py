@@ -1,5 +1,6 @@
 """``python -m bench``: the side-by-side run, see :mod:`bench._main`. ``python -m bench store-bench ...`` and
-``python -m bench prune-bench ...``: the store's own benchmarks, see :mod:`bench._store_bench`."""
+``python -m bench prune-bench ...``: the store's own benchmarks, see :mod:`bench._store_bench`.
+``python -m bench torture-report RESULTS.jsonl``: docs/robustness.md, see :mod:`bench._torture_report`."""
 
 import sys
 
@@ -7,8 +8,12 @@ from . import _store_bench
 from ._main import main
 
 if len(sys.argv) > 1:
+    if sys.argv[1] == "torture-report":
+        from . import _torture_report
+        raise SystemExit(_torture_report.main(sys.argv[2:]))
     if sys.argv[1] not in _store_bench.COMMANDS:
-        print(f"usage: python -m bench [{' | '.join(c for c in _store_bench.COMMANDS if 'phase' not in c)} ...]",
+        commands = [*(c for c in _store_bench.COMMANDS if "phase" not in c), "torture-report"]
+        print(f"usage: python -m bench [{' | '.join(commands)} ...]",
               file=sys.stderr)
         raise SystemExit(2)
     raise SystemExit(_store_bench.main(sys.argv[1:]))

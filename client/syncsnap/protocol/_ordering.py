@@ -27,6 +27,10 @@ from ._policy import FollowStatistics
 
 # A health answer whose uptime is this much below the last one we saw comes from a new daemon process.
 UPTIME_SLACK_SECONDS = 1.0
+# Events remembered after they were offered, so that after a new epoch (ids may start again) an event seen
+# already is still recognised: a daemon whose history lost its newest events in a crash answers a poll
+# with an older state again, which is not a new daemon's sequence. About 1 MiB at most.
+REMEMBERED_EVENTS = 4096
 
 
 def run_time(run: str) -> tuple[int, str] | None:
@@ -74,6 +78,7 @@ class EventOrder:
         self.check_run = self._follows_operation and last_event_id is None
         self._check_initial = self.check_run
         self._ready: deque[Progress] = deque()
+        self._seen: dict[int, Progress] = {}  # the last REMEMBERED_EVENTS offered, by id
         self.finished = False
 
     @property
@@ -124,14 +129,26 @@ class EventOrder:
         """The daemon could not replay from our last event id (its ``gap`` event)."""
         self._new_epoch()
 
-    def offer(self, p: Progress) -> None:
-        """An event from a stream (or a poll): kept to be yielded, or dropped as already seen."""
+    def offer(self, p: Progress, *, polled: int | None = None) -> None:
+        """An event from a stream, or from a poll (``polled``: the last event id seen before that poll):
+        kept to be yielded, or dropped as already seen."""
         eid = p.event_id
         if self.last_id is not None and eid <= self.last_id and not (eid == 0 and p.project not in self._zero_seen):
             self._stats.duplicates_dropped += 1
             return
-        if eid == 0:
-            self._zero_seen.add(p.project)
+        if eid and self._seen.get(eid) == p:
+            # The very event offered before a new epoch: an old state, not a new daemon's event (its lane
+            # needs no gap mark: nothing newer of it is known).
+            if self._gap_all:
+                self._gap_marked.add(p.lane)
+            self._stats.duplicates_dropped += 1
+            return
+        self._seen[eid] = p
+        if len(self._seen) > REMEMBERED_EVENTS:
+            del self._seen[next(iter(self._seen))]
+        # A project's idle state (id 0) is yielded only before anything else of that project: once it ran,
+        # a late idle state from an older connection is stale.
+        self._zero_seen.add(p.project)
         self.last_id = eid if self.last_id is None else max(eid, self.last_id)
         self._stats.last_event_id = self.last_id
 
@@ -147,6 +164,13 @@ class EventOrder:
             gap = True
         if not gap and prev is not None and not prev.terminal and prev.run is not None and p.run != prev.run:
             # A run ended and we never saw its terminal event (it fell between two polls).
+            gap = True
+            self._stats.gaps += 1
+        elif (not gap and polled is not None and prev is not None and p.run is not None and p.run != prev.run
+              and eid > polled + 2):
+            # A poll shows a run we have not seen yet, and two events or more were missed since the last
+            # one we saw: whole runs (a first event and an end, at least) may have come and gone meanwhile,
+            # and a poll cannot tell.
             gap = True
             self._stats.gaps += 1
         self._last_by_lane[lane] = p
@@ -170,8 +194,9 @@ class EventOrder:
                 # Ids of one lane only grow within one daemon: these come from a new one.
                 self._new_epoch()
                 break
+        before = -1 if self.last_id is None else self.last_id
         for p in items:
-            self.offer(p)
+            self.offer(p, polled=before)
 
     def poll_not_found(self) -> None:
         """The polled endpoint answered 404: a followed operation run is unknown to the daemon now."""

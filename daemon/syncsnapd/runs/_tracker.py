@@ -10,7 +10,9 @@ a bounded replay buffer, and offers it to every matching subscription. There are
 - A network client's subscription holds a bounded queue; when that queue is full, intermediate progress
   events are coalesced to the newest per project, terminal events (completed, failed, cancelled) are never
   dropped, and a subscription that still cannot keep up is closed (the reader resumes with
-  ``Last-Event-ID``).
+  ``Last-Event-ID``). The events replayed to a resuming reader are never coalesced: they wait apart (its
+  *backlog*, at most the replay buffer's length, references to events the buffer holds anyway), so a resume
+  within the replay window gets every missed event, however many.
 - A *lossless* subscription (``subscribe(lossless=True)``) is for the daemon's own consumers (the history,
   the metrics, the systemd status): its queue is unbounded, never coalesced, never closed by the tracker.
   Such a consumer runs on the event loop and drains its queue without waiting on I/O (the history moves
@@ -100,6 +102,7 @@ class Subscription:
         self.transport = transport
         self.projects = projects
         self._maxlen = maxlen
+        self._backlog: deque[Event] = deque()  # the replay on subscribe: read first, never coalesced
         self._queue: deque[Event] = deque()
         self._wakeup = trio.Event()
         self.fast_path: FastPath | None = None
@@ -124,7 +127,7 @@ class Subscription:
         if self.closed:
             return
         stats = self._tracker.stats
-        if not self._queue and self.fast_path is not None and self.fast_path(event):
+        if not self._queue and not self._backlog and self.fast_path is not None and self.fast_path(event):
             stats.fast_deliveries += 1
             self.last_delivery = trio.current_time()
             return
@@ -164,10 +167,12 @@ class Subscription:
     # --- subscriber side ---------------------------------------------------------------------------
 
     def get_nowait(self) -> Event | None:
+        if self._backlog:
+            return self._backlog.popleft()
         return self._queue.popleft() if self._queue else None
 
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._backlog) + len(self._queue)
 
     async def wait(self) -> None:
         """Wait until an event is queued, the fast path asked for attention, or the subscription closed.
@@ -176,7 +181,7 @@ class Subscription:
             SubscriptionClosed: it was already closed with nothing left to read (returning would make
                 the caller's loop spin).
         """
-        if self._queue:
+        if self._queue or self._backlog:
             await trio.lowlevel.checkpoint()
             return
         if self.closed:
@@ -299,10 +304,9 @@ class Tracker:
         else:
             sub.gap = last_event_id is not None
             initial = sorted((ev for name, ev in self._latest.items() if sub.matches(name)), key=lambda ev: ev.id)
-        sub._queue.extend(initial)
-        # A resumed reader may already be far behind; apply the bound from the start.
-        if sub._maxlen is not None and len(sub._queue) > sub._maxlen:
-            sub._coalesce()
+        # The replay (or the current states) waits apart from the bounded queue: a reader resuming within
+        # the replay window gets every event it missed, however many, and only later events may coalesce.
+        sub._backlog.extend(initial)
         self._subscribers.add(sub)
         self.stats.subscribers = len(self._subscribers)
         sub.fast_path = fast_path
