@@ -1,7 +1,7 @@
 """Faults: a real daemon loses its store disk, its history database, its Syncthing and its S3 service.
 
-Each fault is injected into what a real ``syncsnapd`` subprocess depends on, ``scale(1, 3)`` times (S3:
-``scale(1, 2)``) on the same daemon. For each, the daemon:
+Each fault is injected into what a real ``syncsnapd`` subprocess depends on, one round each in the short
+suite, 3-5 rounds each in the long one (about 1.5 min in all), on the same daemon. For each, the daemon:
 
 - stays up: its process is alive and ``/api/v1/health`` answers throughout;
 - says what is wrong where a user looks: the failed run's ``error.code`` (docs/api.md), health's
@@ -12,7 +12,8 @@ Each fault is injected into what a real ``syncsnapd`` subprocess depends on, ``s
   byte for byte (modes and mtimes included).
 
 The state disk (the history's disk) filling up is tests/torture/test_state_faults.py. Figures go to the
-``faults`` section: ``injected``, ``recovered``, ``daemon_died`` (must be zero), and ``fault`` (which one).
+``faults`` section: ``injected``, ``recovered``, ``daemon_died`` (must be zero), ``fault`` (which one)
+and ``code`` (where a user reads what is wrong).
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def check_clean(d: DaemonProcess) -> None:
 
 # --- 1. the store's disk fills up -----------------------------------------------------------------------
 
-# Room for the small first snapshot and the daemon's store files, not for BIG_FILE once filled.
-STORE_TMPFS = "16m"
+# Room for the first snapshot and one BIG_FILE per round of the long suite (5), none once filled.
+STORE_TMPFS = "32m"
 BIG_FILE = 4 << 20
 # The automatic retry comes this long after a failure: time for the test to see the failure and free space.
 RETRY_BACKOFF_SECONDS = 3
@@ -155,7 +156,7 @@ def fill(path: Path) -> Path:
 
 
 def test_a_full_store_disk_fails_the_run_and_its_retry_completes_once_space_is_freed(short_tmp: Path) -> None:
-    rounds = scale(1, 3)
+    rounds = scale(1, 5)
     folder = short_tmp / "docs"
     make_tree(folder, files=10)
     recovered, codes = 0, set()
@@ -195,7 +196,7 @@ def test_a_full_store_disk_fails_the_run_and_its_retry_completes_once_space_is_f
     log = (short_tmp / "daemon.log").read_text()
     assert "Traceback" not in log
     record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="store disk full",
-           store_full_codes=",".join(sorted(codes)))
+           code=",".join(sorted(codes)))
     assert recovered == rounds
 
 
@@ -237,7 +238,7 @@ def history_error(d: DaemonProcess) -> dict[str, str] | None:
 
 
 def test_a_locked_history_degrades_health_and_the_runs_are_recorded_once_released(short_tmp: Path) -> None:
-    rounds = scale(1, 3)
+    rounds = scale(1, 5)
     folder = short_tmp / "docs"
     make_tree(folder, files=10)
     d = spawn_daemon(short_tmp, write_config(short_tmp, {"docs": folder}))
@@ -275,7 +276,8 @@ def test_a_locked_history_degrades_health_and_the_runs_are_recorded_once_release
         d.stop()
     log = (short_tmp / "daemon.log").read_text()
     assert "database is locked" in log and "Traceback" not in log
-    record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="history DB locked")
+    record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="history DB locked",
+           code="history_write_failed")
     assert recovered == rounds
 
 
@@ -361,7 +363,8 @@ def test_syncthing_killed_while_followed_and_while_a_run_waits_then_restarted(sh
         st.kill()
     log = (short_tmp / "daemon.log").read_text()
     assert "Traceback" not in log
-    record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="Syncthing killed")
+    record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="Syncthing killed",
+           code="watch.warning")
     assert recovered == rounds
 
 
@@ -442,7 +445,7 @@ def test_s3_service_stopped_mid_upload_fails_the_run_and_its_retry_sends_only_wh
     """moto (an S3 emulator) keeps its objects in memory, so the service that stops is a proxy in front of
     it (:class:`ThrottlingProxy` stops listening and starts again): the bucket keeps what it had, as a
     real service's does."""
-    rounds = scale(1, 2)
+    rounds = scale(1, 3)
     folder = short_tmp / "docs"
     make_tree(folder, files=10)
     recovered = 0
@@ -495,5 +498,6 @@ def test_s3_service_stopped_mid_upload_fails_the_run_and_its_retry_sends_only_wh
             proxy.close()
     log = (short_tmp / "daemon.log").read_text()
     assert "Traceback" not in log
-    record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="S3 stopped mid-upload")
+    record("faults", injected=rounds, recovered=recovered, daemon_died=int(died), fault="S3 stopped mid-upload",
+           code="store_unreachable")
     assert recovered == rounds
