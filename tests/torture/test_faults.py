@@ -177,7 +177,7 @@ def test_a_full_store_disk_fails_the_run_and_its_retry_completes_once_space_is_f
                 failed = wait_until(lambda run=run: ended(d, run), 60, "the snapshot on a full disk to end")
                 assert failed["state"] == "failed", failed
                 codes.add(failed["error"]["code"])
-                assert failed["error"]["code"] == "store_error", failed
+                assert failed["error"]["code"] == "store_full", failed
                 assert "No space left on device" in failed["error"]["message"], failed
                 assert assert_up(d)["degraded"] == []  # a run failed; no service is unwell
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from ..core import SyncsnapdError
 
 __all__ = ["REMOTE_CODES", "BackendError", "CorruptDataError", "ObjectMissing", "PackMissing", "StoreError",
@@ -63,6 +65,16 @@ class ObjectMissing(BackendError):
 
 def error_code(exc: BaseException, default: str = "store_error") -> str:
     """The docs/api.md code a failed run reports for a store error: ``store_unreachable``, ``store_auth``
-    or ``store_full`` when the bucket of an S3 store is the cause, else ``default``."""
+    or ``store_full`` when the bucket of an S3 store is the cause, ``store_full`` when the local disk or
+    quota is (ENOSPC, EDQUOT anywhere in the chain of causes), else ``default``."""
     code = getattr(exc, "code", None)
-    return code if isinstance(exc, StoreError) and code in REMOTE_CODES else default
+    if isinstance(exc, StoreError) and code in REMOTE_CODES:
+        return str(code)
+    cause: BaseException | None = exc
+    for _ in range(10):  # a chain of causes is short; never loop on a cycle
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "store_full"
+        cause = cause.__cause__ or cause.__context__
+    return default
