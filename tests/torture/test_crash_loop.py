@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from helpers.daemon import DaemonProcess, make_tree, spawn_daemon, write_config
 from helpers.store import tree_state
 from helpers.torture import Deadline, record, scale

@@ -36,6 +36,10 @@ While the database cannot be written, event ids are not reserved in it: a daemon
 write again may issue those ids again at its next start.
 
 All database access runs off the event loop, in worker threads, serialised by a lock (one connection).
+
+This module is longer than most: the writer, its retries, the run records and the queries share that one
+connection, its lock and the writer's in-memory state, and are kept in one piece so that the rules for
+them are read in one place.
 """
 
 from __future__ import annotations
