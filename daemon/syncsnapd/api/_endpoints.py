@@ -113,6 +113,8 @@ class Api:
     async def start_snapshot(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
         run, progress = self.scheduler.request_snapshot(pid)
+        # The run (running or queued) is in the history before its id is handed out (docs/api.md).
+        await self.scheduler.wait_recorded(run)
         return json_response(202, {"run": run, "progress": progress.to_json(),
                                    "stream": f"{API}/projects/{pid}/progress/stream"})
 

@@ -72,7 +72,10 @@ def _snapshot_id(value: str) -> str:
     return value
 
 
-def _started(progress: Progress, stream: str) -> Response:
+async def _started(ops: Operations, progress: Progress, stream: str) -> Response:
+    # The run is in the history before its id is handed out: a daemon killed a moment later still has it.
+    assert progress.run is not None
+    await ops.wait_recorded(progress.run)
     return json_response(202, {"run": progress.run, "progress": progress.to_json(), "stream": stream})
 
 
@@ -102,19 +105,19 @@ def register_operations(router: Router, ops: Operations) -> None:
         with as_http_errors():
             first = await ops.start_restore(params["id"], doc["snapshot"], doc["target"], paths=paths,
                                             overwrite=bool(doc.get("overwrite")))
-        return _started(first, f"{API}/projects/{params['id']}/progress/stream")
+        return await _started(ops, first, f"{API}/projects/{params['id']}/progress/stream")
 
     async def check(request: Request, params: dict[str, str]) -> Response:
         doc = _body(request, {"read_data": bool})
         with as_http_errors():
             first = ops.start_check(read_data=bool(doc.get("read_data")))
-        return _started(first, f"{API}/events")
+        return await _started(ops, first, f"{API}/events")
 
     async def prune(request: Request, params: dict[str, str]) -> Response:
         doc = _body(request, {"dry_run": bool})
         with as_http_errors():
             first = ops.start_prune(dry_run=bool(doc.get("dry_run")))
-        return _started(first, f"{API}/events")
+        return await _started(ops, first, f"{API}/events")
 
     async def operations(request: Request, params: dict[str, str]) -> Response:
         return json_response(200, {"operations": [p.to_json() for p in ops.operations()]})

@@ -188,6 +188,7 @@ class _Session:
             except UnknownProject as exc:
                 await self.error(msg, exc.code, f"No project named {project!r}.")
                 return
+            await self.scheduler.wait_recorded(run)  # in the history before its id is handed out
             await self.reply(msg, run=run, progress=progress.to_json())
         else:
             await self.error(msg, "bad_request", f"Unknown op {op!r} (subscribe, unsubscribe, snapshot).")

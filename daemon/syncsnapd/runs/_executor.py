@@ -15,6 +15,10 @@ in the plan of the progress and with the owner; how a run ends is decided here, 
   body (which the run's own cancel scope then absorbs silently): all of them end the run ``cancelled``;
 * anything else: ``failed`` with ``internal_error`` (logged with its traceback).
 
+Before the body does any work, the run's record is awaited (the executor's ``record``, the history's
+``record_run``: bounded, and the run goes on if the history cannot be written), so that a run that did
+anything is in the history even when the daemon is killed a moment later.
+
 One ticker task per executor (:meth:`RunExecutor.serve`) publishes the counters of all its runs a few
 times a second; when the owner shuts down it raises the cancel flag of every run, since worker threads
 cannot see trio's cancellation.
@@ -31,7 +35,7 @@ import trio
 
 from ..core import Progress, RunCancelled, RunProgress, SnapshotSummary, SyncsnapdError
 
-__all__ = ["TICK_SECONDS", "Body", "Outcome", "Run", "RunExecutor", "RunFailed"]
+__all__ = ["TICK_SECONDS", "Body", "Outcome", "Recorder", "Run", "RunExecutor", "RunFailed"]
 
 # How often a run publishes its counters: a few events per second is smooth for a progress bar and
 # cheap for hundreds of subscribers; step changes are published at once regardless.
@@ -58,6 +62,9 @@ class RunFailed(SyncsnapdError):
 
 
 Body = Callable[[RunProgress], Awaitable[Outcome]]
+# Writes a new run's row in the history before it is acknowledged or works (History.record_run): given the
+# run's first progress, it returns once the row is written or its bounded wait is over.
+Recorder = Callable[[Progress], Awaitable[object]]
 
 
 @dataclass(eq=False)
@@ -101,10 +108,12 @@ class RunExecutor:
 
     Args:
         logger: where the runs' outcomes are logged (the owner's logger).
+        record: awaited before each run's body, with the run's progress (see the module docstring).
     """
 
-    def __init__(self, *, logger: logging.Logger | None = None) -> None:
+    def __init__(self, *, logger: logging.Logger | None = None, record: Recorder | None = None) -> None:
         self._log = logger if logger is not None else logging.getLogger("syncsnapd.runs")
+        self._record = record
         self._active: dict[str, Run] = {}
 
     def active(self) -> list[Run]:
@@ -139,6 +148,8 @@ class RunExecutor:
         try:
             with run.scope:
                 try:
+                    if self._record is not None:
+                        await self._record(progress.current())
                     outcome = await body(progress)
                 except BaseException as exc:  # sorted out, and re-raised if it must propagate, by _ended
                     final = self._ended(run, exc)

@@ -12,6 +12,17 @@ another process, disk full, an I/O error) is retried with backoff (:data:`RETRY_
 :data:`MAX_PENDING_EVENTS`, beyond which the oldest waiting ones are dropped and counted as lost
 (:meth:`History.statistics`, exported by ``/metrics``), with one log line per episode.
 
+A run exists before it is acknowledged or does any work: :meth:`History.record_run` writes its row
+(state ``waiting``, or ``queued`` for a follow-up run waiting behind a running one) at once, in a worker
+thread, on the same connection and under the same lock as the writer's transactions, and the API (before
+its 202) and the run's executor (before the run's body) await it, for at most
+:data:`RECORD_WAIT_SECONDS`. So a daemon killed right after it accepted a run still has the run's row,
+which the next start ends ``failed`` with code ``interrupted`` (:meth:`History.interrupted_runs`). If the
+row cannot be written within that time (the database locked by another process for longer, a full disk,
+a read-only file), the run goes on all the same and its row waits in memory for the writer, with its
+retries, like the events: the history is degraded, and says so in health; a daemon killed before the
+writer succeeds loses that run's record (and the events not written yet), as it loses those events.
+
 Event ids never repeat, across restarts too: the daemon reserves blocks of ids in the database before it
 uses them (:data:`ID_RESERVATION`), so even events that were published but not yet written when the
 daemon died are never re-issued.
@@ -25,6 +36,10 @@ While the database cannot be written, event ids are not reserved in it: a daemon
 write again may issue those ids again at its next start.
 
 All database access runs off the event loop, in worker threads, serialised by a lock (one connection).
+
+This module is longer than most: the writer, its retries, the run records and the queries share that one
+connection, its lock and the writer's in-memory state, and are kept in one piece so that the rules for
+them are read in one place.
 """
 
 from __future__ import annotations
@@ -37,7 +52,7 @@ import stat
 import statistics
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -84,6 +99,14 @@ RETRY_MAX_SECONDS = 30.0
 # two hours of a snapshot run at four events a second. Beyond it the oldest waiting events are dropped
 # and counted (HistoryStatistics.events_lost).
 MAX_PENDING_EVENTS = 30_000
+# How long a new run waits for its row to be written before it is acknowledged (202) or starts its work.
+# A write takes milliseconds; this is the longest a request is held up while another process holds the
+# database's lock (two attempts of BUSY_TIMEOUT_SECONDS: behind the writer's own, then its own) before the
+# run goes on with its record waiting in memory (see the module docstring).
+RECORD_WAIT_SECONDS = 2.0
+# Run ids recently recorded, remembered so that the second wait for the same run (the API's, then the
+# executor's) returns at once.
+RECORDED_REMEMBERED = 1024
 # Events per transaction: a backlog is written in several short transactions, in order, so that history
 # queries never wait behind one huge write.
 MAX_BATCH_EVENTS = 2_000
@@ -166,6 +189,15 @@ class History:
         self._lost = 0
         self._failures = 0
         self._lost_in_episode = 0  # since the last successful write (an episode is logged once)
+        # Run rows (their first state) not written yet: each new run's, until record_run() or the writer
+        # has written it. On the Trio thread, like the events waiting.
+        self._records: dict[str, Progress] = {}
+        self._recording: dict[str, trio.Event] = {}  # runs whose record_run() write is under way
+        self._recorded: OrderedDict[str, None] = OrderedDict()  # the last RECORDED_REMEMBERED written
+        self._offload_given = offload is not None
+        # One record write at a time: one abandoned after RECORD_WAIT_SECONDS holds it until it returns,
+        # so writes stuck behind a lock never pile up in worker threads.
+        self._record_limiter = trio.CapacityLimiter(1)
 
     def _connect(self, path: Path, *, read_only: bool = False) -> sqlite3.Connection:
         target, uri = (f"file:{quote(str(path))}?mode=ro", True) if read_only else (str(path), False)
@@ -296,8 +328,9 @@ class History:
 
     # --- writing -------------------------------------------------------------------------------------
 
-    def write(self, events: Iterable[Event], last_event_id: int) -> None:
-        """Persist a batch of events, in order, and update their runs (one transaction).
+    def write(self, events: Iterable[Event], last_event_id: int, records: Iterable[Progress] = ()) -> None:
+        """Persist a batch of events, in order, and update their runs (one transaction); first the rows of
+        ``records``, runs not recorded yet (see :meth:`record_run`), where they are missing.
 
         Idempotent: events already committed are skipped, so a failed batch can simply be written again.
         On failure nothing is kept, in the database or in this object's per-run state.
@@ -313,6 +346,8 @@ class History:
             reserved, written = self._reserved, self._written_upto
             db.execute("BEGIN")
             try:
+                for p in records:
+                    self._insert_run_locked(p)
                 for ev in events:
                     if ev.id <= written:
                         continue
@@ -386,12 +421,85 @@ class History:
             "duration_seconds, steps, error_code, error_message, bytes_total, snapshot) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(run) DO UPDATE SET state = excluded.state, ended_at = excluded.ended_at, "
+            "started_at = COALESCE(?, runs.started_at), "
             "duration_seconds = excluded.duration_seconds, steps = excluded.steps, "
             "error_code = excluded.error_code, error_message = excluded.error_message, "
             "bytes_total = COALESCE(excluded.bytes_total, runs.bytes_total), snapshot = excluded.snapshot",
-            (p.run, p.project, p.kind, p.trigger, p.attempt, p.retry_of, p.state, p.started_at, ended, duration,
-             json.dumps(seconds), p.error["code"] if p.error else None, p.error["message"] if p.error else None,
-             p.bytes_total if p.step == 4 else None, snapshot))
+            # A queued run that never started ends without a started_at: its row keeps (or, never recorded,
+            # takes) when it was requested, or ended, so that runs still sort by time; it has no duration.
+            (p.run, p.project, p.kind, p.trigger, p.attempt, p.retry_of, p.state, p.started_at or p.updated_at,
+             ended, duration, json.dumps(seconds), p.error["code"] if p.error else None,
+             p.error["message"] if p.error else None, p.bytes_total if p.step == 4 else None, snapshot,
+             p.started_at))
+
+    def _insert_run_locked(self, p: Progress) -> None:
+        """The run's row in its first state, unless it has one already (then it is further along)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO runs (run, project, kind, trigger, attempt, retry_of, state, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (p.run, p.project, p.kind, p.trigger, p.attempt, p.retry_of, p.state, p.started_at))
+
+    def _write_record(self, p: Progress) -> None:
+        """:meth:`record_run`'s write, in a worker thread (autocommit, one statement)."""
+        with self._lock:
+            if not self._writable:
+                raise sqlite3.OperationalError("the history database cannot be written")  # the writer retries
+            self._insert_run_locked(p)
+
+    async def record_run(self, progress: Progress) -> bool:
+        """Write the row of a new run now, before it is acknowledged or does any work (see the module
+        docstring); waits at most :data:`RECORD_WAIT_SECONDS`. Call on the Trio thread.
+
+        ``progress`` is the run's first state (``waiting``; ``queued`` for a follow-up run): its project,
+        kind, trigger, attempt, ``retry_of`` and ``started_at`` (for a queued run: when it was requested).
+        A row the run already has is left as it is. Waiting again for a run recorded a moment ago returns at
+        once; two tasks waiting for the same run share one write.
+
+        Returns:
+            True once the row is in the database; False if it could not be written in time (locked,
+            disk full, read-only): it then waits in memory and the writer writes it with its retries.
+        """
+        run = progress.run
+        assert run is not None
+        if run in self._recorded:
+            return True
+        under_way = self._recording.get(run)
+        if under_way is not None:
+            with trio.move_on_after(RECORD_WAIT_SECONDS):
+                await under_way.wait()
+            return run in self._recorded
+        done = self._recording[run] = trio.Event()
+        self._records[run] = progress
+        write = partial(self._write_record, progress)
+        written = False
+        try:
+            with trio.move_on_after(RECORD_WAIT_SECONDS):
+                if self._offload_given:
+                    await self._offload(write)
+                else:
+                    # Abandoned when the wait is over: the thread finishes its one statement by itself.
+                    await trio.to_thread.run_sync(write, abandon_on_cancel=True, limiter=self._record_limiter)
+                written = True
+            if not written:
+                log.warning("history: run %s not recorded within %g s (the database is busy); it goes on, its "
+                            "record waits in memory", run, RECORD_WAIT_SECONDS)
+        except sqlite3.Error as exc:
+            log.warning("history: run %s not recorded (%s); it goes on, its record waits in memory", run, exc)
+        finally:
+            if written:
+                if self._records.get(run) is progress:
+                    del self._records[run]
+                self._remember(run)
+            else:
+                self._arrived.set()  # the writer takes it over, with its retries
+            done.set()
+            del self._recording[run]
+        return written
+
+    def _remember(self, run: str) -> None:
+        self._recorded[run] = None
+        while len(self._recorded) > RECORDED_REMEMBERED:
+            self._recorded.popitem(last=False)
 
     def trim(self) -> None:
         """Keep the newest :data:`EVENTS_KEPT` events per project."""
@@ -474,13 +582,14 @@ class History:
         shown = self.notice  # what on_problem was told last (serve() told the notice)
         while True:
             if not self._batch and self._writable:
-                while not self._pending:
+                while not self._pending and not self._records:
                     await self._arrived.wait()
                     self._arrived = trio.Event()
                 n = min(len(self._pending), MAX_BATCH_EVENTS)
                 self._batch = [self._pending.popleft() for _ in range(n)]
+            records = dict(self._records)
             try:
-                await self._offload(partial(self.write, self._batch, tracker.last_event_id))
+                await self._offload(partial(self.write, self._batch, tracker.last_event_id, records.values()))
             except sqlite3.Error as exc:
                 self._failures += 1
                 if failing_since is None:
@@ -496,6 +605,7 @@ class History:
                 continue
             self._written += len(self._batch)
             self._batch = []
+            self._written_records(records)
             if failing_since is not None:
                 log.warning("history: writing again after %.1f s; %d events were lost meanwhile",
                             trio.current_time() - failing_since, self._lost_in_episode)
@@ -508,15 +618,24 @@ class History:
     async def _flush_once(self, tracker: Tracker) -> None:
         """At the end of serve(): one attempt to write what is waiting (shielded by the caller)."""
         events = self._batch + list(self._pending)
-        if not events:
+        records = dict(self._records)
+        if not events and not records:
             return
         try:
-            await self._offload(partial(self.write, events, tracker.last_event_id))
+            await self._offload(partial(self.write, events, tracker.last_event_id, records.values()))
         except sqlite3.Error as exc:
-            log.error("history: %d events not written when the writer stopped: %s", len(events), exc)
+            log.error("history: %d events and %d runs' records not written when the writer stopped: %s",
+                      len(events), len(records), exc)
             return
         self._written += len(events)
         self._batch, self._pending = [], deque()
+        self._written_records(records)
+
+    def _written_records(self, records: dict[str, Progress]) -> None:
+        for run, p in records.items():
+            if self._records.get(run) is p:
+                del self._records[run]
+            self._remember(run)
 
     # --- queries -------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ to a project (their events go out on its stream); check and prune are store-wide
 as null). Several restores may run at once, beside snapshots of any project; one check or prune at a
 time. Disk and CPU work runs in worker threads under a limiter of its own, so the snapshot runs' threads
 are never taken. Every run can be cancelled and ends in exactly one terminal event (the lifecycle shared
-with snapshot runs: ``_executor.py``). Requests are refused with :class:`OperationError` codes; no HTTP
+with snapshot runs: ``_executor.py``, which records each run in the history before its body; the API
+awaits :meth:`Operations.wait_recorded` before it answers 202). Requests are refused with :class:`OperationError` codes; no HTTP
 here: the API maps codes to statuses (``syncsnapd.api``).
 """
 
@@ -27,7 +28,7 @@ import trio
 from ..core import Plan, Progress, RunProgress, Step, SyncsnapdError, human_bytes
 from ..engine import DiffError, Restore, RestoreError, check_target, diff_entries, normalize_path, scan_live
 from ..store import GarbageCollector, StoreCheck, StoreError, UnknownSnapshotError, plan_forget
-from ._executor import Body, Outcome, Run, RunExecutor, RunFailed
+from ._executor import Body, Outcome, Recorder, Run, RunExecutor, RunFailed
 from ._scheduler import Scheduler, UnknownProject, new_run_id
 from ._tracker import Tracker
 
@@ -88,10 +89,13 @@ class Operations:
         scheduler: for the projects (their folders, ignore rules and ``keep`` policies).
         exclude: the daemon's own directories (store, state), never restored into and never compared.
         tz: the time zone of the retention policies' days and weeks (local time by default).
+        record: writes a new run's row in the history (``History.record_run``), awaited before each run's
+            body and by :meth:`wait_recorded`.
     """
 
     def __init__(self, scheduler: Scheduler, tracker: Tracker, *, exclude: tuple[Path, ...] = (),
-                 limiter: trio.CapacityLimiter | None = None, tz: tzinfo | None = None) -> None:
+                 limiter: trio.CapacityLimiter | None = None, tz: tzinfo | None = None,
+                 record: Recorder | None = None) -> None:
         self.store = scheduler.store
         self.scheduler = scheduler
         self.tracker = tracker
@@ -101,7 +105,8 @@ class Operations:
         self._running: dict[str, _Op] = {}
         self._recent: OrderedDict[str, Progress] = OrderedDict()
         self._exclusive: _Op | None = None  # the check or prune in progress
-        self._executor = RunExecutor(logger=log)
+        self._record = record
+        self._executor = RunExecutor(logger=log, record=record)
         self._nursery: trio.Nursery | None = None
 
     # --- queries -----------------------------------------------------------------------------------
@@ -128,6 +133,13 @@ class Operations:
             return False
         op.run.cancel(code, message)
         return True
+
+    async def wait_recorded(self, run: str) -> None:
+        """Wait until the history has ``run``, an operation run just started, before its id is handed to a
+        user (bounded by the recorder). Returns at once for a run that has ended, or without a recorder."""
+        op = self._running.get(run)
+        if op is not None and self._record is not None:
+            await self._record(op.run.progress.current())
 
     # --- serving -----------------------------------------------------------------------------------
 

@@ -7,6 +7,12 @@ project's waiter, steps 2-5 through the snapshot engine. A failed run is retried
 (:class:`RetryPolicy`) by a timer task; timers are guarded in one place (:meth:`Scheduler._guarded`), so a
 failing one is logged and never stops the scheduler. They are not supervised services: a timer fires
 once, and restarting one that failed would only fail again.
+
+A run exists in the history before it is acknowledged or does any work: whoever hands a run id to a user
+awaits :meth:`Scheduler.wait_recorded` (the API before its 202), and the executor records each run before
+its body (both through ``record``, the history's ``record_run``, bounded). A queued follow-up run is
+recorded ``queued``; if it is dropped (the running run cancelled, its project removed, the daemon
+stopping) it ends ``cancelled`` with one terminal event, so that its record ends too.
 """
 
 from __future__ import annotations
@@ -16,15 +22,23 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
 
-from ..core import Progress, ProjectConfig, RunProgress, SnapshotSummary, SyncsnapdError, human_bytes
+from ..core import (
+    Progress,
+    ProjectConfig,
+    RunProgress,
+    SnapshotSummary,
+    SyncsnapdError,
+    human_bytes,
+    utc_now,
+)
 from ..engine import take_snapshot
 from ..store import Store
-from ._executor import Body, Outcome, Run, RunExecutor
+from ._executor import SHUTDOWN, Body, Outcome, Recorder, Run, RunExecutor
 from ._tracker import Tracker
 
 log = logging.getLogger("syncsnapd.scheduler")
@@ -61,6 +75,7 @@ class _Request:
     trigger: str
     attempt: int = 1
     retry_of: str | None = None
+    requested_at: str = field(default_factory=utc_now)
 
 
 @dataclass
@@ -93,7 +108,8 @@ class Scheduler:
     def __init__(self, store: Store, tracker: Tracker, projects: list[ProjectConfig], *,
                  waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None,
                  exclude: tuple[Path, ...] = (), max_concurrent: int = 2, retry: RetryPolicy = RetryPolicy(),
-                 expected: Callable[[str], float | None] = lambda project: None) -> None:
+                 expected: Callable[[str], float | None] = lambda project: None,
+                 record: Recorder | None = None) -> None:
         self.store = store
         self.tracker = tracker
         self._waiter = waiter
@@ -106,7 +122,8 @@ class Scheduler:
         self._expected = expected
         # The daemon's own directories, never snapshotted even when they lie inside a project.
         self._exclude = exclude
-        self._executor = RunExecutor(logger=log)
+        self._record = record
+        self._executor = RunExecutor(logger=log, record=record)
         self._slots: dict[str, _ProjectSlot] = {}
         self._nursery: trio.Nursery | None = None
         for p in projects:
@@ -154,6 +171,20 @@ class Scheduler:
             slot.queued = request
         return slot.queued.run, self.tracker.latest(project_id)
 
+    async def wait_recorded(self, run: str) -> None:
+        """Wait until the history has ``run``, a run :meth:`request_snapshot` has just returned (running or
+        queued), before its id is handed to a user; bounded by the recorder (the history's
+        ``RECORD_WAIT_SECONDS``). Returns at once for a run that has ended, or without a recorder."""
+        if self._record is None:
+            return
+        for slot in self._slots.values():
+            if slot.run is not None and slot.run.id == run:
+                await self._record(slot.run.progress.current())
+                return
+            if slot.queued is not None and slot.queued.run == run:
+                await self._record(_queued_progress(slot.config.id, slot.queued))
+                return
+
     def _begin(self, slot: _ProjectSlot, req: _Request) -> Run:
         """Make ``req`` the project's run and publish its first event."""
         progress = RunProgress(slot.config.id, req.run, self.tracker.publish, trigger=req.trigger,
@@ -171,6 +202,19 @@ class Scheduler:
         if req is not None:
             self._begin(slot, req)
 
+    def _drop_queued(self, slot: _ProjectSlot, code: str, message: str) -> None:
+        """Drop the project's queued run, which ends ``cancelled`` (one terminal event, so that its record
+        in the history, if it has one, ends too)."""
+        req, slot.queued = slot.queued, None
+        if req is None:
+            return
+        log.info("%s: queued snapshot run %s dropped (%s)", slot.config.id, req.run, code)
+        queued = _queued_progress(slot.config.id, req)
+        self.tracker.publish(replace(
+            queued, state="cancelled", step=queued.steps, started_at=None,
+            updated_at=utc_now(), error={"code": code, "message": message},
+            message=f"Snapshot cancelled before it started: {message[0].lower()}{message[1:].rstrip('.')}"))
+
     # --- changing the set of projects (config reload) and cancelling ------------------------------
 
     def cancel_run(self, project_id: str, code: str = "cancelled",
@@ -184,7 +228,7 @@ class Scheduler:
         slot = self._slots.get(project_id)
         if slot is None:
             raise UnknownProject(project_id)
-        slot.queued = None
+        self._drop_queued(slot, code, message)
         if slot.retry_scope is not None:
             slot.retry_scope.cancel()
             slot.retry_scope = None
@@ -199,6 +243,7 @@ class Scheduler:
         wanted = {p.id: p for p in projects}
         for pid in [pid for pid in self._slots if pid not in wanted]:
             slot = self._slots.pop(pid)
+            self._drop_queued(slot, "project_removed", "The project was removed from the configuration.")
             if slot.run is not None:
                 slot.run.cancel("project_removed", "The project was removed from the configuration.")
             if slot.loop_scope is not None:
@@ -237,6 +282,7 @@ class Scheduler:
             if slot.run is not None:
                 # Announced, but the loop stopped before executing it: it still ends, once.
                 self._executor.end_unstarted(slot.run)
+            self._drop_queued(slot, *SHUTDOWN)
             if self._slots.get(slot.config.id) is not slot:
                 # Removed by a reload: its last run has published its terminal event by now.
                 self.tracker.remove_project(slot.config.id)
@@ -301,6 +347,13 @@ class Scheduler:
             await fn(*args)
         except Exception:
             log.exception("%s failed; the scheduler carries on", what)
+
+
+def _queued_progress(project: str, req: _Request) -> Progress:
+    """A queued run's record: ``queued``, ``started_at`` when it was requested (docs/api.md, RUN)."""
+    return Progress(project=project, run=req.run, trigger=req.trigger, attempt=req.attempt, retry_of=req.retry_of,
+                    state="queued", step=0, started_at=req.requested_at, updated_at=req.requested_at,
+                    message="Queued behind the running snapshot")
 
 
 def _completed_message(s: SnapshotSummary) -> str:

@@ -237,11 +237,12 @@ class Daemon:
         self.scheduler = Scheduler(store, self.tracker, list(config.projects), exclude=self.exclude,
                                    waiter=self._wait_until_ready, max_concurrent=config.max_concurrent,
                                    retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
-                                   expected=lambda project: history.expected.get(project))
+                                   expected=lambda project: history.expected.get(project),
+                                   record=history.record_run)
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status,
                        supervisor=self.supervisor)
         register_runs(self.api.router, history, self.scheduler)
-        self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude)
+        self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude, record=history.record_run)
         register_operations(self.api.router, self.ops)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
@@ -406,7 +407,7 @@ class Daemon:
             await self._start_service("history", functools.partial(
                 self.history.serve, on_problem=functools.partial(self.supervisor.report, "history")), self.tracker)
             await self._start_service("metrics", self.metrics.serve)
-            self._mark_interrupted()
+            await self._mark_interrupted()
             await nursery.start(run_scheduler)
             await nursery.start(run_ops)
             server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
@@ -451,18 +452,26 @@ class Daemon:
                     await trio.sleep(STREAM_DRAIN_SECONDS)
                 nursery.cancel_scope.cancel()
 
-    def _mark_interrupted(self) -> None:
-        """Runs that were in flight when the daemon died end now, as failed with code `interrupted`."""
-        for rec in self.history.interrupted_runs():
+    async def _mark_interrupted(self) -> None:
+        """Runs that were in flight when the daemon died end now, as failed with code `interrupted`: those
+        running, and queued ones that never started (they are not run now: docs/api.md, RUN)."""
+        for rec in await trio.to_thread.run_sync(self.history.interrupted_runs):
             last = self.tracker.latest(rec.project) if rec.project in self.tracker.projects() else None
+            queued = rec.state == "queued"
+            # A queued run never started: no started_at (its record keeps when it was requested), no duration.
             base = last if last is not None and last.run == rec.run else Progress(
                 project=rec.project, run=rec.run, kind=rec.kind, trigger=rec.trigger, attempt=rec.attempt,
-                retry_of=rec.retry_of, started_at=rec.started_at)
-            self.tracker.publish(replace(
-                base, state="failed", step=base.steps, eta_seconds=None, updated_at=utc_now(),
-                error={"code": "interrupted", "message": "The daemon stopped while this run was in progress."},
-                message=f"{rec.kind.capitalize()} failed: the daemon stopped while it was running"))
-            log.warning("%s: run %s was interrupted by a daemon stop; marked failed", rec.project, rec.run)
+                retry_of=rec.retry_of, started_at=None if queued else rec.started_at)
+            if queued:
+                error = {"code": "interrupted", "message": "The daemon stopped before this run started."}
+                message = f"{rec.kind.capitalize()} failed: the daemon stopped before it started"
+            else:
+                error = {"code": "interrupted", "message": "The daemon stopped while this run was in progress."}
+                message = f"{rec.kind.capitalize()} failed: the daemon stopped while it was running"
+            self.tracker.publish(replace(base, state="failed", step=base.steps, eta_seconds=None,
+                                         updated_at=utc_now(), error=error, message=message))
+            log.warning("%s: %s run %s was interrupted by a daemon stop; marked failed", rec.project,
+                        "queued" if queued else "the", rec.run)
 
     async def _serve_reloads(self, reloads: trio.MemoryReceiveChannel[None], load: ConfigLoader) -> None:
         async for _ in reloads:
