@@ -71,7 +71,9 @@ def mutate(folder: Path, rng: random.Random, version: int) -> None:
     (folder / f"new/v{version}.bin").parent.mkdir(exist_ok=True)
     (folder / f"new/v{version}.bin").write_bytes(os.urandom(rng.randrange(0, 300_000)))
     if len(files) > 30:
-        rng.choice(files).unlink()
+        gone = rng.choice(files)
+        gone.unlink()
+        files.remove(gone)  # the mode change below must pick a file that is still there
     rng.choice(files[:5]).chmod(rng.choice([0o600, 0o644, 0o755]))
     link = folder / "link"
     link.unlink(missing_ok=True)
