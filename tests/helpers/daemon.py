@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -113,3 +115,23 @@ def make_tree(root: Path, files: int = 20, size: int = 3000) -> dict[str, bytes]
     out["odd name ü.txt"] = b"odd"
     os.symlink("d0/sub0/f0.txt", root / "link")
     return out
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """The first true value of ``predicate()``, asked every ``interval`` s; AssertionError naming ``what``
+    after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def api(d: DaemonProcess, path: str, method: str = "GET", body: object = None) -> Any:
+    """``curl`` a daemon's API over its Unix socket (``path`` below /api/v1); the decoded JSON answer."""
+    args = ["-X", method, f"http://localhost/api/v1{path}"]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    return json.loads(d.curl(*args).stdout)

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +78,6 @@ def differences(d: DaemonProcess, project: str, snapshot: str) -> int:
     return int(summary["added"]) + int(summary["removed"]) + int(summary["modified"])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """The first true value of ``predicate()``, asked every 50 ms; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def wait_for_snapshot_of_everything(d: DaemonProcess, project: str, after: int, timeout: float) -> bool:

@@ -21,31 +21,20 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers.client import SYNCSNAP
-from helpers.daemon import DaemonProcess, make_tree, spawn_daemon, write_config
+from helpers.daemon import DaemonProcess, api, make_tree, spawn_daemon, wait_until, write_config
 
 NOBODY = 65534
 
 
-def api(d: DaemonProcess, path: str, method: str = "GET") -> Any:
-    return json.loads(d.curl("-X", method, f"http://localhost/api/v1{path}").stdout)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def history_service(d: DaemonProcess) -> dict[str, Any]:

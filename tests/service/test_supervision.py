@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from helpers.daemon import DaemonProcess, make_env, write_config
+from helpers.daemon import DaemonProcess, make_env, wait_until, write_config
 from helpers.http import H11Client
 from syncsnapd.core import load_config
 from syncsnapd.service import serve_daemon
@@ -35,14 +34,6 @@ def api(d: DaemonProcess, path: str, method: str = "GET", body: object = None) -
     return json.loads(d.curl(*args).stdout)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def snapshots(d: DaemonProcess, project: str) -> list[dict[str, Any]]:

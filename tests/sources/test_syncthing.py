@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers.daemon import wait_until
 from helpers.syncthing import (
     FOLDER_ID,
     Syncthing,
@@ -56,14 +57,6 @@ def cfg_of(st: Syncthing, **kw: str) -> SyncthingConfig:
                            folder=kw.get("folder", FOLDER_ID))
 
 
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def settled(pair: SyncthingPair) -> None:

@@ -11,14 +11,13 @@ import os
 import time
 from pathlib import Path
 
-from helpers.daemon import DaemonProcess
+from helpers.daemon import DaemonProcess, wait_until
 from helpers.watch import (
     api,
     inotify_watches,
     snapshots,
     start_daemon_with_watch_limit,
     wait_for_snapshot_of_everything,
-    wait_until,
 )
 
 SETTINGS = 'settle = "0.3s"\nmax_delay = "5s"'

@@ -25,13 +25,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.daemon import DaemonProcess, make_env, make_tree, spawn_daemon, write_config
+from helpers.daemon import DaemonProcess, make_env, make_tree, spawn_daemon, wait_until, write_config
 from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, ThrottlingProxy, create_bucket, moto_server
 from helpers.store import tree_state
 from helpers.syncthing import FOLDER_ID, Syncthing, folder_totals, needs_syncthing, syncthing_table
@@ -57,14 +57,6 @@ def get(d: DaemonProcess, path: str) -> Any:
     return doc
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def request_snapshot(d: DaemonProcess, project: str = "docs") -> str:

@@ -9,35 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.daemon import DaemonProcess, make_tree, spawn_daemon, write_config
+from helpers.daemon import DaemonProcess, api, make_tree, spawn_daemon, wait_until, write_config
 from helpers.torture import record, scale
 
 # Small, but room for the history of a few dozen runs (the WAL included) when nothing else is there.
 TMPFS_SIZE = "2m"
 
 
-def api(d: DaemonProcess, path: str, method: str = "GET") -> Any:
-    return json.loads(d.curl("-X", method, f"http://localhost/api/v1{path}").stdout)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def history_error(d: DaemonProcess) -> dict[str, str] | None:

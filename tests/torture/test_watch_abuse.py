@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from helpers.daemon import wait_until
 from helpers.torture import record, scale
 from helpers.watch import (
     api,
@@ -25,7 +26,6 @@ from helpers.watch import (
     snapshots,
     start_daemon_with_watch_limit,
     wait_for_snapshot_of_everything,
-    wait_until,
 )
 
 ROUNDS = scale(12, 120)
