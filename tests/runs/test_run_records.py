@@ -167,3 +167,42 @@ async def test_a_queued_run_is_recorded_and_ends_cancelled_when_dropped(
             store.close()
 
 
+
+
+async def test_a_runs_end_is_in_the_history_before_anyone_sees_it(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A daemon killed between publishing a run's end and the batch writer's next write must not end
+    that run a second time (``interrupted``) at its next start: the end is recorded before it is
+    published. No batch writer runs here, so only that record can put the end in the database."""
+    offload = Offload()
+    seen: list[tuple[str, str | None]] = []
+    store = await trio.to_thread.run_sync(lambda: Store.open(tmp_path / "store", writable=True))
+    (tmp_path / "folder").mkdir()
+    with history(tmp_path, offload) as (h, tracker, _):
+        sched = Scheduler(store, tracker, [ProjectConfig("p", tmp_path / "folder")], record=h.record_run,
+                          record_end=h.record_end)
+
+        def on_event(progress: Progress) -> None:
+            if progress.terminal:
+                rec = h.run(progress.run or "")
+                seen.append((progress.state, rec.state if rec is not None else None))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sched.serve)
+                with tracker.subscribe(lossless=True) as sub:
+                    run, _ = sched.request_snapshot("p")
+                    while not seen:
+                        await sub.wait()
+                        while (ev := sub.get_nowait()) is not None:
+                            on_event(ev.progress)
+                nursery.cancel_scope.cancel()
+        finally:
+            store.close()
+    assert seen == [("completed", "completed")]
+    # What the next start would mark interrupted: nothing.
+    reopened = History.open(tmp_path / "history.sqlite3")
+    try:
+        assert reopened.interrupted_runs() == []
+    finally:
+        reopened.close()

@@ -109,11 +109,14 @@ class RunExecutor:
     Args:
         logger: where the runs' outcomes are logged (the owner's logger).
         record: awaited before each run's body, with the run's progress (see the module docstring).
+        record_end: awaited with a run's terminal progress before that is published (bounded inside).
     """
 
-    def __init__(self, *, logger: logging.Logger | None = None, record: Recorder | None = None) -> None:
+    def __init__(self, *, logger: logging.Logger | None = None, record: Recorder | None = None,
+                 record_end: Recorder | None = None) -> None:
         self._log = logger if logger is not None else logging.getLogger("syncsnapd.runs")
         self._record = record
+        self._record_end = record_end
         self._active: dict[str, Run] = {}
 
     def active(self) -> list[Run]:
@@ -161,6 +164,11 @@ class RunExecutor:
             del self._active[run.id]
             if final is None:
                 final = self._cancelled(run)
+            if self._record_end is not None:
+                # Recorded before it is published: a kill in between must not end the run twice. Shielded
+                # (bounded inside): the end is recorded even while the owner shuts down.
+                with trio.CancelScope(shield=True):
+                    await self._record_end(final)
             self._publish_final(run, final)
         return final
 

@@ -446,6 +446,43 @@ class History:
                 raise sqlite3.OperationalError("the history database cannot be written")  # the writer retries
             self._insert_run_locked(p)
 
+    def _write_end(self, p: Progress) -> None:
+        """:meth:`record_end`'s write, in a worker thread: the run's row in its terminal state (the batch
+        writer completes it, step timings included, when it writes the event itself)."""
+        with self._lock:
+            if not self._writable:
+                raise sqlite3.OperationalError("the history database cannot be written")
+            self._insert_run_locked(p)
+            self._db.execute(
+                "UPDATE runs SET state = ?, ended_at = ?, error_code = ?, error_message = ?, snapshot = ? "
+                "WHERE run = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
+                (p.state, p.updated_at, p.error["code"] if p.error else None,
+                 p.error["message"] if p.error else None,
+                 json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None, p.run))
+
+    async def record_end(self, progress: Progress) -> bool:
+        """Write a run's terminal state now, before its terminal event is published (at most
+        :data:`RECORD_WAIT_SECONDS`). Call on the Trio thread.
+
+        Without it, a daemon killed between publishing a run's end and the batch writer's next write would
+        end that run a second time at its next start (``interrupted``), after clients saw it end. Returns
+        False if the row could not be written in time (the batch writer writes it with its retries).
+        """
+        write = partial(self._write_end, progress)
+        try:
+            with trio.move_on_after(RECORD_WAIT_SECONDS):
+                if self._offload_given:
+                    await self._offload(write)
+                else:
+                    await trio.to_thread.run_sync(write, abandon_on_cancel=True, limiter=self._record_limiter)
+                return True
+        except sqlite3.Error as exc:
+            log.warning("history: the end of run %s not recorded (%s); the writer will", progress.run, exc)
+            return False
+        log.warning("history: the end of run %s not recorded within %g s (the database is busy)",
+                    progress.run, RECORD_WAIT_SECONDS)
+        return False
+
     async def record_run(self, progress: Progress) -> bool:
         """Write the row of a new run now, before it is acknowledged or does any work (see the module
         docstring); waits at most :data:`RECORD_WAIT_SECONDS`. Call on the Trio thread.

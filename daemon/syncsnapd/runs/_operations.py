@@ -91,11 +91,12 @@ class Operations:
         tz: the time zone of the retention policies' days and weeks (local time by default).
         record: writes a new run's row in the history (``History.record_run``), awaited before each run's
             body and by :meth:`wait_recorded`.
+        record_end: writes a run's terminal state (``History.record_end``) before it is published.
     """
 
     def __init__(self, scheduler: Scheduler, tracker: Tracker, *, exclude: tuple[Path, ...] = (),
                  limiter: trio.CapacityLimiter | None = None, tz: tzinfo | None = None,
-                 record: Recorder | None = None) -> None:
+                 record: Recorder | None = None, record_end: Recorder | None = None) -> None:
         self.store = scheduler.store
         self.scheduler = scheduler
         self.tracker = tracker
@@ -106,7 +107,7 @@ class Operations:
         self._recent: OrderedDict[str, Progress] = OrderedDict()
         self._exclusive: _Op | None = None  # the check or prune in progress
         self._record = record
-        self._executor = RunExecutor(logger=log, record=record)
+        self._executor = RunExecutor(logger=log, record=record, record_end=record_end)
         self._nursery: trio.Nursery | None = None
 
     # --- queries -----------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class Scheduler:
                  waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None,
                  exclude: tuple[Path, ...] = (), max_concurrent: int = 2, retry: RetryPolicy = RetryPolicy(),
                  expected: Callable[[str], float | None] = lambda project: None,
-                 record: Recorder | None = None) -> None:
+                 record: Recorder | None = None, record_end: Recorder | None = None) -> None:
         self.store = store
         self.tracker = tracker
         self._waiter = waiter
@@ -123,7 +123,7 @@ class Scheduler:
         # The daemon's own directories, never snapshotted even when they lie inside a project.
         self._exclude = exclude
         self._record = record
-        self._executor = RunExecutor(logger=log, record=record)
+        self._executor = RunExecutor(logger=log, record=record, record_end=record_end)
         self._slots: dict[str, _ProjectSlot] = {}
         self._nursery: trio.Nursery | None = None
         for p in projects:

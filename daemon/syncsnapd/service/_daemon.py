@@ -238,11 +238,12 @@ class Daemon:
                                    waiter=self._wait_until_ready, max_concurrent=config.max_concurrent,
                                    retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
                                    expected=lambda project: history.expected.get(project),
-                                   record=history.record_run)
+                                   record=history.record_run, record_end=history.record_end)
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status,
                        supervisor=self.supervisor)
         register_runs(self.api.router, history, self.scheduler)
-        self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude, record=history.record_run)
+        self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude, record=history.record_run,
+                              record_end=history.record_end)
         register_operations(self.api.router, self.ops)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
