@@ -582,8 +582,9 @@ async def test_a_resume_within_the_replay_window_gets_every_missed_event_however
 @pytest.mark.xfail(strict=True, reason="defect: after a SIGKILL that kept the newest events from the history, the "
                    "restarted daemon's project state is older than what a polling follower yielded; EventOrder."
                    "offer_polled takes ids going back for a new daemon's sequence and yields the older state again, "
-                   "out of order (marked gap). Root: the history loses its tail on SIGKILL (see the crash loop's "
-                   "xfail tests); the client cannot tell a lost tail from an id-resetting daemon in a poll")
+                   "out of order (marked gap). Root: the history loses its tail on SIGKILL (since run starts and "
+                   "ends are recorded before they are published, only while the database refused writes for "
+                   "more than 2 s); the client cannot tell a lost tail from an id-resetting daemon in a poll")
 def test_a_poll_after_a_crash_that_lost_events_yields_no_older_state() -> None:
     """Found by OrderMachine (long): run 1's start (1) is yielded, SIGTERM ends it (2, unseen), run 2
     starts (1003, polled), a SIGKILL keeps 1003 from the history, the next poll answers id 2."""
