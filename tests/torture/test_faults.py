@@ -19,7 +19,6 @@ and ``code`` (where a user reads what is wrong).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import subprocess
@@ -29,9 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from helpers.daemon import DaemonProcess, make_env, make_tree, spawn_daemon, wait_until, write_config
+from helpers.disk import fill, small_tmpfs
 from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, ThrottlingProxy, create_bucket, moto_server
 from helpers.store import tree_state
 from helpers.syncthing import FOLDER_ID, Syncthing, folder_totals, needs_syncthing, syncthing_table
@@ -118,33 +116,6 @@ STORE_TMPFS = "32m"
 BIG_FILE = 4 << 20
 # The automatic retry comes this long after a failure: time for the test to see the failure and free space.
 RETRY_BACKOFF_SECONDS = 3
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(mode=0o700)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (root needed): {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def fill(path: Path) -> Path:
-    """Fill the file system of ``path`` to the last page; returns the filler file."""
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096):
-            for _ in range(40_000):  # bounded: 2.5 GiB, far beyond the tmpfs
-                try:
-                    f.write(b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    break
-    return filler
 
 
 def test_a_full_store_disk_fails_the_run_and_its_retry_completes_once_space_is_freed(short_tmp: Path) -> None:

@@ -7,17 +7,12 @@ writes them and is well again, by itself. Repeated ``scale(1, 5)`` times on the 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from helpers.daemon import DaemonProcess, api, make_tree, spawn_daemon, wait_until, write_config
+from helpers.disk import fill, small_tmpfs
 from helpers.torture import record, scale
 
 # Small, but room for the history of a few dozen runs (the WAL included) when nothing else is there.
@@ -38,38 +33,11 @@ def ended(d: DaemonProcess, run: str) -> dict[str, Any] | None:
     return p if p["run"] == run and p["state"] in ("completed", "failed", "cancelled") else None
 
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path) -> Iterator[Path]:
-    path.mkdir(mode=0o700)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (root needed): {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
-
-
-def fill(path: Path) -> Path:
-    """Fill the file system of ``path`` to the last page; returns the filler file."""
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096):
-            for _ in range(40_000):  # bounded: 2.5 GiB, far beyond the tmpfs
-                try:
-                    f.write(b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    break
-    return filler
-
-
 def test_a_full_state_disk_degrades_the_history_until_space_is_freed(short_tmp: Path) -> None:
     rounds = scale(1, 5)
     make_tree(short_tmp / "docs", files=5)
     recovered = 0
-    with small_tmpfs(short_tmp / "state") as state:
+    with small_tmpfs(short_tmp / "state", TMPFS_SIZE) as state:
         d = spawn_daemon(short_tmp, write_config(short_tmp, {"docs": short_tmp / "docs"}))
         try:
             for i in range(rounds):
