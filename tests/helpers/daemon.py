@@ -74,12 +74,13 @@ class DaemonProcess:
         return self.proc.wait(timeout)
 
 
-def spawn_daemon(base: Path, config: Path, *args: str) -> DaemonProcess:
+def spawn_daemon(base: Path, config: Path, *args: str, launcher: tuple[str, ...] = ()) -> DaemonProcess:
     """Start ``syncsnapd --config CONFIG`` with the XDG dirs under ``base``; return once it is serving
-    (its discovery file names its pid). The log goes to ``base/daemon.log`` (appended)."""
+    (its discovery file names its pid). The log goes to ``base/daemon.log`` (appended). ``launcher`` is
+    a command that execs its arguments (no fork, so the daemon keeps the pid started here)."""
     env = make_env(base)
     disc = base / "run/syncsnap/syncsnapd.json"
-    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(config), *args], env=env,
+    proc = subprocess.Popen([*launcher, sys.executable, "-m", "syncsnapd", "--config", str(config), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(base / "daemon.log", "ab"))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

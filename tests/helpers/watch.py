@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .daemon import DaemonProcess, make_env, write_config
+from .daemon import DaemonProcess, spawn_daemon, write_config
 
 
 def inotify_watches(pid: int) -> int:
@@ -41,26 +39,9 @@ def start_daemon_with_watch_limit(base: Path, projects: dict[str, Path], max_wat
     """:func:`helpers.daemon.start_daemon`, with the kernel's inotify watch limit at ``max_watches`` for
     this daemon alone (a user namespace of its own; see the module docstring)."""
     config = write_config(base, projects, **kw)
-    env = make_env(base)
-    disc = base / "run/syncsnap/syncsnapd.json"
     # unshare execs (no fork): the pid stays that of the daemon, which its discovery file names.
     script = f'echo {max_watches} > /proc/sys/user/max_inotify_watches && exec "$@"'
-    proc = subprocess.Popen(["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh",
-                             sys.executable, "-m", "syncsnapd", "--config", str(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(base / "daemon.log", "ab"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited {proc.returncode}: {(base / 'daemon.log').read_text()}")
-        try:
-            info = json.loads(disc.read_text())
-            if info.get("pid") == proc.pid:
-                return DaemonProcess(base, config, env, proc, info)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("daemon did not start within 20 s")
+    return spawn_daemon(base, config, launcher=("unshare", "--user", "--map-root-user", "sh", "-c", script, "sh"))
 
 
 def api(d: DaemonProcess, path: str) -> Any:
