@@ -13,6 +13,10 @@ done
 for pkg in syncthing; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# The dashboard: end-to-end tests in Debian's Chromium (driven by Playwright), JavaScript unit tests in Node.
+for pkg in chromium nodejs; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q

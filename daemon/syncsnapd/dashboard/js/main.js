@@ -1,0 +1,1 @@
+// syncsnap dashboard entry point
