@@ -80,3 +80,19 @@ test("store health texts", () => {
   assert.equal(lastCheckText({last_check: {state: "failed", ended_at: "2026-11-28T17:00:00Z", error: {code: "problems_found"}}}, now),
     "Last check 3 h ago: problems found");
 });
+
+test("the modal's steps: current marked, done ones ticked, the last named by the outcome", async () => {
+  const {stepMarks} = await import("../../daemon/syncsnapd/dashboard/js/views/modal.js");
+  const view = (marks) => marks.map((m) => `${m.done ? "✓" : m.current ? "●" : "○"} ${m.label}`);
+  assert.deepEqual(view(stepMarks("snapshot", progress({state: "compressing", step: 4}))), [
+    "✓ Waiting for sync", "✓ Browsing folder status", "✓ Browsing files", "● Compressing",
+    "○ Uploading to the store", "○ Completed"]);
+  assert.deepEqual(view(stepMarks("snapshot", progress({state: "completed", step: 6}))).at(-1), "✓ Completed");
+  assert.deepEqual(view(stepMarks("snapshot", progress({state: "cancelled", step: 6}), 4)), [
+    "✓ Waiting for sync", "✓ Browsing folder status", "✓ Browsing files", "○ Compressing",
+    "○ Uploading to the store", "● Cancelled"]);
+  assert.deepEqual(view(stepMarks("snapshot", progress({state: "failed", step: 6}))).filter((x) => x.startsWith("✓")), []);
+  assert.deepEqual(view(stepMarks("restore", progress({kind: "restore", state: "restoring", step: 2}))),
+    ["✓ Reading the snapshot", "● Restoring files", "○ Finishing directories", "○ Completed"]);
+  assert.deepEqual(view(stepMarks("check", progress({kind: "check", state: "failed", step: 4}), 3)).at(-1), "● Failed");
+});

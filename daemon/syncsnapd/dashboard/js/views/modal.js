@@ -23,6 +23,24 @@ function lastStepLabel(kind, state) {
   return STEPS[kind]?.at(-1) ?? "Completed";
 }
 
+/**
+ * The steps as the modal lists them: label, done, current. A run that failed or was cancelled reports
+ * its terminal step only, so the steps done are those before `workingStep`, the last working step
+ * seen of that run (none when the modal opened after the end).
+ * @returns {{label: string, done: boolean, current: boolean}[]}
+ */
+export function stepMarks(kind, p, workingStep) {
+  const names = STEPS[kind] || STEPS.snapshot;
+  const st = p?.state;
+  const step = p?.step || 0;
+  const reached = st === "completed" ? step + 1 : TERMINAL.has(st) ? (workingStep ?? 1) : step;
+  return names.map((n, i) => ({
+    label: i === names.length - 1 ? lastStepLabel(kind, st) : n,
+    done: i + 1 < reached,
+    current: i + 1 === step,
+  }));
+}
+
 export class ProgressModal {
   /**
    * @param {{api, store, onLatency?: (p) => void, setTimeout?: typeof setTimeout, clearTimeout?: typeof clearTimeout}} deps
@@ -36,6 +54,8 @@ export class ProgressModal {
     this.closeTimer = null;
     this.sawRunning = new Set();
     this.samples = [];
+    /** @type {Map<string, number>} the last working step seen of each run */
+    this.workingStep = new Map();
 
     this.title = h("h2", {id: "modal-title"});
     this.pausedBadge = h("span", {class: "badge badge-paused", hidden: true}, "Paused");
@@ -55,7 +75,8 @@ export class ProgressModal {
     this.notice = h("p", {class: "notice", hidden: true});
     this.pauseButton = h("button", {type: "button", onclick: () => this.togglePause()}, "Pause");
     this.cancelButton = h("button", {type: "button", class: "danger", onclick: () => this.cancel()}, "Cancel");
-    this.closeButton = h("button", {type: "button", onclick: () => this.close()}, "Close");
+    // Focus starts on Close, so that Enter after opening never pauses or cancels by accident.
+    this.closeButton = h("button", {type: "button", autofocus: true, onclick: () => this.close()}, "Close");
     this.dialog = h("dialog", {class: "modal", "aria-labelledby": "modal-title"},
       h("header", {class: "modal-head"}, this.title, this.pausedBadge),
       h("div", {class: "bar-row"}, this.bar, this.percent),
@@ -195,25 +216,22 @@ export class ProgressModal {
   }
 
   _renderSteps(kind, p) {
-    const names = STEPS[kind] || STEPS.snapshot;
-    const st = p?.state;
-    const step = p?.step || 0;
-    const labels = names.map((n, i) => (i === names.length - 1 ? lastStepLabel(kind, st) : n));
-    if (this.steps.children.length !== labels.length) {
-      this.steps.replaceChildren(...labels.map(() => h("li", {},
+    const run = p?.run;
+    if (run && !TERMINAL.has(p.state) && p.step) this.workingStep.set(run, p.step);
+    const marks = stepMarks(kind, p, run ? this.workingStep.get(run) : undefined);
+    if (this.steps.children.length !== marks.length) {
+      this.steps.replaceChildren(...marks.map(() => h("li", {},
         h("span", {class: "tick", "aria-hidden": "true"}), h("span", {class: "step-name"}), hidden(""))));
     }
-    [...this.steps.children].forEach((li, i) => {
-      const n = i + 1;
-      const done = n < step || (n === step && st === "completed");
-      const current = n === step;
-      li.className = [done ? "done" : "", current ? "current" : "", current && TERMINAL.has(st) ? st : ""]
+    marks.forEach((m, i) => {
+      const li = this.steps.children[i];
+      li.className = [m.done ? "done" : "", m.current ? "current" : "", m.current && TERMINAL.has(p?.state) ? p.state : ""]
         .filter(Boolean).join(" ");
-      if (current) setAttr(li, "aria-current", "step");
+      if (m.current) setAttr(li, "aria-current", "step");
       else li.removeAttribute("aria-current");
-      setText(li.children[0], done ? "✓" : current ? "●" : "○");
-      setText(li.children[1], labels[i]);
-      setText(li.children[2], done ? " (done)" : "");
+      setText(li.children[0], m.done ? "✓" : m.current ? "●" : "○");
+      setText(li.children[1], m.label);
+      setText(li.children[2], m.done ? " (done)" : "");
     });
   }
 
