@@ -27,6 +27,7 @@ from syncsnapd.http import (
 from syncsnapd.http._sessions import MAX_LOGIN_CODES
 
 TOKEN = "s3cret"
+TCP = Peer("tcp")
 WEEK = 7 * 24 * 3600
 URL_SAFE_256_BITS = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 
@@ -176,7 +177,7 @@ def test_a_mirror_with_an_expiry_beyond_a_week_is_refused(tmp_path: Path) -> Non
 
 
 def request(method: str = "GET", path: str = "/api/v1/projects", headers: list[tuple[str, str]] | None = None,
-            peer: Peer = Peer("tcp")) -> Request:
+            peer: Peer = TCP) -> Request:
     fields = [("Host", "127.0.0.1:8473")] if headers is None else headers
     return Request(method, path, path, {}, Headers(fields), b"", peer)
 
