@@ -41,6 +41,7 @@ from .models import DiffEntry as DiffEntry
 from .models import DiffSummary as DiffSummary
 from .models import ErrorInfo as ErrorInfo
 from .models import Health as Health
+from .models import LoginCode as LoginCode
 from .models import Progress as Progress
 from .models import Project as Project
 from .models import ProjectStats as ProjectStats

@@ -21,6 +21,7 @@ from .models import (
     Cancelling,
     Diff,
     Health,
+    LoginCode,
     Progress,
     Project,
     ProjectStats,
@@ -178,6 +179,12 @@ class Client:
 
     def cancel_operation(self, run: str) -> Cancelling:
         return self._call(self._async.cancel_operation, run)
+
+    def login_code(self) -> LoginCode:
+        return self._call(self._async.login_code)
+
+    def revoke_sessions(self) -> int:
+        return self._call(self._async.revoke_sessions)
 
     def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Iterator[Progress]:
         """Like :meth:`AsyncClient.follow_run`, as a plain iterator."""

@@ -13,12 +13,13 @@ from urllib.parse import quote
 import trio
 
 from ._endpoint import Endpoint
-from ._errors import ConnectionLost
+from ._errors import ConnectionLost, ProtocolError
 from ._follow import Follower
 from .models import (
     Cancelling,
     Diff,
     Health,
+    LoginCode,
     Progress,
     Project,
     ProjectStats,
@@ -206,6 +207,23 @@ class AsyncClient:
     async def cancel_operation(self, run: str) -> Cancelling:
         """Cancel a running restore, check or prune; it ends ``cancelled`` promptly."""
         return Cancelling.from_json(await self._request("DELETE", f"{API}/operations/{_q(run)}", expect=202))
+
+    # --- the dashboard (docs/api.md "Dashboard and login") ------------------------------------------
+
+    async def login_code(self) -> LoginCode:
+        """A one-time login code for the dashboard and the URL that uses it (valid 60 s, once). Only over
+        the Unix socket; :class:`~syncsnap.DaemonError` (``tcp_disabled``) when the daemon has no TCP
+        listener to serve the page on."""
+        return LoginCode.from_json(await self._request("POST", f"{API}/login-codes", expect=201))
+
+    async def revoke_sessions(self) -> int:
+        """Log every browser out of the dashboard; returns how many sessions ended."""
+        doc = await self._request("DELETE", f"{API}/sessions")
+        revoked = doc.get("revoked") if isinstance(doc, dict) else None
+        if not isinstance(revoked, int) or isinstance(revoked, bool):
+            raise ProtocolError("The daemon answered DELETE /api/v1/sessions without a 'revoked' count; is "
+                                "syncsnapd the same version as this client?")
+        return revoked
 
     # --- following ---------------------------------------------------------------------------------
 

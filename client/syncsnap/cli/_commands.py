@@ -1,10 +1,15 @@
-"""The commands that ask the daemon and print the answer: status, projects, snapshots, diff, runs, run, stats."""
+"""The commands that ask the daemon and print the answer: status, projects, snapshots, diff, runs, run, stats;
+and the dashboard's open and logout."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import webbrowser
 from dataclasses import asdict
 from typing import Any
+
+import trio
 
 from .._client import AsyncClient
 from .._errors import ProtocolError
@@ -20,7 +25,7 @@ from ..models import (
     step_names,
 )
 from ._format import display_path, human_bytes, human_duration, percent, plural, precise_duration
-from ._output import EXIT_OK, print_json, print_table
+from ._output import EXIT_OK, EXIT_USAGE, print_json, print_table
 
 
 def _project_json(p: Project) -> dict[str, Any]:
@@ -245,4 +250,40 @@ async def cmd_stats(client: AsyncClient, args: argparse.Namespace, as_json: bool
         if st.seconds_per_gib is not None:
             durations += f"; {precise_duration(st.seconds_per_gib)} per GiB"
         print(durations)
+    return EXIT_OK
+
+
+# --- the dashboard (docs/api.md, "Dashboard and login") ----------------------------------------------------
+
+
+async def cmd_open(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    """Log the default browser in to the dashboard with a one-time code (or only print its URL)."""
+    if client.endpoint.transport != "unix":
+        print("syncsnap: `syncsnap open` asks the daemon for a login code over its Unix socket; run it as the "
+              "daemon's user without --url (or SYNCSNAP_URL).", file=sys.stderr)
+        return EXIT_USAGE
+    login = await client.login_code()
+    if as_json:
+        print_json(asdict(login))
+        return EXIT_OK
+    if args.print:
+        print(login.url)
+        return EXIT_OK
+    # A text-mode browser runs in this terminal until it is closed: off the event loop.
+    opened = await trio.to_thread.run_sync(webbrowser.open, login.url)
+    wait = f"{login.expires_in_seconds} s"
+    if opened:
+        print(f"Opened the dashboard in your browser (the login link works once, within {wait}).")
+    else:
+        print(f"No browser could be started here; open this link within {wait} (it works once):\n{login.url}")
+    return EXIT_OK
+
+
+async def cmd_logout(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    """End every browser session of the dashboard."""
+    revoked = await client.revoke_sessions()
+    if as_json:
+        print_json({"revoked": revoked})
+    else:
+        print(f"Logged out {plural(revoked, 'browser session')}.")
     return EXIT_OK

@@ -14,6 +14,8 @@
     syncsnap check [--read-data] [--follow]     verify the store
     syncsnap prune [--dry-run] [--follow]       apply retention policies, delete unused data
     syncsnap notify [--progress]         desktop notifications for every project (see cli/_notify.py)
+    syncsnap open [--print]              log the browser in to the dashboard (or print the one-time URL)
+    syncsnap logout --all                log every browser out of the dashboard
 
 Restore, check and prune are runs of the daemon like snapshots: ``--follow`` shows them with the same
 live display and exit codes. On a terminal, following shows a live progress bar; elsewhere, or with
@@ -37,7 +39,17 @@ from .. import __version__
 from .._client import AsyncClient, open_client
 from .._errors import RunLost, SyncsnapError
 from ..protocol import TRANSPORTS
-from ._commands import cmd_diff, cmd_projects, cmd_run, cmd_runs, cmd_snapshots, cmd_stats, cmd_status
+from ._commands import (
+    cmd_diff,
+    cmd_logout,
+    cmd_open,
+    cmd_projects,
+    cmd_run,
+    cmd_runs,
+    cmd_snapshots,
+    cmd_stats,
+    cmd_status,
+)
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
 
@@ -48,6 +60,7 @@ COMMANDS: dict[str, Command] = {
     "snapshots": cmd_snapshots, "runs": cmd_runs, "run": cmd_run, "stats": cmd_stats, "cancel": cmd_cancel,
     "diff": cmd_diff, "restore": cmd_restore, "check": cmd_check, "prune": cmd_prune,
 }
+COMMANDS.update({"open": cmd_open, "logout": cmd_logout})  # the dashboard
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 completed, 1 not)")
     n = sub.add_parser("notify", parents=[common], help="send desktop notifications for every project")
     n.add_argument("--progress", action="store_true", help="also show progress while a snapshot runs")
+    _dashboard_parsers(sub, common)
     return p
+
+
+def _dashboard_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                       common: argparse.ArgumentParser) -> None:
+    o = sub.add_parser("open", parents=[common], help="open the dashboard in the browser, logged in")
+    o.add_argument("--print", action="store_true", help="only print the one-time login URL (valid 60 s, once)")
+    lo = sub.add_parser("logout", parents=[common], help="log every browser out of the dashboard")
+    lo.add_argument("--all", action="store_true", required=True, help="every session (required)")
 
 
 def _limit(text: str) -> int:

@@ -6,9 +6,11 @@ Parsing is strict about the fields this client uses (a missing or mistyped one r
 - ``_progress``: progress events, projects, snapshots, health, a started run (what ``follow`` yields);
 - ``_runs``: the daemon's history of runs, statistics, cancels;
 - ``_results``: diff, and what restore, check and prune runs produce;
+- ``_login``: the dashboard's one-time login code;
 - ``_parse``: the strict field readers they share.
 """
 
+from ._login import LoginCode as LoginCode
 from ._parse import parse_list as parse_list
 from ._progress import COUNTED as COUNTED
 from ._progress import OPERATION_STEP_NAMES as OPERATION_STEP_NAMES

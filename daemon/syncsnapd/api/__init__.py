@@ -1,6 +1,7 @@
 """The endpoints of docs/api.md: the only package that joins the HTTP layer to runs, sources and the store.
 """
 
+from ._dashboard import Dashboard as Dashboard
 from ._endpoints import Api as Api
 from ._errors import STATUS_BY_CODE as STATUS_BY_CODE
 from ._errors import http_status as http_status

@@ -32,6 +32,9 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "path_invalid": 400,
     "target_invalid": 400,
     "target_forbidden": 400,
+    # Not for this client (the dashboard: docs/api.md, "Dashboard and login").
+    "forbidden": 403,
+    "forbidden_origin": 403,
     # Something it names does not exist.
     "not_found": 404,
     "no_run": 404,
@@ -41,6 +44,7 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "finished": 409,
     "folder_missing": 409,
     "target_not_empty": 409,
+    "tcp_disabled": 409,
     "upgrade_required": 426,
     # The daemon's side.
     "internal_error": 500,

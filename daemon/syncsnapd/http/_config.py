@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._sessions import SessionStore
 from ._validation import DEFAULT_MAX_BODY, DEFAULT_MAX_HEAD
 
 __all__ = ["LINGER_SECONDS", "MAX_RECV", "HttpConfig"]
@@ -62,6 +63,8 @@ class HttpConfig:
             beyond this, or beyond half of TCP's share, get 503.
         unix_reserved_share: this share of ``max_connections`` (at least one) only the Unix socket may
             use; TCP connections beyond the rest get 503.
+        sessions: the dashboard's logins; with them, TCP requests may also authenticate with a session
+            cookie, and the dashboard's pages are public (see :func:`~syncsnapd.http.check_access`).
     """
 
     token: str | None = None
@@ -76,6 +79,7 @@ class HttpConfig:
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED
     unix_reserved_share: float = DEFAULT_UNIX_RESERVED_SHARE
+    sessions: SessionStore | None = None
 
     @property
     def max_tcp(self) -> int:

@@ -41,11 +41,20 @@ from typing import cast
 import h11
 import trio
 
-from ._authorization import authorize
+from ._authorization import check_access
 from ._config import LINGER_SECONDS, MAX_RECV
 from ._context import ServerContext
 from ._heads import REASONS, SERVER, format_head
-from ._messages import Headers, HTTPError, Peer, Response, StreamResponse, UpgradeResponse, error_response
+from ._messages import (
+    Headers,
+    HTTPError,
+    Peer,
+    Request,
+    Response,
+    StreamResponse,
+    UpgradeResponse,
+    error_response,
+)
 from ._send import send_with_deadline, socket_fd
 from ._streaming import TrioBodyWriter, serve_stream_body
 from ._validation import body_too_large, parse_request, protocol_error_response
@@ -280,14 +289,19 @@ class Connection:
             return
         length = headers.get("content-length")
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
-        refusal = authorize(request, token=config.token)
-        if refusal is not None:
+        access = check_access(request, token=config.token, sessions=config.sessions)
+        if access.refusal is not None:
             # Refused before reading any body; a body left unread means the connection must close.
-            await self._respond(refusal, close=has_body)
+            await self._respond(access.refusal, close=has_body)
             return
-        if not self.authenticated:
-            self.authenticated = True
-            context.unauthenticated.discard(self)
+        auth = access.auth
+        if auth is not None:
+            # A public dashboard page asked for without credentials leaves the connection unauthenticated.
+            if not self.authenticated:
+                self.authenticated = True
+                context.unauthenticated.discard(self)
+            r = request
+            request = Request(r.method, r.target, r.path, r.query, headers, r.body, r.peer, auth)
         if has_body:
             request = dataclasses.replace(request, body=await self._receive_body())
         try:

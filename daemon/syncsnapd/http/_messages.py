@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # only for the type of UpgradeResponse.session; this module d
 
 __all__ = [
     "App",
+    "Auth",
     "BodyWriter",
     "HTTPError",
     "Handler",
@@ -39,6 +40,8 @@ __all__ = [
 
 # The only transports the daemon listens on.
 Transport = Literal["unix", "tcp"]
+# How a request was authenticated: the peer's uid, the bearer token, the dashboard's session cookie.
+Auth = Literal["unix", "token", "session"]
 
 
 class Headers:
@@ -124,6 +127,9 @@ class Request:
         headers: the header fields.
         body: the request body (at most the configured limit).
         peer: who sent it.
+        auth: how it was authenticated, set by the server once authorization passed: ``"unix"``,
+            ``"token"``, ``"session"``, or ``None`` for a public dashboard page asked for without
+            credentials (see :func:`~syncsnapd.http.check_access`).
     """
 
     method: str
@@ -133,6 +139,7 @@ class Request:
     headers: Headers
     body: bytes
     peer: Peer
+    auth: Auth | None = None
 
 
 @dataclass(frozen=True, slots=True)

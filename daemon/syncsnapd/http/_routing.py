@@ -12,6 +12,7 @@ from ._messages import App, Handler, HTTPError, Request, Response, StreamRespons
 __all__ = ["Router", "router_app"]
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+_TAIL = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\.\.\.\}\Z")
 
 
 @dataclass
@@ -20,10 +21,18 @@ class _Route:
     segments: tuple[str | None, ...]
     names: tuple[str, ...]
     methods: dict[str, Handler]
+    # The name of a trailing ``{name...}`` parameter (the rest of the path), or None.
+    tail: str | None = None
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         params: dict[str, str] = {}
         names = iter(self.names)
+        if self.tail is not None:
+            rest = parts[len(self.segments):]
+            if not rest or not all(rest):
+                return None
+            params[self.tail] = "/".join(rest)
+            parts = parts[: len(self.segments)]
         for literal, part in zip(self.segments, parts, strict=True):
             if literal is None:
                 if not part:
@@ -43,13 +52,16 @@ class Router:
 
     A parameter matches one non-empty path segment. :meth:`resolve` works on :attr:`Request.path`, which
     is already percent-decoded and can hold no encoded ``/`` (see :func:`parse_request`), so a parameter
-    value never contains ``/``. Literal routes win over parameter routes; otherwise the first pattern
-    added wins. ``HEAD`` is served only where it is registered.
+    value never contains ``/``. The last segment may be ``{name...}``: it matches the rest of the path,
+    one or more non-empty segments, joined by ``/`` (never a dot segment: those requests get 400). Literal
+    routes win over parameter routes, and those over trailing ones; otherwise the first pattern added
+    wins. ``HEAD`` is served only where it is registered.
     """
 
     def __init__(self) -> None:
         self._static: dict[str, dict[str, Handler]] = {}
         self._dynamic: dict[int, list[_Route]] = {}
+        self._tails: list[_Route] = []
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """Register ``handler`` for ``method`` (upper case) on ``pattern``.
@@ -61,6 +73,9 @@ class Router:
             raise ValueError(f"route pattern must start with '/': {pattern!r}")
         method = method.upper()
         parts = pattern.split("/")
+        tail = _TAIL.match(parts[-1])
+        if tail is not None:
+            parts.pop()
         segments: list[str | None] = []
         names: list[str] = []
         for part in parts:
@@ -74,7 +89,18 @@ class Router:
                 raise ValueError(f"malformed parameter in route pattern {pattern!r}")
             else:
                 segments.append(part)
-        if not names:
+        if tail is not None:
+            if tail.group(1) in names:
+                raise ValueError(f"duplicate parameter {tail.group(1)!r} in {pattern!r}")
+            for route in self._tails:
+                if route.segments == tuple(segments) and route.names == tuple(names):
+                    methods = route.methods
+                    break
+            else:
+                route = _Route(tuple(segments), tuple(names), {}, tail.group(1))
+                self._tails.append(route)
+                methods = route.methods
+        elif not names:
             methods = self._static.setdefault(pattern, {})
         else:
             routes = self._dynamic.setdefault(len(segments), [])
@@ -108,6 +134,16 @@ class Router:
         if routes:
             parts = path.split("/")
             for route in routes:
+                params = route.match(parts)
+                if params is None:
+                    continue
+                handler = route.methods.get(method)
+                if handler is not None:
+                    return handler, params
+                allowed.update(route.methods)
+        if not allowed and self._tails:
+            parts = path.split("/")
+            for route in self._tails:
                 params = route.match(parts)
                 if params is None:
                     continue

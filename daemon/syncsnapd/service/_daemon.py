@@ -39,7 +39,7 @@ from pathlib import Path
 import trio
 
 from .. import __version__
-from ..api import Api, Metrics, register_operations, register_runs
+from ..api import Api, Dashboard, Metrics, register_operations, register_runs
 from ..core import (
     ConfigError,
     DaemonConfig,
@@ -249,6 +249,7 @@ class Daemon:
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
                                history)
         self.metrics.register(self.api.router)
+        self.dashboard = Dashboard(self.api.router, config.runtime_dir / "sessions.json")  # reloads sessions
         self._sources: dict[str, str] = {}  # project id -> the name of its supervised source
         self._nursery: trio.Nursery | None = None
 
@@ -411,9 +412,10 @@ class Daemon:
             await self._mark_interrupted()
             await nursery.start(run_scheduler)
             await nursery.start(run_ops)
-            server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs,
-                                                     HttpConfig(token=listeners.token,
-                                                                max_connections=self.config.max_connections))
+            self.dashboard.tcp_address = listeners.tcp_address
+            http_config = HttpConfig(token=listeners.token, max_connections=self.config.max_connections,
+                                     sessions=self.dashboard.sessions)
+            server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs, http_config)
             self.server = server
             # Started side by side: a Syncthing project may first have to ask Syncthing for its path.
             async with trio.open_nursery() as starting:
@@ -439,6 +441,7 @@ class Daemon:
                     await trio.sleep_forever()
                 else:
                     await stop.wait()
+                    self.dashboard.close()  # a clean stop revokes every session (a kill does not)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_SECONDS):
                     self.notifier.stopping()
