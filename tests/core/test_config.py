@@ -69,6 +69,9 @@ def test_toml_file(tmp_path: Path) -> None:
     ('[daemon]\nstore = "s3://bkt/p"\n[daemon.s3]\nendpoint = "http://x\\n"\n', "daemon.s3.endpoint"),
     ('[[projects]]\npath = "."\nid = "a"\n[[projects]]\npath = "."\nid = "a"\n', "projects[1].id"),
     ('[[projects]]\npath = "."\ncolour = 1\n', "projects[0].colour"),
+    ('[daemon]\nmax_streams = 0\n', "daemon.max_streams"),
+    ('[daemon]\nmax_streams = "many"\n', "daemon.max_streams"),
+    ('[daemon]\nmax_streams = true\n', "daemon.max_streams"),
     ('[extra]\n', "extra"),
     ('not toml [', "--config"),
 ])

@@ -80,6 +80,16 @@ def test_absolute_form_target_uses_its_path_when_authority_matches_host() -> Non
     assert (error.status, error.code) == (400, "bad_request")
 
 
+def test_a_path_query_value_may_name_bytes_that_are_not_utf8() -> None:
+    # File names are bytes: ?path=%FF names the byte 0xFF, as os.fsdecode holds it (and the API writes it in
+    # JSON); every other value stays UTF-8 only (see the refusals below), and so does every name.
+    request = parse(b"GET /x?path=caf%E9/%C3%BC&limit=3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert request.query == {"path": "caf\udce9/\u00fc", "limit": "3"}
+    assert os.fsencode(request.query["path"]) == "caf\xe9/".encode("latin-1") + "\u00fc".encode()
+    assert refusal(b"GET /x?path=%E9&before=%E9 HTTP/1.1\r\nHost: a\r\n\r\n").code == "bad_request"
+    assert refusal(b"GET /x?p%E9=1 HTTP/1.1\r\nHost: a\r\n\r\n").code == "bad_request"
+
+
 @pytest.mark.parametrize(
     "raw, status",
     [

@@ -35,6 +35,10 @@ API = "/api/v1"
 SSE_RETRY_MS = 2000
 # Sent before the current-state events when a Last-Event-ID resume could not be honoured.
 GAP_EVENT = "gap"
+# Open SSE streams at most (config max_streams); a new one beyond gets 503 and polls meanwhile.
+DEFAULT_MAX_STREAMS = 256
+# Retry-After (seconds) of that 503.
+STREAMS_RETRY_AFTER = 5
 
 
 def known_project(scheduler: Scheduler, pid: str) -> str:
@@ -51,8 +55,13 @@ class Api:
     """Handlers bound to one daemon's scheduler and tracker."""
 
     def __init__(self, scheduler: Scheduler, tracker: Tracker, *, heartbeat: float,
-                 watch_status: dict[str, WatchStatus] | None = None, supervisor: Supervisor | None = None) -> None:
+                 watch_status: dict[str, WatchStatus] | None = None, supervisor: Supervisor | None = None,
+                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
         self.scheduler = scheduler
+        # SSE streams: counted when one is accepted, released when its response ends (the WebSocket has
+        # its own connections and is not counted).
+        self.max_streams = max_streams
+        self.open_streams = 0
         self.tracker = tracker
         self.watch_status = watch_status if watch_status is not None else {}
         self.supervisor = supervisor
@@ -144,11 +153,23 @@ class Api:
 
     def _stream(self, request: Request, projects: list[str] | None) -> StreamResponse:
         last_id = _last_event_id(request)
+        if self.open_streams >= self.max_streams:
+            raise api_error("unavailable", f"{self.open_streams} event streams are open, the most this daemon "
+                            f"serves (max_streams); poll {API}/projects meanwhile and try again later.",
+                            (("Retry-After", str(STREAMS_RETRY_AFTER)),))
+        self.open_streams += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open_streams -= 1
 
         async def body(writer: BodyWriter) -> None:
             await self._serve_stream(writer, projects, last_id)
 
-        return StreamResponse(200, "text/event-stream", (("Cache-Control", "no-store"),), body)
+        return StreamResponse(200, "text/event-stream", (("Cache-Control", "no-store"),), body, on_end=release)
 
     async def _serve_stream(self, writer: BodyWriter, projects: list[str] | None, last_id: int | None) -> None:
         head = sse_retry(SSE_RETRY_MS)

@@ -39,12 +39,15 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "not_found": 404,
     "no_run": 404,
     "snapshot_unknown": 404,
+    "path_unknown": 404,
     # It conflicts with the current state.
     "busy": 409,
     "finished": 409,
     "folder_missing": 409,
     "target_not_empty": 409,
+    "not_a_file": 409,
     "tcp_disabled": 409,
+    "range_unsatisfiable": 416,
     "upgrade_required": 426,
     # The daemon's side.
     "internal_error": 500,

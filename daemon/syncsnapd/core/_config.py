@@ -26,7 +26,8 @@ DEFAULT_FOLDER = "~/Sync"
 # Matched with fullmatch, never match: "$" also matches before a final newline ("docs\n" is no id).
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
-                "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections"}
+                "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
+                "max_streams"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
@@ -206,6 +207,9 @@ class DaemonConfig:
     # Open HTTP connections served at once (beyond: 503). Each SSE subscriber holds one; 4,096 covers the
     # 1,000-subscriber fan-out we benchmark with room to spare. The start-up raises RLIMIT_NOFILE to match.
     max_connections: int = 4096
+    # Open SSE streams (/events, /progress/stream) at once; a new one beyond gets 503 + Retry-After and
+    # its client polls meanwhile. Well above the handful a person's browsers and followers open.
+    max_streams: int = 256
     retry_attempts: int = 3
     # An S3-compatible store (``store = "s3://bucket/prefix"``, ``[daemon.s3]``): then ``store`` is its
     # local staging and cache directory, under the state directory (see _remote.py).
@@ -377,7 +381,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         if isinstance(hb, bool) or not isinstance(hb, int | float) or not 0.1 <= hb <= 3600:
             raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
         settings["heartbeat"] = float(hb)
-    for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100), ("max_connections", 8, 65536)):
+    for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100), ("max_connections", 8, 65536),
+                         ("max_streams", 1, 65536)):
         if key in daemon:
             v = daemon[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

@@ -400,6 +400,13 @@ class Connection:
         self.context.count(response.status)
 
     async def _stream(self, response: StreamResponse) -> None:
+        try:
+            await self._stream_response(response)
+        finally:
+            if response.on_end is not None:
+                response.on_end()
+
+    async def _stream_response(self, response: StreamResponse) -> None:
         # Send the head through h11 (it chooses the framing), then let serve_stream_body run the body and
         # end it with the final chunk (unless the client is gone). The connection closes afterwards.
         context = self.context

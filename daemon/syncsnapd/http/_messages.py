@@ -185,12 +185,18 @@ class StreamResponse:
     awaits ``body(writer)`` with a :class:`BodyWriter`. When ``body`` returns, the server sends the final
     chunk and closes the connection; a connection is never reused after a stream. If the client
     disconnects, ``body`` is cancelled at once.
+
+    With a ``Content-Length`` among ``headers`` (a download), the body is sent as is, not chunked, and
+    must write exactly that many bytes (or close the writer). ``on_end``, if given, is called exactly once
+    when the response is over, whether or not its body ran (a HEAD request, a client gone before the
+    head was sent): for releasing what the handler reserved.
     """
 
     status: int
     content_type: str
     headers: tuple[tuple[str, str], ...]
     body: Callable[[BodyWriter], Awaitable[None]]
+    on_end: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

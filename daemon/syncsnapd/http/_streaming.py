@@ -249,8 +249,11 @@ class TrioBodyWriter:
         await self.flush()
         if self._closed:
             return
-        self._queue(self._conn.send(h11.EndOfMessage()))
-        await self.flush()
+        if self._chunked:
+            # Otherwise nothing marks the end: a Content-Length body is complete (the body wrote exactly
+            # that much, bypassing h11's count), an HTTP/1.0 body ends when the connection closes.
+            self._queue(self._conn.send(h11.EndOfMessage()))
+            await self.flush()
         if not self._closed:
             self._finished = True
             self._mark_closed()

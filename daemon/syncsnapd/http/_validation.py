@@ -113,11 +113,28 @@ def _decode_path(raw: str) -> str:
     return path
 
 
+# Query parameters that name a file in a snapshot: file names are bytes, so these values may hold bytes
+# that are not UTF-8, decoded as os.fsdecode does (lone surrogates U+DC80..U+DCFF), the form the API
+# writes such names in JSON. Every other value must be UTF-8.
+PATH_QUERY_NAMES = frozenset({"path"})
+
+
 def _parse_query(raw: str) -> dict[str, str]:
     try:
         return dict(parse_qsl(raw, keep_blank_values=True, errors="strict", max_num_fields=100))
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
+        pass
+    except ValueError:
         raise _bad_request("Malformed query string.") from None
+    pairs = parse_qsl(raw, keep_blank_values=True, errors="surrogateescape", max_num_fields=100)
+    for name, value in pairs:
+        if _has_surrogate(name) or (name not in PATH_QUERY_NAMES and _has_surrogate(value)):
+            raise _bad_request("Malformed query string.")
+    return dict(pairs)
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def parse_request(
@@ -141,8 +158,9 @@ def parse_request(
     - ``Content-Length`` over ``max_body``: 413, before reading any of the body.
     - a target that is not origin-form (``/path?query``) or absolute-form (``http://host/path``, whose
       authority must then equal ``Host``), a malformed or encoded-slash percent-escape, a path that is not
-      UTF-8, has control characters or dot segments, a malformed query: 400. (h11 already refuses
-      non-ASCII bytes and spaces in the target.)
+      UTF-8, has control characters or dot segments, a malformed query (or one that is not UTF-8, but
+      for the values of :data:`PATH_QUERY_NAMES`): 400. (h11 already refuses non-ASCII bytes and spaces
+      in the target.)
 
     Raises:
         HTTPError: the request is refused; the server answers and closes the connection.

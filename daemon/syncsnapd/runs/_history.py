@@ -700,6 +700,14 @@ class History:
         with self._lock:
             return [d for (d,) in self._db.execute("SELECT data FROM events WHERE run = ? ORDER BY id", (run,))]
 
+    def last_finished(self, kind: str) -> RunRecord | None:
+        """The newest finished run (completed, failed or cancelled) of ``kind`` (e.g. ``check``), or None."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE kind = ? AND state IN ('completed', 'failed', 'cancelled') "
+                "ORDER BY ended_at DESC, run DESC LIMIT 1", (kind,)).fetchone()
+        return run_from_row(row) if row else None
+
     def stats(self, project: str) -> ProjectStats:
         """Statistics over the project's finished snapshot runs."""
         with self._lock:

@@ -39,7 +39,7 @@ from pathlib import Path
 import trio
 
 from .. import __version__
-from ..api import Api, Dashboard, Metrics, register_operations, register_runs
+from ..api import Api, Dashboard, Metrics, register_browse, register_operations, register_runs, register_store_view
 from ..core import (
     ConfigError,
     DaemonConfig,
@@ -240,11 +240,13 @@ class Daemon:
                                    expected=lambda project: history.expected.get(project),
                                    record=history.record_run, record_end=history.record_end)
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status,
-                       supervisor=self.supervisor)
+                       supervisor=self.supervisor, max_streams=config.max_streams)
         register_runs(self.api.router, history, self.scheduler)
         self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude, record=history.record_run,
                               record_end=history.record_end)
         register_operations(self.api.router, self.ops)
+        register_browse(self.api.router, self.scheduler)
+        register_store_view(self.api.router, store, history, self.ops)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
                                history)
@@ -337,6 +339,7 @@ class Daemon:
                 if getattr(new, key) != getattr(self.config, key):
                     log.warning("reload: daemon.%s changed; restart syncsnapd to apply it", key)
             self.api.heartbeat = new.heartbeat
+            self.api.max_streams = new.max_streams
             old = {p.id: p for p in self.config.projects}
             wanted = {p.id: p for p in new.projects}
             for pid in old:

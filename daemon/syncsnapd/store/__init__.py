@@ -3,10 +3,14 @@ S3-compatible bucket; check, forget and prune. Knows nothing of runs, sources or
 
 Modules: ``_format`` (the on-disk format), ``_errors``, ``_files`` (the directory, durable writes),
 ``_index`` (the master index), ``_snapshots`` (snapshot files), ``_repository`` (:class:`Store`),
-``_writer``, ``_reader``, ``_check``, ``_prune``, ``_retention``, and for S3 ``_remote`` over ``_backend``.
+``_writer``, ``_reader``, ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``,
+``_retention``, and for S3 ``_remote`` over ``_backend``.
 """
 
 from ._backend import S3Backend as S3Backend
+from ._browse import find_entry as find_entry
+from ._browse import iter_entries as iter_entries
+from ._browse import list_directory as list_directory
 from ._check import CheckReport as CheckReport
 from ._check import Damage as Damage
 from ._check import DamagedSnapshot as DamagedSnapshot
