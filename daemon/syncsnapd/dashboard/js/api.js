@@ -15,16 +15,39 @@ export class ApiError extends Error {
   }
 }
 
-/** Query string from an object, leaving out null and undefined values. */
-export function query(params) {
-  const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") q.set(k, String(v));
-  const s = q.toString();
-  return s ? `?${s}` : "";
+/**
+ * Percent-encodes a value for a URL. Paths from the API may hold lone surrogates U+DC80..U+DCFF, which
+ * stand for bytes of a name that is not UTF-8 (docs/api.md): each goes back as that byte, so the daemon
+ * finds the same name. (encodeURIComponent throws on them, and URLSearchParams turns them into U+FFFD.)
+ */
+export function encodeValue(s) {
+  let out = "";
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xdc80 && c <= 0xdcff) {
+      out += `%${(c - 0xdc00).toString(16).toUpperCase()}`;
+    } else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      out += encodeURIComponent(s.slice(i, i + 2));
+      i++;
+    } else if (c >= 0xd800 && c <= 0xdfff) {
+      out += "%EF%BF%BD";  // any other lone surrogate names nothing: the daemon answers path_unknown
+    } else {
+      out += encodeURIComponent(s[i]);
+    }
+  }
+  return out;
 }
 
-/** Path segment of user data (a project id, a snapshot id). */
-export const seg = (s) => encodeURIComponent(s);
+/** Query string from an object, leaving out null, undefined and empty values. */
+export function query(params) {
+  const parts = [];
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== null && v !== undefined && v !== "") parts.push(`${encodeValue(k)}=${encodeValue(String(v))}`);
+  }
+  return parts.length ? `?${parts.join("&")}` : "";
+}
+
+export const seg = (s) => encodeValue(s);
 
 export class Api {
   /**

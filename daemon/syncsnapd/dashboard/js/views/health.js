@@ -24,8 +24,8 @@ export class HealthView {
     this.root.append(h("h2", {class: "visually-hidden"}, "Store"), this.summary, this.check, this.button, this.notice);
     this.store.subscribe((state, change) => {
       if (change.type === "store") this.render(state.store);
-      // A check that ended: the store's record of it changed.
-      if (change.type === "progress" && change.progress.kind === "check" && ["completed", "failed", "cancelled"].includes(change.progress.state)) this.refresh();
+      // A run that ended changed the store (a snapshot or prune: its size; a check: its record of it).
+      if (change.type === "progress" && ["completed", "failed", "cancelled"].includes(change.progress.state)) this.refresh();
     });
   }
 
