@@ -136,6 +136,12 @@ class Client:
     def start_snapshot(self, project: str) -> RunStarted:
         return self._call(self._async.start_snapshot, project)
 
+    def pause(self, project: str) -> Project:
+        return self._call(self._async.pause, project)
+
+    def resume(self, project: str) -> Project:
+        return self._call(self._async.resume, project)
+
     def progress(self, project: str) -> Progress:
         return self._call(self._async.progress, project)
 

@@ -116,6 +116,17 @@ class AsyncClient:
         return RunStarted.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/snapshots",
                                                         expect=202))
 
+    async def pause(self, project: str) -> Project:
+        """Pause the project (idempotent): no automatic snapshot starts, a running one holds between files
+        or chunks, and :meth:`start_snapshot` is refused (``code == "project_paused"``) until :meth:`resume`.
+        The pause survives a daemon restart."""
+        return Project.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/pause"))
+
+    async def resume(self, project: str) -> Project:
+        """Resume a paused project (idempotent): a held snapshot goes on where it stopped, and changes seen
+        while paused start one snapshot."""
+        return Project.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/resume"))
+
     async def progress(self, project: str) -> Progress:
         """The project's latest progress object (a finished run stays visible)."""
         return Progress.from_json(await self._request("GET", f"{API}/projects/{_q(project)}/progress"))

@@ -28,7 +28,7 @@ from ._format import display_path, human_bytes, human_duration, percent, plural,
 from ._output import EXIT_OK, EXIT_USAGE, print_json, print_table
 
 
-def _project_json(p: Project) -> dict[str, Any]:
+def project_json(p: Project) -> dict[str, Any]:
     d = asdict(p)
     d["progress"] = p.progress.to_json()
     return d
@@ -39,7 +39,7 @@ async def cmd_status(client: AsyncClient, args: argparse.Namespace, as_json: boo
     projects = await client.projects()
     if as_json:
         print_json({"health": asdict(health), "endpoint": client.endpoint.describe(),
-                     "projects": [_project_json(p) for p in projects]})
+                     "projects": [project_json(p) for p in projects]})
         return EXIT_OK
     print(f"syncsnapd {health.version} is running (pid {health.pid}, up {human_duration(health.uptime_seconds)}) "
           f"on {client.endpoint.describe()} with {plural(health.projects, 'project')}.")
@@ -59,12 +59,12 @@ def _state_line(p: Progress) -> str:
 async def cmd_projects(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
     projects = await client.projects()
     if as_json:
-        print_json({"projects": [_project_json(p) for p in projects]})
+        print_json({"projects": [project_json(p) for p in projects]})
         return EXIT_OK
     rows = [("PROJECT", "STATE", "LAST SNAPSHOT", "PATH")]
     for p in projects:
         last = p.last_snapshot
-        rows.append((p.id, p.state, f"{last.time} ({plural(last.files, 'file')})" if last else "never",
+        rows.append((p.id, f"{p.state} (paused)" if p.paused else p.state, f"{last.time} ({plural(last.files, 'file')})" if last else "never",
                      display_path(p.path)))
     print_table(rows)
     return EXIT_OK

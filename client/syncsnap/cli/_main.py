@@ -9,6 +9,8 @@
     syncsnap run RUN                     one run, with the time spent in each step
     syncsnap stats PROJECT               success rate and durations of the project's snapshots
     syncsnap cancel PROJECT | --run RUN  cancel the running snapshot, or an operation run (and wait for its end)
+    syncsnap pause PROJECT               hold its running snapshot, start none until resumed (survives restarts)
+    syncsnap resume PROJECT              go on where it stopped; changes seen while paused start one snapshot
     syncsnap diff PROJECT FROM [TO]      what changed between two snapshots, or since one (TO: the live folder)
     syncsnap restore PROJECT SNAPSHOT TARGET [--path P] [--overwrite] [--follow]
     syncsnap check [--read-data] [--follow]     verify the store
@@ -51,6 +53,7 @@ from ._commands import (
     cmd_status,
 )
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
+from ._pause import cmd_pause, cmd_resume
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
 
 Command = Callable[[AsyncClient, argparse.Namespace, bool], Awaitable[int]]
@@ -59,6 +62,7 @@ COMMANDS: dict[str, Command] = {
     "status": cmd_status, "projects": cmd_projects, "snapshot": cmd_snapshot, "follow": cmd_follow,
     "snapshots": cmd_snapshots, "runs": cmd_runs, "run": cmd_run, "stats": cmd_stats, "cancel": cmd_cancel,
     "diff": cmd_diff, "restore": cmd_restore, "check": cmd_check, "prune": cmd_prune,
+    "pause": cmd_pause, "resume": cmd_resume,
 }
 COMMANDS.update({"open": cmd_open, "logout": cmd_logout})  # the dashboard
 
@@ -99,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--run", help="cancel this restore, check or prune run instead")
     c.add_argument("--no-wait", action="store_true", help="return once the daemon took the request, without "
                                                           "waiting for the run to end")
+    sub.add_parser("pause", parents=[common], help="pause a project: hold its snapshot, start none"
+                   ).add_argument("project")
+    sub.add_parser("resume", parents=[common], help="resume a paused project").add_argument("project")
     d = sub.add_parser("diff", parents=[common], help="what changed between two snapshots, or since one")
     d.add_argument("project")
     d.add_argument("snapshot_from", metavar="FROM", help="a snapshot id, or latest")

@@ -164,6 +164,10 @@ class TerminalView:
         nbytes = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else ""
         eta = "-" if p.eta_seconds is None else short_duration(p.eta_seconds)
         rate = self._rate(p)
+        if p.paused and not p.terminal:
+            # Held by a pause: no rate to show, and the one after the resume starts afresh.
+            eta, rate = "paused", "paused"
+            self._rates.pop(p.lane, None)
         if p.terminal and p.kind == "snapshot":
             # The last step's counters are the store's objects; what the run produced says more.
             s = p.snapshot

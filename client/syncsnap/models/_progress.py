@@ -116,6 +116,8 @@ class Progress:
     # What a finished restore, check or prune produced (docs/api.md, "Operations"): see RestoreResult,
     # CheckResult and PruneResult.
     result: dict[str, Any] | None = None
+    # True while the run is held by a pause of its project (False from daemons without pause).
+    paused: bool = False
     gap: bool = False
     # The object as the daemon sent it, fields this client does not know included (for to_json).
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -170,7 +172,8 @@ class Progress:
             error=None if error is None else ErrorInfo.from_json(error),
             snapshot=None if snapshot is None else SnapshotSummary.from_json(snapshot),
             # Newer daemons run other kinds of run (restore, check, ...) with their own steps.
-            kind=optional(d, "kind", str, w) or "snapshot", result=optional(d, "result", dict, w), raw=d,
+            kind=optional(d, "kind", str, w) or "snapshot", result=optional(d, "result", dict, w),
+            paused=optional(d, "paused", bool, w) or False, raw=d,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -227,6 +230,8 @@ class Project:
     state: str
     progress: Progress
     last_snapshot: SnapshotInfo | None
+    # Paused by ``pause()``: no automatic snapshot starts, a running one is held (False from older daemons).
+    paused: bool = False
 
     @classmethod
     def from_json(cls, obj: Any) -> Project:
@@ -235,7 +240,8 @@ class Project:
         last = d.get("last_snapshot")
         return cls(id=required(d, "id", str, w), path=required(d, "path", str, w), state=required(d, "state", str, w),
                    progress=Progress.from_json(d.get("progress")),
-                   last_snapshot=None if last is None else SnapshotInfo.from_json(last))
+                   last_snapshot=None if last is None else SnapshotInfo.from_json(last),
+                   paused=optional(d, "paused", bool, w) or False)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class RunInfo:
     error: ErrorInfo | None
     snapshot: SnapshotSummary | None
     result: dict[str, Any] | None = None
+    # Seconds the run was held by a pause (not in step_seconds; 0 from daemons without pause).
+    paused_seconds: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -59,7 +61,8 @@ class RunInfo:
             step_seconds=dict(sorted(step_seconds.items())),
             error=None if error is None else ErrorInfo.from_json(error),
             snapshot=None if snapshot is None else SnapshotSummary.from_json(snapshot),
-            result=optional(d, "result", dict, w), raw=d,
+            result=optional(d, "result", dict, w),
+            paused_seconds=float(optional(d, "paused_seconds", (int, float), w) or 0.0), raw=d,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..runs import Event, Scheduler, Tracker, UnknownProject
 from ..sources import WatchStatus
 from ..store import SnapshotInfo
 from ._encodings import event_json_body, event_sse
-from ._errors import api_error
+from ._errors import api_error, as_http_errors
 from ._websocket import websocket_endpoint
 
 API = "/api/v1"
@@ -76,6 +76,8 @@ class Api:
         r.add("GET", f"{API}/projects/{{id}}/progress/stream", self.project_stream)
         r.add("GET", f"{API}/projects/{{id}}/snapshots", self.snapshots)
         r.add("POST", f"{API}/projects/{{id}}/snapshots", self.start_snapshot)
+        r.add("POST", f"{API}/projects/{{id}}/pause", self.pause)
+        r.add("POST", f"{API}/projects/{{id}}/resume", self.resume)
         r.add("GET", f"{API}/events", self.all_events)
         r.add("GET", f"{API}/ws", websocket_endpoint(tracker, scheduler))
 
@@ -121,11 +123,22 @@ class Api:
 
     async def start_snapshot(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
-        run, progress = self.scheduler.request_snapshot(pid)
+        with as_http_errors():  # project_paused
+            run, progress = self.scheduler.request_snapshot(pid)
         # The run (running or queued) is in the history before its id is handed out (docs/api.md).
         await self.scheduler.wait_recorded(run)
         return json_response(202, {"run": run, "progress": progress.to_json(),
                                    "stream": f"{API}/projects/{pid}/progress/stream"})
+
+    async def pause(self, request: Request, params: dict[str, str]) -> Response:
+        pid = self._known(params["id"])
+        await self.scheduler.pause(pid)
+        return await self.project(request, params)
+
+    async def resume(self, request: Request, params: dict[str, str]) -> Response:
+        pid = self._known(params["id"])
+        await self.scheduler.resume(pid)
+        return await self.project(request, params)
 
     def _known(self, pid: str) -> str:
         return known_project(self.scheduler, pid)
@@ -137,7 +150,7 @@ class Api:
         # path: null for a Syncthing project configured without one, until Syncthing has told it.
         return {"id": pid, "path": str(cfg.path) if cfg.path_known else None, "state": progress.state,
                 "progress": progress.to_json(), "last_snapshot": asdict(last) if last else None,
-                "watch": watch.to_json()}
+                "watch": watch.to_json(), "paused": self.scheduler.is_paused(pid)}
 
     async def _last_snapshots(self) -> dict[str, SnapshotInfo]:
         infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, None)

@@ -44,6 +44,7 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "busy": 409,
     "finished": 409,
     "folder_missing": 409,
+    "project_paused": 409,
     "target_not_empty": 409,
     "not_a_file": 409,
     "tcp_disabled": 409,

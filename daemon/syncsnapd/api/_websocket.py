@@ -30,7 +30,7 @@ import trio
 import trio_websocket
 
 from ..http import Request, UpgradeResponse
-from ..runs import Scheduler, Subscription, Tracker, UnknownProject
+from ..runs import ProjectPaused, Scheduler, Subscription, Tracker, UnknownProject
 from ._encodings import event_ws
 from ._errors import api_error
 
@@ -187,6 +187,9 @@ class _Session:
                 run, progress = self.scheduler.request_snapshot(str(project), "api")
             except UnknownProject as exc:
                 await self.error(msg, exc.code, f"No project named {project!r}.")
+                return
+            except ProjectPaused as exc:
+                await self.error(msg, exc.code, exc.message)
                 return
             await self.scheduler.wait_recorded(run)  # in the history before its id is handed out
             await self.reply(msg, run=run, progress=progress.to_json())

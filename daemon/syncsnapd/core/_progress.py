@@ -3,6 +3,11 @@
 No I/O and no HTTP here. A run's engine calls :class:`RunProgress` methods; the run publishes
 :class:`Progress` values to the tracker. Counters may be advanced from worker threads; everything
 else is called on the Trio thread.
+
+A run can be paused (:meth:`RunProgress.pause`): its worker threads then wait in
+:meth:`RunProgress.check_cancelled`, which they call between files and between chunks, until it is
+resumed or cancelled, so no bytes are read while paused. Paused time counts in no step's time nor in
+the ETA.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+
+import trio
 
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 
@@ -105,6 +112,8 @@ class Progress:
     attempt: int = 1
     retry_of: str | None = None
     state: str = "idle"
+    # True while the run is held by a pause of its project (docs/api.md "Pause and resume").
+    paused: bool = False
     step: int = 0
     steps: int = STEPS
     percent: float = 0.0
@@ -137,6 +146,11 @@ class Progress:
 
 class RunCancelled(Exception):
     """Raised inside worker threads when the run they serve has been cancelled."""
+
+
+# How often a worker thread held by a pause looks at its ``poll`` (trio's cancellation, which cannot wake
+# it): a cancelled paused run ends within this much, plus the run's own cancel flag wakes it at once.
+PAUSE_POLL_SECONDS = 0.1
 
 
 class RunProgress:
@@ -175,13 +189,40 @@ class RunProgress:
         self._bytes_done = 0
         self._dirty = False
         self._step_fraction_override: float | None = None
+        # The pause gate: worker threads wait on it (under _lock) while _paused_since is set.
+        self._gate = threading.Condition(self._lock)
+        self._paused_since: float | None = None  # monotonic time of the pause, while paused
+        self._paused_total = 0.0  # seconds paused before the current pause, whole run
+        self._step_paused = 0.0  # the same, within the current step
+        self._resumed: trio.Event | None = None  # for the Trio side (wait_resumed), while paused
+        self._ended = False  # finish() was called: nothing more is published
 
     # --- engine side -------------------------------------------------------------------------------
 
-    def check_cancelled(self) -> None:
-        """Raise :class:`RunCancelled` if the run was cancelled (for worker threads)."""
+    def check_cancelled(self, poll: Callable[[], None] | None = None) -> None:
+        """Raise :class:`RunCancelled` if the run was cancelled (for worker threads); while the run is
+        paused, first wait until it is resumed or cancelled.
+
+        ``poll`` is called every :data:`PAUSE_POLL_SECONDS` while waiting, and may raise to stop waiting
+        (``trio.from_thread.check_cancelled``).
+        """
+        if self._paused_since is not None:  # a plain read: the fast path takes no lock
+            with self._gate:
+                while self._paused_since is not None and not self._cancel.is_set():
+                    if poll is not None:
+                        self._gate.release()
+                        try:
+                            poll()
+                        finally:
+                            self._gate.acquire()
+                    self._gate.wait(PAUSE_POLL_SECONDS)
         if self._cancel.is_set():
             raise RunCancelled()
+
+    async def wait_resumed(self) -> None:
+        """Wait while the run is paused (for the Trio side, between steps). Trio thread only."""
+        while self._resumed is not None:
+            await self._resumed.wait()
 
     @property
     def cancelled(self) -> bool:
@@ -189,6 +230,56 @@ class RunProgress:
 
     def cancel(self) -> None:
         self._cancel.set()
+        with self._gate:
+            self._gate.notify_all()  # a worker held by a pause ends at once
+
+    # --- pause and resume (Trio thread) ---------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_since is not None
+
+    @property
+    def paused_seconds(self) -> float:
+        """Seconds this run has been paused so far (the current pause included)."""
+        with self._lock:
+            return self._paused_total + self._open_pause_locked()
+
+    def _open_pause_locked(self) -> float:
+        return 0.0 if self._paused_since is None else time.monotonic() - self._paused_since
+
+    def pause(self) -> bool:
+        """Hold the run: its workers wait at their next check (between files or chunks), the step and
+        counters stay, and a progress event with ``paused: true`` is published now. False if it was
+        already paused."""
+        with self._lock:
+            if self._paused_since is not None:
+                return False
+            self._paused_since = time.monotonic()
+            self._resumed = trio.Event()
+            self._dirty = True
+        if not self._ended:
+            self.flush()
+        return True
+
+    def resume(self) -> bool:
+        """Let the run go on where it stopped; publishes a progress event with ``paused: false`` now.
+        False if it was not paused."""
+        with self._gate:
+            if self._paused_since is None:
+                return False
+            held = time.monotonic() - self._paused_since
+            self._paused_total += held
+            self._step_paused += held
+            self._paused_since = None
+            resumed, self._resumed = self._resumed, None
+            self._dirty = True
+            self._gate.notify_all()
+        if resumed is not None:
+            resumed.set()
+        if not self._ended:
+            self.flush()
+        return True
 
     def set_step(self, step: int, *, files_total: int = 0, bytes_total: int = 0, message: str | None = None,
                  state: str | None = None) -> None:
@@ -199,6 +290,8 @@ class RunProgress:
             self._bytes_done = 0
             self._custom_message = message
             self._step_started = time.monotonic()
+            # A step entered while paused starts its clock at the resume.
+            self._step_paused = -self._open_pause_locked()
             self._step_fraction_override = None
             self._last = replace(
                 self._last, step=step, state=state or self.plan.step(step).state, files_total=files_total,
@@ -267,17 +360,22 @@ class RunProgress:
         eta = self._eta_locked(last.step, frac)
         message = self._custom_message or self._generated_message(files_done, last.files_total, bytes_done,
                                                                   last.bytes_total)
+        paused = self._paused_since is not None
+        if paused:
+            message = f"Paused: resume to continue (was: {message})"
         return replace(last, files_done=files_done, bytes_done=bytes_done, percent=percent, message=message,
-                       eta_seconds=eta, updated_at=utc_now())
+                       eta_seconds=None if paused else eta, paused=paused, updated_at=utc_now())
 
     def _eta_locked(self, step: int, frac: float) -> float | None:
         # The content step has a rate worth extrapolating once it is under way; before that, the history
-        # of this project's runs (expected_seconds) is the best guess.
-        elapsed = time.monotonic() - self._step_started
+        # of this project's runs (expected_seconds) is the best guess. Paused time is no one's work.
+        now, paused = time.monotonic(), self._open_pause_locked()
+        elapsed = now - self._step_started - self._step_paused - paused
         if step == 4 and frac > 0.02 and elapsed >= 0.5:
             return round(elapsed * (1 - frac) / frac, 1)
         if self.expected_seconds is not None:
-            return round(max(0.0, self.expected_seconds - (time.monotonic() - self.started_monotonic)), 1)
+            worked = now - self.started_monotonic - self._paused_total - paused
+            return round(max(0.0, self.expected_seconds - worked), 1)
         return None
 
     def _generated_message(self, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> str:
@@ -315,6 +413,7 @@ class RunProgress:
                error: dict[str, str] | None = None, message: str, result: dict[str, Any] | None = None) -> Progress:
         """Build the terminal progress object (the caller publishes it exactly once)."""
         with self._lock:
+            self._ended = True
             last = self._last
             completed = state == "completed"
             return replace(
@@ -322,6 +421,6 @@ class RunProgress:
                 files_done=last.files_total if completed else min(self._files_done, last.files_total),
                 bytes_done=last.bytes_total if completed else min(self._bytes_done, last.bytes_total),
                 eta_seconds=None if not completed else 0.0, error=error, snapshot=snapshot, result=result,
-                updated_at=utc_now(),
+                paused=False, updated_at=utc_now(),
             )
 

@@ -204,8 +204,9 @@ class _Run:
         self.started_ns = time.time_ns()
 
     def check(self) -> None:
-        """Stop a worker thread promptly when the run is cancelled either way."""
-        self.progress.check_cancelled()
+        """Stop a worker thread promptly when the run is cancelled either way; hold it while the run is
+        paused (called between files and between chunks, so a pause holds within a chunk's time)."""
+        self.progress.check_cancelled(trio.from_thread.check_cancelled)
         trio.from_thread.check_cancelled()
 
     # --- step 2 -------------------------------------------------------------------------------------
@@ -369,6 +370,7 @@ class _Run:
                     work = self.large.popleft()  # deque.popleft is atomic: two workers share the queue
                 except IndexError:
                     return
+                self.check()
                 self._read_file(work, cursor, view, tally, per_chunk=True)
         finally:
             cursor.close()
@@ -520,13 +522,17 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     run = _Run(store, root, progress, ignore)
     writer: StoreWriter | None = None
     try:
+        # Between steps the Trio side waits out a pause itself, so the step shown while paused stays.
+        await progress.wait_resumed()
         progress.set_step(2)
         await trio.to_thread.run_sync(run.load_previous, project, limiter=limiter)
         snapshot_id = make_snapshot_id(_ns_datetime(run.started_ns))
 
+        await progress.wait_resumed()
         progress.set_step(3)
         await trio.to_thread.run_sync(run.walk, limiter=limiter)
 
+        await progress.wait_resumed()
         progress.set_step(4, files_total=len(run.small) + len(run.large), bytes_total=run.changed_bytes)
         writer = run.writer = store.begin_write()
         tallies = [_Tally(), _Tally()]
@@ -548,11 +554,13 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             # Upload: every staged pack and index plus the snapshot file (exact once the bucket is asked).
             packs, pack_bytes = store.remote.pending(writer)
             packs -= 1
+        await progress.wait_resumed()
         progress.set_step(5, files_total=packs + 1, bytes_total=pack_bytes)
         stats = SnapshotStats(
             files=tally.files, bytes=tally.bytes, files_new=tally.new, files_changed=tally.changed,
             files_unchanged=tally.unchanged, bytes_added=writer.data_bytes_added,
-            duration_seconds=round(time.monotonic() - started, 3), warnings=progress.warning_count,
+            duration_seconds=round(time.monotonic() - started - progress.paused_seconds, 3),
+            warnings=progress.warning_count,
             skipped=run.skipped, dirs=run.dirs, symlinks=run.symlinks,
         )
         entries = [e for e in run.entries if e is not None]
@@ -576,7 +584,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
         files_changed=stats.files_changed, files_unchanged=stats.files_unchanged,
-        bytes_added=stats.bytes_added, duration_seconds=round(time.monotonic() - started, 3),
+        bytes_added=stats.bytes_added,
+        duration_seconds=round(time.monotonic() - started - progress.paused_seconds, 3),
         warnings=progress.warning_count, warning_paths=tuple(progress.warnings), skipped=run.skipped,
     )
 

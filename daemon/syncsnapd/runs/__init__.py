@@ -12,6 +12,8 @@ from ._history import History as History
 from ._history import HistoryStatistics as HistoryStatistics
 from ._operations import OperationError as OperationError
 from ._operations import Operations as Operations
+from ._paused import PAUSED_FILE_NAME as PAUSED_FILE_NAME
+from ._scheduler import ProjectPaused as ProjectPaused
 from ._scheduler import RetryPolicy as RetryPolicy
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import UnknownProject as UnknownProject

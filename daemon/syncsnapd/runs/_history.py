@@ -139,6 +139,9 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run, id);
 """
+# Columns added since the first version, with their definitions: added where missing when the database
+# is opened for writing (ALTER TABLE ... ADD COLUMN; older rows take the default).
+_ADDED_COLUMNS = (("runs", "paused_seconds", "REAL NOT NULL DEFAULT 0"),)
 
 
 # Runs a blocking call off the event loop: trio.to_thread.run_sync.
@@ -171,8 +174,9 @@ class History:
         # What went wrong when it was opened (moved aside, not writable), for health; None when all is well.
         self.notice: SyncsnapdError | None = None
         self._reserved = 0
-        # Per running run: the step it is in and since when, plus the seconds spent in each step so far.
-        self._steps: dict[str, tuple[int, float, dict[str, float]]] = {}
+        # Per running run: the step it is in and since when, the seconds spent in each step so far, when
+        # its current pause began (None unless paused) and the seconds paused before it.
+        self._steps: dict[str, tuple[int, float, dict[str, float], float | None, float]] = {}
         # Expected duration of the next snapshot per project (seconds), read on the Trio thread.
         self.expected: dict[str, float | None] = {}
         # The newest event id committed (written by write(), in a worker thread, under the lock).
@@ -208,6 +212,10 @@ class History:
             # WAL + NORMAL: a crash can lose the last transactions, never corrupt the database.
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            if not read_only:
+                for table, column, definition in _ADDED_COLUMNS:
+                    if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             # What the start-up reads, so that a database damaged there is found now, not in the daemon.
             db.execute("SELECT value FROM meta WHERE key = 'reserved_event_id'").fetchall()
             db.execute("SELECT MAX(id) FROM events").fetchall()
@@ -342,7 +350,8 @@ class History:
             if not self._writable:
                 self._reopen_locked()
             db = self._db
-            steps = {run: (step, since, dict(seconds)) for run, (step, since, seconds) in self._steps.items()}
+            steps = {run: (step, since, dict(seconds), paused_at, paused)
+                     for run, (step, since, seconds, paused_at, paused) in self._steps.items()}
             reserved, written = self._reserved, self._written_upto
             db.execute("BEGIN")
             try:
@@ -401,15 +410,20 @@ class History:
 
     def _update_run(self, p: Progress, now: float) -> None:
         assert p.run is not None
-        step, since, seconds = self._steps.get(p.run, (p.step, now, {}))
+        step, since, seconds, paused_at, paused = self._steps.get(p.run, (p.step, now, {}, None, 0.0))
+        if paused_at is not None and not p.paused:  # resumed (or ended while paused): the step goes on
+            paused, paused_at, since = paused + now - paused_at, None, now
         if p.step != step:
             seconds[str(step)] = round(seconds.get(str(step), 0.0) + now - since, 3)
             step, since = p.step, now
+        if p.paused and paused_at is None:  # paused time counts in no step
+            seconds[str(step)] = round(seconds.get(str(step), 0.0) + now - since, 3)
+            paused_at = since = now
         terminal = p.terminal
         if terminal:
             self._steps.pop(p.run, None)
         else:
-            self._steps[p.run] = (step, since, seconds)
+            self._steps[p.run] = (step, since, seconds, paused_at, paused)
         ended = p.updated_at if terminal else None
         duration = None
         if terminal and p.started_at and p.updated_at:
@@ -418,11 +432,12 @@ class History:
         snapshot = json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None
         self._db.execute(
             "INSERT INTO runs (run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, "
-            "duration_seconds, steps, error_code, error_message, bytes_total, snapshot) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "duration_seconds, steps, error_code, error_message, bytes_total, snapshot, paused_seconds) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(run) DO UPDATE SET state = excluded.state, ended_at = excluded.ended_at, "
             "started_at = COALESCE(?, runs.started_at), "
             "duration_seconds = excluded.duration_seconds, steps = excluded.steps, "
+            "paused_seconds = excluded.paused_seconds, "
             "error_code = excluded.error_code, error_message = excluded.error_message, "
             "bytes_total = COALESCE(excluded.bytes_total, runs.bytes_total), snapshot = excluded.snapshot",
             # A queued run that never started ends without a started_at: its row keeps (or, never recorded,
@@ -430,7 +445,7 @@ class History:
             (p.run, p.project, p.kind, p.trigger, p.attempt, p.retry_of, p.state, p.started_at or p.updated_at,
              ended, duration, json.dumps(seconds), p.error["code"] if p.error else None,
              p.error["message"] if p.error else None, p.bytes_total if p.step == 4 else None, snapshot,
-             p.started_at))
+             round(paused, 3), p.started_at))
 
     def _insert_run_locked(self, p: Progress) -> None:
         """The run's row in its first state, unless it has one already (then it is further along)."""
@@ -736,7 +751,8 @@ class History:
     def _expected_locked(self, project: str) -> float | None:
         """A first guess of the next snapshot's duration: the mean of the last few completed runs."""
         rows = self._db.execute(
-            "SELECT duration_seconds FROM runs WHERE project = ? AND kind = 'snapshot' AND state = 'completed' "
+            "SELECT duration_seconds - paused_seconds FROM runs WHERE project = ? AND kind = 'snapshot' "
+            "AND state = 'completed' "
             "AND duration_seconds IS NOT NULL ORDER BY started_at DESC LIMIT 5", (project,)).fetchall()
         return round(statistics.fmean(r[0] for r in rows), 3) if rows else None
 

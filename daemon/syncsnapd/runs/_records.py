@@ -27,13 +27,16 @@ class RunRecord:
     step_seconds: dict[str, float]
     error: dict[str, str] | None
     snapshot: dict[str, Any] | None
+    # Seconds the run was held by a pause of its project (not in step_seconds).
+    paused_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run, "project": self.project or None, "kind": self.kind, "trigger": self.trigger,
             "attempt": self.attempt, "retry_of": self.retry_of, "state": self.state,
             "started_at": self.started_at, "ended_at": self.ended_at, "duration_seconds": self.duration_seconds,
-            "step_seconds": self.step_seconds, "error": self.error, "snapshot": self.snapshot,
+            "step_seconds": self.step_seconds, "paused_seconds": self.paused_seconds, "error": self.error,
+            "snapshot": self.snapshot,
         }
 
 
@@ -75,7 +78,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 RUN_COLUMNS = ("run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, duration_seconds, "
-                "steps, error_code, error_message, snapshot")
+                "steps, error_code, error_message, snapshot, paused_seconds")
 
 
 def run_from_row(r: tuple[Any, ...]) -> RunRecord:
@@ -83,7 +86,7 @@ def run_from_row(r: tuple[Any, ...]) -> RunRecord:
         run=r[0], project=r[1], kind=r[2], trigger=r[3], attempt=r[4], retry_of=r[5], state=r[6],
         started_at=r[7], ended_at=r[8], duration_seconds=r[9], step_seconds=json.loads(r[10] or "{}"),
         error={"code": r[11], "message": r[12] or ""} if r[11] else None,
-        snapshot=json.loads(r[13]) if r[13] else None,
+        snapshot=json.loads(r[13]) if r[13] else None, paused_seconds=r[14] or 0.0,
     )
 
 

@@ -13,6 +13,11 @@ awaits :meth:`Scheduler.wait_recorded` (the API before its 202), and the executo
 its body (both through ``record``, the history's ``record_run``, bounded). A queued follow-up run is
 recorded ``queued``; if it is dropped (the running run cancelled, its project removed, the daemon
 stopping) it ends ``cancelled`` with one terminal event, so that its record ends too.
+
+A project can be paused (:meth:`Scheduler.pause`, kept in ``state_dir/paused.json`` by ``_paused.py``):
+its running run is held (:meth:`RunProgress.pause`), no run starts (neither a queued follow-up nor a
+retry), an API request is refused (:class:`ProjectPaused`), and automatic requests (watch, schedule,
+start-up, retry) are remembered as one pending request, which starts one run on :meth:`Scheduler.resume`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ..core import (
 from ..engine import take_snapshot
 from ..store import Store
 from ._executor import SHUTDOWN, Body, Outcome, Recorder, Run, RunExecutor
+from ._paused import load_paused, save_paused
 from ._tracker import Tracker
 
 log = logging.getLogger("syncsnapd.scheduler")
@@ -87,6 +93,8 @@ class _ProjectSlot:
     retry_scope: trio.CancelScope | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
     loop_scope: trio.CancelScope | None = None
+    # An automatic request made while the project is paused: the one run its resume starts.
+    pending: _Request | None = None
 
 
 class UnknownProject(SyncsnapdError, KeyError):
@@ -102,6 +110,16 @@ class UnknownProject(SyncsnapdError, KeyError):
         return self.message
 
 
+class ProjectPaused(SyncsnapdError):
+    """A snapshot was asked for explicitly while its project is paused (code ``project_paused``)."""
+
+    code = "project_paused"
+
+    def __init__(self, project: str) -> None:
+        super().__init__(f"Project {project!r} is paused; resume it first.")
+        self.project = project
+
+
 class Scheduler:
     """Owns the per-project run loops. Start with ``await nursery.start(scheduler.serve)``."""
 
@@ -109,7 +127,8 @@ class Scheduler:
                  waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None,
                  exclude: tuple[Path, ...] = (), max_concurrent: int = 2, retry: RetryPolicy = RetryPolicy(),
                  expected: Callable[[str], float | None] = lambda project: None,
-                 record: Recorder | None = None, record_end: Recorder | None = None) -> None:
+                 record: Recorder | None = None, record_end: Recorder | None = None,
+                 paused_file: Path | None = None) -> None:
         self.store = store
         self.tracker = tracker
         self._waiter = waiter
@@ -126,6 +145,10 @@ class Scheduler:
         self._executor = RunExecutor(logger=log, record=record, record_end=record_end)
         self._slots: dict[str, _ProjectSlot] = {}
         self._nursery: trio.Nursery | None = None
+        # Paused project ids -> when (read once here: the daemon builds its scheduler in a worker thread).
+        self._paused_file = paused_file
+        self._paused: dict[str, str] = load_paused(paused_file) if paused_file is not None else {}
+        self._save_lock = trio.Lock()
         for p in projects:
             self._slots[p.id] = _ProjectSlot(p)
             tracker.add_project(p.id)
@@ -144,6 +167,64 @@ class Scheduler:
     def busy(self) -> bool:
         return any(s.run or s.queued for s in self._slots.values())
 
+    def is_paused(self, project_id: str) -> bool:
+        return project_id in self._paused
+
+    # --- pause and resume ----------------------------------------------------------------------------
+
+    async def pause(self, project_id: str) -> None:
+        """Pause ``project_id`` (idempotent): its running run holds between files or chunks, and no run
+        starts until :meth:`resume`. Recorded in the paused file before this returns.
+
+        Raises:
+            UnknownProject: no project ``project_id``.
+        """
+        slot = self._slot(project_id)
+        if project_id not in self._paused:
+            self._paused[project_id] = utc_now()
+            log.info("%s: paused", project_id)
+            if slot.run is not None:
+                slot.run.progress.pause()
+            await self._save_paused()
+
+    async def resume(self, project_id: str) -> None:
+        """Resume ``project_id`` (idempotent): a held run goes on where it stopped, and what was asked
+        for while paused (a queued run, or changes seen) starts one run.
+
+        Raises:
+            UnknownProject: no project ``project_id``.
+        """
+        slot = self._slot(project_id)
+        if self._paused.pop(project_id, None) is None:
+            return
+        log.info("%s: resumed", project_id)
+        pending, slot.pending = slot.pending, None
+        if slot.run is not None:
+            slot.run.progress.resume()
+            slot.queued = slot.queued or pending
+        else:
+            req, slot.queued = slot.queued or pending, None
+            if req is not None:
+                self._begin(slot, req)
+                slot.wakeup.set()
+        await self._save_paused()
+
+    async def _save_paused(self) -> None:
+        if self._paused_file is None:
+            return
+        async with self._save_lock:  # one write at a time, each of the state as it is when it starts
+            try:
+                await trio.to_thread.run_sync(save_paused, self._paused_file, dict(self._paused))
+            except OSError as exc:
+                log.error("cannot write %s (%s): the pause is in effect but will not survive a restart",
+                          self._paused_file, exc.strerror or exc)
+
+    def _slot(self, project_id: str) -> _ProjectSlot:
+        slot = self._slots.get(project_id)
+        if slot is None:
+            raise UnknownProject(project_id)
+        return slot
+
     # --- requests ----------------------------------------------------------------------------------
 
     def request_snapshot(self, project_id: str, trigger: str = "api", *, attempt: int = 1,
@@ -155,13 +236,24 @@ class Scheduler:
         ``trigger`` says who asked (api, watch, schedule, start-up, retry); it is carried by the run's
         events and kept in the history.
 
+        Paused project: an ``api`` request is refused; any other is remembered (one pending request,
+        with the queued run if there is one) and returns the id of the run the resume will start.
+
         Raises:
             UnknownProject: no project ``project_id``.
+            ProjectPaused: the project is paused and ``trigger`` is ``api``.
         """
         log.debug("%s: snapshot requested (%s)", project_id, trigger)
-        slot = self._slots.get(project_id)
-        if slot is None:
-            raise UnknownProject(project_id)
+        slot = self._slot(project_id)
+        if project_id in self._paused:
+            if trigger == "api":
+                raise ProjectPaused(project_id)
+            if slot.queued is not None:
+                return slot.queued.run, self.tracker.latest(project_id)
+            if slot.pending is None:
+                slot.pending = _Request(new_run_id(), trigger, attempt, retry_of)
+                log.info("%s: paused; the %s request waits for the resume", project_id, trigger)
+            return slot.pending.run, self.tracker.latest(project_id)
         request = _Request(new_run_id(), trigger, attempt, retry_of)
         if slot.run is None:
             run = self._begin(slot, request)
@@ -291,14 +383,15 @@ class Scheduler:
         while True:
             await slot.wakeup.wait()
             slot.wakeup = trio.Event()
-            if slot.run is None:
+            if slot.run is None and slot.config.id not in self._paused:
                 self._begin_queued(slot)
             while slot.run is not None:
                 final = await self._executor.execute(slot.run, self._snapshot_body(slot.config))
                 slot.run = None
                 if final.state == "failed":
                     self._schedule_retry(slot, final)
-                self._begin_queued(slot)
+                if slot.config.id not in self._paused:  # else the queued run waits for the resume
+                    self._begin_queued(slot)
 
     def _snapshot_body(self, project: ProjectConfig) -> Body:
         async def body(progress: RunProgress) -> Outcome:

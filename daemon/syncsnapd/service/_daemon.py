@@ -62,7 +62,7 @@ from ..http import (
     open_unix_listener,
     serve_http,
 )
-from ..runs import History, Operations, RetryPolicy, Scheduler, Tracker
+from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Tracker
 from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
 from ..store import Store, prepare_store
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
@@ -238,7 +238,8 @@ class Daemon:
                                    waiter=self._wait_until_ready, max_concurrent=config.max_concurrent,
                                    retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
                                    expected=lambda project: history.expected.get(project),
-                                   record=history.record_run, record_end=history.record_end)
+                                   record=history.record_run, record_end=history.record_end,
+                                   paused_file=config.state_dir / PAUSED_FILE_NAME)
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status,
                        supervisor=self.supervisor, max_streams=config.max_streams)
         register_runs(self.api.router, history, self.scheduler)
