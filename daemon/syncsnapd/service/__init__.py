@@ -3,9 +3,9 @@ glue, the ``syncsnapd`` command line and its offline commands.
 """
 
 from ._cli import main as main
-from ._daemon import DaemonInfo as DaemonInfo
 from ._daemon import ServiceWrapper as ServiceWrapper
 from ._daemon import serve_daemon as serve_daemon
+from ._listening import DaemonInfo as DaemonInfo
 from ._offline import run_check as run_check
 from ._offline import run_diff as run_diff
 from ._offline import run_prune as run_prune

@@ -128,7 +128,8 @@ def _raise_fd_limit() -> None:
 
 
 def _run_daemon(config: DaemonConfig, load: Callable[[], DaemonConfig], verbose: bool) -> int:
-    from ._daemon import StartupError, run_until_signalled
+    from ._daemon import run_until_signalled
+    from ._listening import StartupError
 
     _setup_logging(verbose)
     _raise_fd_limit()
