@@ -30,9 +30,11 @@ test: setup setup-system
 	$(MAKE) lint
 	$(VENV)/bin/pytest -q
 
-# Side-by-side benchmarks against restic, borg and hypercorn; writes docs/benchmarks.md.
+# Side-by-side benchmarks against restic, borg and hypercorn; writes docs/benchmarks.md. Then the
+# dashboard's weight and event-to-DOM latency in Chromium; writes docs/dashboard.md.
 bench: setup setup-system
 	$(PY) -m bench
+	$(PY) -m bench dashboard
 
 # The long torture suite (tests/torture, SYNCSNAP_TORTURE=long): bounded, under 30 min on 2 cores; prints
 # the acceptance table and writes docs/robustness.md, even when a test fails (then make fails too).
