@@ -1,11 +1,15 @@
 """Pause and resume below the API: the scheduler's rules under a virtual clock, the history's accounting of
-paused time from a run's events, the progress gate worker threads wait on, and the paused file."""
+paused time from a run's events, the progress gate worker threads wait on, the paused file, and what a
+paused run lends back (its running slot, its worker threads' tokens) so that it never stalls another
+project's run."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ import trio.testing
 
 from syncsnapd.core import Progress, ProjectConfig, RunCancelled, RunProgress
 from syncsnapd.engine import SnapshotError
-from syncsnapd.runs import Event, History, ProjectPaused, RetryPolicy, Scheduler, Tracker
+from syncsnapd.runs import Event, History, ProjectPaused, RetryPolicy, Scheduler, Subscription, Tracker
 from syncsnapd.store import Store
 
 
@@ -200,3 +204,226 @@ def test_a_damaged_paused_file_is_logged_and_ignored(tmp_path: Path, content: by
                           paused_file=tmp_path / "paused.json")
     assert not sched.is_paused("p")
     assert "paused.json is damaged" in caplog.text
+
+
+def test_a_worker_held_by_a_pause_says_so_once_each_way_however_the_hold_ends() -> None:
+    """``held(True)`` before the wait, ``held(False)`` once after it: on resume, on cancel, and when
+    ``poll`` raises (trio's cancellation reaching the thread); never when the run is not paused."""
+    progress = RunProgress("p", "r1", lambda p: None)
+    calls: list[bool] = []
+    progress.check_cancelled(held=calls.append)
+    assert calls == []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one_poll() -> None:
+        if polls:
+            raise Stop()
+        polls.append(1)
+
+    polls: list[int] = []
+    outcomes: list[str] = []
+
+    def worker(poll: Callable[[], None] | None) -> None:
+        try:
+            progress.check_cancelled(poll, calls.append)
+            outcomes.append("went on")
+        except (RunCancelled, Stop) as exc:
+            outcomes.append(type(exc).__name__)
+
+    for end in ("resume", "poll", "cancel"):
+        progress.pause()
+        t = threading.Thread(target=worker, args=(stop_after_one_poll if end == "poll" else None,))
+        t.start()
+        if end == "resume":
+            assert not outcomes and t.is_alive()
+            progress.resume()
+        elif end == "cancel":
+            progress.cancel()
+        t.join(5)
+        assert not t.is_alive()
+    assert outcomes == ["went on", "Stop", "RunCancelled"]
+    assert calls == [True, False] * 3
+
+
+async def _until(sub: Subscription, pred: Callable[[Progress], bool]) -> Progress:
+    async for ev in sub:
+        if pred(ev.progress):
+            return ev.progress
+    raise AssertionError("the subscription ended")
+
+
+async def test_a_paused_run_lends_its_running_slot_until_it_is_resumed_or_ends(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """``max_concurrent = 1``. Run "a" is paused at 1 s in step 1 (its waiter takes 5 s); at 5 s it takes
+    the only running slot and holds before step 2, lending the slot back (no worker thread runs while it
+    holds, so the times are exact). "b", asked for at 10 s, enters step 2 at once and never waits for a
+    slot (its folder is missing: it fails there, in a worker thread, after which times are counted from
+    its end, T). Each pause and resume moves the limiter's total between 2 and 1; a cancel while paused,
+    and the scheduler stopping while paused, give the slot back too."""
+    seen: list[tuple[float, Progress]] = []
+    b_ended = trio.Event()
+
+    async def waiter(project: ProjectConfig, progress: RunProgress) -> None:
+        if project.id == "a":
+            await trio.sleep(5)
+
+    store = await trio.to_thread.run_sync(lambda: Store.open(tmp_path / "store", writable=True))
+    tracker = Tracker()
+    sched = Scheduler(store, tracker, [ProjectConfig("a", tmp_path / "gone-a"),
+                                       ProjectConfig("b", tmp_path / "gone-b")],
+                      waiter=waiter, max_concurrent=1, retry=RetryPolicy(attempts=1))
+    slots = sched.run_limiter
+
+    async def record(sub: Subscription) -> None:
+        async for ev in sub:
+            seen.append((trio.current_time() - t0, ev.progress))
+            if ev.progress.project == "b" and ev.progress.terminal:
+                b_ended.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.serve)
+            t0 = trio.current_time()
+            nursery.start_soon(record, tracker.subscribe(lossless=True))
+            first, _ = sched.request_snapshot("a")
+            await trio.sleep(1)
+            await sched.pause("a")
+            assert slots.total_tokens == 1  # step 1 holds no slot: nothing to lend
+            await trio.sleep_until(t0 + 6)
+            assert (slots.total_tokens, slots.borrowed_tokens) == (2, 1)
+            await trio.sleep_until(t0 + 10)
+            other, _ = sched.request_snapshot("b")
+            await b_ended.wait()
+            t1 = trio.current_time() - t0
+            assert (slots.total_tokens, slots.borrowed_tokens) == (2, 1)
+            totals = []
+            for _ in range(3):
+                await sched.resume("a")
+                totals.append(slots.total_tokens)
+                await sched.pause("a")
+                totals.append(slots.total_tokens)
+            assert totals == [1, 2] * 3
+            await trio.sleep(10)
+            assert sched.cancel_run("a") == first
+            await trio.sleep(1)
+            assert (slots.total_tokens, slots.borrowed_tokens) == (1, 0)
+
+            await sched.resume("a")
+            second, _ = sched.request_snapshot("a")
+            await trio.sleep(1)
+            await sched.pause("a")
+            await trio.sleep(8)  # holding its slot since T + 16 s, lent
+            assert (slots.total_tokens, slots.borrowed_tokens) == (2, 1)
+            nursery.cancel_scope.cancel()  # the daemon stopping
+    finally:
+        store.close()
+    assert (slots.total_tokens, slots.borrowed_tokens) == (1, 0)
+    b = [(t, p.step, p.state, p.message) for t, p in seen if p.run == other]
+    assert b[:2] == [(10.0, 1, "waiting", "Waiting for the folder to settle"),
+                     (10.0, 2, "browsing", "Browsing folder status")], b
+    assert b[-1][2] == "failed" and not [m for *_, m in b if m.startswith("Waiting for other")]
+    ends = [(round(t - t1, 6), p.state) for t, p in seen if p.terminal and p.run == first]
+    assert ends == [(10.0, "cancelled")]
+    last = tracker.latest("a")
+    assert (last.run, last.state) == (second, "cancelled") and last.error is not None
+    assert last.error["code"] == "shutdown"
+    assert [(t, p.paused) for t, p in seen if p.run == first][:2] == [(0.0, False), (1.0, True)]
+
+
+@dataclass(frozen=True)
+class _Pausing(ProjectConfig):
+    """A project whose ignore predicate also calls ``hook`` with each path, in the walk's worker thread:
+    how a test pauses a run from inside a worker thread at a known point (nothing else of the real engine
+    runs there), so that the walk then holds at its next directory, in that thread."""
+
+    hook: Callable[[str], None] = field(default=lambda rel: None, compare=False)
+
+    def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
+        base = super().ignore_fn(exclude)
+
+        def ignored(rel: str) -> bool:
+            self.hook(rel)
+            return base(rel)
+
+        return ignored
+
+
+def _tree(root: Path, dirs: int = 3, files: int = 5) -> Path:
+    for d in range(dirs):
+        (root / f"d{d}").mkdir(parents=True)
+        for f in range(files):
+            (root / f"d{d}" / f"f{f}.txt").write_bytes(f"{d} {f} ".encode() * 100)
+    return root
+
+
+@pytest.mark.parametrize("end", ["resume", "repeat", "cancel", "fail", "shutdown"])
+async def test_a_run_paused_in_a_worker_thread_lends_its_thread_and_slot_and_takes_them_back(
+        tmp_path: Path, end: str) -> None:
+    """One worker thread and one running slot in all. Run "a" is paused from inside its walk (which then
+    holds in its worker thread, at its next directory): a snapshot of "b" still runs to completion, and
+    "a" stays paused. Then "a" is resumed (and completes), paused and resumed again several times, cancelled
+    or the scheduler stopped; or it fails right after the pause. Every way, both limiters end with the
+    totals they were made with and nothing borrowed. Real worker threads run, so the clock is real: the
+    test waits for events, never for a time (``fail_after`` only bounds a hang)."""
+    threads = trio.CapacityLimiter(1)
+    lent_at_fail: list[tuple[float, float]] = []
+    sched: Scheduler
+
+    def hook(rel: str) -> None:
+        if rel != "d1":
+            return
+        trio.from_thread.run(sched.pause, "a")
+        if end == "fail":
+            lent_at_fail.append(trio.from_thread.run_sync(
+                lambda: (sched.run_limiter.total_tokens, threads.total_tokens)))
+            raise SnapshotError("folder_missing", "The folder went away.")
+
+    store = await trio.to_thread.run_sync(lambda: Store.open(tmp_path / "store", writable=True))
+    tracker = Tracker()
+    sched = Scheduler(store, tracker, [_Pausing("a", _tree(tmp_path / "a"), hook=hook),
+                                       ProjectConfig("b", _tree(tmp_path / "b"))],
+                      limiter=threads, max_concurrent=1, retry=RetryPolicy(attempts=1))
+    slots = sched.run_limiter
+    sub = tracker.subscribe(lossless=True)
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sched.serve)
+                run, _ = sched.request_snapshot("a")
+                if end == "fail":
+                    final = await _until(sub, lambda p: p.run == run and p.terminal)
+                    assert (final.state, final.paused) == ("failed", False)
+                    assert lent_at_fail == [(2, 1)]  # the slot was lent; the thread never held
+                else:
+                    await _paused_a_stalls_nothing(sched, tracker, sub, run, slots, threads, end)
+                nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert (slots.total_tokens, slots.borrowed_tokens) == (1, 0)
+    assert (threads.total_tokens, threads.borrowed_tokens) == (1, 0)
+
+
+async def _paused_a_stalls_nothing(sched: Scheduler, tracker: Tracker, sub: Subscription, run: str,
+                                   slots: trio.CapacityLimiter, threads: trio.CapacityLimiter, end: str) -> None:
+    await _until(sub, lambda p: p.run == run and p.paused)
+    other, _ = sched.request_snapshot("b")
+    done = await _until(sub, lambda p: p.run == other and p.terminal)
+    assert done.state == "completed" and done.snapshot is not None and done.snapshot.files == 15
+    assert tracker.latest("a").paused and tracker.latest("a").step == 3
+    assert (slots.total_tokens, threads.total_tokens) == (2, 2)  # both lent by "a"
+    if end in ("resume", "repeat"):
+        for _ in range(3 if end == "repeat" else 0):
+            await sched.resume("a")
+            assert slots.total_tokens == 1
+            await trio.sleep(0.01)  # lets the run go on a little (not needed for what is asserted)
+            await sched.pause("a")
+            await trio.sleep(0.01)
+        await sched.resume("a")
+        final = await _until(sub, lambda p: p.run == run and p.terminal)
+        assert final.state == "completed" and final.snapshot is not None and final.snapshot.files == 15
+    elif end == "cancel":
+        sched.cancel_run("a")
+        final = await _until(sub, lambda p: p.run == run and p.terminal)
+        assert final.state == "cancelled"

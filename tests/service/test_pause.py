@@ -145,6 +145,48 @@ def test_cancel_while_paused_ends_the_run_promptly(daemon_factory: Any, short_tm
     assert get(d, f"/runs/{run}")["paused_seconds"] > 0
 
 
+@pytest.mark.parametrize("max_concurrent", [1, 2])
+def test_a_paused_snapshot_never_stalls_another_projects(daemon_factory: Any, short_tmp: Path,
+                                                           max_concurrent: int) -> None:
+    """Project "big" is paused in step 4 with both of the daemon's worker threads busy on it (small files,
+    then two large ones) and, with ``max_concurrent = 1``, the only running slot too. A snapshot of "docs"
+    still runs to completion at once while "big" stays held; resumed, "big" completes as well."""
+    total = big_folder(short_tmp / "big")
+    (short_tmp / "big/s").mkdir()
+    for i in range(20):  # small files: a second worker, which then helps with the large ones
+        (short_tmp / "big/s" / f"s{i}.bin").write_bytes(os.urandom(4096))
+        total += 4096
+    docs = make_tree(short_tmp / "docs", files=30)
+    d: DaemonProcess = daemon_factory({"big": short_tmp / "big", "docs": short_tmp / "docs"},
+                                      extra_daemon=f"max_concurrent = {max_concurrent}")
+    stream = SseReader(d, "/api/v1/events")
+    try:
+        stream.wait_for(lambda e: e["project"] == "docs")
+        big = post(d, "/projects/big/snapshots")[1]["run"]
+        stream.wait_for(lambda e: e["run"] == big and e["step"] == 4 and e["bytes_done"] >= 16 * MIB)
+        assert post(d, "/projects/big/pause")[0] == 200
+        stream.wait_for(lambda e: e["run"] == big and e["paused"], timeout=5)
+
+        t0 = time.monotonic()
+        status, started = post(d, "/projects/docs/snapshots")
+        assert status == 202
+        other = stream.wait_for(lambda e: e["run"] == started["run"] and e["state"] in TERMINAL, timeout=15)
+        assert other["state"] == "completed", other
+        assert other["snapshot"]["files"] == len(docs)
+        assert time.monotonic() - t0 < 10
+        waited = [e["message"] for e in stream.events if e["run"] == started["run"]]
+        assert not [m for m in waited if m.startswith("Waiting for other snapshots")], waited
+        held = get(d, "/projects/big/progress")
+        assert held["run"] == big and held["paused"] and held["state"] == "compressing"
+
+        assert post(d, "/projects/big/resume")[0] == 200
+        final = stream.wait_for(lambda e: e["run"] == big and e["state"] in TERMINAL)
+    finally:
+        stream.close()
+    assert final["state"] == "completed", final
+    assert (final["snapshot"]["files"], final["snapshot"]["bytes"]) == (30, total)
+
+
 def test_a_paused_project_starts_nothing_and_one_snapshot_on_resume(daemon_factory: Any, short_tmp: Path) -> None:
     folder = short_tmp / "docs"
     make_tree(folder, files=10)

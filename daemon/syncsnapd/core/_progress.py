@@ -7,7 +7,8 @@ else is called on the Trio thread.
 A run can be paused (:meth:`RunProgress.pause`): its worker threads then wait in
 :meth:`RunProgress.check_cancelled`, which they call between files and between chunks, until it is
 resumed or cancelled, so no bytes are read while paused. Paused time counts in no step's time nor in
-the ETA.
+the ETA. A thread that waits there tells its ``held`` callback, so that what it holds (a token of a thread
+limiter) can be lent to others meanwhile.
 """
 
 from __future__ import annotations
@@ -199,23 +200,33 @@ class RunProgress:
 
     # --- engine side -------------------------------------------------------------------------------
 
-    def check_cancelled(self, poll: Callable[[], None] | None = None) -> None:
+    def check_cancelled(self, poll: Callable[[], None] | None = None,
+                        held: Callable[[bool], None] | None = None) -> None:
         """Raise :class:`RunCancelled` if the run was cancelled (for worker threads); while the run is
         paused, first wait until it is resumed or cancelled.
 
         ``poll`` is called every :data:`PAUSE_POLL_SECONDS` while waiting, and may raise to stop waiting
-        (``trio.from_thread.check_cancelled``).
+        (``trio.from_thread.check_cancelled``). ``held(True)`` is called before waiting and, if it
+        returned, ``held(False)`` exactly once after, however the wait ends (resumed, cancelled, ``poll``
+        raising); both without any lock of this object held, so they may block on the Trio thread (the
+        snapshot engine lends the thread's limiter token meanwhile).
         """
         if self._paused_since is not None:  # a plain read: the fast path takes no lock
-            with self._gate:
-                while self._paused_since is not None and not self._cancel.is_set():
-                    if poll is not None:
-                        self._gate.release()
-                        try:
-                            poll()
-                        finally:
-                            self._gate.acquire()
-                    self._gate.wait(PAUSE_POLL_SECONDS)
+            if held is not None:
+                held(True)
+            try:
+                with self._gate:
+                    while self._paused_since is not None and not self._cancel.is_set():
+                        if poll is not None:
+                            self._gate.release()
+                            try:
+                                poll()
+                            finally:
+                                self._gate.acquire()
+                        self._gate.wait(PAUSE_POLL_SECONDS)
+            finally:
+                if held is not None:
+                    held(False)
         if self._cancel.is_set():
             raise RunCancelled()
 

@@ -52,6 +52,7 @@ import trio
 
 from ..core import RunProgress, SnapshotSummary, SyncsnapdError
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
+from ._threads import run_threads, token_lender
 
 __all__ = ["SnapshotError", "take_snapshot"]
 
@@ -183,7 +184,7 @@ class _Run:
     """The state of one snapshot run, shared by its worker threads."""
 
     def __init__(self, store: Store, root: Path, progress: RunProgress,
-                 ignore: Callable[[str], bool] | None) -> None:
+                 ignore: Callable[[str], bool] | None, limiter: trio.CapacityLimiter) -> None:
         self.store = store
         self.root = os.fsdecode(os.path.abspath(root))
         self.progress = progress
@@ -202,11 +203,13 @@ class _Run:
         self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
         # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
         self.started_ns = time.time_ns()
+        self.lend_token = token_lender(limiter)
 
     def check(self) -> None:
         """Stop a worker thread promptly when the run is cancelled either way; hold it while the run is
-        paused (called between files and between chunks, so a pause holds within a chunk's time)."""
-        self.progress.check_cancelled(trio.from_thread.check_cancelled)
+        paused (called between files and between chunks, so a pause holds within a chunk's time), its
+        limiter token lent to other runs meanwhile."""
+        self.progress.check_cancelled(trio.from_thread.check_cancelled, self.lend_token)
         trio.from_thread.check_cancelled()
 
     # --- step 2 -------------------------------------------------------------------------------------
@@ -466,40 +469,6 @@ class _Run:
         return Entry(rel, "file", total, mtime, st.st_mode & 0o7777, inode, hashes)
 
 
-async def _run_threads(fns: list[Callable[[], None]], limiter: trio.CapacityLimiter | None) -> None:
-    """Run ``fns`` in worker threads at once; re-raise the first failure unwrapped.
-
-    A failing worker cancels the others (they poll ``trio.from_thread.check_cancelled``). Errors are
-    re-raised outside the nursery so callers see ``SnapshotError``/``RunCancelled`` themselves rather
-    than inside an exception group.
-    """
-    failures: list[BaseException] = []
-
-    async def run(fn: Callable[[], None]) -> None:
-        try:
-            await trio.to_thread.run_sync(fn, limiter=limiter)
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:  # noqa: B036 - re-raised below, after the nursery
-            failures.append(exc)
-            nursery.cancel_scope.cancel()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for fn in fns:
-                nursery.start_soon(run, fn)
-    except BaseExceptionGroup as group:
-        cancelled, rest = group.split(trio.Cancelled)
-        if rest is not None or cancelled is None:
-            raise
-        first: BaseException = cancelled
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
-    if failures:
-        raise failures[0]
-
-
 async def take_snapshot(store: Store, project: str, root: Path, progress: RunProgress, *,
                         ignore: Callable[[str], bool] | None = None,
                         limiter: trio.CapacityLimiter | None = None) -> SnapshotSummary:
@@ -508,7 +477,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     Drives steps 2-5 of ``progress``. ``ignore(relpath)`` returns True for relative POSIX paths to
     leave out (a directory's contents go with it); it is called from a worker thread. The store's own
     directory is always left out.
-    Worker threads come from ``limiter`` (trio's default limiter if None).
+    Worker threads come from ``limiter`` (trio's default limiter if None); one held by a pause of
+    ``progress`` lends its token back meanwhile (``_threads.py``).
 
     Returns:
         The summary of the new snapshot.
@@ -519,7 +489,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             holds no temporary files of this run.
     """
     started = time.monotonic()
-    run = _Run(store, root, progress, ignore)
+    limiter = limiter or trio.to_thread.current_default_thread_limiter()
+    run = _Run(store, root, progress, ignore, limiter)
     writer: StoreWriter | None = None
     try:
         # Between steps the Trio side waits out a pause itself, so the step shown while paused stays.
@@ -541,7 +512,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             workers.append(lambda: run.read_small_files(tallies[0]))
         if run.large:
             workers.append(lambda: run.read_large_files(tallies[1]))
-        await _run_threads(workers, limiter)
+        await run_threads(workers, limiter)
 
         tally = _Tally(
             files=run.unchanged.files + sum(t.files for t in tallies),

@@ -18,6 +18,9 @@ A project can be paused (:meth:`Scheduler.pause`, kept in ``state_dir/paused.jso
 its running run is held (:meth:`RunProgress.pause`), no run starts (neither a queued follow-up nor a
 retry), an API request is refused (:class:`ProjectPaused`), and automatic requests (watch, schedule,
 start-up, retry) are remembered as one pending request, which starts one run on :meth:`Scheduler.resume`.
+A paused run lends back what it holds, so that pausing one project never stalls the others: its token of
+``run_limiter`` (:class:`_RunToken`), and each of its worker threads held by the pause its token of the
+thread limiter (``engine/_threads.py``). Resumed, it goes on at once with them.
 """
 
 from __future__ import annotations
@@ -95,6 +98,26 @@ class _ProjectSlot:
     loop_scope: trio.CancelScope | None = None
     # An automatic request made while the project is paused: the one run its resume starts.
     pending: _Request | None = None
+    # The running run's token of run_limiter, while it holds one.
+    run_token: _RunToken | None = None
+
+
+@dataclass
+class _RunToken:
+    """The ``run_limiter`` token of a run in steps 2-5, lent back to the limiter while the run is paused
+    (``total_tokens + 1``, so that another project's snapshot may start meanwhile) and taken back at the
+    resume or when the run ends, whichever comes first (``- 1``; trio then lets no new run start until
+    the running ones are back under ``max_concurrent``). :meth:`settle` after each change of either."""
+
+    limiter: trio.CapacityLimiter
+    progress: RunProgress
+    lent: bool = False
+
+    def settle(self, *, holding: bool = True) -> None:
+        lend = holding and self.progress.paused
+        if lend != self.lent:
+            self.lent = lend
+            self.limiter.total_tokens += 1 if lend else -1
 
 
 class UnknownProject(SyncsnapdError, KeyError):
@@ -185,6 +208,8 @@ class Scheduler:
             log.info("%s: paused", project_id)
             if slot.run is not None:
                 slot.run.progress.pause()
+            if slot.run_token is not None:
+                slot.run_token.settle()
             await self._save_paused()
 
     async def resume(self, project_id: str) -> None:
@@ -202,6 +227,8 @@ class Scheduler:
         if slot.run is not None:
             slot.run.progress.resume()
             slot.queued = slot.queued or pending
+        if slot.run_token is not None:
+            slot.run_token.settle()
         else:
             req, slot.queued = slot.queued or pending, None
             if req is not None:
@@ -386,26 +413,34 @@ class Scheduler:
             if slot.run is None and slot.config.id not in self._paused:
                 self._begin_queued(slot)
             while slot.run is not None:
-                final = await self._executor.execute(slot.run, self._snapshot_body(slot.config))
+                final = await self._executor.execute(slot.run, self._snapshot_body(slot))
                 slot.run = None
                 if final.state == "failed":
                     self._schedule_retry(slot, final)
                 if slot.config.id not in self._paused:  # else the queued run waits for the resume
                     self._begin_queued(slot)
 
-    def _snapshot_body(self, project: ProjectConfig) -> Body:
+    def _snapshot_body(self, slot: _ProjectSlot) -> Body:
+        project = slot.config
+
         async def body(progress: RunProgress) -> Outcome:
             await self._waiter(project, progress)
-            if self.run_limiter.available_tokens == 0:
+            if self.run_limiter.available_tokens <= 0:
                 progress.set_message(f"Waiting for other snapshots to finish "
                                      f"({self.run_limiter.borrowed_tokens} running)")
                 progress.flush()
             async with self.run_limiter:
                 progress.set_message(None)
-                summary = await take_snapshot(
-                    self.store, project.id, project.path, progress,
-                    ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
-                )
+                token = slot.run_token = _RunToken(self.run_limiter, progress)
+                token.settle()  # paused while it waited for the token
+                try:
+                    summary = await take_snapshot(
+                        self.store, project.id, project.path, progress,
+                        ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
+                    )
+                finally:
+                    slot.run_token = None
+                    token.settle(holding=False)
             return Outcome(_completed_message(summary), snapshot=summary)
 
         return body
