@@ -33,7 +33,8 @@ class SseReader:
             if not line:
                 if ev.get("event") == "progress":
                     data = json.loads(ev["data"])
-                    assert int(ev["id"]) == data["event_id"]
+                    # A never-run project's idle state (event_id 0) has no `id:` line (docs/api.md).
+                    assert int(ev["id"]) == data["event_id"] if "id" in ev else data["event_id"] == 0
                     self.events.append(data)
                 ev = {}
             elif not line.startswith(":") and ":" in line:

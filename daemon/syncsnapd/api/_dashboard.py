@@ -156,7 +156,7 @@ class Dashboard:
         for method in ("GET", "HEAD"):
             router.add(method, "/", self.root)
             router.add(method, "/assets/{path...}", self.asset)
-        router.add("GET", "/login", self.login)  # not HEAD: a link preview must not use the code up
+        router.add("GET", "/login", self.login, head=False)  # not HEAD: a link preview must not use the code up
         router.add("POST", f"{API}/login-codes", self.login_code)
         router.add("POST", f"{API}/logout", self.logout)
         router.add("DELETE", f"{API}/sessions", self.revoke)

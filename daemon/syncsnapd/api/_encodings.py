@@ -14,7 +14,9 @@ def event_sse(event: Event) -> bytes:
     """The event on an SSE stream."""
     cached: bytes | None = event.cache.get("sse")
     if cached is None:
-        cached = event.cache["sse"] = sse_progress(event.id, event.json_text)
+        # Id 0 is a never-run project's idle state, no published event: it goes out without an `id:`
+        # line, so ids on the stream never repeat and a browser's Last-Event-ID stays the last real one.
+        cached = event.cache["sse"] = sse_progress(event.id or None, event.json_text)
     return cached
 
 

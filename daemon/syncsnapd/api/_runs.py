@@ -27,6 +27,12 @@ def register_runs(router: Router, history: History, scheduler: Scheduler) -> Non
         pid = known(params["id"])
         limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         before = request.query.get("before") or None
+        if before is not None:
+            rec = await trio.to_thread.run_sync(history.run, before)
+            if rec is None or rec.project != pid:
+                # Not an empty page: a page after a run this project does not have is a wrong `before`.
+                raise api_error("not_found", f"No run {before!r} in the history of project {pid!r}; `before` "
+                                "takes the `next` of the previous page.")
         rows = await trio.to_thread.run_sync(lambda: history.runs(pid, limit=limit + 1, before=before))
         page = rows[:limit]
         return json_response(200, {"runs": [r.to_json() for r in page],

@@ -422,11 +422,18 @@ class RunProgress:
 
     def finish(self, state: str, *, snapshot: SnapshotSummary | None = None,
                error: dict[str, str] | None = None, message: str, result: dict[str, Any] | None = None) -> Progress:
-        """Build the terminal progress object (the caller publishes it exactly once)."""
+        """Build the terminal progress object (the caller publishes it exactly once).
+
+        A run that made a snapshot ends with that snapshot's totals as its counters (``files_*``: the files
+        in it, ``bytes_*``: their bytes), not the last step's; any other end keeps the counters of the step
+        it ended in (docs/api.md, "The progress object").
+        """
         with self._lock:
             self._ended = True
             last = self._last
             completed = state == "completed"
+            if snapshot is not None:
+                last = replace(last, files_total=snapshot.files, bytes_total=snapshot.bytes)
             return replace(
                 last, state=state, step=self.plan.total, percent=100.0 if completed else self._percent, message=message,
                 files_done=last.files_total if completed else min(self._files_done, last.files_total),

@@ -55,7 +55,9 @@ class Router:
     value never contains ``/``. The last segment may be ``{name...}``: it matches the rest of the path,
     one or more non-empty segments, joined by ``/`` (never a dot segment: those requests get 400). Literal
     routes win over parameter routes, and those over trailing ones; otherwise the first pattern added
-    wins. ``HEAD`` is served only where it is registered.
+    wins. Every ``GET`` route answers ``HEAD`` too, with the same handler (the connection sends the head
+    only: same status, headers and ``Content-Length``, no body; a stream's head and no events), unless it
+    is added with ``head=False`` (``GET /login``: a link preview must not use a login code up).
     """
 
     def __init__(self) -> None:
@@ -63,8 +65,9 @@ class Router:
         self._dynamic: dict[int, list[_Route]] = {}
         self._tails: list[_Route] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
-        """Register ``handler`` for ``method`` (upper case) on ``pattern``.
+    def add(self, method: str, pattern: str, handler: Handler, *, head: bool = True) -> None:
+        """Register ``handler`` for ``method`` (upper case) on ``pattern``; a ``GET`` handler answers
+        ``HEAD`` too unless ``head`` is False or ``HEAD`` is added with a handler of its own.
 
         Raises:
             ValueError: a malformed pattern, or the same method and pattern added twice.
@@ -112,9 +115,11 @@ class Router:
                 route = _Route(tuple(segments), tuple(names), {})
                 routes.append(route)
                 methods = route.methods
-        if method in methods:
+        if method in methods and not (method == "HEAD" and methods["HEAD"] is methods.get("GET")):
             raise ValueError(f"{method} {pattern} is already routed")
         methods[method] = handler
+        if method == "GET" and head:
+            methods.setdefault("HEAD", handler)  # the connection leaves the body out
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """Find the handler for ``method`` on the decoded ``path``, with its path parameters.

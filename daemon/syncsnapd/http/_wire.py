@@ -11,8 +11,12 @@ from ._sse import sse_event
 PROGRESS_EVENT = "progress"
 
 
-def sse_progress(event_id: int, json_text: str) -> bytes:
-    """One progress event on an SSE stream: ``id:``, ``event: progress`` and the JSON as ``data:``."""
+def sse_progress(event_id: int | None, json_text: str) -> bytes:
+    """One progress event on an SSE stream: ``id:``, ``event: progress`` and the JSON as ``data:``.
+
+    ``event_id`` None sends no ``id:`` line (a never-run project's idle state, which is no event): the
+    reader's last event id stays what it was (docs/api.md, "Streams").
+    """
     return sse_event(json_text, id=event_id, event=PROGRESS_EVENT)
 
 

@@ -141,7 +141,25 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run, id);
 """
 # Columns added since the first version, with their definitions: added where missing when the database
 # is opened for writing (ALTER TABLE ... ADD COLUMN; older rows take the default).
-_ADDED_COLUMNS = (("runs", "paused_seconds", "REAL NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (("runs", "paused_seconds", "REAL NOT NULL DEFAULT 0"), ("runs", "result", "TEXT"))
+
+# A run's step bookkeeping while it runs: the step it is in and since when, the seconds spent in each step
+# so far, when its current pause began (None unless paused) and the seconds paused before it.
+_StepState = tuple[int, float, dict[str, float], float | None, float]
+
+
+def _advance(state: _StepState | None, p: Progress, now: float) -> _StepState:
+    """The bookkeeping after event ``p`` of its run at ``now`` (``state`` None: the run's first event)."""
+    step, since, seconds, paused_at, paused = state if state is not None else (p.step, now, {}, None, 0.0)
+    if paused_at is not None and not p.paused:  # resumed (or ended while paused): the step goes on
+        paused, paused_at, since = paused + now - paused_at, None, now
+    if p.step != step:
+        seconds[str(step)] = round(seconds.get(str(step), 0.0) + now - since, 3)
+        step, since = p.step, now
+    if p.paused and paused_at is None:  # paused time counts in no step
+        seconds[str(step)] = round(seconds.get(str(step), 0.0) + now - since, 3)
+        paused_at = since = now
+    return step, since, seconds, paused_at, paused
 
 
 # Runs a blocking call off the event loop: trio.to_thread.run_sync.
@@ -176,7 +194,7 @@ class History:
         self._reserved = 0
         # Per running run: the step it is in and since when, the seconds spent in each step so far, when
         # its current pause began (None unless paused) and the seconds paused before it.
-        self._steps: dict[str, tuple[int, float, dict[str, float], float | None, float]] = {}
+        self._steps: dict[str, _StepState] = {}
         # Expected duration of the next snapshot per project (seconds), read on the Trio thread.
         self.expected: dict[str, float | None] = {}
         # The newest event id committed (written by write(), in a worker thread, under the lock).
@@ -364,7 +382,7 @@ class History:
                     db.execute("INSERT OR IGNORE INTO events (id, project, run, data) VALUES (?, ?, ?, ?)",
                                (ev.id, p.project, p.run, ev.json_text))
                     if p.run is not None:
-                        self._update_run(p, parse_time(p.updated_at) or time.time())
+                        self._update_run(p, parse_time(p.updated_at) or time.time(), ev.id)
                         if p.terminal and p.kind == "snapshot" and p.state == "completed":
                             self.expected[p.project] = self._expected_locked(p.project)
                     written = ev.id
@@ -408,44 +426,59 @@ class History:
             self.notice = None
         log.warning("history: %s can be written again", self.path)
 
-    def _update_run(self, p: Progress, now: float) -> None:
+    def _update_run(self, p: Progress, now: float, event_id: int) -> None:
         assert p.run is not None
-        step, since, seconds, paused_at, paused = self._steps.get(p.run, (p.step, now, {}, None, 0.0))
-        if paused_at is not None and not p.paused:  # resumed (or ended while paused): the step goes on
-            paused, paused_at, since = paused + now - paused_at, None, now
-        if p.step != step:
-            seconds[str(step)] = round(seconds.get(str(step), 0.0) + now - since, 3)
-            step, since = p.step, now
-        if p.paused and paused_at is None:  # paused time counts in no step
-            seconds[str(step)] = round(seconds.get(str(step), 0.0) + now - since, 3)
-            paused_at = since = now
         terminal = p.terminal
+        ended = p.updated_at if terminal else None
+        state = self._steps.get(p.run)
+        if state is None and terminal and p.started_at and p.error and p.error.get("code") == "interrupted":
+            # Ended at a later start: the bookkeeping died with the daemon. What the history recorded of the
+            # run gives its steps, and its end is its last recorded event, not this start (docs/api.md, RUN).
+            state, ended = self._replayed_locked(p, event_id)
+            now = parse_time(ended) or now
+        step, since, seconds, paused_at, paused = _advance(state, p, now)
         if terminal:
             self._steps.pop(p.run, None)
         else:
             self._steps[p.run] = (step, since, seconds, paused_at, paused)
-        ended = p.updated_at if terminal else None
         duration = None
-        if terminal and p.started_at and p.updated_at:
-            start, end = parse_time(p.started_at), parse_time(p.updated_at)
+        if terminal and p.started_at and ended:
+            start, end = parse_time(p.started_at), parse_time(ended)
             duration = round(end - start, 3) if start is not None and end is not None else None
         snapshot = json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None
+        result = json.dumps(p.result) if p.result is not None else None
         self._db.execute(
             "INSERT INTO runs (run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, "
-            "duration_seconds, steps, error_code, error_message, bytes_total, snapshot, paused_seconds) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "duration_seconds, steps, error_code, error_message, bytes_total, snapshot, paused_seconds, result) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(run) DO UPDATE SET state = excluded.state, ended_at = excluded.ended_at, "
             "started_at = COALESCE(?, runs.started_at), "
             "duration_seconds = excluded.duration_seconds, steps = excluded.steps, "
             "paused_seconds = excluded.paused_seconds, "
             "error_code = excluded.error_code, error_message = excluded.error_message, "
-            "bytes_total = COALESCE(excluded.bytes_total, runs.bytes_total), snapshot = excluded.snapshot",
+            "bytes_total = COALESCE(excluded.bytes_total, runs.bytes_total), snapshot = excluded.snapshot, "
+            "result = excluded.result",
             # A queued run that never started ends without a started_at: its row keeps (or, never recorded,
             # takes) when it was requested, or ended, so that runs still sort by time; it has no duration.
             (p.run, p.project, p.kind, p.trigger, p.attempt, p.retry_of, p.state, p.started_at or p.updated_at,
              ended, duration, json.dumps(seconds), p.error["code"] if p.error else None,
              p.error["message"] if p.error else None, p.bytes_total if p.step == 4 else None, snapshot,
-             round(paused, 3), p.started_at))
+             round(paused, 3), result, p.started_at))
+
+    def _replayed_locked(self, p: Progress, event_id: int) -> tuple[_StepState | None, str]:
+        """An interrupted run's step bookkeeping from its recorded events (those before ``p``, its terminal
+        event, whose id is ``event_id``), and the time of the last of them (``p.started_at`` if none)."""
+        state: _StepState | None = None
+        last = p.started_at
+        assert last is not None
+        for (data,) in self._db.execute("SELECT data FROM events WHERE run = ? AND id < ? ORDER BY id",
+                                        (p.run, event_id)):
+            seen = progress_from_json(json.loads(data))
+            at = parse_time(seen.updated_at)
+            if at is None or seen.terminal:
+                continue
+            state, last = _advance(state, seen, at), seen.updated_at or last
+        return state, last
 
     def _insert_run_locked(self, p: Progress) -> None:
         """The run's row in its first state, unless it has one already (then it is further along)."""
@@ -469,11 +502,12 @@ class History:
                 raise sqlite3.OperationalError("the history database cannot be written")
             self._insert_run_locked(p)
             self._db.execute(
-                "UPDATE runs SET state = ?, ended_at = ?, error_code = ?, error_message = ?, snapshot = ? "
-                "WHERE run = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
+                "UPDATE runs SET state = ?, ended_at = ?, error_code = ?, error_message = ?, snapshot = ?, "
+                "result = ? WHERE run = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
                 (p.state, p.updated_at, p.error["code"] if p.error else None,
                  p.error["message"] if p.error else None,
-                 json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None, p.run))
+                 json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None,
+                 json.dumps(p.result) if p.result is not None else None, p.run))
 
     async def record_end(self, progress: Progress) -> bool:
         """Write a run's terminal state now, before its terminal event is published (at most

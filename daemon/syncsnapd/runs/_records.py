@@ -29,6 +29,8 @@ class RunRecord:
     snapshot: dict[str, Any] | None
     # Seconds the run was held by a pause of its project (not in step_seconds).
     paused_seconds: float = 0.0
+    # An operation run's outcome, from its terminal event (Progress.result); None for snapshot runs.
+    result: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -36,7 +38,7 @@ class RunRecord:
             "attempt": self.attempt, "retry_of": self.retry_of, "state": self.state,
             "started_at": self.started_at, "ended_at": self.ended_at, "duration_seconds": self.duration_seconds,
             "step_seconds": self.step_seconds, "paused_seconds": self.paused_seconds, "error": self.error,
-            "snapshot": self.snapshot,
+            "snapshot": self.snapshot, "result": self.result,
         }
 
 
@@ -78,7 +80,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 RUN_COLUMNS = ("run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, duration_seconds, "
-                "steps, error_code, error_message, snapshot, paused_seconds")
+                "steps, error_code, error_message, snapshot, paused_seconds, result")
 
 
 def run_from_row(r: tuple[Any, ...]) -> RunRecord:
@@ -87,6 +89,7 @@ def run_from_row(r: tuple[Any, ...]) -> RunRecord:
         started_at=r[7], ended_at=r[8], duration_seconds=r[9], step_seconds=json.loads(r[10] or "{}"),
         error={"code": r[11], "message": r[12] or ""} if r[11] else None,
         snapshot=json.loads(r[13]) if r[13] else None, paused_seconds=r[14] or 0.0,
+        result=json.loads(r[15]) if r[15] else None,
     )
 
 
