@@ -140,3 +140,15 @@ def test_overlapping_projects_are_named_with_what_each_snapshots(tmp_path: Path)
         f"projects 'a' and 'b' overlap: 'a' snapshots {a} including {c}, which 'b' snapshots too",
         f"projects 'z' and 'z2' both snapshot {z}: every file there is snapshotted twice",
     ]
+
+
+def test_folder_ids_do_not_depend_on_the_order_of_the_flags(tmp_path: Path) -> None:
+    """Issue 16: `--folder b/docs --folder a/docs` named b/docs `docs` and a/docs `docs-2`, the other
+    order the reverse; ids come from the sorted paths now, and the source says --folder."""
+    (tmp_path / "a/docs").mkdir(parents=True)
+    (tmp_path / "b/docs").mkdir(parents=True)
+    one = load_config(None, [str(tmp_path / "b/docs"), str(tmp_path / "a/docs")], _env(tmp_path))
+    two = load_config(None, [str(tmp_path / "a/docs"), str(tmp_path / "b/docs")], _env(tmp_path))
+    expected = {tmp_path / "a/docs": "docs", tmp_path / "b/docs": "docs-2"}
+    assert {p.path: p.id for p in one.projects} == {p.path: p.id for p in two.projects} == expected
+    assert one.source == "--folder"

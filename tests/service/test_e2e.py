@@ -143,7 +143,7 @@ def test_second_daemon_on_same_socket_refuses_with_clear_message(daemon_factory:
     second = subprocess.run([sys.executable, "-m", "syncsnapd", "--config", str(d.config)], env=d.env,
                             capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
-    assert "already" in second.stderr or "in use" in second.stderr
+    assert f"another syncsnapd (pid {d.proc.pid}) is running and serving on {d.socket}" in second.stderr
     # The first daemon is unharmed.
     assert json.loads(d.curl("http://localhost/api/v1/health").stdout)["status"] == "ok"
 

@@ -461,7 +461,7 @@ def test_offline_prune_refuses_while_the_daemon_holds_the_store_and_dry_runs_cha
         out = io.StringIO()
         assert run_prune(root, out, policies={"docs": KeepPolicy(last=1)}) == 2
         assert out.getvalue() == (f"Cannot open the store: store {root} is in use by another syncsnapd (pid "
-                                  f"{os.getpid()}). Prune through the daemon instead (POST /api/v1/prune).\n")
+                                  f"{os.getpid()}). Prune through the daemon instead: `syncsnap prune`.\n")
         files_before = sorted(str(p) for p in root.rglob("*"))
         loc = store.locate(store.load_entries(old)[0].chunks[0])
         assert loc is not None

@@ -66,6 +66,8 @@ class Api:
         self.watch_status = watch_status if watch_status is not None else {}
         self.supervisor = supervisor
         self.heartbeat = heartbeat
+        # Configuration warnings the daemon shows in health (e.g. no projects configured).
+        self.warnings: list[str] = []
         self.started = time.monotonic()
         self.router = Router()
         r = self.router
@@ -97,6 +99,7 @@ class Api:
             "projects": len(self.scheduler.project_ids()),
             "services": [s.to_json(now) for s in statuses],
             "degraded": [s.name for s in statuses if s.degraded],
+            "warnings": list(self.warnings),
         })
 
     async def projects(self, request: Request, params: dict[str, str]) -> Response:

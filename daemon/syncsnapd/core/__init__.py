@@ -3,6 +3,7 @@
 No I/O beyond reading the configuration file; every other package may import this one.
 """
 
+from ._config import CONFIG_KEYS as CONFIG_KEYS
 from ._config import ConfigError as ConfigError
 from ._config import DaemonConfig as DaemonConfig
 from ._config import KeepPolicy as KeepPolicy

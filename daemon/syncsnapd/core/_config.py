@@ -32,6 +32,10 @@ _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "wat
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
+# Every key the loader accepts, by table: docs/config.md's reference table is tested against this.
+CONFIG_KEYS: Mapping[str, frozenset[str]] = {
+    "daemon": frozenset(_DAEMON_KEYS), "daemon.s3": frozenset(_S3_KEYS), "projects": frozenset(_PROJECT_KEYS),
+    "projects.keep": frozenset(_KEEP_KEYS), "projects.syncthing": frozenset(_SYNCTHING_KEYS)}
 # Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
 DEFAULT_SETTLE_SECONDS = 5.0
@@ -317,14 +321,17 @@ def _defaults(env: Mapping[str, str]) -> dict[str, Any]:
 # --- loading -------------------------------------------------------------------------------------------
 
 def load_config(config_file: Path | None = None, folders: list[str] | None = None,
-                env: Mapping[str, str] = os.environ) -> DaemonConfig:
+                env: Mapping[str, str] = os.environ, overrides: Mapping[str, str] | None = None) -> DaemonConfig:
     """Build the daemon configuration.
 
     Args:
         config_file: a TOML file; if None, the default file is used when it exists.
-        folders: ``--folder`` paths; projects named after each folder (made unique). They are added to
-            the file's projects, or replace the embedded default project.
+        folders: ``--folder`` paths; projects named after each folder. Ids do not depend on the order of
+            the flags: a name used twice gets ``-2``, ``-3``... in the order of the sorted paths. They are
+            added to the file's projects, or replace the embedded default project.
         env: the environment (XDG variables, HOME).
+        overrides: ``tcp``, ``socket``, ``store``, ``state_dir`` given as flags (``--state-dir``...): they
+            win over the file; relative paths are relative to the working directory.
 
     Raises:
         ConfigError: naming the key or flag at fault.
@@ -353,29 +360,32 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
     daemon = data.get("daemon", {})
     if not isinstance(daemon, dict):
         raise ConfigError("daemon: must be a table ([daemon])")
-    for key in daemon:
-        if key not in _DAEMON_KEYS:
-            raise ConfigError(f"daemon.{key}: unknown key (known: {', '.join(sorted(_DAEMON_KEYS))})")
+    if extra := sorted(set(daemon) - _DAEMON_KEYS):
+        raise ConfigError(f"daemon.{extra[0]}: unknown key (known: {', '.join(sorted(_DAEMON_KEYS))})")
 
     settings = _defaults(env)
-    store = daemon.get("store")
+    flags = dict(overrides or {})
+    store = flags.get("store", daemon.get("store"))
     if isinstance(store, str) and store.startswith("s3://"):
         try:
             parse_s3_url(store)
         except ValueError as exc:
             raise ConfigError(f"daemon.store: {exc}") from None
         settings["store_url"] = store
-        del daemon["store"]
-    elif "s3" in daemon:
+        daemon.pop("store", None)
+        flags.pop("store", None)
+    elif "s3" in daemon and "store" not in flags:  # --store DIR: the file's S3 settings do not apply
         raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
     for key in ("socket", "store", "state_dir", "token_file"):
-        if key in daemon:
+        if key in flags:
+            settings[key] = _path(flags[key], "--" + key.replace("_", "-"), Path.cwd())
+        elif key in daemon:
             settings[key] = _path(daemon[key], f"daemon.{key}", base_dir)
     if "store_url" in settings:
         settings["s3"] = _s3(daemon.get("s3", {}))
         settings["store"] = staging_dir(settings["state_dir"], settings["store_url"])
-    if "tcp" in daemon:
-        settings["tcp"] = _tcp(daemon["tcp"])
+    if "tcp" in flags or "tcp" in daemon:
+        settings["tcp"] = _tcp(flags["tcp"], "--tcp") if "tcp" in flags else _tcp(daemon["tcp"], "daemon.tcp")
     if "heartbeat" in daemon:
         hb = daemon["heartbeat"]
         if isinstance(hb, bool) or not isinstance(hb, int | float) or not 0.1 <= hb <= 3600:
@@ -398,12 +408,17 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         "watch": _bool(daemon.get("watch", True), "daemon.watch"),
     }
     projects = _projects(data.get("projects", []), base_dir, timing)
+    paths: dict[Path, str] = {}  # in the order given; ids given in the order of the sorted paths
     for folder in folders or []:
         path = Path(folder).expanduser()
         if not path.is_dir():
             raise ConfigError(f"--folder: {folder} is not a directory")
-        projects.append(ProjectConfig(id=_unique_id(_slug(path.resolve().name), projects), path=path.resolve(),
-                                      **timing))
+        paths[path.resolve()] = ""
+    for path in sorted(paths):
+        paths[path] = _unique_id(_slug(path.name), [*projects, *(ProjectConfig(i, p) for p, i in paths.items())])
+    projects += [ProjectConfig(id=pid, path=path, **timing) for path, pid in paths.items()]
+    if paths:
+        source = "--folder" if config_file is None else f"{source} and --folder"
     if not projects and config_file is None:
         default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
         projects.append(ProjectConfig(id=_slug(default.name), path=default, **timing))
@@ -413,9 +428,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
 def _s3(raw: object) -> S3Options:
     if not isinstance(raw, dict):
         raise ConfigError("daemon.s3: expected a table ([daemon.s3])")
-    for k in raw:
-        if k not in _S3_KEYS:
-            raise ConfigError(f"daemon.s3.{k}: unknown key (known: {', '.join(sorted(_S3_KEYS))})")
+    if unknown := sorted(set(raw) - _S3_KEYS):
+        raise ConfigError(f"daemon.s3.{unknown[0]}: unknown key (known: {', '.join(sorted(_S3_KEYS))})")
     endpoint = raw.get("endpoint")
     if endpoint is not None and (not isinstance(endpoint, str) or not re.fullmatch(r"https?://[^/\s]+/?", endpoint)):
         raise ConfigError(f"daemon.s3.endpoint: expected the service's URL such as https://s3.example.com or "
@@ -437,14 +451,16 @@ def _path(value: object, key: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else (base_dir / p)
 
 
-def _tcp(value: object) -> str | None:
+def _tcp(value: object, key: str) -> str | None:
     if not isinstance(value, str):
-        raise ConfigError(f'daemon.tcp: expected "127.0.0.1:PORT" or "" to disable, got {value!r}')
+        raise ConfigError(f'{key}: expected "127.0.0.1:PORT" or "" to disable, got {value!r}')
     if value == "":
         return None
-    m = re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):(\d{1,5})", value, re.ASCII)
-    if not m or int(m.group(2)) > 65535:
-        raise ConfigError(f"daemon.tcp: {value!r} is not a loopback address "
+    m = re.fullmatch(r"(127\.0\.0\.1|localhost|\[::1\]):(\d+)", value, re.ASCII)
+    if m and int(m.group(2)) > 65535:
+        raise ConfigError(f"{key}: port {m.group(2)} in {value!r} is out of range (0 to 65535; 0 picks a free one)")
+    if not m:
+        raise ConfigError(f"{key}: {value!r} is not a loopback address "
                           '(use "127.0.0.1:PORT", "[::1]:PORT" or "localhost:PORT"; port 0 picks one)')
     return value
 
@@ -581,9 +597,4 @@ def _slug(name: str) -> str:
 
 def _unique_id(base: str, existing: list[ProjectConfig]) -> str:
     taken = {p.id for p in existing}
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"
+    return next(c for n in range(1, len(taken) + 2) if (c := base if n == 1 else f"{base}-{n}") not in taken)

@@ -1,11 +1,16 @@
 """The ``syncsnapd`` command: run the daemon, or read the store offline.
 
-    syncsnapd [--config FILE] [--folder PATH ...]     run the daemon (default)
-    syncsnapd snapshots [--config FILE] [--project P] list snapshots
-    syncsnapd diff SNAPSHOT_ID [SNAPSHOT_ID] [--json]  what changed (second id omitted: the live folder)
-    syncsnapd restore SNAPSHOT_ID TARGET_DIR [--path P ...] [--overwrite]
+    syncsnapd [GLOBAL OPTIONS]                        run the daemon (default)
+    syncsnapd snapshots [--project P]                 list snapshots
+    syncsnapd diff SNAPSHOT_ID [SNAPSHOT_ID] [--json] [--project P]  what changed (second id omitted: the live folder)
+    syncsnapd restore SNAPSHOT_ID TARGET_DIR [--path P ...] [--overwrite] [--project P]
     syncsnapd check [--read-data]                     verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run]                       apply the projects' keep policies, delete unused data
+
+GLOBAL OPTIONS go before or after the command: ``--config FILE``, ``--folder PATH`` (repeatable), and
+``--tcp``, ``--socket``, ``--store``, ``--state-dir``, which override those ``[daemon]`` keys. An unknown
+option or command is named in a sentence of our own (argparse would call the value of an unknown option
+an "invalid choice" of command).
 
 Exit codes: 0 success, 1 problems found (a damaged store or snapshot) / daemon failed / output closed
 early (``| head``), 2 usage or configuration error.
@@ -20,6 +25,7 @@ import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -36,50 +42,154 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
 
 
+# Options that work before the command and after it (`syncsnapd --config F snapshots` and `syncsnapd
+# snapshots --config F`): (flags, metavar or None for a switch, help). The [daemon] keys they override.
+_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
+    (("--config",), "FILE", "TOML configuration (default: $XDG_CONFIG_HOME/syncsnap/config.toml if present)"),
+    (("--folder",), "PATH", "snapshot this folder as a project (repeatable; no config file needed)"),
+    (("--tcp",), "ADDRESS", 'loopback TCP address (daemon.tcp), e.g. 127.0.0.1:8473; "" disables TCP'),
+    (("--socket",), "PATH", "the Unix socket (daemon.socket)"),
+    (("--store",), "DIR", "the store: a directory or s3://bucket/prefix (daemon.store)"),
+    (("--state-dir",), "DIR", "where the history is kept (daemon.state_dir)"),
+    (("-v", "--verbose"), None, "debug logging"),
+)
+_OVERRIDES = ("tcp", "socket", "store", "state_dir")
+_COMMANDS = ("snapshots", "diff", "restore", "check", "prune")
+
+
+class UsageError(Exception):
+    """A command line argparse would refuse; the message is the sentence to print."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # The command's own copy stores under its own name (argparse lets a subparser's defaults overwrite
+    # what the main parser read): main() merges both.
+    prefix = "" if top else "sub_"
+    group = parser.add_argument_group("global options (before or after the command)")
+    for flags, metavar, text in _GLOBAL_OPTIONS:
+        dest = prefix + flags[-1].lstrip("-").replace("-", "_")
+        if metavar is None:
+            group.add_argument(*flags, dest=dest, action="store_true", default=False, help=text)
+        elif flags[0] == "--folder":
+            group.add_argument(*flags, dest=dest, action="append", default=[], metavar=metavar, help=text)
+        else:
+            group.add_argument(*flags, dest=dest, metavar=metavar, help=text)
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, metavar="FILE",
-                        help="TOML configuration (default: $XDG_CONFIG_HOME/syncsnap/config.toml if present)")
-    common.add_argument("--folder", action="append", default=[], metavar="PATH",
-                        help="snapshot this folder as a project (repeatable; no config file needed)")
-    p = argparse.ArgumentParser(prog="syncsnapd", parents=[common],
-                                description="Snapshot daemon for synced folders, with live progress.")
+    p = _Parser(prog="syncsnapd", allow_abbrev=False,
+                description="Snapshot daemon for synced folders, with live progress.")
     p.add_argument("--version", action="version", version=f"syncsnapd {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser("snapshots", parents=[common], help="list snapshots in the store")
+    _add_globals(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+        _add_globals(parser, top=False)
+        return parser
+
+    s = command("snapshots", "list snapshots in the store")
     s.add_argument("--project", help="only this project's snapshots")
-    d = sub.add_parser("diff", parents=[common], help="what changed between two snapshots, or since one")
+    latest = "SNAPSHOT_ID may be `latest`: the newest snapshot of --project (needed when several projects " \
+             "have snapshots)"
+    d = command("diff", "what changed between two snapshots, or since one")
     d.add_argument("snapshot_id")
     d.add_argument("other", nargs="?", metavar="snapshot_id", help="omitted: compare with the live folder")
     d.add_argument("--json", action="store_true", help="one JSON object (as the API's diff endpoint)")
-    r = sub.add_parser("restore", parents=[common], help="restore a snapshot into an empty or new directory")
+    d.add_argument("--project", help=latest)
+    r = command("restore", "restore a snapshot into an empty or new directory (or, with --overwrite, over one)")
     r.add_argument("snapshot_id")
     r.add_argument("target", type=Path)
     r.add_argument("--path", action="append", default=[], metavar="PATH",
                    help="restore only this file or directory of the snapshot (repeatable)")
     r.add_argument("--overwrite", action="store_true",
                    help="restore into a directory that has files, replacing those the snapshot has")
-    c = sub.add_parser("check", parents=[common], help="verify the store; exit 1 if anything is missing or corrupt")
+    r.add_argument("--project", help=latest)
+    c = command("check", "verify the store; exit 1 if anything is missing or corrupt")
     c.add_argument("--read-data", action="store_true",
                    help="also re-read and re-hash every stored chunk (default: structure and references only)")
-    pr = sub.add_parser("prune", parents=[common],
-                        help="forget snapshots as the projects' keep policies say, then delete unused data "
-                             "(not while the daemon runs)")
+    pr = command("prune", "forget snapshots as the projects' keep policies say, then delete unused data "
+                          "(not while the daemon runs; --dry-run only reads and works then too)")
     pr.add_argument("--dry-run", action="store_true", help="only say what would be forgotten and deleted")
     return p
 
 
+def _known_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
+    """Option string -> whether it takes a value."""
+    return {flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings}
+
+
+def _check_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Name an unknown option or command in a sentence of our own: argparse takes the value of an unknown
+    option for the command and says "invalid choice"."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    known, command, i = _known_options(parser), None, 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            return
+        if word.startswith("-") and word != "-":
+            name = word.split("=", 1)[0] if word.startswith("--") else word
+            if name not in known:
+                where = f" of `syncsnapd {command}`" if command else ""
+                raise UsageError(f"unknown option {name}{where}; `syncsnapd {command + ' ' if command else ''}"
+                                 "--help` lists the options")
+            if known[name] and "=" not in word:
+                i += 1  # its value
+        elif command is None:
+            if word not in _COMMANDS:
+                raise UsageError(f"unknown command {word!r}; the commands are {', '.join(_COMMANDS)} "
+                                 "(none: run the daemon)")
+            command = word
+            known = _known_options(subparsers.choices[word])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with the global options merged from both places (the later wins).
+
+    Raises:
+        UsageError: the sentence to print (exit status 2).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    _check_words(parser, argv)
+    args = parser.parse_args(argv)
+    args.folder = [*args.folder, *getattr(args, "sub_folder", [])]
+    args.verbose = args.verbose or getattr(args, "sub_verbose", False)
+    for name in ("config", *_OVERRIDES):
+        later = getattr(args, "sub_" + name, None)
+        if later is not None:
+            setattr(args, name, later)
+    if args.config is not None:
+        args.config = Path(args.config)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``syncsnapd`` console script."""
-    args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, args.folder)
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"syncsnapd: {exc}", file=sys.stderr)
+        return 2
+    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
+
+    def load() -> DaemonConfig:
+        return load_config(args.config, args.folder, overrides=overrides)
+
+    try:
+        config = load()
     except ConfigError as exc:
         print(f"syncsnapd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command is None:
-        return _run_daemon(config, lambda: load_config(args.config, args.folder), args.verbose)
+        return _run_daemon(config, load, args.verbose)
     try:
         code = _offline(args, config)
         sys.stdout.flush()
@@ -108,13 +218,15 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
         return _offline.run_snapshots(config.store, sys.stdout, project=args.project)
     if args.command == "restore":
         return _offline.run_restore(config.store, args.snapshot_id, args.target, sys.stdout, paths=args.path,
-                                    overwrite=args.overwrite)
+                                    overwrite=args.overwrite, latest_of=args.project,
+                                    configured=[p.id for p in config.projects])
     if args.command == "diff":
         return _offline.run_diff(config.store, args.snapshot_id, args.other, sys.stdout, as_json=args.json,
-                                 projects=config.projects, exclude=(config.store, config.state_dir))
+                                 projects=config.projects, exclude=(config.store, config.state_dir),
+                                 latest_of=args.project)
     if args.command == "prune":
         return _offline.run_prune(config.store, sys.stdout, policies={p.id: p.keep for p in config.projects},
-                                  dry_run=args.dry_run)
+                                  dry_run=args.dry_run, remote=config.store_url)
     return _offline.run_check(config.store, sys.stdout, read_data=args.read_data)
 
 
@@ -152,11 +264,14 @@ def _run_daemon(config: DaemonConfig, load: Callable[[], DaemonConfig], verbose:
 def _hint(config: DaemonConfig) -> str:
     projects = ", ".join(f"{p.id} ({p.path})" for p in config.projects) or "none"
     first = config.projects[0].id if config.projects else "PROJECT"
+    warn = "" if config.projects else "  warning:          no projects configured: add [[projects]] or use --folder\n"
     return (
-        f"syncsnapd {__version__}: projects {projects}\n"
-        f"  watch progress:   curl -N --unix-socket {config.socket} http://localhost/api/v1/events\n"
-        f"  take a snapshot:  curl -X POST --unix-socket {config.socket} "
-        f"http://localhost/api/v1/projects/{first}/snapshots\n"
+        f"syncsnapd {__version__}: projects {projects}\n{warn}"
+        f"  status:           syncsnap status\n"
+        f"  watch progress:   syncsnap follow\n"
+        f"  take a snapshot:  syncsnap snapshot {first}\n"
+        f"  dashboard:        syncsnap open\n"
+        f"  or with curl:     curl -N --unix-socket {config.socket} http://localhost/api/v1/events\n"
         f"  stop:             Ctrl-C"
     )
 

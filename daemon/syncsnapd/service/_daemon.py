@@ -71,6 +71,7 @@ from ._listening import (
     DaemonInfo,
     Listeners,
     StartupError,
+    check_discovery_file,
     open_listeners,
     remove_discovery_file,
     remove_own_socket,
@@ -139,6 +140,7 @@ class Daemon:
         self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
                                history)
         self.metrics.register(self.api.router)
+        self.api.warnings[:] = config_warnings(config)
         self.dashboard = Dashboard(self.api.router, config.runtime_dir / "sessions.json")  # reloads sessions
         self._sources: dict[str, str] = {}  # project id -> the name of its supervised source
         self._nursery: trio.Nursery | None = None
@@ -235,6 +237,7 @@ class Daemon:
                     self._stop_sources(pid)
             self.config = new
             _warn_overlaps(new)
+            self.api.warnings[:] = config_warnings(new)
             self.scheduler.set_projects(self._scheduled(new.projects))
             for pid, project in wanted.items():
                 if pid not in self.watch_status:
@@ -378,6 +381,19 @@ def _warn_overlaps(config: DaemonConfig) -> None:
         log.warning("%s", warning)
 
 
+# What /api/v1/health's `warnings` says (and the log at start and reload): a configuration that runs but
+# does not do what its user most likely wants.
+NO_PROJECTS = "no projects configured: add [[projects]] or use --folder"
+
+
+def config_warnings(config: DaemonConfig) -> list[str]:
+    """Sentences for health's ``warnings``, each logged as a warning."""
+    out = [] if config.projects else [NO_PROJECTS + f" (config: {config.source})"]
+    for warning in out:
+        log.warning("%s", warning)
+    return out
+
+
 def check_state_dir(path: Path) -> None:
     """Create the state directory if missing and make sure we can write there.
 
@@ -434,6 +450,7 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
             log.info("created folder %s for project %s", project.path, project.id)
     check_state_dir(config.state_dir)
     check_private_dir(config.runtime_dir, "runtime directory")
+    await trio.to_thread.run_sync(check_discovery_file, config.discovery_file)
     _warn_overlaps(config)
     try:
         store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))

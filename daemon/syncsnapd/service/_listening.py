@@ -1,9 +1,18 @@
 """What the daemon listens on and how clients find it: the listeners (passed by systemd socket activation,
 or bound here) and the discovery file. Used by :mod:`._daemon` at start and stop.
+
+- A configured TCP port that is taken (two users on one machine both default to 8473) is not fatal: the
+  next free loopback port is bound instead (at most :data:`TCP_PORT_TRIES` tries), published in the
+  discovery file, and the log says why; with none free the daemon serves on the Unix socket only.
+  Sockets passed by systemd are used as they are.
+- One discovery file per runtime directory, so one daemon: a second one refuses to start while the daemon
+  the file names is alive and answers on its socket (:func:`check_discovery_file`); a stale file is
+  replaced.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,6 +27,13 @@ from ..core import DaemonConfig
 from ..http import listener_address, load_or_create_token, open_tcp_listener, open_unix_listener
 
 log = logging.getLogger("syncsnapd")
+
+# Ports tried after a configured TCP port that is taken (the next ones up): enough for the users of one
+# machine, bounded so that a start never scans the port range.
+TCP_PORT_TRIES = 10
+# How long the socket of the daemon a discovery file names gets to answer (a live daemon accepts at once;
+# a stale socket file refuses at once).
+PROBE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,46 @@ def write_discovery_file(path: Path, info: DaemonInfo, token_file: Path | None) 
         json.dump(data, f)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_SECONDS)
+    try:
+        probe.connect(path)
+    except TimeoutError:
+        return True  # its backlog is full: alive, just busy
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def check_discovery_file(path: Path) -> None:
+    """Refuse to start beside a live daemon that owns the discovery file (its pid is alive and its socket
+    answers): it would be orphaned, its clients sent to us. A stale file (dead pid, dead socket) is
+    left to be replaced.
+
+    Raises:
+        StartupError: naming the running daemon's pid and socket.
+    """
+    try:
+        data = json.loads(path.read_text())
+        pid, sock = int(data["pid"]), str(data["socket"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    if pid == os.getpid() or pid <= 0:
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # alive, another user's
+    if _answers(sock):
+        raise StartupError(f"another syncsnapd (pid {pid}) is running and serving on {sock} (discovery file "
+                           f"{path}); stop it first, or start this one with another XDG_RUNTIME_DIR")
 
 
 def remove_discovery_file(path: Path) -> None:
@@ -109,13 +165,14 @@ async def open_listeners(config: DaemonConfig, passed: dict[str, socket.socket])
         for s in unix:
             out.pairs.append((trio.SocketListener(trio.socket.from_stdlib_socket(s)), "unix"))
         if not unix:
-            listener = await open_unix_listener(config.socket)
-            out.pairs.append((listener, "unix"))
+            out.pairs.append((await open_unix_listener(config.socket), "unix"))
             out.bound_socket_inode = os.stat(config.socket).st_ino
         for s in tcp:
             out.pairs.append((trio.SocketListener(trio.socket.from_stdlib_socket(s)), "tcp"))
         if not tcp and config.tcp is not None:
-            out.pairs.append((await open_tcp_listener(config.tcp), "tcp"))
+            tcp_listener = await _open_tcp_or_next(config.tcp)
+            if tcp_listener is not None:
+                out.pairs.append((tcp_listener, "tcp"))
         tcp_listeners = [lst for lst, kind in out.pairs if kind == "tcp"]
         if tcp_listeners:
             out.tcp_address = listener_address(tcp_listeners[0])
@@ -124,6 +181,31 @@ async def open_listeners(config: DaemonConfig, passed: dict[str, socket.socket])
         await out.aclose()
         raise StartupError(str(exc)) from exc
     return out
+
+
+async def _open_tcp_or_next(address: str) -> trio.SocketListener | None:
+    """Listen on ``address``, or on the next free port when it is taken (logged, naming the address and
+    the ``tcp`` key); None when none of :data:`TCP_PORT_TRIES` is free: then the Unix socket only."""
+    host, _, port_text = address.rpartition(":")
+    port = int(port_text)
+    tried: list[str] = []
+    for candidate in range(port, min(port + TCP_PORT_TRIES, 65535) + 1):
+        try:
+            listener = await open_tcp_listener(f"{host}:{candidate}")
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or port == 0:
+                raise
+            tried.append(str(candidate))
+            continue
+        if tried:
+            log.warning("TCP address %s (daemon.tcp) is in use by another program, perhaps another user's "
+                        "syncsnapd; serving TCP on %s instead (published in the discovery file). Set daemon.tcp "
+                        "or --tcp to choose the port", address, listener_address(listener))
+        return listener
+    log.warning("TCP address %s (daemon.tcp) is in use, and so are ports %s to %s; serving on the Unix socket "
+                "only. Set daemon.tcp or --tcp to a free port", address, tried[1] if len(tried) > 1 else tried[0],
+                tried[-1])
+    return None
 
 
 def unix_socket_path(listeners: Listeners, config: DaemonConfig) -> Path:

@@ -2,7 +2,8 @@
 
 All but ``prune`` open the store read-only (no lock, no clean-up), so they work while the daemon runs.
 ``prune`` deletes data and takes the store's lock, so it refuses while a daemon holds the store (prune
-through the daemon then: ``POST /api/v1/prune``). Each returns the process exit code: 0 success, 1
+through the daemon then: ``syncsnap prune``); ``prune --dry-run`` only reads, so it runs then too. A
+snapshot may be named ``latest``: the newest snapshot of the project (see :func:`resolve_latest`). Each returns the process exit code: 0 success, 1
 problems found in the store (``check``; ``restore`` and ``diff`` of a damaged snapshot, ``restore`` of
 damaged data), 2 the command could not do its job (no store, unknown snapshot id, target not empty...);
 the reason is printed as one sentence. Snapshot files and lists of entries are input like any other:
@@ -30,6 +31,8 @@ from ..store import (
 )
 
 __all__ = ["run_check", "run_diff", "run_prune", "run_restore", "run_snapshots"]
+
+LATEST = "latest"
 
 
 def _open(store_root: Path, out: TextIO) -> Store | None:
@@ -75,16 +78,50 @@ def _unknown(snapshot_id: str, store_root: Path) -> str:
     return f"There is no snapshot {snapshot_id!r} in {store_root}; `syncsnapd snapshots` lists them."
 
 
+class _Ambiguous(Exception):
+    """``latest`` cannot be resolved; the message is the sentence to print."""
+
+
+def resolve_latest(store: Store, snapshot_id: str, project: str | None, configured: Sequence[str] = ()) -> str:
+    """``snapshot_id``, or for ``latest`` the id of the newest snapshot of ``project``. Without
+    ``project``: of the only project that has snapshots, else of the only configured one that has.
+
+    Raises:
+        _Ambiguous: no project given and several have snapshots, or the project has none.
+    """
+    if snapshot_id != LATEST:
+        return snapshot_id
+    if project is None:
+        have = sorted({s.project for s in store.list_snapshots()})
+        mine = [p for p in have if p in configured]
+        if len(have) == 1 or len(mine) == 1:
+            project = have[0] if len(have) == 1 else mine[0]
+        elif not have:
+            raise _Ambiguous(f"There is no `latest` snapshot: {store.root} has no snapshots yet.")
+        else:
+            raise _Ambiguous(f"`latest` of which project? The store has snapshots of {', '.join(have)}: add "
+                             f"--project {have[0]}" + (f" (or {', '.join(have[1:])})." if len(have) > 1 else "."))
+    info = store.latest(project)
+    if info is None:
+        raise _Ambiguous(f"There is no `latest` snapshot of project {project!r}; `syncsnapd snapshots` lists "
+                         "the snapshots.")
+    return info.id
+
+
 def run_restore(store_root: Path, snapshot_id: str, target: Path, out: TextIO, *, paths: Sequence[str] = (),
-                overwrite: bool = False) -> int:
+                overwrite: bool = False, latest_of: str | None = None, configured: Sequence[str] = ()) -> int:
     """Restore ``snapshot_id`` (or ``paths`` inside it) into ``target`` (new or empty directory, unless
-    ``overwrite``)."""
+    ``overwrite``). ``latest`` (of project ``latest_of``): see :func:`resolve_latest`."""
     store = _open(store_root, out)
     if store is None:
         return 2
     with store:
         try:
+            snapshot_id = resolve_latest(store, snapshot_id, latest_of, configured)
             stats = restore_snapshot(store, snapshot_id, Path(target), paths=paths, overwrite=overwrite)
+        except _Ambiguous as exc:
+            print(exc, file=out)
+            return 2
         except UnknownSnapshotError:
             print(_unknown(snapshot_id, store_root), file=out)
             return 2
@@ -137,15 +174,19 @@ def _load(store: Store, snapshot_id: str) -> list[Entry]:
 
 
 def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, as_json: bool = False,
-             projects: Sequence[ProjectConfig] = (), exclude: tuple[Path, ...] = ()) -> int:
+             projects: Sequence[ProjectConfig] = (), exclude: tuple[Path, ...] = (), latest_of: str | None = None) -> int:
     """Print what changed from snapshot ``before`` to snapshot ``after``, or to the live folder when
     ``after`` is None: the folder of the project in ``projects`` (with its ignore rules), else the folder
-    the snapshot was taken of."""
+    the snapshot was taken of. ``latest`` (of project ``latest_of``): see :func:`resolve_latest`."""
     store = _open(store_root, out)
     if store is None:
         return 2
     with store:
         try:
+            configured = [p.id for p in projects]
+            before = resolve_latest(store, before, latest_of, configured)
+            if after is not None and after != "live":
+                after = resolve_latest(store, after, latest_of, configured)
             old = _load(store, before)
             if after is not None and after != "live":
                 diff = diff_entries(old, _load(store, after), from_=before, to=after)
@@ -160,6 +201,9 @@ def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, a
                 diff = diff_entries(old, live, from_=before, to="live")
         except _Unknown as exc:
             print(_unknown(exc.snapshot_id, store_root), file=out)
+            return 2
+        except _Ambiguous as exc:
+            print(exc, file=out)
             return 2
         except DiffError as exc:
             print(f"Cannot compare with the live folder: {exc}", file=out)
@@ -221,15 +265,21 @@ def run_check(store_root: Path, out: TextIO, *, read_data: bool = False) -> int:
 
 
 def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolicy | None], dry_run: bool = False,
-              tz: tzinfo | None = None) -> int:
+              tz: tzinfo | None = None, remote: str | None = None) -> int:
     """Forget snapshots as the projects' ``keep`` policies say, then delete the data no snapshot needs.
 
-    Opens the store for writing: refused while the daemon runs (prune through the daemon then).
+    Opens the store for writing: refused while the daemon runs (prune through the daemon then, with
+    ``syncsnap prune``). A dry run only reads: it works while the daemon runs. ``remote``: the URL of an
+    S3 store, where pruning is refused (the store refuses to delete there) before anything is said.
     """
+    if remote is not None and not dry_run:
+        print(f"Cannot prune: pruning is not supported on an S3 store yet ({remote}): another machine could be "
+              "writing to it. Nothing was changed.", file=out)
+        return 2
     try:
         store = Store.open(Path(store_root), writable=not dry_run)
     except StoreError as exc:
-        hint = " Prune through the daemon instead (POST /api/v1/prune)." if "in use" in str(exc) else ""
+        hint = " Prune through the daemon instead: `syncsnap prune`." if "in use" in str(exc) else ""
         print(f"Cannot open the store: {exc}.{hint}", file=out)
         return 2
     with store:
