@@ -204,6 +204,8 @@ def test_an_interrupted_run_keeps_its_steps_and_ends_at_its_last_recorded_event(
         rec = wait_until(lambda: (r := api(d, f"/runs/{run}")).get("state") == "failed" and r, 10,
                          "the run marked failed")
         assert rec["error"]["code"] == "interrupted"
+        # Its terminal event, as every terminal event, is not paused (it copies the run's last event).
+        assert api(d, "/projects/docs/progress")["paused"] is False
         assert rec["ended_at"] == last["updated_at"]
         start, end = parse_time(rec["started_at"]), parse_time(last["updated_at"])
         assert start is not None and end is not None

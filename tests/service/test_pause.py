@@ -62,6 +62,21 @@ def wait_log(d: DaemonProcess, text: str, timeout: float = 20) -> None:
     raise AssertionError(f"{text!r} not in the log: {(d.base / 'daemon.log').read_text()[-2000:]}")
 
 
+def wait_log_quiet(d: DaemonProcess, text: str, quiet: float = 1.5, timeout: float = 30) -> None:
+    """Wait until ``text`` has stopped appearing in the log: no new occurrence for ``quiet`` s (the
+    watcher's last batch of events has been handled, however loaded the machine)."""
+    deadline = time.monotonic() + timeout
+    count, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = (d.base / "daemon.log").read_text().count(text)
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} kept appearing in the log for {timeout} s")
+
+
 def test_pause_holds_a_running_snapshot_and_resume_finishes_it_without_rereading(
         daemon_factory: Any, short_tmp: Path) -> None:
     total = big_folder(short_tmp / "big")
@@ -204,7 +219,9 @@ def test_a_paused_project_starts_nothing_and_one_snapshot_on_resume(daemon_facto
         for i in range(3):
             (folder / f"new{i}.txt").write_text(f"new {i}")
             wait_log(d, "docs: paused; the watch request waits for the resume")
-        time.sleep(1.5)  # past max_delay: the watcher has asked for its snapshots, and none started
+        # Past max_delay, and until the watcher's last event batch was handled: it asked for its snapshots
+        # (each refused while paused), and none started.
+        wait_log_quiet(d, "docs: paused; the watch request waits for the resume")
         assert not [e for e in stream.events if e["state"] == "waiting"][1:]
         assert len(get(d, "/projects/docs/runs")["runs"]) == 1
 

@@ -366,7 +366,7 @@ class Daemon:
             else:
                 error = {"code": "interrupted", "message": "The daemon stopped while this run was in progress."}
                 message = f"{rec.kind.capitalize()} failed: the daemon stopped while it was running"
-            self.tracker.publish(replace(base, state="failed", step=base.steps, eta_seconds=None,
+            self.tracker.publish(replace(base, state="failed", step=base.steps, eta_seconds=None, paused=False,
                                          updated_at=utc_now(), error=error, message=message))
             log.warning("%s: %s run %s was interrupted by a daemon stop; marked failed", rec.project,
                         "queued" if queued else "the", rec.run)
