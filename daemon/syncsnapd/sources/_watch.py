@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from ..core import ProjectConfig, RunProgress, SyncsnapdError
+from ..core import ProjectConfig, RunProgress, SyncsnapdError, ignored_at_or_above, walked_path
 from ..store import Entry
 from ._inotify import TreeWatch, WatchLimit
 from ._status import WatchStatus
@@ -85,18 +85,19 @@ async def serve_debounce(changes: trio.MemoryReceiveChannel[object], request: Ca
 
 def make_filter(root: Path, *, ignore: Callable[[str], bool],
                 exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
-    """A predicate over absolute paths from the watcher: True when the change is user content."""
+    """A predicate over absolute paths from the watcher (a directory's ends in ``/``): True when the
+    change is user content, by the same rules as the snapshot walk (a path below an ignored directory is
+    ignored too, as the walk never enters it)."""
     root_s = str(root).rstrip("/") + "/"
     excluded = tuple(str(p).rstrip("/") for p in exclude)
 
     def wanted(path: str) -> bool:
-        if any(path == e or path.startswith(e + "/") for e in excluded):
+        bare = path.rstrip("/")
+        if any(bare == e or bare.startswith(e + "/") for e in excluded):
             return False
-        if not path.startswith(root_s):
-            return path == root_s.rstrip("/")
-        parts = path[len(root_s):].split("/")
-        # A change inside an ignored directory is ignored too.
-        return not any(ignore("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+        if not bare.startswith(root_s):
+            return bare == root_s.rstrip("/")
+        return not ignored_at_or_above(ignore, path[len(root_s):])
 
     return wanted
 
@@ -140,7 +141,7 @@ def folder_fingerprint(root: Path, wanted: Callable[[str], bool]) -> bytes:
             continue  # vanished or unreadable meanwhile: the snapshot will say so
         first = False
         for entry in entries:
-            if not wanted(entry.path):
+            if not wanted(walked_path(entry.path, entry)):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -340,7 +341,7 @@ def summarize_folder(root: Path, ignore: Callable[[str], bool]) -> FolderSummary
         with it:
             for entry in it:
                 rel = f"{rel_dir}{entry.name}"
-                if ignore(rel):
+                if ignore(walked_path(rel, entry)):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
