@@ -429,10 +429,27 @@ async def _serve_project(project: ProjectConfig, request: Callable[[str], object
                          last_summary: Callable[[], Awaitable[FolderSummary | None]], exclude: tuple[Path, ...],
                          status: WatchStatus, ready: _Ready, *, ready_before_check: bool) -> None:
     ignore = project.ignore_fn(exclude)
+    empty_note = (f"{project.path} is empty and has no snapshot yet: nothing to snapshot until something "
+                  "is put in it")
 
     async def changed_since_last() -> bool:
+        """Whether the folder differs from its newest snapshot. An empty folder without any snapshot
+        does not count (a just-created ~/Sync): an empty snapshot would record nothing worth restoring."""
         current = await trio.to_thread.run_sync(summarize_folder, project.path, ignore)
-        return current != await last_summary()
+        last = await last_summary()
+        if last is None and current.files == 0:
+            if status.warning is None:
+                log.info("%s: %s", project.id, empty_note)
+                status.warning = empty_note
+            return False
+        if status.warning == empty_note:
+            status.warning = None
+        return current != last
+
+    def watch_request() -> None:
+        if status.warning == empty_note:  # something was put in it
+            status.warning = None
+        request("watch")
 
     async with trio.open_nursery() as nursery:
         if project.watch:
@@ -446,7 +463,7 @@ async def _serve_project(project: ProjectConfig, request: Callable[[str], object
                 await nursery.start(functools.partial(serve_folder_watch, project.path, send,
                                                       make_filter(project.path, ignore=ignore), status,
                                                       exclude=exclude))
-            await nursery.start(functools.partial(serve_debounce, recv, lambda: request("watch"),
+            await nursery.start(functools.partial(serve_debounce, recv, watch_request,
                                                   settle=project.settle, max_delay=project.max_delay))
         else:
             status.mode = "off"
