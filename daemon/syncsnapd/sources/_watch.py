@@ -458,7 +458,8 @@ async def _serve_project(project: ProjectConfig, request: Callable[[str], object
                 # Syncthing's event stream is the source of changes: it knows when remote changes land.
                 from ._syncthing import serve_syncthing_changes
 
-                await nursery.start(serve_syncthing_changes, project.syncthing, send, status)
+                await nursery.start(functools.partial(serve_syncthing_changes, project.syncthing, send, status,
+                                                      project=project.id))
             else:
                 await nursery.start(functools.partial(serve_folder_watch, project.path, send,
                                                       make_filter(project.path, ignore=ignore), status,
