@@ -50,7 +50,7 @@ def test_toml_file(tmp_path: Path) -> None:
     assert p.id == "p1" and p.path == tmp_path / "proj"
     ignored = p.ignore_fn()
     assert ignored is not None
-    assert ignored("a/b/x.tmp") and ignored("build") and not ignored("src/build.py")
+    assert ignored("a/b/x.tmp") and ignored("build/") and not ignored("src/build.py")
 
 
 @pytest.mark.parametrize(("text", "key"), [

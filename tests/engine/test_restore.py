@@ -333,3 +333,29 @@ def test_the_daemons_restore_clears_special_bits_and_refuses_a_crafted_snapshot(
         assert not (short_tmp / "evil").exists()
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700),
+                                                 (0o277, 0o500)])
+async def test_a_created_target_gets_the_mode_mkdir_would_give_it(store: Store, tmp_path: Path, umask: int,
+                                                                  expected: int) -> None:
+    """As `mkdir` and `cp -r` create a directory: 0o777 less the umask (not 0o700 whatever the umask).
+    A umask that leaves the owner no write permission still restores everything, then applies it."""
+    write_files(tmp_path / "src", {"d/a.txt": b"a", "b.txt": b"b"})
+    sid = (await snapshot(store, tmp_path / "src")).id
+    old = os.umask(umask)
+    try:
+        restore_snapshot(store, sid, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == expected
+    assert (tmp_path / "out/d/a.txt").read_bytes() == b"a" and (tmp_path / "out/b.txt").read_bytes() == b"b"
+
+
+async def test_an_existing_target_keeps_its_mode(store: Store, tmp_path: Path) -> None:
+    write_files(tmp_path / "src", {"a.txt": b"a"})
+    sid = (await snapshot(store, tmp_path / "src")).id
+    (tmp_path / "out").mkdir()
+    os.chmod(tmp_path / "out", 0o711)
+    restore_snapshot(store, sid, tmp_path / "out")
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o711

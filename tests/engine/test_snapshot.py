@@ -24,7 +24,7 @@ from helpers.store import (
     tree_state,
     write_files,
 )
-from syncsnapd.core import Progress, RunCancelled, RunProgress
+from syncsnapd.core import IgnoreRules, Progress, RunCancelled, RunProgress
 from syncsnapd.engine import SnapshotError, restore_snapshot, take_snapshot
 from syncsnapd.store import Entry, Store, hash_bytes
 
@@ -298,7 +298,7 @@ async def test_ignored_paths_and_the_store_inside_the_folder_are_left_out(tmp_pa
     src = tmp_path / "src"
     write_files(src, {"keep.txt": b"k", "x.tmp": b"t", "cache/big": b"c", "sub/y.tmp": b"t"})
     with Store.open(src / ".store", writable=True) as store:
-        summary = await snapshot(store, src, ignore=lambda rel: rel.endswith(".tmp") or rel == "cache")
+        summary = await snapshot(store, src, ignore=IgnoreRules(["*.tmp", "cache/"]))
         assert sorted(by_path(store, summary.id)) == ["keep.txt", "sub"]
 
 

@@ -108,6 +108,7 @@ def test_a_removed_folder_and_a_locked_history_degrade_the_daemon_until_they_com
     gone, other = short_tmp / "gone", short_tmp / "other"
     gone.mkdir()
     other.mkdir()
+    (gone / "a.txt").write_text("a")  # an empty folder without snapshots gets no start-up snapshot
     (other / "a.txt").write_text("a")
     d = daemon_factory({"gone": gone, "other": other}, watch=True, extra_daemon='settle = "0.3s"')
     wait_until(lambda: snapshots(d, "other") and snapshots(d, "gone"), 20, "the start-up snapshots")

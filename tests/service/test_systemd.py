@@ -62,6 +62,31 @@ def test_units_carry_the_hardening_the_issue_names() -> None:
         assert line in text, line
 
 
+def test_documentation_lines_name_what_exists_and_install_steps_agree() -> None:
+    """A `Documentation=` must open: a `file:` that nothing installs, or a `man:` page that does not exist,
+    is a dead link in `systemctl status`. And the units and the README give the same install command,
+    one that works from a clone (`pipx install .`: pyproject.toml is at the top of the repository)."""
+    units = sorted(UNITS.rglob("*.service")) + sorted(UNITS.rglob("*.socket"))
+    for unit in units:
+        for uri in re.findall(r"^Documentation=(.*)$", unit.read_text(), re.MULTILINE):
+            for one in uri.split():
+                if one.startswith("file://"):
+                    assert Path(one[len("file://"):]).exists(), f"{unit.name}: {one} is installed by nothing"
+                else:
+                    assert one.startswith("man:"), f"{unit.name}: {one} cannot be opened offline"
+                    page = one[len("man:"):].replace("(", " ").rstrip(")").split()
+                    assert subprocess.run(["man", "-w", *page[::-1]], capture_output=True).returncode == 0, one
+    readme = (REPO / "README.md").read_text()
+    systemd_section = readme[readme.index("## Running as a systemd service"):]
+    commands = {m for text in [systemd_section, *(u.read_text() for u in units)]
+                for m in re.findall(r"pipx install ([^`\s]+)", text)}
+    assert commands == {"."}, commands
+    assert (REPO / "pyproject.toml").exists()
+    # The user units start the command from where `pipx install .` puts it.
+    for name in ("syncsnapd.service", "syncsnap-notify.service"):
+        assert "Environment=PATH=%h/.local/bin:" in (UNITS / "user" / name).read_text(), name
+
+
 # --- the real daemon under systemd's protocols --------------------------------------------------------
 
 class NotifyListener:

@@ -69,6 +69,7 @@ def test_watch_limit_reached_later_by_one_project_leaves_the_others_watching(sho
     grows, steady = short_tmp / "grows", short_tmp / "steady"
     grows.mkdir()
     steady.mkdir()
+    (grows / "a.txt").write_text("a")  # an empty folder without snapshots gets no start-up snapshot
     (steady / "a.txt").write_text("a")
     d = start_daemon_with_watch_limit(short_tmp, {"grows": grows, "steady": steady}, 20, watch=True,
                                       extra_daemon=SETTINGS)

@@ -16,6 +16,9 @@ from ._config import overlap_warnings as overlap_warnings
 from ._config import parse_s3_url as parse_s3_url
 from ._config import staging_dir as staging_dir
 from ._errors import SyncsnapdError as SyncsnapdError
+from ._ignore import IgnoreRules as IgnoreRules
+from ._ignore import ignored_at_or_above as ignored_at_or_above
+from ._ignore import walked_path as walked_path
 from ._progress import Plan as Plan
 from ._progress import Progress as Progress
 from ._progress import RunCancelled as RunCancelled

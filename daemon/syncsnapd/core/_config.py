@@ -6,16 +6,17 @@ A bad value raises :class:`ConfigError` whose message starts with the key at fau
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from ._ignore import IgnoreRules, ignore_pattern_error, ignored_at_or_above
 
 DEFAULT_TCP_PORT = 8473
 DEFAULT_HEARTBEAT_SECONDS = 15.0
@@ -170,29 +171,14 @@ class ProjectConfig:
         """False for a Syncthing project whose path Syncthing has not told yet."""
         return self.path != PATH_FROM_SYNCTHING
 
-    def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
-        """A predicate over relative POSIX paths: sync tools' files, the project's ``ignore`` globs, and
-        ``exclude`` (the daemon's own store and state directories when they lie inside the folder).
-
-        A pattern without ``/`` matches a name at any depth (like ``.gitignore``); one with ``/`` matches
-        the whole relative path. A matching directory excludes everything below it. The snapshot engine,
-        the watcher and the start-up check all use this one predicate.
+    def ignore_fn(self, exclude: tuple[Path, ...] = ()) -> IgnoreRules:
+        """The project's ignore rules (gitignore semantics, see ``core/_ignore.py``): sync tools' files,
+        the ``ignore`` patterns, and ``exclude`` (the daemon's own store and state directories when they
+        lie inside the folder). The snapshot engine, diff, the watcher and the start-up check all use it.
         """
-        name_pats = [*SYNC_TOOL_IGNORES, *(p for p in self.ignore if "/" not in p)]
-        path_pats = [p.strip("/") for p in self.ignore if "/" in p]
         root = self.path.resolve()
-        excluded = {str(e.resolve().relative_to(root)) for e in exclude if e.resolve().is_relative_to(root)}
-        excluded.discard(".")
-
-        def ignored(rel: str) -> bool:
-            if rel in excluded:
-                return True
-            name = rel.rsplit("/", 1)[-1]
-            return any(fnmatch.fnmatchcase(name, p) for p in name_pats) or any(
-                fnmatch.fnmatchcase(rel, p) for p in path_pats
-            )
-
-        return ignored
+        excluded = [e.resolve().relative_to(root).as_posix() for e in exclude if e.resolve().is_relative_to(root)]
+        return IgnoreRules(self.ignore, always=SYNC_TOOL_IGNORES, excluded=excluded)
 
 
 @dataclass(frozen=True)
@@ -290,9 +276,7 @@ def overlap_warnings(projects: Sequence[ProjectConfig]) -> list[str]:
             for outer, root_o, inner, root_i in ((a, root_a, b, root_b), (b, root_b, a, root_a)):
                 if root_i.is_relative_to(root_o):
                     rel = root_i.relative_to(root_o).as_posix()
-                    parts = rel.split("/")
-                    ignored = outer.ignore_fn()
-                    if not any(ignored("/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+                    if not ignored_at_or_above(outer.ignore_fn(), rel + "/"):
                         out.append(f"projects {outer.id!r} and {inner.id!r} overlap: {outer.id!r} snapshots "
                                    f"{root_o} including {root_i}, which {inner.id!r} snapshots too")
     return out
@@ -496,6 +480,8 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
         ignore = item.get("ignore", [])
         if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
             raise ConfigError(f"{where}.ignore: expected a list of glob patterns")
+        if (bad := ignore_pattern_error(ignore)) is not None:
+            raise ConfigError(f"{where}.ignore: {bad}")
         own = dict(timing)
         for key in ("settle", "max_delay", "interval"):
             if key in item:

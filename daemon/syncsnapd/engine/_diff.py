@@ -23,7 +23,7 @@ from typing import Any
 
 import blake3
 
-from ..core import SyncsnapdError
+from ..core import SyncsnapdError, walked_path
 from ..store import Entry
 from ._snapshot import SnapshotError, _DirChain, _fill
 
@@ -153,6 +153,7 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunk_size: int,
     its size, mtime and inode match a trusted reference entry, its own chunk hashes when it has the same
     size as the reference but may differ, and ``[]`` otherwise (new, or of another size: no need to read
     it). Files that vanish or cannot be read while scanned are left out, as a snapshot would.
+    ``ignore(relpath)`` is the snapshot's predicate (a directory's path ends in ``/``).
 
     Raises:
         DiffError: the folder itself cannot be read.
@@ -179,7 +180,7 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunk_size: int,
             subdirs: list[str] = []
             for de in listing:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
-                if ignore is not None and ignore(rel):
+                if ignore is not None and ignore(walked_path(rel, de)):
                     continue
                 try:
                     st = de.stat(follow_symlinks=False)

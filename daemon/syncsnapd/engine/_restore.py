@@ -23,7 +23,8 @@ modification times (files, symlinks, directories; a directory's after its conten
 with their exact target. Not restored: owners, and so neither setuid, setgid nor sticky bits (as ``cp``
 and ``tar`` without ``-p``: a setuid file restored by root would otherwise run as root with content its
 owner chose); hard links (each path becomes its own file), sparse holes, extended attributes; the
-target directory itself keeps its own mode and mtime. Every entry is checked as it is read from the
+target directory itself keeps its own mode and mtime, and one the restore creates gets the mode ``mkdir``
+and ``cp -r`` give a new directory (0o777 less the umask: snapshots do not record their root's mode). Every entry is checked as it is read from the
 store (types, ranges, modes: see ``store.decode_tree_group``); a damaged list is ``snapshot_damaged``.
 """
 
@@ -50,6 +51,8 @@ TEMP_PREFIX = ".syncsnap-restore-"
 # setuid file of another user, restored by root, would be a setuid-root program whose content that user
 # chose. Only the read, write and execute bits are restored.
 RESTORED_MODE_BITS = 0o777
+# A target the restore creates: as mkdir(1) and `cp -r` create a directory, 0o777 less the umask.
+TARGET_MODE = 0o777
 # Filesystems without hard links (FAT, some FUSE): a file is renamed into place once its name was seen free.
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
@@ -173,16 +176,33 @@ def check_target(target: Path, *, overwrite: bool) -> None:
                                    "(or allow overwriting)", "target_not_empty")
 
 
-def _prepare_target(target: Path, overwrite: bool) -> int:
+def _prepare_target(target: Path, overwrite: bool) -> tuple[int, int | None]:
+    """Open the target, creating it if missing. Returns its descriptor and, when it was created without
+    write and search permission for its owner (a umask such as 0o277), the mode to give it back at the
+    end (meanwhile it is owner-writable); else None.
+
+    A created target gets the mode ``mkdir`` and ``cp -r`` give a new directory: 0o777 less the process
+    umask (0o755 with the usual 022; 0o700 under the systemd units, whose UMask is 0077). Not the
+    snapshot root's own mode: snapshots do not record it (the root is no entry of the tree).
+    """
+    created = True
     try:
-        os.mkdir(target, 0o700)
+        os.mkdir(target, TARGET_MODE)  # the kernel applies the umask, as for mkdir(1)
     except FileExistsError:
+        created = False
         check_target(Path(os.path.abspath(target)), overwrite=overwrite)
     except FileNotFoundError:
         raise RestoreError(f"the parent directory of the target {target} does not exist",
                            "target_invalid") from None
     # The target itself may be reached through a symlink the user chose; below it nothing is followed.
-    return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not created:
+        return fd, None
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o700 == 0o700:
+        return fd, None
+    os.fchmod(fd, mode | 0o700)
+    return fd, mode
 
 
 class _Dirs:
@@ -241,6 +261,7 @@ class Restore:
         self._progress = progress or (lambda files, nbytes: None)
         self.entries: list[Entry] = []
         self._target_fd = -1
+        self._target_mode: int | None = None  # to set at the end (a created target the umask locked)
         self._dirs: _Dirs | None = None
         self._made_dirs: list[Entry] = []
         self._files = self._symlinks = self._bytes = 0
@@ -263,7 +284,7 @@ class Restore:
                                "snapshot_damaged") from exc
         validate_entries(entries)
         self.entries = select_entries(entries, self.paths)
-        self._target_fd = _prepare_target(self.target, self.overwrite)
+        self._target_fd, self._target_mode = _prepare_target(self.target, self.overwrite)
         self._dirs = _Dirs(self._target_fd)
         files = [e for e in self.entries if e.kind != "dir"]
         return len(files), sum(e.size for e in files if e.kind == "file")
@@ -305,6 +326,8 @@ class Restore:
                 fd = dirs.open(e.path)
                 os.fchmod(fd, e.mode & RESTORED_MODE_BITS)
                 os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            if self._target_mode is not None:
+                os.fchmod(self._target_fd, self._target_mode)
         except OSError as exc:
             raise RestoreError(f"restore into {self.target} failed: {exc}") from exc
         return RestoreStats(files=self._files, dirs=len(self._made_dirs), symlinks=self._symlinks,

@@ -50,7 +50,7 @@ from pathlib import Path
 import blake3
 import trio
 
-from ..core import RunProgress, SnapshotSummary, SyncsnapdError
+from ..core import RunProgress, SnapshotSummary, SyncsnapdError, walked_path
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
 from ._threads import run_threads, token_lender
 
@@ -295,7 +295,7 @@ class _Run:
             found = 0
             for de in listing:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
-                if ignore is not None and ignore(rel):
+                if ignore is not None and ignore(walked_path(rel, de)):
                     continue
                 try:
                     st = de.stat(follow_symlinks=False)

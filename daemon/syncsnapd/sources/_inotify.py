@@ -91,7 +91,10 @@ class Batch:
 
 class TreeWatch:
     """The inotify watches of one folder: every directory below it that ``wanted`` accepts, reached
-    without following symlinks, except the directories ``skip`` names by (device, inode)."""
+    without following symlinks, except the directories ``skip`` names by (device, inode).
+
+    ``wanted`` gets absolute paths, a directory's with a trailing ``/`` (the ignore rules' convention:
+    ``build/`` matches directories only)."""
 
     def __init__(self, root: bytes, wanted: Callable[[bytes], bool],
                  skip: frozenset[tuple[int, int]] = frozenset()) -> None:
@@ -167,7 +170,7 @@ class TreeWatch:
                 batch.root_event |= wd == self._root_wd and bool(mask & (_IN_DELETE_SELF | _IN_MOVE_SELF))
                 continue  # a subdirectory's own events are reported by its parent too
             path = parent + b"/" + name
-            if not self._wanted(path):
+            if not self._wanted(path + b"/" if mask & _IN_ISDIR else path):
                 continue
             batch.changes += 1
             if mask & _IN_ISDIR:
@@ -235,7 +238,7 @@ class TreeWatch:
                                 continue  # the daemon's store or state directory
                         except OSError:
                             continue
-                        if self._wanted(entry.path):
+                        if self._wanted(entry.path + b"/"):
                             stack.append(entry.path)
             except OSError:
                 continue  # vanished or unreadable since it was watched: its parent reports a removal

@@ -154,6 +154,13 @@ class _StepReporter:
         self._progress.flush()
 
 
+def who(project: str, cfg: SyncthingConfig) -> str:
+    """How log lines name a Syncthing project: by the project's id, which users know from the config
+    and the API, with the Syncthing folder id beside it."""
+    folder = f"Syncthing folder {cfg.folder!r}"
+    return f"{project} ({folder})" if project else folder
+
+
 async def wait_for_sync(cfg: SyncthingConfig, progress: RunProgress) -> None:
     """Step 1 for a Syncthing folder: rescan, then wait until it is idle with nothing left to pull.
 
@@ -176,7 +183,7 @@ async def wait_for_sync(cfg: SyncthingConfig, progress: RunProgress) -> None:
                     raise SnapshotError(exc.code, exc.message) from exc
                 delay = backoff.next_delay()
                 message = backoff.retry_message(exc.message, delay)
-                log.warning("%s: %s", cfg.folder, message)
+                log.warning("%s: %s", who(progress.project, cfg), message)
                 reporter.show(message)
                 await trio.sleep(delay)
 
@@ -302,7 +309,7 @@ def read_events(events: list[dict[str, Any]], since: int, folder: str) -> EventB
 
 
 async def serve_syncthing_changes(cfg: SyncthingConfig, changes: trio.MemorySendChannel[object],
-                                  status: WatchStatus, *,
+                                  status: WatchStatus, *, project: str = "",
                                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Follow Syncthing's event stream for ``cfg.folder`` and send a :class:`SyncthingChange` per batch.
 
@@ -310,8 +317,10 @@ async def serve_syncthing_changes(cfg: SyncthingConfig, changes: trio.MemorySend
     :class:`SyncthingChange` with ``full_check=True`` is sent whenever changes may have gone unseen
     (events dropped from Syncthing's buffer, Syncthing restarted). Started at once, without waiting
     for Syncthing. While Syncthing does not answer (or refuses the key, or lacks the folder),
-    ``status.warning`` says so and requests are retried with backoff (1 s doubling to 30 s).
+    ``status.warning`` says so and requests are retried with backoff (1 s doubling to 30 s). Log lines
+    name ``project`` (the project's id) and the Syncthing folder.
     """
+    name = who(project, cfg)
     status.mode = "syncthing"
     status.warning = None
     task_status.started()
@@ -340,7 +349,7 @@ async def serve_syncthing_changes(cfg: SyncthingConfig, changes: trio.MemorySend
                     verify = False
                     # Answering again: say so now, not after the long poll below (up to a minute).
                     if status.warning is not None:
-                        log.info("%s: Syncthing at %s answers again", cfg.folder, cfg.url)
+                        log.info("%s: Syncthing at %s answers again", name, cfg.url)
                         status.warning = None
                     backoff.reset()
                 if owed is None:
@@ -349,7 +358,7 @@ async def serve_syncthing_changes(cfg: SyncthingConfig, changes: trio.MemorySend
                 verify = True
                 delay = backoff.next_delay()
                 status.warning = backoff.retry_message(exc.message, delay)
-                log.warning("%s: %s", cfg.folder, status.warning)
+                log.warning("%s: %s", name, status.warning)
                 await trio.sleep(delay)
                 continue
             if owed is None:
@@ -362,10 +371,10 @@ async def serve_syncthing_changes(cfg: SyncthingConfig, changes: trio.MemorySend
                 owed = batch.missed
                 verify = not events
             if owed is not None:
-                log.warning("%s: full check: %s", cfg.folder, owed)
+                log.warning("%s: full check: %s", name, owed)
                 await changes.send(SyncthingChange(pending, full_check=True, reason=owed))
                 owed, pending = None, 0
             elif pending and not busy:
-                log.debug("%s: %d change event(s)", cfg.folder, pending)
+                log.debug("%s: %d change event(s)", name, pending)
                 await changes.send(SyncthingChange(pending))
                 pending = 0

@@ -25,6 +25,22 @@ from ..core import SyncsnapdError, SyncthingConfig
 log = logging.getLogger("syncsnapd.syncthing")
 
 
+class _RequestLinesAtDebug(logging.Filter):
+    """httpx logs every request at INFO ("HTTP Request: GET .../rest/events ..."): with a long poll and
+    a status check per run that is noise at the default level. Its INFO lines become DEBUG lines, shown
+    only when debug logging is on (``syncsnapd -v``); its warnings and errors are left alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+# Installed once, where the daemon starts using httpx (only Syncthing's REST API does).
+logging.getLogger("httpx").addFilter(_RequestLinesAtDebug())
+
+
 # --- timeouts (seconds), each applied as a cancel scope around one request -------------------------------
 # An ordinary REST call (status, config, ping) answers in milliseconds on loopback; ten seconds means the
 # process is hung or swapping, which we treat like "not answering".

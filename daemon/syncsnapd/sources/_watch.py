@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from ..core import ProjectConfig, RunProgress, SyncsnapdError
+from ..core import ProjectConfig, RunProgress, SyncsnapdError, ignored_at_or_above, walked_path
 from ..store import Entry
 from ._inotify import TreeWatch, WatchLimit
 from ._status import WatchStatus
@@ -85,18 +85,19 @@ async def serve_debounce(changes: trio.MemoryReceiveChannel[object], request: Ca
 
 def make_filter(root: Path, *, ignore: Callable[[str], bool],
                 exclude: tuple[Path, ...] = ()) -> Callable[[str], bool]:
-    """A predicate over absolute paths from the watcher: True when the change is user content."""
+    """A predicate over absolute paths from the watcher (a directory's ends in ``/``): True when the
+    change is user content, by the same rules as the snapshot walk (a path below an ignored directory is
+    ignored too, as the walk never enters it)."""
     root_s = str(root).rstrip("/") + "/"
     excluded = tuple(str(p).rstrip("/") for p in exclude)
 
     def wanted(path: str) -> bool:
-        if any(path == e or path.startswith(e + "/") for e in excluded):
+        bare = path.rstrip("/")
+        if any(bare == e or bare.startswith(e + "/") for e in excluded):
             return False
-        if not path.startswith(root_s):
-            return path == root_s.rstrip("/")
-        parts = path[len(root_s):].split("/")
-        # A change inside an ignored directory is ignored too.
-        return not any(ignore("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+        if not bare.startswith(root_s):
+            return bare == root_s.rstrip("/")
+        return not ignored_at_or_above(ignore, path[len(root_s):])
 
     return wanted
 
@@ -140,7 +141,7 @@ def folder_fingerprint(root: Path, wanted: Callable[[str], bool]) -> bytes:
             continue  # vanished or unreadable meanwhile: the snapshot will say so
         first = False
         for entry in entries:
-            if not wanted(entry.path):
+            if not wanted(walked_path(entry.path, entry)):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -340,7 +341,7 @@ def summarize_folder(root: Path, ignore: Callable[[str], bool]) -> FolderSummary
         with it:
             for entry in it:
                 rel = f"{rel_dir}{entry.name}"
-                if ignore(rel):
+                if ignore(walked_path(rel, entry)):
                     continue
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -428,10 +429,27 @@ async def _serve_project(project: ProjectConfig, request: Callable[[str], object
                          last_summary: Callable[[], Awaitable[FolderSummary | None]], exclude: tuple[Path, ...],
                          status: WatchStatus, ready: _Ready, *, ready_before_check: bool) -> None:
     ignore = project.ignore_fn(exclude)
+    empty_note = (f"{project.path} is empty and has no snapshot yet: nothing to snapshot until something "
+                  "is put in it")
 
     async def changed_since_last() -> bool:
+        """Whether the folder differs from its newest snapshot. An empty folder without any snapshot
+        does not count (a just-created ~/Sync): an empty snapshot would record nothing worth restoring."""
         current = await trio.to_thread.run_sync(summarize_folder, project.path, ignore)
-        return current != await last_summary()
+        last = await last_summary()
+        if last is None and current.files == 0:
+            if status.warning is None:
+                log.info("%s: %s", project.id, empty_note)
+                status.warning = empty_note
+            return False
+        if status.warning == empty_note:
+            status.warning = None
+        return current != last
+
+    def watch_request() -> None:
+        if status.warning == empty_note:  # something was put in it
+            status.warning = None
+        request("watch")
 
     async with trio.open_nursery() as nursery:
         if project.watch:
@@ -440,12 +458,13 @@ async def _serve_project(project: ProjectConfig, request: Callable[[str], object
                 # Syncthing's event stream is the source of changes: it knows when remote changes land.
                 from ._syncthing import serve_syncthing_changes
 
-                await nursery.start(serve_syncthing_changes, project.syncthing, send, status)
+                await nursery.start(functools.partial(serve_syncthing_changes, project.syncthing, send, status,
+                                                      project=project.id))
             else:
                 await nursery.start(functools.partial(serve_folder_watch, project.path, send,
                                                       make_filter(project.path, ignore=ignore), status,
                                                       exclude=exclude))
-            await nursery.start(functools.partial(serve_debounce, recv, lambda: request("watch"),
+            await nursery.start(functools.partial(serve_debounce, recv, watch_request,
                                                   settle=project.settle, max_delay=project.max_delay))
         else:
             status.mode = "off"
