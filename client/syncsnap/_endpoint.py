@@ -15,7 +15,10 @@ class Endpoint:
         path: the socket path (Unix).
         host, port: the loopback address (TCP).
         token: the bearer token sent over TCP (None: none found).
-        token_source: where the token was (or would have been) read, for error messages.
+        token_source: where the token was (or would have been) read, for error messages: the file and
+            who named it (``/x/token (SYNCSNAP_TOKEN_FILE)``).
+        token_problem: why no token was read from it (``does not exist``, ``is empty``, ...).
+        token_fix: what to do when the daemon refuses the token, for the one who named the file.
         source: where this address came from, for error messages.
     """
 
@@ -25,6 +28,8 @@ class Endpoint:
     port: int = 0
     token: str | None = None
     token_source: str = ""
+    token_problem: str = ""
+    token_fix: str = ""
     source: str = ""
 
     @property

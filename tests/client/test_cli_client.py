@@ -47,8 +47,9 @@ def test_snapshot_follow_in_a_terminal_shows_a_live_progress_bar(daemon_factory:
     assert max(len(line) for line in plain.replace("\r", "\n").splitlines()) <= 80  # fits the terminal
     assert "Compressing " in out and " of 400 files (" in out  # the daemon's message, under the bar
     assert "  400 files · 25.0 MiB · 25.0 MiB added" in plain  # at the end: what the run produced
-    # The summary line stays (wrapped at 80 columns, not cut).
-    assert re.search(r"✔ big: snapshot \S+ completed: 400 files \(25\.0 MiB\),\s+25\.0 MiB added in", plain)
+    # The summary line stays, cut to the 80 columns with an ellipsis like the lines above (issue 16).
+    [done] = re.findall(r"✔ big: snapshot \S+ completed: 400 files \(25\.0 MiB\), [^\r\n]*", plain)
+    assert len(done) <= 80 and done.endswith("…"), done
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())
 
 
@@ -143,7 +144,7 @@ def test_status_projects_and_snapshots_read_as_text(daemon_factory: Any, short_t
     assert r.returncode == 0
     assert lines[0].startswith(f"syncsnapd 0.1.0 is running (pid {d.proc.pid}, up ")
     assert lines[0].endswith(f"on {d.socket} with 2 projects.")
-    assert lines[1].startswith("  docs: completed: Snapshot ") and lines[2] == "  pics: idle"
+    assert lines[1].startswith("  docs: snapshot ") and " completed: 6 files (" in lines[1] and lines[2] == "  pics: idle"
     r = cli(d, "projects")
     assert r.stdout.splitlines()[0].split() == ["PROJECT", "STATE", "LAST", "SNAPSHOT", "PATH"]
     assert r.stdout.splitlines()[2].split() == ["pics", "idle", "never", str(short_tmp / "pics")]
@@ -185,7 +186,8 @@ def test_errors_are_sentences_and_exit_2(daemon_factory: Any, short_tmp: Path) -
     assert (r.returncode, r.stderr) == (2, "syncsnap: No project named 'nope'. (`syncsnap projects` lists the "
                                            "configured projects.)\n")
     r = cli(d, "follow", "--run", "r-1")
-    assert r.returncode == 2 and "follow --run needs the run's PROJECT" in r.stderr
+    assert (r.returncode, r.stderr) == (2, "syncsnap: no run named 'r-1'; `syncsnap runs PROJECT` lists a "
+                                           "project's runs.\n")
     r = cli(d, "frobnicate")
     assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr
     d.stop()
@@ -291,7 +293,7 @@ def test_runs_run_stats_and_cancel(daemon_factory: Any, short_tmp: Path) -> None
         assert (r.returncode, r.stderr) == (2, "syncsnap: No project named 'nope'. (`syncsnap projects` lists the "
                                                "configured projects.)\n")
     r = cli(d, "run", "r-nope")
-    assert (r.returncode, r.stderr) == (2, "syncsnap: No run 'r-nope'. (`syncsnap runs PROJECT` lists a project's "
-                                           "runs.)\n")
+    assert (r.returncode, r.stderr) == (2, "syncsnap: no run named 'r-nope'; `syncsnap runs PROJECT` lists a "
+                                           "project's runs.\n")
     r = cli(d, "runs", "docs", "--limit", "0")
     assert r.returncode == 2 and "must be a whole number from 1 up" in r.stderr

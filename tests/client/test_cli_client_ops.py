@@ -122,15 +122,14 @@ def test_restore_follows_to_its_end_and_never_overwrites_unless_told(daemon_fact
     assert events[-1]["state"] == "completed" and events[-1]["step"] == events[-1]["steps"] == 4
     assert events[-1]["result"] == {"snapshot": sid, "target": str(work / "out"), "paths": [], "files": 3,
                                     "dirs": 1, "symlinks": 1, "bytes": 3014}
-    assert r.stderr == (f"docs: Restored snapshot {sid} into {work}/out: 3 files (2.9 KiB), 1 directories, "
-                        "1 symlinks\n")
+    assert r.stderr == (f"docs: restored snapshot {sid} into {work}/out: 3 files (2.9 KiB), 1 directory, "
+                        "1 symlink\n")
     assert tree(work / "out") == tree(docs)
 
     r = restore("docs", "latest", "out", "--follow")
     assert (r.returncode, r.stdout) == (2, "")
-    assert r.stderr == (f"syncsnap: syncsnapd refused the request: the target {work}/out is not empty; restore into "
-                        "a new or empty directory (or allow overwriting). (`--overwrite` restores over what is "
-                        "there.)\n")
+    assert r.stderr == (f"syncsnap: the target {work}/out is not empty; restore into a new or empty directory, "
+                        "or add --overwrite to restore over what is there.\n")
     (work / "out/a.txt").write_bytes(b"scribbled over")
     (work / "out/mine.txt").write_bytes(b"not in the snapshot")
     r = restore("docs", sid, "out", "--overwrite", "--follow", "--transport", "ws")
@@ -163,10 +162,10 @@ def test_restore_follows_to_its_end_and_never_overwrites_unless_told(daemon_fact
         ["1", "Reading"], ["2", "Restoring"], ["3", "Directory"]]
     assert cli(d, "follow", "--run", run).returncode == 0  # the run says which project it is of
     r = cli(d, "cancel", "--run", run)
-    assert (r.returncode, r.stderr) == (1, f"syncsnap: syncsnapd refused the request: Run '{run}' has already "
-                                           "finished.\n")
+    assert (r.returncode, r.stderr) == (1, f"syncsnap: run {run} of docs has already ended (completed); nothing "
+                                           "to cancel.\n")
     r = cli(d, "cancel", "--run", "r-nope")
-    assert r.returncode == 2 and r.stderr.startswith("syncsnap: No recent operation run 'r-nope'")
+    assert r.returncode == 2 and r.stderr.startswith("syncsnap: no run named 'r-nope'")
     r = cli(d, "restore", "docs", "latest", str(d.base / "store" / "x"))
     assert r.returncode == 2 and "inside the daemon's store or state directory" in r.stderr
 
@@ -181,7 +180,7 @@ def test_check_reports_each_problem_and_the_snapshots_it_damages(daemon_factory:
 
     r = cli(d, "check", "--follow")
     assert r.returncode == 0, r.stderr
-    assert re.fullmatch(r"store: Check found no problems in 1 snapshots, \d+ packs, \d+ chunks \(structure and "
+    assert re.fullmatch(r"store: check found no problem in 1 snapshot, \d+ packs?, \d+ chunks? \(structure and "
                         r"references\)\n", r.stderr)
     assert {(e["kind"], e["project"]) for e in ndjson(r.stdout)} == {("check", None)}
 
@@ -193,7 +192,7 @@ def test_check_reports_each_problem_and_the_snapshots_it_damages(daemon_factory:
     assert t.wait() == 1
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", t.text).replace("\r\n", "\n").replace("\r", "\n")
     assert "store check step 2/4 Checking packs" in plain
-    assert re.search(r"✘ store: check failed: 1 problem\(s\), 1 damaged snapshot\(s\) in 1 snapshots", plain)
+    assert re.search(r"✘ store: check failed: 1 problem, 1 damaged snapshot in 1 snapshot, 1 pack, ", plain)
     assert re.search(rf"  1 problem:\n    corrupt chunk [0-9a-f]{{12}} in pack {pack.stem[:12]} \([^)]+\)\n"
                      rf"  1 snapshot cannot be fully restored:\n    {sid}: 1 file damaged: big.bin\n", plain), plain
     assert max(len(line) for line in plain.splitlines()) <= 80
@@ -215,7 +214,7 @@ def test_prune_applies_the_retention_policy_and_a_dry_run_changes_nothing(daemon
     r = cli(d, "prune", "--dry-run", "--follow", "--transport", "ws")
     assert r.returncode == 0, r.stderr
     final, *details = r.stderr.splitlines()
-    assert final.startswith("store: Prune (dry run) ")
+    assert final.startswith("store: prune (dry run) would remove 2 snapshots and ")
     assert details == ["  docs: 1 snapshot kept, 2 to remove", f"    would remove {snaps[0]}",
                        f"    would remove {snaps[1]}"]
     assert snapshot_ids(d) == snaps

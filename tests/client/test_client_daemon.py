@@ -95,9 +95,9 @@ async def test_tcp_with_the_token_and_errors_that_say_what_to_do(daemon_factory:
         with pytest.raises(syncsnap.Unauthorized) as info:
             await c.health()
     assert str(info.value) == (
-        f"syncsnapd at http://{d.tcp} refused the request (unauthorized): the token in {bad} "
-        "(SYNCSNAP_TOKEN_FILE) is not the daemon's. Point SYNCSNAP_TOKEN_FILE at the daemon's token file "
-        "(its `token_file` setting), or use the Unix socket.")
+        f"syncsnapd at http://{d.tcp} refused the request (unauthorized): the token file {bad} "
+        "(SYNCSNAP_TOKEN_FILE) holds a token the daemon does not accept. Point SYNCSNAP_TOKEN_FILE at the "
+        "daemon's token file (its `token_file` setting), or use the Unix socket.")
 
     d.stop()
     async with syncsnap.open_client(env=d.env) as c:
@@ -128,7 +128,8 @@ async def test_websocket_over_tcp_with_the_token_and_the_same_refusals(daemon_fa
             async for _ in c.follow(transport="ws"):
                 pass
     assert str(info.value).startswith(f"syncsnapd at http://{d.tcp} refused the request (unauthorized): the "
-                                      f"token in {bad} (SYNCSNAP_TOKEN_FILE) is not the daemon's.")
+                                      f"token file {bad} (SYNCSNAP_TOKEN_FILE) holds a token the daemon does "
+                                      "not accept.")
 
 
 async def test_start_snapshot_over_the_websocket_sees_a_queued_run_from_its_first_step(

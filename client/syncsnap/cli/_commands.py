@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from .._client import AsyncClient
-from .._errors import ProtocolError
+from .._errors import NotFound, ProtocolError
 from ..models import (
     CheckResult,
     DiffChange,
@@ -26,6 +26,13 @@ from ..models import (
 )
 from ._format import display_path, human_bytes, human_duration, percent, plural, precise_duration
 from ._output import EXIT_OK, EXIT_USAGE, print_json, print_table
+from ._view import end_sentence
+
+
+def no_run_named(run: str) -> NotFound:
+    """The error for a run id the daemon knows nowhere (neither its history nor its operations)."""
+    return NotFound(f"no run named {run!r}; `syncsnap runs PROJECT` lists a project's runs.", status=404,
+                    code="not_found")
 
 
 def project_json(p: Project) -> dict[str, Any]:
@@ -43,6 +50,9 @@ async def cmd_status(client: AsyncClient, args: argparse.Namespace, as_json: boo
         return EXIT_OK
     print(f"syncsnapd {health.version} is running (pid {health.pid}, up {human_duration(health.uptime_seconds)}) "
           f"on {client.endpoint.describe()} with {plural(health.projects, 'project')}.")
+    for warning in health.warnings:
+        # The daemon's own words about something the user must fix (a config without projects, ...).
+        print(f"warning: {warning}", flush=True)
     for p in projects:
         print(f"  {p.id}: {_state_line(p.progress)}")
     return EXIT_OK
@@ -52,7 +62,7 @@ def _state_line(p: Progress) -> str:
     if p.state == "idle":
         return "idle"
     if p.terminal:
-        return f"{p.state}: {p.message}"
+        return end_sentence(p)
     return f"step {p.step}/{p.steps} {p.step_name}, {p.percent:.1f}%: {p.message}"
 
 
@@ -165,7 +175,10 @@ async def cmd_runs(client: AsyncClient, args: argparse.Namespace, as_json: bool)
 
 
 async def cmd_run(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
-    r = await client.run(args.run)
+    try:
+        r = await client.run(args.run)
+    except NotFound as exc:
+        raise no_run_named(args.run) from exc
     if as_json:
         print_json(r.to_json())
         return EXIT_OK

@@ -3,7 +3,7 @@
     syncsnap status                      is the daemon running? what are its projects doing?
     syncsnap projects                    the configured projects
     syncsnap snapshot PROJECT [--follow] start a snapshot (and follow it to its end)
-    syncsnap follow [PROJECT] [--run R]  live progress of one project, or of all
+    syncsnap follow [PROJECT] [--run R]  live progress of one project, or of all (or of one run, of any kind)
     syncsnap snapshots PROJECT           the project's snapshots
     syncsnap runs PROJECT [--limit N]    the project's runs, newest first
     syncsnap run RUN                     one run, with the time spent in each step
@@ -89,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("project")
     s.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 completed, 1 not)")
     f = sub.add_parser("follow", parents=[common], help="follow live progress (of every project by default)")
-    f.add_argument("project", nargs="?")
-    f.add_argument("--run", help="follow only this run, and stop at its end (needs PROJECT)")
+    f.add_argument("project", nargs="?", help="the project to follow (default: every project)")
+    f.add_argument("--run", help="follow only this run (any kind; no PROJECT needed), and stop at its end; a "
+                                 "finished run's outcome comes from the daemon's history")
     sub.add_parser("snapshots", parents=[common], help="list a project's snapshots").add_argument("project")
     r = sub.add_parser("runs", parents=[common], help="list a project's runs, newest first")
     r.add_argument("project")
@@ -115,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("restore", parents=[common], help="restore a snapshot, or paths in it, into a directory")
     rs.add_argument("project")
     rs.add_argument("snapshot", help="a snapshot id, or latest")
-    rs.add_argument("target", help="the directory to restore into (created if missing)")
+    rs.add_argument("target", help="the directory to restore into (created if missing; one with files in it "
+                                   "only with --overwrite)")
     rs.add_argument("-p", "--path", action="append", dest="paths", default=[], metavar="P",
                     help="restore only this path of the snapshot (repeat for several)")
     rs.add_argument("--overwrite", action="store_true", help="restore over files that are already there")

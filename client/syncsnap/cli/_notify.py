@@ -37,6 +37,7 @@ from .._errors import SyncsnapError
 from ..models import Progress
 from ..protocol import Transport
 from ._format import human_bytes, human_duration, plural
+from ._view import end_sentence
 
 log = logging.getLogger("syncsnap.notify")
 
@@ -134,8 +135,10 @@ def terminal_notification(p: Progress) -> Notification:
     reason = p.error.message if p.error is not None else p.message
     if p.state == "failed":
         return Notification(p.label, f"{what} failed", reason, urgency=CRITICAL, category="transfer.error")
-    if p.state == "completed":  # another kind of run (restore, check, ...): the daemon's sentence
-        return Notification(p.label, f"{what} completed", p.message, category="transfer.complete", value=100)
+    if p.state == "completed":  # another kind of run (restore, check, ...): what it did, from its result
+        body = end_sentence(p)
+        return Notification(p.label, f"{what} completed", body[:1].upper() + body[1:], category="transfer.complete",
+                            value=100)
     return Notification(p.label, f"{what} {p.state}", reason, category="transfer.error")
 
 

@@ -7,15 +7,17 @@ decides the exit code (0 completed, 1 failed or cancelled).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
 
 from .._client import AsyncClient
-from .._errors import DaemonError, NotFound, ProtocolError
+from .._errors import DaemonError, NotFound, ProtocolError, RunLost
 from .._follow import Follower
-from ..models import CheckResult, Progress, PruneResult, RunStarted
+from ..models import CheckResult, Progress, PruneResult, RunInfo, RunStarted
 from ..protocol import Transport
+from ._commands import no_run_named
 from ._format import plural
 from ._output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json, transport_of
 from ._view import JsonView, TerminalView, View, final_line
@@ -24,7 +26,8 @@ from ._view import JsonView, TerminalView, View, final_line
 def _view(as_json: bool, status: Any = None, *, one_run: bool = True) -> View:
     if as_json or not sys.stdout.isatty():
         return JsonView()
-    return TerminalView(status, drop_finished_operations=not one_run)
+    # Following everything (or a project): each project's first state is its current one, maybe from before.
+    return TerminalView(status, drop_finished_operations=not one_run, mark_past=not one_run)
 
 
 async def cmd_snapshot(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
@@ -55,16 +58,70 @@ async def cmd_snapshot(client: AsyncClient, args: argparse.Namespace, as_json: b
 async def cmd_follow(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
     if args.run is None:
         return await _follow(client, args.project, None, as_json, transport=transport_of(args))
-    # A restore, check or prune run is followed by its kind (and has its project, if any, with it).
+    # Any kind of run, by its id alone: the daemon's history knows its project and kind, and a finished
+    # run's outcome (its live events may be long gone: a restart, newer runs).
     try:
-        op = await client.operation(args.run)
+        found = await find_run(client, args.run)
     except NotFound:
         if not args.project:
-            print("syncsnap: follow --run needs the run's PROJECT (for a snapshot run).", file=sys.stderr)
-            return EXIT_USAGE
-        return await _follow(client, args.project, args.run, as_json, transport=transport_of(args))
-    follower = client.follow(op.project, args.run, kind=op.kind, transport=transport_of(args))
-    return await _follow(client, op.project, args.run, as_json, follower=follower)
+            raise
+        found = None  # not recorded yet (the history's writes wait): follow it as a snapshot run of PROJECT
+    if found is not None and args.project and found.project and found.project != args.project:
+        print(f"syncsnap: run {args.run} is a {found.kind} run of {found.project}, not of {args.project}.",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(found, RunInfo) and found.terminal:
+        return await _past_run(client, found, as_json)
+    project = found.project if found is not None else args.project
+    kind = found.kind if found is not None else "snapshot"
+    follower = client.follow(project, args.run, kind=kind, transport=transport_of(args))
+    try:
+        return await _follow(client, project, args.run, as_json, follower=follower)
+    except RunLost:
+        # It ended while we could not see it: the history has how.
+        info = await client.run(args.run)
+        if not info.terminal:
+            raise
+        return await _past_run(client, info, as_json)
+
+
+async def find_run(client: AsyncClient, run: str) -> RunInfo | Progress:
+    """A run of any kind by its id: from the daemon's history, or (recorded there a moment later while the
+    history's writes wait) from its operations. :class:`NotFound` with a sentence if neither knows it."""
+    try:
+        return await client.run(run)
+    except NotFound:
+        pass
+    try:
+        return await client.operation(run)
+    except NotFound as exc:
+        raise no_run_named(run) from exc
+
+
+async def _past_run(client: AsyncClient, info: RunInfo, as_json: bool) -> int:
+    """A finished run followed by its id: its terminal event from the history, printed as a followed run's
+    end is, with the same exit status."""
+    try:
+        events = await client.run_events(info.run)
+    except NotFound:
+        events = []
+    last = events[-1] if events and events[-1].terminal else None
+    tty = sys.stdout.isatty() and not as_json
+    if last is None:  # the event log is gone: the run record says how it ended
+        what = info.project or "store"
+        line = f"{what}: {info.kind} {info.state}" + (f": {info.error.message}" if info.error else "")
+    else:
+        line = final_line(last)
+        if not tty:
+            JsonView().show(last)
+    ended = f" (ended {info.ended_at})" if info.ended_at else ""
+    if tty:
+        print(f"{'✔' if info.state == 'completed' else '✘'} {line}{ended}")
+    else:
+        print(line, file=sys.stderr)
+    for detail in _details(last) if last is not None else []:
+        print(detail, file=sys.stdout if tty else sys.stderr)
+    return EXIT_OK if info.state == "completed" else EXIT_FAILED
 
 
 async def _follow(client: AsyncClient, project: str | None, run: str | None, as_json: bool, *,
@@ -157,9 +214,22 @@ async def _start_operation(client: AsyncClient, args: argparse.Namespace, as_jso
 
 
 async def cmd_restore(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
-    started = await client.start_restore(args.project, args.snapshot, args.target, paths=args.paths,
-                                         overwrite=args.overwrite)
+    try:
+        started = await client.start_restore(args.project, args.snapshot, args.target, paths=args.paths,
+                                             overwrite=args.overwrite)
+    except DaemonError as exc:
+        if exc.code != "target_not_empty":
+            raise
+        # The daemon's sentence names its API's "overwrite"; here the way out is a flag.
+        print(f"syncsnap: the target {_absolute(args.target)} is not empty; restore into a new or empty "
+              "directory, or add --overwrite to restore over what is there.", file=sys.stderr)
+        return EXIT_USAGE
     return await _start_operation(client, args, as_json, started, f"restore of {args.project}")
+
+
+def _absolute(path: str) -> str:
+    """The target as the daemon was sent it (relative to where the command runs)."""
+    return os.path.abspath(path)
 
 
 async def cmd_check(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
@@ -176,8 +246,16 @@ async def cmd_cancel(client: AsyncClient, args: argparse.Namespace, as_json: boo
     project, kind = args.project, "snapshot"
     try:
         if args.run is not None:
-            op = await client.operation(args.run)
-            project, kind = op.project, op.kind
+            found = await find_run(client, args.run)
+            project, kind = found.project, found.kind
+            whose = f"{args.run} of {project}" if project else f"{args.run} ({kind})"
+            if found.terminal:
+                print(f"syncsnap: run {whose} has already ended ({found.state}); nothing to cancel.", file=sys.stderr)
+                return EXIT_FAILED
+            if kind == "snapshot":
+                print(f"syncsnap: run {args.run} is a snapshot run: `syncsnap cancel {project}` cancels the "
+                      "project's running snapshot.", file=sys.stderr)
+                return EXIT_USAGE
             answer = await client.cancel_operation(args.run)
         else:
             answer = await client.cancel(args.project)

@@ -246,13 +246,15 @@ class Project:
 
 @dataclass(frozen=True)
 class Health:
-    """``GET /api/v1/health``: the daemon is up; its version, pid, uptime and number of projects."""
+    """``GET /api/v1/health``: the daemon is up; its version, pid, uptime and number of projects, and the
+    warnings it has for its user (``no projects configured: ...``; empty from daemons that send none)."""
 
     status: str
     version: str
     uptime_seconds: float
     pid: int
     projects: int
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, obj: Any) -> Health:
@@ -260,7 +262,8 @@ class Health:
         d = as_object(obj, w)
         return cls(status=required(d, "status", str, w), version=required(d, "version", str, w),
                    uptime_seconds=number(d, "uptime_seconds", w), pid=required(d, "pid", int, w),
-                   projects=required(d, "projects", int, w))
+                   projects=required(d, "projects", int, w),
+                   warnings=tuple(str(x) for x in optional(d, "warnings", list, w) or ()))
 
 
 @dataclass(frozen=True)

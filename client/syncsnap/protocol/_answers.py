@@ -64,12 +64,13 @@ def error_for_response(endpoint: Endpoint, method: str, target: str, status: int
     where = f"syncsnapd at {endpoint.describe()}"
     if status == 401:
         if endpoint.token is None:
-            problem = f"no token was found in {endpoint.token_source}"
+            problem = endpoint.token_problem or "holds no token"
         else:
-            problem = f"the token in {endpoint.token_source} is not the daemon's"
-        return Unauthorized(f"{where} refused the request ({code or 'unauthorized'}): {problem}. Point "
-                            "SYNCSNAP_TOKEN_FILE at the daemon's token file (its `token_file` setting), or use "
-                            "the Unix socket.", status=status, code=code)
+            problem = "holds a token the daemon does not accept"
+        fix = endpoint.token_fix or ("Point SYNCSNAP_TOKEN_FILE at the daemon's token file (its `token_file` "
+                                     "setting), or use the Unix socket.")
+        return Unauthorized(f"{where} refused the request ({code or 'unauthorized'}): the token file "
+                            f"{endpoint.token_source} {problem}. {fix}", status=status, code=code)
     if status == 403:
         if code == "forbidden_host":
             hint = "use 127.0.0.1, [::1] or localhost as the host in SYNCSNAP_URL"

@@ -113,11 +113,25 @@ def _parse_url(url: str, source: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _read_token(path: Path) -> str | None:
+def _read_token(path: Path) -> tuple[str | None, str]:
+    """The token in ``path``, or None and what is wrong with the file."""
     try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        return None, "does not exist"
+    except IsADirectoryError:
+        return None, "is a directory"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    return (token, "") if token else (None, "is empty")
+
+
+# What to do when the daemon refuses the token, by who named the token file.
+_FIX_ARGUMENT = ("Give --token-file the daemon's token file (its `token_file` setting, named in its discovery "
+                 "file), or use the Unix socket.")
+_FIX_ENV = "Point SYNCSNAP_TOKEN_FILE at the daemon's token file (its `token_file` setting), or use the Unix socket."
+_FIX_DEFAULT = ("Give --token-file (or SYNCSNAP_TOKEN_FILE) the daemon's token file (its `token_file` setting), "
+                "or use the Unix socket.")
 
 
 def find_endpoint(env: Mapping[str, str] | None = None, *, socket: str | os.PathLike[str] | None = None,
@@ -140,17 +154,22 @@ def find_endpoint(env: Mapping[str, str] | None = None, *, socket: str | os.Path
     if url is not None:
         host, port = _parse_url(url, url_source)
         if token_file is not None:
-            tok_path, tok_source = Path(token_file), f"{token_file} (the token_file argument)"
+            # The argument is the command's --token-file (docs/client.md): named as the user typed it.
+            tok_path, tok_source, fix = Path(token_file), f"{os.fspath(token_file)} (--token-file)", _FIX_ARGUMENT
         elif env.get("SYNCSNAP_TOKEN_FILE"):
             tok_path, tok_source = Path(env["SYNCSNAP_TOKEN_FILE"]), f"{env['SYNCSNAP_TOKEN_FILE']} (SYNCSNAP_TOKEN_FILE)"
+            fix = _FIX_ENV
         elif disc and isinstance(disc.get("token_file"), str):
             tok_path = Path(str(disc["token_file"]))
             tok_source = f"{tok_path} (from the discovery file {disc_path})"
+            fix = (f"Is the daemon at {url} the one that wrote {disc_path}? If not, give --token-file its token "
+                   "file (its `token_file` setting), or use the Unix socket.")
         else:
             tok_path = _config_home(env) / "token"
-            tok_source = f"{tok_path} (the default token file)"
-        return Endpoint("tcp", host=host, port=port, token=_read_token(tok_path), token_source=tok_source,
-                        source=url_source)
+            tok_source, fix = f"{tok_path} (the default token file)", _FIX_DEFAULT
+        token, problem = _read_token(tok_path)
+        return Endpoint("tcp", host=host, port=port, token=token, token_source=tok_source, token_problem=problem,
+                        token_fix=fix, source=url_source)
     if disc and isinstance(disc.get("socket"), str):
         return Endpoint("unix", path=str(disc["socket"]), source=f"the discovery file {disc_path}")
     check_runtime_dir(runtime_dir(env))
