@@ -71,7 +71,7 @@ def test_restore_command(daemon_store: Store, tmp_path: Path) -> None:
     code, lines = run(run_restore, daemon_store.root, docs.id, tmp_path / "out")
     assert code == 0
     assert lines == [f"Restored snapshot {docs.id} into {tmp_path / 'out'}: 2 files (4.9 KiB), "
-                     "1 directories, 0 symlinks."]
+                     "1 directory, 0 symlinks."]
     assert tree_state(tmp_path / "out") == tree_state(tmp_path / "docs")
 
 
@@ -112,7 +112,7 @@ def test_check_command_reports_damage(daemon_store: Store) -> None:
         f"damaged: snapshot {docs.id}: 1 file(s) cannot be fully restored: 'img/logo.bin'",
         lines[3],
     ]
-    assert lines[3].endswith(": 1 problem(s), 1 damaged snapshot(s).")
+    assert lines[3].endswith(": 1 problem, 1 damaged snapshot.")
     # Without reading data only structure is checked, and the flipped byte goes unnoticed.
     assert run(run_check, daemon_store.root)[0] == 0
 

@@ -25,6 +25,7 @@ from ._progress import RunCancelled as RunCancelled
 from ._progress import RunProgress as RunProgress
 from ._progress import SnapshotSummary as SnapshotSummary
 from ._progress import Step as Step
+from ._progress import count_of as count_of
 from ._progress import human_bytes as human_bytes
 from ._progress import parse_time as parse_time
 from ._progress import utc_now as utc_now

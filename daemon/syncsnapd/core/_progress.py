@@ -74,6 +74,11 @@ def parse_time(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def count_of(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``1,234 directories``: a count with its noun in the right number."""
+    return f"{n:,} {noun if n == 1 else (plural or noun + 's')}"
+
+
 def human_bytes(n: int | float) -> str:
     """1536 -> '1.5 KiB'; exact bytes below 1 KiB."""
     if n < 1024:
@@ -404,10 +409,10 @@ class RunProgress:
         if step == 3:
             return f"Browsing files: {files_done:,} found"
         if step == 4:
-            return (f"Compressing {files_done:,} of {files_total:,} files "
+            return (f"Compressing {files_done:,} of {count_of(files_total, 'file')} "
                     f"({human_bytes(bytes_done)} of {human_bytes(bytes_total)})")
         if step == 5:
-            return (f"Uploading to the store: {files_done:,} of {files_total:,} objects "
+            return (f"Uploading to the store: {files_done:,} of {count_of(files_total, 'object')} "
                     f"({human_bytes(bytes_done)} of {human_bytes(bytes_total)})")
         return self.plan.step(step).name
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ..core import Plan, Progress, RunProgress, Step, SyncsnapdError, human_bytes
+from ..core import Plan, Progress, RunProgress, Step, SyncsnapdError, count_of, human_bytes
 from ..engine import DiffError, Restore, RestoreError, check_target, diff_entries, normalize_path, scan_live
 from ..store import GarbageCollector, StoreCheck, StoreError, UnknownSnapshotError, plan_forget
 from ._executor import Body, Outcome, Recorder, Run, RunExecutor, RunFailed
@@ -314,8 +314,9 @@ class Operations:
             raise RunFailed(exc.code, str(exc)) from exc
         result = {"snapshot": sid, "target": str(target), "paths": paths, "files": stats.files, "dirs": stats.dirs,
                   "symlinks": stats.symlinks, "bytes": stats.bytes}
-        return Outcome(f"Restored snapshot {sid} into {target}: {stats.files:,} files "
-                       f"({human_bytes(stats.bytes)}), {stats.dirs:,} directories, {stats.symlinks:,} symlinks",
+        return Outcome(f"Restored snapshot {sid} into {target}: {count_of(stats.files, 'file')} "
+                       f"({human_bytes(stats.bytes)}), {count_of(stats.dirs, 'directory', 'directories')}, "
+                       f"{count_of(stats.symlinks, 'symlink')}",
                        result=result)
 
     # --- check and prune ---------------------------------------------------------------------------
@@ -350,10 +351,12 @@ class Operations:
             lambda p, b: progress.add_done(files=p, nbytes=b), check))
         result = report.to_json()
         level = "data re-hashed" if read_data else "structure and references"
-        summary = f"{report.snapshots} snapshots, {report.packs} packs, {report.chunks:,} chunks ({level})"
+        summary = (f"{count_of(report.snapshots, 'snapshot')}, {count_of(report.packs, 'pack')}, "
+                   f"{count_of(report.chunks, 'chunk')} ({level})")
         if not report.ok:
-            raise RunFailed("problems_found", f"{len(report.problems)} problem(s), {len(report.damaged)} damaged "
-                                            f"snapshot(s) in {summary}", result)
+            raise RunFailed("problems_found", f"{count_of(len(report.problems), 'problem')}, "
+                                            f"{count_of(len(report.damaged), 'damaged snapshot')} in {summary}",
+                            result)
         return Outcome(f"Check found no problems in {summary}", result=result)
 
     def start_prune(self, *, dry_run: bool = False) -> Progress:

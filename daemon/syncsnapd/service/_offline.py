@@ -18,7 +18,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import TextIO
 
-from ..core import KeepPolicy, ProjectConfig, human_bytes
+from ..core import KeepPolicy, ProjectConfig, count_of, human_bytes
 from ..engine import Diff, DiffError, RestoreError, diff_entries, restore_snapshot, scan_live
 from ..store import (
     CorruptDataError,
@@ -128,8 +128,9 @@ def run_restore(store_root: Path, snapshot_id: str, target: Path, out: TextIO, *
         except RestoreError as exc:
             print(f"Cannot restore: {exc}.", file=out)
             return 1 if exc.code in _DAMAGE_CODES else 2
-    print(f"Restored snapshot {snapshot_id} into {target}: {stats.files:,} files "
-          f"({human_bytes(stats.bytes)}), {stats.dirs:,} directories, {stats.symlinks:,} symlinks.", file=out)
+    print(f"Restored snapshot {snapshot_id} into {target}: {count_of(stats.files, 'file')} "
+          f"({human_bytes(stats.bytes)}), {count_of(stats.dirs, 'directory', 'directories')}, "
+          f"{count_of(stats.symlinks, 'symlink')}.", file=out)
     return 0
 
 
@@ -244,12 +245,14 @@ def print_check(report_json: Mapping[str, object], out: TextIO) -> None:
               + (f": {', '.join(repr(x) for x in d['paths'])}{more}" if d["files"] else "") + lost, file=out)
     read = (f" ({human_bytes(int(str(report_json['bytes_read'])))} read)" if report_json["read_data"]
             else " (data not read; --read-data re-hashes it)")
-    summary = (f"Checked {report_json['snapshots']} snapshots, {report_json['packs']} packs, "
-               f"{int(str(report_json['chunks'])):,} chunks{read}")
+    summary = (f"Checked {count_of(int(str(report_json['snapshots'])), 'snapshot')}, "
+               f"{count_of(int(str(report_json['packs'])), 'pack')}, "
+               f"{count_of(int(str(report_json['chunks'])), 'chunk')}{read}")
     if report_json["ok"]:
         print(f"{summary}: no problems found.", file=out)
     else:
-        print(f"{summary}: {len(problems)} problem(s), {len(damaged)} damaged snapshot(s).", file=out)
+        print(f"{summary}: {count_of(len(problems), 'problem')}, {count_of(len(damaged), 'damaged snapshot')}.",
+              file=out)
 
 
 def run_check(store_root: Path, out: TextIO, *, read_data: bool = False) -> int:
