@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-system run test lint bench torture clean
+.PHONY: setup setup-system run test lint bench torture screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ torture: setup setup-system
 	$(PY) -m bench torture-report $$results --out docs/robustness.md; report=$$?; \
 	rm -f $$results; \
 	[ $$status -eq 0 ] && [ $$report -eq 0 ]
+
+# Refresh the screenshots in docs/img (README.md and docs/dashboard.md show them) from the browser tests.
+screenshots: setup setup-system
+	SYNCSNAP_SCREENSHOTS=$(CURDIR)/docs/img $(VENV)/bin/pytest -q -p no:cacheprovider tests/browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

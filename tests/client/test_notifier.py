@@ -192,6 +192,15 @@ class RecordingNotifications:
                 await self.changed.wait()
 
 
+async def _wait_for_sse_subscribers(d: DaemonProcess, count: int) -> None:
+    with trio.fail_after(20):
+        while True:
+            metrics = await trio.to_thread.run_sync(lambda: d.curl("http://localhost/metrics").stdout)
+            if f'syncsnap_subscribers{{transport="sse"}} {float(count)}' in metrics:
+                return
+            await trio.sleep(0.05)
+
+
 @pytest.mark.parametrize("caps", [[], ["body", "body-markup"]])
 async def test_notify_arguments_follow_the_server_capabilities(short_tmp: Path, private_bus: PrivateBus,
                                                                caps: list[str]) -> None:
@@ -204,6 +213,8 @@ async def test_notify_arguments_follow_the_server_capabilities(short_tmp: Path, 
         async with trio.open_nursery() as nursery, syncsnap.open_client(env=d.env) as client:
             await nursery.start(server.serve)
             nursery.start_soon(lambda: run_notifier(client, progress=True, bus=private_bus.address))
+            # The notifier tells only of runs it sees happen: start them once it follows.
+            await _wait_for_sse_subscribers(d, 1)
             async with syncsnap.open_client(env=d.env) as c:
                 started = await c.start_snapshot("docs")
                 async for _ in c.follow("docs", run=started.run):

@@ -19,6 +19,13 @@ test("counts with thousands separators", () => {
   assert.deepEqual([0, 999, 1234, 1234567].map(fmt.count), ["0", "999", "1,234", "1,234,567"]);
 });
 
+test("counts say their noun in the right number", () => {
+  assert.deepEqual([0, 1, 2, 1200].map((n) => fmt.countOf(n, "snapshot")),
+                   ["0 snapshots", "1 snapshot", "2 snapshots", "1,200 snapshots"]);
+  assert.equal(fmt.countOf(1, "directory", "directories"), "1 directory");
+  assert.equal(fmt.countOf(3, "directory", "directories"), "3 directories");
+});
+
 test("durations", () => {
   assert.deepEqual([0.0042, 0.5, 3.21, 12.4, 60, 75, 3600, 3725, 90000].map(fmt.duration),
     ["4 ms", "500 ms", "3.2 s", "12 s", "1 min", "1 min 15 s", "1 h", "1 h 2 min", "25 h"]);

@@ -7,8 +7,10 @@ command that installs it, not a skip: CI installs it (``make setup-system``).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,10 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 DESKTOP = {"width": 1280, "height": 800}
-# Screenshots the browser tests take land here (README.md and docs show them), so they stay current.
-SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "img"
+# Screenshots the browser tests take. `make screenshots` sets SYNCSNAP_SCREENSHOTS=docs/img to refresh the
+# ones README.md and docs show; a plain test run writes them to a temporary folder, so that it never
+# changes tracked files.
+SCREENSHOTS = Path(os.environ.get("SYNCSNAP_SCREENSHOTS") or Path(tempfile.gettempdir()) / "syncsnap-screenshots")
 PHONE = {"width": 390, "height": 844}
 
 

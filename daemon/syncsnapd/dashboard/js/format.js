@@ -8,6 +8,11 @@ export function count(n) {
   return Math.round(Number(n)).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 }
 
+/** A count and its noun in the right number: (1, "file") -> "1 file", (1200, "file") -> "1,200 files". */
+export function countOf(n, noun, plural = `${noun}s`) {
+  return `${count(n)} ${Number(n) === 1 ? noun : plural}`;
+}
+
 /** Bytes in binary units: 0 -> "0 B", 1536 -> "1.5 KiB", 3650722201 -> "3.4 GiB". */
 export function bytes(n) {
   if (n === null || n === undefined || !Number.isFinite(Number(n))) return "–";

@@ -39,7 +39,7 @@ export class HealthView {
 
   render(info, now = Date.now()) {
     if (!info) return;
-    setText(this.summary, `Store: ${fmt.count(info.snapshots)} snapshots, ${fmt.bytes(info.bytes_stored)} in ${fmt.count(info.packs)} packs`);
+    setText(this.summary, `Store: ${fmt.countOf(info.snapshots, "snapshot")}, ${fmt.bytes(info.bytes_stored)} in ${fmt.countOf(info.packs, "pack")}`);
     setText(this.check, lastCheckText(info, now));
   }
 

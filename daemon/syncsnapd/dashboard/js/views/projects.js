@@ -13,7 +13,7 @@ export function isRunning(project) {
 /** "5 min ago · 1,234 files · 3.4 GiB · took 12 s", or "None yet". */
 export function lastSnapshotText(last, now = Date.now()) {
   if (!last) return "None yet";
-  return [fmt.relative(last.time, now), `${fmt.count(last.files)} files`, fmt.bytes(last.bytes),
+  return [fmt.relative(last.time, now), fmt.countOf(last.files, "file"), fmt.bytes(last.bytes),
     `took ${fmt.duration(last.duration_seconds)}`].join(" · ");
 }
 
@@ -73,7 +73,7 @@ class ProjectCard {
     const p = project.progress;
     if (p && p.state === "failed" && p.error) problems.push(`Last run failed: ${p.error.message} (${p.error.code})`);
     const w = project.last_snapshot?.warnings;
-    if (w) problems.push(`Last snapshot: ${fmt.count(w)} warning${w === 1 ? "" : "s"}`);
+    if (w) problems.push(`Last snapshot: ${fmt.countOf(w, "warning")}`);
     this.problems.hidden = problems.length === 0;
     setText(this.problems, problems.join(" · "));
     setText(this.pauseButton, project.paused ? "Resume" : "Pause");
