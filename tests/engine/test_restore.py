@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.daemon import start_daemon
+from helpers.daemon import api, make_env, start_daemon, wait_until
 from helpers.store import commit_entries, commit_raw, flip_byte, patch_file, snapshot, tree_state, write_files
 from syncsnapd.engine import RestoreError, restore_snapshot
 from syncsnapd.store import Store, UnknownSnapshotError, hash_bytes
+from syncsnapd.store._format import canonical
 
 MiB = 1 << 20
 T0 = 1_650_000_000_000_000_000
@@ -335,27 +339,153 @@ def test_the_daemons_restore_clears_special_bits_and_refuses_a_crafted_snapshot(
         d.stop()
 
 
-@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700),
-                                                 (0o277, 0o500)])
-async def test_a_created_target_gets_the_mode_mkdir_would_give_it(store: Store, tmp_path: Path, umask: int,
-                                                                  expected: int) -> None:
-    """As `mkdir` and `cp -r` create a directory: 0o777 less the umask (not 0o700 whatever the umask).
-    A umask that leaves the owner no write permission still restores everything, then applies it."""
-    write_files(tmp_path / "src", {"d/a.txt": b"a", "b.txt": b"b"})
-    sid = (await snapshot(store, tmp_path / "src")).id
-    old = os.umask(umask)
+# --- the target's own mode ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """This process's umask (and so a subprocess's started meanwhile) is ``mask`` inside the block."""
+    old = os.umask(mask)
     try:
-        restore_snapshot(store, sid, tmp_path / "out")
+        yield
     finally:
         os.umask(old)
+
+
+def snapshot_file(store: Path, sid: str) -> Path:
+    """The snapshot file ``sid`` of the store directory ``store``."""
+    return store / "snapshots" / f"{sid}.json"
+
+
+def rewrite_snapshot_file(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit a snapshot file's fields and fix its checksum, as an older version or an attacker would write it."""
+    doc = json.loads(path.read_bytes())
+    del doc["checksum"]
+    edit(doc)
+    doc["checksum"] = hash_bytes(canonical(doc))
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700),
+                                                (0o277, 0o500)])
+async def test_without_a_recorded_root_mode_a_created_target_gets_the_mode_mkdir_would_give_it(
+        store: Store, tmp_path: Path, mask: int, expected: int) -> None:
+    """A snapshot file of an older version (no ``root_mode``): as `mkdir` and `cp -r` create a directory,
+    0o777 less the umask. A umask that leaves the owner no write permission still restores everything,
+    then applies it."""
+    write_files(tmp_path / "src", {"d/a.txt": b"a", "b.txt": b"b"})
+    os.chmod(tmp_path / "src", 0o750)
+    sid = (await snapshot(store, tmp_path / "src")).id
+    assert json.loads(store.files.snapshot_path(sid).read_bytes())["root_mode"] == 0o750
+    rewrite_snapshot_file(store.files.snapshot_path(sid), lambda doc: doc.pop("root_mode"))
+    assert store.snapshot_root_mode(sid) is None
+    with umask(mask):
+        restore_snapshot(store, sid, tmp_path / "out")
     assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == expected
     assert (tmp_path / "out/d/a.txt").read_bytes() == b"a" and (tmp_path / "out/b.txt").read_bytes() == b"b"
 
 
-async def test_an_existing_target_keeps_its_mode(store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("root", "mask"), [(0o750, 0o022), (0o700, 0o022), (0o777, 0o077), (0o500, 0o277),
+                                            (0o2755, 0o022), (0o1777, 0o022)])
+async def test_a_created_target_gets_the_snapshot_folders_mode(store: Store, tmp_path: Path, root: int,
+                                                                mask: int) -> None:
+    """The folder's permission bits, whatever the umask (as every restored directory's mode), never
+    setgid or sticky; a folder without write permission for its owner still restores everything."""
+    write_files(tmp_path / "src", {"d/a.txt": b"a", "b.txt": b"b"})
+    os.chmod(tmp_path / "src", root)
+    sid = (await snapshot(store, tmp_path / "src")).id
+    with umask(mask):
+        restore_snapshot(store, sid, tmp_path / "out")
+        restore_snapshot(store, sid, tmp_path / "part", paths=["d/a.txt"])
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == root & 0o777
+    assert stat.S_IMODE(os.stat(tmp_path / "part").st_mode) == root & 0o777
+    assert (tmp_path / "out/d/a.txt").read_bytes() == b"a" and (tmp_path / "out/b.txt").read_bytes() == b"b"
+    assert (tmp_path / "part/d/a.txt").read_bytes() == b"a" and not (tmp_path / "part/b.txt").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+async def test_an_existing_target_keeps_its_mode(store: Store, tmp_path: Path, overwrite: bool) -> None:
+    """Empty, or (with overwrite) holding files: its mode is the user's, as `cp -r` leaves it."""
     write_files(tmp_path / "src", {"a.txt": b"a"})
+    os.chmod(tmp_path / "src", 0o750)
     sid = (await snapshot(store, tmp_path / "src")).id
     (tmp_path / "out").mkdir()
+    if overwrite:
+        (tmp_path / "out" / "mine.txt").write_bytes(b"mine")
     os.chmod(tmp_path / "out", 0o711)
-    restore_snapshot(store, sid, tmp_path / "out")
+    restore_snapshot(store, sid, tmp_path / "out", overwrite=overwrite)
     assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o711
+    assert (tmp_path / "out" / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("bad", [0o4750, 0o2750, 0o1777, 0o7777, 0o10000, -1, 2**64, "0750", True, 488.0, None])
+async def test_a_tampered_root_mode_is_refused_as_damaged(store: Store, tmp_path: Path, bad: Any) -> None:
+    """A recorded root mode holds permission bits only: setuid, setgid, sticky, out of range or not an
+    integer is a damaged snapshot file (checksum fixed, as someone able to write the store could), and
+    nothing is written."""
+    write_files(tmp_path / "src", {"a.txt": b"a"})
+    sid = (await snapshot(store, tmp_path / "src")).id
+    rewrite_snapshot_file(store.files.snapshot_path(sid), lambda doc: doc.update(root_mode=bad))
+    with pytest.raises(RestoreError) as exc:
+        restore_snapshot(store, sid, tmp_path / "out")
+    assert exc.value.code == "snapshot_damaged"
+    assert sid in str(exc.value) and "root_mode" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_daemons_and_the_offline_restore_give_a_new_target_the_folders_mode(short_tmp: Path) -> None:
+    """Through a real syncsnapd (curl) started under umask 022, as from a login shell: snapshots of a
+    0750 and a 0700 folder restore into new targets 0750 and 0700 (not 0755), by the API and by the
+    offline `syncsnapd restore`; a snapshot file whose root mode was made setuid (checksum fixed) fails
+    `snapshot_damaged` with nothing written."""
+    folders = {"open": short_tmp / "open", "private": short_tmp / "private"}
+    for name, folder in folders.items():
+        write_files(folder, {"a.txt": name.encode()})
+    os.chmod(folders["open"], 0o750)
+    os.chmod(folders["private"], 0o700)
+    with umask(0o022):
+        d = start_daemon(short_tmp, folders)  # the daemon inherits the umask
+
+        def ended(path: str, run: str) -> Any:
+            """The terminal progress of ``run`` at ``path``, waited for."""
+            def answer() -> Any:
+                p = api(d, path)
+                return p if p.get("run") == run and p["state"] in ("completed", "failed", "cancelled") else None
+            return wait_until(answer, 60, f"the end of run {run}")
+
+        try:
+            ids = {}
+            for project in folders:
+                run = api(d, f"/projects/{project}/snapshots", "POST")["run"]
+                assert ended(f"/projects/{project}/progress", run)["state"] == "completed"
+                ids[project] = api(d, f"/projects/{project}/snapshots")["snapshots"][-1]["id"]
+            for project in folders:
+                run = api(d, f"/projects/{project}/restore", "POST",
+                          {"snapshot": "latest", "target": str(short_tmp / f"api-{project}")})["run"]
+                final = ended(f"/operations/{run}", run)
+                assert final["state"] == "completed", final
+            assert stat.S_IMODE(os.stat(short_tmp / "api-open").st_mode) == 0o750
+            assert stat.S_IMODE(os.stat(short_tmp / "api-private").st_mode) == 0o700
+            tampered = ids["open"]
+            before = snapshot_file(short_tmp / "store", tampered).read_bytes()
+            rewrite_snapshot_file(snapshot_file(short_tmp / "store", tampered),
+                                  lambda doc: doc.update(root_mode=0o4750))
+            run = api(d, "/projects/open/restore", "POST",
+                      {"snapshot": tampered, "target": str(short_tmp / "evil")})["run"]
+            final = ended(f"/operations/{run}", run)
+            assert (final["state"], final["error"]["code"]) == ("failed", "snapshot_damaged"), final
+            assert "root_mode" in final["error"]["message"]
+            assert not (short_tmp / "evil").exists()
+            snapshot_file(short_tmp / "store", tampered).write_bytes(before)
+        finally:
+            d.stop()
+        for project in folders:
+            offline = subprocess.run(
+                [sys.executable, "-m", "syncsnapd", "--config", str(d.config), "restore", ids[project],
+                 str(short_tmp / f"offline-{project}")], env=make_env(short_tmp), capture_output=True, text=True,
+                timeout=60)
+            assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert stat.S_IMODE(os.stat(short_tmp / "offline-open").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(short_tmp / "offline-private").st_mode) == 0o700
+    for how in ("api", "offline"):
+        assert (short_tmp / f"{how}-open" / "a.txt").read_bytes() == b"open"
+        assert (short_tmp / f"{how}-private" / "a.txt").read_bytes() == b"private"

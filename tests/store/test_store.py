@@ -110,6 +110,25 @@ def test_blobs_are_compressed_unless_that_does_not_help(store: Store) -> None:
     assert noise_loc is not None and noise_loc.flags == 0  # raw
 
 
+def test_a_snapshot_file_records_the_folders_mode_only_when_given(store: Store) -> None:
+    """``root_mode`` is optional in a snapshot file (older versions neither write nor read it): given, it
+    is read back; not given, the file has no such key and the mode is unknown (None); permission bits
+    only, so a setuid mode is refused before anything is written."""
+    given, older = make_snapshot_id(), make_snapshot_id()
+    for sid, mode in ((given, 0o750), (older, None)):
+        store.commit_snapshot(store.begin_write(), snapshot_id=sid, project="p", root="/x", entries=[],
+                              stats=SnapshotStats(), root_mode=mode)
+    assert (store.snapshot_root_mode(given), store.snapshot_root_mode(older)) == (0o750, None)
+    assert "root_mode" not in json.loads(store.files.snapshot_path(older).read_bytes())
+    assert [s.id for s in store.list_snapshots("p")] == sorted([given, older])
+    writer = store.begin_write()
+    with pytest.raises(ValueError):
+        store.commit_snapshot(writer, snapshot_id=make_snapshot_id(), project="p", root="/x", entries=[],
+                              stats=SnapshotStats(), root_mode=0o4750)
+    writer.abort()
+    assert len(store.list_snapshots("p")) == 2
+
+
 def test_snapshot_ids_sort_by_time_and_are_safe_names() -> None:
     from datetime import UTC, datetime
 

@@ -22,10 +22,18 @@ Restored: content (every chunk verified against its hash), the read, write and e
 modification times (files, symlinks, directories; a directory's after its contents), symlinks as links
 with their exact target. Not restored: owners, and so neither setuid, setgid nor sticky bits (as ``cp``
 and ``tar`` without ``-p``: a setuid file restored by root would otherwise run as root with content its
-owner chose); hard links (each path becomes its own file), sparse holes, extended attributes; the
-target directory itself keeps its own mode and mtime, and one the restore creates gets the mode ``mkdir``
-and ``cp -r`` give a new directory (0o777 less the umask: snapshots do not record their root's mode). Every entry is checked as it is read from the
-store (types, ranges, modes: see ``store.decode_tree_group``); a damaged list is ``snapshot_damaged``.
+owner chose); hard links (each path becomes its own file), sparse holes, extended attributes.
+
+The target itself: one the restore creates gets the permission bits of the snapshot's folder, as
+every restored directory gets its own (0o700 while its contents are written, its mode last; also when
+only some paths are restored, since the target stands for the folder); for a snapshot of a version
+that did not record them, the mode ``mkdir`` and ``cp -r`` give a new directory (0o777 less the umask).
+An existing target, empty or not, with or without ``overwrite``, keeps its own mode, as ``cp -r``
+leaves an existing destination directory's. Its mtime is never set.
+
+Every entry is checked as it is read from the store (types, ranges, modes: see
+``store.decode_tree_group``), and the folder's recorded mode with the snapshot file; a damaged list or
+snapshot file is ``snapshot_damaged``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ TEMP_PREFIX = ".syncsnap-restore-"
 # setuid file of another user, restored by root, would be a setuid-root program whose content that user
 # chose. Only the read, write and execute bits are restored.
 RESTORED_MODE_BITS = 0o777
-# A target the restore creates: as mkdir(1) and `cp -r` create a directory, 0o777 less the umask.
+# A target the restore creates for a snapshot that does not record its folder's mode: as mkdir(1) and
+# `cp -r` create a directory, 0o777 less the umask.
 TARGET_MODE = 0o777
 # Filesystems without hard links (FAT, some FUSE): a file is renamed into place once its name was seen free.
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
@@ -176,18 +185,21 @@ def check_target(target: Path, *, overwrite: bool) -> None:
                                    "(or allow overwriting)", "target_not_empty")
 
 
-def _prepare_target(target: Path, overwrite: bool) -> tuple[int, int | None]:
-    """Open the target, creating it if missing. Returns its descriptor and, when it was created without
-    write and search permission for its owner (a umask such as 0o277), the mode to give it back at the
-    end (meanwhile it is owner-writable); else None.
+def _prepare_target(target: Path, overwrite: bool, root_mode: int | None) -> tuple[int, int | None]:
+    """Open the target, creating it if missing. Returns its descriptor and the mode to give it at the
+    end, after its contents (meanwhile it is writable and searchable by its owner), or None to leave
+    its mode (an existing target).
 
-    A created target gets the mode ``mkdir`` and ``cp -r`` give a new directory: 0o777 less the process
-    umask (0o755 with the usual 022; 0o700 under the systemd units, whose UMask is 0077). Not the
-    snapshot root's own mode: snapshots do not record it (the root is no entry of the tree).
+    A created target gets ``root_mode``, the snapshot folder's permission bits, masked as every restored
+    directory's mode; it is created 0o700, so nothing in it is reachable by others before its mode is
+    final. A snapshot without ``root_mode`` (older versions did not record it) gets the mode ``mkdir``
+    and ``cp -r`` give a new directory: 0o777 less the process umask (0o755 with the usual 022; 0o700
+    under the systemd units, whose UMask is 0077).
     """
     created = True
     try:
-        os.mkdir(target, TARGET_MODE)  # the kernel applies the umask, as for mkdir(1)
+        # The kernel applies the umask, as for mkdir(1).
+        os.mkdir(target, TARGET_MODE if root_mode is None else 0o700)
     except FileExistsError:
         created = False
         check_target(Path(os.path.abspath(target)), overwrite=overwrite)
@@ -199,10 +211,9 @@ def _prepare_target(target: Path, overwrite: bool) -> tuple[int, int | None]:
     if not created:
         return fd, None
     mode = stat.S_IMODE(os.fstat(fd).st_mode)
-    if mode & 0o700 == 0o700:
-        return fd, None
-    os.fchmod(fd, mode | 0o700)
-    return fd, mode
+    if mode & 0o700 != 0o700:  # a umask such as 0o277 locked the owner out
+        os.fchmod(fd, mode | 0o700)
+    return fd, mode if root_mode is None else root_mode & RESTORED_MODE_BITS
 
 
 class _Dirs:
@@ -261,7 +272,7 @@ class Restore:
         self._progress = progress or (lambda files, nbytes: None)
         self.entries: list[Entry] = []
         self._target_fd = -1
-        self._target_mode: int | None = None  # to set at the end (a created target the umask locked)
+        self._target_mode: int | None = None  # to give a created target at the end
         self._dirs: _Dirs | None = None
         self._made_dirs: list[Entry] = []
         self._files = self._symlinks = self._bytes = 0
@@ -274,6 +285,7 @@ class Restore:
             RestoreError: see its codes; nothing was written.
         """
         try:
+            root_mode = self._store.snapshot_root_mode(self.snapshot_id)
             entries = self._store.load_entries(self.snapshot_id)
         except UnknownSnapshotError:
             raise
@@ -284,7 +296,7 @@ class Restore:
                                "snapshot_damaged") from exc
         validate_entries(entries)
         self.entries = select_entries(entries, self.paths)
-        self._target_fd, self._target_mode = _prepare_target(self.target, self.overwrite)
+        self._target_fd, self._target_mode = _prepare_target(self.target, self.overwrite, root_mode)
         self._dirs = _Dirs(self._target_fd)
         files = [e for e in self.entries if e.kind != "dir"]
         return len(files), sum(e.size for e in files if e.kind == "file")

@@ -199,6 +199,7 @@ class _Run:
         self.dirs = 0
         self.symlinks = 0
         self.skipped = 0
+        self.root_mode: int | None = None  # the folder's own permission bits, read by the walk
         self.writer: StoreWriter | None = None
         self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
         # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
@@ -276,6 +277,8 @@ class _Run:
             rel_dir, position = stack.pop()
             try:
                 dir_fd = chain.open_dir(rel_dir)
+                if not rel_dir:  # recorded without setuid, setgid and sticky: a restore gives no more
+                    self.root_mode = stat.S_IMODE(os.fstat(dir_fd).st_mode) & 0o777
                 with os.scandir(dir_fd) as it:
                     listing = sorted(it, key=lambda d: d.name)
             except OSError as exc:
@@ -538,7 +541,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         info = await trio.to_thread.run_sync(
             lambda: store.commit_snapshot(
                 writer, snapshot_id=snapshot_id, project=project, root=run.root, entries=entries,
-                stats=stats, on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
+                stats=stats, root_mode=run.root_mode,
+                on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
                 on_total=lambda n, b: progress.set_totals(files_total=n, bytes_total=b),
             ),
             limiter=limiter,

@@ -49,8 +49,11 @@ snapshot file (types, ranges, modes): a store is input like any other, and whate
 valid or :class:`CorruptDataError`.
 
 **Snapshot files** ``snapshots/<id>.json``: ``{"format": 1, "id", "project", "time", "root", "tree":
-[group hashes], "stats": {...}, "checksum"}``, where ``checksum`` is the blake3 of the canonical JSON of
-the rest. Ids sort by time: ``20261128T170102.123Z-a1b2c3`` (UTC start time, random suffix); they are safe
+[group hashes], "stats": {...}, "root_mode", "checksum"}``, where ``checksum`` is the blake3 of the
+canonical JSON of the rest. ``root_mode`` (optional, so no new format version) holds the permission bits
+of the folder itself (0 to 0o777; the folder is no entry of its tree), which a restore gives the target
+it creates; snapshot files of older versions lack it, and those versions ignore it (the checksum covers
+every key). Ids sort by time: ``20261128T170102.123Z-a1b2c3`` (UTC start time, random suffix); they are safe
 as file names and URL path segments.
 """
 
@@ -184,6 +187,7 @@ class SnapshotRecord:
     root: str
     tree: list[str]
     skipped: int
+    root_mode: int | None = None  # the folder's permission bits; None in snapshots of older versions
 
 
 # --- hashes, ids, compression ---------------------------------------------------------------------
@@ -412,14 +416,27 @@ def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def encode_snapshot(snapshot_id: str, project: str, root: str, tree: list[str], stats: SnapshotStats) -> bytes:
-    """A snapshot file, its checksum included."""
+def encode_snapshot(snapshot_id: str, project: str, root: str, tree: list[str], stats: SnapshotStats,
+                    root_mode: int | None = None) -> bytes:
+    """A snapshot file, its checksum included (``root_mode``: the folder's permission bits, if known)."""
     doc: dict[str, Any] = {
         "format": FORMAT_VERSION, "id": snapshot_id, "project": project,
         "time": snapshot_time(snapshot_id), "root": root, "tree": tree, "stats": asdict(stats),
     }
+    if root_mode is not None:
+        if _root_mode_problem(root_mode):
+            raise ValueError(f"bad root mode {root_mode!r}")
+        doc["root_mode"] = root_mode
     doc["checksum"] = hash_bytes(canonical(doc))
     return json.dumps(doc, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+
+
+def _root_mode_problem(mode: object) -> str | None:
+    # Permission bits only: never setuid, setgid or sticky (a restore gives the target no more).
+    if type(mode) is not int or not 0 <= mode <= 0o777:
+        shown = f"{mode:#o}" if type(mode) is int else f"{mode!r:.40}"
+        return f"root_mode {shown} is not the permission bits of a directory (0 to 0o777)"
+    return None
 
 
 _STATS_INTS = ("files", "bytes", "files_new", "files_changed", "files_unchanged", "bytes_added", "warnings")
@@ -436,6 +453,8 @@ def _snapshot_problem(doc: Any, snapshot_id: str) -> str | None:
     for key in ("project", "time", "root"):
         if not isinstance(doc.get(key), str):
             return f"{key} is not a string"
+    if "root_mode" in doc and (problem := _root_mode_problem(doc["root_mode"])):
+        return problem
     tree = doc.get("tree")
     if not isinstance(tree, list) or not all(isinstance(h, str) and _HASH_RE.match(h) for h in tree):
         return "tree is not a list of hashes"
@@ -472,4 +491,4 @@ def decode_snapshot(snapshot_id: str, data: bytes) -> SnapshotRecord:
         files_unchanged=stats["files_unchanged"], bytes_added=stats["bytes_added"],
         duration_seconds=stats["duration_seconds"], warnings=stats["warnings"],
     )
-    return SnapshotRecord(info, doc["root"], list(doc["tree"]), stats.get("skipped", 0))
+    return SnapshotRecord(info, doc["root"], list(doc["tree"]), stats.get("skipped", 0), doc.get("root_mode"))

@@ -342,6 +342,17 @@ class Store:
         """The folder path the snapshot was taken of."""
         return self.catalog.record(snapshot_id).root
 
+    def snapshot_root_mode(self, snapshot_id: str) -> int | None:
+        """The permission bits (0 to 0o777) of the folder the snapshot was taken of; None for a snapshot
+        made by a version that did not record them.
+
+        Raises:
+            UnknownSnapshotError: no such snapshot.
+            CorruptDataError: its snapshot file is damaged (a recorded mode out of range included).
+            StoreError: it cannot be read.
+        """
+        return self.catalog.record(snapshot_id).root_mode
+
     def load_entries(self, snapshot_id: str) -> list[Entry]:
         """All entries of a snapshot, a directory always before its contents.
 
@@ -376,11 +387,14 @@ class Store:
         return StoreWriter(self)
 
     def commit_snapshot(self, writer: StoreWriter, *, snapshot_id: str, project: str, root: str,
-                        entries: Sequence[Entry], stats: SnapshotStats,
+                        entries: Sequence[Entry], stats: SnapshotStats, root_mode: int | None = None,
                         on_written: Callable[[int, int], None] | None = None,
                         check: Callable[[], None] | None = None,
                         on_total: Callable[[int, int], None] | None = None) -> SnapshotInfo:
         """Store the tree, make every pack of ``writer`` durable, then write the snapshot file.
+
+        ``root_mode``: the permission bits of the folder itself (0 to 0o777), which a restore gives the
+        target it creates; None leaves them out of the snapshot file (as older versions wrote it).
 
         For an S3 store, "durable" means uploaded: ``on_total(objects, nbytes)`` is called once what
         the upload sends is known, and ``on_written`` counts the bytes sent.
@@ -399,7 +413,7 @@ class Store:
             h = hash_bytes(data)
             writer.add_chunk(h, data, metadata=True)
             tree.append(h)
-        payload = encode_snapshot(snapshot_id, project, root, tree, stats)
+        payload = encode_snapshot(snapshot_id, project, root, tree, stats, root_mode)
         remote = self.remote
         # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
         # (its index after it), then the snapshot file; step 5 counts the bytes sent.
