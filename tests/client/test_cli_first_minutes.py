@@ -115,8 +115,10 @@ def test_counts_of_one_are_singular(daemon_factory: Any, short_tmp: Path) -> Non
     docs.mkdir()
     (docs / "only.txt").write_text("one file")
     d = daemon_factory({"docs": docs})
-    sid = snapshot_run(d, "docs")["snapshot"]["id"]
-    outputs = []
+    last = snapshot_run(d, "docs")
+    sid = last["snapshot"]["id"]
+    assert last["message"].startswith(f"Snapshot {sid} completed: 1 file (8 B), ")
+    outputs = [last["message"]]
     r = cli(d, "restore", "docs", "latest", str(short_tmp / "out"), "--path", "only.txt", "--follow")
     assert r.returncode == 0, r.stderr
     outputs.append(r.stderr)  # not a terminal: the final line goes to stderr

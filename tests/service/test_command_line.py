@@ -158,11 +158,12 @@ def test_a_tcp_port_out_of_range_is_said_to_be_out_of_range(short_tmp: Path) -> 
 
 # --- item 11: the hint on a terminal -----------------------------------------------------------------------
 
-def test_the_start_hint_on_a_terminal_names_syncsnap_before_curl(short_tmp: Path) -> None:
+def _start_hint(short_tmp: Path, env: dict[str, str]) -> list[str]:
+    """The lines the daemon prints on a terminal after its first, up to Ctrl-C."""
     make_tree(short_tmp / "docs", files=1)
     cfg = write_config(short_tmp, {"docs": short_tmp / "docs"})
     main, sub = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(cfg)], env=make_env(short_tmp),
+    proc = subprocess.Popen([sys.executable, "-m", "syncsnapd", "--config", str(cfg)], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=sub)
     os.close(sub)
     seen = b""
@@ -177,6 +178,24 @@ def test_the_start_hint_on_a_terminal_names_syncsnap_before_curl(short_tmp: Path
         os.close(main)
     lines = seen.decode().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("syncsnapd "))
-    hint = [line.split(":", 1)[1].strip() for line in lines[start + 1:start + 7]]
+    return [line.split(":", 1)[1].strip() for line in lines[start + 1:start + 7]]
+
+
+def test_the_start_hint_on_a_terminal_names_syncsnap_before_curl(short_tmp: Path) -> None:
+    env = make_env(short_tmp)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    hint = _start_hint(short_tmp, env)
     assert hint[:4] == ["syncsnap status", "syncsnap follow", "syncsnap snapshot docs", "syncsnap open"]
     assert hint[4].startswith("curl -N --unix-socket")
+
+
+def test_the_start_hint_names_the_venv_script_when_syncsnap_is_not_on_path(short_tmp: Path) -> None:
+    """`make run` starts .venv/bin/syncsnapd without activating the venv: a bare `syncsnap` would be
+    "command not found". The hint names the script beside the daemon's Python, and it runs."""
+    env = make_env(short_tmp)
+    env["PATH"] = "/usr/bin:/bin"
+    hint = _start_hint(short_tmp, env)
+    script = str(Path(sys.executable).parent / "syncsnap")
+    assert hint[0] in (f"{script} status", f"{os.path.relpath(script)} status")
+    assert hint[3].endswith("syncsnap open") and hint[3] != "syncsnap open"
+    assert Path(hint[0].split()[0]).resolve() == Path(script).resolve()

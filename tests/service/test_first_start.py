@@ -78,7 +78,7 @@ def test_flags_set_socket_tcp_store_and_state_dir_and_folder_ids_do_not_depend_o
         assert ids == {str(short_tmp / "a/docs"): "docs", str(short_tmp / "b/docs"): "docs-2",
                        str(short_tmp / "c/Photos"): "Photos"}
         assert (short_tmp / "st/config.json").exists() and (short_tmp / "sd/history.sqlite3").exists()
-        assert "serving 3 project(s)" in (log := (short_tmp / "daemon.log").read_text())
+        assert "serving 3 projects" in (log := (short_tmp / "daemon.log").read_text())
         assert "(config: --folder)" in log and "embedded default" not in log
         # Item 12: the token file is made only when TCP is on.
         assert not (short_tmp / "cfg/syncsnap/token").exists()

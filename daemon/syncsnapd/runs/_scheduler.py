@@ -41,6 +41,7 @@ from ..core import (
     RunProgress,
     SnapshotSummary,
     SyncsnapdError,
+    count_of,
     human_bytes,
     utc_now,
 )
@@ -485,8 +486,8 @@ def _queued_progress(project: str, req: _Request) -> Progress:
 
 
 def _completed_message(s: SnapshotSummary) -> str:
-    msg = (f"Snapshot {s.id} completed: {s.files:,} files ({human_bytes(s.bytes)}), "
+    msg = (f"Snapshot {s.id} completed: {count_of(s.files, 'file')} ({human_bytes(s.bytes)}), "
            f"{human_bytes(s.bytes_added)} added in {s.duration_seconds:.1f} s")
     if s.warnings:
-        msg += f", {s.warnings} warning{'s' if s.warnings != 1 else ''}"
+        msg += f", {count_of(s.warnings, 'warning')}"
     return msg

@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import resource
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -265,15 +266,27 @@ def _hint(config: DaemonConfig) -> str:
     projects = ", ".join(f"{p.id} ({p.path})" for p in config.projects) or "none"
     first = config.projects[0].id if config.projects else "PROJECT"
     warn = "" if config.projects else "  warning:          no projects configured: add [[projects]] or use --folder\n"
+    cli = _client_command()
     return (
         f"syncsnapd {__version__}: projects {projects}\n{warn}"
-        f"  status:           syncsnap status\n"
-        f"  watch progress:   syncsnap follow\n"
-        f"  take a snapshot:  syncsnap snapshot {first}\n"
-        f"  dashboard:        syncsnap open\n"
+        f"  status:           {cli} status\n"
+        f"  watch progress:   {cli} follow\n"
+        f"  take a snapshot:  {cli} snapshot {first}\n"
+        f"  dashboard:        {cli} open\n"
         f"  or with curl:     curl -N --unix-socket {config.socket} http://localhost/api/v1/events\n"
         f"  stop:             Ctrl-C"
     )
+
+
+def _client_command() -> str:
+    """``syncsnap`` as the user can type it: the bare name when it is on PATH, else the console script
+    installed beside this Python (``make run`` runs the daemon from .venv/bin, which is not on PATH)."""
+    beside = Path(sys.executable).parent / "syncsnap"
+    found = shutil.which("syncsnap")
+    if found or not beside.exists():
+        return "syncsnap"
+    relative = os.path.relpath(beside)
+    return relative if not relative.startswith("..") else str(beside)
 
 
 if __name__ == "__main__":

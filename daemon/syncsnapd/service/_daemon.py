@@ -55,6 +55,7 @@ from ..core import (
     ServiceStatus,
     Supervisor,
     check_private_dir,
+    count_of,
     overlap_warnings,
     utc_now,
 )
@@ -325,8 +326,8 @@ class Daemon:
                 nursery.start_soon(self._serve_reloads, reloads, load)
             write_discovery_file(self.config.discovery_file, info,
                                  self.config.token_file if listeners.token else None)
-            log.info("syncsnapd %s serving %d project(s) on %s%s (config: %s)", __version__,
-                     len(self.config.projects), info.socket,
+            log.info("syncsnapd %s serving %s on %s%s (config: %s)", __version__,
+                     count_of(len(self.config.projects), "project"), info.socket,
                      f" and http://{info.tcp}" if info.tcp else "", self.config.source)
             self.notifier.ready(self.status_line())
             task_status.started(info)
