@@ -2,7 +2,8 @@
 
 :class:`StoreCheck` verifies at two levels. The fast level reads every index, checks that every pack is
 present with the size its index implies and intact header and footer, and reads every snapshot's list of
-entries to check that every blob it references is stored. ``read_data`` also re-hashes every blob. Each
+entries to check that every blob it references is stored: each distinct list (tree group) once, however
+many snapshots share it, so a check costs what the history stores, not how many snapshots list it. ``read_data`` also re-hashes every blob. Each
 :class:`Problem` (missing or corrupt pack, index, chunk or snapshot file) carries the snapshots and files
 it damages.
 """
@@ -27,12 +28,18 @@ from ._format import (
 )
 
 if TYPE_CHECKING:
+    from ._reader import ChunkReader
     from ._repository import Store
 
 __all__ = ["DAMAGE_PATHS", "CheckReport", "Damage", "DamagedSnapshot", "Problem", "StoreCheck"]
 
 # How many affected paths a check keeps per snapshot and problem (the counts are always complete).
 DAMAGE_PATHS = 10
+
+# What one list of entries (tree group) costs every snapshot that lists it: the problem that makes the
+# group itself unreadable (None when it was read), the damaged files' paths in walk order, and per
+# problem the paths of the files it damages.
+_GroupCost = tuple[int | None, list[str], list[tuple[int, list[str]]]]
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,8 @@ class CheckReport:
     chunks: int = 0
     bytes_read: int = 0
     unindexed_packs: int = 0
+    # Distinct lists of entries (tree groups) read and decoded: each once, however many snapshots share it.
+    tree_groups: int = 0
 
     @property
     def ok(self) -> bool:
@@ -114,6 +123,7 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "read_data": self.read_data, "snapshots": self.snapshots, "packs": self.packs,
                 "chunks": self.chunks, "bytes_read": self.bytes_read, "unindexed_packs": self.unindexed_packs,
+                "tree_groups": self.tree_groups,
                 "problems": [p.to_json() for p in self.problems],
                 "damaged": [d.to_json() for d in self.damaged]}
 
@@ -283,6 +293,43 @@ class StoreCheck:
                 n = bad[h] = self._problem(Problem("missing", "chunk", h, "referenced, but in no pack"))
             return n
 
+        # Tree group hash -> what it costs any snapshot that lists it (see _GroupCost). Groups
+        # are shared by the snapshots of an unchanged folder: each is read and decoded once per check.
+        verified: dict[str, _GroupCost] = {}
+
+        def verify_group(th: str, reader: ChunkReader) -> _GroupCost:
+            n = problem_of(th)
+            group = None
+            if n is None:
+                loc = known[th]
+                try:
+                    try:
+                        data = reader.read_at(th, loc)
+                    except PackMissing:
+                        if store.files.index_path(loc.pack).exists():
+                            raise
+                        data = reader.read(th)  # moved by a prune since the scan: look it up again
+                    group = decode_tree_group(data)
+                    report.tree_groups += 1
+                except (StoreError, OSError) as exc:
+                    reason = str(exc).rsplit(f" in pack {loc.pack} ", 1)[-1]
+                    n = bad[th] = self._problem(Problem("corrupt", "chunk", th, reason, pack=loc.pack))
+                except (ValueError, TypeError):
+                    n = bad[th] = self._problem(Problem("corrupt", "chunk", th, "a list of entries that "
+                                                        "cannot be decoded", pack=loc.pack))
+            if group is None:
+                assert n is not None
+                return n, [], []
+            damaged: dict[str, None] = {}
+            per_problem: dict[int, list[str]] = {}
+            for e in group:
+                if e.kind != "file":
+                    continue
+                for n2 in dict.fromkeys(p for p in map(problem_of, e.chunks) if p is not None):
+                    per_problem.setdefault(n2, []).append(e.path)
+                    damaged[e.path] = None
+            return None, list(damaged), list(per_problem.items())
+
         with store.reader() as reader:
             for sid in sorted(self._infos):
                 if check is not None:
@@ -297,38 +344,19 @@ class StoreCheck:
                 files: dict[str, None] = {}  # damaged paths of this snapshot, in order
                 listing = False
                 for th in record.tree:
-                    n = problem_of(th)
-                    group = None
-                    if n is None:
-                        loc = known[th]
-                        try:
-                            try:
-                                data = reader.read_at(th, loc)
-                            except PackMissing:
-                                if store.files.index_path(loc.pack).exists():
-                                    raise
-                                data = reader.read(th)  # moved by a prune since the scan: look it up again
-                            group = decode_tree_group(data)
-                        except (StoreError, OSError) as exc:
-                            reason = str(exc).rsplit(f" in pack {loc.pack} ", 1)[-1]
-                            n = bad[th] = self._problem(Problem("corrupt", "chunk", th, reason, pack=loc.pack))
-                        except (ValueError, TypeError):
-                            n = bad[th] = self._problem(Problem("corrupt", "chunk", th, "a list of entries that "
-                                                                "cannot be decoded", pack=loc.pack))
-                    if group is None:
-                        assert n is not None
-                        hurt.setdefault(n, {}).setdefault(sid, [0, [], False])[2] = True
+                    result = verified.get(th)
+                    if result is None:
+                        result = verified[th] = verify_group(th, reader)
+                    unreadable, damaged, found = result
+                    if unreadable is not None:
+                        hurt.setdefault(unreadable, {}).setdefault(sid, [0, [], False])[2] = True
                         listing = True
                         continue
-                    for e in group:
-                        if e.kind != "file":
-                            continue
-                        for n2 in dict.fromkeys(p for p in map(problem_of, e.chunks) if p is not None):
-                            entry = hurt.setdefault(n2, {}).setdefault(sid, [0, [], False])
-                            entry[0] += 1
-                            if len(entry[1]) < DAMAGE_PATHS:
-                                entry[1].append(e.path)
-                            files[e.path] = None
+                    for n2, group_paths in found:
+                        entry = hurt.setdefault(n2, {}).setdefault(sid, [0, [], False])
+                        entry[0] += len(group_paths)
+                        entry[1].extend(group_paths[:DAMAGE_PATHS - len(entry[1])])
+                    files.update(dict.fromkeys(damaged))
                 if files or listing:
                     paths = tuple(list(files)[:DAMAGE_PATHS])
                     report.damaged.append(DamagedSnapshot(sid, len(files), paths, listing))
