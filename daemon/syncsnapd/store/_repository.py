@@ -88,7 +88,7 @@ class Store:
         self.pack_size: int = config["pack_size"]
         self.files = StoreFiles(root, on_durable_step)
         self.index = MasterIndex(self.files.index_dir)
-        self.catalog = SnapshotCatalog(self.files)
+        self.catalog = SnapshotCatalog(self.files, exclusive=writable)
         # The bucket behind this store when its directory is the staging and cache of an S3 store
         # (see _remote.py); None for a local store.
         self.remote = remote

@@ -3,6 +3,20 @@
 Only the small listing is cached (snapshot files never change); a snapshot's tree list is read from its
 file when needed, so memory does not grow with history x folder size. A snapshot is *pinned* while a
 restore or diff reads it: ``forget`` then leaves it.
+
+The listing is not read again at every call, so that a run costs the same with 5,000 snapshots as with 2.
+It is listed again when something else may have changed the directory:
+
+* A store opened **writable** holds the store's lock, so only this process adds (:meth:`added`) or removes
+  (:meth:`remove_unless_pinned`) snapshot files: the listing follows its own changes and is never read
+  again, except when the directory itself changed behind its back (a person deleting a file by hand): its
+  ``stat`` (inode, mtime, ctime, size) is compared at each call, and recorded after each change of ours.
+* A store opened **read-only** (the offline commands, while the daemon or a ``syncsnapd prune`` writes)
+  lists again whenever that ``stat`` changed, and also while the directory's mtime is within
+  :data:`RACY_NS` of the time it was listed: timestamps are coarse on some file systems (a jiffy on ext4,
+  2 s on FAT, an attribute cache on NFS), so a change in the same tick as the listing would not show
+  (git's "racy" rule).
+* :meth:`refresh` forgets the listing, and ``scan(damaged)`` (the check) always lists: what is on disk.
 """
 
 from __future__ import annotations
@@ -10,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 from ._errors import CorruptDataError, StoreError, UnknownSnapshotError
@@ -18,15 +33,34 @@ from ._format import SNAPSHOT_ID_RE, SnapshotInfo, SnapshotRecord, decode_snapsh
 
 __all__ = ["SnapshotCatalog"]
 
+# A read-only catalog trusts its listing only once the directory's mtime is this much older than the
+# listing (FAT's 2 s timestamps are the coarsest we may meet; NFS's attribute cache is closer to the
+# mtime it reports after the same delay).
+RACY_NS = 2_000_000_000
+
+# What identifies one state of the snapshot directory: inode, mtime, ctime (ns), size.
+_DirKey = tuple[int, int, int, int]
+
 
 class SnapshotCatalog:
-    """The snapshots of one store directory. Thread-safe."""
+    """The snapshots of one store directory. Thread-safe.
 
-    def __init__(self, files: StoreFiles) -> None:
+    Args:
+        files: the store's directory.
+        exclusive: this process holds the store's lock (a writable open): nobody else adds or removes
+            snapshot files, so the listing follows this process's own changes (see the module docstring).
+    """
+
+    def __init__(self, files: StoreFiles, *, exclusive: bool = False) -> None:
         self._files = files
+        self._exclusive = exclusive
         self._lock = threading.Lock()
-        self._infos: dict[str, SnapshotInfo] = {}
+        self._infos: dict[str, SnapshotInfo] = {}  # sorted by id (= by time)
         self._pins: dict[str, int] = {}
+        # The directory's key when the listing was last made current; None: list again at the next scan.
+        self._key: _DirKey | None = None
+        # How many times the directory was listed (the benchmark and tests look).
+        self.listings = 0
 
     def read(self, snapshot_id: str) -> SnapshotRecord:
         """Read and verify a snapshot file. Raises OSError (FileNotFoundError) or CorruptDataError."""
@@ -49,19 +83,53 @@ class SnapshotCatalog:
             raise StoreError(f"cannot read snapshot {snapshot_id}: {exc.strerror}") from exc
 
     def scan(self, damaged: list[str] | None = None) -> dict[str, SnapshotInfo]:
-        """Every snapshot now in the directory (new files read, forgotten ones dropped from the cache).
-        The ids of damaged snapshot files are appended to ``damaged`` (and left out)."""
+        """Every snapshot now in the directory, by id in id (time) order: the cached listing while the
+        directory has not changed, else listed again (new files read, forgotten ones dropped).
+
+        With ``damaged`` (a check) the directory is always listed, and the ids of damaged snapshot files
+        are appended to it (and left out)."""
+        key = self._dir_key()
+        with self._lock:
+            if damaged is None and key is not None and key == self._key:
+                return dict(self._infos)
+        return self._list(key, damaged)
+
+    def refresh(self) -> None:
+        """Forget the cached listing: the next :meth:`scan` lists the directory."""
+        with self._lock:
+            self._key = None
+
+    def _dir_key(self) -> _DirKey | None:
+        try:
+            st = os.stat(self._files.snapshot_dir)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+    def _trusted(self, key: _DirKey | None, listed_ns: int) -> _DirKey | None:
+        """The key to remember for a listing made at ``listed_ns`` of the directory in state ``key``."""
+        if key is None or self._exclusive or listed_ns - max(key[1], key[2]) > RACY_NS:
+            return key
+        return None  # changed too recently to tell a later change in the same tick: list again next time
+
+    def _list(self, key: _DirKey | None, damaged: list[str] | None) -> dict[str, SnapshotInfo]:
+        listed_ns = time.time_ns()
         try:
             names = os.listdir(self._files.snapshot_dir)
         except FileNotFoundError:
             names = []
+        self.listings += 1
         present: set[str] = set()
+        found: dict[str, SnapshotInfo] = {}
+        unreadable = False
+        with self._lock:
+            known = dict(self._infos)
         for name in names:
             sid = name[:-5]
             if not name.endswith(".json") or not SNAPSHOT_ID_RE.match(sid):
                 continue
             present.add(sid)
-            if sid in self._infos:
+            if sid in known:
                 continue
             try:
                 record = self.read(sid)
@@ -69,20 +137,33 @@ class SnapshotCatalog:
                 present.discard(sid)  # forgotten by a prune meanwhile
                 continue
             except (OSError, CorruptDataError):
+                unreadable = True  # left out, and tried again at the next scan
                 if damaged is not None:
                     damaged.append(sid)
                 continue
-            with self._lock:
-                self._infos[sid] = record.info
+            found[sid] = record.info
         with self._lock:
-            for sid in [sid for sid in self._infos if sid not in present]:
-                del self._infos[sid]  # forgotten (by a prune here or in the daemon)
+            # Forgotten ones dropped (by a prune here or in another process); added ones since our
+            # listdir (added() meanwhile) kept.
+            infos = {sid: info for sid, info in self._infos.items() if sid in present or sid not in known}
+            infos.update(found)
+            self._infos = dict(sorted(infos.items()))
+            self._key = None if unreadable else self._trusted(key, listed_ns)
             return dict(self._infos)
+
+    def _changed_locked(self) -> None:
+        """After a change of ours: the listing is current; remember the directory's new key (a writable
+        store is the only writer), or list again next time (read-only: never called)."""
+        self._key = self._dir_key() if self._exclusive else None
 
     def added(self, info: SnapshotInfo) -> None:
         """A snapshot file this process has just made durable."""
         with self._lock:
+            last = next(reversed(self._infos), None)
             self._infos[info.id] = info
+            if last is not None and info.id < last:
+                self._infos = dict(sorted(self._infos.items()))
+            self._changed_locked()
 
     @contextlib.contextmanager
     def pinned(self, snapshot_ids: Iterable[str]) -> Iterator[None]:
@@ -114,4 +195,5 @@ class SnapshotCatalog:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._files.snapshot_path(snapshot_id))
             self._infos.pop(snapshot_id, None)
+            self._changed_locked()
         return True
