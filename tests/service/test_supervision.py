@@ -241,7 +241,7 @@ async def test_each_supervised_service_fails_alone_and_recovers(short_tmp: Path,
     notify.bind(str(base / "notify.sock"))
     notify.setblocking(False)
     monkeypatch.setenv("NOTIFY_SOCKET", str(base / "notify.sock"))
-    names = ["history", "metrics", "project:plain/watch", "project:synced/syncthing", "status"]
+    names = ["history", "history-trim", "metrics", "project:plain/watch", "project:synced/syncthing", "status"]
     faults = Faults(*names)
 
     def status_lines() -> list[str]:
@@ -264,7 +264,7 @@ async def test_each_supervised_service_fails_alone_and_recovers(short_tmp: Path,
                     "code": "internal_error", "message": f"injected fault in {status['name']}"}, status
             watch = (await get_json(info.socket, "/projects/plain"))["watch"]
             assert watch["mode"] == "stopped" and watch["error"]["message"] == "injected fault in project:plain/watch"
-            assert any("degraded: history, metrics, project:plain/watch" in line for line in status_lines())
+            assert any("degraded: history, history-trim, metrics, project:plain/watch" in line for line in status_lines())
 
             # A snapshot runs and completes meanwhile.
             stream = await trio.open_unix_socket(str(info.socket))

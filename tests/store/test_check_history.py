@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 
 from helpers.store import flip_byte
-from syncsnapd.store import Damage, DamagedSnapshot, Entry, SnapshotStats, Store, hash_bytes, make_snapshot_id
-from syncsnapd.store import _check
+from syncsnapd.store import (
+    Damage,
+    DamagedSnapshot,
+    Entry,
+    SnapshotStats,
+    Store,
+    _check,
+    hash_bytes,
+    make_snapshot_id,
+)
 
 SNAPSHOTS = 12
 FILES = 3000  # about a dozen tree groups (cut at paths whose crc32 ends in 8 zero bits)

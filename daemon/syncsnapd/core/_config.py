@@ -28,7 +28,7 @@ DEFAULT_FOLDER = "~/Sync"
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
-                "max_streams"}
+                "max_streams", "history_keep_days", "history_keep_runs"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
@@ -41,6 +41,13 @@ CONFIG_KEYS: Mapping[str, frozenset[str]] = {
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
 DEFAULT_SETTLE_SECONDS = 5.0
 DEFAULT_MAX_DELAY_SECONDS = 60.0
+# History retention: a finished run (its row and its progress log) is kept while it is among the newest
+# DEFAULT_HISTORY_KEEP_RUNS finished runs of its project and younger than DEFAULT_HISTORY_KEEP_DAYS days
+# (runs/_history.py: History.trim). A run costs about 4 KB plus 2.2 KB per second it ran, so 1,000 short
+# runs are a few MB; a quarter of hourly snapshots is 2,160 runs, so for them the count binds first. The
+# progress log is also capped per project (runs/_history.py EVENTS_KEPT), whatever the runs' length.
+DEFAULT_HISTORY_KEEP_DAYS = 90
+DEFAULT_HISTORY_KEEP_RUNS = 1000
 _DURATION = re.compile(r"[ \t]*(\d+(?:\.\d+)?)[ \t]*(ms|s|m|h|d)?[ \t]*", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -206,6 +213,9 @@ class DaemonConfig:
     store_url: str | None = None
     s3: S3Options | None = None
     retry_backoff: float = 30.0
+    # History retention (see DEFAULT_HISTORY_KEEP_*); 0 turns that limit off.
+    history_keep_days: int = DEFAULT_HISTORY_KEEP_DAYS
+    history_keep_runs: int = DEFAULT_HISTORY_KEEP_RUNS
     projects: tuple[ProjectConfig, ...] = field(default=())
     source: str = "embedded default"
 
@@ -376,7 +386,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
             raise ConfigError(f"daemon.heartbeat: expected seconds between 0.1 and 3600, got {hb!r}")
         settings["heartbeat"] = float(hb)
     for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100), ("max_connections", 8, 65536),
-                         ("max_streams", 1, 65536)):
+                         ("max_streams", 1, 65536), ("history_keep_days", 0, 36500),
+                         ("history_keep_runs", 0, 10_000_000)):
         if key in daemon:
             v = daemon[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

@@ -37,9 +37,15 @@ write again may issue those ids again at its next start.
 
 All database access runs off the event loop, in worker threads, serialised by a lock (one connection).
 
-This module is longer than most: the writer, its retries, the run records and the queries share that one
-connection, its lock and the writer's in-memory state, and are kept in one piece so that the rules for
-them are read in one place.
+The history is bounded: :meth:`History.serve_trim` (a supervised service of the daemon) deletes, at start
+and hourly, the finished runs the retention no longer keeps (``daemon.history_keep_days``,
+``history_keep_runs``) with their events, and caps each project's events (:data:`EVENTS_KEPT`); it never
+touches an unfinished run. ``GET .../stats`` is answered from running totals (:class:`RunTotals`), loaded
+once and kept current by every write that changes a finished snapshot run, so it reads no rows.
+
+This module is longer than most: the writer, its retries, the run records, the trim and the queries share
+that one connection, its lock and the writer's in-memory state, and are kept in one piece so that the
+rules for them are read in one place.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import statistics
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,11 +69,13 @@ import trio
 
 from ..core import Progress, SyncsnapdError, parse_time
 from ._records import (
+    FINISHED,
     RUN_COLUMNS,
     HistoryStatistics,
     ProjectStats,
     RunRecord,
-    percentile,
+    RunTotals,
+    TotalsRow,
     progress_from_json,
     run_from_row,
 )
@@ -82,8 +90,16 @@ log = logging.getLogger("syncsnapd.history")
 
 # Event ids reserved ahead in the database. A crash can only skip ids, never reuse them.
 ID_RESERVATION = 100_000
-# Events kept in the database per project; older ones are trimmed (run rows are kept).
+# Events kept in the database per project by :meth:`History.trim`, whatever the runs' retention: the
+# progress logs of long runs (four events a second) are bounded too. Events of unfinished runs are never
+# trimmed. About 2 KB each: at most about 100 MB per project.
 EVENTS_KEPT = 50_000
+# How often the history is trimmed (History.serve_trim): at start, then every hour.
+TRIM_INTERVAL_SECONDS = 3600.0
+# Runs (with their events) deleted per transaction by a trim, so that the writer and history queries
+# never wait long behind it; events likewise.
+TRIM_BATCH_RUNS = 500
+TRIM_BATCH_EVENTS = 5000
 # Events loaded into the tracker's replay buffer at start (resume across a restart).
 REPLAY_ON_START = 4096
 # How long SQLite waits for a lock another connection holds before a statement fails with "database is
@@ -185,6 +201,16 @@ class History:
         self._lock = threading.Lock()
         self._busy_timeout = busy_timeout
         self._db = self._connect(path, read_only=read_only)
+        # Each project's finished snapshot runs summed up (GET .../stats): loaded once here, then kept
+        # current by each write that changes such a run's row. Under their own lock, held only briefly.
+        self._totals_lock = threading.Lock()
+        self._totals = RunTotals()
+        self._totals_diffs: list[tuple[TotalsRow | None, TotalsRow | None]] = []
+        try:
+            self._load_totals_locked()
+        except BaseException:
+            self._db.close()
+            raise
         # False while the database cannot be written (see open()): each write first opens it again.
         self._writable = True
         # True while an empty database in memory stands in for one that cannot even be read.
@@ -371,6 +397,7 @@ class History:
             steps = {run: (step, since, dict(seconds), paused_at, paused)
                      for run, (step, since, seconds, paused_at, paused) in self._steps.items()}
             reserved, written = self._reserved, self._written_upto
+            self._totals_diffs = []
             db.execute("BEGIN")
             try:
                 for p in records:
@@ -390,7 +417,7 @@ class History:
                     self._reserve_locked(last_event_id + ID_RESERVATION)
                 db.execute("COMMIT")
             except BaseException:
-                self._steps, self._reserved = steps, reserved
+                self._steps, self._reserved, self._totals_diffs = steps, reserved, []
                 if db.in_transaction:
                     try:
                         db.execute("ROLLBACK")
@@ -398,6 +425,7 @@ class History:
                         pass  # the transaction is gone either way; the first error is the one to report
                 raise
             self._written_upto = written
+            self._apply_totals_locked()
 
     def _reopen_locked(self) -> None:
         """Open the database for writing again (it could not be written so far); raises if it still cannot."""
@@ -422,6 +450,7 @@ class History:
         self._reserved = int(db.execute("SELECT value FROM meta WHERE key = 'reserved_event_id'").fetchone()[0])
         self._db.close()
         self._db, self._writable, self._in_memory = db, True, False
+        self._load_totals_locked()  # the rows it had could not all be read before
         if self.notice is not None and self.notice.code == "history_unavailable":
             self.notice = None
         log.warning("history: %s can be written again", self.path)
@@ -447,6 +476,7 @@ class History:
             duration = round(end - start, 3) if start is not None and end is not None else None
         snapshot = json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None
         result = json.dumps(p.result) if p.result is not None else None
+        old = self._totals_row_locked(p.run) if p.kind == "snapshot" else None
         self._db.execute(
             "INSERT INTO runs (run, project, kind, trigger, attempt, retry_of, state, started_at, ended_at, "
             "duration_seconds, steps, error_code, error_message, bytes_total, snapshot, paused_seconds, result) "
@@ -464,6 +494,8 @@ class History:
              ended, duration, json.dumps(seconds), p.error["code"] if p.error else None,
              p.error["message"] if p.error else None, p.bytes_total if p.step == 4 else None, snapshot,
              round(paused, 3), result, p.started_at))
+        if p.kind == "snapshot":
+            self._totals_diffs.append((old, self._totals_row_locked(p.run)))
 
     def _replayed_locked(self, p: Progress, event_id: int) -> tuple[_StepState | None, str]:
         """An interrupted run's step bookkeeping from its recorded events (those before ``p``, its terminal
@@ -501,6 +533,8 @@ class History:
             if not self._writable:
                 raise sqlite3.OperationalError("the history database cannot be written")
             self._insert_run_locked(p)
+            assert p.run is not None
+            old = self._totals_row_locked(p.run) if p.kind == "snapshot" else None
             self._db.execute(
                 "UPDATE runs SET state = ?, ended_at = ?, error_code = ?, error_message = ?, snapshot = ?, "
                 "result = ? WHERE run = ? AND state NOT IN ('completed', 'failed', 'cancelled')",
@@ -508,6 +542,9 @@ class History:
                  p.error["message"] if p.error else None,
                  json.dumps(p.to_json()["snapshot"]) if p.snapshot is not None else None,
                  json.dumps(p.result) if p.result is not None else None, p.run))
+            if p.kind == "snapshot":
+                self._totals_diffs = [(old, self._totals_row_locked(p.run))]
+                self._apply_totals_locked()
 
     async def record_end(self, progress: Progress) -> bool:
         """Write a run's terminal state now, before its terminal event is published (at most
@@ -587,12 +624,116 @@ class History:
         while len(self._recorded) > RECORDED_REMEMBERED:
             self._recorded.popitem(last=False)
 
-    def trim(self) -> None:
-        """Keep the newest :data:`EVENTS_KEPT` events per project."""
+    def trim(self, *, keep_days: int, keep_runs: int, now: float | None = None) -> tuple[int, int]:
+        """Delete what the retention no longer keeps; returns (runs, events) deleted. Blocking.
+
+        A finished run (completed, failed, cancelled), with its progress log, goes when it ended more than
+        ``keep_days`` days before ``now`` (default: the time now), or is not among the newest ``keep_runs``
+        finished runs of its project (0 turns either limit off). Always kept: unfinished runs and their
+        events (a running run, a queued one, one the next start marks ``interrupted``), and each project's
+        newest finished run of each kind (its last outcome, the store's last check). Then each project's
+        progress log is cut to its newest :data:`EVENTS_KEPT` events, never those of an unfinished run.
+        Runs in batches of :data:`TRIM_BATCH_RUNS` (one transaction each), so writes wait little.
+
+        Raises:
+            sqlite3.Error: the database refused (locked by another process for long, read-only, I/O).
+        """
+        counts = [0, 0]
+        for _ in self._trim_batches(keep_days, keep_runs, now, counts):
+            pass
+        return counts[0], counts[1]
+
+    async def serve_trim(self, retention: Callable[[], tuple[int, int]], *, interval: float = TRIM_INTERVAL_SECONDS,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Trim the history (:meth:`trim`) at once, then every ``interval`` seconds, until cancelled.
+
+        ``retention()`` gives (keep_days, keep_runs) at each trim (so a reload of the configuration
+        applies at the next one). A trim the database refuses is logged and tried again at the next
+        interval, never fatal. Each batch runs off the event loop; a cancellation waits for one batch at
+        most.
+        """
+        task_status.started()
+        while True:
+            keep_days, keep_runs = retention()
+            try:
+                runs, events = await self._trim_off_loop(keep_days, keep_runs)
+            except sqlite3.Error as exc:
+                log.warning("history: trimming failed (%s); trying again in %g s", exc, interval)
+            else:
+                if runs or events:
+                    log.info("history: trimmed %d finished runs and %d events (keeping %s days, %s runs per "
+                             "project)", runs, events, keep_days or "all", keep_runs or "all")
+            await trio.sleep(interval)
+
+    async def _trim_off_loop(self, keep_days: int, keep_runs: int) -> tuple[int, int]:
+        counts = [0, 0]
+        batches = self._trim_batches(keep_days, keep_runs, None, counts)
+        finished = False
+
+        def step() -> None:
+            nonlocal finished
+            finished = next(batches, True)
+
+        try:
+            while not finished:
+                await self._offload(step)
+        finally:
+            batches.close()
+        return counts[0], counts[1]
+
+    def _trim_batches(self, keep_days: int, keep_runs: int, now: float | None,
+                      counts: list[int]) -> Generator[bool, None, None]:
+        """:meth:`trim`, one batch (transaction) per step; yields False after each; adds to ``counts``."""
+        cutoff = None
+        if keep_days:
+            moment = (time.time() if now is None else now) - keep_days * 86400
+            cutoff = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(moment))
         with self._lock:
-            self._db.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
-                "(PARTITION BY project ORDER BY id DESC) AS n FROM events) WHERE n > ?)", (EVENTS_KEPT,))
+            if not self._writable:
+                raise sqlite3.OperationalError("the history database cannot be written")
+            victims = [run for (run,) in self._db.execute(
+                "SELECT run FROM (SELECT run, COALESCE(ended_at, started_at) AS t, "
+                "ROW_NUMBER() OVER (PARTITION BY project ORDER BY started_at DESC, run DESC) AS n, "
+                "ROW_NUMBER() OVER (PARTITION BY project, kind ORDER BY started_at DESC, run DESC) AS k "
+                "FROM runs WHERE state IN ('completed', 'failed', 'cancelled')) "
+                "WHERE k > 1 AND ((? > 0 AND n > ?) OR t < ?)", (keep_runs, keep_runs, cutoff))
+                if run not in self._steps]  # the writer still has events of it to write
+        for i in range(0, len(victims), TRIM_BATCH_RUNS):
+            batch = victims[i:i + TRIM_BATCH_RUNS]
+            marks = ",".join("?" * len(batch))
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    counts[1] += self._db.execute(f"DELETE FROM events WHERE run IN ({marks})", batch).rowcount
+                    counts[0] += self._db.execute(
+                        f"DELETE FROM runs WHERE run IN ({marks}) AND state IN ('completed', 'failed', 'cancelled')",
+                        batch).rowcount
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._load_totals_locked()
+            yield False
+        with self._lock:
+            cuts = []
+            for (project,) in self._db.execute("SELECT DISTINCT project FROM events").fetchall():
+                row = self._db.execute("SELECT id FROM events WHERE project = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                                       (project, EVENTS_KEPT)).fetchone()
+                if row is not None:
+                    cuts.append((project, row[0]))
+        for project, upto in cuts:  # each project's events from `upto` down, but those of unfinished runs
+            while True:
+                with self._lock:
+                    n = self._db.execute(
+                        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE project = ? AND id <= ? AND "
+                        "(run IS NULL OR run NOT IN (SELECT run FROM runs WHERE state NOT IN "
+                        "('completed', 'failed', 'cancelled'))) LIMIT ?)", (project, upto, TRIM_BATCH_EVENTS)).rowcount
+                counts[1] += n
+                yield False
+                if n < TRIM_BATCH_EVENTS:
+                    break
 
     async def serve(self, tracker: Tracker, *, on_problem: ProblemReport | None = None,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -758,23 +899,31 @@ class History:
         return run_from_row(row) if row else None
 
     def stats(self, project: str) -> ProjectStats:
-        """Statistics over the project's finished snapshot runs."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT state, duration_seconds, bytes_total FROM runs WHERE project = ? AND kind = 'snapshot' "
-                "AND state IN ('completed', 'failed', 'cancelled')", (project,)).fetchall()
-        done = [r for r in rows if r[0] == "completed"]
-        failed = sum(1 for r in rows if r[0] == "failed")
-        durations = sorted(r[1] for r in done if r[1] is not None)
-        per_gib = [r[1] / (r[2] / 2**30) for r in done if r[1] is not None and r[2] and r[2] >= 2**20]
-        finished = len(done) + failed
-        return ProjectStats(
-            runs=len(rows), completed=len(done), failed=failed, cancelled=len(rows) - len(done) - failed,
-            success_rate=round(len(done) / finished, 4) if finished else None,
-            mean_seconds=round(statistics.fmean(durations), 3) if durations else None,
-            p95_seconds=round(percentile(durations, 0.95), 3) if durations else None,
-            seconds_per_gib=round(statistics.fmean(per_gib), 3) if per_gib else None,
-        )
+        """Statistics over the project's finished snapshot runs (those the history keeps), from running
+        totals: no database read, so it may be called on the Trio thread."""
+        with self._totals_lock:
+            return self._totals.stats(project)
+
+    def _load_totals_locked(self) -> None:
+        rows = self._db.execute(
+            "SELECT project, state, duration_seconds, bytes_total FROM runs WHERE kind = 'snapshot' AND state IN "
+            "('completed', 'failed', 'cancelled')").fetchall()
+        totals = RunTotals(rows)
+        with self._totals_lock:
+            self._totals, self._totals_diffs = totals, []
+
+    def _totals_row_locked(self, run: str) -> TotalsRow | None:
+        """A snapshot run's row as the totals count it; None unless it is finished."""
+        row = self._db.execute("SELECT project, state, duration_seconds, bytes_total FROM runs WHERE run = ? AND "
+                               "kind = 'snapshot'", (run,)).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row is not None and row[1] in FINISHED else None
+
+    def _apply_totals_locked(self) -> None:
+        """The changes a committed write made to finished snapshot runs, into the totals."""
+        with self._totals_lock:
+            for old, new in self._totals_diffs:
+                self._totals.change(old, new)
+        self._totals_diffs = []
 
     def load_expected(self, projects: Iterable[str]) -> None:
         """Fill :attr:`expected` for these projects (at start; write() keeps it current)."""

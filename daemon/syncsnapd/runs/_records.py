@@ -1,10 +1,12 @@
-"""The history's records: a run as stored, a project's statistics, the writer's counters, and how rows
-and stored events become them. No I/O."""
+"""The history's records: a run as stored, a project's statistics (and the running totals they are
+computed from), the writer's counters, and how rows and stored events become them. No I/O."""
 
 from __future__ import annotations
 
+import bisect
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import Progress, SnapshotSummary
@@ -71,6 +73,77 @@ class HistoryStatistics:
     events_written: int
     events_lost: int
     write_failures: int
+
+
+# A finished snapshot run as the totals see its row: (project, state, duration_seconds, bytes_total).
+TotalsRow = tuple[str, str, float | None, int | None]
+FINISHED = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class _Totals:
+    runs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED, 0))
+    durations: list[float] = field(default_factory=list)  # of completed runs, sorted (for the p95)
+    duration_ms: int = 0  # their sum; durations are stored in whole milliseconds, so it is exact
+    per_gib: float = 0.0  # sum of seconds per GiB of completed runs of at least 1 MiB
+    per_gib_runs: int = 0
+
+
+class RunTotals:
+    """Running totals of each project's finished snapshot runs, from which :class:`ProjectStats` is
+    computed without reading the runs again (``GET /api/v1/projects/{id}/stats``).
+
+    They are a function of the history's rows: the history loads them from its rows once, then tells
+    each change of a finished snapshot run's row (:meth:`change`: the row before and after a write).
+    Not thread-safe: the history holds a lock around it.
+    """
+
+    def __init__(self, rows: Iterable[TotalsRow] = ()) -> None:
+        self._projects: dict[str, _Totals] = {}
+        for row in rows:
+            self._apply(row, 1)
+
+    def change(self, old: TotalsRow | None, new: TotalsRow | None) -> None:
+        """A run's row changed from ``old`` to ``new`` (None: not a finished snapshot run, or no row)."""
+        if old == new:
+            return
+        if old is not None:
+            self._apply(old, -1)
+        if new is not None:
+            self._apply(new, 1)
+
+    def _apply(self, row: TotalsRow, sign: int) -> None:
+        project, state, duration, nbytes = row
+        t = self._projects.setdefault(project, _Totals())
+        t.runs[state] = t.runs.get(state, 0) + sign
+        if state != "completed" or duration is None:
+            return
+        ms = round(duration * 1000)
+        if sign > 0:
+            bisect.insort(t.durations, duration)
+        else:
+            i = bisect.bisect_left(t.durations, duration)
+            if i < len(t.durations) and t.durations[i] == duration:
+                del t.durations[i]
+        t.duration_ms += sign * ms
+        if nbytes and nbytes >= 2**20:
+            t.per_gib += sign * duration / (nbytes / 2**30)
+            t.per_gib_runs += sign
+            if not t.per_gib_runs:
+                t.per_gib = 0.0  # no drift left behind once the last one is gone
+
+    def stats(self, project: str) -> ProjectStats:
+        t = self._projects.get(project) or _Totals()
+        completed, failed, cancelled = (t.runs.get(s, 0) for s in FINISHED)
+        finished = completed + failed
+        durations = t.durations
+        return ProjectStats(
+            runs=completed + failed + cancelled, completed=completed, failed=failed, cancelled=cancelled,
+            success_rate=round(completed / finished, 4) if finished else None,
+            mean_seconds=round(t.duration_ms / 1000 / len(durations), 3) if durations else None,
+            p95_seconds=round(percentile(durations, 0.95), 3) if durations else None,
+            seconds_per_gib=round(t.per_gib / t.per_gib_runs, 3) if t.per_gib_runs else None,
+        )
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

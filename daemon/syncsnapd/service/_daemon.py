@@ -8,7 +8,8 @@ the discovery file and our socket file are removed. The whole stop is bounded by
 :data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
 
 Supervision: every long-running service (each project's change source ``project:<id>/watch`` or
-``project:<id>/syncthing``, the history writer ``history``, metrics ``metrics``, the systemd status
+``project:<id>/syncthing``, the history writer ``history`` and its trim ``history-trim`` (at start and
+hourly: ``daemon.history_keep_days`` / ``history_keep_runs``), metrics ``metrics``, the systemd status
 ``status``) runs under the daemon's :class:`~syncsnapd.core.Supervisor`: a failure is logged once, shown
 (the project's ``watch.error``, ``/api/v1/health``'s ``services`` and ``degraded``, ``STATUS=``) and the
 service is restarted with backoff, while everything else carries on.
@@ -303,6 +304,8 @@ class Daemon:
             await nursery.start(self.supervisor.serve)
             await self._start_service("history", functools.partial(
                 self.history.serve, on_problem=functools.partial(self.supervisor.report, "history")), self.tracker)
+            await self._start_service("history-trim", functools.partial(self.history.serve_trim, lambda: (
+                self.config.history_keep_days, self.config.history_keep_runs)))
             await self._start_service("metrics", self.metrics.serve)
             await self._mark_interrupted()
             await nursery.start(run_scheduler)
