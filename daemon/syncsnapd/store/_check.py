@@ -322,6 +322,9 @@ class StoreCheck:
                 return n, [], []
             damaged: dict[str, None] = {}
             per_problem: dict[int, list[str]] = {}
+            refs = {h for e in group if e.kind == "file" for h in e.chunks}
+            if refs <= known.keys() and refs.isdisjoint(bad):
+                return None, [], []  # the common case: every chunk it lists is stored and intact
             for e in group:
                 if e.kind != "file":
                     continue
