@@ -59,8 +59,6 @@ class SnapshotCatalog:
         self._pins: dict[str, int] = {}
         # The directory's key when the listing was last made current; None: list again at the next scan.
         self._key: _DirKey | None = None
-        # How many times the directory was listed (the benchmark and tests look).
-        self.listings = 0
 
     def read(self, snapshot_id: str) -> SnapshotRecord:
         """Read and verify a snapshot file. Raises OSError (FileNotFoundError) or CorruptDataError."""
@@ -118,7 +116,6 @@ class SnapshotCatalog:
             names = os.listdir(self._files.snapshot_dir)
         except FileNotFoundError:
             names = []
-        self.listings += 1
         present: set[str] = set()
         found: dict[str, SnapshotInfo] = {}
         unreadable = False
