@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from ._daemon import Daemon, timed_snapshot
-from ._proc import terminate
+from ._proc import machine_busy_seconds, process_cpu_seconds, terminate
 
 MODES = ("alone", "poller", "sse")
 TARGET_RATIO = 1.3
@@ -72,8 +72,11 @@ def run_one(mode: str, *, new_daemon: Callable[[str], Daemon], prepare: Callable
         elif mode == "sse":
             sse = _start_sse(d, work, SSE_SUBSCRIBERS, SSE_CLIENTS)
         run = None
+        cpu0, busy0 = process_cpu_seconds(d.pid), machine_busy_seconds()
         try:
             run = trio.run(partial(timed_snapshot, d.unix, "bench"))
+            out["cpu_seconds"] = process_cpu_seconds(d.pid) - cpu0
+            out["machine_busy_seconds"] = machine_busy_seconds() - busy0
         finally:
             if poller is not None:
                 poll = stop_poller(poller, poll_file, run.window if run else (0, 0))
@@ -97,7 +100,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for mode in MODES:
         secs = [r["seconds"] for r in runs if r["mode"] == mode and "seconds" in r]
         if secs:
-            res[mode] = {"seconds": min(secs), "all_seconds": secs}
+            best = min((r for r in runs if r["mode"] == mode and "seconds" in r), key=lambda r: r["seconds"])
+            res[mode] = {"seconds": best["seconds"], "all_seconds": secs,
+                         "cpu_seconds": best.get("cpu_seconds"),
+                         "machine_busy_seconds": best.get("machine_busy_seconds")}
     alone = res.get("alone", {}).get("seconds")
     for mode in ("poller", "sse"):
         if alone and mode in res:

@@ -328,7 +328,8 @@ def run_fairness(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, rounds: int, 
                 start_daemon=lambda d: start_daemon(d, res), start_poller=lambda d, f: _start_poller(d, 0, f),
                 stop_poller=lambda p, f, w: _stop_poller(p, f, w, 0), work=WORK / "runs")
             runs.append(out)
-            log(f"fairness, round {r + 1}, {mode}: {out['seconds']:.2f} s")
+            log(f"fairness, round {r + 1}, {mode}: {out['seconds']:.2f} s, daemon CPU {out['cpu_seconds']:.2f} s, "
+                f"machine busy {out['machine_busy_seconds']:.2f} core-s")
     res["fairness"] = f = _fairness.summarize(runs)
     for mode in ("poller", "sse"):
         if "ratio" in f.get(mode, {}):
