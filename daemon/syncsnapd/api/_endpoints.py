@@ -206,9 +206,10 @@ class Api:
             def fast_path(event: Event) -> bool:
                 # The publisher's non-blocking write (docs/architecture.md): only while nothing is pending
                 # for this connection; otherwise the event waits in the queue for this task.
-                if writer.pending_bytes or writer.closed:
+                written = writer.write_if_idle(event_sse(event))
+                if written is None:
                     return False
-                if not writer.write_nowait(event_sse(event)):
+                if not written:
                     sub.wake()  # partly written: the rest is pending; this task flushes it
                 return True
 

@@ -163,6 +163,15 @@ class TrioBodyWriter:
             return False
         return True
 
+    def write_if_idle(self, data: bytes) -> bool | None:
+        """The publisher's direct send: :meth:`write_nowait`, but only if nothing is pending and the
+        writer is open; None, with nothing written, otherwise. One call instead of three per subscriber:
+        with 1,000 subscribers that is most of a millisecond per event.
+        """
+        if self._closed or self._pending or self._inflight:
+            return None
+        return self.write_nowait(data)
+
     async def flush(self) -> None:
         """Wait until every pending byte is handed to the kernel (or the writer is closed)."""
         async with self._lock:  # a checkpoint, even when there is nothing to do
