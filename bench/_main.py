@@ -5,8 +5,9 @@ Environment:
     BENCH_SCALE             float, default 1.0: file counts (and large file sizes) of the tree.
     BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
     BENCH_ROUNDS            int, default 2: rounds of the snapshot comparison (best time of the rounds).
-    BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout, s3);
-                            default all. A partial run writes bench/.work/benchmarks-partial.md.
+    BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout, s3,
+                            fairness); default all. A partial run writes bench/.work/benchmarks-partial.md.
+                            E.g. BENCH_ONLY=fairness,fanout for the fairness and SSE fan-out rows alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import trio
 
-from . import _backup_tools, _env, _raw, _report, _s3, _serving, _sse, _tree
+from . import _backup_tools, _env, _fairness, _raw, _report, _s3, _serving, _sse, _tree
 from ._daemon import Daemon, timed_snapshot
 from ._http import Connection
 from ._proc import machine_busy_seconds, process_cpu_seconds
@@ -37,7 +38,7 @@ from ._proc import machine_busy_seconds, process_cpu_seconds
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work"
 DOC = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout", "s3")
+SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout", "s3", "fairness")
 
 _T0 = time.monotonic()
 
@@ -161,14 +162,15 @@ def _snap_details(final: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-# 1,000 SSE subscribers plus the driver's own connections need more than a default connection cap.
+# 1,000 SSE subscribers plus the driver's own connections need more than the default connection and
+# stream caps.
 # watch = false: no start-up check and no file watcher, so the only runs are the ones the bench asks for.
 MAX_CONNECTIONS = 1100
 
 
 def new_daemon(tree: Path, fan_tree: Path, name: str = "syncsnap") -> Daemon:
     return Daemon(WORK / "runs" / name, {"bench": tree, "fan": fan_tree},
-                  extra={"max_connections": MAX_CONNECTIONS, "watch": False})
+                  extra={"max_connections": MAX_CONNECTIONS, "max_streams": MAX_CONNECTIONS, "watch": False})
 
 
 def run_syncsnap_hammered(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, res: dict[str, Any]) -> None:
@@ -306,6 +308,33 @@ def aggregate(tool: dict[str, Any]) -> None:
 def _check(final: dict[str, Any], what: str) -> None:
     if final.get("state") != "completed":
         raise RuntimeError(f"syncsnap {what} snapshot ended {final.get('state')}: {final.get('error')}")
+
+
+def run_fairness(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, rounds: int, res: dict[str, Any]) -> None:
+    """The initial snapshot alone, with a back-to-back poller and with 1,000 SSE subscribers (see
+    bench/_fairness.py), modes alternating within each round."""
+
+    def prepare(mode: str) -> None:
+        _tree.restore(tree, spec)
+        rewarm(tree, spec, res, f"syncsnap (fairness, {mode})")
+        _sync()
+
+    runs = []
+    for r in range(rounds):
+        modes = _fairness.MODES if r % 2 == 0 else _fairness.MODES[::-1]
+        for mode in modes:
+            out = _fairness.run_one(
+                mode, new_daemon=lambda name: new_daemon(tree, fan_tree, name), prepare=prepare,
+                start_daemon=lambda d: start_daemon(d, res), start_poller=lambda d, f: _start_poller(d, 0, f),
+                stop_poller=lambda p, f, w: _stop_poller(p, f, w, 0), work=WORK / "runs")
+            runs.append(out)
+            log(f"fairness, round {r + 1}, {mode}: {out['seconds']:.2f} s, daemon CPU {out['cpu_seconds']:.2f} s, "
+                f"machine busy {out['machine_busy_seconds']:.2f} core-s")
+    res["fairness"] = f = _fairness.summarize(runs)
+    for mode in ("poller", "sse"):
+        if "ratio" in f.get(mode, {}):
+            log(f"fairness {mode}: {f[mode]['seconds']:.2f} s vs alone {f['alone']['seconds']:.2f} s, "
+                f"{f[mode]['ratio']:.2f}x (target <= {_fairness.TARGET_RATIO:g}x)")
 
 
 # --- restic, borg --------------------------------------------------------------------------------------
@@ -532,6 +561,7 @@ def main() -> int:
         _section("syncsnap", only, res, partial(run_syncsnap_hammered, tree, fan_tree, spec, res))
 
     _section("s3", only, res, partial(_s3.run, tree, WORK / "runs", res, log))
+    _section("fairness", only, res, partial(run_fairness, tree, fan_tree, spec, rounds, res))
 
     needs_daemon = {"serving", "fanout"} & (only or set(SECTIONS))
     if daemon is None and needs_daemon:

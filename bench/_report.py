@@ -73,9 +73,17 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     if h:
         hp = _get(h, "poll", "p99_ms")
         n, secs = _get(h, "poll", "count") or 0, _get(h, "seconds")
+        # Such a client is held to the rate bound (429 with Retry-After, then paused): its latency is the
+        # daemon's policy, not its speed, so this row only informs; the Fairness rows carry the target.
+        errs = _get(h, "poll", "errors") or 0
         rows.append(["Progress poll p99, back-to-back poller", _ms(hp),
-                     f"{n / secs:,.0f} req/s; initial took {_s(secs)}" if _num(secs) and secs else "",
-                     "", "< 20 ms", _verdict(None if not _num(hp) else hp < 20)])
+                     (f"{n / secs:,.0f} req/s, {errs:,} non-200 (rate bound); initial took {_s(secs)}"
+                      if _num(secs) and secs else ""), "", "(see Fairness)", "info"])
+
+    if r.get("fairness"):
+        from ._fairness import markdown_rows
+
+        rows += markdown_rows(r["fairness"])
 
     sv = r.get("serving", {})
     a, b = _get(sv, "syncsnap", "req_s"), _get(sv, "hypercorn", "req_s")
@@ -83,14 +91,15 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     rows.append(["JSON progress over TCP (wrk)", _rate(a), f"hypercorn {_rate(b)}",
                  f"{ratio:.2f}x" if ratio is not None else "n/a", ">= 4x",
                  _verdict(None if ratio is None else ratio >= 4)])
-    for n, limit in (("100", 10.0), ("1000", 50.0)):
+    # Issue 14's targets (they were 10 and 50 ms).
+    for n, limit in (("100", 3.0), ("1000", 15.0)):
         f = _get(r, "fanout", n)
         p = _get(f, "p99_ms")
-        ok = None if not _num(p) else p < limit and _get(f, "connected") == int(n)
+        ok = None if not _num(p) else p <= limit and _get(f, "connected") == int(n)
         conn = _get(f, "connected")
         short = f", only {conn:,} connected" if isinstance(conn, int) and conn != int(n) else ""
         rows.append([f"SSE fan-out p99, {int(n):,} subscribers", _ms(p),
-                     f"p50 {_ms(_get(f, 'p50_ms'))}{short}", "", f"< {limit:g} ms", _verdict(ok)])
+                     f"p50 {_ms(_get(f, 'p50_ms'))}{short}", "", f"<= {limit:g} ms", _verdict(ok)])
     return rows
 
 
@@ -280,6 +289,30 @@ def markdown(r: dict[str, Any]) -> str:
                      f"max {_ms(hp['max_ms'])}; the snapshot took {_s(h['seconds'])} against "
                      f"{_s(_get(snap, 'syncsnap', 'initial', 'seconds'))} with the paced poller.")
             L.append("")
+
+    fair = r.get("fairness")
+    if fair:
+        from ._fairness import MODES
+
+        L.append("## Fairness (initial snapshot, fresh daemon and store each time)")
+        L.append("")
+        L.append(f"The same initial snapshot alone, with one client polling progress back to back over TCP, and "
+                 f"with {fair.get('subscribers', 0):,} SSE subscribers on `/api/v1/events` (two client "
+                 f"processes); modes alternate within each round, best of rounds. The clients' own CPU "
+                 f"shares the two cores, as on a user's machine; a client beyond the per-connection rate "
+                 f"bound gets 429 with Retry-After and is not read until then (docs/api.md).")
+        L.append("")
+        rows = []
+        for mode in MODES:
+            m = fair.get(mode) or {}
+            if not m:
+                continue
+            poll = m.get("poll") or {}
+            rows.append([mode, _s(m.get("seconds")), ", ".join(f"{x:.2f}" for x in m.get("all_seconds", [])),
+                         _s(m.get("cpu_seconds")), f"{m['ratio']:.2f}x" if _num(m.get("ratio")) else "",
+                         f"{poll.get('count', 0):,} requests, {poll.get('errors', 0):,} non-200" if poll else ""])
+        L.append(_table(["mode", "best", "all rounds (s)", "daemon CPU", "ratio to alone", "client"], rows))
+        L.append("")
 
     raw = r.get("raw", [])
     if raw:

@@ -69,6 +69,8 @@ class Api:
         # Configuration warnings the daemon shows in health (e.g. no projects configured).
         self.warnings: list[str] = []
         self.started = time.monotonic()
+        # (tracker.last_event_id when listed, the newest snapshot per project): see _last_snapshots.
+        self._snapshots_cache: tuple[int, dict[str, SnapshotInfo]] | None = None
         self.router = Router()
         r = self.router
         r.add("GET", f"{API}/health", self.health)
@@ -156,8 +158,18 @@ class Api:
                 "watch": watch.to_json(), "paused": self.scheduler.is_paused(pid)}
 
     async def _last_snapshots(self) -> dict[str, SnapshotInfo]:
+        # The store's listing (a directory walk in a worker thread) is the cost of GET /projects; it
+        # changes only through runs (a snapshot, prune or forget), and each publishes events, so the last
+        # listing serves until the next event. The key is read before listing: an event published while
+        # the listing runs leaves it keyed to the older id, and the next request lists again.
+        key = self.tracker.last_event_id
+        cached = self._snapshots_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
         infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, None)
-        return {i.project: i for i in infos}  # oldest first, so the newest per project wins
+        last = {i.project: i for i in infos}  # oldest first, so the newest per project wins
+        self._snapshots_cache = (key, last)
+        return last
 
     # --- streams -----------------------------------------------------------------------------------
 
@@ -194,9 +206,10 @@ class Api:
             def fast_path(event: Event) -> bool:
                 # The publisher's non-blocking write (docs/architecture.md): only while nothing is pending
                 # for this connection; otherwise the event waits in the queue for this task.
-                if writer.pending_bytes or writer.closed:
+                written = writer.write_if_idle(event_sse(event))
+                if written is None:
                     return False
-                if not writer.write_nowait(event_sse(event)):
+                if not written:
                     sub.wake()  # partly written: the rest is pending; this task flushes it
                 return True
 

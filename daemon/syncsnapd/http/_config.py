@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ._sessions import SessionStore
 from ._validation import DEFAULT_MAX_BODY, DEFAULT_MAX_HEAD
 
-__all__ = ["LINGER_SECONDS", "MAX_RECV", "HttpConfig"]
+__all__ = ["LINGER_SECONDS", "MAX_RECV", "HttpConfig", "RATE_LIMITED_CODE"]
 
 # How long a write may go without the client taking a single byte before the connection is closed. The
 # timer restarts whenever bytes move, so a slow reader is fine and only one that stopped reading is cut
@@ -29,6 +29,21 @@ DEFAULT_MAX_UNAUTHENTICATED = 64
 # owner (peer credentials at accept) still gets in. A quarter: the Unix socket serves the CLI, the
 # notifier and a few followers, TCP mostly browsers and scripts.
 DEFAULT_UNIX_RESERVED_SHARE = 0.25
+
+# The request rate bound of one connection: a token bucket of DEFAULT_REQUEST_BURST requests refilled at
+# DEFAULT_REQUEST_RATE per second. A request beyond it gets 429 `rate_limited` with `Retry-After: 1`, and
+# the connection reads nothing more for that second: a client that ignores Retry-After and asks back to
+# back gets a burst, then waits, about DEFAULT_REQUEST_BURST requests a second in all. Why: the serving
+# loop runs in the same interpreter as the engine's worker threads and holds the GIL for each request
+# (~100-150 us of CPU); one client polling back to back (3,700-5,000 req/s) held the GIL more than half of
+# the time (py-spy --gil) and made an initial snapshot 3x slower (docs/benchmarks.md, "Fairness").
+# Answering faster cannot help: a back-to-back client only asks faster. Every real client stays far below
+# the bound: the CLI and the dashboard poll about once a second and load a page with a few dozen requests
+# over several connections, and `wrk -c32` against the JSON endpoint runs each connection at ~300 req/s,
+# under the sustained rate, so its bucket never empties.
+DEFAULT_REQUEST_RATE = 500.0
+DEFAULT_REQUEST_BURST = 100
+RATE_LIMITED_CODE = "rate_limited"
 
 # Bytes asked of the kernel per read; h11's example and hypercorn use the same.
 MAX_RECV = 2**16
@@ -63,6 +78,10 @@ class HttpConfig:
             beyond this, or beyond half of TCP's share, get 503.
         unix_reserved_share: this share of ``max_connections`` (at least one) only the Unix socket may
             use; TCP connections beyond the rest get 503.
+        request_rate: requests per second one connection may sustain (``math.inf``: no bound); beyond it
+            and ``request_burst``, 429 ``rate_limited`` with ``Retry-After``, and the connection is paused
+            until then.
+        request_burst: requests one connection may make at once before the rate applies.
         sessions: the dashboard's logins; with them, TCP requests may also authenticate with a session
             cookie, and the dashboard's pages are public (see :func:`~syncsnapd.http.check_access`).
     """
@@ -79,6 +98,8 @@ class HttpConfig:
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED
     unix_reserved_share: float = DEFAULT_UNIX_RESERVED_SHARE
+    request_rate: float = DEFAULT_REQUEST_RATE
+    request_burst: int = DEFAULT_REQUEST_BURST
     sessions: SessionStore | None = None
 
     @property

@@ -23,6 +23,10 @@ routing); a :class:`Connection` does the reading and writing, and owns everythin
   exception text (the traceback goes to the ``syncsnapd.http`` log); an error response is sent only if no
   response has started in this cycle; a failed send ends the connection (and calls ``send_failed()`` on
   a stream's h11 connection). One bad connection never takes the server down.
+- **A rate bound per connection** (``HttpConfig.request_rate`` and ``request_burst``, a token bucket):
+  a request beyond it gets 429 ``rate_limited`` with ``Retry-After``, and the connection reads nothing
+  more until Retry-After has passed, so a client asking back to back cannot take the interpreter from the
+  engine's threads (see ``DEFAULT_REQUEST_RATE``). The connection stays open.
 - **Streams** (:class:`~syncsnapd.http.StreamResponse`, i.e. SSE): the head goes through h11 (chunked on
   HTTP/1.1, always ``Connection: close``), then :func:`~._streaming.serve_stream_body` runs the body; the
   connection is *not* reused after a stream.
@@ -42,7 +46,7 @@ import h11
 import trio
 
 from ._authorization import check_access
-from ._config import LINGER_SECONDS, MAX_RECV
+from ._config import LINGER_SECONDS, MAX_RECV, RATE_LIMITED_CODE
 from ._context import ServerContext
 from ._heads import REASONS, SERVER, format_head
 from ._messages import (
@@ -128,6 +132,9 @@ class Connection:
         "writer",
         "session_scope",
         "authenticated",
+        "tokens",
+        "tokens_at",
+        "resume_at",
     )
 
     def __init__(self, context: ServerContext, stream: trio.abc.HalfCloseableStream, peer: Peer) -> None:
@@ -149,6 +156,11 @@ class Connection:
         # Authenticated connections leave the server's smaller budget of unauthenticated ones: on the Unix
         # socket by the peer's uid at accept, on TCP by the first request with a valid token.
         self.authenticated = False
+        # The rate bound's token bucket: requests this connection may still make at once, as of tokens_at.
+        self.tokens = float(context.config.request_burst)
+        self.tokens_at = trio.current_time()
+        # After a 429: the connection reads nothing before this time, its Retry-After (0.0: no pause).
+        self.resume_at = 0.0
 
     def begin_shutdown(self) -> None:
         """Close the connection if it is idle, end its stream or session; a request in progress finishes
@@ -248,6 +260,13 @@ class Connection:
         conn = self.conn
         scope = self.scope
         config = self.context.config
+        if self.resume_at:
+            # Rate-limited: nothing is read (the client's requests wait in the socket) until the next one
+            # is allowed; shutdown may close the connection meanwhile.
+            self.idle = True
+            await trio.sleep_until(self.resume_at)
+            self.idle = False
+            self.resume_at = 0.0
         if buffered:
             conn.receive_data(buffered)
             event = conn.next_event()
@@ -289,6 +308,15 @@ class Connection:
             return
         length = headers.get("content-length")
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
+        wait = self._take_token()
+        if wait:
+            # Over the rate bound: refused before reading any body (one left unread closes the
+            # connection), and the connection reads nothing more until Retry-After has passed: what the
+            # answer asks of the client is what the server holds it to.
+            response, retry_after = _rate_limited(config.request_rate, wait)
+            self.resume_at = trio.current_time() + retry_after
+            await self._respond(response, close=has_body)
+            return
         access = check_access(request, token=config.token, sessions=config.sessions)
         if access.refusal is not None:
             # Refused before reading any body; a body left unread means the connection must close.
@@ -320,6 +348,22 @@ class Connection:
         else:
             LOGGER.error("the app returned %r for %s %s", result, request.method, request.target)
             await self._respond(_INTERNAL_ERROR)
+
+    def _take_token(self) -> float:
+        # The token bucket: 0.0 if a request may be served now (and take a token), else the seconds until
+        # the next one may be.
+        config = self.context.config
+        rate = config.request_rate
+        if rate == math.inf:
+            return 0.0
+        now = trio.current_time()
+        tokens = min(float(config.request_burst), self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if tokens > 0.999999:  # a client at exactly the rate passes, whatever the clock's rounding
+            self.tokens = max(0.0, tokens - 1.0)
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / rate
 
     async def _upgrade(self, event: h11.Request, response: UpgradeResponse) -> None:
         # Leave HTTP: the session's protocol library re-reads the request head from a stream that replays
@@ -477,6 +521,22 @@ async def send_eof_and_drain(stream: trio.abc.HalfCloseableStream, limit: float 
         if not data:
             break
         drained += len(data)
+
+
+_RATE_LIMITED: dict[tuple[float, int], Response] = {}
+
+
+def _rate_limited(rate: float, wait: float) -> tuple[Response, int]:
+    # 429 with Retry-After in whole seconds (at least 1: RFC 9110 has no fractions), built once per value.
+    retry_after = max(1, math.ceil(wait))
+    response = _RATE_LIMITED.get((rate, retry_after))
+    if response is None:
+        response = _RATE_LIMITED[(rate, retry_after)] = error_response(
+            429, RATE_LIMITED_CODE,
+            f"More than {rate:g} requests per second on one connection; retry after {retry_after} s.",
+            (("Retry-After", str(retry_after)),),
+        )
+    return response, retry_after
 
 
 def _asks_to_close(headers: Headers) -> bool:

@@ -37,6 +37,12 @@ LOGGER = logging.getLogger("syncsnapd.http")
 FINAL_CHUNK_SECONDS = 0.2
 
 
+# The last chunk framed by any writer, as [data, framed]: the publisher hands one event's bytes to every
+# subscriber in a row, so all but the first find their chunk here. Holding one event's bytes is all it
+# keeps; use from the Trio thread only.
+_last_framed: list[bytes] = [b"", b""]
+
+
 class TrioBodyWriter:
     """The :class:`~syncsnapd.http.BodyWriter` of a stream: built by the connection for each one.
 
@@ -134,7 +140,14 @@ class TrioBodyWriter:
         # h11 chose the framing when it sent the head and will end the body; the chunk header itself is
         # formatted here: through h11 it costs 2.4 us of the 3.6 us a delivery takes (1,000 subscribers:
         # 2.4 ms per event).
-        framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if not self._chunked:
+            framed = data
+        elif data is _last_framed[0]:
+            # A fan-out writes the same bytes object to every subscriber in turn: frame it once.
+            framed = _last_framed[1]
+        else:
+            framed = b"%x\r\n%b\r\n" % (len(data), data)
+            _last_framed[:] = [data, framed]
         if self._pending or self._inflight or self._fd is None:
             self._queue(framed)
             return False
@@ -149,6 +162,15 @@ class TrioBodyWriter:
             self._queue(memoryview(framed)[written:])
             return False
         return True
+
+    def write_if_idle(self, data: bytes) -> bool | None:
+        """The publisher's direct send: :meth:`write_nowait`, but only if nothing is pending and the
+        writer is open; None, with nothing written, otherwise. One call instead of three per subscriber:
+        with 1,000 subscribers that is most of a millisecond per event.
+        """
+        if self._closed or self._pending or self._inflight:
+            return None
+        return self.write_nowait(data)
 
     async def flush(self) -> None:
         """Wait until every pending byte is handed to the kernel (or the writer is closed)."""

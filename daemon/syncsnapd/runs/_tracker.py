@@ -123,13 +123,14 @@ class Subscription:
 
     # --- publisher side ----------------------------------------------------------------------------
 
-    def _offer(self, event: Event) -> None:
+    def _offer(self, event: Event, now: float) -> None:
+        # ``now``: the publisher's clock, read once per event rather than once per subscriber.
         if self.closed:
             return
         stats = self._tracker.stats
         if not self._queue and not self._backlog and self.fast_path is not None and self.fast_path(event):
             stats.fast_deliveries += 1
-            self.last_delivery = trio.current_time()
+            self.last_delivery = now
             return
         if self._maxlen is not None and len(self._queue) >= self._maxlen:
             self._coalesce()
@@ -276,9 +277,12 @@ class Tracker:
             self._latest[progress.project] = event
         self._replay.append(event)
         self.stats.published += 1
+        # Subscribers exist only inside trio.run (a Subscription reads the clock): publishing works without.
+        now = trio.current_time() if self._subscribers else 0.0
+        project = progress.project
         for sub in list(self._subscribers):
-            if sub.matches(progress.project):
-                sub._offer(event)
+            if sub.projects is None or project in sub.projects:
+                sub._offer(event, now)
         return event
 
     # --- subscribing -------------------------------------------------------------------------------
