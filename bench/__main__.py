@@ -1,7 +1,7 @@
 """``python -m bench``: the side-by-side run, see :mod:`bench._main`. ``python -m bench store-bench ...`` and
 ``python -m bench prune-bench ...``: the store's own benchmarks, see :mod:`bench._store_bench`.
 ``python -m bench torture-report RESULTS.jsonl``: docs/robustness.md, see :mod:`bench._torture_report`.
-``python -m bench dashboard``: the dashboard's weight and event-to-DOM latency in Chromium, docs/dashboard.md,
+``python -m bench memory``: docs/memory.md, see :mod:`bench._memory`. ``python -m bench dashboard``: the dashboard's weight and event-to-DOM latency in Chromium, docs/dashboard.md,
 see :mod:`bench._dashboard`."""
 
 import sys
@@ -13,11 +13,15 @@ if len(sys.argv) > 1:
     if sys.argv[1] == "dashboard":
         from . import _dashboard
         raise SystemExit(_dashboard.main(sys.argv[2:]))
+    if sys.argv[1] == "memory":
+        from . import _memory
+        raise SystemExit(_memory.main(sys.argv[2:]))
     if sys.argv[1] == "torture-report":
         from . import _torture_report
         raise SystemExit(_torture_report.main(sys.argv[2:]))
     if sys.argv[1] not in _store_bench.COMMANDS:
-        commands = [*(c for c in _store_bench.COMMANDS if "phase" not in c), "torture-report", "dashboard"]
+        commands = [*(c for c in _store_bench.COMMANDS if "phase" not in c), "torture-report", "dashboard",
+                    "memory"]
         print(f"usage: python -m bench [{' | '.join(commands)} ...]",
               file=sys.stderr)
         raise SystemExit(2)

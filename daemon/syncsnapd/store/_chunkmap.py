@@ -4,22 +4,19 @@ bytes of Python objects a dict of strings and named tuples costs.
 Layout
 ======
 
-The map holds no object per blob. Its bulk is a *table* of three buffers:
+The map holds no object per blob. Its bulk is a *table*: one buffer of 49-byte records, each the 32-byte
+binary hash and ``<u32 pack number, u32 offset, u32 stored length, u32 raw length, u8 flags>`` (pack
+numbers index a list of pack ids), grouped by *bucket* (the first 16 bits of the hash), in no particular
+order within a bucket; and two arrays of 65,536 u32: records per bucket, and where each bucket begins.
 
-* ``keys``: the 32-byte binary hashes, back to back, grouped by *bucket* (the first 16 bits of the hash);
-  within a bucket in no particular order;
-* ``vals``: for each key, at the same position, ``<u32 pack number, u32 offset, u32 stored length,
-  u32 raw length, u8 flags>`` (17 bytes; pack numbers index a list of pack ids);
-* ``starts``: 65,537 u32, where each bucket begins in the table (256 KiB).
-
-A look-up converts the hex hash to 32 bytes and searches the bucket's slice of ``keys`` with one
-``find`` (C speed: a bucket holds ~16 keys at a million blobs); a match at a position that is not a
-multiple of 32 straddles two keys and is skipped. Additions go to a small dict of *recent* entries
+A look-up converts the hex hash to 32 bytes and searches the bucket's stretch of the table with one
+``find`` (C speed: a bucket holds ~16 records at a million blobs); a match at a position that is not the
+start of a record is skipped. Additions go to a small dict of *recent* entries
 (binary key -> packed value), merged into a new table once it holds more than 1/16 of the table (or
-4,096 entries): the merge copies the table's buckets around the new entries (a memcpy of the table, about
+32,768 entries): the merge copies the table's buckets around the new entries (a memcpy of the table, about
 0.8 KiB per blob added, amortized) and places the new ones. Entries removed (a prune) are marked dead in
-place (pack number ``0xFFFFFFFF``) and dropped by a merge once a quarter of the table is dead; a blob
-added again revives its entry. A key is never in the table twice, so the first match is the only one.
+place (key zeroed, which no look-up finds, and pack number ``0xFFFFFFFF``) and dropped by a merge once a
+quarter of the table is dead. A key is never in the table twice, so the first match is the only one.
 
 The big buffers are anonymous ``mmap``s: given back to the system as a whole when a merge replaces them,
 never left as holes in the heap (the fragmentation that kept an idle daemon at several times its live
@@ -54,7 +51,7 @@ _DEAD = 0xFFFFFFFF
 _U32 = 0xFFFFFFFF
 # Merge the recent entries into the table past this many, or past 1/_RECENT_SHARE of the table: the
 # dict costs ~150 bytes per entry, a merge copies the table.
-_RECENT_MIN = 4096
+_RECENT_MIN = 32768  # half the buckets: a merge then moves about one stretch of the table per entry added
 _RECENT_SHARE = 16
 # Buffers from this size on are anonymous mmaps (returned whole to the system when dropped).
 _MMAP_MIN = 64 << 10
@@ -111,7 +108,7 @@ class ChunkMap:
         if i < 0:
             return None
         fields: tuple[int, int, int, int, int] = _VAL.unpack_from(t.recs, i * _REC + _KEY)
-        return None if fields[0] == _DEAD else fields
+        return None if fields[0] == _DEAD else fields  # (only a look-up of the all-zero hash gets here)
 
     def get(self, key: bytes) -> ChunkLocation | None:
         """Where blob ``key`` (32 bytes) is, or None."""
@@ -121,11 +118,7 @@ class ChunkMap:
         return ChunkLocation(self._pack_ids[f[0]], f[1], f[2], f[3], f[4])
 
     def contains(self, key: bytes) -> bool:
-        if key in self._recent:
-            return True
-        t = self._table
-        i = t.index(key)
-        return i >= 0 and t.recs[i * _REC + _KEY:i * _REC + _KEY + 4] != _DEAD_BYTES
+        return key in self._recent or (self._table.index(key) >= 0 and key != _ZERO)
 
     def nbytes(self) -> int:
         """Bytes held by the table (records and bucket counts), not counting the recent entries."""
@@ -140,10 +133,10 @@ class ChunkMap:
                 yield key, loc
         t = self._table
         for i in range(t.size):
-            key = bytes(t.recs[i * _REC:i * _REC + _KEY])
-            loc = self.get(key)
-            if loc is not None:
-                yield key, loc
+            pack, off, length, raw, flags = _VAL.unpack_from(t.recs, i * _REC + _KEY)
+            if pack != _DEAD:
+                loc = ChunkLocation(self._pack_ids[pack], off, length, raw, flags)
+                yield bytes(t.recs[i * _REC:i * _REC + _KEY]), loc
 
     # --- writes (serialized by the caller) -------------------------------------------------------------
 
@@ -171,12 +164,9 @@ class ChunkMap:
         t = self._table
         i = t.index(key)
         if i >= 0:
-            at = i * _REC + _KEY
-            dead = t.recs[at:at + 4] == _DEAD_BYTES
-            if dead or replace:
+            if replace:
+                at = i * _REC + _KEY
                 t.recs[at:at + _VAL.size] = packed
-                if dead:
-                    self._dead -= 1
             return
         recent[key] = packed
         if len(recent) > max(_RECENT_MIN, t.size // _RECENT_SHARE):
@@ -195,10 +185,13 @@ class ChunkMap:
             return False
         if self._recent.pop(key, None) is None:
             t = self._table
-            at = t.index(key) * _REC + _KEY
-            t.recs[at:at + 4] = _DEAD_BYTES
-            self._dead += 1
+            self._kill(t, t.index(key))
         return True
+
+    def _kill(self, t: _Table, i: int) -> None:
+        # A dead record: zero key (no blob hashes to it, so no look-up finds it) and pack number _DEAD.
+        t.recs[i * _REC:i * _REC + _KEY + 4] = _DEAD_RECORD
+        self._dead += 1
 
     def remove_packs(self, packs: set[str]) -> int:
         """Forget every entry in these packs; returns how many."""
@@ -214,9 +207,7 @@ class ChunkMap:
         with memoryview(t.recs) as view:
             hits = [i for i, (p,) in enumerate(_REC_PACK.iter_unpack(view[:t.size * _REC])) if p in numbers]
         for i in hits:
-            at = i * _REC + _KEY
-            t.recs[at:at + 4] = _DEAD_BYTES
-        self._dead += len(hits)
+            self._kill(t, i)
         return removed + len(hits)
 
     def flush(self) -> None:
@@ -239,7 +230,8 @@ class ChunkMap:
         return _merged(_EMPTY, live)
 
 
-_DEAD_BYTES = _DEAD.to_bytes(4, "little")
+_ZERO = bytes(_KEY)
+_DEAD_RECORD = _ZERO + _DEAD.to_bytes(4, "little")
 _REC_PACK = struct.Struct(f"<{_KEY}xI{_VAL.size - 4}x")  # a record's pack number
 
 
@@ -258,6 +250,7 @@ def _merged(t: _Table, new: list[bytes]) -> _Table:
         write = parts.append
     old_starts = t.starts
     done = 0  # records of the old table copied so far
+    batch: list[Any] = []  # written a few hundred pieces at a time: one call instead of many
     with memoryview(t.recs) as old:
         j = 0
         while j < len(new):
@@ -265,11 +258,21 @@ def _merged(t: _Table, new: list[bytes]) -> _Table:
             b = r[0] << 8 | r[1]
             end = old_starts[b + 1]  # the old table's records up to the end of this bucket come first
             if end > done:
-                write(old[done * _REC:end * _REC])
+                if end - done > 1024:  # a long stretch goes straight (no joined copy on the heap)
+                    write(b"".join(batch))
+                    batch.clear()
+                    write(old[done * _REC:end * _REC])
+                else:
+                    batch.append(old[done * _REC:end * _REC])
                 done = end
             n = counts[b]
-            write(b"".join(new[j:j + n]))
+            batch += new[j:j + n]
             j += n
+            if len(batch) > 512:
+                write(b"".join(batch))
+                batch.clear()
+        write(b"".join(batch))
+        batch.clear()
         write(old[done * _REC:t.size * _REC])
         if size * _REC < _MMAP_MIN:
             out = bytearray(b"".join(parts))
