@@ -183,6 +183,11 @@ class MasterIndex:
                 self._claims.discard(claims)
                 if self._marking:
                     self._retired.append(claims)
+            if not self._claims and not self._collecting:
+                # No writer left: merge the recent entries into the table now, so that their small
+                # objects, made among the run's short-lived ones, do not pin the heap's arenas (the
+                # idle daemon's fragmentation).
+                self._locs.flush()
 
     # --- the collector --------------------------------------------------------------------------------
 
