@@ -3,7 +3,8 @@ changed in worker threads, and commit a new snapshot to the store.
 
 Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler already set step 1):
 
-2. browsing folder status: check the folder, load the previous snapshot's entries of the project;
+2. browsing folder status: check the folder, find the project's previous snapshot (its entries are read
+   one directory at a time as the walk goes: ``_previous.py``);
 3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used
    (same inode, size and mtime as in the previous snapshot, and no ctime since it started);
 4. read, hash (blake3) and compress (zstd 1) the new and changed files;
@@ -52,6 +53,7 @@ import trio
 
 from ..core import RunProgress, SnapshotSummary, SyncsnapdError, walked_path
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
+from ._previous import PreviousFiles
 from ._threads import run_threads, token_lender
 
 __all__ = ["SnapshotError", "take_snapshot"]
@@ -189,7 +191,7 @@ class _Run:
         self.root = os.fsdecode(os.path.abspath(root))
         self.progress = progress
         self.ignore = ignore
-        self.prev: dict[str, Entry] = {}
+        self.prev: PreviousFiles | None = None  # the previous snapshot's files, streamed by the walk
         self.prev_started_ns = 0  # when the previous snapshot started (from its id)
         self.entries: list[Entry | None] = []
         self.small: list[_Work] = []
@@ -246,12 +248,9 @@ class _Run:
         previous = self.store.latest(project)
         if previous is None:
             return
-        try:
-            entries = self.store.load_entries(previous.id)
-        except StoreError:
-            # A damaged previous snapshot only costs speed: every file is read (and deduplicated) again.
-            return
-        self.prev = {e.path: e for e in entries if e.kind == "file"}
+        # Read one directory at a time as the walk goes (_previous.py); a damaged previous snapshot only
+        # costs speed: the files it does not tell of are read (and deduplicated) again.
+        self.prev = PreviousFiles(self.store, previous.id)
         self.prev_started_ns = _id_time_ns(previous.id)
 
     # --- step 3 -------------------------------------------------------------------------------------
@@ -262,6 +261,8 @@ class _Run:
             self._walk(chain)
         finally:
             chain.close()
+            if self.prev is not None:
+                self.prev.close()
 
     def _walk(self, chain: _DirChain) -> None:
         root, prev, ignore, entries = self.root, self.prev, self.ignore, self.entries
@@ -296,6 +297,7 @@ class _Run:
                 continue
             subdirs: list[tuple[str, int]] = []
             found = 0
+            prev_files = prev.listing(rel_dir) if prev is not None else {}
             for de in listing:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                 if ignore is not None and ignore(walked_path(rel, de)):
@@ -311,7 +313,7 @@ class _Run:
                 fmt = mode & _S_IFMT
                 if fmt == _S_IFREG:
                     size, mtime, ino = st.st_size, st.st_mtime_ns, st.st_ino
-                    p = prev.get(rel)
+                    p = prev_files.get(rel)
                     # ctime too: a file whose content changed and whose mtime was then set back (`touch
                     # -r`, `rsync -t`, an extraction) has a ctime after the previous run started.
                     if (p is not None and p.inode == ino and p.mtime_ns == mtime and p.size == size

@@ -68,7 +68,7 @@ from ..http import (
 )
 from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Tracker
 from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
-from ..store import Store, prepare_store
+from ..store import Store, iter_entries, prepare_store
 from ._listening import (
     DaemonInfo,
     Listeners,
@@ -421,7 +421,8 @@ def check_state_dir(path: Path) -> None:
 async def _last_summary(store: Store, project: str) -> FolderSummary | None:
     def summarize() -> FolderSummary | None:
         info = store.latest(project)
-        return None if info is None else summary_of_entries(store.load_entries(info.id))
+        # Streamed (one tree group at a time): a daemon starting up never holds a whole tree.
+        return None if info is None else summary_of_entries(iter_entries(store, info.id))
 
     return await trio.to_thread.run_sync(summarize)
 

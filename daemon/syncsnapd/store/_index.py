@@ -1,7 +1,8 @@
 """The master index: where every durable blob is, and what a prune must leave alone.
 
 :class:`MasterIndex` (after restic's ``MasterIndex`` in ``internal/repository``) merges the index files of
-all packs into one map from blob hash to :class:`ChunkLocation`, and is the only holder of the lock that
+all packs into one map from blob hash to :class:`ChunkLocation` (a compact :class:`ChunkMap`, about 49
+bytes per blob: ``_chunkmap.py``), and is the only holder of the lock that
 guards it. Everything else calls its methods: look-ups (:meth:`~MasterIndex.lookup`), loading index files
 (:meth:`~MasterIndex.refresh`, :meth:`~MasterIndex.add_pack`), and the bookkeeping that lets a prune run
 beside snapshot writers.
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._chunkmap import ChunkMap
 from ._errors import CorruptDataError, StoreError
 from ._format import ChunkLocation, IndexRecord, decode_index
 
@@ -67,7 +69,7 @@ class MasterIndex:
     def __init__(self, index_dir: Path) -> None:
         self._dir = index_dir
         self._lock = threading.Lock()
-        self._locs: dict[str, ChunkLocation] = {}
+        self._locs = ChunkMap()
         self._loaded: set[str] = set()
         # Under self._lock: the claims of running writers, those of writers that finished while a
         # collector was marking, and whether one is.
@@ -83,12 +85,22 @@ class MasterIndex:
 
     def lookup(self, chunk: str) -> ChunkLocation | None:
         """Where the blob is, as last loaded (no disk access)."""
-        # A dict lookup is atomic under the GIL; every change happens under self._lock.
-        return self._locs.get(chunk)
+        # Reads need no lock (see _chunkmap.py); every change happens under self._lock.
+        key = _key(chunk)
+        return None if key is None else self._locs.get(key)
 
     def has(self, chunk: str) -> bool:
         """Whether a durable blob with this hash is known (no disk access)."""
-        return chunk in self._locs
+        key = _key(chunk)
+        return key is not None and self._locs.contains(key)
+
+    def __len__(self) -> int:
+        """How many blobs are known."""
+        return len(self._locs)
+
+    def statistics(self) -> dict[str, int]:
+        """Blobs known, and the bytes their table holds (for the memory benchmark)."""
+        return {"chunks": len(self._locs), "table_bytes": self._locs.nbytes()}
 
     def is_loaded(self, pack: str) -> bool:
         return pack in self._loaded
@@ -96,9 +108,7 @@ class MasterIndex:
     def add_pack(self, pack: str, records: Iterable[IndexRecord]) -> None:
         """Make the blobs of a durable, indexed pack known (a blob already known keeps its location)."""
         with self._lock:
-            locs = self._locs
-            for h, off, length, raw, flags in records:
-                locs.setdefault(h.hex(), ChunkLocation(pack, off, length, raw, flags))
+            self._locs.put_many(pack, records)
             self._loaded.add(pack)
 
     def refresh(self) -> None:
@@ -122,11 +132,11 @@ class MasterIndex:
         location in it, and forget that its index was loaded if the index file is gone too (a prune
         writes the blobs it moves into new packs, with their indexes, before it deletes the old ones)."""
         gone = not (self._dir / f"{pack}.idx").exists()
+        key = _key(chunk)
         with self._lock:
-            loc = self._locs.get(chunk)
+            loc = None if key is None else self._locs.get(key)
             if loc is not None and loc.pack == pack:
-                for h in [h for h, loc in self._locs.items() if loc.pack == pack]:
-                    del self._locs[h]
+                self._locs.remove_packs({pack})
                 if gone:
                     self._loaded.discard(pack)
 
@@ -145,8 +155,11 @@ class MasterIndex:
         Under the lock, so that a collector deciding what to delete either sees the record, or has already
         removed the blob from the index and the writer stores its own copy.
         """
+        key = _key(chunk)
+        if key is None:
+            return False
         with self._lock:
-            if chunk in self._locs:
+            if self._locs.contains(key):
                 claims.relied.add(chunk)
                 return True
             return False
@@ -170,6 +183,11 @@ class MasterIndex:
                 self._claims.discard(claims)
                 if self._marking:
                     self._retired.append(claims)
+            if not self._claims and not self._collecting:
+                # No writer left: merge the recent entries into the table now, so that their small
+                # objects, made among the run's short-lived ones, do not pin the heap's arenas (the
+                # idle daemon's fragmentation).
+                self._locs.flush()
 
     # --- the collector --------------------------------------------------------------------------------
 
@@ -212,7 +230,7 @@ class MasterIndex:
                     hb, off, length, raw, flags = rec
                     h = hb.hex()
                     total += length
-                    loc = locs.get(h)
+                    loc = locs.get(hb)
                     canonical = loc is None or (loc.pack == pack and loc.offset == off)
                     if canonical and (h in used or h in relied):
                         keep.append((h, ChunkLocation(pack, off, length, raw, flags)))
@@ -230,14 +248,12 @@ class MasterIndex:
                 else:
                     continue
                 out.hidden[pack] = drop
-            out.missing_chunks = len(used - present - set(locs) - relied)
+            out.missing_chunks = sum(1 for h in used - present - relied
+                                     if (k := _key(h)) is None or not locs.contains(k))
             if hide:
                 for pack, drop in out.hidden.items():
                     for hb, off, *_ in drop:
-                        h = hb.hex()
-                        loc = locs.get(h)
-                        if loc is not None and loc.pack == pack and loc.offset == off:
-                            del locs[h]
+                        locs.remove(hb, pack, off)
                 # The collector has decided: writers finishing from now on need no protection.
                 self._marking = False
                 self._retired.clear()
@@ -250,7 +266,7 @@ class MasterIndex:
         """Point the index at the copies of blobs a prune has just made durable in ``pack``."""
         with self._lock:
             for h, off, length, raw, flags in records:
-                self._locs[h.hex()] = ChunkLocation(pack, off, length, raw, flags)
+                self._locs.put(h, ChunkLocation(pack, off, length, raw, flags), replace=True)
             self._loaded.add(pack)
 
     def unlink_index_file(self, pack: str) -> bool:
@@ -277,8 +293,7 @@ class MasterIndex:
     def forget_packs(self, packs: set[str]) -> None:
         """Drop every location still in these deleted packs."""
         with self._lock:
-            for h in [h for h, loc in self._locs.items() if loc.pack in packs]:
-                del self._locs[h]
+            self._locs.remove_packs(packs)
 
     def restore(self, hidden: Mapping[str, Sequence[IndexRecord]]) -> None:
         """A collector ends early: put back the hidden blobs of the packs it did not delete."""
@@ -287,3 +302,15 @@ class MasterIndex:
             self._doomed.difference_update(back)
         for pack in back:
             self.add_pack(pack, hidden[pack])
+
+
+def _key(chunk: str) -> bytes | None:
+    """The 32 bytes of a hex blob hash; None for anything that is not one (no blob has that name)."""
+    if len(chunk) != 64:
+        return None
+    try:
+        key = bytes.fromhex(chunk)
+    except ValueError:
+        return None
+    # fromhex skips spaces (so fewer bytes) and takes upper case (the blob's own name, in other digits).
+    return key if len(key) == 32 else None
