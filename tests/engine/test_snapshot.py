@@ -338,6 +338,36 @@ async def test_the_work_runs_in_threads_while_the_trio_loop_stays_free(store: St
     assert len(loop_ran) >= 5  # walk, each file, each chunk, each pack, the snapshot file
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one worker")
+async def test_small_files_are_read_by_several_workers_at_once(store: Store, tmp_path: Path) -> None:
+    """Step 4 feeds one worker per core from a shared queue: small files too are read by two threads at
+    once. Each of the first two threads to read a file waits there until the other has read one; with a
+    single small-file worker, it would wait alone and the run would fail (BrokenBarrierError)."""
+    src = tmp_path / "src"
+    write_files(src, {f"d{i // 50}/f{i:03d}.txt": os.urandom(2000) for i in range(400)})
+    backdate(src)
+    meeting = threading.Barrier(2, timeout=30)
+    readers: set[threading.Thread] = set()
+    lock = threading.Lock()
+
+    class Meeting(RunProgress):
+        def add_done(self, files: int = 0, nbytes: int = 0) -> None:
+            super().add_done(files, nbytes)
+            if files and self.current().step == 4:
+                me = threading.current_thread()
+                with lock:
+                    first_two = me not in readers and len(readers) < 2
+                    readers.add(me)
+                if first_two:
+                    meeting.wait()
+
+    summary = await take_snapshot(store, "p", src, Meeting("p", "r", lambda p: None))
+    assert summary.files_new == 400 and summary.warnings == 0
+    assert len(readers) >= 2
+    restore_snapshot(store, summary.id, tmp_path / "out")
+    assert tree_state(tmp_path / "out") == tree_state(src)
+
+
 CANCEL_POINTS = ["walk", "reading", "sealing", "run-cancelled"]
 
 

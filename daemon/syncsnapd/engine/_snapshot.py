@@ -7,22 +7,30 @@ Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler alrea
    one directory at a time as the walk goes: ``_previous.py``);
 3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used
    (same inode, size and mtime as in the previous snapshot, and no ctime since it started);
-4. read, hash (blake3) and compress (zstd 1) the new and changed files;
+4. read, hash (blake3) and compress (see ``store/_writer.py``) the new and changed files;
 5. make packs durable, store the tree, write the snapshot file (last).
 
-Performance shape (see the field notes): opening a small file costs ~50 us and two threads on small files
-are slower than one, so one worker reads small files (one thread call for the whole list, not one per
-file) and a second reads large files chunk by chunk; when the small-file worker runs out it helps with the
-large files. Every worker reads into one reused 1 MiB buffer, so memory stays at a chunk or two per
-worker however large the files. An unchanged file costs one ``lstat`` and a dict lookup.
+Performance shape: step 4 is one shared queue of batches feeding a worker per core (at most
+:data:`MAX_WORKERS`, and no more than the run's limiter has tokens): a file over one chunk is a batch of
+its own, queued first, largest first, so no core idles at the end while one reads a big file; small files
+go in walk order, :data:`BATCH_FILES` or :data:`BATCH_BYTES` to a batch. The GIL is held for about a
+quarter of a small file's cost (system calls, blake3 and zstd release it), so the workers keep the cores
+busy. Each reads into one reused 1 MiB buffer: memory stays at a chunk or two per worker.
+
+System calls: an unchanged file costs the walk's ``lstat`` (``getdents`` gives the type, not the times)
+and a dict lookup. A file read costs ``openat`` relative to the directory descriptor the worker holds
+(:class:`_DirChain`), a ``read`` per chunk, one ``fstat`` after the read, compared with the walk's
+``lstat`` (inode, size, ctime: every write and chmod moves it), and ``close``. Pack data is written a few
+MiB at a time (``store/_writer.py``).
 
 What a snapshot records when files misbehave while it runs:
 
 * a file or directory that vanishes before it is read, or a file that cannot be read (permission denied,
   I/O error): warning, **omitted** from the snapshot (the snapshot holds only content it actually read);
 * a directory that cannot be listed: warning, kept as an empty directory;
-* a file that changes while it is read: warning, **kept** with the bytes read, and marked (inode 0) so
-  the next snapshot reads it again;
+* a file that changes while it is read (its size after the read is not what was read): warning,
+  **kept** with the bytes read (at most the size the walk saw), and marked (inode 0) so the next snapshot
+  reads it again;
 * a file changed after the run started (its ctime is not earlier than the run's start; the walk begins
   once the filesystem's coarse clock has passed it, see :meth:`_Run.wait_for_tick`): warning, kept as
   read, marked. The walk says the same of a file it re-uses unread (same size and mtime: chmod'ed) and
@@ -46,6 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import blake3
@@ -76,6 +85,13 @@ _COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform == "lin
 # Waiting for it to pass the run's start: polled every millisecond, at most 50 times (a tick is 1-10 ms).
 _TICK_POLL_SECONDS = 0.001
 _TICK_POLLS = 50
+
+# Step 4 (see the module docstring). Past about four workers the GIL-held quarter of the work caps the gain.
+MAX_WORKERS = 4
+# A batch of small files: enough to make taking one from the queue negligible, few enough that the
+# workers finish together (20,000 files make ~300 batches).
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # O_NOATIME spares a metadata write per file read; only allowed on own files (or with CAP_FOWNER).
@@ -178,8 +194,9 @@ class _Tally:
     unchanged: int = 0
 
 
-# (position in the entry list, relative path, size seen by the walk, the previous snapshot's entry)
-_Work = tuple[int, str, int, Entry | None]
+# (position in the entry list, relative path, the previous snapshot's entry, and the walk's lstat of it:
+# size, inode, ctime)
+_Work = tuple[int, str, Entry | None, int, int, int]
 
 
 class _Run:
@@ -194,8 +211,8 @@ class _Run:
         self.prev: PreviousFiles | None = None  # the previous snapshot's files, streamed by the walk
         self.prev_started_ns = 0  # when the previous snapshot started (from its id)
         self.entries: list[Entry | None] = []
-        self.small: list[_Work] = []
-        self.large: collections.deque[_Work] = collections.deque()
+        self.files: list[_Work] = []  # to read in step 4, in walk order
+        self.queue: collections.deque[list[_Work]] = collections.deque()  # step 4's batches
         self.changed_bytes = 0
         self.unchanged = _Tally()
         self.dirs = 0
@@ -267,7 +284,7 @@ class _Run:
     def _walk(self, chain: _DirChain) -> None:
         root, prev, ignore, entries = self.root, self.prev, self.ignore, self.entries
         has_chunk = self.store.has_chunk
-        small_limit = self.store.chunk_size
+        to_read = self.files
         warn = self.progress.warn
         add_done = self.progress.add_done
         unchanged = self.unchanged
@@ -324,9 +341,9 @@ class _Run:
                         if st.st_ctime_ns >= started:  # content as before, but chmod'ed during the run
                             warn(rel, "changed while the snapshot ran")
                     else:
-                        work = (len(entries), rel, size, p if p is not None and p.kind == "file" else None)
+                        to_read.append((len(entries), rel, p if p is not None and p.kind == "file" else None,
+                                        size, ino, st.st_ctime_ns))
                         entries.append(None)  # filled in by a reader in step 4
-                        (self.small.append if size <= small_limit else self.large.append)(work)
                         self.changed_bytes += size
                 elif fmt == _S_IFDIR:
                     if (st.st_dev, st.st_ino) == self.store_key:
@@ -357,39 +374,54 @@ class _Run:
 
     # --- step 4 -------------------------------------------------------------------------------------
 
-    def read_small_files(self, tally: _Tally) -> None:
-        view = memoryview(bytearray(self.store.chunk_size))
-        cursor = _DirChain(self.root)
-        try:
-            for work in self.small:
-                self.check()
-                self._read_file(work, cursor, view, tally, per_chunk=False)
-        finally:
-            cursor.close()
-        self.read_large_files(tally, view)
+    def make_batches(self) -> int:
+        """Fill the queue of step 4 from the files the walk found; returns how many batches."""
+        large_limit = self.store.chunk_size
+        small: list[_Work] = []
+        large: list[_Work] = []
+        for work in self.files:
+            (large if work[3] > large_limit else small).append(work)
+        large.sort(key=lambda w: w[3], reverse=True)
+        queue = self.queue
+        queue.extend([w] for w in large)
+        batch: list[_Work] = []
+        nbytes = 0
+        for work in small:
+            batch.append(work)
+            nbytes += work[3]
+            if len(batch) >= BATCH_FILES or nbytes >= BATCH_BYTES:
+                queue.append(batch)
+                batch, nbytes = [], 0
+        if batch:
+            queue.append(batch)
+        self.files = []
+        return len(queue)
 
-    def read_large_files(self, tally: _Tally, view: memoryview | None = None) -> None:
-        if view is None:
-            view = memoryview(bytearray(self.store.chunk_size))
+    def read_files(self, tally: _Tally) -> None:
+        """One worker of step 4: take batches from the shared queue until it is empty."""
+        chunk_size = self.store.chunk_size
+        view = memoryview(bytearray(chunk_size))
         cursor = _DirChain(self.root)
+        queue = self.queue
         try:
             while True:
                 try:
-                    work = self.large.popleft()  # deque.popleft is atomic: two workers share the queue
+                    batch = queue.popleft()  # deque.popleft is atomic: the workers share the queue
                 except IndexError:
                     return
-                self.check()
-                self._read_file(work, cursor, view, tally, per_chunk=True)
+                for work in batch:
+                    self.check()
+                    self._read_file(work, cursor, view, tally, per_chunk=work[3] > chunk_size)
         finally:
             cursor.close()
 
     def _read_file(self, work: _Work, cursor: _DirChain, view: memoryview, tally: _Tally, *,
                    per_chunk: bool) -> None:
-        index, rel, walk_size, prev = work
+        index, rel, prev, walk_size, _, _ = work
         progress = self.progress
         entry: Entry | None = None
         try:
-            entry = self._capture(rel, cursor, view, per_chunk)
+            entry = self._capture(work, cursor, view, per_chunk)
         finally:
             done = 0 if entry is None or not per_chunk else min(walk_size, entry.size)
             progress.add_done(files=1, nbytes=walk_size - done)
@@ -406,9 +438,11 @@ class _Run:
         else:
             tally.changed += 1
 
-    def _capture(self, rel: str, cursor: _DirChain, view: memoryview, per_chunk: bool) -> Entry | None:
+    def _capture(self, work: _Work, cursor: _DirChain, view: memoryview, per_chunk: bool) -> Entry | None:
         """Read one file; return its entry, or None (with a warning) when it cannot be captured."""
+        _, rel, _, walk_size, walk_ino, walk_ctime = work
         warn = self.progress.warn
+        read_at = time.time_ns()
         try:
             fd = cursor.open_file(rel)
         except FileNotFoundError:
@@ -427,12 +461,8 @@ class _Run:
         hashes: list[str] = []
         total = 0
         try:
-            read_at = time.time_ns()
-            st = os.fstat(fd)
-            if st.st_mode & _S_IFMT != _S_IFREG:
-                warn(rel, "was replaced by something that is not a file")
-                return None
-            remaining = st.st_size
+            # The walk's lstat stands for an fstat here: the one after the read tells whether it changed.
+            remaining = walk_size
             while remaining > 0:
                 self.check()
                 want = min(chunk_size, remaining)
@@ -449,22 +479,29 @@ class _Run:
                     self.progress.add_done(nbytes=n)
                 if n < want:
                     break
-            after = os.fstat(fd)
+            st = os.fstat(fd)
         except OSError as exc:
-            warn(rel, f"cannot be read: {exc.strerror}")
+            # EAGAIN: O_NONBLOCK at work, a fifo now stands where the file was.
+            warn(rel, "was replaced by something that is not a file" if exc.errno == errno.EAGAIN
+                 else f"cannot be read: {exc.strerror}")
             return None
         finally:
             os.close(fd)
+        if st.st_mode & _S_IFMT != _S_IFREG:
+            # O_NONBLOCK and O_NOFOLLOW: a fifo or device put in its place read nothing or little.
+            warn(rel, "was replaced by something that is not a file")
+            return None
         mtime = st.st_mtime_ns
         inode = st.st_ino
-        if (total != st.st_size or after.st_size != st.st_size or after.st_mtime_ns != mtime
-                or after.st_ctime_ns != st.st_ctime_ns):
+        if total != st.st_size:
             warn(rel, "changed while being read")
             inode = 0  # read it again next time
-        elif st.st_ctime_ns >= self.started_ns:
-            # Changed after the run started: written or chmod'ed between the walk and this read, or
-            # written while it was read in a way its stat cannot show (a write stamps its times before it
-            # copies its data). ctime, not mtime: users can set mtimes (even into the future), not ctimes.
+        elif st.st_ctime_ns >= self.started_ns or (inode, st.st_ctime_ns) != (walk_ino, walk_ctime):
+            # Changed after the run started or since the walk saw it: written or chmod'ed between the
+            # walk and this read, or written while it was read in a way its size cannot show (a write
+            # stamps its times before it copies its data). ctime, not mtime: users can set mtimes (even
+            # into the future), not ctimes; and every write and chmod moves it (one within the same
+            # clock tick as the walk's lstat falls within the racy window below).
             warn(rel, "changed while the snapshot ran")
             inode = 0
         else:
@@ -509,15 +546,12 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         await trio.to_thread.run_sync(run.walk, limiter=limiter)
 
         await progress.wait_resumed()
-        progress.set_step(4, files_total=len(run.small) + len(run.large), bytes_total=run.changed_bytes)
+        progress.set_step(4, files_total=len(run.files), bytes_total=run.changed_bytes)
         writer = run.writer = store.begin_write()
-        tallies = [_Tally(), _Tally()]
-        workers: list[Callable[[], None]] = []
-        if run.small:
-            workers.append(lambda: run.read_small_files(tallies[0]))
-        if run.large:
-            workers.append(lambda: run.read_large_files(tallies[1]))
-        await run_threads(workers, limiter)
+        batches = run.make_batches()
+        n_workers = min(MAX_WORKERS, os.cpu_count() or 1, max(1, int(limiter.total_tokens)), batches)
+        tallies = [_Tally() for _ in range(n_workers)]
+        await run_threads([partial(run.read_files, t) for t in tallies], limiter)
 
         tally = _Tally(
             files=run.unchanged.files + sum(t.files for t in tallies),
