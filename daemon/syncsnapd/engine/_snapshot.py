@@ -12,8 +12,9 @@ Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler alrea
 Performance shape (see the field notes): opening a small file costs ~50 us and two threads on small files
 are slower than one, so one worker reads small files (one thread call for the whole list, not one per
 file) and a second reads large files chunk by chunk; when the small-file worker runs out it helps with the
-large files. Every worker reads into one reused 1 MiB buffer, so memory stays at a chunk or two per
-worker however large the files. An unchanged file costs one ``lstat`` and a dict lookup.
+large files. Every worker reads into one reused buffer (``Store.chunk_size``: 1 MiB in a version 1
+store, the largest chunk plus a read with content-defined chunks, 8 MiB), so memory stays at a chunk or
+two per worker however large the files. An unchanged file costs one ``lstat`` and a dict lookup.
 
 What a snapshot records when files misbehave while it runs:
 
@@ -421,7 +422,6 @@ class _Run:
             return None
         writer = self.writer
         assert writer is not None
-        chunk_size = len(view)
         hashes: list[str] = []
         total = 0
         try:
@@ -430,23 +430,18 @@ class _Run:
             if st.st_mode & _S_IFMT != _S_IFREG:
                 warn(rel, "was replaced by something that is not a file")
                 return None
-            remaining = st.st_size
-            while remaining > 0:
+            # The store's chunker cuts what it reads into ``view`` (fixed 1 MiB chunks in a version 1
+            # store, content-defined in version 2), up to the size fstat gave: a file that grows while
+            # read is caught by the second fstat below, one that shrinks ends early.
+            for data in self.store.chunker.split(fd, view, st.st_size):
                 self.check()
-                want = min(chunk_size, remaining)
-                n = _fill(fd, view, want)
-                if n == 0:
-                    break
-                data = view[:n]
+                n = len(data)
                 digest = blake3.blake3(data).hexdigest()
                 writer.add_chunk(digest, data)
                 hashes.append(digest)
                 total += n
-                remaining -= n
                 if per_chunk:
                     self.progress.add_done(nbytes=n)
-                if n < want:
-                    break
             after = os.fstat(fd)
         except OSError as exc:
             warn(rel, f"cannot be read: {exc.strerror}")
