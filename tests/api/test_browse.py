@@ -216,6 +216,22 @@ def test_a_single_range_gets_206_with_exactly_those_bytes(served: Served, spec: 
     assert r.headers["content-length"] == str(last - first + 1)
 
 
+def test_ranges_across_every_chunk_boundary_get_exactly_those_bytes(served: Served) -> None:
+    # Content-defined chunks differ in size: where a range starts is found from the chunks' lengths.
+    with Store.open(served.folder.parent / "store", writable=False) as store:
+        entry = find_entry(store, served.snap, "d1/big.bin")
+        assert entry is not None
+        lengths = [loc.raw_length for loc in map(store.locate, entry.chunks) if loc is not None]
+    assert len(lengths) >= 3 and len(set(lengths)) > 1 and sum(lengths) == len(served.big)
+    boundary = 0
+    for length in lengths[:-1]:
+        boundary += length
+        for first, last in ((boundary - 3, boundary + 2), (boundary, boundary), (boundary - 1, boundary - 1)):
+            r = fetch(served.d, "/api/v1/projects/docs/snapshots/latest/files?path=d1/big.bin", "-r",
+                      f"{first}-{last}")
+            assert (r.status, r.body) == (206, served.big[first:last + 1])
+
+
 def test_unsatisfiable_range_gets_416(served: Served) -> None:
     size = len(served.big)
     for spec in (f"{size}-", f"{size + 5}-{size + 9}", "-0"):
@@ -252,16 +268,16 @@ def test_a_damaged_chunk_mid_download_ends_the_connection_not_with_wrong_bytes(s
         with Store.open(short_tmp / "store", writable=False) as store:
             entry = find_entry(store, sid, "big.bin")
             assert entry is not None
-            second = store.locate(entry.chunks[1])
-            assert second is not None
+            first, second = store.locate(entry.chunks[0]), store.locate(entry.chunks[1])
+            assert first is not None and second is not None
             pack = store.pack_path(second.pack)
         flip_byte(pack, second.offset + second.length // 2)
         r = fetch(d, "/api/v1/projects/docs/snapshots/latest/files?path=big.bin")
         # The head promised 3 MiB; the first chunk came whole, then the connection ended (curl: 18, partial).
         assert (r.status, r.headers["content-length"], r.curl_exit) == (200, str(3 * MiB), 18)
-        assert r.body == data[:MiB]
+        assert r.body == data[:first.raw_length]
         # A damaged first chunk is found before the head: a proper error, no body.
-        r = fetch(d, "/api/v1/projects/docs/snapshots/latest/files?path=big.bin", "-r", "1048576-")
+        r = fetch(d, "/api/v1/projects/docs/snapshots/latest/files?path=big.bin", "-r", f"{first.raw_length + 5}-")
         assert (r.status, error_code(r)) == (500, "store_error")
         # The daemon is fine afterwards.
         assert fetch(d, "/api/v1/projects/docs/snapshots/latest/files?path=big.bin", "-r", "0-9").body == data[:10]

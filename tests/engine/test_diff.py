@@ -130,7 +130,7 @@ async def test_diff_against_the_live_folder_reads_only_files_whose_metadata_chan
 
     watcher = OpenWatcher(src)
     try:
-        live = list(scan_live(str(src), reference, chunk_size=store.chunk_size))
+        live = list(scan_live(str(src), reference, chunker=store.chunker))
         assert watcher.file_events() == []  # nothing changed: not one file opened
         assert diff_entries(entries, live, from_=first.id, to="live").modified == []
         change(src)
@@ -142,7 +142,7 @@ async def test_diff_against_the_live_folder_reads_only_files_whose_metadata_chan
         os.rename(src / "same.new", src / "same.txt")
         assert len(data) == 4
         watcher.file_events()
-        live = list(scan_live(str(src), reference, chunk_size=store.chunk_size))
+        live = list(scan_live(str(src), reference, chunker=store.chunker))
         prefix = os.fsencode(src) + b"/"
         opened = {p.removeprefix(prefix) for p in watcher.file_events()}
     finally:

@@ -19,7 +19,7 @@ from syncsnapd.core import ProjectConfig
 from syncsnapd.engine import scan_live
 from syncsnapd.sources import folder_fingerprint, make_filter, summarize_folder
 from syncsnapd.sources._inotify import TreeWatch
-from syncsnapd.store import Store
+from syncsnapd.store import FixedChunker, Store
 
 RULES = ("build/", "/only-top.txt", "*.log", "!keep.log", "docs/**/*.tmp", "**/cache", "a/**/z")
 FILES = ["build/out.bin", "build/keep.log", "src/build/x/y.o", "src/build.py", "x/build",
@@ -68,7 +68,7 @@ async def test_snapshot_diff_checks_and_watcher_keep_what_git_keeps(tmp_path: Pa
     snap_dirs = {e.path for e in entries if e.kind == "dir"}
     assert snap_files == expected
 
-    live = list(scan_live(str(root), {}, chunk_size=1 << 20, ignore=rules))
+    live = list(scan_live(str(root), {}, chunker=FixedChunker(1 << 20), ignore=rules))
     assert {e.path for e in live if e.kind == "file"} == expected
     assert {e.path for e in live if e.kind == "dir"} == snap_dirs
 

@@ -204,10 +204,11 @@ def register_browse(router: Router, scheduler: Scheduler) -> None:
         pin = contextlib.ExitStack()
         pin.enter_context(store.pinned([sid]))
         try:
-            chunk_size = store.chunk_size
-            index = first // chunk_size
+            index, start = 0, 0
             head: bytes | None = None
             if request.method == "GET" and size > 0:
+                # Chunks differ in size (content-defined): the index's lengths say which holds `first`.
+                index, start = await read_store(lambda: store.chunk_at(chunks, first))
                 # The first chunk is read before the head is sent: damage there is still a proper 500.
                 head = await read_store(lambda: store.read_chunk(chunks[index]))
         except BaseException:
@@ -215,7 +216,7 @@ def register_browse(router: Router, scheduler: Scheduler) -> None:
             raise
 
         async def body(writer: BodyWriter) -> None:
-            await _send_file(writer, store, sid, path, chunks, size, first, last, head)
+            await _send_file(writer, store, sid, path, chunks, size, (index, start), first, last, head)
 
         return StreamResponse(206 if wanted is not None else 200, content_type or "application/octet-stream",
                               tuple(headers), body, on_end=pin.close)
@@ -227,12 +228,13 @@ def register_browse(router: Router, scheduler: Scheduler) -> None:
 
 
 async def _send_file(writer: BodyWriter, store: Store, sid: str, path: str, chunks: list[str], size: int,
-                     first: int, last: int, head: bytes | None) -> None:
-    # Bytes first..last of the file, one verified chunk in memory at a time. A chunk that is missing,
-    # damaged or not of the length its place implies ends the connection (no wrong byte is ever sent).
-    chunk_size = store.chunk_size
-    index = first // chunk_size
-    offset = first - index * chunk_size
+                     begin: tuple[int, int], first: int, last: int, head: bytes | None) -> None:
+    # Bytes first..last of the file, one verified chunk in memory at a time, from chunk ``begin`` = (its
+    # place, the offset it starts at). A chunk that is missing, damaged or does not end where its place
+    # implies (the last at the file's size, the others before it) ends the connection (no wrong byte is
+    # ever sent).
+    index, start = begin
+    offset = first - start
     remaining = last - first + 1
     data = head
     with store.reader() as reader:
@@ -240,9 +242,9 @@ async def _send_file(writer: BodyWriter, store: Store, sid: str, path: str, chun
             try:
                 if data is None:
                     data = await trio.to_thread.run_sync(reader.read, chunks[index])
-                expected = chunk_size if index < len(chunks) - 1 else size - index * chunk_size
-                if len(data) != expected:
-                    raise CorruptDataError(f"chunk {index} of the file holds {len(data)} bytes, not {expected}")
+                end = start + len(data)
+                if end > size or (end == size) != (index == len(chunks) - 1):
+                    raise CorruptDataError(f"chunk {index} of the file ends at byte {end} of {size}")
             except (StoreError, IndexError) as exc:
                 log.warning("download of %r from snapshot %s ended early: %s", path, sid, exc)
                 writer.close()
@@ -253,4 +255,5 @@ async def _send_file(writer: BodyWriter, store: Store, sid: str, path: str, chun
             remaining -= len(piece)
             offset = 0
             index += 1
+            start = end
             data = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,8 @@ from typing import Any
 import blake3
 
 from ..core import SyncsnapdError, walked_path
-from ..store import Entry
-from ._snapshot import SnapshotError, _DirChain, _fill
+from ..store import Chunker, Entry
+from ._snapshot import SnapshotError, _DirChain
 
 __all__ = ["Diff", "DiffError", "Modified", "Side", "diff_entries", "scan_live"]
 
@@ -145,14 +146,15 @@ def diff_entries(before: Iterable[Entry], after: Iterable[Entry], *, from_: str,
     return diff
 
 
-def scan_live(root: str, reference: dict[str, Entry], *, chunk_size: int,
+def scan_live(root: str, reference: dict[str, Entry], *, chunker: Chunker,
               ignore: Callable[[str], bool] | None = None,
               check: Callable[[], None] | None = None) -> Iterator[Entry]:
     """The entries of the live folder ``root``, as a snapshot would record them, for comparing with
     ``reference`` (the snapshot's entries by path). A file's ``data`` is the reference's chunk list when
     its size, mtime and inode match a trusted reference entry, its own chunk hashes when it has the same
     size as the reference but may differ, and ``[]`` otherwise (new, or of another size: no need to read
-    it). Files that vanish or cannot be read while scanned are left out, as a snapshot would.
+    it), cut by ``chunker`` (the store's). Files that vanish or cannot be read while scanned are left
+    out, as a snapshot would.
     ``ignore(relpath)`` is the snapshot's predicate (a directory's path ends in ``/``).
 
     Raises:
@@ -163,7 +165,7 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunk_size: int,
         chain = _DirChain(root)
     except SnapshotError as exc:
         raise DiffError("folder_missing", exc.message) from exc
-    view = memoryview(bytearray(chunk_size))
+    view = memoryview(bytearray(chunker.buffer_size))
     try:
         stack = [""]
         while stack:
@@ -194,7 +196,7 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunk_size: int,
                         if ref.inode and ref.inode == st.st_ino and ref.mtime_ns == st.st_mtime_ns:
                             data = ref.chunks
                         else:
-                            hashed = _hash_file(chain, rel, view, check)
+                            hashed = _hash_file(chain, rel, chunker, view, check)
                             if hashed is None:
                                 continue
                             data = hashed
@@ -213,7 +215,8 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunk_size: int,
         chain.close()
 
 
-def _hash_file(chain: _DirChain, rel: str, view: memoryview, check: Callable[[], None]) -> list[str] | None:
+def _hash_file(chain: _DirChain, rel: str, chunker: Chunker, view: memoryview,
+               check: Callable[[], None]) -> list[str] | None:
     try:
         fd = chain.open_file(rel)
     except OSError as exc:
@@ -222,14 +225,9 @@ def _hash_file(chain: _DirChain, rel: str, view: memoryview, check: Callable[[],
         raise
     try:
         hashes: list[str] = []
-        while True:
+        for data in chunker.split(fd, view, sys.maxsize):  # to its end, however long it is now
             check()
-            n = _fill(fd, view, len(view))
-            if n == 0:
-                break
-            hashes.append(blake3.blake3(view[:n]).hexdigest())
-            if n < len(view):
-                break
+            hashes.append(blake3.blake3(data).hexdigest())
         return hashes
     except OSError:
         return None

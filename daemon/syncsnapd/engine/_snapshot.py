@@ -15,7 +15,8 @@ Performance shape: step 4 is one shared queue of batches feeding a worker per co
 its own, queued first, largest first, so no core idles at the end while one reads a big file; small files
 go in walk order, :data:`BATCH_FILES` or :data:`BATCH_BYTES` to a batch. The GIL is held for about a
 quarter of a small file's cost (system calls, blake3 and zstd release it), so the workers keep the cores
-busy. Each reads into one reused 1 MiB buffer: memory stays at a chunk or two per worker.
+busy. Each reads into one reused buffer (``Store.chunk_size``: 1 MiB in a version 1 store; with
+content-defined chunks the largest chunk plus a read, 6 MiB): memory stays at a chunk or two per worker.
 
 System calls: an unchanged file costs the walk's ``lstat`` (``getdents`` gives the type, not the times)
 and a dict lookup. A file read costs ``openat`` relative to the directory descriptor the worker holds
@@ -170,17 +171,6 @@ class _DirChain:
         for fd in reversed(self._fds):
             os.close(fd)
         self._fds, self._parts = [], []
-
-
-def _fill(fd: int, view: memoryview, want: int) -> int:
-    """Read up to ``want`` bytes into ``view``; fewer only at end of file."""
-    got = 0
-    while got < want:
-        n = os.readv(fd, [view[got:want]])
-        if n == 0:
-            break
-        got += n
-    return got
 
 
 @dataclass
@@ -457,28 +447,21 @@ class _Run:
             return None
         writer = self.writer
         assert writer is not None
-        chunk_size = len(view)
         hashes: list[str] = []
         total = 0
         try:
             # The walk's lstat stands for an fstat here: the one after the read tells whether it changed.
-            remaining = walk_size
-            while remaining > 0:
+            # The store's chunker cuts what it reads into ``view`` (fixed 1 MiB chunks in a version 1
+            # store, content-defined in version 2), up to the size the walk saw.
+            for data in self.store.chunker.split(fd, view, walk_size):
                 self.check()
-                want = min(chunk_size, remaining)
-                n = _fill(fd, view, want)
-                if n == 0:
-                    break
-                data = view[:n]
+                n = len(data)
                 digest = blake3.blake3(data).hexdigest()
                 writer.add_chunk(digest, data)
                 hashes.append(digest)
                 total += n
-                remaining -= n
                 if per_chunk:
                     self.progress.add_done(nbytes=n)
-                if n < want:
-                    break
             st = os.fstat(fd)
         except OSError as exc:
             # EAGAIN: O_NONBLOCK at work, a fifo now stands where the file was.

@@ -243,7 +243,7 @@ class Operations:
                 check = trio.from_thread.check_cancelled
                 old = store.load_entries(before)
                 if after == "live":
-                    live = scan_live(str(config.path), {e.path: e for e in old}, chunk_size=store.chunk_size,
+                    live = scan_live(str(config.path), {e.path: e for e in old}, chunker=store.chunker,
                                      ignore=config.ignore_fn(self._exclude), check=check)
                     return diff_entries(old, live, from_=before, to="live").to_json(limit)
                 return diff_entries(old, store.load_entries(after), from_=before, to=after).to_json(limit)

@@ -1,10 +1,11 @@
 """The content-addressed store: packs, indexes, trees and snapshot files, on a local directory or an
 S3-compatible bucket; check, forget and prune. Knows nothing of runs, sources or HTTP.
 
-Modules: ``_format`` (the on-disk format), ``_errors``, ``_files`` (the directory, durable writes),
-``_index`` (the master index), ``_snapshots`` (snapshot files), ``_repository`` (:class:`Store`),
-``_writer``, ``_reader``, ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``,
-``_retention``, and for S3 ``_remote`` over ``_backend``.
+Modules: ``_format`` (the on-disk format), ``_config`` (config.json, checked), ``_chunker`` (cutting
+content into chunks), ``_errors``, ``_files`` (the directory, durable writes), ``_index`` (the master
+index), ``_snapshots`` (snapshot files), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
+``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, and for S3
+``_remote`` over ``_backend``.
 """
 
 from ._backend import S3Backend as S3Backend
@@ -16,6 +17,9 @@ from ._check import Damage as Damage
 from ._check import DamagedSnapshot as DamagedSnapshot
 from ._check import Problem as Problem
 from ._check import StoreCheck as StoreCheck
+from ._chunker import Chunker as Chunker
+from ._chunker import FastCDC2020 as FastCDC2020
+from ._chunker import FixedChunker as FixedChunker
 from ._errors import BackendError as BackendError
 from ._errors import CorruptDataError as CorruptDataError
 from ._errors import ObjectMissing as ObjectMissing

@@ -36,14 +36,13 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from ._check import CheckReport, StoreCheck
+from ._chunker import Chunker
+from ._config import ConfigError, StoreConfig, parse_config
 from ._errors import CorruptDataError, StoreError
 from ._files import DurableStep, StoreFiles, fsync_dir, read_pack_footer, write_all
 from ._format import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     PACK_FOOTER,
     PACK_MAGIC,
     SNAPSHOT_ID_RE,
@@ -80,12 +79,18 @@ class Store:
     ``catalog`` (the snapshot files) and ``remote`` (the bucket of an S3 store, else None).
     """
 
-    def __init__(self, root: Path, writable: bool, config: dict[str, Any], lock_fd: int | None,
+    def __init__(self, root: Path, writable: bool, config: StoreConfig, lock_fd: int | None,
                  remote: Remote | None = None, on_durable_step: DurableStep | None = None) -> None:
         self.root = root
         self.writable = writable
-        self.chunk_size: int = config["chunk_size"]
-        self.pack_size: int = config["pack_size"]
+        # What config.json says (version, chunker, chunk ids, compression, encryption, pack size).
+        self.config = config
+        # How content is cut into chunks: fixed 1 MiB in a version 1 store, FastCDC in version 2.
+        self.chunker: Chunker = config.chunker
+        # The size of a reader's reusable buffer for this chunker (the chunk size of a fixed-chunk store;
+        # for content-defined chunks, room for the largest chunk plus a read). Not a chunk size.
+        self.chunk_size: int = config.chunker.buffer_size
+        self.pack_size: int = config.pack_size
         self.files = StoreFiles(root, on_durable_step)
         self.index = MasterIndex(self.files.index_dir)
         self.catalog = SnapshotCatalog(self.files, exclusive=writable)
@@ -135,16 +140,17 @@ class Store:
         if writable and not config_path.exists():
             cls._create(root)
         try:
-            config = json.loads(config_path.read_bytes())
+            doc = json.loads(config_path.read_bytes())
         except FileNotFoundError:
             raise StoreError(f"{root} is not a syncsnap store (no config.json)") from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read the store configuration {config_path}: {exc}") from exc
-        if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-            raise StoreError(f"{root} is not a syncsnap store")
-        if config.get("version") != FORMAT_VERSION:
-            raise StoreError(f"store {root} has format version {config.get('version')}, "
-                             f"this syncsnapd reads version {FORMAT_VERSION}")
+        try:
+            config = parse_config(doc)
+        except ConfigError as exc:
+            if str(exc) == "not a syncsnap store":
+                raise StoreError(f"{root} is not a syncsnap store") from None
+            raise StoreError(f"cannot use store {root}: its config.json {exc}") from None
         lock_fd = None
         if writable:
             for sub in ("tmp", "packs", "index", "snapshots"):
@@ -316,6 +322,24 @@ class Store:
         blobs it moves into new packs, with their indexes, before it deletes the old ones)."""
         self.index.drop_pack(pack, chunk)
         return self.locate(chunk)
+
+    def chunk_at(self, chunks: Sequence[str], position: int) -> tuple[int, int]:
+        """Which of a file's ``chunks`` holds byte ``position``, and the offset that chunk starts at, from
+        the lengths the index records (chunks differ in size; no data is read). Past the end: (number of
+        chunks, size).
+
+        Raises:
+            StoreError: a chunk before it is not in the store.
+        """
+        start = 0
+        for i, chunk in enumerate(chunks):
+            loc = self.locate(chunk)
+            if loc is None:
+                raise StoreError(f"chunk {chunk} is not in the store")
+            if position < start + loc.raw_length:
+                return i, start
+            start += loc.raw_length
+        return len(chunks), start
 
     def read_chunk(self, chunk: str) -> bytes:
         """Return the verified, uncompressed bytes of a blob. For many reads use :class:`ChunkReader`."""
