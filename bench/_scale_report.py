@@ -38,7 +38,7 @@ def _fmt(key: str, v: Any) -> str:
     if not _num(v):
         return "n/a"
     if key in ("seconds", "cpu_seconds"):
-        return f"{v:.2f} s"
+        return f"{v * 1000:.1f} ms" if v < 0.1 else f"{v:.2f} s"
     if key == "peak_rss_bytes":
         return f"{v / MB:.0f} MB"
     return f"{v / MIB:,.1f} MiB" if v >= 0.1 * MIB or v == 0 else f"{v / 1024:,.1f} KiB"
@@ -50,7 +50,7 @@ def _cell(step: dict[str, Any] | None, key: str) -> str:
     text = _fmt(key, step.get(key))
     every = step.get("all_seconds") or []
     if key == "seconds" and len(every) > 1:
-        text += f" ({', '.join(f'{x:.2f}' for x in every)})"
+        text += f" ({', '.join(_fmt(key, x) for x in every)})"
     return text
 
 

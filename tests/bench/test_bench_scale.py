@@ -39,7 +39,7 @@ ROWS = (
     + [(f"history (2k files): {what} at {n} snapshots", True)
        for n in (2, 12) for what in ("no-change run", "snapshot list", "check (structure)")]
 )
-FIGURE = r"\d[\d,.]* (s|MB|MiB|KiB)\b"
+FIGURE = r"\d[\d,.]* (s|ms|MB|MiB|KiB)\b"
 
 
 def _cells(text: str, label: str, sep: str) -> list[str]:
