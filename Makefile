@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-system run test lint bench torture screenshots clean
+.PHONY: setup setup-system run test lint bench bench-scale torture screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,13 @@ test: setup setup-system
 bench: setup setup-system
 	$(PY) -m bench
 	$(PY) -m bench dashboard
+
+# How syncsnap scales against restic and borg: 100k- and 400k-file trees, a 4 GiB file (append, change in
+# the middle, insert 1 byte), many snapshots; a py-spy profile of the initial run. Writes
+# docs/benchmarks-scale.md and docs/profile-initial.txt. BENCH_SCALE picks the sizes (default
+# 100k,400k,4g: about an hour on 2 cores and ~15 GB free disk; tiny: the self-test's size).
+bench-scale: setup setup-system
+	$(PY) -m bench scale
 
 # The long torture suite (tests/torture, SYNCSNAP_TORTURE=long): bounded, under 30 min on 2 cores; prints
 # the acceptance table and writes docs/robustness.md, even when a test fails (then make fails too).

@@ -63,6 +63,18 @@ class Restic:
                    if k in s}
         return StepResult(r.seconds, r.max_rss_bytes, details, r.cpu_seconds)
 
+    def list_snapshots(self) -> StepResult:
+        """``restic snapshots --json``; ``details["snapshots"]``: how many it listed."""
+        r = run_timed(["restic", "snapshots", "--json"], env=self.env)
+        return StepResult(r.seconds, r.max_rss_bytes, {"snapshots": len(json.loads(r.stdout or "[]"))},
+                          r.cpu_seconds)
+
+    def check(self) -> StepResult:
+        """``restic check``: the structure (index, snapshots, trees, that every blob is in a pack), no data
+        read."""
+        r = run_timed(["restic", "check"], env=self.env, timeout=3600)
+        return StepResult(r.seconds, r.max_rss_bytes, {}, r.cpu_seconds)
+
     def teardown(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -99,6 +111,19 @@ class Borg:
         except (ValueError, KeyError, TypeError):
             pass
         return StepResult(r.seconds, r.max_rss_bytes, details, r.cpu_seconds)
+
+    def list_snapshots(self) -> StepResult:
+        """``borg list --json REPO``; ``details["snapshots"]``: how many archives it listed."""
+        r = run_timed(["borg", "list", "--json", str(self.repo)], env=self.env)
+        archives = json.loads(r.stdout or "{}").get("archives", [])
+        return StepResult(r.seconds, r.max_rss_bytes, {"snapshots": len(archives)}, r.cpu_seconds)
+
+    def check(self) -> StepResult:
+        """``borg check --archives-only``: archive metadata and that every referenced chunk is present,
+        without the repository check's pass over every segment's data (borg's nearest to a structure
+        check)."""
+        r = run_timed(["borg", "check", "--archives-only", str(self.repo)], env=self.env, timeout=3600)
+        return StepResult(r.seconds, r.max_rss_bytes, {}, r.cpu_seconds)
 
     def teardown(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

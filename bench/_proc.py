@@ -107,3 +107,97 @@ def terminate(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+# --- a process and its descendants (the scale section: the daemon may hand work to child processes) ----
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of ``pid`` (children, grandchildren...), from the parent ids in /proc."""
+    parent: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields is not None:
+                parent[int(name)] = int(fields[1])
+    out: list[int] = []
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier}
+        out += sorted(frontier)
+    return out
+
+
+def status_bytes(pid: int, key: str) -> int | None:
+    """A ``VmRSS``/``VmHWM`` style line of /proc/PID/status, in bytes; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """VmRSS of ``pid`` plus that of its live descendants (shared pages counted in each)."""
+    return sum(status_bytes(p, "VmRSS") or 0 for p in [pid, *descendants(pid)])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU-seconds of ``pid``, of its children it has reaped (cutime, cstime) and of its live
+    descendants."""
+    total = 0.0
+    fields = _stat_fields(pid)
+    if fields is not None:
+        total += sum(int(x) for x in fields[11:15]) / _TICK
+    for child in descendants(pid):
+        f = _stat_fields(child)
+        if f is not None:
+            total += (int(f[11]) + int(f[12])) / _TICK
+    return total
+
+
+class TreePeak:
+    """Samples the summed VmRSS of a process tree every ``every`` seconds on a thread until ``stop()``.
+
+    The list of descendants is refreshed every ``rescan`` seconds (scanning /proc costs a few ms), so a
+    child process that lives less than that may be missed; the daemon's own VmHWM catches its peaks."""
+
+    def __init__(self, pid: int, every: float = 0.05, rescan: float = 0.5) -> None:
+        import threading
+
+        self.pid = pid
+        self.every = every
+        self.rescan = rescan
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pids = [self.pid, *descendants(self.pid)]
+        last_scan = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() - last_scan > self.rescan:
+                pids = [self.pid, *descendants(self.pid)]
+                last_scan = time.monotonic()
+            self.peak = max(self.peak, sum(status_bytes(p, "VmRSS") or 0 for p in pids))
+            self._stop.wait(self.every)
+
+    def stop(self, *, with_hwm: bool) -> int:
+        """The peak; ``with_hwm``: also the process's VmHWM (its peak since it started: right for its
+        first step only)."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss_bytes(self.pid))
+        return max(self.peak, status_bytes(self.pid, "VmHWM") or 0) if with_hwm else self.peak

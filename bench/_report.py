@@ -139,6 +139,9 @@ def markdown(r: dict[str, Any]) -> str:
     L.append("Ratios are syncsnap's time over the baseline's (lower is better), except for the JSON "
              "endpoint, where it is syncsnap's request rate over hypercorn's (higher is better).")
     L.append("")
+    L.append("At scale (100k and 400k files, a 4 GiB file with append, middle change and 1-byte insert, many "
+             "snapshots), with targets: [benchmarks-scale.md](benchmarks-scale.md), `make bench-scale`.")
+    L.append("")
 
     L.append("## Reproduce")
     L.append("")

@@ -66,6 +66,8 @@ class TreeSpec:
     files: tuple[FileSpec, ...]
     changed: tuple[int, ...]  # indexes of files whose content the mutation rewrites
     new_files: tuple[FileSpec, ...]  # files the mutation adds
+    # "" for the mixed tree of `make bench`; another recipe (e.g. "small") names a different tree.
+    recipe: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -118,6 +120,19 @@ def build_spec(scale: float) -> TreeSpec:
         host = files[mrng.randrange(n_files)].rel.rsplit("/", 1)[0]
         new_files.append(FileSpec(i, f"{host}/new{k:04d}.txt", mrng.randint(SMALL_MIN, SMALL_MAX)))
     return TreeSpec(scale, tuple(files), changed, tuple(new_files))
+
+
+# The scale section's trees (`python -m bench scale`): only small files, of the sizes a source tree or a
+# folder of notes has, so that per-file costs (system calls, per-file objects, index entries) dominate.
+SCALE_SMALL_MIN, SCALE_SMALL_MAX = 512, 8 * KIB
+
+
+def build_small_spec(n_files: int) -> TreeSpec:
+    """``n_files`` files of 512 B-8 KiB (about 4.3 KiB on average), no change set."""
+    rng = random.Random(SEED + 3)
+    files = tuple(FileSpec(i, f"{_dir_for(i)}/f{i:06d}{_EXTS[i % len(_EXTS)]}",
+                           rng.randint(SCALE_SMALL_MIN, SCALE_SMALL_MAX)) for i in range(n_files))
+    return TreeSpec(float(n_files), files, (), (), recipe="small")
 
 
 _pool_cache: bytes | None = None
@@ -187,7 +202,9 @@ def _iter_tree(root: Path) -> Iterator[tuple[str, int]]:
 def ensure_tree(root: Path, spec: TreeSpec, log: Callable[[str], None]) -> None:
     """Make ``root`` hold exactly the pristine tree of ``spec``: generate, or repair after a mutation."""
     marker = _marker(root)
-    want = {"format": TREE_FORMAT, "seed": SEED, "scale": spec.scale, "files": len(spec.files)}
+    want: dict[str, object] = {"format": TREE_FORMAT, "seed": SEED, "scale": spec.scale, "files": len(spec.files)}
+    if spec.recipe:
+        want["recipe"] = spec.recipe
     ok = root.is_dir() and marker.is_file() and json.loads(marker.read_text()) == want
     if not ok:
         if root.exists():
@@ -197,7 +214,7 @@ def ensure_tree(root: Path, spec: TreeSpec, log: Callable[[str], None]) -> None:
         log(f"generating tree: {len(spec.files):,} files, {spec.total_bytes / MIB:,.0f} MiB in {root}")
         for n, f in enumerate(spec.files):
             _write(root / f.rel, content(f.index, f.size))
-            if n and n % 5000 == 0:
+            if n and n % (5000 if len(spec.files) < 100_000 else 50_000) == 0:
                 log(f"  ... {n:,} files")
         marker.write_text(json.dumps(want))
         log(f"generated tree in {time.perf_counter() - t0:.1f} s")
@@ -235,6 +252,11 @@ def restore(root: Path, spec: TreeSpec) -> None:
         except FileNotFoundError:
             pass
         _write(p, want)
+
+
+def rewrite(root: Path, f: FileSpec, version: int) -> None:
+    """Give one file the content of ``version`` (0: pristine), by rename as a sync tool does."""
+    _write(root / f.rel, content(f.index, f.size, version=version))
 
 
 def file_list(root: Path, spec: TreeSpec) -> list[Path]:
