@@ -53,7 +53,7 @@ def test_new_store_has_documented_layout(tmp_path: Path) -> None:
     assert config == {"format": "syncsnap-store", "version": 2,
                       "chunker": {"algorithm": "fastcdc-2020", "min": 256 * 1024, "avg": 512 * 1024,
                                   "max": 2 * MiB, "normalization": 2},
-                      "chunk_id": "blake3", "compression": "zstd", "compression_level": 1,
+                      "chunk_id": "blake3", "compression": "zstd", "compression_level": -1,
                       "encryption": "none", "pack_size": 16 * MiB}
     assert sorted(p.name for p in root.iterdir()) == ["config.json", "index", "lock", "packs", "snapshots", "tmp"]
 

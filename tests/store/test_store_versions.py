@@ -71,7 +71,7 @@ async def test_a_version_1_store_opens_restores_checks_and_takes_new_snapshots(
 V2_CONFIG = {"format": "syncsnap-store", "version": 2,
              "chunker": {"algorithm": "fastcdc-2020", "min": 262144, "avg": 524288, "max": 2097152,
                          "normalization": 2},
-             "chunk_id": "blake3", "compression": "zstd", "compression_level": 1, "encryption": "none",
+             "chunk_id": "blake3", "compression": "zstd", "compression_level": -1, "encryption": "none",
              "pack_size": 16 * MiB}
 
 

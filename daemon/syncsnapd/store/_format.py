@@ -10,7 +10,7 @@ On-disk format (version 2; version 1 below)
       config.json                  {"format": "syncsnap-store", "version": 2,
                                     "chunker": {"algorithm": "fastcdc-2020", "min": 262144, "avg": 524288,
                                                 "max": 2097152, "normalization": 2},
-                                    "chunk_id": "blake3", "compression": "zstd", "compression_level": 1,
+                                    "chunk_id": "blake3", "compression": "zstd", "compression_level": -1,
                                     "encryption": "none", "pack_size": 16777216}
       lock                         flock'ed by the one writable opener; holds its pid (for the error message)
       tmp/                         temporary files; emptied by every writable open
@@ -119,7 +119,9 @@ CDC_NORMALIZATION = 2
 # 16 MiB packs (restic's default): few enough files that fsync cost vanishes, small enough that the
 # fsync of a full pack overlaps with hashing the next one.
 PACK_SIZE = 16 << 20
-COMPRESSION_LEVEL = 1
+# zstd --fast=1 for new blobs (store/_writer.py has the measurement); every zstd decoder reads every level,
+# so blobs of either level mix in one store.
+COMPRESSION_LEVEL = -1
 # A tree group ends after a path whose crc32 has these low bits all zero: about 256 entries per group.
 TREE_CUT_MASK = 0xFF
 

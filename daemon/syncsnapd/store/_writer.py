@@ -42,11 +42,18 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import zstandard
-
 from ._errors import StoreError
 from ._files import StoreFiles
-from ._format import FLAG_ZSTD, PACK_MAGIC, IndexRecord, encode_index, hash_bytes, pack_tail
+from ._format import (
+    COMPRESSION_LEVEL,
+    FLAG_ZSTD,
+    PACK_MAGIC,
+    IndexRecord,
+    compressor,
+    encode_index,
+    hash_bytes,
+    pack_tail,
+)
 from ._index import Claims, MasterIndex
 
 if TYPE_CHECKING:
@@ -60,18 +67,9 @@ MAX_PENDING_SEALS = 2
 # much memory per pack being filled (plus the writes in flight, one per worker).
 FLUSH_BYTES = 4 << 20
 
-# zstd level for new blobs (``--fast=1``; see the module docstring for the measurement).
-ZSTD_LEVEL = -1
-
-_tls = threading.local()
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    """This thread's compressor (contexts are not thread-safe; making one per chunk is costly)."""
-    c: zstandard.ZstdCompressor | None = getattr(_tls, "cctx", None)
-    if c is None:
-        c = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    return c
+# zstd level for new blobs: ``--fast=1`` (``_format.COMPRESSION_LEVEL``, recorded in config.json; see
+# the module docstring for the measurement).
+ZSTD_LEVEL = COMPRESSION_LEVEL
 
 
 # A buffer handed out to be written: (offset in the pack file, bytes).
@@ -221,7 +219,7 @@ class StoreWriter:
         if self.has_chunk(chunk):
             return 0
         raw_length = len(data)
-        compressed = _compressor().compress(data)  # outside the lock: zstd releases the GIL
+        compressed = compressor().compress(data)  # outside the lock: zstd releases the GIL
         if len(compressed) < raw_length:
             stored: bytes | bytearray | memoryview = compressed
             flags = FLAG_ZSTD
