@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ._http import Connection, Endpoint, get_json
+from ._proc import status_bytes
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 # BENCH_SYNCSNAPD: another executable speaking the same API (for testing the harness itself).
@@ -160,14 +161,7 @@ class Daemon:
 
     def status(self, key: str) -> int | None:
         """A ``VmRSS``/``VmHWM`` style line of /proc/PID/status, in bytes."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+        return status_bytes(self.pid, key)
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM and wait (the daemon promises exit within 5 s). Returns the exit code."""
