@@ -590,12 +590,6 @@ def main() -> int:
     # A partial run (BENCH_ONLY) must not replace the document of a whole one.
     doc = WORK / "benchmarks-partial.md" if only else DOC
     doc.write_text(_report.markdown(res) + _s3.markdown(res) + "\n")
-    print()
-    print(_report.console(res))
-    print()
-    for e in res["errors"]:
-        print(f"not measured: {e}")
-    for e in res["notes"]:
-        print(f"note: {e}")
+    _report.print_run(_report.console(res), res)
     log(f"wrote {doc.relative_to(REPO)} and {(WORK / 'results.json').relative_to(REPO)}")
     return 0

@@ -375,3 +375,14 @@ def markdown(r: dict[str, Any]) -> str:
         L += [f"- {e}" for e in errs]
         L.append("")
     return "\n".join(L)
+
+
+def print_run(table: str, res: dict[str, Any]) -> None:
+    """Print a run's table, then what it could not measure and its notes."""
+    print()
+    print(table)
+    print()
+    for e in res["errors"]:
+        print(f"not measured: {e}")
+    for e in res["notes"]:
+        print(f"note: {e}")

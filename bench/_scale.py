@@ -48,7 +48,7 @@ from typing import Any
 
 import trio
 
-from . import _backup_tools, _bigfile, _env, _main, _profile, _raw, _scale_report, _tree
+from . import _backup_tools, _bigfile, _env, _main, _profile, _raw, _report, _scale_report, _tree
 from ._daemon import TERMINAL, Daemon, timed_snapshot
 from ._http import Connection, Endpoint, get_json
 from ._main import REPO, _dir_bytes, _lock, _sync, log, start_daemon
@@ -314,6 +314,13 @@ class Scale:
             traceback.print_exc()
             self.res["errors"].append(msg)
 
+    def each_tool(self, what: str, one: Callable[[str, int], None]) -> None:
+        """``one(tool, round)`` for every round, the tools in that round's order, each guarded."""
+        for r in range(self.rounds):
+            for name in _order(r):
+                if name not in self.skip:
+                    self.guarded(f"{what}, {name}", partial(one, name, r))
+
     def room_for(self, what: str) -> bool:
         tree, stores = disk_needs(self.plan, self.work)[what]
         need = tree + stores
@@ -333,31 +340,27 @@ class Scale:
         _tree.ensure_tree(tree, spec, log)
         out = self.res["small"].setdefault(str(n), {"files": n, "bytes": spec.total_bytes})
         files = _tree.file_list(tree, spec)
-        for r in range(self.rounds):
-            for name in _order(r):
-                if name in self.skip:
-                    continue
 
-                def one(name: str = name, r: int = r) -> None:
-                    log(f"{size_label(n)} files: {name} (round {r + 1} of {self.rounds})")
-                    rnd: dict[str, Any] = {}
-                    out.setdefault(name, {"rounds": []})["rounds"].append(rnd)
-                    _raw.warm(files)
-                    run = self.runner(name, tree, f"small-{n}")
-                    run.open()
-                    try:
-                        rnd["initial"] = run.snapshot()
-                        if isinstance(run, SyncsnapRunner):
-                            rnd["idle_rss_bytes"] = run.idle_rss()
-                        rnd["nochange"] = run.snapshot()
-                        if isinstance(run, SyncsnapRunner) and r == self.rounds - 1:
-                            rnd["check"] = run.check()
-                    finally:
-                        run.close()
-                    log("  " + ", ".join(f"{k} {v['seconds']:.2f} s" for k, v in rnd.items()
-                                         if isinstance(v, dict)))
+        def one(name: str, r: int) -> None:
+            log(f"{size_label(n)} files: {name} (round {r + 1} of {self.rounds})")
+            rnd: dict[str, Any] = {}
+            out.setdefault(name, {"rounds": []})["rounds"].append(rnd)
+            _raw.warm(files)
+            run = self.runner(name, tree, f"small-{n}")
+            run.open()
+            try:
+                rnd["initial"] = run.snapshot()
+                if isinstance(run, SyncsnapRunner):
+                    rnd["idle_rss_bytes"] = run.idle_rss()
+                rnd["nochange"] = run.snapshot()
+                if isinstance(run, SyncsnapRunner) and r == self.rounds - 1:
+                    rnd["check"] = run.check()
+            finally:
+                run.close()
+            log("  " + ", ".join(f"{k} {v['seconds']:.2f} s" for k, v in rnd.items()
+                                 if isinstance(v, dict)))
 
-                self.guarded(f"{size_label(n)} files, {name}", one)
+        self.each_tool(f"{size_label(n)} files", one)
 
     def big(self, size: int) -> None:
         label = f"{size_label(size)} file"
@@ -366,30 +369,26 @@ class Scale:
         bdir = self.work / f"big-{size}"
         path = bdir / "big.bin"
         out = self.res["big"].setdefault(str(size), {"bytes": size})
-        for r in range(self.rounds):
-            for name in _order(r):
-                if name in self.skip:
-                    continue
 
-                def one(name: str = name, r: int = r) -> None:
-                    log(f"{label}: {name} (round {r + 1} of {self.rounds})")
-                    rnd: dict[str, Any] = {}
-                    out.setdefault(name, {"rounds": []})["rounds"].append(rnd)
-                    _bigfile.restore(path, size, log)
-                    _raw.warm([path])
-                    run = self.runner(name, bdir, f"big-{size}")
-                    run.open()
-                    try:
-                        for step in _bigfile.STEPS:
-                            if step != "initial":
-                                _bigfile.EDITS[step](path, size)
-                            rnd[step] = run.snapshot()
-                    finally:
-                        run.close()
-                    log("  " + ", ".join(f"{k} {v['seconds']:.2f} s, +{v['store_added_bytes'] / 2**20:.1f} MiB"
-                                         for k, v in rnd.items()))
+        def one(name: str, r: int) -> None:
+            log(f"{label}: {name} (round {r + 1} of {self.rounds})")
+            rnd: dict[str, Any] = {}
+            out.setdefault(name, {"rounds": []})["rounds"].append(rnd)
+            _bigfile.restore(path, size, log)
+            _raw.warm([path])
+            run = self.runner(name, bdir, f"big-{size}")
+            run.open()
+            try:
+                for step in _bigfile.STEPS:
+                    if step != "initial":
+                        _bigfile.EDITS[step](path, size)
+                    rnd[step] = run.snapshot()
+            finally:
+                run.close()
+            log("  " + ", ".join(f"{k} {v['seconds']:.2f} s, +{v['store_added_bytes'] / 2**20:.1f} MiB"
+                                 for k, v in rnd.items()))
 
-                self.guarded(f"{label}, {name}", one)
+        self.each_tool(label, one)
 
     def history(self) -> None:
         n = self.plan.small[0]
@@ -560,12 +559,6 @@ def main() -> int:
     (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(_scale_report.markdown(res))
-    print()
-    print(_scale_report.console(res))
-    print()
-    for e in res["errors"]:
-        print(f"not measured: {e}")
-    for e in res["notes"]:
-        print(f"note: {e}")
+    _report.print_run(_scale_report.console(res), res)
     log(f"wrote {doc} and {work / 'results.json'}")
     return 0
