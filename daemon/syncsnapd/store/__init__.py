@@ -3,7 +3,7 @@ S3-compatible bucket; check, forget and prune. Knows nothing of runs, sources or
 
 Modules: ``_format`` (the on-disk format), ``_config`` (config.json, checked), ``_chunker`` (cutting
 content into chunks), ``_errors``, ``_files`` (the directory, durable writes), ``_index`` (the master
-index), ``_snapshots`` (snapshot files), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
+index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypted store), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
 ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, and for S3
 ``_remote`` over ``_backend``.
 """
@@ -32,6 +32,7 @@ from ._format import SnapshotInfo as SnapshotInfo
 from ._format import SnapshotStats as SnapshotStats
 from ._format import hash_bytes as hash_bytes
 from ._format import make_snapshot_id as make_snapshot_id
+from ._keys import MasterKey as MasterKey
 from ._prune import GarbageCollector as GarbageCollector
 from ._prune import PruneStats as PruneStats
 from ._reader import ChunkReader as ChunkReader
