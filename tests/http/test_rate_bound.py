@@ -113,3 +113,19 @@ async def test_a_back_to_back_client_is_held_to_the_default_bound(autojump_clock
     # second, in which its bucket refills to the burst.
     assert statuses.count(200) <= 100 + 500 * seconds
     assert seconds >= 1.0
+
+
+def test_the_bound_is_configured_by_request_rate_and_request_burst(short_tmp: Path) -> None:
+    """A user's `request_rate`/`request_burst` reach the real daemon: curl asking three times on one
+    connection, with a burst of 2, gets 200, 200, then 429 `rate_limited`."""
+    from helpers.daemon import start_daemon
+
+    d = start_daemon(short_tmp, {}, extra_daemon="request_rate = 1\nrequest_burst = 2")
+    try:
+        url = "http://localhost/api/v1/health"
+        out = d.curl("-w", "%{http_code} %{num_connects}\\n", *["-o", "/dev/null"] * 3, url, url, url).stdout.split()
+        codes, connects = out[0::2], out[1::2]
+        assert codes == ["200", "200", "429"]
+        assert connects == ["1", "0", "0"]  # one connection, reused
+    finally:
+        assert d.stop() == 0

@@ -28,7 +28,7 @@ DEFAULT_FOLDER = "~/Sync"
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
-                "max_streams", "history_keep_days", "history_keep_runs"}
+                "max_streams", "history_keep_days", "history_keep_runs", "request_rate", "request_burst"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
@@ -207,6 +207,11 @@ class DaemonConfig:
     # Open SSE streams (/events, /progress/stream) at once; a new one beyond gets 503 + Retry-After and
     # its client polls meanwhile. Well above the handful a person's browsers and followers open.
     max_streams: int = 256
+    # Requests one connection may sustain per second, and make at once before that rate applies (beyond:
+    # 429 rate_limited). The HTTP layer's own defaults (http/_config.py DEFAULT_REQUEST_*) are the same
+    # figures, chosen there (fairness: one client must not starve the engine's threads).
+    request_rate: int = 500
+    request_burst: int = 100
     retry_attempts: int = 3
     # An S3-compatible store (``store = "s3://bucket/prefix"``, ``[daemon.s3]``): then ``store`` is its
     # local staging and cache directory, under the state directory (see _remote.py).
@@ -387,7 +392,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         settings["heartbeat"] = float(hb)
     for key, lo, hi in (("max_concurrent", 1, 64), ("retry_attempts", 1, 100), ("max_connections", 8, 65536),
                          ("max_streams", 1, 65536), ("history_keep_days", 0, 36500),
-                         ("history_keep_runs", 0, 10_000_000)):
+                         ("history_keep_runs", 0, 10_000_000), ("request_rate", 1, 1_000_000),
+                         ("request_burst", 1, 1_000_000)):
         if key in daemon:
             v = daemon[key]
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

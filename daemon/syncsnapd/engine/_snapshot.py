@@ -366,7 +366,9 @@ class _Run:
 
     def make_batches(self) -> int:
         """Fill the queue of step 4 from the files the walk found; returns how many batches."""
-        large_limit = self.store.chunk_size
+        # A file larger than a whole batch is a batch of its own (the largest first, so the last worker
+        # to finish is not the one left with the largest file).
+        large_limit = BATCH_BYTES
         small: list[_Work] = []
         large: list[_Work] = []
         for work in self.files:

@@ -217,8 +217,9 @@ class Daemon:
         Projects are added, removed (a running snapshot of a removed project ends ``cancelled``) or
         updated; runs and streams of unchanged projects are undisturbed. An invalid configuration is
         refused with a logged reason and the current one stays in force. Settings that need new
-        listeners or another store (socket, tcp, store, state_dir, token_file) are logged as needing a
-        restart. Returns True when the new configuration was applied.
+        listeners or another store (socket, tcp, store, state_dir, token_file) or the HTTP server's limits
+        (max_connections, request_rate, request_burst) are logged as needing a restart. Returns True
+        when the new configuration was applied.
         """
         self.notifier.reloading()
         try:
@@ -227,7 +228,8 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload refused, keeping the current configuration: %s", exc)
                 return False
-            for key in ("socket", "tcp", "store", "state_dir", "token_file"):
+            for key in ("socket", "tcp", "store", "state_dir", "token_file", "max_connections", "request_rate",
+                        "request_burst"):
                 if getattr(new, key) != getattr(self.config, key):
                     log.warning("reload: daemon.%s changed; restart syncsnapd to apply it", key)
             self.api.heartbeat = new.heartbeat
@@ -312,7 +314,8 @@ class Daemon:
             await nursery.start(run_ops)
             self.dashboard.tcp_address = listeners.tcp_address
             http_config = HttpConfig(token=listeners.token, max_connections=self.config.max_connections,
-                                     sessions=self.dashboard.sessions)
+                                     request_rate=self.config.request_rate,
+                                     request_burst=self.config.request_burst, sessions=self.dashboard.sessions)
             server: HttpServer = await nursery.start(serve_http, self.api, listeners.pairs, http_config)
             self.server = server
             # Started side by side: a Syncthing project may first have to ask Syncthing for its path.
