@@ -3,6 +3,8 @@
 No I/O beyond reading the configuration file; every other package may import this one.
 """
 
+from ._checks import check_private_dir as check_private_dir
+from ._checks import overlap_warnings as overlap_warnings
 from ._config import CONFIG_KEYS as CONFIG_KEYS
 from ._config import ConfigError as ConfigError
 from ._config import DaemonConfig as DaemonConfig
@@ -10,11 +12,10 @@ from ._config import KeepPolicy as KeepPolicy
 from ._config import ProjectConfig as ProjectConfig
 from ._config import S3Options as S3Options
 from ._config import SyncthingConfig as SyncthingConfig
-from ._config import check_private_dir as check_private_dir
 from ._config import load_config as load_config
-from ._config import overlap_warnings as overlap_warnings
 from ._config import parse_s3_url as parse_s3_url
 from ._config import staging_dir as staging_dir
+from ._config import store_location as store_location
 from ._errors import SyncsnapdError as SyncsnapdError
 from ._ignore import IgnoreRules as IgnoreRules
 from ._ignore import ignored_at_or_above as ignored_at_or_above
