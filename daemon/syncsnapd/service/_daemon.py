@@ -1,8 +1,8 @@
 """``serve_daemon``: the whole daemon as one Trio service.
 
-Start order: stores (every distinct one, writable and locked: ``_stores.py``), tracker and scheduler, listeners (passed by systemd socket
-activation, or bound here), HTTP, sources of change, discovery file, then ``READY=1`` and
-``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): ``STOPPING=1``; runs are cancelled
+Start order: store (writable, locked), the projects' own stores (``_stores.py``), tracker and scheduler,
+listeners (passed by systemd socket activation, or bound here), HTTP, sources of change, discovery file,
+then ``READY=1`` and ``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): ``STOPPING=1``; runs are cancelled
 first so their ``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then
 the discovery file and our socket file are removed. The whole stop is bounded by
 :data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
@@ -68,10 +68,11 @@ from ..http import (
 )
 from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Stores, Tracker, location_of
 from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
-from ..store import Store, iter_entries
+from ..store import Store, iter_entries, prepare_store
 from ._listening import (
     DaemonInfo,
     Listeners,
+    StartupError,
     check_discovery_file,
     open_listeners,
     remove_discovery_file,
@@ -461,7 +462,12 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
     check_private_dir(config.runtime_dir, "runtime directory")
     await trio.to_thread.run_sync(check_discovery_file, config.discovery_file)
     _warn_overlaps(config)
-    stores = await trio.to_thread.run_sync(open_stores, config)  # StartupError naming the store
+    try:
+        store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))
+    except Exception as exc:
+        raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
+    # The projects' own stores (StartupError naming the project; then `store` is closed too).
+    stores = await trio.to_thread.run_sync(open_stores, config, store)
     try:
         # Never fails for what is in the database (see History.open): only for the folder itself.
         history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")

@@ -1,6 +1,6 @@
-"""Opening the daemon's stores at start: ``daemon.store`` and each project's own ``store``, every
-distinct one once, writable and locked (two projects naming one directory or URL share one ``Store``:
-one lock, one index, so dedup holds across them).
+"""The projects' own stores (``store = ...`` in ``[[projects]]``): opened at start beside the daemon's
+(``_daemon.py`` opens that one), every distinct one once, writable and locked (two projects naming one
+directory or URL share one ``Store``: one lock, one index, so dedup holds across them).
 
 An S3 store's local directory is ``<state_dir>/s3/<bucket>-<prefix>`` (``core.staging_dir``), one per
 URL; the loader refuses two URLs that would share one. A store that cannot be opened stops the start
@@ -33,18 +33,15 @@ def _open(root: Path, url: str | None, s3: S3Options | None) -> Store:
     return Store.open(root, writable=True)
 
 
-def open_stores(config: DaemonConfig) -> Stores:
-    """Open every store ``config`` names (blocking: run it in a worker thread).
+def open_stores(config: DaemonConfig, default: Store) -> Stores:
+    """Open the projects' own stores, beside ``default`` (the daemon's, open already) (blocking: run it in
+    a worker thread).
 
     Raises:
-        StartupError: a store cannot be opened; the message names it (and the projects using it).
+        StartupError: a store cannot be opened; the message names it and the projects using it. Every
+            store opened, ``default`` too, is closed then.
     """
-    default_location = store_location(config.store, config.store_url)
-    try:
-        default = Store.open(prepare_store(config), writable=True)
-    except Exception as exc:
-        raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
-    opened = {default_location: default}
+    opened = {store_location(config.store, config.store_url): default}
     own: dict[str, Store] = {}
     try:
         for project in config.projects:
