@@ -242,3 +242,29 @@ def test_a_project_store_in_a_bucket_beside_a_local_one(moto: MotoServer, short_
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+def test_snapshots_from_before_a_store_change_stay_readable(short_tmp: Path) -> None:
+    """``work`` first snapshots into the daemon's store; restarted with a store of its own, its new
+    snapshots go there, and the old one is still listed and restorable (from the daemon's store)."""
+    base = short_tmp
+    files = make_tree(base / "work", files=6)
+    d = spawn_daemon(base, _config(base, [("work", base / "work", None)]))
+    try:
+        old = _snapshot(d, "work")["snapshot"]
+        assert d.stop() == 0
+        d = spawn_daemon(base, _config(base, [("work", base / "work", f"{base}/work-store")]))
+        new = _snapshot(d, "work")["snapshot"]
+        assert _snapshot_files(base / "main") == {old["id"]}
+        assert _snapshot_files(base / "work-store") == {new["id"]}
+        assert new["bytes_added"] > 0  # a new store starts empty: nothing of the old one is reused
+        assert [s["id"] for s in api(d, "/projects/work/snapshots")["snapshots"]] == [old["id"], new["id"]]
+        done = _operation(d, "/projects/work/restore", {"snapshot": old["id"], "target": str(base / "old")})
+        assert done["state"] == "completed", done
+        for rel, data in files.items():
+            assert (base / "old" / rel).read_bytes() == data
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
