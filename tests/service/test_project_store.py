@@ -144,6 +144,8 @@ def test_snapshots_land_in_their_projects_store_and_everything_reads_the_right_o
     assert (base / "offline-work" / "report.bin").read_bytes() == trees["work"]["report.bin"]
     out = d.cli("check")
     assert out.returncode == 0 and str(base / "work-store") in out.stdout, out.stdout
+    out = d.cli("diff", "latest", "--project", "notes")  # the project's store, its live folder
+    assert out.returncode == 0 and "0 added, 0 removed, 0 modified" in out.stdout, out.stdout + out.stderr
     out = d.cli("prune", "--project", "work")
     assert out.returncode == 2 and "in use" in out.stdout, out.stdout
 

@@ -2,9 +2,9 @@
 
 Start order: store (writable, locked), the projects' own stores (``_stores.py``), tracker and scheduler,
 listeners (passed by systemd socket activation, or bound here), HTTP, sources of change, discovery file,
-then ``READY=1`` and ``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): ``STOPPING=1``; runs are cancelled
-first so their ``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then
-the discovery file and our socket file are removed. The whole stop is bounded by
+then ``READY=1`` and ``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation):
+``STOPPING=1``; runs are cancelled first so their ``cancelled`` events reach open streams, then the HTTP
+server ends streams and closes, then the discovery file and our socket file are removed. The whole stop is bounded by
 :data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
 
 Supervision: every long-running service (each project's change source ``project:<id>/watch`` or
