@@ -39,7 +39,7 @@ from helpers.s3 import (
 )
 from helpers.store import new_progress, snapshot
 from syncsnapd.api import store_footprint
-from syncsnapd.core import _config as s3_settings
+from syncsnapd.core import _s3 as s3_settings
 from syncsnapd.engine import SnapshotError
 from syncsnapd.service import run_check, run_restore, run_snapshots
 from syncsnapd.store import RemoteSpec, Store, StoreError, prepare

@@ -342,10 +342,10 @@ S3_LINK_DELAY_SECONDS = 0.3
 # fails a run within seconds instead of about a minute (the bounds themselves are the store tests' topic).
 S3_LAUNCHER = """
 import runpy, sys
-from syncsnapd.core import _config
-_config.BOTOCORE_ATTEMPTS = 2
-_config.RETRY_DELAYS = (0.5,)
-_config.CONNECT_TIMEOUT = 2.0
+from syncsnapd.core import _s3
+_s3.BOTOCORE_ATTEMPTS = 2
+_s3.RETRY_DELAYS = (0.5,)
+_s3.CONNECT_TIMEOUT = 2.0
 sys.argv = ["syncsnapd", *sys.argv[1:]]
 runpy.run_module("syncsnapd", run_name="__main__", alter_sys=True)
 """

@@ -128,19 +128,21 @@ def entry_json(e: Entry) -> dict[str, Any]:
 
 def register_browse(router: Router, scheduler: Scheduler) -> None:
     """Add the tree and file endpoints to ``router``."""
-    store: Store = scheduler.store
+    stores = scheduler.stores
 
     async def thread(fn: Callable[[], Any]) -> Any:
         return await trio.to_thread.run_sync(fn)
 
-    async def resolve(pid: str | None, snap: str) -> tuple[str, str]:
-        # (snapshot id, its project); 404 snapshot_unknown unless the project (if named) has it.
-        infos = await thread(lambda: store.list_snapshots(pid))
+    async def resolve(pid: str | None, snap: str) -> tuple[str, Store]:
+        # (snapshot id, the store holding it: the daemon may have several); 404 snapshot_unknown unless
+        # the project (if named) has it.
+        infos = await thread(lambda: stores.list_snapshots(pid))
         if pid is not None and snap == "latest" and infos:
-            return infos[-1].id, pid
-        for info in infos:
-            if info.id == snap:
-                return info.id, info.project
+            snap = infos[-1].id
+        if any(info.id == snap for info in infos):
+            store = await thread(lambda: stores.find(snap, pid))
+            if store is not None:
+                return snap, store
         shown = snap if len(snap) <= MAX_SNAPSHOT_ID and snap.isascii() and snap.isprintable() else "(that id)"
         if pid is None:
             hint = " ('latest' needs a project: /projects/{id}/snapshots/latest/...)" if snap == "latest" else ""
@@ -159,7 +161,7 @@ def register_browse(router: Router, scheduler: Scheduler) -> None:
     async def tree(request: Request, params: dict[str, str]) -> Response:
         pid = known_project(scheduler, params["id"])
         path = snapshot_path(request.query.get("path", ""))
-        sid, _ = await resolve(pid, params["snap"])
+        sid, store = await resolve(pid, params["snap"])
         entries = await read_store(lambda: list_directory(store, sid, path))
         if entries is None:
             raise api_error("path_unknown", f"Snapshot {sid} has no directory {path!r}.")
@@ -178,7 +180,7 @@ def register_browse(router: Router, scheduler: Scheduler) -> None:
         path = snapshot_path(request.query.get("path", ""))
         if path == "":
             raise api_error("path_unknown", "Name a file with ?path=...; the root is a directory.")
-        sid, _ = await resolve(pid, snap)
+        sid, store = await resolve(pid, snap)
         entry = await read_store(lambda: find_entry(store, sid, path))
         if entry is None or entry.kind == "dir":
             raise api_error("path_unknown", f"Snapshot {sid} has no file {path!r}.")

@@ -123,7 +123,7 @@ class Api:
 
     async def snapshots(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
-        infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, pid)
+        infos = await trio.to_thread.run_sync(self.scheduler.stores.list_snapshots, pid)
         return json_response(200, {"snapshots": [asdict(i) for i in infos]})
 
     async def start_snapshot(self, request: Request, params: dict[str, str]) -> Response:
@@ -166,7 +166,7 @@ class Api:
         cached = self._snapshots_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        infos = await trio.to_thread.run_sync(self.scheduler.store.list_snapshots, None)
+        infos = await trio.to_thread.run_sync(self.scheduler.stores.list_snapshots, None)
         last = {i.project: i for i in infos}  # oldest first, so the newest per project wins
         self._snapshots_cache = (key, last)
         return last

@@ -11,7 +11,7 @@ nothing registers into prometheus_client's global default registry.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +75,14 @@ class Metrics:
 
     Args:
         tracker: the progress tracker (its statistics, and the run events that feed the counters).
-        store_root: the store, for its size.
+        store_root: the store's directory, for its size; or, for a daemon with several stores, a function
+            returning each store's (location, directory): then the size of each is shown too.
         http_stats: the HTTP server's statistics, or None before it runs.
         history: the history, for its writer's statistics.
     """
 
-    def __init__(self, tracker: Tracker, store_root: Path, http_stats: Callable[[], HttpStatistics | None],
-                 history: History | None = None) -> None:
+    def __init__(self, tracker: Tracker, store_root: Path | Callable[[], Sequence[tuple[str, Path]]],
+                 http_stats: Callable[[], HttpStatistics | None], history: History | None = None) -> None:
         self.tracker = tracker
         self.store_root = store_root
         self.http_stats = http_stats
@@ -157,9 +158,18 @@ class Metrics:
             c.add_metric([], value)
             out.append(c)
 
-        packs, size = store_footprint(self.store_root)
-        gauge("syncsnap_store_bytes", "Bytes of pack files in the store.", size)
-        gauge("syncsnap_store_packs", "Pack files in the store.", packs)
+        stores = [("", self.store_root)] if isinstance(self.store_root, Path) else self.store_root()
+        footprints = [(where, *store_footprint(root)) for where, root in stores]
+        gauge("syncsnap_store_bytes", "Bytes of pack files in the store (all stores).", sum(f[2] for f in footprints))
+        gauge("syncsnap_store_packs", "Pack files in the store (all stores).", sum(f[1] for f in footprints))
+        if not isinstance(self.store_root, Path):
+            by_bytes = GaugeMetricFamily("syncsnap_store_bytes_by_store", "Bytes of pack files, by store.",
+                                         labels=["store"])
+            by_packs = GaugeMetricFamily("syncsnap_store_packs_by_store", "Pack files, by store.", labels=["store"])
+            for where, packs, size in footprints:
+                by_bytes.add_metric([where], size)
+                by_packs.add_metric([where], packs)
+            out += [by_bytes, by_packs]
         subs = GaugeMetricFamily("syncsnap_subscribers", "Connected progress subscribers, by transport.",
                                  labels=["transport"])
         for transport, n in s.subscribers:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from ._ignore import IgnoreRules, ignore_pattern_error, ignored_at_or_above
+from ._ignore import IgnoreRules, ignore_pattern_error
+from ._s3 import S3Options, parse_s3_url, staging_dir, store_location
 
 DEFAULT_TCP_PORT = 8473
 DEFAULT_HEARTBEAT_SECONDS = 15.0
@@ -29,7 +28,7 @@ _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
                 "max_streams", "history_keep_days", "history_keep_runs", "request_rate", "request_burst"}
-_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
+_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep", "store"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
@@ -55,67 +54,6 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 # Sync tools' own metadata and temporary files are not user content: never snapshotted, never a reason
 # to snapshot (Syncthing's `.stignore` is user content, so it is not listed).
 SYNC_TOOL_IGNORES = (".stfolder", ".stversions", ".syncthing.*.tmp", "~syncthing~*.tmp")
-
-
-# --- S3 store settings (used by store._backend) ---------------------------------------------------------
-
-# botocore's own retries ("standard" mode: exponential backoff with jitter, 1 s base for throttling such
-# as 503 SlowDown, 50 ms for transient errors; honours Retry-After). Per request.
-BOTOCORE_ATTEMPTS = 5
-# Our retries around a whole operation (an upload that botocore gave up on, a 429 botocore does not
-# count as throttling): waits in seconds before each further attempt. Bounded, so a store that is down
-# fails the run within about a minute with store_unreachable instead of hanging it.
-RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0, 10.0)
-# Time limits of one request (seconds): connecting, and waiting for a response or the next bytes.
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach an S3-compatible service (``[daemon.s3]`` in the configuration).
-
-    ``endpoint``: the service's URL (``https://s3.eu-central-003.backblazeb2.com``,
-    ``http://127.0.0.1:9000``); None for AWS itself. ``path_style``: address buckets as
-    ``endpoint/bucket/key`` rather than ``bucket.endpoint/key`` (MinIO, Ceph and most self-hosted
-    services need it). ``concurrency``: uploads in flight at once.
-    """
-
-    endpoint: str | None = None
-    region: str | None = None
-    path_style: bool = False
-    concurrency: int = 4
-    # The bounds default to this module's constants as they are when the options are made (tests
-    # shorten them for a store that is down).
-    botocore_attempts: int = field(default_factory=lambda: BOTOCORE_ATTEMPTS)
-    retry_delays: tuple[float, ...] = field(default_factory=lambda: RETRY_DELAYS)
-    connect_timeout: float = field(default_factory=lambda: CONNECT_TIMEOUT)
-    read_timeout: float = field(default_factory=lambda: READ_TIMEOUT)
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> (bucket, ``some/prefix/``); the prefix may be empty.
-
-    Raises:
-        ValueError: not an s3:// URL with a bucket name.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"{url!r} is not an s3://bucket/prefix URL")
-    bucket = parts.netloc
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", bucket):
-        raise ValueError(f"{bucket!r} is not a valid bucket name")
-    prefix = parts.path.strip("/")
-    if any(p in (".", "..") for p in prefix.split("/")) or "//" in parts.path.strip("/"):
-        raise ValueError(f"{url!r}: the prefix has empty, '.' or '..' parts")
-    return bucket, (prefix + "/" if prefix else "")
-
-
-def staging_dir(state_dir: Path, url: str) -> Path:
-    """The local directory of the S3 store at ``url``: ``<state_dir>/s3/<bucket>-<prefix>``."""
-    bucket, prefix = parse_s3_url(url)
-    name = "-".join([bucket, *[p for p in prefix.split("/") if p]])
-    return state_dir / "s3" / name
 
 
 class ConfigError(Exception):
@@ -172,6 +110,16 @@ class ProjectConfig:
     syncthing: SyncthingConfig | None = None
     # Retention for prune; None keeps every snapshot of the project.
     keep: KeepPolicy | None = None
+    # The project's own store (``store = ...`` in its table), as DaemonConfig's ``store`` / ``store_url``:
+    # a directory, or an S3 store's URL and its local directory. None: the daemon's store.
+    store: Path | None = None
+    store_url: str | None = None
+
+    def store_location(self, default: DaemonConfig) -> str:
+        """Where this project's snapshots go: its store's URL or directory (the daemon's without its own)."""
+        if self.store is None:
+            return store_location(default.store, default.store_url)
+        return store_location(self.store, self.store_url)
 
     @property
     def path_known(self) -> bool:
@@ -244,57 +192,6 @@ def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
     if base and os.path.isabs(base):
         return Path(base) / "syncsnap"
     return Path(f"/tmp/syncsnap-{os.getuid()}")
-
-
-def check_private_dir(path: Path, what: str) -> None:
-    """Make sure ``path`` is a directory only we can use, creating it (0700) if missing.
-
-    The runtime directory holds the socket and the discovery file that clients trust, and
-    ``/tmp/syncsnap-UID`` can be created first by anyone. tmux's check is the model: the directory must
-    not be a symlink, must be a directory, owned by us, without any permission for group or others.
-
-    Raises:
-        ConfigError: a sentence starting with ``what`` (the directory's role) that says what is wrong and
-            what to do; nothing is changed in a directory that fails the check.
-    """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot create it: {exc.strerror}") from None
-    why = None
-    if stat.S_ISLNK(st.st_mode):
-        why = "is a symbolic link"
-    elif not stat.S_ISDIR(st.st_mode):
-        why = "is not a directory"
-    elif st.st_uid != os.getuid():
-        why = f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
-    elif st.st_mode & 0o077:
-        why = f"has mode {stat.S_IMODE(st.st_mode):04o}: other users may use it"
-    if why is not None:
-        raise ConfigError(f"{what} {path} {why}, so another user could replace the socket or the discovery "
-                          f"file there; remove it (or make it yours with mode 0700) and start again")
-
-
-def overlap_warnings(projects: Sequence[ProjectConfig]) -> list[str]:
-    """One sentence per pair of projects that snapshot the same files: the same folder configured twice,
-    or a folder inside another project's folder (and not ignored there). Not an error: it may be meant,
-    but every change there is stored twice and starts two snapshots."""
-    known = [(p, p.path.resolve()) for p in projects if p.path_known]
-    out: list[str] = []
-    for i, (a, root_a) in enumerate(known):
-        for b, root_b in known[i + 1:]:
-            if root_a == root_b:
-                out.append(f"projects {a.id!r} and {b.id!r} both snapshot {root_a}: every file there is "
-                           "snapshotted twice")
-                continue
-            for outer, root_o, inner, root_i in ((a, root_a, b, root_b), (b, root_b, a, root_a)):
-                if root_i.is_relative_to(root_o):
-                    rel = root_i.relative_to(root_o).as_posix()
-                    if not ignored_at_or_above(outer.ignore_fn(), rel + "/"):
-                        out.append(f"projects {outer.id!r} and {inner.id!r} overlap: {outer.id!r} snapshots "
-                                   f"{root_o} including {root_i}, which {inner.id!r} snapshots too")
-    return out
 
 
 def config_home(env: Mapping[str, str] = os.environ) -> Path:
@@ -373,15 +270,17 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         settings["store_url"] = store
         daemon.pop("store", None)
         flags.pop("store", None)
-    elif "s3" in daemon and "store" not in flags:  # --store DIR: the file's S3 settings do not apply
+    elif "s3" in daemon and "store" not in flags and not _project_s3(data.get("projects")):
+        # --store DIR: the file's S3 settings do not apply (unless a project's store is a bucket)
         raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
     for key in ("socket", "store", "state_dir", "token_file"):
         if key in flags:
             settings[key] = _path(flags[key], "--" + key.replace("_", "-"), Path.cwd())
         elif key in daemon:
             settings[key] = _path(daemon[key], f"daemon.{key}", base_dir)
-    if "store_url" in settings:
+    if "store_url" in settings or _project_s3(data.get("projects")):
         settings["s3"] = _s3(daemon.get("s3", {}))
+    if "store_url" in settings:
         settings["store"] = staging_dir(settings["state_dir"], settings["store_url"])
     if "tcp" in flags or "tcp" in daemon:
         settings["tcp"] = _tcp(flags["tcp"], "--tcp") if "tcp" in flags else _tcp(daemon["tcp"], "daemon.tcp")
@@ -408,7 +307,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         "interval": _duration(daemon["interval"], "daemon.interval") if "interval" in daemon else None,
         "watch": _bool(daemon.get("watch", True), "daemon.watch"),
     }
-    projects = _projects(data.get("projects", []), base_dir, timing)
+    projects = _projects(data.get("projects", []), base_dir, timing, settings["state_dir"])
+    _check_staging(projects, settings.get("store_url"))
     paths: dict[Path, str] = {}  # in the order given; ids given in the order of the sorted paths
     for folder in folders or []:
         path = Path(folder).expanduser()
@@ -466,7 +366,7 @@ def _tcp(value: object, key: str) -> str | None:
     return value
 
 
-def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[ProjectConfig]:
+def _projects(raw: object, base_dir: Path, timing: dict[str, Any], state_dir: Path) -> list[ProjectConfig]:
     if not isinstance(raw, list):
         raise ConfigError("projects: expected an array of tables ([[projects]])")
     out: list[ProjectConfig] = []
@@ -508,9 +408,40 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any]) -> list[Proje
         if own["max_delay"] < own["settle"]:
             raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
         keep = _keep(item["keep"], f"{where}.keep") if "keep" in item else None
+        store = _project_store(item["store"], f"{where}.store", base_dir, state_dir) if "store" in item else {}
         out.append(ProjectConfig(id=pid, path=path, ignore=tuple(ignore), syncthing=syncthing,
-                                 keep=keep, **own))
+                                 keep=keep, **own, **store))
     return out
+
+
+def _project_store(value: object, key: str, base_dir: Path, state_dir: Path) -> dict[str, Any]:
+    """A project's ``store``: a directory (as ``daemon.store``) or an S3 URL, whose local directory is
+    under the state directory as the daemon's is (``[daemon.s3]`` says how to reach the service)."""
+    if isinstance(value, str) and value.startswith("s3://"):
+        try:
+            parse_s3_url(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        return {"store": staging_dir(state_dir, value), "store_url": value}
+    return {"store": _path(value, key, base_dir).resolve()}  # one store however it is spelled
+
+
+def _project_s3(raw: object) -> bool:
+    """True when some project's ``store`` is a bucket (then ``[daemon.s3]`` applies to it)."""
+    return isinstance(raw, list) and any(isinstance(p, dict) and isinstance(p.get("store"), str)
+                                         and p["store"].startswith("s3://") for p in raw)
+
+
+def _check_staging(projects: list[ProjectConfig], daemon_url: str | None) -> None:
+    # staging_dir joins the bucket and the prefix's parts with "-": s3://a-b and s3://a/b would share a
+    # local directory, and two stores must never share staging.
+    seen = {} if daemon_url is None else {staging_dir(Path("/"), daemon_url): (daemon_url, "daemon.store")}
+    for i, p in enumerate(projects):
+        if p.store_url is not None:
+            url, key = seen.setdefault(staging_dir(Path("/"), p.store_url), (p.store_url, f"projects[{i}].store"))
+            if url != p.store_url:
+                raise ConfigError(f"projects[{i}].store: {p.store_url!r} and {url!r} ({key}) would share one "
+                                  "local directory under the state directory; use another bucket or prefix")
 
 
 def _keep(raw: object, key: str) -> KeepPolicy:

@@ -17,6 +17,8 @@ from ._scheduler import ProjectPaused as ProjectPaused
 from ._scheduler import RetryPolicy as RetryPolicy
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import UnknownProject as UnknownProject
+from ._stores import Stores as Stores
+from ._stores import location_of as location_of
 from ._tracker import Event as Event
 from ._tracker import Subscription as Subscription
 from ._tracker import SubscriptionClosed as SubscriptionClosed

@@ -3,7 +3,8 @@
 A run of an operation is published through the tracker like a snapshot run, with its own steps
 (``kind`` ``restore``, ``check`` or ``prune``) and a ``result`` in its terminal event. Restores belong
 to a project (their events go out on its stream); check and prune are store-wide (project ``""``, shown
-as null). Several restores may run at once, beside snapshots of any project; one check or prune at a
+as null) and cover every store of the daemon (``_stores.py``), one after the other within each step,
+with a ``stores`` list in their result. Several restores may run at once, beside snapshots of any project; one check or prune at a
 time. Disk and CPU work runs in worker threads under a limiter of its own, so the snapshot runs' threads
 are never taken. Every run can be cancelled and ends in exactly one terminal event (the lifecycle shared
 with snapshot runs: ``_executor.py``, which records each run in the history before its body; the API
@@ -14,6 +15,7 @@ here: the API maps codes to statuses (``syncsnapd.api``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -27,9 +29,19 @@ import trio
 
 from ..core import Plan, Progress, RunProgress, Step, SyncsnapdError, count_of, human_bytes
 from ..engine import DiffError, Restore, RestoreError, check_target, diff_entries, normalize_path, scan_live
-from ..store import GarbageCollector, StoreCheck, StoreError, UnknownSnapshotError, plan_forget
+from ..store import (
+    CheckReport,
+    GarbageCollector,
+    PruneStats,
+    Store,
+    StoreCheck,
+    StoreError,
+    UnknownSnapshotError,
+    plan_forget,
+)
 from ._executor import Body, Outcome, Recorder, Run, RunExecutor, RunFailed
 from ._scheduler import Scheduler, UnknownProject, new_run_id
+from ._stores import location_of
 from ._tracker import Tracker
 
 log = logging.getLogger("syncsnapd.operations")
@@ -98,6 +110,7 @@ class Operations:
                  limiter: trio.CapacityLimiter | None = None, tz: tzinfo | None = None,
                  record: Recorder | None = None, record_end: Recorder | None = None) -> None:
         self.store = scheduler.store
+        self.stores = scheduler.stores
         self.scheduler = scheduler
         self.tracker = tracker
         self._exclude = exclude
@@ -204,20 +217,21 @@ class Operations:
         except UnknownProject:
             raise OperationError("not_found", f"No project named {project!r}.") from None
 
-    async def _resolve(self, project: str, snapshot: str) -> str:
-        """A snapshot id of ``project`` (``latest`` is its newest snapshot)."""
-        snaps = await self._thread(lambda: self.store.list_snapshots(project))
+    async def _resolve(self, project: str, snapshot: str) -> tuple[str, Store]:
+        """A snapshot id of ``project`` (``latest`` is its newest snapshot) and the store holding it."""
+        snaps = await self._thread(lambda: self.stores.list_snapshots(project))
         if snapshot == "latest":
             if not snaps:
                 raise OperationError("snapshot_unknown", f"Project {project!r} has no snapshot yet.")
-            return str(snaps[-1].id)
-        if not any(s.id == snapshot for s in snaps):
+            snapshot = str(snaps[-1].id)
+        store = await self._thread(lambda: self.stores.find(snapshot, project))
+        if store is None:
             raise OperationError("snapshot_unknown", f"Project {project!r} has no snapshot {snapshot!r}.")
-        return snapshot
+        return snapshot, store
 
     def _forbidden_target(self, target: Path) -> bool:
         real = Path(os.path.realpath(target))
-        for own in (self.store.root, *self._exclude):
+        for own in (*(s.root for s in self.stores.all()), *self._exclude):
             mine = Path(os.path.realpath(own))
             if real == mine or real.is_relative_to(mine):
                 return True
@@ -232,12 +246,12 @@ class Operations:
             OperationError: unknown project or snapshot (404), folder missing (409), damaged store (500).
         """
         self._known(project)
-        before = await self._resolve(project, before)
+        before, store = await self._resolve(project, before)
+        later = store
         if after != "live":
-            after = await self._resolve(project, after)
+            after, later = await self._resolve(project, after)
         config = self.scheduler.project(project)
-        store = self.store
-        with store.pinned([before] if after == "live" else [before, after]):
+        with store.pinned([before]), later.pinned([] if after == "live" else [after]):
 
             def work() -> dict[str, Any]:
                 check = trio.from_thread.check_cancelled
@@ -246,7 +260,7 @@ class Operations:
                     live = scan_live(str(config.path), {e.path: e for e in old}, chunker=store.chunker,
                                      ignore=config.ignore_fn(self._exclude), check=check)
                     return diff_entries(old, live, from_=before, to="live").to_json(limit)
-                return diff_entries(old, store.load_entries(after), from_=before, to=after).to_json(limit)
+                return diff_entries(old, later.load_entries(after), from_=before, to=after).to_json(limit)
 
             try:
                 result: dict[str, Any] = await self._thread(work)
@@ -279,10 +293,10 @@ class Operations:
                                  f"{target_path} is inside the daemon's store or state directory.")
         cleanup = contextlib.ExitStack()
         with cleanup:
-            sid = await self._resolve(project, snapshot)
+            sid, store = await self._resolve(project, snapshot)
             # Pinned from now on: a prune cannot forget it before or while it is restored.
-            cleanup.enter_context(self.store.pinned([sid]))
-            if not any(s.id == sid for s in await self._thread(lambda: self.store.list_snapshots(project))):
+            cleanup.enter_context(store.pinned([sid]))
+            if not any(s.id == sid for s in await self._thread(lambda: store.list_snapshots(project))):
                 raise OperationError("snapshot_unknown", f"Snapshot {sid} was just forgotten by a prune.")
             try:
                 await self._thread(lambda: check_target(target_path, overwrite=overwrite))
@@ -290,14 +304,14 @@ class Operations:
                 raise OperationError(exc.code, exc.message) from None
 
             async def body(progress: RunProgress) -> Outcome:
-                return await self._restore(progress, sid, target_path, wanted, overwrite)
+                return await self._restore(progress, store, sid, target_path, wanted, overwrite)
 
             return self._start("restore", project, RESTORE_PLAN, body, cleanup)
         raise AssertionError("unreachable")
 
-    async def _restore(self, progress: RunProgress, sid: str, target: Path, paths: list[str], overwrite: bool
-                       ) -> Outcome:
-        restore = Restore(self.store, sid, target, paths=paths, overwrite=overwrite, check=_check_fn(progress),
+    async def _restore(self, progress: RunProgress, store: Store, sid: str, target: Path, paths: list[str],
+                       overwrite: bool) -> Outcome:
+        restore = Restore(store, sid, target, paths=paths, overwrite=overwrite, check=_check_fn(progress),
                           progress=lambda files, nbytes: progress.add_done(files=files, nbytes=nbytes))
         try:
             try:
@@ -341,15 +355,18 @@ class Operations:
 
     async def _check(self, progress: RunProgress, read_data: bool) -> Outcome:
         check = _check_fn(progress)
-        checker = StoreCheck(self.store, read_data=read_data)
-        snapshots, packs, nbytes = await self._thread(checker.scan)
-        progress.set_step(2, files_total=packs, bytes_total=nbytes)
-        await self._thread(lambda: checker.verify_packs(
-            lambda p, b: progress.add_done(files=p, nbytes=b), check))
-        progress.set_step(3, files_total=snapshots)
-        report = await self._thread(lambda: checker.verify_snapshots(
-            lambda p, b: progress.add_done(files=p, nbytes=b), check))
-        result = report.to_json()
+        checkers = [(location_of(store), StoreCheck(store, read_data=read_data)) for store in self.stores.all()]
+        scans = [await self._thread(checker.scan) for _, checker in checkers]
+        progress.set_step(2, files_total=sum(s[1] for s in scans), bytes_total=sum(s[2] for s in scans))
+        def done(p: int, b: int) -> None:
+            progress.add_done(files=p, nbytes=b)
+
+        for _, checker in checkers:
+            await self._thread(functools.partial(checker.verify_packs, done, check))
+        progress.set_step(3, files_total=sum(s[0] for s in scans))
+        reports = [(where, await self._thread(functools.partial(checker.verify_snapshots, done, check)))
+                   for where, checker in checkers]
+        result, report = _merged_checks(reports)
         level = "data re-hashed" if read_data else "structure and references"
         summary = (f"{count_of(report.snapshots, 'snapshot')}, {count_of(report.packs, 'pack')}, "
                    f"{count_of(report.chunks, 'chunk')} ({level})")
@@ -372,35 +389,42 @@ class Operations:
         return first
 
     async def _prune(self, progress: RunProgress, dry_run: bool) -> Outcome:
-        store = self.store
+        # Every store in turn within each step: each its own retention decisions and garbage collection.
         check = _check_fn(progress)
         policies = {pid: self.scheduler.project(pid).keep for pid in self.scheduler.project_ids()}
-        snapshots = await self._thread(store.list_snapshots)
-        decisions = plan_forget(snapshots, policies, tz=self._tz)
-        forget = [sid for d in decisions.values() for sid in d.forget]
-        progress.set_step(1, files_total=len(forget))
-        if not dry_run and forget:
-            forget = await self._thread(lambda: store.forget(forget))
-        progress.add_done(files=len(forget))
-        gc = GarbageCollector(store, dry_run=dry_run, exclude=forget if dry_run else (), check=check)
+        stores = self.stores.all()
+        listed = [await self._thread(store.list_snapshots) for store in stores]
+        plans = [plan_forget(snapshots, policies, tz=self._tz) for snapshots in listed]
+        forgets = [[sid for d in decisions.values() for sid in d.forget] for decisions in plans]
+        progress.set_step(1, files_total=sum(map(len, forgets)))
+        for i, store in enumerate(stores):
+            if not dry_run and forgets[i]:
+                forgets[i] = await self._thread(functools.partial(store.forget, forgets[i]))
+            progress.add_done(files=len(forgets[i]))
+        forget = [sid for f in forgets for sid in f]
+        gcs = [GarbageCollector(store, dry_run=dry_run, exclude=f if dry_run else (), check=check)
+               for store, f in zip(stores, forgets, strict=True)]
+        def done(p: int, b: int = 0) -> None:
+            progress.add_done(files=p, nbytes=b)
+
         try:
-            progress.set_step(2, files_total=len(snapshots) - len(forget))
-            await self._thread(lambda: gc.mark(lambda n: progress.add_done(files=n)))
-            stats = await self._thread(gc.plan)
-            progress.set_step(3, files_total=stats.packs_repacked, bytes_total=stats.bytes_repacked)
-            await self._thread(lambda: gc.repack(lambda p, b: progress.add_done(files=p, nbytes=b)))
-            progress.set_step(4, files_total=stats.packs_deleted + stats.packs_repacked)
+            progress.set_step(2, files_total=sum(map(len, listed)) - len(forget))
+            for gc in gcs:
+                await self._thread(functools.partial(gc.mark, done))
+            planned: list[PruneStats] = [await self._thread(gc.plan) for gc in gcs]
+            progress.set_step(3, files_total=sum(s.packs_repacked for s in planned),
+                              bytes_total=sum(s.bytes_repacked for s in planned))
+            for gc in gcs:
+                await self._thread(functools.partial(gc.repack, done))
+            progress.set_step(4, files_total=sum(s.packs_deleted + s.packs_repacked for s in planned))
             with trio.CancelScope(shield=True):  # a few unlinks; stopping halfway would only leave work
-                await self._thread(lambda: gc.delete(lambda n: progress.add_done(files=n)))
+                for gc in gcs:
+                    await self._thread(functools.partial(gc.delete, done))
         finally:
             with trio.CancelScope(shield=True):
-                await self._thread(gc.close)
-        result: dict[str, Any] = {
-            "dry_run": dry_run,
-            "snapshots_removed": forget,
-            "projects": {p: {"kept": len(d.keep), "removed": len(d.forget)} for p, d in decisions.items()},
-            **stats.to_json(),
-        }
+                for gc in gcs:
+                    await self._thread(gc.close)
+        result, stats = _merged_prunes(dry_run, stores, forgets, plans, planned)
         if dry_run:
             return Outcome(f"Prune (dry run) would remove {len(forget)} snapshot(s) and "
                            f"{stats.packs_deleted} unused pack(s), repack {stats.packs_repacked}, and free "
@@ -408,3 +432,43 @@ class Operations:
         return Outcome(f"Prune removed {len(forget)} snapshot(s), {stats.packs_deleted} unused pack(s) and "
                        f"repacked {stats.packs_repacked}; freed {human_bytes(max(0, stats.bytes_freed))}",
                        result=result)
+
+
+def _merged_checks(reports: list[tuple[str, CheckReport]]) -> tuple[dict[str, Any], CheckReport]:
+    """One check result for several stores: the counts summed, each problem and damaged snapshot with
+    the ``store`` it is in, and ``stores``: each store's own counts."""
+    total = CheckReport(read_data=reports[0][1].read_data)
+    problems: list[dict[str, Any]] = []
+    damaged: list[dict[str, Any]] = []
+    stores: list[dict[str, Any]] = []
+    for where, r in reports:
+        for name in ("snapshots", "packs", "chunks", "bytes_read", "unindexed_packs", "tree_groups"):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+        total.problems += r.problems
+        total.damaged += r.damaged
+        problems += [{**p.to_json(), "store": where} for p in r.problems]
+        damaged += [{**d.to_json(), "store": where} for d in r.damaged]
+        own = r.to_json()
+        stores.append({"store": where, **{k: own[k] for k in ("ok", "snapshots", "packs", "chunks")},
+                       "problems": len(r.problems), "damaged": len(r.damaged)})
+    return {**total.to_json(), "problems": problems, "damaged": damaged, "stores": stores}, total
+
+
+def _merged_prunes(dry_run: bool, stores: list[Store], forgets: list[list[str]], plans: list[dict[str, Any]],
+                   planned: list[PruneStats]) -> tuple[dict[str, Any], PruneStats]:
+    """One prune result for several stores: the counts summed, and ``stores``: each store's own."""
+    total = PruneStats()
+    projects: dict[str, dict[str, int]] = {}
+    per_store: list[dict[str, Any]] = []
+    for store, forget, decisions, stats in zip(stores, forgets, plans, planned, strict=True):
+        for name, value in vars(stats).items():
+            setattr(total, name, getattr(total, name) + value)
+        for p, d in decisions.items():
+            counts = projects.setdefault(p, {"kept": 0, "removed": 0})
+            counts["kept"] += len(d.keep)
+            counts["removed"] += len(d.forget)
+        per_store.append({"store": location_of(store), "snapshots_removed": len(forget), **stats.to_json()})
+    result = {"dry_run": dry_run, "snapshots_removed": [sid for f in forgets for sid in f], "projects": projects,
+              **total.to_json(), "stores": per_store}
+    return result, total
+

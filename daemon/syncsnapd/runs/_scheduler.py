@@ -49,6 +49,7 @@ from ..engine import take_snapshot
 from ..store import Store
 from ._executor import SHUTDOWN, Body, Outcome, Recorder, Run, RunExecutor
 from ._paused import load_paused, save_paused
+from ._stores import Stores
 from ._tracker import Tracker
 
 log = logging.getLogger("syncsnapd.scheduler")
@@ -147,13 +148,15 @@ class ProjectPaused(SyncsnapdError):
 class Scheduler:
     """Owns the per-project run loops. Start with ``await nursery.start(scheduler.serve)``."""
 
-    def __init__(self, store: Store, tracker: Tracker, projects: list[ProjectConfig], *,
+    def __init__(self, store: Store | Stores, tracker: Tracker, projects: list[ProjectConfig], *,
                  waiter: Waiter = no_wait, limiter: trio.CapacityLimiter | None = None,
                  exclude: tuple[Path, ...] = (), max_concurrent: int = 2, retry: RetryPolicy = RetryPolicy(),
                  expected: Callable[[str], float | None] = lambda project: None,
                  record: Recorder | None = None, record_end: Recorder | None = None,
                  paused_file: Path | None = None) -> None:
-        self.store = store
+        # Each project's runs write to its own store (``stores.of``); ``store`` is the daemon's.
+        self.stores = store if isinstance(store, Stores) else Stores(store)
+        self.store = self.stores.default
         self.tracker = tracker
         self._waiter = waiter
         # Worker threads for walking, hashing and compressing, shared by all runs.
@@ -436,7 +439,7 @@ class Scheduler:
                 token.settle()  # paused while it waited for the token
                 try:
                     summary = await take_snapshot(
-                        self.store, project.id, project.path, progress,
+                        self.stores.of(project.id), project.id, project.path, progress,
                         ignore=project.ignore_fn(self._exclude), limiter=self._limiter,
                     )
                 finally:

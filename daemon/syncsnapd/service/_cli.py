@@ -4,8 +4,12 @@
     syncsnapd snapshots [--project P]                 list snapshots
     syncsnapd diff SNAPSHOT_ID [SNAPSHOT_ID] [--json] [--project P]  what changed (second id omitted: the live folder)
     syncsnapd restore SNAPSHOT_ID TARGET_DIR [--path P ...] [--overwrite] [--project P]
-    syncsnapd check [--read-data]                     verify the store (exit 1 on problems)
-    syncsnapd prune [--dry-run]                       apply the projects' keep policies, delete unused data
+    syncsnapd check [--read-data] [--project P]       verify the store (exit 1 on problems)
+    syncsnapd prune [--dry-run] [--project P]         apply the projects' keep policies, delete unused data
+
+With projects that have a store of their own (``store = ...`` in ``[[projects]]``), ``--project P`` works
+on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn, and
+``restore`` and ``diff`` use the store that holds the snapshot.
 
 GLOBAL OPTIONS go before or after the command: ``--config FILE``, ``--folder PATH`` (repeatable), and
 ``--tcp``, ``--socket``, ``--store``, ``--state-dir``, which override those ``[daemon]`` keys. An unknown
@@ -25,6 +29,7 @@ import resource
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -114,9 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     c = command("check", "verify the store; exit 1 if anything is missing or corrupt")
     c.add_argument("--read-data", action="store_true",
                    help="also re-read and re-hash every stored chunk (default: structure and references only)")
+    own = "only the store of this project (default: every store: the daemon's, then the projects' own)"
+    c.add_argument("--project", help=own)
     pr = command("prune", "forget snapshots as the projects' keep policies say, then delete unused data "
                           "(not while the daemon runs; --dry-run only reads and works then too)")
     pr.add_argument("--dry-run", action="store_true", help="only say what would be forgotten and deleted")
+    pr.add_argument("--project", help=own)
     return p
 
 
@@ -207,14 +215,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
-    from ..store import prepare_store
+    from . import _stores
+
+    # Every store the command covers (--project P: P's own); an S3 one's local directory knows the bucket.
+    stores = [(root, url) for root, url in _stores.offline_stores(config, getattr(args, "project", None))
+              if url is not None or (root / "config.json").exists()]
+    if not stores:
+        print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)", file=sys.stderr)
+        return 2
+    if args.command in ("restore", "diff"):
+        stores = [_stores.holding(stores, args.snapshot_id)]
+    exclude = (*_stores.store_dirs(config), config.state_dir)
+    if len(stores) == 1:
+        return _offline_one(args, replace(config, store=stores[0][0], store_url=stores[0][1]), exclude)
+    code = 0
+    for root, url in stores:  # snapshots, check, prune: each store in turn
+        print(f"Store {url or root}:", flush=True)
+        code = max(code, _offline_one(args, replace(config, store=root, store_url=url), exclude))
+    return code
+
+
+def _offline_one(args: argparse.Namespace, config: DaemonConfig, exclude: tuple[Path, ...]) -> int:
     from . import _offline
 
-    prepare_store(config)  # an S3 store: its local cache directory knows the bucket
-    if config.store_url is None and not (config.store / "config.json").exists():
-        print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)",
-              file=sys.stderr)
-        return 2
     if args.command == "snapshots":
         return _offline.run_snapshots(config.store, sys.stdout, project=args.project)
     if args.command == "restore":
@@ -223,7 +246,7 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
                                     configured=[p.id for p in config.projects])
     if args.command == "diff":
         return _offline.run_diff(config.store, args.snapshot_id, args.other, sys.stdout, as_json=args.json,
-                                 projects=config.projects, exclude=(config.store, config.state_dir),
+                                 projects=config.projects, exclude=exclude,
                                  latest_of=args.project)
     if args.command == "prune":
         return _offline.run_prune(config.store, sys.stdout, policies={p.id: p.keep for p in config.projects},

@@ -1,10 +1,10 @@
 """``serve_daemon``: the whole daemon as one Trio service.
 
-Start order: store (writable, locked), tracker and scheduler, listeners (passed by systemd socket
-activation, or bound here), HTTP, sources of change, discovery file, then ``READY=1`` and
-``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation): ``STOPPING=1``; runs are cancelled
-first so their ``cancelled`` events reach open streams, then the HTTP server ends streams and closes, then
-the discovery file and our socket file are removed. The whole stop is bounded by
+Start order: store (writable, locked), the projects' own stores (``_stores.py``), tracker and scheduler,
+listeners (passed by systemd socket activation, or bound here), HTTP, sources of change, discovery file,
+then ``READY=1`` and ``task_status.started``. Stop order (SIGTERM/SIGINT or cancellation):
+``STOPPING=1``; runs are cancelled first so their ``cancelled`` events reach open streams, then the HTTP
+server ends streams and closes, then the discovery file and our socket file are removed. The whole stop is bounded by
 :data:`STOP_GRACE_SECONDS`. SIGHUP reloads the configuration (see :meth:`Daemon.reload`).
 
 Supervision: every long-running service (each project's change source ``project:<id>/watch`` or
@@ -66,7 +66,7 @@ from ..http import (
     HttpServer,
     serve_http,
 )
-from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Tracker
+from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Stores, Tracker, location_of
 from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
 from ..store import Store, iter_entries, prepare_store
 from ._listening import (
@@ -80,6 +80,7 @@ from ._listening import (
     unix_socket_path,
     write_discovery_file,
 )
+from ._stores import open_stores, reload_stores, store_dirs
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
 
 log = logging.getLogger("syncsnapd")
@@ -103,12 +104,14 @@ ServiceWrapper = Callable[[str, ServiceFn], ServiceFn]
 # --- the daemon --------------------------------------------------------------------------------------
 
 class Daemon:
-    """The running daemon: configuration, store, tracker, scheduler and the per-project sources."""
+    """The running daemon: configuration, stores, tracker, scheduler and the per-project sources."""
 
-    def __init__(self, config: DaemonConfig, store: Store, notifier: Notifier, history: History, *,
+    def __init__(self, config: DaemonConfig, store: Store | Stores, notifier: Notifier, history: History, *,
                  wrap_service: ServiceWrapper | None = None) -> None:
         self.config = config
-        self.store = store
+        # The daemon's store and the projects' own (``store = ...`` in [[projects]]).
+        self.stores = store if isinstance(store, Stores) else Stores(store)
+        self.store = self.stores.default
         self.notifier = notifier
         self.history = history
         # Event ids continue the persisted sequence; the replay buffer and each project's last state
@@ -118,13 +121,13 @@ class Daemon:
             self.tracker.add_project(p.id)
         self.tracker.preload(history.recent_events(), history.latest_per_project())
         history.load_expected(p.id for p in config.projects)
-        self.exclude = (config.store, config.state_dir)
+        self.exclude = (*store_dirs(config), config.state_dir)
         self.watch_status: dict[str, WatchStatus] = {}
         self.supervisor = Supervisor(on_change=self._service_changed)
         self._wrap_service = wrap_service
         # Syncthing projects configured without a path, as resolved by their source (by project id).
         self._resolved: dict[str, ProjectConfig] = {}
-        self.scheduler = Scheduler(store, self.tracker, list(config.projects), exclude=self.exclude,
+        self.scheduler = Scheduler(self.stores, self.tracker, list(config.projects), exclude=self.exclude,
                                    waiter=self._wait_until_ready, max_concurrent=config.max_concurrent,
                                    retry=RetryPolicy(config.retry_attempts, config.retry_backoff),
                                    expected=lambda project: history.expected.get(project),
@@ -137,10 +140,10 @@ class Daemon:
                               record_end=history.record_end)
         register_operations(self.api.router, self.ops)
         register_browse(self.api.router, self.scheduler)
-        register_store_view(self.api.router, store, history, self.ops)
+        register_store_view(self.api.router, history, self.ops)
         self.server: HttpServer | None = None
-        self.metrics = Metrics(self.tracker, config.store, lambda: self.server.statistics() if self.server else None,
-                               history)
+        self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root) for s in self.stores.all()],
+                               lambda: self.server.statistics() if self.server else None, history)
         self.metrics.register(self.api.router)
         self.api.warnings[:] = config_warnings(config)
         self.dashboard = Dashboard(self.api.router, config.runtime_dir / "sessions.json")  # reloads sessions
@@ -187,7 +190,7 @@ class Daemon:
 
         source = functools.partial(serve_project_source, status=status, exclude=self.exclude, on_path=resolved)
         await self._start_service(name, source, project, functools.partial(self.scheduler.request_snapshot, project.id),
-                                  functools.partial(_last_summary, self.store, project.id), on_change=changed)
+                                  functools.partial(_last_summary, self.stores, project.id), on_change=changed)
 
     def _stop_sources(self, project_id: str) -> None:
         name = self._sources.pop(project_id, None)
@@ -217,9 +220,10 @@ class Daemon:
         Projects are added, removed (a running snapshot of a removed project ends ``cancelled``) or
         updated; runs and streams of unchanged projects are undisturbed. An invalid configuration is
         refused with a logged reason and the current one stays in force. Settings that need new
-        listeners or another store (socket, tcp, store, state_dir, token_file) or the HTTP server's limits
-        (max_connections, request_rate, request_burst) are logged as needing a restart. Returns True
-        when the new configuration was applied.
+        listeners or another store (socket, tcp, store, state_dir, token_file, a project's ``store``) or
+        the HTTP server's limits (max_connections, request_rate, request_burst) are logged as needing a
+        restart (a new project whose store is not open waits for it too: see ``_stores.reload_stores``).
+        Returns True when the new configuration was applied.
         """
         self.notifier.reloading()
         try:
@@ -232,6 +236,7 @@ class Daemon:
                         "request_burst"):
                 if getattr(new, key) != getattr(self.config, key):
                     log.warning("reload: daemon.%s changed; restart syncsnapd to apply it", key)
+            new = replace(new, projects=tuple(reload_stores(self.stores, self.config, new)))
             self.api.heartbeat = new.heartbeat
             self.api.max_streams = new.max_streams
             old = {p.id: p for p in self.config.projects}
@@ -421,11 +426,11 @@ def check_state_dir(path: Path) -> None:
                           "give it back write permission or choose another daemon.state_dir")
 
 
-async def _last_summary(store: Store, project: str) -> FolderSummary | None:
+async def _last_summary(stores: Stores, project: str) -> FolderSummary | None:
     def summarize() -> FolderSummary | None:
-        info = store.latest(project)
+        latest = stores.latest(project)
         # Streamed (one tree group at a time): a daemon starting up never holds a whole tree.
-        return None if info is None else summary_of_entries(iter_entries(store, info.id))
+        return None if latest is None else summary_of_entries(iter_entries(latest[0], latest[1].id))
 
     return await trio.to_thread.run_sync(summarize)
 
@@ -464,14 +469,16 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
         store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
+    # The projects' own stores (StartupError naming the project; then `store` is closed too).
+    stores = await trio.to_thread.run_sync(open_stores, config, store)
     try:
         # Never fails for what is in the database (see History.open): only for the folder itself.
         history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")
     except OSError as exc:
-        store.close()
+        stores.close()
         raise ConfigError(f"daemon.state_dir: cannot use {config.state_dir}: {exc.strerror}") from exc
     try:
-        daemon = await trio.to_thread.run_sync(functools.partial(Daemon, config, store, notifier, history,
+        daemon = await trio.to_thread.run_sync(functools.partial(Daemon, config, stores, notifier, history,
                                                                  wrap_service=wrap_service))
         listeners = await open_listeners(config, passed)
         socket_path = unix_socket_path(listeners, config)
@@ -484,7 +491,7 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
             remove_own_socket(socket_path, listeners.bound_socket_inode)
     finally:
         history.close()
-        store.close()  # quick (releases the lock); must run even though we are being cancelled
+        stores.close()  # quick (releases the locks); must run even though we are being cancelled
         notifier.close()
         log.info("stopped")
 
