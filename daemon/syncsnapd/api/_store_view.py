@@ -1,25 +1,127 @@
-"""``GET /api/v1/store`` (docs/api.md, "Store"): what the store holds and how its last check went, for the
-dashboard's store health view. Read-only: counts from the store's snapshot list and pack files (an S3
-store's from its cached indexes, no request to the bucket), the last check from the run history."""
+"""The store as the API shows it.
+
+* ``GET /api/v1/store`` (docs/api.md, "Store"): what the store holds and how its last check went, for the
+  dashboard's store health view. Read-only: counts from the store's snapshot list and pack files (an S3
+  store's from its cached indexes, no request to the bucket), the last check from the run history.
+* :class:`SnapshotLists`: the snapshot listings (``GET /api/v1/snapshots``, a project's snapshots, the
+  projects' last snapshots, ``latest`` in browsing) of an S3 store that other machines write to as well:
+  refreshed from the bucket when the last refresh is older than ``refresh_age``, and saying so when the
+  bucket could not be asked.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
+import threading
+import time
 from typing import Any
 
 import trio
 
 from ..http import Request, Response, Router, json_response
 from ..runs import History, Operations
-from ..store import Store
+from ..store import SnapshotInfo, Store, StoreError
+from ._errors import api_error
 from ._metrics import store_footprint
 
-__all__ = ["register_store_view"]
+__all__ = ["SnapshotLists", "register_snapshot_list", "register_store_view"]
 
 log = logging.getLogger("syncsnapd.api")
 
 API = "/api/v1"
+# How long a listing waits (seconds) for a refresh of an S3 store's lists. A bucket that is slower (or
+# down: the backend's retries take up to a minute to give up) does not hold the request: it is answered
+# from the cached lists and says so; the refresh finishes in its worker thread and serves later requests.
+REFRESH_WAIT_SECONDS = 5.0
+# Longest ``?host=`` value: a host name as snapshot files record it.
+MAX_HOST = 255
+
+
+class SnapshotLists:
+    """Snapshot listings of one store for the API, its S3 lists refreshed when older than ``refresh_age``
+    seconds (at most one refresh at a time; after a failed one, the next is tried ``refresh_age`` later).
+    """
+
+    def __init__(self, store: Store, refresh_age: float, *, wait: float = REFRESH_WAIT_SECONDS) -> None:
+        self.store = store
+        self.refresh_age = refresh_age
+        self.wait = wait
+        # Under _lock: a refresh is running (its thread may outlive the request that started it), and
+        # when the last one failed (time.monotonic()) with what.
+        self._lock = threading.Lock()
+        self._running = False
+        self._failed_at = -math.inf
+        self._problem = ""
+
+    def _refresh(self) -> None:  # a worker thread
+        try:
+            self.store.refresh(self.refresh_age)
+        except StoreError as exc:
+            log.warning("could not refresh the snapshot lists from the bucket: %s", exc)
+            with self._lock:
+                self._failed_at, self._problem = time.monotonic(), str(exc)
+        finally:
+            with self._lock:
+                self._running = False
+
+    async def refresh(self) -> str | None:
+        """Refresh the store's lists from the bucket if they are older than ``refresh_age`` (an S3 store).
+
+        Returns:
+            None when the lists are as fresh as configured; else a sentence saying they are the cached
+            ones and why (the bucket could not be reached, or is slow to answer).
+        """
+        remote = self.store.remote
+        if remote is None:
+            return None
+        with self._lock:
+            last = max(remote.refreshed_at or -math.inf, self._failed_at)
+            due = not self._running and time.monotonic() - last >= self.refresh_age
+            self._running = self._running or due
+        if due:
+            with trio.move_on_after(self.wait):
+                await trio.to_thread.run_sync(self._refresh, abandon_on_cancel=True)
+        with self._lock:
+            if self._running:
+                return (f"The bucket did not answer within {self.wait:g} s: these are the snapshots cached "
+                        "here; the refresh goes on.")
+            if self._failed_at > (remote.refreshed_at or -math.inf):
+                return f"Could not refresh from the bucket ({self._problem}): these are the snapshots cached here."
+            return None
+
+    async def snapshots(self, project: str | None = None, host: str | None = None
+                        ) -> tuple[list[SnapshotInfo], str | None]:
+        """The snapshots (of ``project``, taken on ``host``; all if None), oldest first, after
+        :meth:`refresh`; with its sentence when they may be stale."""
+        stale = await self.refresh()
+        infos = await trio.to_thread.run_sync(self.store.list_snapshots, project)
+        if host is not None:
+            infos = [i for i in infos if i.host == host]
+        return infos, stale
+
+
+def host_param(request: Request) -> str | None:
+    """The ``?host=`` filter of a snapshot listing (None: all hosts).
+
+    Raises:
+        HTTPError: 400 bad_request naming the parameter when it cannot be a host name.
+    """
+    host = request.query.get("host")
+    if host is not None and not (0 < len(host) <= MAX_HOST and host.isprintable()):
+        raise api_error("bad_request", f"host must be a machine name of 1 to {MAX_HOST} printable characters.")
+    return host
+
+
+def register_snapshot_list(router: Router, lists: SnapshotLists) -> None:
+    """Add ``GET /api/v1/snapshots[?host=H&project=P]`` to ``router``."""
+
+    async def snapshots(request: Request, params: dict[str, str]) -> Response:
+        infos, stale = await lists.snapshots(request.query.get("project") or None, host_param(request))
+        return json_response(200, {"snapshots": [i.to_json() for i in infos], "stale": stale})
+
+    router.add("GET", f"{API}/snapshots", snapshots)
 
 
 def register_store_view(router: Router, store: Store, history: History, ops: Operations) -> None:
