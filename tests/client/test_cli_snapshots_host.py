@@ -52,6 +52,8 @@ def test_snapshots_shows_hosts_and_filters_by_host(daemon_factory: Any, short_tm
     r = cli(beta, "snapshots", "--json", "--host", "alpha")
     assert [(s["id"], s["host"]) for s in json.loads(r.stdout)["snapshots"]] == [(first, "alpha")]
 
+    r = cli(beta, "snapshots", "--host", "gamma")
+    assert r.returncode == 0 and r.stdout.strip() == "No snapshots taken on gamma yet."
     r = cli(beta, "snapshots", "code", "--host", "alpha")
     assert r.returncode == 0 and r.stdout.strip() == ("code has no snapshots taken on alpha yet; take one with "
                                                       "`syncsnap snapshot code`.")

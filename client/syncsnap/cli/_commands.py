@@ -86,10 +86,11 @@ async def cmd_snapshots(client: AsyncClient, args: argparse.Namespace, as_json: 
         print_json({"snapshots": [asdict(s) for s in snaps]})
         return EXIT_OK
     if not snaps:
-        whose = "No project" if args.project is None else args.project
         on = "" if args.host is None else f" taken on {display_path(args.host)}"
-        hint = "" if args.project is None else f"; take one with `syncsnap snapshot {args.project}`"
-        print(f"{whose} has no snapshots{on} yet{hint}.")
+        if args.project is None:
+            print(f"No snapshots{on} yet.")
+        else:
+            print(f"{args.project} has no snapshots{on} yet; take one with `syncsnap snapshot {args.project}`.")
         return EXIT_OK
     # HOST: the machine that took it ("-": not recorded, by an older version); every project's list
     # names the project too.
