@@ -143,6 +143,9 @@ async def test_the_run_after_another_machines_upload_uploads_only_what_is_new(bu
         assert kinds(new) == {"packs": 1, "index": 1, "snapshots": 1}
         assert sum(new.values()) < 64 << 10
         assert second.bytes_added < 64 << 10
+        # B compared its folder with its own previous snapshot (it has none), not with A's: every file is
+        # new to it, none "changed" (A's files have other inodes and times).
+        assert (second.files_new, second.files_changed) == (4, 0)
         assert [(s.id, s.host) for s in b.list_snapshots()] == [(first.id, "alpha"), (second.id, "beta")]
         # A sees B's snapshot once it refreshes (a listing refreshes when its lists are old; a run always).
         assert [s.id for s in a.list_snapshots()] == [first.id]
