@@ -73,7 +73,7 @@ class Api:
         self.warnings: list[str] = []
         self.started = time.monotonic()
         # The store's snapshot listings; an S3 store's refreshed from the bucket when older than refresh_age.
-        self.lists = SnapshotLists(scheduler.store, refresh_age)
+        self.lists = SnapshotLists.of_store(scheduler.store, refresh_age)
         self.router = Router()
         r = self.router
         r.add("GET", f"{API}/health", self.health)
