@@ -145,8 +145,8 @@ class Client:
     def progress(self, project: str) -> Progress:
         return self._call(self._async.progress, project)
 
-    def snapshots(self, project: str) -> list[SnapshotInfo]:
-        return self._call(self._async.snapshots, project)
+    def snapshots(self, project: str | None = None, *, host: str | None = None) -> list[SnapshotInfo]:
+        return self._call(lambda: self._async.snapshots(project, host=host))
 
     def runs(self, project: str, *, limit: int = 20, before: str | None = None) -> RunList:
         return self._call(lambda: self._async.runs(project, limit=limit, before=before))

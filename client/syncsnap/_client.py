@@ -131,10 +131,14 @@ class AsyncClient:
         """The project's latest progress object (a finished run stays visible)."""
         return Progress.from_json(await self._request("GET", f"{API}/projects/{_q(project)}/progress"))
 
-    async def snapshots(self, project: str) -> list[SnapshotInfo]:
-        """The project's snapshots, oldest first."""
-        return parse_list(await self._request("GET", f"{API}/projects/{_q(project)}/snapshots"), "snapshots",
-                          SnapshotInfo, "a snapshot list")
+    async def snapshots(self, project: str | None = None, *, host: str | None = None) -> list[SnapshotInfo]:
+        """The snapshots of ``project`` (of every project if None), oldest first; with ``host``, only those
+        that machine took (a store shared by several machines). Every project's list needs a daemon of
+        issue 15 or later (``GET /api/v1/snapshots``)."""
+        target = f"{API}/snapshots" if project is None else f"{API}/projects/{_q(project)}/snapshots"
+        if host is not None:
+            target += f"?host={_q(host)}"
+        return parse_list(await self._request("GET", target), "snapshots", SnapshotInfo, "a snapshot list")
 
     # --- history (docs/api.md "Runs") --------------------------------------------------------------
 

@@ -186,7 +186,7 @@ def test_follow_on_a_terminal_marks_the_past_and_rests_while_idle(daemon_factory
         first = ANSI.sub("", t.text)
         # The past run is marked as such, neither as a fresh 0% run nor with a ✔ as if it had just ended.
         assert "✔" not in first and "0.0%" not in first and "step 6/6" not in first, first
-        assert re.search(rf"docs: idle since \d\d:\d\d:\d\d · snapshot {past['snapshot']['id']} completed: ",
+        assert re.search(rf"docs: idle since \d\d:\d\d:\d\d · snapshot {past['snapshot']['id']} complet",
                          first), first
         assert f"{LONG}: idle" in first and "step 0/6" not in first, first
         # Idle: nothing redrawn, and (almost) no CPU. Measured over 3 s of the real process.

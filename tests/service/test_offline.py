@@ -47,9 +47,9 @@ def test_snapshots_prints_a_table_oldest_first(daemon_store: Store) -> None:
     docs, code_ = daemon_store.list_snapshots()
     code, lines = run(run_snapshots, daemon_store.root)
     assert code == 0
-    assert lines[0].split() == ["ID", "PROJECT", "TIME", "FILES", "BYTES"]
-    assert lines[1].split() == [docs.id, "docs", docs.time, "2", "4.9", "KiB"]
-    assert lines[2].split() == [code_.id, "code", code_.time, "1", "12", "B"]
+    assert lines[0].split() == ["ID", "PROJECT", "HOST", "TIME", "FILES", "BYTES"]
+    assert lines[1].split() == [docs.id, "docs", daemon_store.host, docs.time, "2", "4.9", "KiB"]
+    assert lines[2].split() == [code_.id, "code", daemon_store.host, code_.time, "1", "12", "B"]
     assert len(lines) == 3
     code, lines = run(run_snapshots, daemon_store.root, project="code")
     assert code == 0 and len(lines) == 2 and lines[1].startswith(code_.id)

@@ -138,7 +138,7 @@ def test_snapshot_ids_sort_by_time_and_are_safe_names() -> None:
     a = make_snapshot_id(datetime(2026, 11, 28, 17, 1, 2, 123000, tzinfo=UTC))
     b = make_snapshot_id(datetime(2026, 11, 28, 17, 1, 2, 124000, tzinfo=UTC))
     c = make_snapshot_id(datetime(2027, 1, 1, tzinfo=UTC))
-    assert a.startswith("20261128T170102.123Z-") and len(a) == len("20261128T170102.123Z-a1b2c3")
+    assert a.startswith("20261128T170102.123Z-") and len(a) == len("20261128T170102.123Z-a1b2c3d4e5f6")
     assert sorted([c, b, a]) == [a, b, c]
     assert all(ch.isalnum() or ch in ".-" for ch in a)
 
@@ -154,7 +154,7 @@ async def test_list_and_latest_are_per_project_and_oldest_first(store: Store, tm
     assert isinstance(latest, SnapshotInfo) and latest.id == s3.id and latest.project == "one"
     assert latest.files == 1 and latest.files_unchanged == 1
     assert set(latest.to_json()) == {"id", "project", "time", "files", "bytes", "files_new", "files_changed",
-                                     "files_unchanged", "bytes_added", "duration_seconds", "warnings"}
+                                     "files_unchanged", "bytes_added", "duration_seconds", "warnings", "host"}
     assert store.latest("three") is None
     with pytest.raises(UnknownSnapshotError):
         store.load_entries("20200101T000000.000Z-000000")

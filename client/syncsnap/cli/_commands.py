@@ -81,17 +81,26 @@ async def cmd_projects(client: AsyncClient, args: argparse.Namespace, as_json: b
 
 
 async def cmd_snapshots(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
-    snaps: list[SnapshotInfo] = await client.snapshots(args.project)
+    snaps: list[SnapshotInfo] = await client.snapshots(args.project, host=args.host)
     if as_json:
         print_json({"snapshots": [asdict(s) for s in snaps]})
         return EXIT_OK
     if not snaps:
-        print(f"{args.project} has no snapshots yet; take one with `syncsnap snapshot {args.project}`.")
+        on = "" if args.host is None else f" taken on {display_path(args.host)}"
+        if args.project is None:
+            print(f"No snapshots{on} yet.")
+        else:
+            print(f"{args.project} has no snapshots{on} yet; take one with `syncsnap snapshot {args.project}`.")
         return EXIT_OK
-    rows = [("SNAPSHOT", "TIME", "FILES", "SIZE", "ADDED", "DURATION", "WARNINGS")]
+    # HOST: the machine that took it ("-": not recorded, by an older version); every project's list
+    # names the project too.
+    head = ("SNAPSHOT", *(("PROJECT",) if args.project is None else ()), "HOST", "TIME", "FILES", "SIZE", "ADDED",
+            "DURATION", "WARNINGS")
+    rows = [head]
     for s in snaps:
-        rows.append((s.id, s.time, f"{s.files:,}", human_bytes(s.bytes), human_bytes(s.bytes_added),
-                     f"{s.duration_seconds:.1f} s", str(s.warnings)))
+        rows.append((s.id, *((display_path(s.project),) if args.project is None else ()),
+                     display_path(s.host) if s.host is not None else "-", s.time, f"{s.files:,}",
+                     human_bytes(s.bytes), human_bytes(s.bytes_added), f"{s.duration_seconds:.1f} s", str(s.warnings)))
     print_table(rows)
     return EXIT_OK
 

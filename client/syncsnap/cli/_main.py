@@ -4,7 +4,7 @@
     syncsnap projects                    the configured projects
     syncsnap snapshot PROJECT [--follow] start a snapshot (and follow it to its end)
     syncsnap follow [PROJECT] [--run R]  live progress of one project, or of all (or of one run, of any kind)
-    syncsnap snapshots PROJECT           the project's snapshots
+    syncsnap snapshots [PROJECT] [--host H]  the project's snapshots (every project's), or those H took
     syncsnap runs PROJECT [--limit N]    the project's runs, newest first
     syncsnap run RUN                     one run, with the time spent in each step
     syncsnap stats PROJECT               success rate and durations of the project's snapshots
@@ -92,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("project", nargs="?", help="the project to follow (default: every project)")
     f.add_argument("--run", help="follow only this run (any kind; no PROJECT needed), and stop at its end; a "
                                  "finished run's outcome comes from the daemon's history")
-    sub.add_parser("snapshots", parents=[common], help="list a project's snapshots").add_argument("project")
+    sn = sub.add_parser("snapshots", parents=[common], help="list a project's snapshots (or every project's)")
+    sn.add_argument("project", nargs="?", help="the project (default: every project)")
+    sn.add_argument("--host", help="only the snapshots this machine took (a store several machines share)")
     r = sub.add_parser("runs", parents=[common], help="list a project's runs, newest first")
     r.add_argument("project")
     r.add_argument("-n", "--limit", type=_limit, default=20, metavar="N", help="at most N runs (default 20)")

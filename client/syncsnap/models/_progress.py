@@ -207,6 +207,8 @@ class SnapshotInfo:
     bytes_added: int
     duration_seconds: float
     warnings: int
+    # The machine that took it; None when its snapshot file does not say (older daemons and snapshots).
+    host: str | None = None
 
     @classmethod
     def from_json(cls, obj: Any) -> SnapshotInfo:
@@ -218,6 +220,7 @@ class SnapshotInfo:
             files_new=required(d, "files_new", int, w), files_changed=required(d, "files_changed", int, w),
             files_unchanged=required(d, "files_unchanged", int, w), bytes_added=required(d, "bytes_added", int, w),
             duration_seconds=number(d, "duration_seconds", w), warnings=required(d, "warnings", int, w),
+            host=optional(d, "host", str, w),
         )
 
 

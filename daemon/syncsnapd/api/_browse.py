@@ -29,6 +29,7 @@ from ..store import CorruptDataError, Entry, Store, StoreError, find_entry, hash
 from ._endpoints import known_project
 from ._errors import api_error
 from ._operations import MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_SNAPSHOT_ID
+from ._store_view import SnapshotLists
 
 __all__ = ["parse_range", "register_browse", "snapshot_path"]
 
@@ -126,8 +127,9 @@ def entry_json(e: Entry) -> dict[str, Any]:
             "target": e.data if e.kind == "symlink" else None}
 
 
-def register_browse(router: Router, scheduler: Scheduler) -> None:
-    """Add the tree and file endpoints to ``router``."""
+def register_browse(router: Router, scheduler: Scheduler, lists: SnapshotLists | None = None) -> None:
+    """Add the tree and file endpoints to ``router``; ``lists`` refreshes an S3 store's snapshot lists
+    (another machine's snapshots) before a snapshot is looked up."""
     stores = scheduler.stores
 
     async def thread(fn: Callable[[], Any]) -> Any:
@@ -136,6 +138,8 @@ def register_browse(router: Router, scheduler: Scheduler) -> None:
     async def resolve(pid: str | None, snap: str) -> tuple[str, Store]:
         # (snapshot id, the store holding it: the daemon may have several); 404 snapshot_unknown unless
         # the project (if named) has it.
+        if lists is not None:
+            await lists.refresh()
         infos = await thread(lambda: stores.list_snapshots(pid))
         if pid is not None and snap == "latest" and infos:
             snap = infos[-1].id

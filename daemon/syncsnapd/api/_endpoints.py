@@ -28,6 +28,7 @@ from ..sources import WatchStatus
 from ..store import SnapshotInfo
 from ._encodings import event_json_body, event_sse
 from ._errors import api_error, as_http_errors
+from ._store_view import SnapshotLists, host_param, register_snapshot_list
 from ._websocket import websocket_endpoint
 
 API = "/api/v1"
@@ -39,6 +40,8 @@ GAP_EVENT = "gap"
 DEFAULT_MAX_STREAMS = 256
 # Retry-After (seconds) of that 503.
 STREAMS_RETRY_AFTER = 5
+# Seconds an S3 store's cached snapshot lists serve a listing before it refreshes them (config refresh_age).
+DEFAULT_REFRESH_AGE = 60.0
 
 
 def known_project(scheduler: Scheduler, pid: str) -> str:
@@ -56,7 +59,7 @@ class Api:
 
     def __init__(self, scheduler: Scheduler, tracker: Tracker, *, heartbeat: float,
                  watch_status: dict[str, WatchStatus] | None = None, supervisor: Supervisor | None = None,
-                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+                 max_streams: int = DEFAULT_MAX_STREAMS, refresh_age: float = DEFAULT_REFRESH_AGE) -> None:
         self.scheduler = scheduler
         # SSE streams: counted when one is accepted, released when its response ends (the WebSocket has
         # its own connections and is not counted).
@@ -69,8 +72,8 @@ class Api:
         # Configuration warnings the daemon shows in health (e.g. no projects configured).
         self.warnings: list[str] = []
         self.started = time.monotonic()
-        # (tracker.last_event_id when listed, the newest snapshot per project): see _last_snapshots.
-        self._snapshots_cache: tuple[int, dict[str, SnapshotInfo]] | None = None
+        # The store's snapshot listings; an S3 store's refreshed from the bucket when older than refresh_age.
+        self.lists = SnapshotLists(scheduler.stores.all, scheduler.stores.list_snapshots, refresh_age)
         self.router = Router()
         r = self.router
         r.add("GET", f"{API}/health", self.health)
@@ -84,6 +87,7 @@ class Api:
         r.add("POST", f"{API}/projects/{{id}}/resume", self.resume)
         r.add("GET", f"{API}/events", self.all_events)
         r.add("GET", f"{API}/ws", websocket_endpoint(tracker, scheduler))
+        register_snapshot_list(r, self.lists)
 
     async def __call__(self, request: Request) -> Response | StreamResponse | UpgradeResponse:
         handler, params = self.router.resolve(request.method, request.path)
@@ -105,13 +109,13 @@ class Api:
         })
 
     async def projects(self, request: Request, params: dict[str, str]) -> Response:
-        infos = await self._last_snapshots()
+        infos, stale = await self._last_snapshots()
         return json_response(200, {"projects": [self._project_json(pid, infos.get(pid))
-                                                for pid in self.scheduler.project_ids()]})
+                                                for pid in self.scheduler.project_ids()], "stale": stale})
 
     async def project(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
-        infos = await self._last_snapshots()
+        infos, _ = await self._last_snapshots()
         return json_response(200, self._project_json(pid, infos.get(pid)))
 
     async def progress(self, request: Request, params: dict[str, str]) -> Response:
@@ -123,8 +127,8 @@ class Api:
 
     async def snapshots(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
-        infos = await trio.to_thread.run_sync(self.scheduler.stores.list_snapshots, pid)
-        return json_response(200, {"snapshots": [asdict(i) for i in infos]})
+        infos, stale = await self.lists.snapshots(pid, host_param(request))
+        return json_response(200, {"snapshots": [asdict(i) for i in infos], "stale": stale})
 
     async def start_snapshot(self, request: Request, params: dict[str, str]) -> Response:
         pid = self._known(params["id"])
@@ -157,19 +161,11 @@ class Api:
                 "progress": progress.to_json(), "last_snapshot": asdict(last) if last else None,
                 "watch": watch.to_json(), "paused": self.scheduler.is_paused(pid)}
 
-    async def _last_snapshots(self) -> dict[str, SnapshotInfo]:
-        # The store's listing (a directory walk in a worker thread) is the cost of GET /projects; it
-        # changes only through runs (a snapshot, prune or forget), and each publishes events, so the last
-        # listing serves until the next event. The key is read before listing: an event published while
-        # the listing runs leaves it keyed to the older id, and the next request lists again.
-        key = self.tracker.last_event_id
-        cached = self._snapshots_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        infos = await trio.to_thread.run_sync(self.scheduler.stores.list_snapshots, None)
-        last = {i.project: i for i in infos}  # oldest first, so the newest per project wins
-        self._snapshots_cache = (key, last)
-        return last
+    async def _last_snapshots(self) -> tuple[dict[str, SnapshotInfo], str | None]:
+        # No cache of our own: the store's catalog caches its listing (and knows when the directory
+        # changed), and another machine sharing the bucket adds snapshots without any event here.
+        infos, stale = await self.lists.snapshots()
+        return {i.project: i for i in infos}, stale  # oldest first, so the newest per project wins
 
     # --- streams -----------------------------------------------------------------------------------
 

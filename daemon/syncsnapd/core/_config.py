@@ -27,7 +27,8 @@ DEFAULT_FOLDER = "~/Sync"
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
-                "max_streams", "history_keep_days", "history_keep_runs", "request_rate", "request_burst"}
+                "max_streams", "history_keep_days", "history_keep_runs", "request_rate", "request_burst",
+                "host", "refresh_age"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep", "store"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
@@ -171,6 +172,8 @@ class DaemonConfig:
     history_keep_runs: int = DEFAULT_HISTORY_KEEP_RUNS
     projects: tuple[ProjectConfig, ...] = field(default=())
     source: str = "embedded default"
+    host: str | None = None  # the machine name snapshots record (None: the system's hostname)
+    refresh_age: float = 60.0  # seconds an S3 store's lists serve GET /snapshots (docs/config.md)
 
     @property
     def discovery_file(self) -> Path:
@@ -298,8 +301,9 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ConfigError(f"daemon.{key}: expected a whole number from {lo} to {hi}, got {v!r}")
             settings[key] = v
-    if "retry_backoff" in daemon:
-        settings["retry_backoff"] = _duration(daemon["retry_backoff"], "daemon.retry_backoff")
+    settings.update({k: _duration(daemon[k], f"daemon.{k}") for k in ("retry_backoff", "refresh_age") if k in daemon})
+    if (h := daemon.get("host")) is not None and not (isinstance(h, str) and 0 < len(h) <= 255 and h.isprintable()):
+        raise ConfigError(f"daemon.host: expected a machine name of 1 to 255 printable characters, got {h!r:.60}")
 
     timing: dict[str, Any] = {
         "settle": _duration(daemon.get("settle", DEFAULT_SETTLE_SECONDS), "daemon.settle"),
@@ -323,7 +327,7 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
     if not projects and config_file is None:
         default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
         projects.append(ProjectConfig(id=_slug(default.name), path=default, **timing))
-    return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, **settings)
+    return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, host=h, **settings)
 
 
 def _s3(raw: object) -> S3Options:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import calendar
 import collections
 import errno
+import logging
 import os
 import stat
 import sys
@@ -67,6 +68,7 @@ from ._previous import PreviousFiles
 from ._threads import run_threads, token_lender
 
 __all__ = ["SnapshotError", "take_snapshot"]
+log = logging.getLogger("syncsnapd.snapshot")
 
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
@@ -237,7 +239,17 @@ class _Run:
             time.sleep(_TICK_POLL_SECONDS)
         self.started_ns = start
 
+    def refresh_store(self) -> None:
+        """An S3 store: take in what other machines added (their snapshots, and their indexes, so their
+        blobs are not uploaded again). An unreachable bucket does not stop the run (cached lists, said)."""
+        try:
+            self.store.refresh()
+        except StoreError as exc:
+            log.warning("could not refresh the store's lists before the run (%s); using those cached", exc)
+            self.progress.set_message(f"Could not refresh the store's lists ({exc}); using those cached")
+
     def load_previous(self, project: str) -> None:
+        self.refresh_store()
         self.wait_for_tick()
         try:
             st = os.stat(self.store.root)
@@ -252,7 +264,10 @@ class _Run:
             raise SnapshotError("folder_missing", f"The folder {self.root} cannot be read: {exc.strerror}.") from exc
         if not stat.S_ISDIR(st.st_mode):
             raise SnapshotError("folder_missing", f"{self.root} is not a folder.")
-        previous = self.store.latest(project)
+        # This machine's newest snapshot (or one of a version that did not record hosts): another
+        # machine's files have other inodes and times, so its snapshot would only cost re-reading.
+        previous = next((s for s in reversed(self.store.list_snapshots(project))
+                         if s.host in (self.store.host, None)), None)
         if previous is None:
             return
         # Read one directory at a time as the walk goes (_previous.py); a damaged previous snapshot only
@@ -366,9 +381,7 @@ class _Run:
 
     def make_batches(self) -> int:
         """Fill the queue of step 4 from the files the walk found; returns how many batches."""
-        # A file larger than a whole batch is a batch of its own (the largest first, so the last worker
-        # to finish is not the one left with the largest file).
-        large_limit = BATCH_BYTES
+        large_limit = BATCH_BYTES  # a larger file is a batch of its own, the largest first
         small: list[_Work] = []
         large: list[_Work] = []
         for work in self.files:

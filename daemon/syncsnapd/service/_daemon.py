@@ -133,13 +133,16 @@ class Daemon:
                                    expected=lambda project: history.expected.get(project),
                                    record=history.record_run, record_end=history.record_end,
                                    paused_file=config.state_dir / PAUSED_FILE_NAME)
+        if config.host is not None:
+            for s in self.stores.all():
+                s.host = config.host  # the machine name its snapshots record
         self.api = Api(self.scheduler, self.tracker, heartbeat=config.heartbeat, watch_status=self.watch_status,
-                       supervisor=self.supervisor, max_streams=config.max_streams)
+                       supervisor=self.supervisor, max_streams=config.max_streams, refresh_age=config.refresh_age)
         register_runs(self.api.router, history, self.scheduler)
         self.ops = Operations(self.scheduler, self.tracker, exclude=self.exclude, record=history.record_run,
                               record_end=history.record_end)
         register_operations(self.api.router, self.ops)
-        register_browse(self.api.router, self.scheduler)
+        register_browse(self.api.router, self.scheduler, self.api.lists)
         register_store_view(self.api.router, history, self.ops)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root) for s in self.stores.all()],

@@ -51,7 +51,8 @@ def display_path(path: str) -> str:
 
 
 def run_snapshots(store_root: Path, out: TextIO, *, project: str | None = None) -> int:
-    """Print a table of the snapshots (oldest first): id, project, time, files, bytes."""
+    """Print a table of the snapshots (oldest first): id, project, host ("-": not recorded), time, files,
+    bytes."""
     store = _open(store_root, out)
     if store is None:
         return 2
@@ -60,12 +61,12 @@ def run_snapshots(store_root: Path, out: TextIO, *, project: str | None = None) 
     if not snaps:
         print("No snapshots" + (f" of project {project!r}." if project is not None else "."), file=out)
         return 0
-    rows = [("ID", "PROJECT", "TIME", "FILES", "BYTES")]
-    rows += [(s.id, s.project, s.time, f"{s.files:,}", human_bytes(s.bytes)) for s in snaps]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    rows = [("ID", "PROJECT", "HOST", "TIME", "FILES", "BYTES")]
+    rows += [(s.id, s.project, s.host or "-", s.time, f"{s.files:,}", human_bytes(s.bytes)) for s in snaps]
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for r in rows:
-        left = "  ".join(c.ljust(w) for c, w in zip(r[:3], widths[:3], strict=True))
-        right = "  ".join(c.rjust(w) for c, w in zip(r[3:], widths[3:], strict=True))
+        left = "  ".join(c.ljust(w) for c, w in zip(r[:4], widths[:4], strict=True))
+        right = "  ".join(c.rjust(w) for c, w in zip(r[4:], widths[4:], strict=True))
         print(f"{left}  {right}", file=out)
     return 0
 

@@ -71,8 +71,20 @@ valid or :class:`CorruptDataError`.
 canonical JSON of the rest. ``root_mode`` (optional, so no new format version) holds the permission bits
 of the folder itself (0 to 0o777; the folder is no entry of its tree), which a restore gives the target
 it creates; snapshot files of older versions lack it, and those versions ignore it (the checksum covers
-every key). Ids sort by time: ``20261128T170102.123Z-a1b2c3`` (UTC start time, random suffix); they are safe
-as file names and URL path segments.
+every key). ``host`` (optional likewise) names the machine that took the snapshot (the daemon's
+``host`` setting, else the system's hostname: 1 to 255 printable characters); snapshot files of older
+versions lack it (host unknown). Ids sort by time: ``20261128T170102.123Z-a1b2c3d4e5f6`` (UTC start time
+to the millisecond, 48 random bits); they are safe as file names and URL path segments. Ids of older
+versions have 24 random bits (``-a1b2c3``) and are read as they are.
+
+**Several machines, one bucket: why names cannot collide.** A snapshot id is only ever made once, by
+the machine taking the snapshot; two ids collide only if two snapshots start in the same millisecond
+*and* draw the same 48 random bits: about one chance in 2.8e14 for each such pair (24 bits, one in 1.7e7,
+was too close for machines snapshotting on the same schedule, where the same second is the rule; a
+collision would let one machine's snapshot file replace the other's). A pack id is the blake3 of its
+index, which lists the hash, offset and length of every blob it holds: two packs share an id only if they
+hold the same blobs at the same places, i.e. the same content, so whichever copy the bucket keeps serves
+both machines' indexes (blake3 collisions aside).
 """
 
 from __future__ import annotations
@@ -131,7 +143,8 @@ PACK_FOOTER = struct.Struct("<Q8s")
 IDX_MAGIC = b"SYNIDX01"
 IDX_RECORD = struct.Struct("<32sQIIB")
 FLAG_ZSTD = 1
-SNAPSHOT_ID_RE = re.compile(r"\A\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}\Z")
+# Random suffix: 6 hex digits before issue 15, 12 since (see "Several machines, one bucket" above).
+SNAPSHOT_ID_RE = re.compile(r"\A\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}(?:[0-9a-f]{6})?\Z")
 
 EntryKind = Literal["file", "dir", "symlink"]
 # One record of an index file: (blob hash as 32 bytes, offset in the pack, stored length, raw length, flags).
@@ -184,6 +197,8 @@ class SnapshotInfo:
     bytes_added: int
     duration_seconds: float
     warnings: int
+    # The machine that took it; None for a snapshot file of a version that did not record it.
+    host: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,10 +250,10 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
 
 
 def make_snapshot_id(when: datetime | None = None) -> str:
-    """A new snapshot id that sorts by time, e.g. ``20261128T170102.123Z-a1b2c3``."""
+    """A new snapshot id that sorts by time, e.g. ``20261128T170102.123Z-a1b2c3d4e5f6``."""
     when = when or datetime.now(UTC)
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}.{when.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+    return f"{stamp}.{when.microsecond // 1000:03d}Z-{secrets.token_hex(6)}"
 
 
 def snapshot_time(snapshot_id: str) -> str:
@@ -455,8 +470,9 @@ def canonical(doc: dict[str, Any]) -> bytes:
 
 
 def encode_snapshot(snapshot_id: str, project: str, root: str, tree: list[str], stats: SnapshotStats,
-                    root_mode: int | None = None) -> bytes:
-    """A snapshot file, its checksum included (``root_mode``: the folder's permission bits, if known)."""
+                    root_mode: int | None = None, host: str | None = None) -> bytes:
+    """A snapshot file, its checksum included (``root_mode``: the folder's permission bits, if known;
+    ``host``: the machine taking it, if known)."""
     doc: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT, "id": snapshot_id, "project": project,
         "time": snapshot_time(snapshot_id), "root": root, "tree": tree, "stats": asdict(stats),
@@ -465,6 +481,10 @@ def encode_snapshot(snapshot_id: str, project: str, root: str, tree: list[str], 
         if _root_mode_problem(root_mode):
             raise ValueError(f"bad root mode {root_mode!r}")
         doc["root_mode"] = root_mode
+    if host is not None:
+        if problem := _host_problem(host):
+            raise ValueError(problem)
+        doc["host"] = host
     doc["checksum"] = hash_bytes(canonical(doc))
     return json.dumps(doc, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
 
@@ -474,6 +494,14 @@ def _root_mode_problem(mode: object) -> str | None:
     if type(mode) is not int or not 0 <= mode <= 0o777:
         shown = f"{mode:#o}" if type(mode) is int else f"{mode!r:.40}"
         return f"root_mode {shown} is not the permission bits of a directory (0 to 0o777)"
+    return None
+
+
+def _host_problem(host: object) -> str | None:
+    """Why ``host`` cannot name a machine in a snapshot file (None if it can): 1 to 255 printable
+    characters, shown in tables and matched by ``?host=`` as they are."""
+    if not isinstance(host, str) or not 0 < len(host) <= 255 or not host.isprintable():
+        return f"host {host!r:.60} is not 1 to 255 printable characters"
     return None
 
 
@@ -492,6 +520,8 @@ def _snapshot_problem(doc: Any, snapshot_id: str) -> str | None:
         if not isinstance(doc.get(key), str):
             return f"{key} is not a string"
     if "root_mode" in doc and (problem := _root_mode_problem(doc["root_mode"])):
+        return problem
+    if "host" in doc and (problem := _host_problem(doc["host"])):
         return problem
     tree = doc.get("tree")
     if not isinstance(tree, list) or not all(isinstance(h, str) and _HASH_RE.match(h) for h in tree):
@@ -527,6 +557,6 @@ def decode_snapshot(snapshot_id: str, data: bytes) -> SnapshotRecord:
         id=snapshot_id, project=doc["project"], time=doc["time"], files=stats["files"],
         bytes=stats["bytes"], files_new=stats["files_new"], files_changed=stats["files_changed"],
         files_unchanged=stats["files_unchanged"], bytes_added=stats["bytes_added"],
-        duration_seconds=stats["duration_seconds"], warnings=stats["warnings"],
+        duration_seconds=stats["duration_seconds"], warnings=stats["warnings"], host=doc.get("host"),
     )
     return SnapshotRecord(info, doc["root"], list(doc["tree"]), stats.get("skipped", 0), doc.get("root_mode"))

@@ -29,9 +29,18 @@ Opening syncs the metadata cache with the bucket: two LISTs (``index/``, ``snaps
 what is new and dropping what the bucket no longer has. If the bucket's ``config.json`` differs from the
 cached one (a different store at that URL), the cache is rebuilt.
 
+Refreshing (:meth:`Remote.refresh`): the same two LISTs, downloading only the index and snapshot files
+that are new and dropping those the bucket no longer has, without the ``config.json`` check. The daemon
+refreshes before each snapshot run (so its master index knows the packs other machines uploaded, and a
+file one machine stored is not uploaded again by another) and when a listing (``GET /snapshots``) finds
+the last refresh older than ``refresh_age``. One refresh runs at a time per store; a caller that waited
+for another's refresh skips its own when that one is recent enough. A refresh that fails (the bucket is
+unreachable) changes nothing: the cached lists stand, and the caller says so.
+
 Concurrency between machines: objects are content-addressed and immutable, so two daemons writing to one
-bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes); each sees the
-other's snapshots at its next start. Deleting is not safe without a lock object, which this version does
+bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes; see ``_format.py``
+for why snapshot ids and pack names cannot collide between machines); each sees the other's snapshots at
+its next run or refresh. Deleting is not safe without a lock object, which this version does
 not implement: ``forget``/``prune`` refuse on an S3 store (:func:`refuse_on_remote`).
 """
 
@@ -45,6 +54,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -60,7 +70,7 @@ if TYPE_CHECKING:
     from ..core import DaemonConfig
     from ._writer import StoreWriter
 
-__all__ = ["MARKER", "Remote", "RemoteSpec", "footprint", "prepare", "prepare_store", "staging_dir"]
+__all__ = ["MARKER", "Refreshed", "Remote", "RemoteSpec", "footprint", "prepare", "prepare_store", "staging_dir"]
 
 log = logging.getLogger("syncsnapd.remote")
 
@@ -74,6 +84,17 @@ _READ_AHEAD_PACKS = 4
 def _store_error(exc: BackendError) -> StoreError:
     """A backend failure as the store error a run reports (store_unreachable, store_auth, store_full)."""
     return StoreError(exc.message, code=exc.code if exc.code in REMOTE_CODES else "store_error")
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """What :meth:`Remote.refresh` changed in the cache: pack ids whose index was fetched or dropped,
+    snapshot ids fetched or dropped."""
+
+    indexes_added: frozenset[str]
+    indexes_dropped: frozenset[str]
+    snapshots_added: frozenset[str]
+    snapshots_dropped: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -153,6 +174,9 @@ class Remote:
         # Pack id -> its upload in progress (another run needing the same pack waits for it).
         self._inflight: dict[str, concurrent.futures.Future[None]] = {}
         self._tls = threading.local()
+        # One refresh at a time; time.monotonic() of the last successful sync with the bucket (None: never).
+        self._refresh_lock = threading.Lock()
+        self.refreshed_at: float | None = None
 
     @property
     def description(self) -> str:
@@ -216,8 +240,37 @@ class Remote:
             _write_atomic(root / "config.json", config)
         self._sync_folder("index/", ".idx", self._staged_packs)
         self._sync_folder("snapshots/", ".json", set)
+        self.refreshed_at = time.monotonic()
 
-    def _sync_folder(self, prefix: str, suffix: str, staged: Callable[[], set[str]]) -> None:
+    def refresh(self, max_age: float = 0.0) -> Refreshed | None:
+        """Bring the cached index and snapshot files up to date with the bucket (what other machines
+        added or a prune removed): one LIST of ``index/`` and one of ``snapshots/``, then a GET per new
+        file. Skipped (None) when the last refresh is younger than ``max_age`` seconds, which a caller that
+        waited for another caller's refresh finds.
+
+        Raises:
+            StoreError: with ``code`` store_unreachable / store_auth (the cache is as it was), or the
+                cache cannot be written (``store_error``; files fetched so far stay).
+        """
+        with self._refresh_lock:
+            if self.refreshed_at is not None and time.monotonic() - self.refreshed_at < max_age:
+                return None
+            started = time.monotonic()
+            try:
+                indexes = self._sync_folder("index/", ".idx", self._staged_packs)
+                snapshots = self._sync_folder("snapshots/", ".json", set)
+            except BackendError as exc:
+                raise _store_error(exc) from exc
+            except OSError as exc:
+                raise StoreError(f"cannot update the cache of the bucket's lists in {self.root}: "
+                                 f"{exc.strerror or exc}") from exc
+            self.refreshed_at = started
+        return Refreshed(*indexes, *snapshots)
+
+    def _sync_folder(self, prefix: str, suffix: str, staged: Callable[[], set[str]]
+                     ) -> tuple[frozenset[str], frozenset[str]]:
+        """Fetch the bucket's ``prefix`` files that are not cached, drop those it no longer has; the
+        names (without ``suffix``) fetched and dropped."""
         folder = self.root / prefix.rstrip("/")
         # In this order: the local names, then the staged packs, then the bucket's listing. A daemon
         # writing meanwhile writes a pack's index, uploads pack and index, then drops the staged pack;
@@ -231,15 +284,20 @@ class Remote:
                 _write_atomic(folder / name, self.backend.get(prefix + name))
 
         # A new machine fetches every index and snapshot file once: a few at a time.
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="syncsnap-sync") as ex:
-            for f in [ex.submit(fetch, name) for name in sorted(remote - local)]:
-                f.result()
+        new = sorted(remote - local)
+        if new:
+            with concurrent.futures.ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="syncsnap-sync") as ex:
+                for f in [ex.submit(fetch, name) for name in new]:
+                    f.result()
+        dropped = []
         for name in local - remote:
             if name[: -len(suffix)] in keep_local:
                 continue  # the index of a pack staged here, not uploaded yet
             # Gone from the bucket (pruned elsewhere, or a bucket emptied): not in the store any more.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
+            dropped.append(name)
+        return (frozenset(n[: -len(suffix)] for n in new), frozenset(n[: -len(suffix)] for n in dropped))
 
     def _staged_packs(self) -> set[str]:
         packs = self.root / "packs"

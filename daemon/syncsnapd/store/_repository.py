@@ -97,6 +97,8 @@ class Store:
         # The bucket behind this store when its directory is the staging and cache of an S3 store
         # (see _remote.py); None for a local store.
         self.remote = remote
+        # The machine name new snapshot files record (the daemon sets its configured ``host``).
+        self.host: str = os.uname().nodename or "localhost"
         self._lock_fd = lock_fd
         self._closed = False
 
@@ -250,6 +252,32 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- several machines on one bucket --------------------------------------------------------------
+
+    def refresh(self, max_age: float = 0.0) -> bool:
+        """An S3 store: take in what other machines added to the bucket (and drop what a prune removed)
+        since the last refresh, unless that was less than ``max_age`` seconds ago (see
+        ``Remote.refresh``): their indexes join the master index, so their blobs are not uploaded again,
+        and their snapshots are listed. Returns whether anything changed (always False for a local store).
+
+        Raises:
+            StoreError: the bucket cannot be reached (``code`` store_unreachable, store_auth); what is
+                cached stands.
+        """
+        if self.remote is None:
+            return False
+        changed = self.remote.refresh(max_age)
+        if changed is None:
+            return False
+        if changed.indexes_dropped:
+            self.index.forget_packs(set(changed.indexes_dropped))
+        if changed.indexes_added:
+            self.index.refresh()
+        if changed.snapshots_added or changed.snapshots_dropped:
+            self.catalog.refresh()
+        return bool(changed.indexes_added or changed.indexes_dropped or changed.snapshots_added
+                    or changed.snapshots_dropped)
 
     # --- packs wherever they are (staged here, or in the bucket) --------------------------------------
 
@@ -437,7 +465,7 @@ class Store:
             h = hash_bytes(data)
             writer.add_chunk(h, data, metadata=True)
             tree.append(h)
-        payload = encode_snapshot(snapshot_id, project, root, tree, stats, root_mode)
+        payload = encode_snapshot(snapshot_id, project, root, tree, stats, root_mode, self.host)
         remote = self.remote
         # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
         # (its index after it), then the snapshot file; step 5 counts the bytes sent.
