@@ -31,7 +31,7 @@ _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "hear
                 "max_streams", "history_keep_days", "history_keep_runs"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-_S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
+_S3_KEYS = {"endpoint", "region", "path_style", "concurrency", "staging_max"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Every key the loader accepts, by table: docs/config.md's reference table is tested against this.
 CONFIG_KEYS: Mapping[str, frozenset[str]] = {
@@ -69,6 +69,13 @@ RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0, 10.0)
 # Time limits of one request (seconds): connecting, and waiting for a response or the next bytes.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+# While the bucket is unreachable, snapshots are staged in the state directory (its packs) until it is
+# back; past this many bytes of staged packs a run fails with `staging_full` instead of filling the disk.
+# 4 GiB holds a day of ordinary changes (a few hundred 16 MiB packs), and is small on a laptop's disk.
+DEFAULT_STAGING_MAX = 4 << 30
+_STAGING_MIN = 64 << 20
+_SIZE = re.compile(r"[ \t]*(\d+(?:\.\d+)?)[ \t]*(B|KiB|MiB|GiB|TiB)?[ \t]*", re.ASCII)
+_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ class S3Options:
     retry_delays: tuple[float, ...] = field(default_factory=lambda: RETRY_DELAYS)
     connect_timeout: float = field(default_factory=lambda: CONNECT_TIMEOUT)
     read_timeout: float = field(default_factory=lambda: READ_TIMEOUT)
+    # Bytes of staged packs allowed while the bucket is unreachable (``staging_max``).
+    staging_max: int = DEFAULT_STAGING_MAX
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -436,7 +445,21 @@ def _s3(raw: object) -> S3Options:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
         raise ConfigError(f"daemon.s3.concurrency: expected uploads at once from 1 to 64, got {concurrency!r}")
     return S3Options(endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
-                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency)
+                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency,
+                     staging_max=_staging_max(raw.get("staging_max", DEFAULT_STAGING_MAX)))
+
+
+def _staging_max(value: object) -> int:
+    """``daemon.s3.staging_max``: a whole number of bytes, or a string such as "4 GiB" or "500MiB"."""
+    size: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
+        size = float(m.group(1)) * _UNIT_BYTES[m.group(2)]
+    if size is None or not _STAGING_MIN <= size <= 1 << 50:
+        raise ConfigError(f"daemon.s3.staging_max: expected a size from 64 MiB to 1024 TiB such as \"4 GiB\" "
+                          f"or a number of bytes, got {value!r}")
+    return int(size)
 
 
 def _path(value: object, key: str, base_dir: Path) -> Path:
