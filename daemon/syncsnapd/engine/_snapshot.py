@@ -8,7 +8,8 @@ Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler alrea
 3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used
    (same inode, size and mtime as in the previous snapshot, and no ctime since it started);
 4. read, hash (blake3) and compress (see ``store/_writer.py``) the new and changed files;
-5. make packs durable, store the tree, write the snapshot file (last).
+5. make packs durable, store the tree, write the snapshot file (last). With an S3 store whose bucket is
+   unreachable, the run waits here and tries again with backoff until it answers (``_reconnect.py``).
 
 Performance shape: step 4 is one shared queue of batches feeding a worker per core (at most
 :data:`MAX_WORKERS`, and no more than the run's limiter has tokens): a file over one chunk is a batch of
@@ -64,6 +65,7 @@ import trio
 from ..core import RunProgress, SnapshotSummary, SyncsnapdError, walked_path
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
 from ._previous import PreviousFiles
+from ._reconnect import StagingBound, store_waiter
 from ._threads import run_threads, token_lender
 
 __all__ = ["SnapshotError", "take_snapshot"]
@@ -210,6 +212,7 @@ class _Run:
         self.skipped = 0
         self.root_mode: int | None = None  # the folder's own permission bits, read by the walk
         self.writer: StoreWriter | None = None
+        self.staging: StagingBound | None = None  # S3 store: the bound on staging while the bucket is down
         self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
         # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
         self.started_ns = time.time_ns()
@@ -393,6 +396,7 @@ class _Run:
         view = memoryview(bytearray(chunk_size))
         cursor = _DirChain(self.root)
         queue = self.queue
+        staging, writer = self.staging, self.writer
         try:
             while True:
                 try:
@@ -401,6 +405,8 @@ class _Run:
                     return
                 for work in batch:
                     self.check()
+                    if staging is not None and writer is not None:
+                        staging.check(writer)
                     self._read_file(work, cursor, view, tally, per_chunk=work[3] > chunk_size)
         finally:
             cursor.close()
@@ -496,7 +502,8 @@ class _Run:
 
 async def take_snapshot(store: Store, project: str, root: Path, progress: RunProgress, *,
                         ignore: Callable[[str], bool] | None = None,
-                        limiter: trio.CapacityLimiter | None = None) -> SnapshotSummary:
+                        limiter: trio.CapacityLimiter | None = None,
+                        wait_for_store: bool = True) -> SnapshotSummary:
     """Take a snapshot of the folder ``root`` for ``project`` into ``store`` (opened writable).
 
     Drives steps 2-5 of ``progress``. ``ignore(relpath)`` returns True for relative POSIX paths to
@@ -504,12 +511,15 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     directory is always left out.
     Worker threads come from ``limiter`` (trio's default limiter if None); one held by a pause of
     ``progress`` lends its token back meanwhile (``_threads.py``).
+    ``wait_for_store``: an S3 store's bucket that is unreachable in step 5 is waited for (``_reconnect.py``);
+    False raises ``store_unreachable`` instead.
 
     Returns:
         The summary of the new snapshot.
 
     Raises:
         SnapshotError: ``folder_missing`` (no such folder or not readable) or ``store_error``.
+        SyncsnapdError: ``staging_full`` (S3 store: its bucket unreachable, and staging at its bound).
         trio.Cancelled, RunCancelled: the run was cancelled; no snapshot was written, and the store
             holds no temporary files of this run.
     """
@@ -531,6 +541,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         await progress.wait_resumed()
         progress.set_step(4, files_total=len(run.files), bytes_total=run.changed_bytes)
         writer = run.writer = store.begin_write()
+        if store.remote is not None:
+            run.staging = await trio.to_thread.run_sync(StagingBound, store, limiter=limiter)
         batches = run.make_batches()
         n_workers = min(MAX_WORKERS, os.cpu_count() or 1, max(1, int(limiter.total_tokens)), batches)
         tallies = [_Tally() for _ in range(n_workers)]
@@ -563,6 +575,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
                 stats=stats, root_mode=run.root_mode,
                 on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
                 on_total=lambda n, b: progress.set_totals(files_total=n, bytes_total=b),
+                on_unreachable=store_waiter(store, progress, limiter, run.check) if wait_for_store else None,
             ),
             limiter=limiter,
         )

@@ -29,6 +29,18 @@ Opening syncs the metadata cache with the bucket: two LISTs (``index/``, ``snaps
 what is new and dropping what the bucket no longer has. If the bucket's ``config.json`` differs from the
 cached one (a different store at that URL), the cache is rebuilt.
 
+Offline at start (the daemon's open, ``offline_ok``): when the bucket does not answer (one quick probe,
+no retries), the store opens from this cache as it is, marked unreachable (``_reachability.py``), and
+snapshots are staged here. A store never seen before has no cache: its ``config.json`` is then written
+here as a new store's (:func:`new_config`, what the bucket would get) and the directory is marked
+``remote-pending``; at the first contact the store is created in the bucket with that config.json (and
+the bucket, if missing). If the bucket then already holds a store with another config.json (made by
+another machine with other settings), what was staged here cannot go there: uploads fail with
+``store_error`` naming this directory, to be removed before the next start. Before any upload after an
+offline open, :meth:`Remote.confirm` checks that the bucket still holds this store (its config.json).
+Runs retry the upload while the bucket is unreachable (``wait``, see :meth:`Remote.upload_staged`); the
+metadata cache is not synced again at that point.
+
 Concurrency between machines: objects are content-addressed and immutable, so two daemons writing to one
 bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes); each sees the
 other's snapshots at its next start. Deleting is not safe without a lock object, which this version does
@@ -47,14 +59,15 @@ import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..core import S3Options, parse_s3_url, staging_dir
 from ._backend import Backend, S3Backend
 from ._errors import REMOTE_CODES, BackendError, CorruptDataError, ObjectMissing, StoreError
 from ._format import new_config, pack_file_size
+from ._reachability import PENDING, Link, Reachability, UnreachableWait, open_offline, staged_bytes
 
 if TYPE_CHECKING:
     from ..core import DaemonConfig
@@ -69,6 +82,11 @@ MARKER = "remote.json"
 # of packs whose last window each thread keeps: 4 MiB x 4 per reading thread.
 READ_AHEAD = 4 << 20
 _READ_AHEAD_PACKS = 4
+# The probe of a bucket that is (or was) unreachable: one request, no retries, a short connect timeout,
+# so a daemon starting offline, and a run waiting in step 5, learn it within seconds.
+_PROBE_CONNECT_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 def _store_error(exc: BackendError) -> StoreError:
@@ -153,15 +171,27 @@ class Remote:
         # Pack id -> its upload in progress (another run needing the same pack waits for it).
         self._inflight: dict[str, concurrent.futures.Future[None]] = {}
         self._tls = threading.local()
+        # Offline at start: the reachability of the bucket, whether it was seen to hold this store since the
+        # open, the probe's backend (one request, no retries) and the bound on staged bytes while it is down.
+        self._link = Link(backend.description)
+        self._confirm_lock = threading.Lock()
+        self._confirmed = True
+        self._probe: Backend | None = None
+        self.staging_max: int | None = None
 
     @property
     def description(self) -> str:
         return self.backend.description
 
     @classmethod
-    def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None) -> Remote | None:
+    def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None,
+               offline_ok: bool = False) -> Remote | None:
         """The remote of the store directory ``root`` (None for a plain local store), its metadata cache
         synced. A writable open creates the bucket and the store in it when missing.
+
+        ``offline_ok`` (writable only; the daemon's open): a bucket that does not answer is not an error;
+        the store opens from its local cache, or as a new store created here (see the module docstring),
+        and :attr:`reachability` says it is unreachable.
 
         Raises:
             StoreError: with ``code`` store_unreachable / store_auth / store_full, or not a store.
@@ -169,29 +199,136 @@ class Remote:
         spec = load_spec(root)
         if spec is None:
             return None
+        probe: S3Backend | None = None
         if backend is None:
             bucket, prefix = parse_s3_url(spec.url)
             backend = S3Backend(bucket, prefix, spec.options())
+            if offline_ok and writable:
+                probe = _probe_backend(backend)
         remote = cls(root, backend, spec)
+        remote._probe = probe
         try:
-            remote._sync(writable)
+            try:
+                remote._sync(writable, first=probe or backend)
+            except BackendError as exc:
+                if not (offline_ok and writable and exc.code == "store_unreachable"):
+                    raise
+                remote._open_offline(_store_error(exc))
         except BackendError as exc:
-            backend.close()
+            remote.close()
             raise _store_error(exc) from exc
         except BaseException:
-            backend.close()
+            remote.close()
             raise
         return remote
 
+    def _open_offline(self, error: StoreError) -> None:
+        open_offline(self.root, self.description)
+        self._confirmed = False
+        self._note(error)
+
+    @property
+    def reachability(self) -> Reachability:
+        """Whether the bucket answered the last request that needed it, and if not why and since when."""
+        return self._link.state
+
+    @property
+    def reachable(self) -> bool:
+        return self._link.state.reachable
+
+    def _note(self, error: StoreError | None) -> None:
+        self._link.note(error)
+
+    def confirm(self, *, quick: bool = False) -> None:
+        """Make sure the bucket answers and holds this store (its ``config.json`` is the cached one). A
+        store made here offline (``remote-pending``) is created there now, the bucket too if missing.
+        ``quick``: one request without retries (a bucket known to be down answers within seconds).
+
+        Raises:
+            StoreError: store_unreachable / store_auth / store_full, or ``store_error`` when the bucket holds
+                no store or another one.
+        """
+        with self._confirm_lock:
+            if quick and self._probe is None and isinstance(self.backend, S3Backend):
+                self._probe = _probe_backend(self.backend)
+            backend = self._probe if quick and self._probe is not None else self.backend
+            try:
+                self._confirm(backend)
+            except BackendError as exc:
+                error = _store_error(exc)
+                self._note(error)
+                raise error from exc
+            except StoreError as exc:
+                self._note(exc)
+                raise
+            self._confirmed = True
+        self._note(None)
+
+    def _confirm(self, backend: Backend) -> None:
+        pending = (self.root / PENDING).exists()
+        if pending and isinstance(backend, S3Backend):
+            backend.ensure_bucket()
+        cached = (self.root / "config.json").read_bytes()
+        try:
+            config = backend.get("config.json")
+        except ObjectMissing:
+            if not pending:
+                raise StoreError(f"there is no syncsnap store at {self.description} any more (its config.json "
+                                 "is gone)") from None
+            backend.put_bytes("config.json", cached)
+            log.info("created the store at %s (made in %s while it was unreachable)", self.description, self.root)
+            config = cached
+        if config != cached:
+            raise StoreError(
+                f"{self.description} holds another store than the one in {self.root}"
+                + (" (made there while the bucket was unreachable at the first start); stop syncsnapd, move "
+                   f"{self.root} away and start it again" if pending else ""))
+        if pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / PENDING)
+
+    def _retrying(self, fn: Callable[[], T], wait: UnreachableWait | None) -> T:
+        """``fn()``, first confirming the bucket after an offline open or a failure (one quick request);
+        while the bucket is unreachable, ``wait`` decides when to try again (without it: raise)."""
+        attempt = 0
+        while True:
+            try:
+                if not self._confirmed or not self.reachable:
+                    self.confirm(quick=True)
+                result = fn()
+            except StoreError as exc:
+                if exc.code in REMOTE_CODES:
+                    self._note(exc)
+                if wait is None or exc.code != "store_unreachable":
+                    raise
+                wait(exc, attempt)
+                attempt += 1
+                continue
+            self._note(None)
+            return result
+
+    def staged_bytes(self) -> int:
+        """Bytes of the packs staged here (not known to be in the bucket)."""
+        return staged_bytes(self.root)
+
     def close(self) -> None:
         self.backend.close()
+        if self._probe is not None:
+            self._probe.close()
 
     # --- opening ------------------------------------------------------------------------------------
 
-    def _sync(self, writable: bool) -> None:
+    def _sync(self, writable: bool, first: Backend | None = None) -> None:
         root, backend = self.root, self.backend
-        if writable and isinstance(backend, S3Backend):
-            backend.ensure_bucket()
+        # ``first`` makes the first request (the daemon's: a quick probe, so an offline start is quick).
+        opener = first or backend
+        if writable and isinstance(opener, S3Backend):
+            opener.ensure_bucket()
+        cached = None
+        with contextlib.suppress(FileNotFoundError):
+            cached = (root / "config.json").read_bytes()
+        if writable and cached is not None and (root / PENDING).exists():
+            self._confirm(backend)  # made here offline: created in the bucket now, or refused
         try:
             config = backend.get("config.json")
         except ObjectMissing:
@@ -200,9 +337,6 @@ class Remote:
             config = new_config()
             backend.put_bytes("config.json", config)
             log.info("created a new store at %s", self.description)
-        cached = None
-        with contextlib.suppress(FileNotFoundError):
-            cached = (root / "config.json").read_bytes()
         for sub in ("index", "snapshots"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         if cached != config:
@@ -266,18 +400,25 @@ class Remote:
 
     def upload_staged(self, on_written: Callable[[int, int], None] | None = None,
                       check: Callable[[], None] | None = None,
-                      on_total: Callable[[int, int], None] | None = None, extra: tuple[int, int] = (0, 0)
-                      ) -> tuple[int, int]:
+                      on_total: Callable[[int, int], None] | None = None, extra: tuple[int, int] = (0, 0),
+                      wait: UnreachableWait | None = None) -> tuple[int, int]:
         """Upload every staged pack (then its index) that the bucket does not have, ``concurrency`` at a
         time, and drop the staged copies. Returns (objects, bytes) sent.
 
         ``on_written(objects, nbytes)``: bytes as they are sent, and each object once complete.
         ``on_total(objects, nbytes)``: once what is missing is known, what will be sent, plus ``extra``
         (the snapshot file that follows). ``check()`` may raise to stop between objects.
+        ``wait(error, attempt)``: while the bucket is unreachable, called before each further attempt
+        (each asks the bucket again which staged objects it has, so nothing it got is sent twice).
 
         Raises:
             StoreError: with ``code`` store_unreachable / store_auth / store_full when the bucket fails.
         """
+        return self._retrying(lambda: self._upload_staged(on_written, check, on_total, extra), wait)
+
+    def _upload_staged(self, on_written: Callable[[int, int], None] | None,
+                       check: Callable[[], None] | None,
+                       on_total: Callable[[int, int], None] | None, extra: tuple[int, int]) -> tuple[int, int]:
         staged = sorted(p for p in self._staged_packs() if (self.root / "index" / f"{p}.idx").exists())
         report = on_written or (lambda objects, nbytes: None)
         present: set[str] = set()
@@ -370,12 +511,15 @@ class Remote:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # in the bucket now; its index stays here as the cache
 
-    def put_snapshot(self, snapshot_id: str, payload: bytes) -> None:
-        """Upload a snapshot file: the last object of a snapshot."""
-        try:
-            self.backend.put_bytes(f"snapshots/{snapshot_id}.json", payload)
-        except BackendError as exc:
-            raise _store_error(exc) from exc
+    def put_snapshot(self, snapshot_id: str, payload: bytes, wait: UnreachableWait | None = None) -> None:
+        """Upload a snapshot file: the last object of a snapshot (``wait``: as for :meth:`upload_staged`)."""
+        def put() -> None:
+            try:
+                self.backend.put_bytes(f"snapshots/{snapshot_id}.json", payload)
+            except BackendError as exc:
+                raise _store_error(exc) from exc
+
+        self._retrying(put, wait)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -414,6 +558,14 @@ class Remote:
                     if k.endswith(".pack")}
         except BackendError as exc:
             raise _store_error(exc) from exc
+
+
+def _probe_backend(backend: S3Backend) -> S3Backend:
+    """The same bucket, for one quick request: no retries, a short connect timeout."""
+    options = backend.options
+    return S3Backend(backend.bucket, backend.prefix, replace(
+        options, botocore_attempts=1, retry_delays=(),
+        connect_timeout=min(_PROBE_CONNECT_SECONDS, options.connect_timeout)))
 
 
 def _pack_key(pack: str) -> str:
