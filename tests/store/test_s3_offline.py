@@ -23,7 +23,16 @@ import trio
 import trio.testing
 
 from helpers.daemon import make_tree
-from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, ThrottlingProxy, create_bucket, moto_server, s3_env
+from helpers.s3 import (
+    ACCESS_KEY,
+    BUCKET,
+    SECRET_KEY,
+    MotoServer,
+    ThrottlingProxy,
+    create_bucket,
+    moto_server,
+    s3_env,
+)
 from helpers.store import snapshot
 from syncsnapd.core import ConfigError, Progress, RunProgress, SyncsnapdError, load_config
 from syncsnapd.core import _config as s3_settings

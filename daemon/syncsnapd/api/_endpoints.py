@@ -25,7 +25,7 @@ from ..http import (
 )
 from ..runs import Event, Scheduler, Tracker, UnknownProject
 from ..sources import WatchStatus
-from ..store import SnapshotInfo
+from ..store import SnapshotInfo, Store
 from ._encodings import event_json_body, event_sse
 from ._errors import api_error, as_http_errors
 from ._websocket import websocket_endpoint
@@ -49,6 +49,19 @@ def known_project(scheduler: Scheduler, pid: str) -> str:
     except UnknownProject as exc:
         raise api_error(exc.code, exc.message) from None
     return pid
+
+
+async def store_health(store: Store) -> dict[str, Any]:
+    """Health's ``store``: whether the bucket of an S3 store answers (a local store always does), and what
+    waits in staging for it (docs/api.md, ``GET /api/v1/health``)."""
+    remote = store.remote
+    if remote is None:
+        return {"kind": "local", "reachable": True, "since": None, "error": None}
+    state = remote.reachability
+    staged = await trio.to_thread.run_sync(remote.staged_bytes)
+    return {"kind": "s3", "reachable": state.reachable, "since": state.since,
+            "error": None if state.reachable else {"code": state.code, "message": state.message},
+            "staging_bytes": staged, "staging_max_bytes": remote.staging_max}
 
 
 class Api:
@@ -95,13 +108,15 @@ class Api:
         # Still 200 while services are degraded: the daemon answers, and says what is wrong.
         statuses = self.supervisor.statuses() if self.supervisor is not None else []
         now = trio.current_time()
+        store = await store_health(self.scheduler.store)
         return json_response(200, {
             "status": "ok", "version": __version__, "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "projects": len(self.scheduler.project_ids()),
             "services": [s.to_json(now) for s in statuses],
-            "degraded": [s.name for s in statuses if s.degraded],
+            "degraded": [s.name for s in statuses if s.degraded] + ([] if store["reachable"] else ["store"]),
             "warnings": list(self.warnings),
+            "store": store,
         })
 
     async def projects(self, request: Request, params: dict[str, str]) -> Response:

@@ -1,6 +1,7 @@
 """``GET /api/v1/store`` (docs/api.md, "Store"): what the store holds and how its last check went, for the
 dashboard's store health view. Read-only: counts from the store's snapshot list and pack files (an S3
-store's from its cached indexes, no request to the bucket), the last check from the run history."""
+store's from its cached indexes, no request to the bucket), the last check from the run history, and
+health's ``store`` entry (reachability of the bucket, what waits in staging)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import trio
 from ..http import Request, Response, Router, json_response
 from ..runs import History, Operations
 from ..store import Store
+from ._endpoints import store_health
 from ._metrics import store_footprint
 
 __all__ = ["register_store_view"]
@@ -39,6 +41,7 @@ def register_store_view(router: Router, store: Store, history: History, ops: Ope
         snapshots, nbytes, packs, last = await trio.to_thread.run_sync(gather)
         running = next((p.run for p in ops.operations() if p.kind == "check" and not p.terminal), None)
         return json_response(200, {"snapshots": snapshots, "bytes_stored": nbytes, "packs": packs,
-                                   "last_check": last, "check_running": running})
+                                   "last_check": last, "check_running": running,
+                                   "health": await store_health(store)})
 
     router.add("GET", f"{API}/store", view)
