@@ -152,3 +152,30 @@ def test_daemon_starts_with_the_bucket_down_a_run_waits_in_step_5_then_completes
         proxy.close()
         moto.stop()
     assert "Traceback" not in (short_tmp / "daemon.log").read_text()
+
+
+def test_with_no_run_waiting_the_daemon_notices_by_itself_that_the_bucket_is_back(short_tmp: Path) -> None:
+    """Health and STATUS= clear without any run: the daemon's `store` service asks the bucket again (5 s,
+    then doubling), and creates there the store it made locally."""
+    folder = short_tmp / "docs"
+    make_tree(folder, files=3)
+    moto = MotoServer()
+    proxy = ThrottlingProxy(moto.port)
+    listener = NotifyListener(short_tmp / "notify.sock")
+    d = start(short_tmp, folder, proxy.url, listener.address)
+    try:
+        assert api(d, "/health")["store"]["reachable"] is False
+        listener.wait_for_status(lambda s: "store unreachable since" in s)
+        moto.start()
+        health = wait_until(lambda: (h := api(d, "/health"))["store"]["reachable"] and h, 60,
+                            "health to say the store is reachable")
+        assert health["degraded"] == [] and health["store"]["since"] is None
+        listener.wait_for_status(lambda s: s == "1 project, idle")
+        assert bucket_keys(moto) == {"config.json"}
+        assert not puts(proxy) - Counter({"config.json": 1})
+        assert api(d, "/projects/docs")["progress"]["state"] == "idle"  # no run was needed for that
+    finally:
+        d.stop()
+        proxy.close()
+        moto.stop()
+    assert "Traceback" not in (short_tmp / "daemon.log").read_text()
