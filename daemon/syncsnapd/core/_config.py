@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._ignore import IgnoreRules, ignore_pattern_error, ignored_at_or_above
+from ._sizes import DEFAULT_STAGING_MAX, staging_max
 
 DEFAULT_TCP_PORT = 8473
 DEFAULT_HEARTBEAT_SECONDS = 15.0
@@ -69,13 +70,6 @@ RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0, 10.0)
 # Time limits of one request (seconds): connecting, and waiting for a response or the next bytes.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
-# While the bucket is unreachable, snapshots are staged in the state directory (its packs) until it is
-# back; past this many bytes of staged packs a run fails with `staging_full` instead of filling the disk.
-# 4 GiB holds a day of ordinary changes (a few hundred 16 MiB packs), and is small on a laptop's disk.
-DEFAULT_STAGING_MAX = 4 << 30
-_STAGING_MIN = 64 << 20
-_SIZE = re.compile(r"[ \t]*(\d+(?:\.\d+)?)[ \t]*(B|KiB|MiB|GiB|TiB)?[ \t]*", re.ASCII)
-_UNIT_BYTES = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -98,8 +92,7 @@ class S3Options:
     retry_delays: tuple[float, ...] = field(default_factory=lambda: RETRY_DELAYS)
     connect_timeout: float = field(default_factory=lambda: CONNECT_TIMEOUT)
     read_timeout: float = field(default_factory=lambda: READ_TIMEOUT)
-    # Bytes of staged packs allowed while the bucket is unreachable (``staging_max``).
-    staging_max: int = DEFAULT_STAGING_MAX
+    staging_max: int = DEFAULT_STAGING_MAX  # bytes staged while the bucket is unreachable (_sizes.py)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -446,20 +439,7 @@ def _s3(raw: object) -> S3Options:
         raise ConfigError(f"daemon.s3.concurrency: expected uploads at once from 1 to 64, got {concurrency!r}")
     return S3Options(endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
                      path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency,
-                     staging_max=_staging_max(raw.get("staging_max", DEFAULT_STAGING_MAX)))
-
-
-def _staging_max(value: object) -> int:
-    """``daemon.s3.staging_max``: a whole number of bytes, or a string such as "4 GiB" or "500MiB"."""
-    size: float | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
-        size = float(m.group(1)) * _UNIT_BYTES[m.group(2)]
-    if size is None or not _STAGING_MIN <= size <= 1 << 50:
-        raise ConfigError(f"daemon.s3.staging_max: expected a size from 64 MiB to 1024 TiB such as \"4 GiB\" "
-                          f"or a number of bytes, got {value!r}")
-    return int(size)
+                     staging_max=staging_max(raw.get("staging_max", DEFAULT_STAGING_MAX)))
 
 
 def _path(value: object, key: str, base_dir: Path) -> Path:
