@@ -5,7 +5,7 @@ import * as fmt from "../../daemon/syncsnapd/dashboard/js/format.js";
 import {connectionText} from "../../daemon/syncsnapd/dashboard/js/main.js";
 import {lastSnapshotText, stateText} from "../../daemon/syncsnapd/dashboard/js/views/projects.js";
 import {chartGeometry} from "../../daemon/syncsnapd/dashboard/js/views/history.js";
-import {lastCheckText} from "../../daemon/syncsnapd/dashboard/js/views/health.js";
+import {lastCheckText, reachText} from "../../daemon/syncsnapd/dashboard/js/views/health.js";
 import {project, progress} from "./fakes.mjs";
 
 test("bytes in binary units", () => {
@@ -86,6 +86,12 @@ test("store health texts", () => {
   assert.equal(lastCheckText({last_check: {state: "completed", ended_at: "2026-11-28T17:00:00Z"}}, now), "Last check 3 h ago: no problems");
   assert.equal(lastCheckText({last_check: {state: "failed", ended_at: "2026-11-28T17:00:00Z", error: {code: "problems_found"}}}, now),
     "Last check 3 h ago: problems found");
+  assert.equal(reachText({health: {kind: "s3", reachable: true}}, now), "");
+  assert.equal(reachText({}, now), "");
+  assert.equal(reachText({health: {kind: "s3", reachable: false, since: "2026-11-28T19:55:00Z",
+                                   error: {code: "store_unreachable"}, staging_bytes: 12 << 20,
+                                   staging_max_bytes: 4 * 2 ** 30}}, now),
+    "Store unreachable since 5 min ago (store_unreachable); 12.0 MiB of 4.0 GiB staged: snapshots upload once it answers");
 });
 
 test("the modal's steps: current marked, done ones ticked, the last named by the outcome", async () => {

@@ -202,7 +202,7 @@ async def test_store_down_mid_run_then_next_run_uploads_what_is_missing(proxy: T
         proxy.down()  # goes away after the store was opened: the run reads and packs, then cannot upload
         t0 = time.monotonic()
         with pytest.raises(SnapshotError) as info:
-            await snapshot(store, folder, "docs")
+            await snapshot(store, folder, "docs", wait_for_store=False)  # the daemon's runs wait instead
         assert info.value.code == "store_unreachable"
         assert time.monotonic() - t0 < 30
         assert store.list_snapshots() == []

@@ -28,7 +28,7 @@ from ..sources import WatchStatus
 from ..store import SnapshotInfo
 from ._encodings import event_json_body, event_sse
 from ._errors import api_error, as_http_errors
-from ._store_view import SnapshotLists, host_param, register_snapshot_list
+from ._store_view import SnapshotLists, host_param, register_snapshot_list, store_health
 from ._websocket import websocket_endpoint
 
 API = "/api/v1"
@@ -99,13 +99,15 @@ class Api:
         # Still 200 while services are degraded: the daemon answers, and says what is wrong.
         statuses = self.supervisor.statuses() if self.supervisor is not None else []
         now = trio.current_time()
+        store = await store_health(self.scheduler.stores.default)
         return json_response(200, {
             "status": "ok", "version": __version__, "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "projects": len(self.scheduler.project_ids()),
             "services": [s.to_json(now) for s in statuses],
-            "degraded": [s.name for s in statuses if s.degraded],
+            "degraded": [s.name for s in statuses if s.degraded] + ([] if store["reachable"] else ["store"]),
             "warnings": list(self.warnings),
+            "store": store,
         })
 
     async def projects(self, request: Request, params: dict[str, str]) -> Response:

@@ -8,6 +8,7 @@
   projects' last snapshots, ``latest`` in browsing) of an S3 store that other machines write to as well:
   refreshed from the bucket when the last refresh is older than ``refresh_age``, and saying so when the
   bucket could not be asked.
+* :func:`store_health`: health's ``store`` entry (reachability of the bucket, what waits in staging).
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ API = "/api/v1"
 REFRESH_WAIT_SECONDS = 5.0
 # Longest ``?host=`` value: a host name as snapshot files record it.
 MAX_HOST = 255
+
+
+async def store_health(store: Store) -> dict[str, Any]:
+    """Health's ``store``: whether the bucket of an S3 store answers (a local store always does), and what
+    waits in staging for it (docs/api.md, ``GET /api/v1/health``)."""
+    remote = store.remote
+    if remote is None:
+        return {"kind": "local", "reachable": True, "since": None, "error": None}
+    state = remote.reachability
+    staged = await trio.to_thread.run_sync(remote.staged_bytes)
+    return {"kind": "s3", "reachable": state.reachable, "since": state.since,
+            "error": None if state.reachable else {"code": state.code, "message": state.message},
+            "staging_bytes": staged, "staging_max_bytes": remote.staging_max}
 
 
 class _BucketRefresh:
@@ -192,6 +206,7 @@ def register_store_view(router: Router, history: History, ops: Operations) -> No
         stores, last = await trio.to_thread.run_sync(gather, ops.scheduler.project_ids())
         running = next((p.run for p in ops.operations() if p.kind == "check" and not p.terminal), None)
         return json_response(200, {**{k: sum(s[k] for s in stores) for k in ("snapshots", "bytes_stored", "packs")},
-                                   "last_check": last, "check_running": running, "stores": stores})
+                                   "last_check": last, "check_running": running, "stores": stores,
+                                   "health": await store_health(ops.stores.default)})
 
     router.add("GET", f"{API}/store", view)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._ignore import IgnoreRules, ignore_pattern_error
 from ._s3 import S3Options, parse_s3_url, staging_dir, store_location
+from ._sizes import DEFAULT_STAGING_MAX, staging_max
 
 DEFAULT_TCP_PORT = 8473
 DEFAULT_HEARTBEAT_SECONDS = 15.0
@@ -31,7 +32,7 @@ _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "hear
                 "host", "refresh_age"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep", "store"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-_S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
+_S3_KEYS = {"endpoint", "region", "path_style", "concurrency", "staging_max"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Every key the loader accepts, by table: docs/config.md's reference table is tested against this.
 CONFIG_KEYS: Mapping[str, frozenset[str]] = {
@@ -346,7 +347,8 @@ def _s3(raw: object) -> S3Options:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
         raise ConfigError(f"daemon.s3.concurrency: expected uploads at once from 1 to 64, got {concurrency!r}")
     return S3Options(endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
-                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency)
+                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency,
+                     staging_max=staging_max(raw.get("staging_max", DEFAULT_STAGING_MAX)))
 
 
 def _path(value: object, key: str, base_dir: Path) -> Path:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ._sizes import DEFAULT_STAGING_MAX
+
 # botocore's own retries ("standard" mode: exponential backoff with jitter, 1 s base for throttling such
 # as 503 SlowDown, 50 ms for transient errors; honours Retry-After). Per request.
 BOTOCORE_ATTEMPTS = 5
@@ -43,6 +45,7 @@ class S3Options:
     retry_delays: tuple[float, ...] = field(default_factory=lambda: RETRY_DELAYS)
     connect_timeout: float = field(default_factory=lambda: CONNECT_TIMEOUT)
     read_timeout: float = field(default_factory=lambda: READ_TIMEOUT)
+    staging_max: int = DEFAULT_STAGING_MAX  # bytes staged while the bucket is unreachable (_sizes.py)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

@@ -26,7 +26,8 @@ import blake3
 
 from ..core import SyncsnapdError, walked_path
 from ..store import Chunker, Entry
-from ._snapshot import SnapshotError, _DirChain
+from ._dirs import DirChain as _DirChain
+from ._dirs import SnapshotError
 
 __all__ = ["Diff", "DiffError", "Modified", "Side", "diff_entries", "scan_live"]
 

@@ -8,7 +8,8 @@ Steps reported through :class:`~syncsnapd.core.RunProgress` (the scheduler alrea
 3. walk + stat (``os.scandir``; one ``lstat`` per entry), deciding per file whether it can be re-used
    (same inode, size and mtime as in the previous snapshot, and no ctime since it started);
 4. read, hash (blake3) and compress (see ``store/_writer.py``) the new and changed files;
-5. make packs durable, store the tree, write the snapshot file (last).
+5. make packs durable, store the tree, write the snapshot file (last). With an S3 store whose bucket is
+   unreachable, the run waits here and tries again with backoff until it answers (``_reconnect.py``).
 
 Performance shape: step 4 is one shared queue of batches feeding a worker per core (at most
 :data:`MAX_WORKERS`, and no more than the run's limiter has tokens): a file over one chunk is a batch of
@@ -62,9 +63,12 @@ from pathlib import Path
 import blake3
 import trio
 
-from ..core import RunProgress, SnapshotSummary, SyncsnapdError, walked_path
+from ..core import RunProgress, SnapshotSummary, walked_path
 from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
+from ._dirs import DirChain as _DirChain
+from ._dirs import SnapshotError
 from ._previous import PreviousFiles
+from ._reconnect import StagingBound, store_waiter
 from ._threads import run_threads, token_lender
 
 __all__ = ["SnapshotError", "take_snapshot"]
@@ -96,32 +100,6 @@ MAX_WORKERS = 4
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
 
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-# O_NOATIME spares a metadata write per file read; only allowed on own files (or with CAP_FOWNER).
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-class SnapshotError(SyncsnapdError):
-    """A snapshot run failed; ``code`` is ``folder_missing`` or ``store_error`` (docs/api.md)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message, code=code)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _open_for_read(name: str, dir_fd: int) -> int:
-    # O_NOFOLLOW: a file replaced by a symlink after the walk is not followed out of the folder.
-    # O_NONBLOCK: a file replaced by a fifo does not hang the worker.
-    if _O_NOATIME:
-        try:
-            return os.open(name, _READ_FLAGS | _O_NOATIME, dir_fd=dir_fd)
-        except PermissionError:
-            pass  # not our file: read it the ordinary way (EACCES will come again if that is the cause)
-    return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-
-
 def _id_time_ns(snapshot_id: str) -> int:
     """When a snapshot started, from its id (``20261128T170102.123Z-...``, UTC, to the millisecond: exactly
     its ``started_ns``; ids of older versions were made a little before the run's start)."""
@@ -132,47 +110,6 @@ def _id_time_ns(snapshot_id: str) -> int:
 def _ns_datetime(ns: int) -> datetime:
     ms = ns // 1_000_000
     return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
-
-
-class _DirChain:
-    """Directory descriptors along one path below the folder, each opened from its parent with
-    O_NOFOLLOW, so a directory swapped for a symlink while a snapshot runs is never followed out of the
-    folder. Moving to another directory re-opens only the components that differ; work comes in walk
-    order, so that is rare. Holds at most one descriptor per level. One per thread."""
-
-    def __init__(self, root: str) -> None:
-        try:
-            # The folder itself may be reached through a symlink: it is the configured path.
-            self._fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
-        except OSError as exc:
-            raise SnapshotError("folder_missing", f"The folder {root} cannot be read: {exc.strerror}.") from exc
-        self._parts: list[str] = []
-
-    def open_dir(self, rel_dir: str) -> int:
-        """A descriptor for directory ``rel_dir`` ("" is the folder); valid until the next call."""
-        parts = rel_dir.split("/") if rel_dir else []
-        keep = 0
-        for mine, theirs in zip(self._parts, parts, strict=False):
-            if mine != theirs:
-                break
-            keep += 1
-        while len(self._parts) > keep:
-            self._parts.pop()
-            os.close(self._fds.pop())
-        for part in parts[keep:]:
-            self._fds.append(os.open(part, _DIR_FLAGS, dir_fd=self._fds[-1]))
-            self._parts.append(part)
-        return self._fds[-1]
-
-    def open_file(self, rel: str) -> int:
-        """Open the file at relative path ``rel`` for reading."""
-        rel_dir, _, name = rel.rpartition("/")
-        return _open_for_read(name, self.open_dir(rel_dir))
-
-    def close(self) -> None:
-        for fd in reversed(self._fds):
-            os.close(fd)
-        self._fds, self._parts = [], []
 
 
 @dataclass
@@ -212,6 +149,7 @@ class _Run:
         self.skipped = 0
         self.root_mode: int | None = None  # the folder's own permission bits, read by the walk
         self.writer: StoreWriter | None = None
+        self.staging: StagingBound | None = None  # S3 store: the bound on staging while the bucket is down
         self.store_key: tuple[int, int] | None = None  # (st_dev, st_ino) of the store directory
         # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
         self.started_ns = time.time_ns()
@@ -408,6 +346,7 @@ class _Run:
         view = memoryview(bytearray(chunk_size))
         cursor = _DirChain(self.root)
         queue = self.queue
+        staging, writer = self.staging, self.writer
         try:
             while True:
                 try:
@@ -416,6 +355,8 @@ class _Run:
                     return
                 for work in batch:
                     self.check()
+                    if staging is not None and writer is not None:
+                        staging.check(writer)
                     self._read_file(work, cursor, view, tally, per_chunk=work[3] > chunk_size)
         finally:
             cursor.close()
@@ -511,7 +452,8 @@ class _Run:
 
 async def take_snapshot(store: Store, project: str, root: Path, progress: RunProgress, *,
                         ignore: Callable[[str], bool] | None = None,
-                        limiter: trio.CapacityLimiter | None = None) -> SnapshotSummary:
+                        limiter: trio.CapacityLimiter | None = None,
+                        wait_for_store: bool = True) -> SnapshotSummary:
     """Take a snapshot of the folder ``root`` for ``project`` into ``store`` (opened writable).
 
     Drives steps 2-5 of ``progress``. ``ignore(relpath)`` returns True for relative POSIX paths to
@@ -519,12 +461,15 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     directory is always left out.
     Worker threads come from ``limiter`` (trio's default limiter if None); one held by a pause of
     ``progress`` lends its token back meanwhile (``_threads.py``).
+    ``wait_for_store``: an S3 store's bucket that is unreachable in step 5 is waited for (``_reconnect.py``);
+    False raises ``store_unreachable`` instead.
 
     Returns:
         The summary of the new snapshot.
 
     Raises:
         SnapshotError: ``folder_missing`` (no such folder or not readable) or ``store_error``.
+        SyncsnapdError: ``staging_full`` (S3 store: its bucket unreachable, and staging at its bound).
         trio.Cancelled, RunCancelled: the run was cancelled; no snapshot was written, and the store
             holds no temporary files of this run.
     """
@@ -546,6 +491,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         await progress.wait_resumed()
         progress.set_step(4, files_total=len(run.files), bytes_total=run.changed_bytes)
         writer = run.writer = store.begin_write()
+        if store.remote is not None:
+            run.staging = await trio.to_thread.run_sync(StagingBound, store, limiter=limiter)
         batches = run.make_batches()
         n_workers = min(MAX_WORKERS, os.cpu_count() or 1, max(1, int(limiter.total_tokens)), batches)
         tallies = [_Tally() for _ in range(n_workers)]
@@ -578,6 +525,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
                 stats=stats, root_mode=run.root_mode,
                 on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
                 on_total=lambda n, b: progress.set_totals(files_total=n, bytes_total=b),
+                on_unreachable=store_waiter(store, progress, limiter, run.check) if wait_for_store else None,
             ),
             limiter=limiter,
         )

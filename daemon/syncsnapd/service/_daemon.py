@@ -18,7 +18,10 @@ What stops the daemon at start: a state directory (``daemon.state_dir``) that ca
 written, or a runtime directory (the socket's and the discovery file's) that is not ours alone (another
 user's, a symlink, group or others may use it: tmux's check), are configuration errors
 (:class:`~syncsnapd.core.ConfigError`, exit status 2); failing to open the store or the listeners is a
-:class:`StartupError` (exit status 1). Nothing else does: a history database that is damaged is moved
+:class:`StartupError` (exit status 1). An S3 store whose bucket does not answer is not such a failure: it
+opens from its local cache (or as a new store made there), runs stage their snapshots and wait in step 5,
+health's ``store`` and ``STATUS=`` say it is unreachable, and the ``store`` service asks the bucket again
+with the runs' backoff until it answers. Nothing else does: a history database that is damaged is moved
 aside and a new one started, one that cannot be written degrades the ``history`` service (events wait
 in memory) until it can; both are said in the log and in health (``services``, ``degraded``). Projects
 that snapshot the same files (one folder twice, or one inside another) start with a warning in the log.
@@ -60,7 +63,7 @@ from ..core import (
     overlap_warnings,
     utc_now,
 )
-from ..engine import SnapshotError
+from ..engine import SnapshotError, retry_delay
 from ..http import (
     HttpConfig,
     HttpServer,
@@ -68,7 +71,7 @@ from ..http import (
 )
 from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Stores, Tracker, location_of
 from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
-from ..store import Store, iter_entries, prepare_store
+from ..store import Store, StoreError, iter_entries, prepare_store
 from ._listening import (
     DaemonInfo,
     Listeners,
@@ -92,6 +95,8 @@ STOP_GRACE_SECONDS = 4.0
 STREAM_DRAIN_SECONDS = 0.2
 # STATUS= is a summary for `systemctl status`; once a second is plenty.
 STATUS_INTERVAL_SECONDS = 1.0
+# While an S3 store's bucket answers, how often the `store` service looks whether a run found it down.
+STORE_LOOK_SECONDS = 1.0
 
 ConfigLoader = Callable[[], DaemonConfig]
 # A supervised service: ``await fn(*args, task_status=...)``.
@@ -279,7 +284,37 @@ class Daemon:
         degraded = [s.name for s in self.supervisor.degraded()]
         if degraded:
             line += f"; degraded: {', '.join(degraded)}"
-        return line
+        return line + self._store_status()
+
+    def _store_status(self) -> str:
+        remote = self.store.remote
+        if remote is None or remote.reachable:
+            return ""
+        state = remote.reachability
+        return f"; store unreachable since {state.since} ({state.code}), snapshots staged"
+
+    async def serve_store_probe(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """While the bucket of an S3 store does not answer, ask it again (one quick request) with the runs'
+        backoff, so health and ``STATUS=`` clear once it is back even when no run is waiting."""
+        remote = self.store.remote
+        task_status.started()
+        if remote is None:
+            return
+        attempt = 0
+        while True:
+            if remote.reachable:
+                attempt = 0
+                await trio.sleep(STORE_LOOK_SECONDS)
+                continue
+            await trio.sleep(retry_delay(attempt))
+            attempt += 1
+            if not remote.reachable:
+                try:
+                    await trio.to_thread.run_sync(functools.partial(remote.confirm, quick=True))
+                except StoreError:
+                    continue  # still down: recorded by the remote (health, STATUS=)
+            if self.notifier.enabled:
+                self.notifier.status(self.status_line())
 
     async def serve_status(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep STATUS= current while runs progress (at most once per STATUS_INTERVAL_SECONDS)."""
@@ -317,6 +352,8 @@ class Daemon:
             await self._start_service("history-trim", functools.partial(self.history.serve_trim, lambda: (
                 self.config.history_keep_days, self.config.history_keep_runs)))
             await self._start_service("metrics", self.metrics.serve)
+            if self.store.remote is not None:
+                await self._start_service("store", self.serve_store_probe)
             await self._mark_interrupted()
             await nursery.start(run_scheduler)
             await nursery.start(run_ops)
@@ -469,11 +506,16 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
     await trio.to_thread.run_sync(check_discovery_file, config.discovery_file)
     _warn_overlaps(config)
     try:
-        store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True))
+        # offline_ok: an unreachable bucket is no reason not to start (see the module docstring).
+        store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True,
+                                                                 offline_ok=True))
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
     # The projects' own stores (StartupError naming the project; then `store` is closed too).
     stores = await trio.to_thread.run_sync(open_stores, config, store)
+    for s in stores.all():
+        if s.remote is not None and config.s3 is not None:
+            s.remote.staging_max = config.s3.staging_max
     try:
         # Never fails for what is in the database (see History.open): only for the folder itself.
         history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")

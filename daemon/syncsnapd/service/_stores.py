@@ -30,7 +30,7 @@ def store_dirs(config: DaemonConfig) -> tuple[Path, ...]:
 def _open(root: Path, url: str | None, s3: S3Options | None) -> Store:
     if url is not None:
         _mark(root, url, s3)
-    return Store.open(root, writable=True)
+    return Store.open(root, writable=True, offline_ok=True)  # a bucket that is down: as the daemon's store
 
 
 def open_stores(config: DaemonConfig, default: Store) -> Stores:

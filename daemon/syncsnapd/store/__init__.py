@@ -5,7 +5,7 @@ Modules: ``_format`` (the on-disk format), ``_config`` (config.json, checked), `
 content into chunks), ``_errors``, ``_files`` (the directory, durable writes), ``_index`` (the master
 index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypted store), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
 ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, and for S3
-``_remote`` over ``_backend``.
+``_remote`` over ``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not).
 """
 
 from ._backend import S3Backend as S3Backend
@@ -35,11 +35,13 @@ from ._format import make_snapshot_id as make_snapshot_id
 from ._keys import MasterKey as MasterKey
 from ._prune import GarbageCollector as GarbageCollector
 from ._prune import PruneStats as PruneStats
+from ._reachability import Reachability as Reachability
+from ._reachability import UnreachableWait as UnreachableWait
 from ._reader import ChunkReader as ChunkReader
-from ._remote import RemoteSpec as RemoteSpec
 from ._remote import footprint as footprint
-from ._remote import prepare as prepare
-from ._remote import prepare_store as prepare_store
+from ._remote_spec import RemoteSpec as RemoteSpec
+from ._remote_spec import prepare as prepare
+from ._remote_spec import prepare_store as prepare_store
 from ._repository import Store as Store
 from ._retention import apply_policy as apply_policy
 from ._retention import plan_forget as plan_forget

@@ -37,6 +37,18 @@ the last refresh older than ``refresh_age``. One refresh runs at a time per stor
 for another's refresh skips its own when that one is recent enough. A refresh that fails (the bucket is
 unreachable) changes nothing: the cached lists stand, and the caller says so.
 
+Offline at start (the daemon's open, ``offline_ok``): when the bucket does not answer (one quick probe,
+no retries), the store opens from this cache as it is, marked unreachable (``_reachability.py``), and
+snapshots are staged here. A store never seen before has no cache: its ``config.json`` is then written
+here as a new store's (:func:`new_config`, what the bucket would get) and the directory is marked
+``remote-pending``; at the first contact the store is created in the bucket with that config.json (and
+the bucket, if missing). If the bucket then already holds a store with another config.json (made by
+another machine with other settings), what was staged here cannot go there: uploads fail with
+``store_error`` naming this directory, to be removed before the next start. Before any upload after an
+offline open, :meth:`Remote.confirm` checks that the bucket still holds this store (its config.json).
+Runs retry the upload while the bucket is unreachable (``wait``, see :meth:`Remote.upload_staged`); the
+metadata cache is not synced again at that point.
+
 Concurrency between machines: objects are content-addressed and immutable, so two daemons writing to one
 bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes; see ``_format.py``
 for why snapshot ids and pack names cannot collide between machines); each sees the other's snapshots at
@@ -48,37 +60,40 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import logging
 import os
-import secrets
 import shutil
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from ..core import S3Options, parse_s3_url, staging_dir
+from ..core import parse_s3_url
 from ._backend import Backend, S3Backend
 from ._errors import REMOTE_CODES, BackendError, CorruptDataError, ObjectMissing, StoreError
 from ._format import new_config, pack_file_size
+from ._reachability import PENDING, Link, Reachability, UnreachableWait, open_offline, staged_bytes
+from ._remote_spec import RemoteSpec, load_spec, write_cache_file
 
 if TYPE_CHECKING:
-    from ..core import DaemonConfig
     from ._writer import StoreWriter
 
-__all__ = ["MARKER", "Refreshed", "Remote", "RemoteSpec", "footprint", "prepare", "prepare_store", "staging_dir"]
+__all__ = ["Refreshed", "Remote", "footprint"]
 
 log = logging.getLogger("syncsnapd.remote")
 
-MARKER = "remote.json"
 # Bytes fetched per ranged GET when reading blobs from the bucket (see Remote.read_range), and the number
 # of packs whose last window each thread keeps: 4 MiB x 4 per reading thread.
 READ_AHEAD = 4 << 20
 _READ_AHEAD_PACKS = 4
+# The probe of a bucket that is (or was) unreachable: one request, no retries, a short connect timeout,
+# so a daemon starting offline, and a run waiting in step 5, learn it within seconds.
+_PROBE_CONNECT_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 def _store_error(exc: BackendError) -> StoreError:
@@ -97,42 +112,6 @@ class Refreshed:
     snapshots_dropped: frozenset[str]
 
 
-@dataclass(frozen=True)
-class RemoteSpec:
-    """What ``remote.json`` records: where the bucket is. No credentials."""
-
-    url: str
-    endpoint: str | None = None
-    region: str | None = None
-    path_style: bool = False
-    concurrency: int = 4
-
-    def options(self) -> S3Options:
-        return S3Options(endpoint=self.endpoint, region=self.region, path_style=self.path_style,
-                         concurrency=self.concurrency)
-
-
-def prepare(root: Path, spec: RemoteSpec) -> None:
-    """Mark ``root`` as the local directory of the S3 store ``spec`` (written only when it changes)."""
-    parse_s3_url(spec.url)
-    data = (json.dumps(asdict(spec), indent=1) + "\n").encode()
-    marker = root / MARKER
-    with contextlib.suppress(FileNotFoundError):
-        if marker.read_bytes() == data:
-            return
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{MARKER}.{secrets.token_hex(4)}"
-    tmp.write_bytes(data)
-    os.replace(tmp, marker)
-
-
-def prepare_store(config: DaemonConfig) -> Path:
-    """The store directory of ``config``, marked as the staging of its S3 store when it has one."""
-    if config.store_url is not None:
-        prepare(config.store, spec_from(config.store_url, config.s3))
-    return config.store
-
-
 def footprint(root: Path) -> tuple[int, int]:
     """(packs, their bytes) of the S3 store whose directory is ``root``, from its cached indexes (no
     request): a pack is its header, its blobs, a copy of its index and the footer."""
@@ -144,22 +123,6 @@ def footprint(root: Path) -> tuple[int, int]:
             continue
         packs += 1
     return packs, size
-
-
-def load_spec(root: Path) -> RemoteSpec | None:
-    try:
-        doc = json.loads((root / MARKER).read_bytes())
-    except FileNotFoundError:
-        return None
-    return RemoteSpec(**{k: v for k, v in doc.items() if k in RemoteSpec.__dataclass_fields__})
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Cache files only (the bucket is the durable copy): no fsync. A name that does not end in .idx or
-    # .json while being written, so a reader listing the folder never sees half a file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Remote:
@@ -177,15 +140,27 @@ class Remote:
         # One refresh at a time; time.monotonic() of the last successful sync with the bucket (None: never).
         self._refresh_lock = threading.Lock()
         self.refreshed_at: float | None = None
+        # Offline at start: the reachability of the bucket, whether it was seen to hold this store since the
+        # open, the probe's backend (one request, no retries) and the bound on staged bytes while it is down.
+        self._link = Link(backend.description)
+        self._confirm_lock = threading.Lock()
+        self._confirmed = True
+        self._probe: Backend | None = None
+        self.staging_max: int | None = None
 
     @property
     def description(self) -> str:
         return self.backend.description
 
     @classmethod
-    def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None) -> Remote | None:
+    def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None,
+               offline_ok: bool = False) -> Remote | None:
         """The remote of the store directory ``root`` (None for a plain local store), its metadata cache
         synced. A writable open creates the bucket and the store in it when missing.
+
+        ``offline_ok`` (writable only; the daemon's open): a bucket that does not answer is not an error;
+        the store opens from its local cache, or as a new store created here (see the module docstring),
+        and :attr:`reachability` says it is unreachable.
 
         Raises:
             StoreError: with ``code`` store_unreachable / store_auth / store_full, or not a store.
@@ -193,29 +168,136 @@ class Remote:
         spec = load_spec(root)
         if spec is None:
             return None
+        probe: S3Backend | None = None
         if backend is None:
             bucket, prefix = parse_s3_url(spec.url)
             backend = S3Backend(bucket, prefix, spec.options())
+            if offline_ok and writable:
+                probe = _probe_backend(backend)
         remote = cls(root, backend, spec)
+        remote._probe = probe
         try:
-            remote._sync(writable)
+            try:
+                remote._sync(writable, first=probe or backend)
+            except BackendError as exc:
+                if not (offline_ok and writable and exc.code == "store_unreachable"):
+                    raise
+                remote._open_offline(_store_error(exc))
         except BackendError as exc:
-            backend.close()
+            remote.close()
             raise _store_error(exc) from exc
         except BaseException:
-            backend.close()
+            remote.close()
             raise
         return remote
 
+    def _open_offline(self, error: StoreError) -> None:
+        open_offline(self.root, self.description)
+        self._confirmed = False
+        self._note(error)
+
+    @property
+    def reachability(self) -> Reachability:
+        """Whether the bucket answered the last request that needed it, and if not why and since when."""
+        return self._link.state
+
+    @property
+    def reachable(self) -> bool:
+        return self._link.state.reachable
+
+    def _note(self, error: StoreError | None) -> None:
+        self._link.note(error)
+
+    def confirm(self, *, quick: bool = False) -> None:
+        """Make sure the bucket answers and holds this store (its ``config.json`` is the cached one). A
+        store made here offline (``remote-pending``) is created there now, the bucket too if missing.
+        ``quick``: one request without retries (a bucket known to be down answers within seconds).
+
+        Raises:
+            StoreError: store_unreachable / store_auth / store_full, or ``store_error`` when the bucket holds
+                no store or another one.
+        """
+        with self._confirm_lock:
+            if quick and self._probe is None and isinstance(self.backend, S3Backend):
+                self._probe = _probe_backend(self.backend)
+            backend = self._probe if quick and self._probe is not None else self.backend
+            try:
+                self._confirm(backend)
+            except BackendError as exc:
+                error = _store_error(exc)
+                self._note(error)
+                raise error from exc
+            except StoreError as exc:
+                self._note(exc)
+                raise
+            self._confirmed = True
+        self._note(None)
+
+    def _confirm(self, backend: Backend) -> None:
+        pending = (self.root / PENDING).exists()
+        if pending and isinstance(backend, S3Backend):
+            backend.ensure_bucket()
+        cached = (self.root / "config.json").read_bytes()
+        try:
+            config = backend.get("config.json")
+        except ObjectMissing:
+            if not pending:
+                raise StoreError(f"there is no syncsnap store at {self.description} any more (its config.json "
+                                 "is gone)") from None
+            backend.put_bytes("config.json", cached)
+            log.info("created the store at %s (made in %s while it was unreachable)", self.description, self.root)
+            config = cached
+        if config != cached:
+            raise StoreError(
+                f"{self.description} holds another store than the one in {self.root}"
+                + (" (made there while the bucket was unreachable at the first start); stop syncsnapd, move "
+                   f"{self.root} away and start it again" if pending else ""))
+        if pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / PENDING)
+
+    def _retrying(self, fn: Callable[[], T], wait: UnreachableWait | None) -> T:
+        """``fn()``, first confirming the bucket after an offline open or a failure (one quick request);
+        while the bucket is unreachable, ``wait`` decides when to try again (without it: raise)."""
+        attempt = 0
+        while True:
+            try:
+                if not self._confirmed or not self.reachable:
+                    self.confirm(quick=True)
+                result = fn()
+            except StoreError as exc:
+                if exc.code in REMOTE_CODES:
+                    self._note(exc)
+                if wait is None or exc.code != "store_unreachable":
+                    raise
+                wait(exc, attempt)
+                attempt += 1
+                continue
+            self._note(None)
+            return result
+
+    def staged_bytes(self) -> int:
+        """Bytes of the packs staged here (not known to be in the bucket)."""
+        return staged_bytes(self.root)
+
     def close(self) -> None:
         self.backend.close()
+        if self._probe is not None:
+            self._probe.close()
 
     # --- opening ------------------------------------------------------------------------------------
 
-    def _sync(self, writable: bool) -> None:
+    def _sync(self, writable: bool, first: Backend | None = None) -> None:
         root, backend = self.root, self.backend
-        if writable and isinstance(backend, S3Backend):
-            backend.ensure_bucket()
+        # ``first`` makes the first request (the daemon's: a quick probe, so an offline start is quick).
+        opener = first or backend
+        if writable and isinstance(opener, S3Backend):
+            opener.ensure_bucket()
+        cached = None
+        with contextlib.suppress(FileNotFoundError):
+            cached = (root / "config.json").read_bytes()
+        if writable and cached is not None and (root / PENDING).exists():
+            self._confirm(backend)  # made here offline: created in the bucket now, or refused
         try:
             config = backend.get("config.json")
         except ObjectMissing:
@@ -224,9 +306,6 @@ class Remote:
             config = new_config()
             backend.put_bytes("config.json", config)
             log.info("created a new store at %s", self.description)
-        cached = None
-        with contextlib.suppress(FileNotFoundError):
-            cached = (root / "config.json").read_bytes()
         for sub in ("index", "snapshots"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         if cached != config:
@@ -237,7 +316,7 @@ class Remote:
             for sub in ("index", "snapshots"):
                 shutil.rmtree(root / sub)
                 (root / sub).mkdir()
-            _write_atomic(root / "config.json", config)
+            write_cache_file(root / "config.json", config)
         self._sync_folder("index/", ".idx", self._staged_packs)
         self._sync_folder("snapshots/", ".json", set)
         self.refreshed_at = time.monotonic()
@@ -281,7 +360,7 @@ class Remote:
                   if k.endswith(suffix) and "/" not in k[len(prefix):]}
         def fetch(name: str) -> None:
             with contextlib.suppress(ObjectMissing):
-                _write_atomic(folder / name, self.backend.get(prefix + name))
+                write_cache_file(folder / name, self.backend.get(prefix + name))
 
         # A new machine fetches every index and snapshot file once: a few at a time.
         new = sorted(remote - local)
@@ -324,18 +403,25 @@ class Remote:
 
     def upload_staged(self, on_written: Callable[[int, int], None] | None = None,
                       check: Callable[[], None] | None = None,
-                      on_total: Callable[[int, int], None] | None = None, extra: tuple[int, int] = (0, 0)
-                      ) -> tuple[int, int]:
+                      on_total: Callable[[int, int], None] | None = None, extra: tuple[int, int] = (0, 0),
+                      wait: UnreachableWait | None = None) -> tuple[int, int]:
         """Upload every staged pack (then its index) that the bucket does not have, ``concurrency`` at a
         time, and drop the staged copies. Returns (objects, bytes) sent.
 
         ``on_written(objects, nbytes)``: bytes as they are sent, and each object once complete.
         ``on_total(objects, nbytes)``: once what is missing is known, what will be sent, plus ``extra``
         (the snapshot file that follows). ``check()`` may raise to stop between objects.
+        ``wait(error, attempt)``: while the bucket is unreachable, called before each further attempt
+        (each asks the bucket again which staged objects it has, so nothing it got is sent twice).
 
         Raises:
             StoreError: with ``code`` store_unreachable / store_auth / store_full when the bucket fails.
         """
+        return self._retrying(lambda: self._upload_staged(on_written, check, on_total, extra), wait)
+
+    def _upload_staged(self, on_written: Callable[[int, int], None] | None,
+                       check: Callable[[], None] | None,
+                       on_total: Callable[[int, int], None] | None, extra: tuple[int, int]) -> tuple[int, int]:
         staged = sorted(p for p in self._staged_packs() if (self.root / "index" / f"{p}.idx").exists())
         report = on_written or (lambda objects, nbytes: None)
         present: set[str] = set()
@@ -428,12 +514,15 @@ class Remote:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # in the bucket now; its index stays here as the cache
 
-    def put_snapshot(self, snapshot_id: str, payload: bytes) -> None:
-        """Upload a snapshot file: the last object of a snapshot."""
-        try:
-            self.backend.put_bytes(f"snapshots/{snapshot_id}.json", payload)
-        except BackendError as exc:
-            raise _store_error(exc) from exc
+    def put_snapshot(self, snapshot_id: str, payload: bytes, wait: UnreachableWait | None = None) -> None:
+        """Upload a snapshot file: the last object of a snapshot (``wait``: as for :meth:`upload_staged`)."""
+        def put() -> None:
+            try:
+                self.backend.put_bytes(f"snapshots/{snapshot_id}.json", payload)
+            except BackendError as exc:
+                raise _store_error(exc) from exc
+
+        self._retrying(put, wait)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -474,15 +563,17 @@ class Remote:
             raise _store_error(exc) from exc
 
 
+def _probe_backend(backend: S3Backend) -> S3Backend:
+    """The same bucket, for one quick request: no retries, a short connect timeout."""
+    options = backend.options
+    return S3Backend(backend.bucket, backend.prefix, replace(
+        options, botocore_attempts=1, retry_delays=(),
+        connect_timeout=min(_PROBE_CONNECT_SECONDS, options.connect_timeout)))
+
+
 def _pack_key(pack: str) -> str:
     return f"packs/{pack[:2]}/{pack}.pack"
 
 
 def _index_key(pack: str) -> str:
     return f"index/{pack}.idx"
-
-
-def spec_from(url: str, options: S3Options | None) -> RemoteSpec:
-    o = options or S3Options()
-    return RemoteSpec(url=url, endpoint=o.endpoint, region=o.region, path_style=o.path_style,
-                      concurrency=o.concurrency)

@@ -63,6 +63,7 @@ from ._format import (
 )
 from ._index import MasterIndex
 from ._prune import GarbageCollector, PruneStats, forget
+from ._reachability import UnreachableWait
 from ._reader import ChunkReader
 from ._remote import Remote
 from ._snapshots import SnapshotCatalog
@@ -105,7 +106,8 @@ class Store:
     # --- opening ------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: Path, *, writable: bool, on_durable_step: Callable[[str], None] | None = None) -> Store:
+    def open(cls, root: Path, *, writable: bool, on_durable_step: Callable[[str], None] | None = None,
+             offline_ok: bool = False) -> Store:
         """Open the store at ``root``.
 
         A writable open creates the store if ``root`` is missing or empty, takes the exclusive lock,
@@ -116,6 +118,9 @@ class Store:
         ``_remote.py``): opening first syncs its cached metadata with the bucket (creating the store
         there, writable, when missing), and ``self.remote`` is set.
 
+        ``offline_ok`` (the daemon's writable open of an S3 store): a bucket that does not answer is not an
+        error; the store opens from its local cache (see ``_remote.py``, "Offline at start").
+
         ``on_durable_step(label)``, for crash tests: called right after every durable-write step (see
         ``_files.py`` for the labels); it may kill the process to simulate a crash there.
 
@@ -125,7 +130,7 @@ class Store:
         root = Path(root)
         try:
             # An S3 store: sync the cached metadata with the bucket first (creates the store there if needed).
-            remote = Remote.attach(root, writable=writable)
+            remote = Remote.attach(root, writable=writable, offline_ok=offline_ok)
             try:
                 return cls._open_local(root, writable, remote, on_durable_step)
             except BaseException:
@@ -442,7 +447,8 @@ class Store:
                         entries: Sequence[Entry], stats: SnapshotStats, root_mode: int | None = None,
                         on_written: Callable[[int, int], None] | None = None,
                         check: Callable[[], None] | None = None,
-                        on_total: Callable[[int, int], None] | None = None) -> SnapshotInfo:
+                        on_total: Callable[[int, int], None] | None = None,
+                        on_unreachable: UnreachableWait | None = None) -> SnapshotInfo:
         """Store the tree, make every pack of ``writer`` durable, then write the snapshot file.
 
         ``root_mode``: the permission bits of the folder itself (0 to 0o777), which a restore gives the
@@ -450,6 +456,9 @@ class Store:
 
         For an S3 store, "durable" means uploaded: ``on_total(objects, nbytes)`` is called once what
         the upload sends is known, and ``on_written`` counts the bytes sent.
+
+        ``on_unreachable(error, attempt)``: while the bucket is unreachable, called before each further
+        attempt to upload (see ``Remote.upload_staged``); without it such a failure is raised.
 
         ``on_written(objects, nbytes)`` is called as packs and the snapshot file become durable;
         ``check()`` is called before each step and may raise to abandon the commit (then call
@@ -473,10 +482,10 @@ class Store:
         if check is not None:
             check()
         if remote is not None:
-            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(payload)))
+            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(payload)), wait=on_unreachable)
             if check is not None:
                 check()
-            remote.put_snapshot(snapshot_id, payload)
+            remote.put_snapshot(snapshot_id, payload, wait=on_unreachable)
         try:
             self.files.write_durable(self.files.snapshot_path(snapshot_id), payload, "snapshot")
         except OSError as exc:
