@@ -68,6 +68,8 @@ class Daemon:
     # (configuration error, exit 2, naming the key) is started again without it; `dropped` lists those.
     extra: dict[str, int | str | bool] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    # `syncsnapd init` arguments (e.g. ("--encrypt",)) run on the configuration before the daemon starts.
+    init_args: tuple[str, ...] | None = None
 
     @property
     def pid(self) -> int:
@@ -103,7 +105,7 @@ class Daemon:
             f"state_dir = {_toml_str(str(self.work / 'state'))}",
             f"token_file = {_toml_str(str(self.work / 'config' / 'token'))}",
         ]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in self.extra.items()]
+        lines += [f"{k} = {json.dumps(v).replace('{work}', str(self.work))}" for k, v in self.extra.items()]
         for pid, path in self.projects.items():
             lines += ["", "[[projects]]", f"id = {_toml_str(pid)}", f"path = {_toml_str(str(path))}"]
         conf.write_text("\n".join(lines) + "\n")
@@ -115,6 +117,11 @@ class Daemon:
             XDG_STATE_HOME=str(self.work / "state"),
         )
         self.log_path = self.work / "syncsnapd.log"
+        if self.init_args is not None:
+            init = subprocess.run([str(SYNCSNAPD), "init", *self.init_args, "--config", str(conf)], env=env,
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if init.returncode != 0:
+                raise DaemonError(f"syncsnapd init {' '.join(self.init_args)}: {init.stdout[-600:]}{init.stderr[-600:]}")
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as logf:
             self.proc = subprocess.Popen([str(SYNCSNAPD), "--config", str(conf)], env=env,

@@ -168,9 +168,15 @@ def _snap_details(final: dict[str, Any]) -> dict[str, Any]:
 MAX_CONNECTIONS = 1100
 
 
-def new_daemon(tree: Path, fan_tree: Path, name: str = "syncsnap") -> Daemon:
-    return Daemon(WORK / "runs" / name, {"bench": tree, "fan": fan_tree},
-                  extra={"max_connections": MAX_CONNECTIONS, "max_streams": MAX_CONNECTIONS, "watch": False})
+def new_daemon(tree: Path, fan_tree: Path, name: str = "syncsnap", *, encrypted: bool = False) -> Daemon:
+    """A daemon on a fresh store; ``encrypted``: a store made by ``syncsnapd init --encrypt`` whose master
+    key is in a key file (as an unattended daemon runs: no passphrase, so no scrypt at start)."""
+    extra: dict[str, int | str | bool] = {"max_connections": MAX_CONNECTIONS, "max_streams": MAX_CONNECTIONS,
+                                          "watch": False}
+    if encrypted:
+        extra["key_file"] = "{work}/config/master.key"
+    return Daemon(WORK / "runs" / name, {"bench": tree, "fan": fan_tree}, extra=extra,
+                  init_args=("--encrypt",) if encrypted else None)
 
 
 def run_syncsnap_hammered(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, res: dict[str, Any]) -> None:
@@ -218,14 +224,14 @@ def rewarm(tree: Path, spec: _tree.TreeSpec, res: dict[str, Any], who: str) -> N
 
 
 def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval: float,
-                 res: dict[str, Any]) -> Daemon:
+                 res: dict[str, Any], name: str = "syncsnap") -> Daemon:
     """One round of three timed snapshots on a fresh daemon and store; returns the daemon, still
-    running, for the serving benchmarks."""
+    running, for the serving benchmarks. ``name`` "syncsnap-encrypted": into an encrypted store."""
     out: dict[str, Any] = {}
-    res["snapshots"].setdefault("syncsnap", {}).setdefault("rounds", []).append(out)
-    d = new_daemon(tree, fan_tree)
+    res["snapshots"].setdefault(name, {}).setdefault("rounds", []).append(out)
+    d = new_daemon(tree, fan_tree, name, encrypted=name == "syncsnap-encrypted")
     _tree.restore(tree, spec)
-    rewarm(tree, spec, res, "syncsnap")
+    rewarm(tree, spec, res, name)
     _sync()
     start_daemon(d, res)
     out["start_seconds"] = d.started_seconds
@@ -249,7 +255,7 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
                           "timeline": run.timeline, **cpu.end()}
         out["peak_rss_bytes"] = max([hwm, *run.rss_samples])
         _check(run.final, "initial")
-        log(f"syncsnap initial: {run.seconds:.2f} s, peak RSS {out['peak_rss_bytes'] / 1e6:.0f} MB, "
+        log(f"{name} initial: {run.seconds:.2f} s, peak RSS {out['peak_rss_bytes'] / 1e6:.0f} MB, "
             f"poll p99 {out.get('poll', {}).get('p99_ms', float('nan')):.1f} ms, "
             f"CPU {out['initial']['cpu_seconds']:.2f} s (others {out['initial']['others_cpu_seconds']:.2f} s)")
 
@@ -259,7 +265,7 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
         out["nochange"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline,
                            **cpu.end()}
         _check(run.final, "no-change")
-        log(f"syncsnap no-change: {run.seconds:.2f} s")
+        log(f"{name} no-change: {run.seconds:.2f} s")
 
         _tree.mutate(tree, spec)
         _sync()
@@ -268,7 +274,7 @@ def run_syncsnap(tree: Path, fan_tree: Path, spec: _tree.TreeSpec, poll_interval
         out["changed"] = {"seconds": run.seconds, "details": _snap_details(run.final), "timeline": run.timeline,
                           **cpu.end()}
         _check(run.final, "1% changed")
-        log(f"syncsnap 1% changed: {run.seconds:.2f} s")
+        log(f"{name} 1% changed: {run.seconds:.2f} s")
         out["peak_rss_any_bytes"] = d.status("VmHWM")
         out["store_bytes"] = _dir_bytes(d.work / "store")
     except BaseException:
@@ -537,6 +543,12 @@ def main() -> int:
         else:
             daemon = d  # the last round's daemon serves the later sections
 
+    def encrypted(r: int) -> None:
+        log(f"syncsnap snapshots into an encrypted store (round {r + 1} of {rounds})")
+        d = run_syncsnap(tree, fan_tree, spec, poll_interval, res, "syncsnap-encrypted")
+        d.stop()
+        d.cleanup()
+
     def tool_round(name: str, r: int) -> None:
         cls = {"restic": _backup_tools.Restic, "borg": _backup_tools.Borg}[name]
         tool = cls(WORK / "runs" / name, tree)
@@ -544,7 +556,7 @@ def main() -> int:
         run_tool(tool, tree, spec, res)
 
     # Rounds alternate the order of the tools, so a drift in the machine's speed favours none of them.
-    order = ["syncsnap", "restic", "borg"]
+    order = ["syncsnap", "syncsnap-encrypted", "restic", "borg"]
     skip = {"restic"} if "restic" in missing else set()
     skip |= {"borg"} if "borgbackup" in missing else set()
     for r in range(rounds):
@@ -553,6 +565,8 @@ def main() -> int:
                 continue
             if name == "syncsnap":
                 _section(name, only, res, partial(syncsnap, r))
+            elif name == "syncsnap-encrypted":
+                _section("syncsnap", only, res, partial(encrypted, r))
             else:
                 _section(name, only, res, partial(tool_round, name, r))
     for tool in res["snapshots"].values():

@@ -48,16 +48,28 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
     def secs(tool: str, step: str) -> Any:
         return _get(snap, tool, step, "seconds")
 
-    def ratio_row(what: str, step: str, base: str, limit: float) -> None:
-        a, b = secs("syncsnap", step), secs(base, step)
+    def ratio_row(what: str, step: str, base: str, limit: float, tool: str = "syncsnap") -> None:
+        a, b = secs(tool, step), secs(base, step)
         ratio = a / b if _num(a) and _num(b) and b else None
-        rows.append([what, _s(a), f"{base} {_s(b)}", f"{ratio:.3f}x" if ratio is not None else "n/a",
+        base_name = "syncsnap, not encrypted" if base == "syncsnap" else base
+        rows.append([what, _s(a), f"{base_name} {_s(b)}", f"{ratio:.3f}x" if ratio is not None else "n/a",
                      f"<= {limit:.2f}x", _verdict(None if ratio is None else ratio <= limit)])
 
     ratio_row("Initial snapshot", "initial", "borg", 0.6)
     ratio_row("Initial snapshot", "initial", "restic", 0.35)
     ratio_row("No-change snapshot", "nochange", "restic", 0.25)
     ratio_row("1% changed + new files", "changed", "restic", 0.30)
+    if "syncsnap-encrypted" in snap:
+        ratio_row("Initial snapshot, encrypted store", "initial", "restic", 0.35, "syncsnap-encrypted")
+        ratio_row("Encryption's cost, initial", "initial", "syncsnap", 1.15, "syncsnap-encrypted")
+        ratio_row("Encryption's cost, 1% changed", "changed", "syncsnap", 1.15, "syncsnap-encrypted")
+    s3 = r.get("s3", {})
+    enc3, plain3, restic3 = (_get(s3, t, "initial", "seconds") for t in ("syncsnap-encrypted", "syncsnap", "restic"))
+    for what, base, b, limit in (("Initial snapshot into S3, encrypted", "restic", restic3, 0.35),
+                                 ("Encryption's cost, initial into S3", "syncsnap, not encrypted", plain3, 1.15)):
+        if _num(enc3) and _num(b) and b:
+            rows.append([what, _s(enc3), f"{base} {_s(b)}", f"{enc3 / b:.3f}x", f"<= {limit:.2f}x",
+                         _verdict(enc3 / b <= limit)])
 
     rss = _get(snap, "syncsnap", "peak_rss_bytes")
     rows.append(["Daemon peak RSS (initial)", _mb(rss),
@@ -206,10 +218,14 @@ def markdown(r: dict[str, Any]) -> str:
     nr = r.get("rounds", 1)
     if nr > 1:
         L.append(f"- **Rounds**: the three-step comparison runs {nr} times, alternating the order of the "
-                 "tools (syncsnap, restic, borg, then borg, restic, syncsnap), each round into a fresh "
+                 "tools (syncsnap, syncsnap into an encrypted store, restic, borg, then the reverse), each round into a fresh "
                  "repository or store (and a fresh daemon). Times are the best of the rounds (other work on "
                  "the machine only ever adds time), every round's time is shown in brackets; RSS is the "
                  "largest of the rounds; latencies are taken over the samples of all rounds.")
+    L.append("- **Encrypted store**: the same three steps on a fresh daemon whose store was made by "
+             "`syncsnapd init --encrypt` with `key_file` set (AES-256-GCM on this CPU, keyed chunk ids; the "
+             "daemon reads its master key from the file, so no scrypt at start), alternating with the "
+             "other tools. restic always encrypts; borg runs with `-e none`.")
     L.append("- **restic**: `restic init`, then `restic backup --json TREE` (repository in a temporary "
              "directory, `RESTIC_PASSWORD` set, its own cache dir). **borg**: `borg init -e none`, then "
              "`borg create --json REPO::NAME TREE` (temporary `BORG_BASE_DIR`). Both with their default "
@@ -241,26 +257,27 @@ def markdown(r: dict[str, Any]) -> str:
                 return f"{_s(best)} ({', '.join(f'{x:.2f}' for x in every)})"
             return _s(best)
 
+        tools = ("syncsnap", "syncsnap-encrypted", "restic", "borg")
         for step, label in (("initial", "initial"), ("nochange", "no change"),
                             ("changed", "1% changed + new files")):
-            rows.append([label] + [cell(t, step) for t in ("syncsnap", "restic", "borg")])
+            rows.append([label] + [cell(t, step) for t in tools])
         def cpu(t: str, step: str, key: str) -> str:
             v = _get(snap, t, step, key)
             return f"{v:.2f} s" if _num(v) else "n/a"
 
         for step, label in (("initial", "initial"), ("nochange", "no change"), ("changed", "1% changed")):
-            rows.append([f"CPU time of the tool, {label}"] + [cpu(t, step, "cpu_seconds")
-                                                              for t in ("syncsnap", "restic", "borg")])
+            rows.append([f"CPU time of the tool, {label}"] + [cpu(t, step, "cpu_seconds") for t in tools])
         for step, label in (("initial", "initial"), ("nochange", "no change"), ("changed", "1% changed")):
             rows.append([f"CPU time of everything else, {label}"]
-                        + [cpu(t, step, "others_cpu_seconds") for t in ("syncsnap", "restic", "borg")])
-        rows.append(["peak RSS, initial"] + [_mb(_get(snap, "syncsnap", "peak_rss_bytes"))]
+                        + [cpu(t, step, "others_cpu_seconds") for t in tools])
+        ours = ("syncsnap", "syncsnap-encrypted")
+        rows.append(["peak RSS, initial"] + [_mb(_get(snap, t, "peak_rss_bytes")) for t in ours]
                     + [_mb(_get(snap, t, "initial", "max_rss_bytes")) for t in ("restic", "borg")])
-        rows.append(["peak RSS, any step"] + [_mb(_get(snap, "syncsnap", "peak_rss_any_bytes"))]
+        rows.append(["peak RSS, any step"] + [_mb(_get(snap, t, "peak_rss_any_bytes")) for t in ours]
                     + [_mb(max((_get(snap, t, s, "max_rss_bytes") or 0 for s in ("initial", "nochange", "changed")),
                                default=0) or None) for t in ("restic", "borg")])
-        rows.append(["store / repository size"] + [_mb(_get(snap, t, "store_bytes")) for t in ("syncsnap", "restic", "borg")])
-        L.append(_table(["", "syncsnap", "restic", "borg"], rows))
+        rows.append(["store / repository size"] + [_mb(_get(snap, t, "store_bytes")) for t in tools])
+        L.append(_table(["", "syncsnap", "syncsnap, encrypted store", "restic", "borg"], rows))
         L.append("")
         L.append("CPU times are of the round shown (the best). \"Everything else\" is the machine's busy "
                  "CPU time during the step (both cores, from /proc/stat) less the tool's own: the harness "
@@ -268,7 +285,7 @@ def markdown(r: dict[str, Any]) -> str:
                  "When it is large, that step's wall time was inflated by contention for the 2 cores.")
         L.append("")
         details = []
-        for t in ("syncsnap", "restic", "borg"):
+        for t in tools:
             for step in ("initial", "nochange", "changed"):
                 d = _get(snap, t, step, "details")
                 if d:
