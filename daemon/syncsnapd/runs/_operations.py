@@ -27,7 +27,15 @@ import trio
 
 from ..core import Plan, Progress, RunProgress, Step, SyncsnapdError, count_of, human_bytes
 from ..engine import DiffError, Restore, RestoreError, check_target, diff_entries, normalize_path, scan_live
-from ..store import GarbageCollector, StoreCheck, StoreError, UnknownSnapshotError, plan_forget
+from ..store import (
+    GarbageCollector,
+    StoreCheck,
+    StoreError,
+    UnknownSnapshotError,
+    error_code,
+    plan_forget,
+    pruning_lock,
+)
 from ._executor import Body, Outcome, Recorder, Run, RunExecutor, RunFailed
 from ._scheduler import Scheduler, UnknownProject, new_run_id
 from ._tracker import Tracker
@@ -179,7 +187,8 @@ class Operations:
             try:
                 return await body(progress)
             except StoreError as exc:
-                raise RunFailed("store_error", str(exc)) from exc
+                # store_locked (another machine holds the store's lock), store_unreachable..., else store_error.
+                raise RunFailed(error_code(exc), str(exc)) from exc
 
         try:
             await self._executor.execute(op.run, run_body)
@@ -372,6 +381,20 @@ class Operations:
         return first
 
     async def _prune(self, progress: RunProgress, dry_run: bool) -> Outcome:
+        if dry_run:
+            return await self._prune_locked(progress, dry_run)
+        # An S3 store (or one on a network filesystem): the exclusive lock in the store for the whole prune,
+        # refused (store_locked, naming the holder) while another process writes a snapshot. This daemon's
+        # own runs go on meanwhile, coordinated in memory.
+        lock = contextlib.ExitStack()
+        try:
+            await self._thread(lambda: lock.enter_context(pruning_lock(self.store)))
+            return await self._prune_locked(progress, dry_run)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(lock.close)
+
+    async def _prune_locked(self, progress: RunProgress, dry_run: bool) -> Outcome:
         store = self.store
         check = _check_fn(progress)
         policies = {pid: self.scheduler.project(pid).keep for pid in self.scheduler.project_ids()}

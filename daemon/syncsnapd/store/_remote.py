@@ -30,9 +30,11 @@ what is new and dropping what the bucket no longer has. If the bucket's ``config
 cached one (a different store at that URL), the cache is rebuilt.
 
 Concurrency between machines: objects are content-addressed and immutable, so two daemons writing to one
-bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes); each sees the
-other's snapshots at its next start. Deleting is not safe without a lock object, which this version does
-not implement: ``forget``/``prune`` refuse on an S3 store (:func:`refuse_on_remote`).
+bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes). Deleting is
+coordinated by lock objects in the bucket (``locks/``, see ``_locks.py``): a snapshot run holds a shared
+lock, forget and prune an exclusive one, and each, once its lock is held, brings the cached metadata up to
+date (:meth:`Remote.resync`). A prune on S3 (``_prune.py``) uploads the packs it repacked, each before its
+index, before it deletes anything; then deletes the old indexes, then the old packs.
 """
 
 from __future__ import annotations
@@ -374,6 +376,70 @@ class Remote:
         """Upload a snapshot file: the last object of a snapshot."""
         try:
             self.backend.put_bytes(f"snapshots/{snapshot_id}.json", payload)
+        except BackendError as exc:
+            raise _store_error(exc) from exc
+
+    # --- prune: refreshing, repacked packs, deleting (see _prune.py and _locks.py) ---------------------
+
+    def resync(self) -> None:
+        """Bring the cached indexes and snapshot files up to date with the bucket (two LISTs, and a GET per
+        new object): what a lock holder does first, so it sees what other machines wrote or pruned."""
+        try:
+            self._sync_folder("index/", ".idx", self._staged_packs)
+            self._sync_folder("snapshots/", ".json", set)
+        except BackendError as exc:
+            raise _store_error(exc) from exc
+
+    def upload_repacked(self, packs: list[str], step: Callable[[str], None]) -> None:
+        """Upload the packs a prune just wrote (staged here), each before its index, one at a time (their
+        order is what the crash tests step through), and drop the staged copies. ``step(label)`` after
+        each object is in the bucket."""
+        try:
+            for pack in packs:
+                path = self.root / "packs" / pack[:2] / f"{pack}.pack"
+                if not path.exists():
+                    continue  # uploaded meanwhile by a snapshot run's upload of every staged pack
+                self.backend.put_file(_pack_key(pack), path)
+                step("gc:pack-uploaded")
+                self.backend.put_bytes(_index_key(pack), (self.root / "index" / f"{pack}.idx").read_bytes())
+                step("gc:index-uploaded")
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        except BackendError as exc:
+            raise _store_error(exc) from exc
+
+    def orphan_packs(self, sizes: dict[str, int]) -> list[str]:
+        """Packs in the bucket (``sizes``: from :meth:`pack_sizes`) with no index there and not staged here:
+        what a prune that crashed between deleting a pack's index and the pack leaves (or a run that died
+        between uploading a pack and its index)."""
+        try:
+            indexed = {k[len("index/"):-4] for k, _ in self.backend.list("index/") if k.endswith(".idx")}
+        except BackendError as exc:
+            raise _store_error(exc) from exc
+        staged = self._staged_packs()
+        return sorted(p for p in sizes if p not in indexed and p not in staged)
+
+    def upload_index(self, pack: str, index_bytes: bytes) -> None:
+        """Upload (then cache) the index of a pack re-indexed from its footer."""
+        try:
+            self.backend.put_bytes(_index_key(pack), index_bytes)
+        except BackendError as exc:
+            raise _store_error(exc) from exc
+        _write_atomic(self.root / "index" / f"{pack}.idx", index_bytes)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete a forgotten snapshot's file from the bucket."""
+        self._delete(f"snapshots/{snapshot_id}.json")
+
+    def delete_index(self, pack: str) -> None:
+        self._delete(_index_key(pack))
+
+    def delete_pack(self, pack: str) -> None:
+        self._delete(_pack_key(pack))
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.backend.delete(key)
         except BackendError as exc:
             raise _store_error(exc) from exc
 

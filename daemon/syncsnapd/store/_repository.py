@@ -62,6 +62,7 @@ from ._format import (
     tree_groups,
 )
 from ._index import MasterIndex
+from ._locks import StoreLocks
 from ._prune import GarbageCollector, PruneStats, forget
 from ._reader import ChunkReader
 from ._remote import Remote
@@ -97,6 +98,8 @@ class Store:
         # The bucket behind this store when its directory is the staging and cache of an S3 store
         # (see _remote.py); None for a local store.
         self.remote = remote
+        # Lock objects (an S3 store, or a directory on a network filesystem), else None: see _locks.py.
+        self.locks = StoreLocks.for_store(root, None if remote is None else remote.backend)
         self._lock_fd = lock_fd
         self._closed = False
 
