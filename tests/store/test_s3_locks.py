@@ -237,7 +237,7 @@ def test_an_unreadable_lock_object_blocks_until_unlock_removes_it(s3: MotoServer
         store.locks.dir.put("ee" * 32, b"not a lock")
         with pytest.raises(StoreLocked, match=f"an unreadable lock object locks/{'ee' * 32}"):
             store.forget([old])
-        assert store.locks.remove() == ([f"an unreadable lock object locks/{'ee' * 32}"], [])
+        assert store.locks.remove() == ([f"unreadable lock object locks/{'ee' * 32}"], [])
         assert store.forget([old]) == [old]
 
 

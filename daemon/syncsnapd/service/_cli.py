@@ -6,6 +6,7 @@
     syncsnapd restore SNAPSHOT_ID TARGET_DIR [--path P ...] [--overwrite] [--project P]
     syncsnapd check [--read-data]                     verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run]                       apply the projects' keep policies, delete unused data
+    syncsnapd unlock [--remove-all]                   remove stale locks of a shared store (S3, network disk)
 
 GLOBAL OPTIONS go before or after the command: ``--config FILE``, ``--folder PATH`` (repeatable), and
 ``--tcp``, ``--socket``, ``--store``, ``--state-dir``, which override those ``[daemon]`` keys. An unknown
@@ -55,7 +56,7 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("-v", "--verbose"), None, "debug logging"),
 )
 _OVERRIDES = ("tcp", "socket", "store", "state_dir")
-_COMMANDS = ("snapshots", "diff", "restore", "check", "prune")
+_COMMANDS = ("snapshots", "diff", "restore", "check", "prune", "unlock")
 
 
 class UsageError(Exception):
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = command("prune", "forget snapshots as the projects' keep policies say, then delete unused data "
                           "(not while the daemon runs; --dry-run only reads and works then too)")
     pr.add_argument("--dry-run", action="store_true", help="only say what would be forgotten and deleted")
+    u = command("unlock", "remove the stale locks of a store shared by several machines (S3, network filesystem)")
+    u.add_argument("--remove-all", action="store_true",
+                   help="remove every lock, also live ones (only when no syncsnapd uses the store)")
     return p
 
 
@@ -228,6 +232,10 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     if args.command == "prune":
         return _offline.run_prune(config.store, sys.stdout, policies={p.id: p.keep for p in config.projects},
                                   dry_run=args.dry_run, remote=config.store_url)
+    if args.command == "unlock":
+        from ._unlock import run_unlock
+
+        return run_unlock(config.store, sys.stdout, remove_all=args.remove_all)
     return _offline.run_check(config.store, sys.stdout, read_data=args.read_data)
 
 

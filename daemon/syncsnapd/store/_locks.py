@@ -523,7 +523,7 @@ class StoreLocks:
         for name in bad:
             if name not in mine:
                 self.dir.delete(name)
-                removed.append(f"an unreadable lock object {PREFIX}{name}")
+                removed.append(f"unreadable lock object {PREFIX}{name}")
         for info in good:
             if info.name in mine:
                 continue
