@@ -443,3 +443,21 @@ def test_bucket_lock_names_are_random_and_unique(s3: MotoServer, tmp_path: Path)
             with store.locks.hold(exclusive=False, purpose="snapshot") as held:
                 names.add(held.info.name)
         assert len(names) == 3 and all(len(n) == 64 for n in names)
+
+
+def test_a_prune_whose_lock_was_removed_stops_before_deleting(s3: MotoServer, tmp_path: Path) -> None:
+    """`unlock --remove-all` on another machine while a prune holds its lock: the prune finds its lock gone
+    before it deletes anything, stops with a clear error, and does not take the lock again by refreshing."""
+    clock = Clock(time.time())
+    with open_store(tmp_path / "a", s3.url) as store:
+        old, _ = two_snapshots(store)
+        with pruning_lock(store) as held:
+            assert held is not None
+            removed, _ = other_machine(store, clock).remove(everything=True)
+            assert len(removed) == 1
+            with pytest.raises(StoreLocked, match="lock .* was removed .*: stopping before anything is deleted"):
+                store.forget([old])
+            held.refresh()
+            assert bucket_keys(s3, "locks/") == []
+        assert old in [s.id for s in store.list_snapshots()]
+        assert f"snapshots/{old}.json" in bucket_keys(s3, "snapshots/")

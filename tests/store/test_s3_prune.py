@@ -314,3 +314,52 @@ def test_crash_at_every_step_of_a_prune_on_s3_leaves_every_snapshot_restorable(s
     assert {"forget:unlinked", "forget:deleted", "pack:fsynced", "index:renamed", "gc:pack-uploaded",
             "gc:index-uploaded", "gc:index-unlinked", "gc:index-deleted", "gc:pack-deleted",
             "gc:pack-unlinked"} <= seen
+
+
+# --- prune through the daemon ---------------------------------------------------------------------------------
+
+def wait_operation(d: DaemonProcess, run: str) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        p = json.loads(d.curl(f"http://localhost/api/v1/operations/{run}").stdout)
+        return p if p.get("state") in ("completed", "failed", "cancelled") else None
+
+    return wait_until(ended, 120, f"the operation {run}")  # type: ignore[no-any-return]
+
+
+def test_a_prune_through_the_daemon_on_s3_is_refused_while_another_machine_writes(s3: MotoServer,
+                                                                                   short_tmp: Path) -> None:
+    """POST /api/v1/prune on a daemon whose store is a bucket another machine is writing a snapshot to:
+    the run fails with store_locked, naming that machine's lock; once it is done, the prune completes and
+    deletes what the keep policy no longer needs."""
+    folder = short_tmp / "docs"
+    write(folder, "a", 100 * KiB)
+    base = short_tmp / "b"
+    d = start_s3_daemon(base, folder, s3.url)
+    cfg = base / "config.toml"
+    cfg.write_text(cfg.read_text() + "keep = { last = 1 }\n")
+    d.stop()
+    d = spawn_daemon(base, cfg)
+    try:
+        for name in ("b", "c"):
+            run = start_run(d)
+            wait_until(lambda run=run: run_done(d, run), 60, "a snapshot")
+            write(folder, name, 100 * KiB)
+            (folder / "a").unlink(missing_ok=True)
+        with open_store(short_tmp / "other", s3) as other:
+            assert len(other.list_snapshots()) == 2
+            with other.locks.hold(exclusive=False, purpose="snapshot"):  # type: ignore[union-attr]
+                refused = json.loads(d.curl("-X", "POST", "http://localhost/api/v1/prune").stdout)
+                end = wait_operation(d, refused["run"])
+                assert end["state"] == "failed"
+                assert end["error"]["code"] == "store_locked"
+                assert "shared lock of a snapshot by " in end["error"]["message"]
+                assert f"(pid {os.getpid()})" in end["error"]["message"]
+                assert len(bucket_keys(s3, "shared/snapshots")) == 2
+        done = json.loads(d.curl("-X", "POST", "http://localhost/api/v1/prune").stdout)
+        end = wait_operation(d, done["run"])
+        assert end["state"] == "completed", end
+        assert len(end["result"]["snapshots_removed"]) == 1
+        assert len(bucket_keys(s3, "shared/snapshots")) == 1
+        assert bucket_keys(s3, "shared/locks") == {}
+    finally:
+        d.stop()

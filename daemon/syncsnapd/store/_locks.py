@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ._errors import REMOTE_CODES, BackendError, CorruptDataError, ObjectMissing, StoreError, StoreLocked
+from ._files import write_all
 
 if TYPE_CHECKING:
     from ._backend import Backend
@@ -296,7 +297,7 @@ class DirectoryLocks:
             self._dir.mkdir(exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -325,6 +326,7 @@ class HeldLock:
         self.info = info
         self._stop = threading.Event()
         self._last_ok = time.monotonic()
+        self._lost = False  # removed by someone else (`syncsnapd unlock --remove-all`)
         self._thread = threading.Thread(target=self._refresher, args=(refresh_every,), daemon=True,
                                         name=f"syncsnap-lock-{info.name[:8]}")
         self._thread.start()
@@ -338,7 +340,13 @@ class HeldLock:
                             "exclusive" if self.info.exclusive else "shared", exc, every)
 
     def refresh(self) -> None:
-        """Rewrite the lock object with the current time. Raises :class:`StoreError`."""
+        """Rewrite the lock object with the current time, unless it was removed meanwhile (then it stays
+        removed, and :meth:`verify` says so). Raises :class:`StoreError`."""
+        if self._lost or self.info.name not in self._locks.dir.names():
+            self._lost = True
+            log.warning("the store's lock %s%s was removed by someone else; not taking it again", PREFIX,
+                        self.info.name)
+            return
         info = replace(self.info, time=self._locks.clock())
         self._locks.dir.put(info.name, encode_lock(info))
         self.info = info
@@ -350,7 +358,8 @@ class HeldLock:
         if time.monotonic() - self._last_ok > STALE_AFTER - 2 * REFRESH_EVERY:
             raise StoreLocked(f"the store's lock could not be refreshed since {_iso(self.info.time)[:19]}Z; "
                               "another machine may think it stale: stopping before anything is deleted")
-        if self.info.name not in self._locks.dir.names():
+        if self._lost or self.info.name not in self._locks.dir.names():
+            self._lost = True
             raise StoreLocked(f"this process's lock on {self._locks.dir.description} was removed (by `syncsnapd "
                               "unlock --remove-all`?): stopping before anything is deleted")
 

@@ -18,7 +18,8 @@ On an S3 store (and a local one on a network filesystem) forget and prune hold t
 (``_locks.py``: taken here unless the caller holds it already, and refused while another process writes a
 snapshot), having brought the cached metadata up to date with the bucket. The same order, in the bucket:
 forgotten snapshot files are deleted; the packs a repack writes are uploaded, each before its index (steps
-``gc:pack-uploaded``, ``gc:index-uploaded``), before anything is deleted; then the old packs' index objects
+``gc:pack-uploaded``, ``gc:index-uploaded``), and so is any pack still staged here (left by a crashed prune
+or a failed run, it may hold the only copy of blobs in use), before anything is deleted; then the old packs' index objects
 are deleted (``gc:index-deleted``), then the packs (``gc:pack-deleted``). A crash between the two leaves
 packs without index in the bucket: the next prune re-indexes them from their footers (uploading the index)
 and so deletes them in due order.
