@@ -461,3 +461,29 @@ def test_a_prune_whose_lock_was_removed_stops_before_deleting(s3: MotoServer, tm
             assert bucket_keys(s3, "locks/") == []
         assert old in [s.id for s in store.list_snapshots()]
         assert f"snapshots/{old}.json" in bucket_keys(s3, "snapshots/")
+
+
+def test_a_lock_that_could_not_be_removed_is_removed_at_the_next_take(s3: MotoServer, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bucket is unreachable when a run ends (its lock stays there, through a stopped proxy: the test
+    double of a service that is down, as in test_s3_store.py); the same daemon's prune is not blocked by it,
+    and removes it."""
+    from helpers.s3 import ThrottlingProxy
+    from syncsnapd.core import _config as s3_settings
+
+    monkeypatch.setattr(s3_settings, "BOTOCORE_ATTEMPTS", 2)
+    monkeypatch.setattr(s3_settings, "RETRY_DELAYS", (0.2,))
+    monkeypatch.setattr(s3_settings, "CONNECT_TIMEOUT", 2.0)
+    proxy = ThrottlingProxy(s3.port)
+    try:
+        with open_store(tmp_path / "a", proxy.url) as store:
+            old, _ = two_snapshots(store)
+            with writing_lock(store):
+                [left] = bucket_keys(s3, "locks/")
+                proxy.down()
+            proxy.up()
+            assert bucket_keys(s3, "locks/") == [left]  # the release failed
+            assert store.forget([old]) == [old]  # ours: it blocks nothing of ours
+            assert bucket_keys(s3, "locks/") == []  # and is gone with the next take
+    finally:
+        proxy.close()

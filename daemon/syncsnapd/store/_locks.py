@@ -370,8 +370,11 @@ class HeldLock:
         try:
             self._locks.dir.delete(self.info.name)
         except StoreError as exc:
-            log.warning("cannot remove the store's lock %s%s (%s); it goes stale by itself after %d minutes",
-                        PREFIX, self.info.name, exc, STALE_AFTER // 60)
+            # Removed at this store's next lock (it is ours meanwhile, blocking nothing of ours), else stale
+            # after STALE_AFTER.
+            self._locks.abandoned.add(self.info.name)
+            log.warning("cannot remove the store's lock %s%s (%s); removing it at the next run, or it goes stale "
+                        "after %d minutes", PREFIX, self.info.name, exc, STALE_AFTER // 60)
 
 
 class StoreLocks:
@@ -394,6 +397,8 @@ class StoreLocks:
         self._mutex = {False: threading.Lock(), True: threading.Lock()}
         self._slots: dict[bool, tuple[HeldLock, int]] = {}
         self._state = threading.Lock()
+        # Our lock objects whose removal failed (the bucket was unreachable): removed at the next take.
+        self.abandoned: set[str] = set()
 
     @classmethod
     def for_store(cls, root: Path, backend: Backend | None) -> StoreLocks | None:
@@ -426,7 +431,7 @@ class StoreLocks:
 
     def owned(self) -> set[str]:
         with self._state:
-            return {held.info.name for held, _ in self._slots.values()}
+            return {held.info.name for held, _ in self._slots.values()} | self.abandoned
 
     def is_stale(self, info: LockInfo) -> bool:
         return info.stale(self.clock(), self.host)
@@ -449,6 +454,9 @@ class StoreLocks:
     # --- taking --------------------------------------------------------------------------------------
 
     def _try_take(self, exclusive: bool, purpose: str) -> tuple[HeldLock | None, list[str]]:
+        for name in sorted(self.abandoned):
+            self.dir.delete(name)
+            self.abandoned.discard(name)
         conflicts = self._conflicts(exclusive)
         if conflicts:
             return None, conflicts
