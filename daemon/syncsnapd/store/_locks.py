@@ -34,7 +34,8 @@ Format
 ======
 
 A lock object is one JSON document (UTF-8), encoded and decoded only by :func:`encode_lock` and
-:func:`decode_lock` (so an encrypted store seals it in one place)::
+:func:`decode_lock`, called only by :meth:`StoreLocks.seal` and :meth:`StoreLocks.unseal` (where an
+encrypted store seals and opens it)::
 
     {"version": 1, "exclusive": false, "purpose": "snapshot", "host": "laptop", "pid": 4242,
      "username": "ann", "created": "2026-12-07T14:00:00.123456Z", "time": "2026-12-07T14:05:00.123456Z"}
@@ -348,7 +349,7 @@ class HeldLock:
                         self.info.name)
             return
         info = replace(self.info, time=self._locks.clock())
-        self._locks.dir.put(info.name, encode_lock(info))
+        self._locks.dir.put(info.name, self._locks.seal(info))
         self.info = info
         self._last_ok = time.monotonic()
 
@@ -412,6 +413,15 @@ class StoreLocks:
         log.info("store %s is on a network filesystem (%s): using lock objects in %s/locks", root, kind, root)
         return cls(DirectoryLocks(root))
 
+    # --- the bytes of a lock object: the one place an encrypted store seals and opens them ----------------
+
+    def seal(self, info: LockInfo) -> bytes:
+        return encode_lock(info)
+
+    def unseal(self, name: str, data: bytes) -> LockInfo:
+        """Raises :class:`CorruptDataError`."""
+        return decode_lock(name, data)
+
     # --- reading -------------------------------------------------------------------------------------
 
     def read_all(self) -> tuple[list[LockInfo], list[str]]:
@@ -424,7 +434,7 @@ class StoreLocks:
             except FileNotFoundError:
                 continue  # released meanwhile
             try:
-                good.append(decode_lock(name, data))
+                good.append(self.unseal(name, data))
             except CorruptDataError:
                 bad.append(name)
         return good, bad
@@ -462,7 +472,7 @@ class StoreLocks:
             return None, conflicts
         now = self.clock()
         info = LockInfo(secrets.token_hex(32), exclusive, purpose, self.host, os.getpid(), _username(), now, now)
-        self.dir.put(info.name, encode_lock(info))
+        self.dir.put(info.name, self.seal(info))
         try:
             conflicts = self._conflicts(exclusive, info.name)
         except BaseException:
