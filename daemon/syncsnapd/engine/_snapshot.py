@@ -516,6 +516,8 @@ async def _take_writing_lock(store: Store, lock: contextlib.ExitStack, limiter: 
     """The store's shared lock for the rest of the run (S3, network filesystem; see store/_locks.py): while a
     prune of another process holds the exclusive lock, try again every ``RETRY_EVERY`` s (waiting here, in
     Trio, not in a worker thread) for up to ``WRITER_WAIT`` s, then fail with ``store_locked``."""
+    if store.locks is None:
+        return  # a store on a local disk: the daemon's flock and the writers' claims suffice
     deadline = trio.current_time() + WRITER_LOCK_WAIT
     while True:
         try:
@@ -612,8 +614,9 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             raise SnapshotError(error_code(exc), str(exc)) from exc
         raise
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(lock.close, limiter=limiter)
+        if store.locks is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lock.close, limiter=limiter)
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
         files_changed=stats.files_changed, files_unchanged=stats.files_unchanged,

@@ -381,7 +381,7 @@ class Operations:
         return first
 
     async def _prune(self, progress: RunProgress, dry_run: bool) -> Outcome:
-        if dry_run:
+        if dry_run or self.store.locks is None:
             return await self._prune_locked(progress, dry_run)
         # An S3 store (or one on a network filesystem): the exclusive lock in the store for the whole prune,
         # refused (store_locked, naming the holder) while another process writes a snapshot. This daemon's
