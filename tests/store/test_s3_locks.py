@@ -26,7 +26,7 @@ from helpers.daemon import DaemonProcess, make_env, make_tree, wait_until
 from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket, moto_server, s3_env
 from helpers.store import commit_entries, snapshot
 from syncsnapd.engine import SnapshotError
-from syncsnapd.engine import _snapshot as snapshot_module
+from syncsnapd.engine import _writing_lock as writing_lock_module
 from syncsnapd.store import (
     RemoteSpec,
     Store,
@@ -36,6 +36,7 @@ from syncsnapd.store import (
     pruning_lock,
     writing_lock,
 )
+from syncsnapd.store import _lockdirs as lockdirs_module
 from syncsnapd.store import _locks as locks_module
 from syncsnapd.store._locks import (
     STALE_AFTER,
@@ -269,7 +270,7 @@ async def test_a_snapshot_waits_for_the_prune_of_another_machine_then_completes(
 async def test_a_snapshot_blocked_too_long_fails_with_store_locked_naming_the_holder(
         s3: MotoServer, tmp_path: Path, autojump_clock: trio.testing.MockClock,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshot_module, "WRITER_LOCK_WAIT", 60.0)
+    monkeypatch.setattr(writing_lock_module, "WRITER_LOCK_WAIT", 60.0)
     folder = tmp_path / "docs"
     make_tree(folder)
     with open_store(tmp_path / "a", s3.url) as mine, open_store(tmp_path / "b", s3.url) as theirs:
@@ -408,7 +409,7 @@ def test_a_store_on_a_network_filesystem_is_locked_with_lock_objects(tmp_path: P
     store's directory (the code that reads f_type is the same). Another machine's live lock in ``locks/``
     then blocks the prune, naming it; once gone, the prune runs under a lock object of its own."""
     root = tmp_path / "store"
-    monkeypatch.setattr(locks_module, "_statfs_type",
+    monkeypatch.setattr(lockdirs_module, "_statfs_type",
                         lambda path: 0x6969 if str(path).startswith(str(root)) else 0xEF53)
     assert network_filesystem(root) == "nfs"
     assert network_filesystem(tmp_path / "elsewhere") is None

@@ -49,7 +49,6 @@ import calendar
 import collections
 import contextlib
 import errno
-import logging
 import os
 import stat
 import sys
@@ -64,19 +63,10 @@ import blake3
 import trio
 
 from ..core import RunProgress, SnapshotSummary, SyncsnapdError, walked_path
-from ..store import (
-    Entry,
-    SnapshotStats,
-    Store,
-    StoreError,
-    StoreLocked,
-    StoreWriter,
-    error_code,
-    make_snapshot_id,
-    writing_lock,
-)
+from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
 from ._previous import PreviousFiles
 from ._threads import run_threads, token_lender
+from ._writing_lock import open_writing_lock
 
 __all__ = ["SnapshotError", "take_snapshot"]
 
@@ -101,12 +91,6 @@ _TICK_POLLS = 50
 
 # Step 4 (see the module docstring). Past about four workers the GIL-held quarter of the work caps the gain.
 MAX_WORKERS = 4
-# A run finding the store locked by another process's prune (store/_locks.py) tries again this often
-# (seconds), for at most this long (seconds), then fails with store_locked.
-WRITER_LOCK_RETRY = 5.0
-WRITER_LOCK_WAIT = 30 * 60.0
-
-log = logging.getLogger("syncsnapd.snapshot")
 # A batch of small files: enough to make taking one from the queue negligible, few enough that the
 # workers finish together (20,000 files make ~300 batches).
 BATCH_FILES = 64
@@ -512,24 +496,6 @@ class _Run:
         return Entry(rel, "file", total, mtime, st.st_mode & 0o7777, inode, hashes)
 
 
-async def _take_writing_lock(store: Store, lock: contextlib.ExitStack, limiter: trio.CapacityLimiter) -> None:
-    """The store's shared lock for the rest of the run (S3, network filesystem; see store/_locks.py): while a
-    prune of another process holds the exclusive lock, try again every ``RETRY_EVERY`` s (waiting here, in
-    Trio, not in a worker thread) for up to ``WRITER_WAIT`` s, then fail with ``store_locked``."""
-    if store.locks is None:
-        return  # a store on a local disk: the daemon's flock and the writers' claims suffice
-    deadline = trio.current_time() + WRITER_LOCK_WAIT
-    while True:
-        try:
-            await trio.to_thread.run_sync(lambda: lock.enter_context(writing_lock(store, wait=0)), limiter=limiter)
-            return
-        except StoreLocked as exc:
-            if trio.current_time() >= deadline:
-                raise
-            log.info("%s; retrying in %.0f s", exc, WRITER_LOCK_RETRY)
-            await trio.sleep(WRITER_LOCK_RETRY)
-
-
 async def take_snapshot(store: Store, project: str, root: Path, progress: RunProgress, *,
                         ignore: Callable[[str], bool] | None = None,
                         limiter: trio.CapacityLimiter | None = None) -> SnapshotSummary:
@@ -553,12 +519,12 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     limiter = limiter or trio.to_thread.current_default_thread_limiter()
     run = _Run(store, root, progress, ignore, limiter)
     writer: StoreWriter | None = None
-    lock = contextlib.ExitStack()
+    lock = contextlib.AsyncExitStack()
     try:
         # Between steps the Trio side waits out a pause itself, so the step shown while paused stays.
         await progress.wait_resumed()
         progress.set_step(2)
-        await _take_writing_lock(store, lock, limiter)
+        await lock.enter_async_context(open_writing_lock(store, limiter))  # shared lock (S3): _writing_lock.py
         await trio.to_thread.run_sync(run.load_previous, project, limiter=limiter)
         snapshot_id = make_snapshot_id(_ns_datetime(run.started_ns))
 
@@ -614,9 +580,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             raise SnapshotError(error_code(exc), str(exc)) from exc
         raise
     finally:
-        if store.locks is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(lock.close, limiter=limiter)
+        with trio.CancelScope(shield=True):
+            await lock.aclose()
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
         files_changed=stats.files_changed, files_unchanged=stats.files_unchanged,

@@ -5,7 +5,7 @@ Modules: ``_format`` (the on-disk format), ``_config`` (config.json, checked), `
 content into chunks), ``_errors``, ``_files`` (the directory, durable writes), ``_index`` (the master
 index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypted store), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
 ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, ``_locks`` (lock
-objects of a store shared by several processes), and for S3 ``_remote`` over ``_backend``.
+objects of a store shared by several processes, kept where ``_lockdirs`` says), and for S3 ``_remote`` over ``_backend``.
 """
 
 from ._backend import S3Backend as S3Backend
