@@ -11,8 +11,8 @@ in memory (``_index.py``, "Pruning while writing").
 
 * **shared**: taken by a snapshot run for the whole of its work on the store, from step 2 (reading the
   previous snapshot) to the snapshot file's upload, and then released. So another machine can prune
-  between runs, and a paused run keeps it. A run finding an exclusive lock waits for it, polling every
-  :data:`RETRY_EVERY` seconds, up to :data:`WRITER_WAIT`, then fails with ``store_locked``.
+  between runs, and a paused run keeps it. A run finding an exclusive lock waits for it, trying again
+  every 5 seconds for up to 30 minutes, then fails with ``store_locked`` (``engine/_writing_lock.py``).
 * **exclusive**: taken by forget, prune and garbage collection; it conflicts with every other lock. A
   prune does not wait: it fails at once with ``store_locked``, naming who holds the lock.
 
