@@ -362,6 +362,9 @@ def run_in_subprocess(*args: str, check: bool = True) -> tuple[int, dict[str, An
 
 
 def main(argv: list[str]) -> int:
+    # Run as a script, this folder is sys.path[0], and its http.py would shadow the standard library's
+    # `http` for whatever imports it later (boto3, for a crash run on an S3 store).
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != str(HERE.parent)]
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("snapshot")

@@ -75,11 +75,14 @@ def bucket(moto: MotoServer) -> dict[str, bytes]:
 
 
 def puts(proxy: ThrottlingProxy, since: int = 0) -> Counter[str]:
-    """How many times each object was sent (multipart requests count as their object once each)."""
+    """How many times each object of the store's data was sent (multipart requests count as their object
+    once each); the run's lock objects (``locks/``, taken once the bucket answers) are not data."""
     sent: Counter[str] = Counter()
     for method, path in proxy.requests[since:]:
         if method == "PUT" and f"/{BUCKET}/{PREFIX}" in path:
-            sent[path.split("?", 1)[0].split(f"/{BUCKET}/{PREFIX}", 1)[1]] += 1
+            key = path.split("?", 1)[0].split(f"/{BUCKET}/{PREFIX}", 1)[1]
+            if not key.startswith("locks/"):
+                sent[key] += 1
     return sent
 
 

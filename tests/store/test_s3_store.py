@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from syncsnapd.api import store_footprint
 from syncsnapd.core import _s3 as s3_settings
 from syncsnapd.engine import SnapshotError
 from syncsnapd.service import run_check, run_restore, run_snapshots
-from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
+from syncsnapd.store import RemoteSpec, Store, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
 
@@ -91,19 +92,30 @@ def kinds(keys: list[str] | dict[str, int]) -> dict[str, int]:
 
 
 def uploaded(proxy: ThrottlingProxy, since: int = 0) -> list[str]:
-    """Object keys PUT through the proxy (multipart parts count as their object once)."""
+    """Object keys PUT through the proxy (multipart parts count as their object once), but lock objects
+    (every run takes one: store/_locks.py)."""
     keys = []
     for method, path in proxy.requests[since:]:
         if method not in ("PUT", "POST"):
             continue
         key = path.split("?", 1)[0].split(f"/{BUCKET}/machines/one/", 1)[-1]
-        if key not in keys:
+        if key not in keys and not key.startswith("locks/"):
             keys.append(key)
     return keys
 
 
 def lists(proxy: ThrottlingProxy, since: int = 0) -> int:
     return sum(1 for method, path in proxy.requests[since:] if method == "GET" and "list-type=2" in path)
+
+
+def listed(proxy: ThrottlingProxy, since: int = 0) -> list[str]:
+    """The folders listed, in order (``locks``, ``index``...)."""
+    out = []
+    for method, path in proxy.requests[since:]:
+        if method == "GET" and "list-type=2" in path:
+            prefix = urllib.parse.parse_qs(path.split("?", 1)[1]).get("prefix", [""])[0]
+            out.append(prefix.removeprefix("machines/one/").strip("/"))
+    return out
 
 
 async def test_upload_then_unchanged_folder_uploads_only_its_snapshot(proxy: ThrottlingProxy, moto: MotoServer,
@@ -135,9 +147,9 @@ async def test_upload_then_unchanged_folder_uploads_only_its_snapshot(proxy: Thr
         before = len(proxy.requests)
         second = await snapshot(store, folder, "docs")
         assert uploaded(proxy, before) == [f"snapshots/{second.id}.json"]  # dedup: nothing else sent
-        # The bucket was listed only by the refresh before the run (index/ and snapshots/: issue 15, other
-        # machines' snapshots and packs).
-        assert lists(proxy, before) == 2
+        # and the bucket was listed only for its shared lock (before and after writing it, as restic does)
+        # and to see what other machines wrote or pruned once the lock is held; never the packs.
+        assert listed(proxy, before) == ["locks", "locks", "index", "snapshots"]
 
         before = len(proxy.requests)
         (folder / "d0" / "sub0" / "f0.txt").write_bytes(b"changed")
@@ -225,11 +237,6 @@ async def test_throttled_uploads_are_retried(proxy: ThrottlingProxy, moto: MotoS
         info = await snapshot(store, folder, "docs")
     assert proxy.throttled == 3
     assert f"snapshots/{info.id}.json" in bucket_keys(moto)
-
-
-def test_prune_refuses_on_s3(proxy: ThrottlingProxy, tmp_path: Path) -> None:
-    with open_store(tmp_path / "staging", proxy.url) as store, pytest.raises(StoreError, match="S3"):
-        store.forget(["20260101T000000.000Z-abcdef"])
 
 
 # --- the daemon, killed mid-upload ------------------------------------------------------------------

@@ -23,7 +23,7 @@ import trio
 from ..core import RunProgress, SyncsnapdError, human_bytes
 from ..store import Store, StoreError, StoreWriter, UnreachableWait
 
-__all__ = ["RETRY_FIRST_SECONDS", "RETRY_MAX_SECONDS", "StagingBound", "retry_delay", "store_waiter"]
+__all__ = ["RETRY_FIRST_SECONDS", "RETRY_MAX_SECONDS", "StagingBound", "retry_delay", "store_waiter", "wait_for_bucket"]
 
 log = logging.getLogger("syncsnapd.engine")
 
@@ -44,30 +44,37 @@ def waiting_message(delay: float) -> str:
     return f"store unreachable, retrying in {delay:g} s"
 
 
+async def wait_for_bucket(store: Store, progress: RunProgress, limiter: trio.CapacityLimiter, error: StoreError,
+                          attempt: int, *, lend: bool = True) -> None:
+    """Wait before attempt ``attempt + 1`` to reach the bucket (the message says so; ``lend``: the run's
+    worker thread waits, and its limiter token is lent back meanwhile; a pause holds it after the wait)."""
+    remote = store.remote
+    delay = retry_delay(attempt)
+    log.info("%s: %s (attempt %d: %s)", progress.project, waiting_message(delay), attempt + 1, error.message)
+    progress.set_message(waiting_message(delay))
+    progress.flush()
+    lent = 1 if lend else 0
+    limiter.total_tokens += lent  # this run's thread waits: its token is lent back meanwhile
+    try:
+        with trio.move_on_after(delay):
+            # The state is set by worker threads (any run's, the daemon's probe): looked at, not awaited.
+            while remote is None or not remote.reachable:  # noqa: ASYNC110
+                await trio.sleep(_LOOK_SECONDS)
+        await progress.wait_resumed()
+    finally:
+        limiter.total_tokens -= lent
+    # The next attempt counts again what it sends (a failed attempt's partial bytes are sent again).
+    now = progress.current()
+    progress.set_step(5, files_total=now.files_total, bytes_total=now.bytes_total)
+
+
 def store_waiter(store: Store, progress: RunProgress, limiter: trio.CapacityLimiter,
                  check: Callable[[], None]) -> UnreachableWait:
     """The ``on_unreachable`` of ``Store.commit_snapshot`` for a run: called in its uploading thread (one
     started by ``trio.to_thread.run_sync(..., limiter=limiter)``), it waits on the Trio thread and returns
     when the next attempt is due; ``check`` (the run's) then raises if the run was cancelled."""
-    remote = store.remote
-
     async def wait(error: StoreError, attempt: int) -> None:
-        delay = retry_delay(attempt)
-        log.info("%s: %s (attempt %d: %s)", progress.project, waiting_message(delay), attempt + 1, error.message)
-        progress.set_message(waiting_message(delay))
-        progress.flush()
-        limiter.total_tokens += 1  # this run's thread waits: its token is lent back meanwhile
-        try:
-            with trio.move_on_after(delay):
-                # The state is set by worker threads (any run's, the daemon's probe): looked at, not awaited.
-                while remote is None or not remote.reachable:  # noqa: ASYNC110
-                    await trio.sleep(_LOOK_SECONDS)
-            await progress.wait_resumed()
-        finally:
-            limiter.total_tokens -= 1
-        # The next attempt counts again what it sends (a failed attempt's partial bytes are sent again).
-        now = progress.current()
-        progress.set_step(5, files_total=now.files_total, bytes_total=now.bytes_total)
+        await wait_for_bucket(store, progress, limiter, error, attempt)
 
     def in_thread(error: StoreError, attempt: int) -> None:
         trio.from_thread.run(wait, error, attempt)

@@ -68,8 +68,9 @@ from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_
 from ._dirs import DirChain as _DirChain
 from ._dirs import SnapshotError
 from ._previous import PreviousFiles
-from ._reconnect import StagingBound, store_waiter
+from ._reconnect import StagingBound, store_waiter, wait_for_bucket
 from ._threads import run_threads, token_lender
+from ._writing_lock import WritingLock
 
 __all__ = ["SnapshotError", "take_snapshot"]
 log = logging.getLogger("syncsnapd.snapshot")
@@ -95,6 +96,8 @@ _TICK_POLLS = 50
 
 # Step 4 (see the module docstring). Past about four workers the GIL-held quarter of the work caps the gain.
 MAX_WORKERS = 4
+# Lists of an S3 store refreshed this recently (by taking the run's lock) are not listed again at step 2.
+REFRESHED_SECONDS = 5.0
 # A batch of small files: enough to make taking one from the queue negligible, few enough that the
 # workers finish together (20,000 files make ~300 batches).
 BATCH_FILES = 64
@@ -139,6 +142,7 @@ class _Run:
         self.ignore = ignore
         self.prev: PreviousFiles | None = None  # the previous snapshot's files, streamed by the walk
         self.prev_started_ns = 0  # when the previous snapshot started (from its id)
+        self.prev_id: str | None = None  # its id (checked again after a late lock)
         self.entries: list[Entry | None] = []
         self.files: list[_Work] = []  # to read in step 4, in walk order
         self.queue: collections.deque[list[_Work]] = collections.deque()  # step 4's batches
@@ -181,7 +185,8 @@ class _Run:
         """An S3 store: take in what other machines added (their snapshots, and their indexes, so their
         blobs are not uploaded again). An unreachable bucket does not stop the run (cached lists, said)."""
         try:
-            self.store.refresh()
+            # A lock just taken (S3) refreshed the lists already: not twice within a few seconds.
+            self.store.refresh(max_age=REFRESHED_SECONDS)
         except StoreError as exc:
             log.warning("could not refresh the store's lists before the run (%s); using those cached", exc)
             self.progress.set_message(f"Could not refresh the store's lists ({exc}); using those cached")
@@ -211,7 +216,18 @@ class _Run:
         # Read one directory at a time as the walk goes (_previous.py); a damaged previous snapshot only
         # costs speed: the files it does not tell of are read (and deduplicated) again.
         self.prev = PreviousFiles(self.store, previous.id)
+        self.prev_id = previous.id
         self.prev_started_ns = _id_time_ns(previous.id)
+
+    def still_valid(self, project: str) -> None:
+        """After a late lock (``_writing_lock.py``): what this run relied on is still in the store."""
+        assert self.writer is not None
+        gone = self.writer.relied_missing()
+        if self.prev_id is not None and all(s.id != self.prev_id for s in self.store.list_snapshots(project)):
+            gone.append(f"snapshot {self.prev_id}")
+        if gone:
+            raise StoreError(f"a prune on another machine removed data this snapshot relied on ({len(gone)} "
+                             "objects) while the bucket could not be reached; the run is tried again")
 
     # --- step 3 -------------------------------------------------------------------------------------
 
@@ -477,10 +493,13 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
     limiter = limiter or trio.to_thread.current_default_thread_limiter()
     run = _Run(store, root, progress, ignore, limiter)
     writer: StoreWriter | None = None
+    lock = WritingLock(store, limiter)
     try:
         # Between steps the Trio side waits out a pause itself, so the step shown while paused stays.
         await progress.wait_resumed()
         progress.set_step(2)
+        # The shared lock (S3): _writing_lock.py; taken before step 5 instead when the bucket does not answer.
+        await lock.take(deferrable=wait_for_store and store.remote is not None)
         await trio.to_thread.run_sync(run.load_previous, project, limiter=limiter)
         snapshot_id = make_snapshot_id(_ns_datetime(run.started_ns))
 
@@ -518,6 +537,9 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             warnings=progress.warning_count,
             skipped=run.skipped, dirs=run.dirs, symlinks=run.symlinks,
         )
+        if not lock.taken:
+            await lock.take_late(partial(wait_for_bucket, store, progress, limiter, lend=False),
+                                 partial(run.still_valid, project))
         entries = [e for e in run.entries if e is not None]
         info = await trio.to_thread.run_sync(
             lambda: store.commit_snapshot(
@@ -535,9 +557,11 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(writer.abort, limiter=limiter)
         if isinstance(exc, StoreError):
-            # store_unreachable / store_auth / store_full when the bucket is the cause.
+            # store_unreachable / store_auth / store_full when the bucket is the cause; store_locked.
             raise SnapshotError(error_code(exc), str(exc)) from exc
         raise
+    finally:
+        await lock.release()
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
         files_changed=stats.files_changed, files_unchanged=stats.files_unchanged,

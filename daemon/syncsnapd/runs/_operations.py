@@ -37,7 +37,9 @@ from ..store import (
     StoreCheck,
     StoreError,
     UnknownSnapshotError,
+    error_code,
     plan_forget,
+    pruning_lock,
 )
 from ._executor import Body, Outcome, Recorder, Run, RunExecutor, RunFailed
 from ._scheduler import Scheduler, UnknownProject, new_run_id
@@ -192,7 +194,8 @@ class Operations:
             try:
                 return await body(progress)
             except StoreError as exc:
-                raise RunFailed("store_error", str(exc)) from exc
+                # store_locked (another machine holds the store's lock), store_unreachable..., else store_error.
+                raise RunFailed(error_code(exc), str(exc)) from exc
 
         try:
             await self._executor.execute(op.run, run_body)
@@ -389,6 +392,21 @@ class Operations:
         return first
 
     async def _prune(self, progress: RunProgress, dry_run: bool) -> Outcome:
+        # Every store shared with other processes (an S3 store, or one on a network filesystem): its
+        # exclusive lock for the whole prune, refused (store_locked, naming the holder) while another process
+        # writes a snapshot there. This daemon's own runs go on meanwhile, coordinated in memory.
+        locks = contextlib.ExitStack()
+        try:
+            if not dry_run:
+                for shared in self.stores.all():
+                    if shared.locks is not None:
+                        await self._thread(functools.partial(locks.enter_context, pruning_lock(shared)))
+            return await self._prune_locked(progress, dry_run)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(locks.close)
+
+    async def _prune_locked(self, progress: RunProgress, dry_run: bool) -> Outcome:
         # Every store in turn within each step: each its own retention decisions and garbage collection.
         check = _check_fn(progress)
         policies = {pid: self.scheduler.project(pid).keep for pid in self.scheduler.project_ids()}

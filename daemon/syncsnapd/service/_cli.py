@@ -6,6 +6,7 @@
     syncsnapd restore SNAPSHOT_ID TARGET_DIR [--path P ...] [--overwrite] [--project P]
     syncsnapd check [--read-data] [--project P]       verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run] [--project P]         apply the projects' keep policies, delete unused data
+    syncsnapd unlock [--remove-all]                   remove stale locks of a shared store (S3, network disk)
 
 With projects that have a store of their own (``store = ...`` in ``[[projects]]``), ``--project P`` works
 on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn, and
@@ -60,7 +61,7 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("-v", "--verbose"), None, "debug logging"),
 )
 _OVERRIDES = ("tcp", "socket", "store", "state_dir")
-_COMMANDS = ("snapshots", "diff", "restore", "check", "prune")
+_COMMANDS = ("snapshots", "diff", "restore", "check", "prune", "unlock")
 
 
 class UsageError(Exception):
@@ -125,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(not while the daemon runs; --dry-run only reads and works then too)")
     pr.add_argument("--dry-run", action="store_true", help="only say what would be forgotten and deleted")
     pr.add_argument("--project", help=own)
+    u = command("unlock", "remove the stale locks of a store shared by several machines (S3, network filesystem)")
+    u.add_argument("--remove-all", action="store_true",
+                   help="remove every lock, also live ones (only when no syncsnapd uses the store)")
     return p
 
 
@@ -251,6 +255,10 @@ def _offline_one(args: argparse.Namespace, config: DaemonConfig, exclude: tuple[
     if args.command == "prune":
         return _offline.run_prune(config.store, sys.stdout, policies={p.id: p.keep for p in config.projects},
                                   dry_run=args.dry_run, remote=config.store_url)
+    if args.command == "unlock":
+        from ._unlock import run_unlock
+
+        return run_unlock(config.store, sys.stdout, remove_all=args.remove_all)
     return _offline.run_check(config.store, sys.stdout, read_data=args.read_data)
 
 

@@ -12,6 +12,7 @@ whatever they hold, the answer is a sentence and an exit code, never a traceback
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import tzinfo
@@ -28,6 +29,7 @@ from ..store import (
     StoreError,
     UnknownSnapshotError,
     plan_forget,
+    pruning_lock,
 )
 
 __all__ = ["run_check", "run_diff", "run_prune", "run_restore", "run_snapshots"]
@@ -273,13 +275,9 @@ def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolic
     """Forget snapshots as the projects' ``keep`` policies say, then delete the data no snapshot needs.
 
     Opens the store for writing: refused while the daemon runs (prune through the daemon then, with
-    ``syncsnap prune``). A dry run only reads: it works while the daemon runs. ``remote``: the URL of an
-    S3 store, where pruning is refused (the store refuses to delete there) before anything is said.
+    ``syncsnap prune``). A dry run only reads: it works while the daemon runs. An S3 store (``remote``: its
+    URL) is pruned under its exclusive lock, refused while another machine writes a snapshot.
     """
-    if remote is not None and not dry_run:
-        print(f"Cannot prune: pruning is not supported on an S3 store yet ({remote}): another machine could be "
-              "writing to it. Nothing was changed.", file=out)
-        return 2
     try:
         store = Store.open(Path(store_root), writable=not dry_run)
     except StoreError as exc:
@@ -295,14 +293,16 @@ def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolic
             for sid in d.forget:
                 print(f"  - {sid}", file=out)
         try:
-            if not dry_run:
-                forget = store.forget(forget)
-            with GarbageCollector(store, dry_run=dry_run, exclude=forget if dry_run else ()) as gc:
-                gc.mark()
-                gc.plan()
-                gc.repack()
-                gc.delete()
-                stats = gc.stats
+            with contextlib.ExitStack() as lock:
+                if not dry_run:
+                    lock.enter_context(pruning_lock(store))  # S3: one exclusive lock for forget and prune
+                    forget = store.forget(forget)
+                with GarbageCollector(store, dry_run=dry_run, exclude=forget if dry_run else ()) as gc:
+                    gc.mark()
+                    gc.plan()
+                    gc.repack()
+                    gc.delete()
+                    stats = gc.stats
         except StoreError as exc:
             print(f"Cannot prune: {exc}.", file=out)
             return 2

@@ -4,8 +4,9 @@ S3-compatible bucket; check, forget and prune. Knows nothing of runs, sources or
 Modules: ``_format`` (the on-disk format), ``_config`` (config.json, checked), ``_chunker`` (cutting
 content into chunks), ``_errors``, ``_files`` (the directory, durable writes), ``_index`` (the master
 index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypted store), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
-``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, and for S3
-``_remote`` over ``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not).
+``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, ``_locks`` (lock
+objects of a store shared by several processes, kept where ``_lockdirs`` says), and for S3 ``_remote`` over
+``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not).
 """
 
 from ._backend import S3Backend as S3Backend
@@ -24,6 +25,7 @@ from ._errors import BackendError as BackendError
 from ._errors import CorruptDataError as CorruptDataError
 from ._errors import ObjectMissing as ObjectMissing
 from ._errors import StoreError as StoreError
+from ._errors import StoreLocked as StoreLocked
 from ._errors import UnknownSnapshotError as UnknownSnapshotError
 from ._errors import error_code as error_code
 from ._format import ChunkLocation as ChunkLocation
@@ -33,6 +35,11 @@ from ._format import SnapshotStats as SnapshotStats
 from ._format import hash_bytes as hash_bytes
 from ._format import make_snapshot_id as make_snapshot_id
 from ._keys import MasterKey as MasterKey
+from ._locks import LockInfo as LockInfo
+from ._locks import StoreLocks as StoreLocks
+from ._locks import network_filesystem as network_filesystem
+from ._locks import pruning_lock as pruning_lock
+from ._locks import writing_lock as writing_lock
 from ._prune import GarbageCollector as GarbageCollector
 from ._prune import PruneStats as PruneStats
 from ._reachability import Reachability as Reachability

@@ -4,6 +4,7 @@
   ``store_unreachable`` / ``store_auth`` / ``store_full`` when the bucket of an S3 store is the cause
   (:func:`error_code` tells those apart).
 * :class:`UnknownSnapshotError` (``unknown_snapshot``) and :class:`CorruptDataError` (``corrupt_data``).
+* :class:`StoreLocked` (``store_locked``): another process holds a conflicting lock (``_locks.py``).
 * :class:`BackendError`: what the object layer (``_backend.py``) raises, with the same remote codes, or
   ``not_found`` (:class:`ObjectMissing`); ``_remote.py`` turns it into a :class:`StoreError`.
 """
@@ -15,7 +16,7 @@ import errno
 from ..core import SyncsnapdError
 
 __all__ = ["REMOTE_CODES", "BackendError", "CorruptDataError", "ObjectMissing", "PackMissing", "StoreError",
-           "UnknownSnapshotError", "error_code"]
+           "StoreLocked", "UnknownSnapshotError", "error_code"]
 
 # The codes of failures whose cause is the bucket of an S3 store (docs/api.md).
 REMOTE_CODES = frozenset({"store_unreachable", "store_auth", "store_full"})
@@ -37,6 +38,12 @@ class CorruptDataError(StoreError):
     """Stored data does not match its hash or cannot be decoded."""
 
     code = "corrupt_data"
+
+
+class StoreLocked(StoreError):
+    """Another process holds a conflicting lock on the store (see ``_locks.py``); the message says who."""
+
+    code = "store_locked"
 
 
 class PackMissing(StoreError):
@@ -68,7 +75,7 @@ def error_code(exc: BaseException, default: str = "store_error") -> str:
     or ``store_full`` when the bucket of an S3 store is the cause, ``store_full`` when the local disk or
     quota is (ENOSPC, EDQUOT anywhere in the chain of causes), else ``default``."""
     code = getattr(exc, "code", None)
-    if isinstance(exc, StoreError) and code in REMOTE_CODES:
+    if isinstance(exc, StoreError) and (code in REMOTE_CODES or isinstance(exc, StoreLocked)):
         return str(code)
     cause: BaseException | None = exc
     for _ in range(10):  # a chain of causes is short; never loop on a cycle

@@ -127,6 +127,19 @@ class MasterIndex:
                 continue  # `check` reports it; its blobs count as missing meanwhile
             self.add_pack(pack, records)
 
+    def drop_missing(self) -> None:
+        """Forget the packs whose index file is gone: deleted by a prune of another process (a lock
+        holder brings an S3 store's cached indexes up to date, then calls this; see ``_locks.py``)."""
+        try:
+            present = {n[:-4] for n in os.listdir(self._dir) if n.endswith(".idx")}
+        except FileNotFoundError:
+            return
+        with self._lock:
+            gone = self._loaded - present
+            if gone:
+                self._locs.remove_packs(gone)
+                self._loaded -= gone
+
     def drop_pack(self, pack: str, chunk: str) -> None:
         """A pack named by the index is gone from disk: unless ``chunk`` was moved meanwhile, forget every
         location in it, and forget that its index was loaded if the index file is gone too (a prune

@@ -10,13 +10,24 @@ writable open re-indexes (its blobs are then stored twice until the next prune).
 
 Pruning is safe while snapshots are written, within this process (see "Pruning while writing" in
 ``_index.py``). Unchanged files a snapshot takes from the project's previous snapshot are covered by that
-snapshot, which is never forgotten. Other processes cannot prune: a prune needs the writable open, which
-the daemon holds. Readers (restores, read-only opens) that looked a blob up in a pack deleted since look
-it up again in the new indexes.
+snapshot, which is never forgotten. Other processes cannot prune a local store: a prune needs the writable
+open, which the daemon holds. Readers (restores, read-only opens) that looked a blob up in a pack deleted
+since look it up again in the new indexes.
+
+On an S3 store (and a local one on a network filesystem) forget and prune hold the store's exclusive lock
+(``_locks.py``: taken here unless the caller holds it already, and refused while another process writes a
+snapshot), having brought the cached metadata up to date with the bucket. The same order, in the bucket:
+forgotten snapshot files are deleted; the packs a repack writes are uploaded, each before its index (steps
+``gc:pack-uploaded``, ``gc:index-uploaded``), and so is any pack still staged here (left by a crashed prune
+or a failed run, it may hold the only copy of blobs in use), before anything is deleted; then the old packs' index objects
+are deleted (``gc:index-deleted``), then the packs (``gc:pack-deleted``). A crash between the two leaves
+packs without index in the bucket: the next prune re-indexes them from their footers (uploading the index)
+and so deletes them in due order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -25,13 +36,22 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import CorruptDataError, StoreError
 from ._files import fsync_dir
-from ._format import ChunkLocation, IndexRecord, decode_index, decode_tree_group
+from ._format import (
+    PACK_FOOTER,
+    ChunkLocation,
+    IndexRecord,
+    decode_index,
+    decode_tree_group,
+    footer_index_length,
+    hash_bytes,
+)
+from ._locks import HeldLock, pruning_lock
 from ._writer import PackBuilder
 
 if TYPE_CHECKING:
     from ._repository import Store
 
-__all__ = ["REPACK_MIN_UNUSED", "GarbageCollector", "PruneStats", "forget", "refuse_on_remote"]
+__all__ = ["REPACK_MIN_UNUSED", "GarbageCollector", "PruneStats", "forget"]
 
 # A pack that still holds blobs in use is rewritten (its used blobs copied to a new pack, then deleted)
 # once at least this share of its bytes is unused: rewriting a mostly-used 16 MiB pack to free a few
@@ -40,26 +60,24 @@ __all__ = ["REPACK_MIN_UNUSED", "GarbageCollector", "PruneStats", "forget", "ref
 REPACK_MIN_UNUSED = 0.10
 
 
-def refuse_on_remote(store: Store) -> None:
-    """Deleting (forget, prune) is refused on an S3 store: without a lock object in the bucket, another
-    machine may be writing a snapshot that relies on the data a prune would delete."""
-    if store.remote is not None:
-        raise StoreError(f"forgetting and pruning are not supported on an S3 store yet ({store.remote.description})"
-                         "; another machine could be writing to it")
-
-
 def forget(store: Store, snapshot_ids: Iterable[str]) -> list[str]:
     """Delete these snapshots' files (their data stays until a garbage collection). See
     :meth:`Store.forget`."""
     if not store.writable:
         raise StoreError(f"store {store.root} is open read-only")
-    refuse_on_remote(store)
+    with pruning_lock(store) as held:
+        return _forget(store, snapshot_ids, held)
+
+
+def _forget(store: Store, snapshot_ids: Iterable[str], held: HeldLock | None) -> list[str]:
     infos = store.catalog.scan()
     newest: dict[str, str] = {}
     for sid in sorted(infos):
         newest[infos[sid].project] = sid
     keep = set(newest.values())
     gone: list[str] = []
+    if held is not None:
+        held.verify()
     try:
         for sid in sorted(set(snapshot_ids)):
             if sid in keep or sid not in infos:
@@ -68,6 +86,9 @@ def forget(store: Store, snapshot_ids: Iterable[str]) -> list[str]:
                 continue
             gone.append(sid)
             store.files.step("forget:unlinked")
+            if store.remote is not None:
+                store.remote.delete_snapshot(sid)
+                store.files.step("forget:deleted")
         if gone:
             fsync_dir(store.files.snapshot_dir)
             store.files.step("forget:dirsynced")
@@ -126,8 +147,11 @@ class GarbageCollector:
                  check: Callable[[], None] | None = None) -> None:
         if not store.writable and not dry_run:
             raise StoreError(f"store {store.root} is open read-only")
+        # The exclusive lock of a store with lock objects (released by close()); a dry run only reads.
+        self._lock_stack = contextlib.ExitStack()
+        self._held: HeldLock | None = None
         if not dry_run:
-            refuse_on_remote(store)
+            self._held = self._lock_stack.enter_context(pruning_lock(store))
         self._store = store
         self._files = store.files
         self._index = store.index
@@ -143,6 +167,8 @@ class GarbageCollector:
         self._hidden: dict[str, list[IndexRecord]] = {}
         self._deleted: set[str] = set()
         self._open: PackBuilder | None = None
+        self._written: list[str] = []  # packs written by repack()
+        self._sizes: dict[str, int] = {}  # S3: the bucket's packs and their sizes, listed by mark()
 
     def __enter__(self) -> GarbageCollector:
         return self
@@ -156,6 +182,10 @@ class GarbageCollector:
         if not self.dry_run:
             self._index.begin_collection()
             self._registered = True
+        if store.remote is not None:
+            self._sizes = store.remote.pack_sizes()
+            if not self.dry_run:
+                self._reindex_orphans()
         for pack in self._files.indexed_packs():
             try:
                 self._records[pack] = decode_index(self._files.index_path(pack).read_bytes())
@@ -196,6 +226,27 @@ class GarbageCollector:
         self.stats.snapshots = count
         return count
 
+    def _reindex_orphans(self) -> None:
+        """S3: give the packs in the bucket that have no index one again, from their footers (uploaded,
+        then cached), as a writable open does for a local store. This prune then treats them as any pack."""
+        remote = self._store.remote
+        assert remote is not None
+        for pack in remote.orphan_packs(self._sizes):
+            self._check()
+            size = self._sizes[pack]
+            try:
+                tail = remote.read_range(pack, size - PACK_FOOTER.size, PACK_FOOTER.size)
+                length = footer_index_length(tail, size)
+                index_bytes = remote.read_range(pack, size - PACK_FOOTER.size - length, length)
+                decode_index(index_bytes)
+            except (OSError, CorruptDataError):
+                continue  # not readable: `check` reports it; no snapshot can reference it
+            if hash_bytes(index_bytes) != pack:
+                continue
+            remote.upload_index(pack, index_bytes)
+            self._files.step("gc:reindexed")
+        self._index.refresh()
+
     def plan(self) -> PruneStats:
         """Phase 2: decide, and (unless a dry run) hide the unused blobs of the packs to delete or repack."""
         stats = self.stats
@@ -224,7 +275,8 @@ class GarbageCollector:
             try:
                 size += os.stat(path).st_size
             except FileNotFoundError:
-                pass
+                if path.suffix == ".pack":
+                    size += self._sizes.get(pack, 0)  # S3: in the bucket, not staged here
         return size
 
     def repack(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -255,6 +307,9 @@ class GarbageCollector:
                         progress(1, 0)
                 if self._open is not None:
                     self._install()
+            if store.remote is not None and self._written:
+                # In the bucket, each pack before its index, before anything is deleted.
+                store.remote.upload_repacked(self._written, self._files.step)
         except OSError as exc:
             raise StoreError(f"cannot write to store {store.root}: {exc.strerror or exc}") from exc
 
@@ -263,6 +318,7 @@ class GarbageCollector:
         assert pack is not None
         pack_id = pack.install(self._index)
         self._index.relocate(pack_id, pack.records)
+        self._written.append(pack_id)
         self.stats.packs_written += 1
         self.stats.bytes_written += self._file_sizes(pack_id)
 
@@ -270,9 +326,15 @@ class GarbageCollector:
         """Phase 4: delete the packs decided on (indexes first). Quick; not interrupted by ``check``."""
         if self.dry_run:
             return
-        files, index = self._files, self._index
+        files, index, remote = self._files, self._index, self._store.remote
         unindexed: list[str] = []
         self.stats.bytes_deleted = 0
+        if self._held is not None:
+            self._held.verify()
+        if remote is not None:
+            # Every pack staged here in the bucket with its index first: a pack a crashed prune or a failed
+            # run left staged may hold the only copy, once the old packs are gone, of blobs in use.
+            remote.upload_staged()
         try:
             for pack in sorted(self._hidden):
                 size = self._file_sizes(pack)
@@ -281,6 +343,9 @@ class GarbageCollector:
                 self.stats.bytes_deleted += size
                 unindexed.append(pack)
                 files.step("gc:index-unlinked")
+                if remote is not None:
+                    remote.delete_index(pack)
+                    files.step("gc:index-deleted")
             if unindexed:
                 fsync_dir(files.index_dir)
                 files.step("gc:indexdir-synced")
@@ -289,8 +354,12 @@ class GarbageCollector:
                 path = files.pack_path(pack)
                 if not index.unlink_pack_file(pack, path):
                     continue
+                if remote is not None:
+                    remote.delete_pack(pack)
+                    files.step("gc:pack-deleted")
                 self._deleted.add(pack)
-                dirs.add(path.parent)
+                if remote is None or path.parent.is_dir():
+                    dirs.add(path.parent)
                 files.step("gc:pack-unlinked")
                 if progress is not None:
                     progress(1)
@@ -316,3 +385,4 @@ class GarbageCollector:
         if self._registered:
             self._index.end_collection()
             self._registered = False
+        self._lock_stack.close()

@@ -52,8 +52,11 @@ metadata cache is not synced again at that point.
 Concurrency between machines: objects are content-addressed and immutable, so two daemons writing to one
 bucket are safe for snapshots (at worst a pack is uploaded twice, with the same bytes; see ``_format.py``
 for why snapshot ids and pack names cannot collide between machines); each sees the other's snapshots at
-its next run or refresh. Deleting is not safe without a lock object, which this version does
-not implement: ``forget``/``prune`` refuse on an S3 store (:func:`refuse_on_remote`).
+its next run or refresh. Deleting is coordinated by lock objects in the bucket (``locks/``, see
+``_locks.py``): a snapshot run holds a shared lock, forget and prune an exclusive one, and each, once its
+lock is held, brings the cached metadata up to date (:meth:`Remote.refresh`). A prune on S3
+(``_prune.py``) uploads the packs it repacked, each before its index, before it deletes anything; then
+deletes the old indexes, then the old packs.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ from ._backend import Backend, S3Backend
 from ._errors import REMOTE_CODES, BackendError, CorruptDataError, ObjectMissing, StoreError
 from ._format import new_config, pack_file_size
 from ._reachability import PENDING, Link, Reachability, UnreachableWait, open_offline, staged_bytes
-from ._remote_spec import RemoteSpec, load_spec, write_cache_file
+from ._remote_prune import BucketPruning
+from ._remote_spec import RemoteSpec, _index_key, _pack_key, _store_error, load_spec, write_cache_file
 
 if TYPE_CHECKING:
     from ._writer import StoreWriter
@@ -94,11 +98,6 @@ _READ_AHEAD_PACKS = 4
 _PROBE_CONNECT_SECONDS = 5.0
 
 T = TypeVar("T")
-
-
-def _store_error(exc: BackendError) -> StoreError:
-    """A backend failure as the store error a run reports (store_unreachable, store_auth, store_full)."""
-    return StoreError(exc.message, code=exc.code if exc.code in REMOTE_CODES else "store_error")
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def footprint(root: Path) -> tuple[int, int]:
     return packs, size
 
 
-class Remote:
+class Remote(BucketPruning):
     """The bucket behind one open store. Thread-safe."""
 
     def __init__(self, root: Path, backend: Backend, spec: RemoteSpec) -> None:
@@ -569,11 +568,3 @@ def _probe_backend(backend: S3Backend) -> S3Backend:
     return S3Backend(backend.bucket, backend.prefix, replace(
         options, botocore_attempts=1, retry_delays=(),
         connect_timeout=min(_PROBE_CONNECT_SECONDS, options.connect_timeout)))
-
-
-def _pack_key(pack: str) -> str:
-    return f"packs/{pack[:2]}/{pack}.pack"
-
-
-def _index_key(pack: str) -> str:
-    return f"index/{pack}.idx"

@@ -1,6 +1,7 @@
 """Where an S3 store's local directory says its bucket is: ``remote.json`` (the URL, endpoint, region and
 addressing style; never credentials), written by :func:`prepare` and read by :func:`load_spec`; and the
-cache files ``_remote.py`` keeps there (:func:`write_cache_file`).
+cache files ``_remote.py`` keeps there (:func:`write_cache_file`); the keys of a pack and of an index in
+the bucket; a bucket's failure as the store error a run reports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core import S3Options, parse_s3_url
+from ._errors import REMOTE_CODES, BackendError, StoreError
 
 if TYPE_CHECKING:
     from ..core import DaemonConfig
@@ -79,3 +81,16 @@ def spec_from(url: str, options: S3Options | None) -> RemoteSpec:
     o = options or S3Options()
     return RemoteSpec(url=url, endpoint=o.endpoint, region=o.region, path_style=o.path_style,
                       concurrency=o.concurrency)
+
+
+def _store_error(exc: BackendError) -> StoreError:
+    """A backend failure as the store error a run reports (store_unreachable, store_auth, store_full)."""
+    return StoreError(exc.message, code=exc.code if exc.code in REMOTE_CODES else "store_error")
+
+
+def _pack_key(pack: str) -> str:
+    return f"packs/{pack[:2]}/{pack}.pack"
+
+
+def _index_key(pack: str) -> str:
+    return f"index/{pack}.idx"

@@ -62,6 +62,7 @@ from ._format import (
     tree_groups,
 )
 from ._index import MasterIndex
+from ._locks import StoreLocks
 from ._prune import GarbageCollector, PruneStats, forget
 from ._reachability import UnreachableWait
 from ._reader import ChunkReader
@@ -100,6 +101,8 @@ class Store:
         self.remote = remote
         # The machine name new snapshot files record (the daemon sets its configured ``host``).
         self.host: str = os.uname().nodename or "localhost"
+        # Lock objects (an S3 store, or a directory on a network filesystem), else None: see _locks.py.
+        self.locks = StoreLocks.for_store(root, None if remote is None else remote.backend)
         self._lock_fd = lock_fd
         self._closed = False
 

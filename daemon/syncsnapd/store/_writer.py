@@ -310,6 +310,11 @@ class StoreWriter:
         if check is not None:
             check()
 
+    def relied_missing(self) -> list[str]:
+        """Blobs this writer found stored and relied on that the index no longer has (a prune on another
+        machine deleted them while this run held no lock: see ``engine/_writing_lock.py``)."""
+        return [c for c in list(self._claims.relied) if not self._index.has(c)]
+
     def committed(self) -> None:
         """The snapshot file is durable: this run's claims end (see :meth:`MasterIndex.close_claims`)."""
         self._index.close_claims(self._claims)
