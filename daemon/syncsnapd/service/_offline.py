@@ -198,7 +198,7 @@ def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, a
                 else:
                     root, ignore = store.snapshot_root(before), None
                 reference = {e.path: e for e in old}
-                live = scan_live(root, reference, chunker=store.chunker, ignore=ignore)
+                live = scan_live(root, reference, chunker=store.chunker, ignore=ignore, chunk_id=store.chunk_id)
                 diff = diff_entries(old, live, from_=before, to="live")
         except _Unknown as exc:
             print(_unknown(exc.snapshot_id, store_root), file=out)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import CorruptDataError, StoreError
 from ._files import fsync_dir
-from ._format import ChunkLocation, IndexRecord, decode_index, decode_tree_group
+from ._format import ChunkLocation, IndexRecord, decode_tree_group
 from ._writer import PackBuilder
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class GarbageCollector:
             self._registered = True
         for pack in self._files.indexed_packs():
             try:
-                self._records[pack] = decode_index(self._files.index_path(pack).read_bytes())
+                self._records[pack] = self._files.index_records(self._files.index_path(pack).read_bytes())
             except (OSError, CorruptDataError):
                 continue  # its blobs are unknown: this pack is never deleted
         infos = store.catalog.scan()

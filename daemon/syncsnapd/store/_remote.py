@@ -159,7 +159,8 @@ class Remote:
         return self.backend.description
 
     @classmethod
-    def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None) -> Remote | None:
+    def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None,
+               create: Callable[[], dict[str, bytes]] | None = None) -> Remote | None:
         """The remote of the store directory ``root`` (None for a plain local store), its metadata cache
         synced. A writable open creates the bucket and the store in it when missing.
 
@@ -174,7 +175,7 @@ class Remote:
             backend = S3Backend(bucket, prefix, spec.options())
         remote = cls(root, backend, spec)
         try:
-            remote._sync(writable)
+            remote._sync(writable, create)
         except BackendError as exc:
             backend.close()
             raise _store_error(exc) from exc
@@ -188,7 +189,7 @@ class Remote:
 
     # --- opening ------------------------------------------------------------------------------------
 
-    def _sync(self, writable: bool) -> None:
+    def _sync(self, writable: bool, create: Callable[[], dict[str, bytes]] | None = None) -> None:
         root, backend = self.root, self.backend
         if writable and isinstance(backend, S3Backend):
             backend.ensure_bucket()
@@ -197,8 +198,7 @@ class Remote:
         except ObjectMissing:
             if not writable:
                 raise StoreError(f"there is no syncsnap store at {self.description}") from None
-            config = new_config()
-            backend.put_bytes("config.json", config)
+            config = self._create(create)
             log.info("created a new store at %s", self.description)
         cached = None
         with contextlib.suppress(FileNotFoundError):
@@ -216,6 +216,19 @@ class Remote:
             _write_atomic(root / "config.json", config)
         self._sync_folder("index/", ".idx", self._staged_packs)
         self._sync_folder("snapshots/", ".json", set)
+        if b'"key_check"' in config:  # an encrypted store: its key files (issue 15, see _keys.py)
+            (root / "keys").mkdir(exist_ok=True)
+            self._sync_folder("keys/", "", set)
+
+    def _create(self, create: Callable[[], dict[str, bytes]] | None) -> bytes:
+        """Put a new store's objects (``create()``: key files and config.json; default: a plaintext
+        config.json) in the bucket, config.json last: the store exists once it does."""
+        objects = create() if create is not None else {"config.json": new_config()}
+        for name, data in objects.items():
+            if name != "config.json":
+                self.backend.put_bytes(name, data)
+        self.backend.put_bytes("config.json", objects["config.json"])
+        return objects["config.json"]
 
     def _sync_folder(self, prefix: str, suffix: str, staged: Callable[[], set[str]]) -> None:
         folder = self.root / prefix.rstrip("/")

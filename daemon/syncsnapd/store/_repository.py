@@ -17,6 +17,17 @@ index file the same way), and packs no snapshot references (harmless; the next s
 blobs, the next prune reclaims them). ``Store.open(..., on_durable_step=...)`` is how the crash tests
 stop a process at each of those steps (see ``_files.py``).
 
+Encryption
+==========
+
+A store whose config.json names a cipher is opened with ``key=``: its :class:`MasterKey` (from a key file)
+or a :class:`Passphrase` that opens one of its key files (``keys/``, see ``_keys.py``). The key is checked
+against config.json's ``key_check`` before anything is written, so a wrong one is a
+:class:`StoreKeyError` and leaves the store as it was. ``create=`` (:class:`NewStore`) says what a store
+this open creates is; by default a plaintext one, as before. Then ``files.crypto`` seals and opens
+(``_crypto.py``), ``chunk_id`` names blobs with a key, and key files are managed by :meth:`Store.add_key`
+and :meth:`Store.remove_key`.
+
 Concurrency
 ===========
 
@@ -40,7 +51,8 @@ from pathlib import Path
 from ._check import CheckReport, StoreCheck
 from ._chunker import Chunker
 from ._config import ConfigError, StoreConfig, parse_config
-from ._errors import CorruptDataError, StoreError
+from ._crypto import Crypto, NewStore, key_files, unlock
+from ._errors import BackendError, CorruptDataError, StoreError
 from ._files import DurableStep, StoreFiles, fsync_dir, read_pack_footer, write_all
 from ._format import (
     PACK_FOOTER,
@@ -50,18 +62,17 @@ from ._format import (
     Entry,
     SnapshotInfo,
     SnapshotStats,
-    decode_index,
     decode_snapshot,
     decode_tree_group,
     encode_snapshot,
     encode_tree_group,
     footer_index_length,
     hash_bytes,
-    new_config,
     pack_tail,
     tree_groups,
 )
 from ._index import MasterIndex
+from ._keys import KeyInfo, Passphrase, StoreKey, StoreKeyError, key_info, new_key_file
 from ._prune import GarbageCollector, PruneStats, forget
 from ._reader import ChunkReader
 from ._remote import Remote
@@ -80,7 +91,8 @@ class Store:
     """
 
     def __init__(self, root: Path, writable: bool, config: StoreConfig, lock_fd: int | None,
-                 remote: Remote | None = None, on_durable_step: DurableStep | None = None) -> None:
+                 remote: Remote | None = None, on_durable_step: DurableStep | None = None,
+                 crypto: Crypto | None = None, key_id: str | None = None) -> None:
         self.root = root
         self.writable = writable
         # What config.json says (version, chunker, chunk ids, compression, encryption, pack size).
@@ -91,8 +103,13 @@ class Store:
         # for content-defined chunks, room for the largest chunk plus a read). Not a chunk size.
         self.chunk_size: int = config.chunker.buffer_size
         self.pack_size: int = config.pack_size
-        self.files = StoreFiles(root, on_durable_step)
-        self.index = MasterIndex(self.files.index_dir)
+        self.files = StoreFiles(root, on_durable_step, crypto)
+        self.index = MasterIndex(self.files.index_dir, self.files.index_records)
+        # Blob ids: blake3, or keyed blake3 in an encrypted store (the engine names chunks with this).
+        self.chunk_id: Callable[[bytes | bytearray | memoryview], str] = (
+            hash_bytes if crypto is None else crypto.chunk_id)
+        # The key file (in keys/) whose passphrase opened this store; None otherwise.
+        self.key_id = key_id
         self.catalog = SnapshotCatalog(self.files, exclusive=writable)
         # The bucket behind this store when its directory is the staging and cache of an S3 store
         # (see _remote.py); None for a local store.
@@ -102,9 +119,18 @@ class Store:
 
     # --- opening ------------------------------------------------------------------------------------
 
+    @property
+    def encrypted(self) -> bool:
+        return self.files.crypto is not None
+
     @classmethod
-    def open(cls, root: Path, *, writable: bool, on_durable_step: Callable[[str], None] | None = None) -> Store:
+    def open(cls, root: Path, *, writable: bool, key: StoreKey | None = None, create: NewStore | None = None,
+             on_durable_step: Callable[[str], None] | None = None) -> Store:
         """Open the store at ``root``.
+
+        ``key``: for an encrypted store, its master key or a passphrase of one of its key files (ignored
+        by a plaintext store). ``create``: what the store is if this (writable) open creates it; by
+        default a plaintext store.
 
         A writable open creates the store if ``root`` is missing or empty, takes the exclusive lock,
         removes leftover temporary files and re-indexes packs whose index was not written. A read-only
@@ -118,14 +144,24 @@ class Store:
         ``_files.py`` for the labels); it may kill the process to simulate a crash there.
 
         Raises:
+            StoreKeyError: an encrypted store and no key, or a wrong one (nothing was written); or
+                ``create.refuse`` and no store there.
             StoreError: not a store, unsupported version, or (writable) in use by another process.
         """
         root = Path(root)
+        new = create or NewStore()
+        created: list[bool] = []
+
+        def objects() -> dict[str, bytes]:
+            made = new.objects()
+            created.append(True)
+            return made
+
         try:
             # An S3 store: sync the cached metadata with the bucket first (creates the store there if needed).
-            remote = Remote.attach(root, writable=writable)
+            remote = Remote.attach(root, writable=writable, create=objects)
             try:
-                return cls._open_local(root, writable, remote, on_durable_step)
+                return cls._open_local(root, writable, remote, on_durable_step, key, objects, created, new)
             except BaseException:
                 if remote is not None:
                     remote.close()
@@ -134,11 +170,12 @@ class Store:
             raise StoreError(f"cannot open store {root}: {exc.strerror or exc}") from exc
 
     @classmethod
-    def _open_local(cls, root: Path, writable: bool, remote: Remote | None,
-                    on_durable_step: DurableStep | None) -> Store:
+    def _open_local(cls, root: Path, writable: bool, remote: Remote | None, on_durable_step: DurableStep | None,
+                    key: StoreKey | None, objects: Callable[[], dict[str, bytes]], created: list[bool],
+                    new: NewStore) -> Store:
         config_path = root / "config.json"
         if writable and not config_path.exists():
-            cls._create(root)
+            cls._create(root, objects)
         try:
             doc = json.loads(config_path.read_bytes())
         except FileNotFoundError:
@@ -151,12 +188,16 @@ class Store:
             if str(exc) == "not a syncsnap store":
                 raise StoreError(f"{root} is not a syncsnap store") from None
             raise StoreError(f"cannot use store {root}: its config.json {exc}") from None
+        if created and new.master is not None:
+            key = new.master  # made by this open: no need to derive it again from the passphrase
+        # Before anything is written: a wrong key leaves the store as it was.
+        crypto, key_id = unlock(root, config.encryption, config.key_check, key)
         lock_fd = None
         if writable:
             for sub in ("tmp", "packs", "index", "snapshots"):
                 (root / sub).mkdir(exist_ok=True)
             lock_fd = cls._take_lock(root)
-        store = cls(root, writable, config, lock_fd, remote, on_durable_step)
+        store = cls(root, writable, config, lock_fd, remote, on_durable_step, crypto, key_id)
         try:
             if writable:
                 store.files.clean_tmp()
@@ -168,16 +209,22 @@ class Store:
         return store
 
     @staticmethod
-    def _create(root: Path) -> None:
-        # A crash during creation can leave tmp/ behind; anything else means this is someone's data.
-        if root.exists() and {p.name for p in root.iterdir()} - {"tmp"}:
+    def _create(root: Path, objects: Callable[[], dict[str, bytes]]) -> None:
+        # A crash during creation can leave tmp/ (and keys/) behind; anything else is someone's data.
+        if root.exists() and {p.name for p in root.iterdir()} - {"tmp", "keys"}:
             raise StoreError(f"{root} is not empty and not a syncsnap store")
+        made = objects()
         root.mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
-        tmp = StoreFiles(root).tmp_name("config.json")
+        files = StoreFiles(root)
+        for name, data in made.items():  # key files first, config.json last: the store exists once it does
+            if name != "config.json":
+                (root / name).parent.mkdir(exist_ok=True)
+                files.write_durable(root / name, data, "create")
+        tmp = files.tmp_name("config.json")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            write_all(fd, new_config())
+            write_all(fd, made["config.json"])
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -217,7 +264,7 @@ class Store:
             for pack in list(indexed):
                 try:
                     data = self.files.index_path(pack).read_bytes()
-                    decode_index(data)
+                    self.files.index_records(data)
                     if hash_bytes(data) != pack:
                         raise CorruptDataError("name mismatch")
                 except (OSError, CorruptDataError):
@@ -228,7 +275,7 @@ class Store:
                 continue
             try:
                 index_bytes = read_pack_footer(pack_path)
-                decode_index(index_bytes)
+                self.files.index_records(index_bytes)
             except (OSError, CorruptDataError):
                 continue  # not readable: leave it for `check`, no snapshot can reference it
             if hash_bytes(index_bytes) == pack_id:
@@ -313,7 +360,7 @@ class Store:
                 # that a crash left without one): its footer holds the same records.
                 for pack_id, index_bytes in self._orphan_footers():
                     if not self.index.is_loaded(pack_id):
-                        self.index.add_pack(pack_id, decode_index(index_bytes))
+                        self.index.add_pack(pack_id, self.files.index_records(index_bytes))
                 loc = self.index.lookup(chunk)
         return loc
 
@@ -434,10 +481,11 @@ class Store:
             if check is not None:
                 check()
             data = encode_tree_group(group)
-            h = hash_bytes(data)
+            h = self.chunk_id(data)
             writer.add_chunk(h, data, metadata=True)
             tree.append(h)
         payload = encode_snapshot(snapshot_id, project, root, tree, stats, root_mode)
+        stored = self.files.seal_snapshot(snapshot_id, payload)
         remote = self.remote
         # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
         # (its index after it), then the snapshot file; step 5 counts the bytes sent.
@@ -445,16 +493,17 @@ class Store:
         if check is not None:
             check()
         if remote is not None:
-            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(payload)))
+            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(stored)))
             if check is not None:
                 check()
-            remote.put_snapshot(snapshot_id, payload)
+            # Its object's name: the id, or in an encrypted store a keyed hash of it.
+            remote.put_snapshot(self.files.snapshot_name(snapshot_id), stored)
         try:
-            self.files.write_durable(self.files.snapshot_path(snapshot_id), payload, "snapshot")
+            self.files.write_durable(self.files.snapshot_path(snapshot_id), stored, "snapshot")
         except OSError as exc:
             raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
         if on_written is not None:
-            on_written(1, len(payload))
+            on_written(1, len(stored))
         info = decode_snapshot(snapshot_id, payload).info
         self.catalog.added(info)
         writer.committed()
@@ -494,3 +543,56 @@ class Store:
         checker.scan()
         checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
         return checker.verify_snapshots()
+
+    # --- key files (an encrypted store) ---------------------------------------------------------------
+
+    def list_keys(self) -> list[KeyInfo]:
+        """The key files of the store (each a copy of the master key under its own passphrase)."""
+        crypto = self._crypto_or_refuse()
+        return [key_info(kid, data, crypto.key) for kid, data in key_files(self.root)]
+
+    def add_key(self, passphrase: Passphrase) -> str:
+        """Add a key file opened by ``passphrase``; returns its id. In the bucket first (an S3 store)."""
+        crypto = self._crypto_or_refuse()
+        key_id, data = new_key_file(crypto.key, passphrase)
+        if self.remote is not None:
+            try:
+                self.remote.backend.put_bytes(f"keys/{key_id}", data)
+            except BackendError as exc:
+                raise StoreError(f"cannot add the key to {self.remote.description}: {exc.message}") from exc
+        self.files.keys_dir.mkdir(exist_ok=True)
+        self.files.write_durable(self.files.keys_dir / key_id, data, "key")
+        return key_id
+
+    def remove_key(self, key_id: str) -> None:
+        """Remove a key file (a unique prefix of its id will do). Never the last one, nor the one that
+        opened this store (open with another to remove it).
+
+        Raises:
+            StoreKeyError: no such key, an ambiguous prefix, the last key, or the key in use.
+        """
+        self._crypto_or_refuse()
+        ids = [kid for kid, _ in key_files(self.root)]
+        matches = [kid for kid in ids if kid.startswith(key_id)] if key_id else []
+        if len(matches) != 1:
+            raise StoreKeyError(f"no key {key_id!r} in the store (`syncsnapd key list` shows them)" if not matches
+                                else f"{key_id!r} names {len(matches)} keys: give more of its id")
+        (found,) = matches
+        if found == self.key_id:
+            raise StoreKeyError(f"key {found[:8]} is the one in use: open the store with another key to remove it")
+        if len(ids) == 1:
+            raise StoreKeyError("the last key of a store is never removed: add another first")
+        if self.remote is not None:
+            try:
+                self.remote.backend.delete(f"keys/{found}")
+            except BackendError as exc:
+                raise StoreError(f"cannot remove the key from {self.remote.description}: {exc.message}") from exc
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.files.keys_dir / found)
+        fsync_dir(self.files.keys_dir)
+
+    def _crypto_or_refuse(self) -> Crypto:
+        if self.files.crypto is None:
+            raise StoreKeyError(f"store {self.root} is not encrypted: it has no keys")
+        return self.files.crypto
+
