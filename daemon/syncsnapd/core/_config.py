@@ -28,7 +28,7 @@ DEFAULT_FOLDER = "~/Sync"
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
-                "max_streams", "history_keep_days", "history_keep_runs"}
+                "max_streams", "history_keep_days", "history_keep_runs", "key_file"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency"}
@@ -218,6 +218,9 @@ class DaemonConfig:
     history_keep_runs: int = DEFAULT_HISTORY_KEEP_RUNS
     projects: tuple[ProjectConfig, ...] = field(default=())
     source: str = "embedded default"
+    # An encrypted store's master key, in a file only its owner may read (docs/encryption.md); None: the
+    # passphrase comes from SYNCSNAP_PASSWORD_FILE or systemd's credential syncsnap-password.
+    key_file: Path | None = None
 
     @property
     def discovery_file(self) -> Path:
@@ -370,7 +373,7 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         flags.pop("store", None)
     elif "s3" in daemon and "store" not in flags:  # --store DIR: the file's S3 settings do not apply
         raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
-    for key in ("socket", "store", "state_dir", "token_file"):
+    for key in ("socket", "store", "state_dir", "token_file", "key_file"):
         if key in flags:
             settings[key] = _path(flags[key], "--" + key.replace("_", "-"), Path.cwd())
         elif key in daemon:

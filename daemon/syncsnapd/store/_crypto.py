@@ -21,23 +21,29 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ._errors import CorruptDataError
+from ._errors import BackendError, CorruptDataError, StoreError
 from ._format import new_config
 from ._keys import (
     CREDENTIAL_NAME,
     PASSWORD_FILE_ENV,
+    KeyInfo,
     MasterKey,
     Passphrase,
     StoreKey,
     StoreKeyError,
+    key_info,
     new_key_file,
     open_key_file,
 )
+
+if TYPE_CHECKING:
+    from ._repository import Store
 
 __all__ = ["CIPHERS", "KEYED_CHUNK_ID", "NONCE_BYTES", "OVERHEAD", "TAG_BYTES", "Crypto", "NewStore",
            "default_cipher", "key_files", "unlock"]
@@ -232,3 +238,68 @@ def unlock(root: Path, cipher: str, key_check: str | None, key: StoreKey | None)
     if not files:
         raise StoreKeyError(f"store {root} has no passphrase keys: open it with its key_file")
     raise StoreKeyError(f"wrong passphrase: {key.source} opens none of the {len(files)} keys of store {root}")
+
+
+# --- key files of an open store (Store.list_keys, add_key, remove_key, change_passphrase) ----------------
+
+def _crypto_of(store: Store) -> Crypto:
+    if store.files.crypto is None:
+        raise StoreKeyError(f"store {store.root} is not encrypted: it has no keys")
+    return store.files.crypto
+
+
+def list_keys(store: Store) -> list[KeyInfo]:
+    crypto = _crypto_of(store)
+    return [key_info(kid, data, crypto.key) for kid, data in key_files(store.root)]
+
+
+def add_key(store: Store, passphrase: Passphrase) -> str:
+    # Key files are written once and never changed, so a read-only opener may add one while the daemon
+    # holds the store: like restic's `key add`, no exclusive lock.
+    crypto = _crypto_of(store)
+    key_id, data = new_key_file(crypto.key, passphrase)
+    if store.remote is not None:
+        try:
+            store.remote.backend.put_bytes(f"keys/{key_id}", data)
+        except BackendError as exc:
+            raise StoreError(f"cannot add the key to {store.remote.description}: {exc.message}") from exc
+    store.files.keys_dir.mkdir(exist_ok=True)
+    store.files.write_durable(store.files.keys_dir / key_id, data, "key")
+    return key_id
+
+
+def remove_key(store: Store, key_id: str, *, in_use_too: bool = False) -> str:
+    _crypto_of(store)
+    ids = [kid for kid, _ in key_files(store.root)]
+    matches = [kid for kid in ids if kid.startswith(key_id)] if key_id else []
+    if len(matches) != 1:
+        raise StoreKeyError(f"no key {key_id!r} in the store (`syncsnapd key list` shows them)" if not matches
+                            else f"{key_id!r} names {len(matches)} keys: give more of its id")
+    (found,) = matches
+    if found == store.key_id and not in_use_too:
+        raise StoreKeyError(f"key {found[:8]} is the one in use: open the store with another key to remove it "
+                            "(or change its passphrase with `syncsnapd key passwd`)")
+    if len(ids) == 1:
+        raise StoreKeyError("the last key of a store is never removed: add another first")
+    if store.remote is not None:
+        try:
+            store.remote.backend.delete(f"keys/{found}")
+        except BackendError as exc:
+            raise StoreError(f"cannot remove the key from {store.remote.description}: {exc.message}") from exc
+    from ._files import fsync_dir  # here: _files imports this module
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(store.files.keys_dir / found)
+    fsync_dir(store.files.keys_dir)
+    return found
+
+
+def change_passphrase(store: Store, passphrase: Passphrase) -> str:
+    old = store.key_id
+    if old is None:
+        raise StoreKeyError("the store was opened with its master key, not a passphrase: `syncsnapd key add` "
+                            "adds a passphrase")
+    new = add_key(store, passphrase)  # first: a crash in between leaves both, never none
+    remove_key(store, old, in_use_too=True)
+    store.key_id = new
+    return new

@@ -48,11 +48,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from . import _crypto as keyring
 from ._check import CheckReport, StoreCheck
 from ._chunker import Chunker
 from ._config import ConfigError, StoreConfig, parse_config
-from ._crypto import Crypto, NewStore, key_files, unlock
-from ._errors import BackendError, CorruptDataError, StoreError
+from ._crypto import Crypto, NewStore, unlock
+from ._errors import CorruptDataError, StoreError
 from ._files import DurableStep, StoreFiles, fsync_dir, read_pack_footer, write_all
 from ._format import (
     PACK_FOOTER,
@@ -72,7 +73,7 @@ from ._format import (
     tree_groups,
 )
 from ._index import MasterIndex
-from ._keys import KeyInfo, Passphrase, StoreKey, StoreKeyError, key_info, new_key_file
+from ._keys import KeyInfo, Passphrase, StoreKey
 from ._prune import GarbageCollector, PruneStats, forget
 from ._reader import ChunkReader
 from ._remote import Remote
@@ -110,6 +111,8 @@ class Store:
             hash_bytes if crypto is None else crypto.chunk_id)
         # The key file (in keys/) whose passphrase opened this store; None otherwise.
         self.key_id = key_id
+        # Whether this open created the store.
+        self.created = False
         self.catalog = SnapshotCatalog(self.files, exclusive=writable)
         # The bucket behind this store when its directory is the staging and cache of an S3 store
         # (see _remote.py); None for a local store.
@@ -198,6 +201,7 @@ class Store:
                 (root / sub).mkdir(exist_ok=True)
             lock_fd = cls._take_lock(root)
         store = cls(root, writable, config, lock_fd, remote, on_durable_step, crypto, key_id)
+        store.created = bool(created)
         try:
             if writable:
                 store.files.clean_tmp()
@@ -544,55 +548,21 @@ class Store:
         checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
         return checker.verify_snapshots()
 
-    # --- key files (an encrypted store) ---------------------------------------------------------------
+    # --- key files (an encrypted store; see _crypto.py) ----------------------------------------------
 
     def list_keys(self) -> list[KeyInfo]:
         """The key files of the store (each a copy of the master key under its own passphrase)."""
-        crypto = self._crypto_or_refuse()
-        return [key_info(kid, data, crypto.key) for kid, data in key_files(self.root)]
+        return keyring.list_keys(self)
 
     def add_key(self, passphrase: Passphrase) -> str:
         """Add a key file opened by ``passphrase``; returns its id. In the bucket first (an S3 store)."""
-        crypto = self._crypto_or_refuse()
-        key_id, data = new_key_file(crypto.key, passphrase)
-        if self.remote is not None:
-            try:
-                self.remote.backend.put_bytes(f"keys/{key_id}", data)
-            except BackendError as exc:
-                raise StoreError(f"cannot add the key to {self.remote.description}: {exc.message}") from exc
-        self.files.keys_dir.mkdir(exist_ok=True)
-        self.files.write_durable(self.files.keys_dir / key_id, data, "key")
-        return key_id
+        return keyring.add_key(self, passphrase)
 
-    def remove_key(self, key_id: str) -> None:
-        """Remove a key file (a unique prefix of its id will do). Never the last one, nor the one that
-        opened this store (open with another to remove it).
+    def remove_key(self, key_id: str) -> str:
+        """Remove a key file (a unique prefix of its id will do); returns its id. Never the last one, nor
+        the one that opened this store. Raises StoreKeyError."""
+        return keyring.remove_key(self, key_id)
 
-        Raises:
-            StoreKeyError: no such key, an ambiguous prefix, the last key, or the key in use.
-        """
-        self._crypto_or_refuse()
-        ids = [kid for kid, _ in key_files(self.root)]
-        matches = [kid for kid in ids if kid.startswith(key_id)] if key_id else []
-        if len(matches) != 1:
-            raise StoreKeyError(f"no key {key_id!r} in the store (`syncsnapd key list` shows them)" if not matches
-                                else f"{key_id!r} names {len(matches)} keys: give more of its id")
-        (found,) = matches
-        if found == self.key_id:
-            raise StoreKeyError(f"key {found[:8]} is the one in use: open the store with another key to remove it")
-        if len(ids) == 1:
-            raise StoreKeyError("the last key of a store is never removed: add another first")
-        if self.remote is not None:
-            try:
-                self.remote.backend.delete(f"keys/{found}")
-            except BackendError as exc:
-                raise StoreError(f"cannot remove the key from {self.remote.description}: {exc.message}") from exc
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.files.keys_dir / found)
-        fsync_dir(self.files.keys_dir)
-
-    def _crypto_or_refuse(self) -> Crypto:
-        if self.files.crypto is None:
-            raise StoreKeyError(f"store {self.root} is not encrypted: it has no keys")
-        return self.files.crypto
-
+    def change_passphrase(self, passphrase: Passphrase) -> str:
+        """Replace the key file that opened this store by one of ``passphrase``; returns the new id."""
+        return keyring.change_passphrase(self, passphrase)
