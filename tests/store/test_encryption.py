@@ -228,18 +228,25 @@ async def test_a_crash_left_pack_is_reindexed_from_its_sealed_copy(encrypted: St
     assert (tmp_path / "out" / "a.txt").read_bytes() == b"a" * 5000
 
 
-async def test_prune_works_on_an_encrypted_store(encrypted: Store, tmp_path: Path) -> None:
+async def test_prune_deletes_and_repacks_an_encrypted_store(encrypted: Store, tmp_path: Path) -> None:
+    """Repacking copies sealed blobs as they are (bound to their ids, not their pack) and seals the new
+    pack's index."""
     src = tmp_path / "src"
-    write_files(src, {"a.bin": os.urandom(60_000)})
+    write_files(src, {"a.bin": os.urandom(60_000), "b.bin": os.urandom(60_000)})
     backdate(src)
     first = await snapshot(encrypted, src)
-    write_files(src, {"a.bin": os.urandom(60_000)})
+    write_files(src, {"b.bin": os.urandom(60_000)})
     backdate(src)
     second = await snapshot(encrypted, src)
     assert encrypted.forget([first.id]) == [first.id]
     stats = encrypted.collect_garbage()
-    assert stats.packs_deleted == 1
+    assert stats.packs_repacked == 1 and stats.packs_written == 1
     assert encrypted.check().ok and [s.id for s in encrypted.list_snapshots()] == [second.id]
+    encrypted.close()
+    with Store.open(encrypted.root, writable=False, key=PASSPHRASE) as reader:
+        assert reader.check().ok
+        restore_snapshot(reader, second.id, tmp_path / "out")
+    assert tree_state(tmp_path / "out") == tree_state(src)
 
 
 async def test_a_plaintext_store_ignores_a_key_and_stays_plaintext(tmp_path: Path) -> None:
