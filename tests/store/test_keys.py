@@ -149,3 +149,16 @@ def test_passwd_replaces_the_key_in_use(tmp_path: Path) -> None:
     with Store.open(root, writable=False, key=master) as store, \
             pytest.raises(StoreKeyError, match="opened with its master key"):
         store.change_passphrase(ONE)
+
+
+def test_a_key_file_with_absurd_scrypt_parameters_is_refused_not_run(tmp_path: Path) -> None:
+    """A key file is input like any other: a planted one asking for terabytes of memory is refused."""
+    root = tmp_path / "store"
+    new_store(root)
+    (path,) = (root / "keys").iterdir()
+    doc = json.loads(path.read_text())
+    for n in (1 << 30, 1000):
+        doc["kdf"]["n"] = n
+        path.write_text(json.dumps(doc))
+        with pytest.raises(StoreKeyError, match="scrypt parameters out of range"):
+            Store.open(root, writable=False, key=ONE)

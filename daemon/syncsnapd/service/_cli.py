@@ -25,6 +25,7 @@ early (``| head``), 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
-    from ..store import StoreKeyError, passphrase_source, prepare_store, prompt_passphrase
+    from ..store import Store, StoreError, StoreKeyError, passphrase_source, prepare_store, prompt_passphrase
     from . import _offline
 
     prepare_store(config)  # an S3 store: its local cache directory knows the bucket
@@ -254,6 +255,11 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
         print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)",
               file=sys.stderr)
         return 2
+    if key is None and terminal and config.store_url is not None and not (config.store / "config.json").exists():
+        # A first command on this machine: a read-only open fetches the bucket's config.json (and fails
+        # there, without a key, if the store is encrypted), so that the question below can be asked.
+        with contextlib.suppress(StoreError):
+            Store.open(config.store, writable=False).close()
     if key is None and terminal and _offline.is_encrypted(config.store):
         try:
             key = prompt_passphrase()

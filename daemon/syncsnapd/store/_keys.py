@@ -147,11 +147,14 @@ def passphrase_source(env: Mapping[str, str] = os.environ) -> Passphrase | None:
 
 def prompt_passphrase(prompt: str = "Passphrase of the store: ", *, new: bool = False) -> Passphrase:
     """Ask on the terminal (twice for a new passphrase). Raises StoreKeyError on a mismatch or empty answer."""
-    first = getpass.getpass(prompt)
-    if not first:
-        raise StoreKeyError("an empty passphrase is not a passphrase")
-    if new and getpass.getpass("Repeat it: ") != first:
-        raise StoreKeyError("the two passphrases differ; nothing was changed")
+    try:
+        first = getpass.getpass(prompt)
+        if not first:
+            raise StoreKeyError("an empty passphrase is not a passphrase")
+        if new and getpass.getpass("Repeat it: ") != first:
+            raise StoreKeyError("the two passphrases differ; nothing was changed")
+    except EOFError:
+        raise StoreKeyError("no passphrase was typed") from None
     return Passphrase(first.encode(), "the passphrase typed")
 
 
@@ -240,8 +243,11 @@ def _parse_key_file(key_id: str, data: bytes) -> tuple[dict[str, Any], bytes, in
         if doc["format"] != KEY_FORMAT or doc["version"] != 1 or kdf["name"] != "scrypt" or doc["wrap"] != "aes-256-gcm":
             raise ValueError("format")
         n, r, p = kdf["n"], kdf["r"], kdf["p"]
-        if not all(type(v) is int and v > 0 for v in (n, r, p)) or n > 1 << 24 or r * p >= 1 << 30:
-            raise ValueError("parameters")
+        # scrypt needs a power of two N; and a key file is input like any other: its cost is bounded
+        # (128 * N * r bytes of memory, here at most 4 GiB) so that a planted one cannot exhaust memory.
+        if (not all(type(v) is int and v > 0 for v in (n, r, p)) or n < 2 or n & (n - 1)
+                or n * r > 1 << 25 or p > 16):
+            raise ValueError("scrypt parameters out of range")
         return doc, base64.b64decode(kdf["salt"], validate=True), n, r, p
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreKeyError(f"key file {key_id} is not a key file this syncsnapd reads ({exc})") from None
