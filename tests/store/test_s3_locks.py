@@ -470,7 +470,7 @@ def test_a_lock_that_could_not_be_removed_is_removed_at_the_next_take(s3: MotoSe
     double of a service that is down, as in test_s3_store.py); the same daemon's prune is not blocked by it,
     and removes it."""
     from helpers.s3 import ThrottlingProxy
-    from syncsnapd.core import _config as s3_settings
+    from syncsnapd.core import _s3 as s3_settings
 
     monkeypatch.setattr(s3_settings, "BOTOCORE_ATTEMPTS", 2)
     monkeypatch.setattr(s3_settings, "RETRY_DELAYS", (0.2,))

@@ -245,6 +245,9 @@ def start_s3_daemon(base: Path, folder: Path, endpoint: str) -> DaemonProcess:
     env = make_env(base)
     env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_CONFIG_FILE": str(base / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(base / "none")})
+    # A new S3 store is encrypted by default (issue 15): its passphrase, with a cheap key derivation.
+    (base / "passphrase").write_text("test passphrase")
+    env.update({"SYNCSNAP_PASSWORD_FILE": str(base / "passphrase"), "SYNCSNAP_SCRYPT_N": "1024"})
     cfg = base / "config.toml"
     cfg.write_text("\n".join([
         "[daemon]", f'socket = "{base}/run/syncsnap/syncsnapd.sock"', 'tcp = ""',

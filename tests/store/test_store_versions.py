@@ -77,9 +77,11 @@ V2_CONFIG = {"format": "syncsnap-store", "version": 2,
 
 @pytest.mark.parametrize(("change", "named"), [
     ({"version": 3}, '"version" is 3'),
-    ({"encryption": "aes-256-gcm"}, '"encryption" is "aes-256-gcm"'),
+    ({"encryption": "aes-128-ocb"}, '"encryption" is "aes-128-ocb"'),  # issue 15's values are known now
     ({"encryption": None}, '"encryption" is missing'),
-    ({"chunk_id": "blake3-keyed"}, '"chunk_id" is "blake3-keyed"'),
+    ({"chunk_id": "sha256"}, '"chunk_id" is "sha256"'),
+    ({"chunk_id": "blake3-keyed"}, '"chunk_id" is "blake3-keyed" in a store that is not encrypted'),
+    ({"encryption": "aes-256-gcm"}, '"chunk_id" is "blake3" in an encrypted store'),
     ({"compression": "lz4"}, '"compression" is "lz4"'),
     ({"chunker": {"algorithm": "rabin", "avg": 524288}}, '"chunker": "algorithm" is \'rabin\''),
     ({"chunker": {**V2_CONFIG["chunker"], "seed": 3}}, '"chunker": "seed" is a parameter'),  # type: ignore[dict-item]

@@ -29,7 +29,7 @@ _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "heartbeat", "settle", "max_delay",
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
                 "max_streams", "history_keep_days", "history_keep_runs", "request_rate", "request_burst",
-                "host", "refresh_age"}
+                "host", "refresh_age", "key_file"}
 _PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep", "store"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 _S3_KEYS = {"endpoint", "region", "path_style", "concurrency", "staging_max"}
@@ -175,6 +175,9 @@ class DaemonConfig:
     source: str = "embedded default"
     host: str | None = None  # the machine name snapshots record (None: the system's hostname)
     refresh_age: float = 60.0  # seconds an S3 store's lists serve GET /snapshots (docs/config.md)
+    # An encrypted store's master key, in a file only its owner may read (docs/encryption.md); None: the
+    # passphrase comes from SYNCSNAP_PASSWORD_FILE or systemd's credential syncsnap-password.
+    key_file: Path | None = None
 
     @property
     def discovery_file(self) -> Path:
@@ -277,7 +280,7 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
     elif "s3" in daemon and "store" not in flags and not _project_s3(data.get("projects")):
         # --store DIR: the file's S3 settings do not apply (unless a project's store is a bucket)
         raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
-    for key in ("socket", "store", "state_dir", "token_file"):
+    for key in ("socket", "store", "state_dir", "token_file", "key_file"):
         if key in flags:
             settings[key] = _path(flags[key], "--" + key.replace("_", "-"), Path.cwd())
         elif key in daemon:

@@ -149,13 +149,15 @@ def diff_entries(before: Iterable[Entry], after: Iterable[Entry], *, from_: str,
 
 def scan_live(root: str, reference: dict[str, Entry], *, chunker: Chunker,
               ignore: Callable[[str], bool] | None = None,
-              check: Callable[[], None] | None = None) -> Iterator[Entry]:
+              check: Callable[[], None] | None = None,
+              chunk_id: Callable[[memoryview], str] | None = None) -> Iterator[Entry]:
     """The entries of the live folder ``root``, as a snapshot would record them, for comparing with
     ``reference`` (the snapshot's entries by path). A file's ``data`` is the reference's chunk list when
     its size, mtime and inode match a trusted reference entry, its own chunk hashes when it has the same
     size as the reference but may differ, and ``[]`` otherwise (new, or of another size: no need to read
     it), cut by ``chunker`` (the store's). Files that vanish or cannot be read while scanned are left
-    out, as a snapshot would.
+    out, as a snapshot would. ``chunk_id``: how the store names chunks (``Store.chunk_id``; keyed in an
+    encrypted store), plain blake3 by default.
     ``ignore(relpath)`` is the snapshot's predicate (a directory's path ends in ``/``).
 
     Raises:
@@ -197,7 +199,7 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunker: Chunker,
                         if ref.inode and ref.inode == st.st_ino and ref.mtime_ns == st.st_mtime_ns:
                             data = ref.chunks
                         else:
-                            hashed = _hash_file(chain, rel, chunker, view, check)
+                            hashed = _hash_file(chain, rel, chunker, view, check, chunk_id or _blake3)
                             if hashed is None:
                                 continue
                             data = hashed
@@ -216,8 +218,12 @@ def scan_live(root: str, reference: dict[str, Entry], *, chunker: Chunker,
         chain.close()
 
 
+def _blake3(data: memoryview) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
 def _hash_file(chain: _DirChain, rel: str, chunker: Chunker, view: memoryview,
-               check: Callable[[], None]) -> list[str] | None:
+               check: Callable[[], None], chunk_id: Callable[[memoryview], str]) -> list[str] | None:
     try:
         fd = chain.open_file(rel)
     except OSError as exc:
@@ -228,7 +234,7 @@ def _hash_file(chain: _DirChain, rel: str, chunker: Chunker, view: memoryview,
         hashes: list[str] = []
         for data in chunker.split(fd, view, sys.maxsize):  # to its end, however long it is now
             check()
-            hashes.append(blake3.blake3(data).hexdigest())
+            hashes.append(chunk_id(data))
         return hashes
     except OSError:
         return None

@@ -60,7 +60,6 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-import blake3
 import trio
 
 from ..core import RunProgress, SnapshotSummary, walked_path
@@ -419,6 +418,7 @@ class _Run:
             return None
         writer = self.writer
         assert writer is not None
+        chunk_id = self.store.chunk_id
         hashes: list[str] = []
         total = 0
         try:
@@ -428,7 +428,7 @@ class _Run:
             for data in self.store.chunker.split(fd, view, walk_size):
                 self.check()
                 n = len(data)
-                digest = blake3.blake3(data).hexdigest()
+                digest = chunk_id(data)  # blake3, keyed in an encrypted store
                 writer.add_chunk(digest, data)
                 hashes.append(digest)
                 total += n

@@ -261,7 +261,8 @@ class Operations:
                 old = store.load_entries(before)
                 if after == "live":
                     live = scan_live(str(config.path), {e.path: e for e in old}, chunker=store.chunker,
-                                     ignore=config.ignore_fn(self._exclude), check=check)
+                                     ignore=config.ignore_fn(self._exclude), check=check,
+                                     chunk_id=store.chunk_id)
                     return diff_entries(old, live, from_=before, to="live").to_json(limit)
                 return diff_entries(old, later.load_entries(after), from_=before, to=after).to_json(limit)
 

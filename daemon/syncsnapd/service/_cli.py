@@ -7,10 +7,16 @@
     syncsnapd check [--read-data] [--project P]       verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run] [--project P]         apply the projects' keep policies, delete unused data
     syncsnapd unlock [--remove-all]                   remove stale locks of a shared store (S3, network disk)
+    syncsnapd init [--encrypt | --no-encrypt]         create the store (encrypted by default on S3 only)
+    syncsnapd key list|add|remove ID|passwd|export FILE [--new-password-file FILE]
+                                                      the key files of an encrypted store
 
 With projects that have a store of their own (``store = ...`` in ``[[projects]]``), ``--project P`` works
 on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn, and
 ``restore`` and ``diff`` use the store that holds the snapshot.
+
+An encrypted store is opened with ``key_file`` ([daemon]) or the passphrase in ``$SYNCSNAP_PASSWORD_FILE``
+or systemd's credential ``syncsnap-password``; on a terminal, without either, the passphrase is asked for.
 
 GLOBAL OPTIONS go before or after the command: ``--config FILE``, ``--folder PATH`` (repeatable), and
 ``--tcp``, ``--socket``, ``--store``, ``--state-dir``, which override those ``[daemon]`` keys. An unknown
@@ -24,6 +30,7 @@ early (``| head``), 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
@@ -32,12 +39,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
 from .. import __version__
 from ..core import ConfigError, DaemonConfig, load_config
+
+if TYPE_CHECKING:
+    from ..store import StoreKey
 
 log = logging.getLogger("syncsnapd")
 
@@ -61,7 +71,7 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("-v", "--verbose"), None, "debug logging"),
 )
 _OVERRIDES = ("tcp", "socket", "store", "state_dir")
-_COMMANDS = ("snapshots", "diff", "restore", "check", "prune", "unlock")
+_COMMANDS = ("snapshots", "diff", "restore", "check", "prune", "unlock", "init", "key")
 
 
 class UsageError(Exception):
@@ -129,6 +139,19 @@ def _parser() -> argparse.ArgumentParser:
     u = command("unlock", "remove the stale locks of a store shared by several machines (S3, network filesystem)")
     u.add_argument("--remove-all", action="store_true",
                    help="remove every lock, also live ones (only when no syncsnapd uses the store)")
+    i = command("init", "create the configured store (encrypted by default on S3, not encrypted by default locally)")
+    enc = i.add_mutually_exclusive_group()
+    enc.add_argument("--encrypt", dest="encrypt", action="store_true", default=None,
+                     help="encrypt it (asks for a passphrase on a terminal, or reads $SYNCSNAP_PASSWORD_FILE; "
+                          "writes the master key to key_file when that is configured)")
+    enc.add_argument("--no-encrypt", dest="encrypt", action="store_false", help="do not encrypt it")
+    k = command("key", "manage the key files of an encrypted store (each opens it with its own passphrase)")
+    k.add_argument("action", choices=("list", "add", "remove", "passwd", "export"),
+                   help="list; add a key; remove ID; passwd: change the passphrase of the key in use; export "
+                        "FILE: write the master key to FILE (for key_file)")
+    k.add_argument("arg", nargs="?", metavar="ID|FILE", help="the key to remove (a prefix of its id) or the file")
+    k.add_argument("--new-password-file", type=Path, metavar="FILE",
+                   help="the new passphrase of add and passwd (default: asked twice on the terminal)")
     return p
 
 
@@ -219,47 +242,110 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
-    from . import _stores
+    from ..store import Store, StoreError, StoreKeyError, passphrase_source, prepare_store, prompt_passphrase
+    from . import _offline, _stores
 
+    prepare_store(config)  # an S3 store: its local cache directory knows the bucket
+    where = config.store_url or str(config.store)
+    terminal = sys.stdin.isatty()
+    if args.command == "init":  # the daemon's store
+        try:
+            passphrase = passphrase_source()
+        except StoreKeyError as exc:
+            print(f"syncsnapd: {exc}", file=sys.stderr)
+            return 2
+        return _offline.run_init(config.store, sys.stdout, where=where, s3=config.store_url is not None,
+                                 encrypt=args.encrypt, key_file=config.key_file, passphrase=passphrase,
+                                 ask=(lambda: prompt_passphrase("New passphrase of the store: ", new=True))
+                                 if terminal else None)
+    try:
+        key = _offline.store_key(config.key_file)
+    except StoreKeyError as exc:
+        print(f"syncsnapd: {exc}", file=sys.stderr)
+        return 2
     # Every store the command covers (--project P: P's own); an S3 one's local directory knows the bucket.
     stores = [(root, url) for root, url in _stores.offline_stores(config, getattr(args, "project", None))
               if url is not None or (root / "config.json").exists()]
     if not stores:
         print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)", file=sys.stderr)
         return 2
+    root0, url0 = stores[0]
+    if key is None and terminal and url0 is not None and not (root0 / "config.json").exists():
+        # A first command on this machine: a read-only open fetches the bucket's config.json (and fails
+        # there, without a key, if the store is encrypted), so that the question below can be asked.
+        with contextlib.suppress(StoreError):
+            Store.open(root0, writable=False).close()
+    if key is None and terminal and any(_offline.is_encrypted(root) for root, _ in stores):
+        try:
+            key = prompt_passphrase()
+        except StoreKeyError as exc:
+            print(f"syncsnapd: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "key":  # the daemon's store
+        return _key_command(args, config, key)
     if args.command in ("restore", "diff"):
-        stores = [_stores.holding(stores, args.snapshot_id)]
+        stores = [_stores.holding(stores, args.snapshot_id, key)]
     exclude = (*_stores.store_dirs(config), config.state_dir)
     if len(stores) == 1:
-        return _offline_one(args, replace(config, store=stores[0][0], store_url=stores[0][1]), exclude)
+        return _offline_one(args, replace(config, store=stores[0][0], store_url=stores[0][1]), exclude, key)
     code = 0
-    for root, url in stores:  # snapshots, check, prune: each store in turn
+    for root, url in stores:  # snapshots, check, prune, unlock: each store in turn
         print(f"Store {url or root}:", flush=True)
-        code = max(code, _offline_one(args, replace(config, store=root, store_url=url), exclude))
+        code = max(code, _offline_one(args, replace(config, store=root, store_url=url), exclude, key))
     return code
 
 
-def _offline_one(args: argparse.Namespace, config: DaemonConfig, exclude: tuple[Path, ...]) -> int:
+def _offline_one(args: argparse.Namespace, config: DaemonConfig, exclude: tuple[Path, ...],
+                 key: StoreKey | None) -> int:
     from . import _offline
 
     if args.command == "snapshots":
-        return _offline.run_snapshots(config.store, sys.stdout, project=args.project)
+        return _offline.run_snapshots(config.store, sys.stdout, project=args.project, key=key)
     if args.command == "restore":
         return _offline.run_restore(config.store, args.snapshot_id, args.target, sys.stdout, paths=args.path,
                                     overwrite=args.overwrite, latest_of=args.project,
-                                    configured=[p.id for p in config.projects])
+                                    configured=[p.id for p in config.projects], key=key)
     if args.command == "diff":
         return _offline.run_diff(config.store, args.snapshot_id, args.other, sys.stdout, as_json=args.json,
                                  projects=config.projects, exclude=exclude,
-                                 latest_of=args.project)
+                                 latest_of=args.project, key=key)
     if args.command == "prune":
         return _offline.run_prune(config.store, sys.stdout, policies={p.id: p.keep for p in config.projects},
-                                  dry_run=args.dry_run, remote=config.store_url)
+                                  dry_run=args.dry_run, remote=config.store_url, key=key)
     if args.command == "unlock":
         from ._unlock import run_unlock
 
-        return run_unlock(config.store, sys.stdout, remove_all=args.remove_all)
-    return _offline.run_check(config.store, sys.stdout, read_data=args.read_data)
+        return run_unlock(config.store, sys.stdout, remove_all=args.remove_all, key=key)
+    return _offline.run_check(config.store, sys.stdout, read_data=args.read_data, key=key)
+
+
+def _key_command(args: argparse.Namespace, config: DaemonConfig, key: StoreKey | None) -> int:
+    from ..store import Passphrase, StoreKeyError, prompt_passphrase
+    from . import _offline
+
+    if args.action in ("remove", "export") and not args.arg:
+        print(f"syncsnapd: `syncsnapd key {args.action}` needs {'the id of the key' if args.action == 'remove' else 'a file'}",
+              file=sys.stderr)
+        return 2
+    if args.action not in ("remove", "export") and args.arg:
+        print(f"syncsnapd: `syncsnapd key {args.action}` takes no {args.arg!r}", file=sys.stderr)
+        return 2
+    new_file: Path | None = args.new_password_file
+
+    def new_passphrase() -> Passphrase:
+        if new_file is not None:
+            try:
+                data = new_file.read_bytes().removesuffix(b"\n")
+            except OSError as exc:
+                raise StoreKeyError(f"--new-password-file: cannot read {new_file}: {exc.strerror}") from None
+            if not data:
+                raise StoreKeyError(f"--new-password-file: {new_file} is empty")
+            return Passphrase(data, f"the passphrase in {new_file}")
+        return prompt_passphrase("New passphrase: ", new=True)
+
+    interactive = new_file is not None or sys.stdin.isatty()
+    return _offline.run_key(config.store, sys.stdout, args.action, args.arg, key=key,
+                            new_passphrase=new_passphrase if interactive else None)
 
 
 def _raise_fd_limit() -> None:

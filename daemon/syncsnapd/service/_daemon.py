@@ -71,7 +71,7 @@ from ..http import (
 )
 from ..runs import PAUSED_FILE_NAME, History, Operations, RetryPolicy, Scheduler, Stores, Tracker, location_of
 from ..sources import FolderSummary, WatchStatus, serve_project_source, summary_of_entries, wait_until_ready
-from ..store import Store, StoreError, iter_entries, prepare_store
+from ..store import Store, StoreError, StoreKeyError, iter_entries, prepare_store
 from ._listening import (
     DaemonInfo,
     Listeners,
@@ -83,6 +83,7 @@ from ._listening import (
     unix_socket_path,
     write_discovery_file,
 )
+from ._offline import daemon_new_store, store_key
 from ._stores import open_stores, reload_stores, store_dirs
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
 
@@ -428,6 +429,15 @@ class Daemon:
             await self.reload(load)
 
 
+def _open_store(config: DaemonConfig) -> Store:
+    """The daemon's store, opened writable with the configured key (issue 15): ``key_file``, else the
+    passphrase from SYNCSNAP_PASSWORD_FILE or systemd's credential. A new S3 store is encrypted (refused
+    without a key), a new local one is not (see :func:`daemon_new_store`)."""
+    key = store_key(config.key_file)
+    return Store.open(prepare_store(config), writable=True, key=key,
+                      create=daemon_new_store(key, s3=config.store_url is not None), offline_ok=True)
+
+
 def _warn_overlaps(config: DaemonConfig) -> None:
     for warning in overlap_warnings(config.projects):
         log.warning("%s", warning)
@@ -507,8 +517,9 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
     _warn_overlaps(config)
     try:
         # offline_ok: an unreachable bucket is no reason not to start (see the module docstring).
-        store = await trio.to_thread.run_sync(lambda: Store.open(prepare_store(config), writable=True,
-                                                                 offline_ok=True))
+        store = await trio.to_thread.run_sync(functools.partial(_open_store, config))
+    except StoreKeyError as exc:  # no key, or a wrong one: a configuration error (exit 2), nothing written
+        raise ConfigError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
     # The projects' own stores (StartupError naming the project; then `store` is closed too).

@@ -8,13 +8,19 @@ problems found in the store (``check``; ``restore`` and ``diff`` of a damaged sn
 damaged data), 2 the command could not do its job (no store, unknown snapshot id, target not empty...);
 the reason is printed as one sentence. Snapshot files and lists of entries are input like any other:
 whatever they hold, the answer is a sentence and an exit code, never a traceback.
+
+An encrypted store is opened with the key the configuration gives (:func:`store_key`: ``key_file``, else
+``SYNCSNAP_PASSWORD_FILE``, else systemd's credential ``syncsnap-password``; the CLI asks on a terminal when
+there is none); a wrong or missing key is exit 2. ``init`` creates the store (:func:`run_init`: encrypted by
+default on S3, not locally) and ``key`` manages its key files (:func:`run_key`, like restic's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from datetime import tzinfo
 from pathlib import Path
 from typing import TextIO
@@ -25,21 +31,30 @@ from ..store import (
     CorruptDataError,
     Entry,
     GarbageCollector,
+    MasterKey,
+    NewStore,
+    Passphrase,
     Store,
     StoreError,
+    StoreKey,
+    StoreKeyError,
     UnknownSnapshotError,
+    passphrase_source,
     plan_forget,
     pruning_lock,
+    read_master_key_file,
+    write_master_key_file,
 )
 
-__all__ = ["run_check", "run_diff", "run_prune", "run_restore", "run_snapshots"]
+__all__ = ["NO_KEY_FOR_S3", "daemon_new_store", "is_encrypted", "run_check", "run_diff", "run_init", "run_key",
+           "run_prune", "run_restore", "run_snapshots", "store_key"]
 
 LATEST = "latest"
 
 
-def _open(store_root: Path, out: TextIO) -> Store | None:
+def _open(store_root: Path, out: TextIO, key: StoreKey | None = None) -> Store | None:
     try:
-        return Store.open(Path(store_root), writable=False)
+        return Store.open(Path(store_root), writable=False, key=key)
     except StoreError as exc:
         print(f"Cannot open the store: {exc}.", file=out)
         return None
@@ -52,10 +67,10 @@ def display_path(path: str) -> str:
     return repr(path)[1:-1]
 
 
-def run_snapshots(store_root: Path, out: TextIO, *, project: str | None = None) -> int:
+def run_snapshots(store_root: Path, out: TextIO, *, project: str | None = None, key: StoreKey | None = None) -> int:
     """Print a table of the snapshots (oldest first): id, project, host ("-": not recorded), time, files,
     bytes."""
-    store = _open(store_root, out)
+    store = _open(store_root, out, key)
     if store is None:
         return 2
     with store:
@@ -112,10 +127,11 @@ def resolve_latest(store: Store, snapshot_id: str, project: str | None, configur
 
 
 def run_restore(store_root: Path, snapshot_id: str, target: Path, out: TextIO, *, paths: Sequence[str] = (),
-                overwrite: bool = False, latest_of: str | None = None, configured: Sequence[str] = ()) -> int:
+                overwrite: bool = False, latest_of: str | None = None, configured: Sequence[str] = (),
+                key: StoreKey | None = None) -> int:
     """Restore ``snapshot_id`` (or ``paths`` inside it) into ``target`` (new or empty directory, unless
     ``overwrite``). ``latest`` (of project ``latest_of``): see :func:`resolve_latest`."""
-    store = _open(store_root, out)
+    store = _open(store_root, out, key)
     if store is None:
         return 2
     with store:
@@ -178,11 +194,12 @@ def _load(store: Store, snapshot_id: str) -> list[Entry]:
 
 
 def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, as_json: bool = False,
-             projects: Sequence[ProjectConfig] = (), exclude: tuple[Path, ...] = (), latest_of: str | None = None) -> int:
+             projects: Sequence[ProjectConfig] = (), exclude: tuple[Path, ...] = (), latest_of: str | None = None,
+             key: StoreKey | None = None) -> int:
     """Print what changed from snapshot ``before`` to snapshot ``after``, or to the live folder when
     ``after`` is None: the folder of the project in ``projects`` (with its ignore rules), else the folder
     the snapshot was taken of. ``latest`` (of project ``latest_of``): see :func:`resolve_latest`."""
-    store = _open(store_root, out)
+    store = _open(store_root, out, key)
     if store is None:
         return 2
     with store:
@@ -201,7 +218,7 @@ def run_diff(store_root: Path, before: str, after: str | None, out: TextIO, *, a
                 else:
                     root, ignore = store.snapshot_root(before), None
                 reference = {e.path: e for e in old}
-                live = scan_live(root, reference, chunker=store.chunker, ignore=ignore)
+                live = scan_live(root, reference, chunker=store.chunker, ignore=ignore, chunk_id=store.chunk_id)
                 diff = diff_entries(old, live, from_=before, to="live")
         except _Unknown as exc:
             print(_unknown(exc.snapshot_id, store_root), file=out)
@@ -258,10 +275,10 @@ def print_check(report_json: Mapping[str, object], out: TextIO) -> None:
               file=out)
 
 
-def run_check(store_root: Path, out: TextIO, *, read_data: bool = False) -> int:
+def run_check(store_root: Path, out: TextIO, *, read_data: bool = False, key: StoreKey | None = None) -> int:
     """Verify the store; print each problem with what it damages. Exit code 0 when clean, 1 when problems
     were found. Without ``read_data`` only the structure is checked (see :class:`StoreCheck`)."""
-    store = _open(store_root, out)
+    store = _open(store_root, out, key)
     if store is None:
         return 2
     with store:
@@ -271,7 +288,7 @@ def run_check(store_root: Path, out: TextIO, *, read_data: bool = False) -> int:
 
 
 def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolicy | None], dry_run: bool = False,
-              tz: tzinfo | None = None, remote: str | None = None) -> int:
+              tz: tzinfo | None = None, remote: str | None = None, key: StoreKey | None = None) -> int:
     """Forget snapshots as the projects' ``keep`` policies say, then delete the data no snapshot needs.
 
     Opens the store for writing: refused while the daemon runs (prune through the daemon then, with
@@ -279,7 +296,7 @@ def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolic
     URL) is pruned under its exclusive lock, refused while another machine writes a snapshot.
     """
     try:
-        store = Store.open(Path(store_root), writable=not dry_run)
+        store = Store.open(Path(store_root), writable=not dry_run, key=key)
     except StoreError as exc:
         hint = " Prune through the daemon instead: `syncsnap prune`." if "in use" in str(exc) else ""
         print(f"Cannot open the store: {exc}.{hint}", file=out)
@@ -310,4 +327,170 @@ def run_prune(store_root: Path, out: TextIO, *, policies: Mapping[str, KeepPolic
     print(f"{verb2} {stats.packs_deleted} unused packs and repack {stats.packs_repacked} partly used ones "
           f"({human_bytes(stats.bytes_repacked)} copied); {'would free' if dry_run else 'freed'} "
           f"{human_bytes(max(0, stats.bytes_freed))}.", file=out)
+    return 0
+
+
+# --- encryption: the key of a store, `init`, `key` ------------------------------------------------------
+
+NO_KEY_FOR_S3 = ("a new S3 store is encrypted by default, and no passphrase was given: set SYNCSNAP_PASSWORD_FILE "
+                 "to a file holding one (or give systemd's credential syncsnap-password, or key_file = ... in "
+                 "[daemon]), or create the store first with `syncsnapd init` (it asks for a passphrase), or "
+                 "with `syncsnapd init --no-encrypt` for a store that is not encrypted")
+
+
+def store_key(key_file: Path | None, env: Mapping[str, str] = os.environ) -> StoreKey | None:
+    """The key the configuration gives: the master key in ``key_file`` when set, else a passphrase from
+    ``SYNCSNAP_PASSWORD_FILE`` or systemd's credential ``syncsnap-password``; None when there is none.
+
+    Raises:
+        StoreKeyError: the key file or passphrase file is set but unusable (the message says why).
+    """
+    if key_file is not None:
+        return read_master_key_file(key_file)
+    return passphrase_source(env)
+
+
+def daemon_new_store(key: StoreKey | None, *, s3: bool) -> NewStore:
+    """What the daemon's store is if its start creates it: on S3 encrypted (refused when there is no key:
+    :data:`NO_KEY_FOR_S3`), locally not encrypted (``syncsnapd init --encrypt`` makes an encrypted one)."""
+    if not s3:
+        return NewStore()
+    if key is None:
+        return NewStore(refuse=NO_KEY_FOR_S3)
+    if isinstance(key, MasterKey):
+        return NewStore(master=key)
+    return NewStore(master=MasterKey.generate(), passphrase=key)
+
+
+def is_encrypted(store_root: Path) -> bool:
+    """Whether the store's (for S3: cached) config.json names a cipher."""
+    try:
+        doc = json.loads((Path(store_root) / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("encryption", "none") != "none"
+
+
+def _exists(store_root: Path, s3: bool) -> bool:
+    if not s3:
+        return (Path(store_root) / "config.json").exists()
+    try:
+        Store.open(Path(store_root), writable=False).close()
+    except StoreKeyError:
+        return True  # an encrypted store
+    except StoreError:
+        return False  # none (or the bucket cannot be reached: creating it says so)
+    return True
+
+
+def run_init(store_root: Path, out: TextIO, *, where: str, s3: bool, encrypt: bool | None = None,
+             key_file: Path | None = None, passphrase: Passphrase | None = None,
+             ask: Callable[[], Passphrase] | None = None) -> int:
+    """Create the store: encrypted when ``encrypt`` (default: on S3 only), with a first key file opened by
+    ``passphrase`` (else one from ``ask()``, else none) and the master key written to ``key_file`` when
+    configured. Never touches an existing store."""
+    encrypt = s3 if encrypt is None else encrypt
+    nothing = "Nothing was changed."
+    if _exists(store_root, s3):
+        print(f"There is already a store at {where}. {nothing}", file=out)
+        return 2
+    master = None
+    if encrypt:
+        if key_file is not None and key_file.exists():
+            print(f"Cannot create the store: key_file {key_file} exists (the key of another store?); move it away "
+                  f"or configure a new path. {nothing}", file=out)
+            return 2
+        try:
+            if passphrase is None and ask is not None:
+                passphrase = ask()
+        except StoreKeyError as exc:
+            print(f"Cannot create the store: {exc}.", file=out)
+            return 2
+        if passphrase is None and key_file is None:
+            print("Cannot create an encrypted store without a passphrase: set SYNCSNAP_PASSWORD_FILE to a file "
+                  "holding one, run `syncsnapd init` on a terminal to type one, or set key_file = ... in [daemon] "
+                  f"(or `syncsnapd init --no-encrypt`). {nothing}", file=out)
+            return 2
+        master = MasterKey.generate()
+    try:
+        with Store.open(Path(store_root), writable=True, key=master,
+                        create=NewStore(master=master, passphrase=passphrase)) as store:
+            created, cipher, key_id = store.created, store.config.encryption, store.list_keys() if master else []
+    except StoreError as exc:
+        print(f"Cannot create the store: {exc}.", file=out)
+        return 2
+    if not created:
+        print(f"There is already a store at {where}. {nothing}", file=out)
+        return 2
+    if master is None:
+        print(f"Created a store at {where} (not encrypted).", file=out)
+        return 0
+    print(f"Created an encrypted store at {where} ({cipher}).", file=out)
+    if key_id:
+        print(f"Key {key_id[0].id[:8]} opens it with {passphrase.source if passphrase else 'the passphrase'}: "
+              "without that passphrase (or another key) its data cannot be read.", file=out)
+    if key_file is not None:
+        try:
+            write_master_key_file(key_file, master)
+        except StoreKeyError as exc:
+            print(f"Cannot write the key file: {exc}.", file=out)
+            return 2
+        print(f"Wrote its master key to {key_file} (0600): keep a copy in a safe place.", file=out)
+    return 0
+
+
+KEY_ACTIONS = ("list", "add", "remove", "passwd", "export")
+
+
+def run_key(store_root: Path, out: TextIO, action: str, arg: str | None = None, *, key: StoreKey | None = None,
+            new_passphrase: Callable[[], Passphrase] | None = None) -> int:
+    """``syncsnapd key list|add|remove ID|passwd|export FILE`` on the store's key files.
+
+    ``add`` and ``passwd`` take the new passphrase from ``new_passphrase()``. They and ``remove`` work
+    while the daemon runs (key files are written once, never changed: no lock is needed).
+    """
+    try:
+        new = new_passphrase() if action in ("add", "passwd") and new_passphrase is not None else None
+    except StoreKeyError as exc:
+        print(f"Cannot {action} a key: {exc}.", file=out)
+        return 2
+    if action in ("add", "passwd") and new is None:
+        print("No new passphrase: give --new-password-file FILE, or run on a terminal to type it.", file=out)
+        return 2
+    store = _open(store_root, out, key)
+    if store is None:
+        return 2
+    with store:
+        if not store.encrypted:
+            print(f"The store at {store_root} is not encrypted: it has no keys.", file=out)
+            return 2
+        try:
+            if action == "list":
+                rows = [("ID", "USER", "HOST", "CREATED", "SCRYPT N")]
+                rows += [(("*" if k.id == store.key_id else " ") + k.id[:8], k.user, k.host, k.created,
+                          f"2^{k.scrypt_n.bit_length() - 1}") for k in store.list_keys()]
+                widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                for r in rows:
+                    print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+                if store.key_id is None:
+                    print("(opened with the master key of key_file)", file=out)
+            elif action == "add":
+                assert new is not None
+                print(f"Added key {store.add_key(new)[:8]}.", file=out)
+            elif action == "remove":
+                print(f"Removed key {store.remove_key(arg or '')[:8]}.", file=out)
+            elif action == "passwd":
+                assert new is not None
+                old = store.key_id
+                print(f"Changed the passphrase: key {(old or '')[:8]} is replaced by key "
+                      f"{store.change_passphrase(new)[:8]}.", file=out)
+            else:
+                crypto = store.files.crypto
+                assert crypto is not None and arg is not None
+                write_master_key_file(Path(arg), crypto.key)
+                print(f"Wrote the master key to {arg} (0600); `key_file = \"{arg}\"` in [daemon] opens the "
+                      "store with it. Anyone holding the file can read the store.", file=out)
+        except StoreError as exc:
+            print(f"Cannot {action} the key: {exc}.", file=out)
+            return 2
     return 0

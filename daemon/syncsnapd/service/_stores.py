@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..core import DaemonConfig, ProjectConfig, S3Options, store_location
 from ..runs import Stores, location_of
-from ..store import RemoteSpec, Store, StoreError, prepare, prepare_store
+from ..store import RemoteSpec, Store, StoreError, StoreKey, prepare, prepare_store
 from ._listening import StartupError
+from ._offline import daemon_new_store, store_key
 
 __all__ = ["holding", "offline_stores", "open_stores", "reload_stores", "store_dirs"]
 
@@ -27,10 +28,13 @@ def store_dirs(config: DaemonConfig) -> tuple[Path, ...]:
     return (config.store, *dict.fromkeys(p.store for p in config.projects if p.store is not None))
 
 
-def _open(root: Path, url: str | None, s3: S3Options | None) -> Store:
+def _open(root: Path, url: str | None, s3: S3Options | None, key: StoreKey | None) -> Store:
     if url is not None:
         _mark(root, url, s3)
-    return Store.open(root, writable=True, offline_ok=True)  # a bucket that is down: as the daemon's store
+    # The daemon's key opens every store of it; a new one is made as the daemon's would be (encrypted on
+    # S3); a bucket that is down: as the daemon's store.
+    return Store.open(root, writable=True, key=key, create=daemon_new_store(key, s3=url is not None),
+                      offline_ok=True)
 
 
 def open_stores(config: DaemonConfig, default: Store) -> Stores:
@@ -50,7 +54,7 @@ def open_stores(config: DaemonConfig, default: Store) -> Stores:
             where = project.store_location(config)
             if where not in opened:
                 try:
-                    opened[where] = _open(project.store, project.store_url, config.s3)
+                    opened[where] = _open(project.store, project.store_url, config.s3, store_key(config.key_file))
                 except Exception as exc:
                     raise StartupError(f"cannot open the store of {_users(config, where)} at {where}: {exc}") from exc
                 log.info("store %s opened for %s", where, _users(config, where))
@@ -115,13 +119,14 @@ def _mark(root: Path, url: str, s3: S3Options | None) -> None:
                              concurrency=o.concurrency))
 
 
-def holding(stores: list[tuple[Path, str | None]], snapshot_id: str) -> tuple[Path, str | None]:
+def holding(stores: list[tuple[Path, str | None]], snapshot_id: str, key: StoreKey | None = None
+            ) -> tuple[Path, str | None]:
     """The first of ``stores`` that has ``snapshot_id`` (the first of all for ``latest`` or when none has
     it: the command then says it is unknown there)."""
     if len(stores) > 1 and snapshot_id != "latest":
         for root, url in stores:
             try:
-                with Store.open(root, writable=False) as store:
+                with Store.open(root, writable=False, key=key) as store:
                     if any(s.id == snapshot_id for s in store.list_snapshots()):
                         return root, url
             except StoreError:

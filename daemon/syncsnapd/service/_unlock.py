@@ -16,16 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-from ..store import Store, StoreError
+from ..store import Store, StoreError, StoreKey
 
 __all__ = ["run_unlock"]
 
 
-def run_unlock(store_root: Path, out: TextIO, *, remove_all: bool = False) -> int:
+def run_unlock(store_root: Path, out: TextIO, *, remove_all: bool = False, key: StoreKey | None = None) -> int:
     """Remove the stale locks of the store at ``store_root`` (every lock with ``remove_all``); print what
     was removed and what is still held. Returns the exit code (see the module docstring)."""
     try:
-        store = Store.open(Path(store_root), writable=False)
+        store = Store.open(Path(store_root), writable=False, key=key)
     except StoreError as exc:
         print(f"Cannot open the store: {exc}.", file=out)
         return 2

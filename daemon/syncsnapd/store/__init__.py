@@ -3,7 +3,8 @@ S3-compatible bucket; check, forget and prune. Knows nothing of runs, sources or
 
 Modules: ``_format`` (the on-disk format), ``_config`` (config.json, checked), ``_chunker`` (cutting
 content into chunks), ``_errors``, ``_files`` (the directory, durable writes), ``_index`` (the master
-index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypted store), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
+index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypted store and its copies),
+``_crypto`` (sealing, keyed names), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
 ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, ``_locks`` (lock
 objects of a store shared by several processes, kept where ``_lockdirs`` says), and for S3 ``_remote`` over
 ``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not).
@@ -21,6 +22,9 @@ from ._check import StoreCheck as StoreCheck
 from ._chunker import Chunker as Chunker
 from ._chunker import FastCDC2020 as FastCDC2020
 from ._chunker import FixedChunker as FixedChunker
+from ._crypto import CIPHERS as CIPHERS
+from ._crypto import NewStore as NewStore
+from ._crypto import default_cipher as default_cipher
 from ._errors import BackendError as BackendError
 from ._errors import CorruptDataError as CorruptDataError
 from ._errors import ObjectMissing as ObjectMissing
@@ -34,7 +38,15 @@ from ._format import SnapshotInfo as SnapshotInfo
 from ._format import SnapshotStats as SnapshotStats
 from ._format import hash_bytes as hash_bytes
 from ._format import make_snapshot_id as make_snapshot_id
+from ._keys import KeyInfo as KeyInfo
 from ._keys import MasterKey as MasterKey
+from ._keys import Passphrase as Passphrase
+from ._keys import StoreKey as StoreKey
+from ._keys import StoreKeyError as StoreKeyError
+from ._keys import passphrase_source as passphrase_source
+from ._keys import prompt_passphrase as prompt_passphrase
+from ._keys import read_master_key_file as read_master_key_file
+from ._keys import write_master_key_file as write_master_key_file
 from ._locks import LockInfo as LockInfo
 from ._locks import StoreLocks as StoreLocks
 from ._locks import network_filesystem as network_filesystem

@@ -22,7 +22,6 @@ from ._format import (
     ChunkLocation,
     IndexRecord,
     SnapshotInfo,
-    decode_index,
     decode_tree_group,
     hash_bytes,
 )
@@ -139,7 +138,8 @@ class StoreCheck:
        references is present and intact. Each problem gets the snapshots and files it damages.
 
     The fast level (``read_data=False``) reads indexes, pack headers and footers and the lists of
-    entries, not the file content. Snapshots are listed before indexes and indexes before packs: each is
+    entries, not the file content. In an encrypted store every object read is authenticated first: one that
+was tampered with (or swapped for another) is reported corrupt like a damaged one. Snapshots are listed before indexes and indexes before packs: each is
     durable before the next needs it, so a daemon writing meanwhile causes no false alarm. Packs without
     an index (a crash, or a pack sealed while this runs) are not problems: their footer is used.
     """
@@ -180,14 +180,14 @@ class StoreCheck:
                 self._problem(Problem("corrupt", "index", pack, f"cannot be read: {exc.strerror}"))
                 continue
             try:
-                records = decode_index(data)
+                records = store.files.index_records(data)
                 if hash_bytes(data) != pack:
                     raise CorruptDataError("its content does not match its name")
             except CorruptDataError as exc:
                 detail = str(exc)
                 try:
                     data = store.pack_footer(pack)
-                    records = decode_index(data)
+                    records = store.files.index_records(data)
                     if hash_bytes(data) != pack:
                         raise CorruptDataError("name mismatch")
                     detail += "; the pack's own copy is intact and the next start of the daemon re-creates it"
@@ -203,7 +203,7 @@ class StoreCheck:
         for pack in sorted(unindexed):
             try:
                 data = store.pack_footer(pack)
-                records = decode_index(data)
+                records = store.files.index_records(data)
             except (OSError, CorruptDataError):
                 continue  # half a pack from a crash is never referenced
             if hash_bytes(data) == pack:

@@ -1,8 +1,11 @@
 """A store's ``config.json``: what it may say, checked key by key (the layout is in ``_format.py``).
 
 A value this syncsnapd does not know is refused with its key and value named, never guessed at: issue
-15 adds keyed chunk ids and encryption as new values of ``chunk_id`` and ``encryption`` within version 2,
-and a syncsnapd that does not know them must neither read nor write such a store.
+15 added keyed chunk ids and encryption as new values of ``chunk_id`` (``blake3-keyed``) and
+``encryption`` (``aes-256-gcm``, ``chacha20-poly1305``) within version 2, with ``key_check`` (a sealed
+value telling the right master key from a wrong one), and a syncsnapd that does not know them must
+neither read nor write such a store. An encrypted store always has keyed chunk ids, and a plaintext one
+never (each alone would be a store no syncsnapd writes).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._chunker import Chunker, FixedChunker, chunker_from_config
+from ._crypto import CIPHERS, KEYED_CHUNK_ID
 from ._format import FORMAT_NAME, READABLE_VERSIONS
 
 __all__ = ["ConfigError", "StoreConfig", "parse_config"]
 
 # The values this syncsnapd knows, key by key.
-CHUNK_IDS = ("blake3",)
-ENCRYPTIONS = ("none",)
+CHUNK_IDS = ("blake3", KEYED_CHUNK_ID)
+ENCRYPTIONS = ("none", *CIPHERS)
 COMPRESSIONS = ("zstd",)
 
 
@@ -34,6 +38,11 @@ class StoreConfig:
     compression_level: int
     encryption: str
     pack_size: int
+    key_check: str | None = None  # encrypted stores: what tells the right master key (see _crypto.py)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption != "none"
 
 
 class ConfigError(ValueError):
@@ -90,4 +99,14 @@ def parse_config(doc: object) -> StoreConfig:
             raise ConfigError(f'"chunker": {exc}') from None
         chunk_id = _known(doc, "chunk_id", CHUNK_IDS)
         encryption = _known(doc, "encryption", ENCRYPTIONS)
-    return StoreConfig(version, chunker, chunk_id, compression, level, encryption, pack_size)
+    key_check = None
+    if encryption != "none":
+        if chunk_id != KEYED_CHUNK_ID:
+            raise ConfigError(f'"chunk_id" is {json.dumps(chunk_id)} in an encrypted store, which must have '
+                              f'"{KEYED_CHUNK_ID}"')
+        key_check = doc.get("key_check")
+        if not isinstance(key_check, str) or not key_check:
+            raise ConfigError('"key_check" is missing in an encrypted store')
+    elif chunk_id != "blake3":
+        raise ConfigError(f'"chunk_id" is {json.dumps(chunk_id)} in a store that is not encrypted')
+    return StoreConfig(version, chunker, chunk_id, compression, level, encryption, pack_size, key_check)

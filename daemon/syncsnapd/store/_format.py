@@ -85,6 +85,18 @@ collision would let one machine's snapshot file replace the other's). A pack id 
 index, which lists the hash, offset and length of every blob it holds: two packs share an id only if they
 hold the same blobs at the same places, i.e. the same content, so whichever copy the bucket keeps serves
 both machines' indexes (blake3 collisions aside).
+
+Encrypted stores (issue 15; still version 2)
+============================================
+
+``config.json`` says ``"encryption": "aes-256-gcm"`` (or ``"chacha20-poly1305"``), ``"chunk_id":
+"blake3-keyed"`` and ``"key_check"`` (a sealed value only the master key opens); it holds no secret.
+Everything else is sealed (``nonce | ciphertext | tag``, see ``_crypto.py``): each blob (compressed
+first, as above, then sealed; the index records the sealed length), each index file (the sealed bytes of
+the index above; the pack id is the blake3 of those sealed bytes, and the pack's copy is the same
+bytes), each snapshot file (named ``snapshots/<keyed hash of its id>.json``). Blob ids are keyed blake3.
+Key files are in ``keys/``. Pack framing (``SYNPACK1``, the footer) is as above: it says nothing that
+config.json and the object's size do not. docs/encryption.md has every byte.
 """
 
 from __future__ import annotations
@@ -456,12 +468,16 @@ def pack_file_size(index_bytes: bytes) -> int:
 
 # --- config.json and snapshot files ---------------------------------------------------------------
 
-def new_config() -> bytes:
-    """The ``config.json`` of a new store (version 2, content-defined chunks)."""
-    config = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-              "chunker": FastCDC2020(CDC_MIN, CDC_AVG, CDC_MAX, CDC_NORMALIZATION).describe(),
-              "chunk_id": "blake3", "compression": "zstd", "compression_level": COMPRESSION_LEVEL,
-              "encryption": "none", "pack_size": PACK_SIZE}
+def new_config(*, cipher: str | None = None, key_check: str | None = None) -> bytes:
+    """The ``config.json`` of a new store (version 2, content-defined chunks); encrypted with ``cipher``
+    (keyed chunk ids, and ``key_check`` from ``Crypto.key_check``) when given."""
+    config: dict[str, Any] = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "chunker": FastCDC2020(CDC_MIN, CDC_AVG, CDC_MAX, CDC_NORMALIZATION).describe(),
+        "chunk_id": "blake3" if cipher is None else "blake3-keyed", "compression": "zstd",
+        "compression_level": COMPRESSION_LEVEL, "encryption": cipher or "none", "pack_size": PACK_SIZE}
+    if cipher is not None:
+        config["key_check"] = key_check
     return json.dumps(config, indent=1).encode() + b"\n"
 
 
@@ -537,6 +553,17 @@ def _snapshot_problem(doc: Any, snapshot_id: str) -> str | None:
     if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 1e12:
         return "stats.duration_seconds is not a duration"  # the range test also rejects NaN
     return None
+
+
+def snapshot_file_id(data: bytes) -> str | None:
+    """The id a snapshot file says it is of (not verified: :func:`decode_snapshot` does that); None if it
+    names none. For encrypted stores, whose file names do not hold the id."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    sid = doc.get("id") if isinstance(doc, dict) else None
+    return sid if isinstance(sid, str) and SNAPSHOT_ID_RE.match(sid) else None
 
 
 def decode_snapshot(snapshot_id: str, data: bytes) -> SnapshotRecord:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +66,11 @@ class Sweep:
 class MasterIndex:
     """Blob hash -> location, for every index file in ``index_dir`` loaded so far. Thread-safe."""
 
-    def __init__(self, index_dir: Path) -> None:
+    def __init__(self, index_dir: Path,
+                 decode: Callable[[bytes], list[IndexRecord]] = decode_index) -> None:
         self._dir = index_dir
+        # An index file's bytes -> its records (an encrypted store's opens them first: StoreFiles.index_records).
+        self._decode = decode
         self._lock = threading.Lock()
         self._locs = ChunkMap()
         self._loaded: set[str] = set()
@@ -122,7 +125,7 @@ class MasterIndex:
             if pack in self._loaded:
                 continue
             try:
-                records = decode_index((self._dir / name).read_bytes())
+                records = self._decode((self._dir / name).read_bytes())
             except (OSError, CorruptDataError):
                 continue  # `check` reports it; its blobs count as missing meanwhile
             self.add_pack(pack, records)

@@ -40,7 +40,6 @@ from ._format import (
     PACK_FOOTER,
     ChunkLocation,
     IndexRecord,
-    decode_index,
     decode_tree_group,
     footer_index_length,
     hash_bytes,
@@ -188,7 +187,7 @@ class GarbageCollector:
                 self._reindex_orphans()
         for pack in self._files.indexed_packs():
             try:
-                self._records[pack] = decode_index(self._files.index_path(pack).read_bytes())
+                self._records[pack] = self._files.index_records(self._files.index_path(pack).read_bytes())
             except (OSError, CorruptDataError):
                 continue  # its blobs are unknown: this pack is never deleted
         infos = store.catalog.scan()
@@ -238,7 +237,7 @@ class GarbageCollector:
                 tail = remote.read_range(pack, size - PACK_FOOTER.size, PACK_FOOTER.size)
                 length = footer_index_length(tail, size)
                 index_bytes = remote.read_range(pack, size - PACK_FOOTER.size - length, length)
-                decode_index(index_bytes)
+                self._files.index_records(index_bytes)  # sealed in an encrypted store
             except (OSError, CorruptDataError):
                 continue  # not readable: `check` reports it; no snapshot can reference it
             if hash_bytes(index_bytes) != pack:

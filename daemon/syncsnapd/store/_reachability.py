@@ -79,15 +79,21 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def open_offline(root: Path, description: str) -> None:
+def open_offline(root: Path, description: str, create: Callable[[], dict[str, bytes]] | None = None) -> None:
     """Make ``root`` openable while the bucket does not answer: its cache as it is, or a new store's
-    config.json marked :data:`PENDING` when no store was ever opened here."""
+    config.json (``create()``'s objects: an encrypted store's key files and config.json) marked
+    :data:`PENDING` when no store was ever opened here."""
     for sub in ("index", "snapshots"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     if not (root / "config.json").exists():
         # The marker first: a crash between the two leaves a marker and no config, which is redone here.
         _write(root / PENDING, b"")
-        _write(root / "config.json", new_config())
+        objects = create() if create is not None else {"config.json": new_config()}
+        for name, data in objects.items():
+            if name != "config.json":
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                _write(root / name, data)
+        _write(root / "config.json", objects["config.json"])
         log.warning("%s is unreachable and no store was ever opened here: a new store is made in %s and will "
                     "be created in the bucket once it answers", description, root)
     log.warning("opened the store from its local cache in %s; snapshots are staged there until %s answers",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import zstandard
 
 from ._errors import CorruptDataError, PackMissing, StoreError
-from ._format import FLAG_ZSTD, ChunkLocation, decompressor, hash_bytes
+from ._format import FLAG_ZSTD, ChunkLocation, decompressor
 
 if TYPE_CHECKING:
     from ._repository import Store
@@ -45,7 +45,8 @@ class ChunkReader:
         return fd
 
     def read(self, chunk: str) -> bytes:
-        """Return the uncompressed bytes of blob ``chunk``, verified against its hash.
+        """Return the uncompressed bytes of blob ``chunk``, verified against its hash (and, encrypted,
+        authenticated first).
 
         Raises:
             StoreError: the blob is not in the store or its pack is missing.
@@ -80,14 +81,19 @@ class ChunkReader:
         raw = self._pread(loc)
         if len(raw) != loc.length:
             raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} is truncated")
+        crypto = self._store.files.crypto
+        plain = raw
+        if crypto is not None:
+            # A blob that fails authentication is never decompressed, let alone used.
+            plain = crypto.open_blob(chunk, raw, f"chunk {chunk} in pack {loc.pack}")
         if loc.flags & FLAG_ZSTD:
             try:
-                data = decompressor().decompress(raw, max_output_size=loc.raw_length)
+                data = decompressor().decompress(plain, max_output_size=loc.raw_length)
             except zstandard.ZstdError as exc:
                 raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} does not decompress") from exc
         else:
-            data = raw
-        if len(data) != loc.raw_length or hash_bytes(data) != chunk:
+            data = plain
+        if len(data) != loc.raw_length or self._store.chunk_id(data) != chunk:
             raise CorruptDataError(f"chunk {chunk} in pack {loc.pack} does not match its hash")
         return raw, bytes(data)
 

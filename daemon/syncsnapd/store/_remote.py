@@ -153,7 +153,7 @@ class Remote(BucketPruning):
 
     @classmethod
     def attach(cls, root: Path, *, writable: bool, backend: Backend | None = None,
-               offline_ok: bool = False) -> Remote | None:
+               offline_ok: bool = False, create: Callable[[], dict[str, bytes]] | None = None) -> Remote | None:
         """The remote of the store directory ``root`` (None for a plain local store), its metadata cache
         synced. A writable open creates the bucket and the store in it when missing.
 
@@ -177,11 +177,11 @@ class Remote(BucketPruning):
         remote._probe = probe
         try:
             try:
-                remote._sync(writable, first=probe or backend)
+                remote._sync(writable, first=probe or backend, create=create)
             except BackendError as exc:
                 if not (offline_ok and writable and exc.code == "store_unreachable"):
                     raise
-                remote._open_offline(_store_error(exc))
+                remote._open_offline(_store_error(exc), create)
         except BackendError as exc:
             remote.close()
             raise _store_error(exc) from exc
@@ -190,8 +190,8 @@ class Remote(BucketPruning):
             raise
         return remote
 
-    def _open_offline(self, error: StoreError) -> None:
-        open_offline(self.root, self.description)
+    def _open_offline(self, error: StoreError, create: Callable[[], dict[str, bytes]] | None = None) -> None:
+        open_offline(self.root, self.description, create)
         self._confirmed = False
         self._note(error)
 
@@ -243,6 +243,8 @@ class Remote(BucketPruning):
             if not pending:
                 raise StoreError(f"there is no syncsnap store at {self.description} any more (its config.json "
                                  "is gone)") from None
+            for key_file in sorted((self.root / "keys").glob("*")):  # an encrypted store's: before config.json
+                backend.put_bytes(f"keys/{key_file.name}", key_file.read_bytes())
             backend.put_bytes("config.json", cached)
             log.info("created the store at %s (made in %s while it was unreachable)", self.description, self.root)
             config = cached
@@ -286,7 +288,8 @@ class Remote(BucketPruning):
 
     # --- opening ------------------------------------------------------------------------------------
 
-    def _sync(self, writable: bool, first: Backend | None = None) -> None:
+    def _sync(self, writable: bool, first: Backend | None = None,
+              create: Callable[[], dict[str, bytes]] | None = None) -> None:
         root, backend = self.root, self.backend
         # ``first`` makes the first request (the daemon's: a quick probe, so an offline start is quick).
         opener = first or backend
@@ -302,8 +305,7 @@ class Remote(BucketPruning):
         except ObjectMissing:
             if not writable:
                 raise StoreError(f"there is no syncsnap store at {self.description}") from None
-            config = new_config()
-            backend.put_bytes("config.json", config)
+            config = self._create(create)
             log.info("created a new store at %s", self.description)
         for sub in ("index", "snapshots"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -318,7 +320,20 @@ class Remote(BucketPruning):
             write_cache_file(root / "config.json", config)
         self._sync_folder("index/", ".idx", self._staged_packs)
         self._sync_folder("snapshots/", ".json", set)
+        if b'"key_check"' in config:  # an encrypted store: its key files (issue 15, see _keys.py)
+            (root / "keys").mkdir(exist_ok=True)
+            self._sync_folder("keys/", "", set)
         self.refreshed_at = time.monotonic()
+
+    def _create(self, create: Callable[[], dict[str, bytes]] | None) -> bytes:
+        """Put a new store's objects (``create()``: key files and config.json; default: a plaintext
+        config.json) in the bucket, config.json last: the store exists once it does."""
+        objects = create() if create is not None else {"config.json": new_config()}
+        for name, data in objects.items():
+            if name != "config.json":
+                self.backend.put_bytes(name, data)
+        self.backend.put_bytes("config.json", objects["config.json"])
+        return objects["config.json"]
 
     def refresh(self, max_age: float = 0.0) -> Refreshed | None:
         """Bring the cached index and snapshot files up to date with the bucket (what other machines

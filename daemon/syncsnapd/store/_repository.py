@@ -17,6 +17,17 @@ index file the same way), and packs no snapshot references (harmless; the next s
 blobs, the next prune reclaims them). ``Store.open(..., on_durable_step=...)`` is how the crash tests
 stop a process at each of those steps (see ``_files.py``).
 
+Encryption
+==========
+
+A store whose config.json names a cipher is opened with ``key=``: its :class:`MasterKey` (from a key file)
+or a :class:`Passphrase` that opens one of its key files (``keys/``, see ``_keys.py``). The key is checked
+against config.json's ``key_check`` before anything is written, so a wrong one is a
+:class:`StoreKeyError` and leaves the store as it was. ``create=`` (:class:`NewStore`) says what a store
+this open creates is; by default a plaintext one, as before. Then ``files.crypto`` seals and opens
+(``_crypto.py``), ``chunk_id`` names blobs with a key, and key files are managed by :meth:`Store.add_key`
+and :meth:`Store.remove_key`.
+
 Concurrency
 ===========
 
@@ -31,17 +42,18 @@ pack's footer when it has no index yet).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from . import _crypto as keyring
 from ._check import CheckReport, StoreCheck
 from ._chunker import Chunker
 from ._config import ConfigError, StoreConfig, parse_config
+from ._crypto import Crypto, NewStore, unlock
 from ._errors import CorruptDataError, StoreError
-from ._files import DurableStep, StoreFiles, fsync_dir, read_pack_footer, write_all
+from ._files import DurableStep, StoreFiles, fsync_dir, read_pack_footer, take_store_lock, write_all
 from ._format import (
     PACK_FOOTER,
     PACK_MAGIC,
@@ -50,18 +62,17 @@ from ._format import (
     Entry,
     SnapshotInfo,
     SnapshotStats,
-    decode_index,
     decode_snapshot,
     decode_tree_group,
     encode_snapshot,
     encode_tree_group,
     footer_index_length,
     hash_bytes,
-    new_config,
     pack_tail,
     tree_groups,
 )
 from ._index import MasterIndex
+from ._keys import KeyInfo, Passphrase, StoreKey
 from ._locks import StoreLocks
 from ._prune import GarbageCollector, PruneStats, forget
 from ._reachability import UnreachableWait
@@ -82,7 +93,8 @@ class Store:
     """
 
     def __init__(self, root: Path, writable: bool, config: StoreConfig, lock_fd: int | None,
-                 remote: Remote | None = None, on_durable_step: DurableStep | None = None) -> None:
+                 remote: Remote | None = None, on_durable_step: DurableStep | None = None,
+                 crypto: Crypto | None = None, key_id: str | None = None) -> None:
         self.root = root
         self.writable = writable
         # What config.json says (version, chunker, chunk ids, compression, encryption, pack size).
@@ -93,8 +105,15 @@ class Store:
         # for content-defined chunks, room for the largest chunk plus a read). Not a chunk size.
         self.chunk_size: int = config.chunker.buffer_size
         self.pack_size: int = config.pack_size
-        self.files = StoreFiles(root, on_durable_step)
-        self.index = MasterIndex(self.files.index_dir)
+        self.files = StoreFiles(root, on_durable_step, crypto)
+        self.index = MasterIndex(self.files.index_dir, self.files.index_records)
+        # Blob ids: blake3, or keyed blake3 in an encrypted store (the engine names chunks with this).
+        self.chunk_id: Callable[[bytes | bytearray | memoryview], str] = (
+            hash_bytes if crypto is None else crypto.chunk_id)
+        # The key file (in keys/) whose passphrase opened this store; None otherwise.
+        self.key_id = key_id
+        # Whether this open created the store.
+        self.created = False
         self.catalog = SnapshotCatalog(self.files, exclusive=writable)
         # The bucket behind this store when its directory is the staging and cache of an S3 store
         # (see _remote.py); None for a local store.
@@ -108,10 +127,18 @@ class Store:
 
     # --- opening ------------------------------------------------------------------------------------
 
+    @property
+    def encrypted(self) -> bool:
+        return self.files.crypto is not None
+
     @classmethod
-    def open(cls, root: Path, *, writable: bool, on_durable_step: Callable[[str], None] | None = None,
-             offline_ok: bool = False) -> Store:
+    def open(cls, root: Path, *, writable: bool, key: StoreKey | None = None, create: NewStore | None = None,
+             on_durable_step: Callable[[str], None] | None = None, offline_ok: bool = False) -> Store:
         """Open the store at ``root``.
+
+        ``key``: for an encrypted store, its master key or a passphrase of one of its key files (ignored
+        by a plaintext store). ``create``: what the store is if this (writable) open creates it; by
+        default a plaintext store.
 
         A writable open creates the store if ``root`` is missing or empty, takes the exclusive lock,
         removes leftover temporary files and re-indexes packs whose index was not written. A read-only
@@ -128,14 +155,24 @@ class Store:
         ``_files.py`` for the labels); it may kill the process to simulate a crash there.
 
         Raises:
+            StoreKeyError: an encrypted store and no key, or a wrong one (nothing was written); or
+                ``create.refuse`` and no store there.
             StoreError: not a store, unsupported version, or (writable) in use by another process.
         """
         root = Path(root)
+        new = create or NewStore()
+        created: list[bool] = []
+
+        def objects() -> dict[str, bytes]:
+            made = new.objects()
+            created.append(True)
+            return made
+
         try:
             # An S3 store: sync the cached metadata with the bucket first (creates the store there if needed).
-            remote = Remote.attach(root, writable=writable, offline_ok=offline_ok)
+            remote = Remote.attach(root, writable=writable, offline_ok=offline_ok, create=objects)
             try:
-                return cls._open_local(root, writable, remote, on_durable_step)
+                return cls._open_local(root, writable, remote, on_durable_step, key, objects, created, new)
             except BaseException:
                 if remote is not None:
                     remote.close()
@@ -144,11 +181,12 @@ class Store:
             raise StoreError(f"cannot open store {root}: {exc.strerror or exc}") from exc
 
     @classmethod
-    def _open_local(cls, root: Path, writable: bool, remote: Remote | None,
-                    on_durable_step: DurableStep | None) -> Store:
+    def _open_local(cls, root: Path, writable: bool, remote: Remote | None, on_durable_step: DurableStep | None,
+                    key: StoreKey | None, objects: Callable[[], dict[str, bytes]], created: list[bool],
+                    new: NewStore) -> Store:
         config_path = root / "config.json"
         if writable and not config_path.exists():
-            cls._create(root)
+            cls._create(root, objects)
         try:
             doc = json.loads(config_path.read_bytes())
         except FileNotFoundError:
@@ -161,12 +199,17 @@ class Store:
             if str(exc) == "not a syncsnap store":
                 raise StoreError(f"{root} is not a syncsnap store") from None
             raise StoreError(f"cannot use store {root}: its config.json {exc}") from None
+        if created and new.master is not None:
+            key = new.master  # made by this open: no need to derive it again from the passphrase
+        # Before anything is written: a wrong key leaves the store as it was.
+        crypto, key_id = unlock(root, config.encryption, config.key_check, key)
         lock_fd = None
         if writable:
             for sub in ("tmp", "packs", "index", "snapshots"):
                 (root / sub).mkdir(exist_ok=True)
-            lock_fd = cls._take_lock(root)
-        store = cls(root, writable, config, lock_fd, remote, on_durable_step)
+            lock_fd = take_store_lock(root)
+        store = cls(root, writable, config, lock_fd, remote, on_durable_step, crypto, key_id)
+        store.created = bool(created)
         try:
             if writable:
                 store.files.clean_tmp()
@@ -178,39 +221,27 @@ class Store:
         return store
 
     @staticmethod
-    def _create(root: Path) -> None:
-        # A crash during creation can leave tmp/ behind; anything else means this is someone's data.
-        if root.exists() and {p.name for p in root.iterdir()} - {"tmp"}:
+    def _create(root: Path, objects: Callable[[], dict[str, bytes]]) -> None:
+        # A crash during creation can leave tmp/ (and keys/) behind; anything else is someone's data.
+        if root.exists() and {p.name for p in root.iterdir()} - {"tmp", "keys"}:
             raise StoreError(f"{root} is not empty and not a syncsnap store")
+        made = objects()
         root.mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
-        tmp = StoreFiles(root).tmp_name("config.json")
+        files = StoreFiles(root)
+        for name, data in made.items():  # key files first, config.json last: the store exists once it does
+            if name != "config.json":
+                (root / name).parent.mkdir(exist_ok=True)
+                files.write_durable(root / name, data, "create")
+        tmp = files.tmp_name("config.json")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            write_all(fd, new_config())
+            write_all(fd, made["config.json"])
             os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, root / "config.json")
         fsync_dir(root)
-
-    @staticmethod
-    def _take_lock(root: Path) -> int:
-        fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise StoreError(f"store {root} is in use by another syncsnapd (pid {pid})") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
 
     def _reindex_orphan_packs(self) -> None:
         # A crash between renaming a pack into place and writing its index (or a prune's crash between
@@ -227,7 +258,7 @@ class Store:
             for pack in list(indexed):
                 try:
                     data = self.files.index_path(pack).read_bytes()
-                    decode_index(data)
+                    self.files.index_records(data)
                     if hash_bytes(data) != pack:
                         raise CorruptDataError("name mismatch")
                 except (OSError, CorruptDataError):
@@ -238,7 +269,7 @@ class Store:
                 continue
             try:
                 index_bytes = read_pack_footer(pack_path)
-                decode_index(index_bytes)
+                self.files.index_records(index_bytes)
             except (OSError, CorruptDataError):
                 continue  # not readable: leave it for `check`, no snapshot can reference it
             if hash_bytes(index_bytes) == pack_id:
@@ -349,7 +380,7 @@ class Store:
                 # that a crash left without one): its footer holds the same records.
                 for pack_id, index_bytes in self._orphan_footers():
                     if not self.index.is_loaded(pack_id):
-                        self.index.add_pack(pack_id, decode_index(index_bytes))
+                        self.index.add_pack(pack_id, self.files.index_records(index_bytes))
                 loc = self.index.lookup(chunk)
         return loc
 
@@ -474,10 +505,11 @@ class Store:
             if check is not None:
                 check()
             data = encode_tree_group(group)
-            h = hash_bytes(data)
+            h = self.chunk_id(data)
             writer.add_chunk(h, data, metadata=True)
             tree.append(h)
         payload = encode_snapshot(snapshot_id, project, root, tree, stats, root_mode, self.host)
+        stored = self.files.seal_snapshot(snapshot_id, payload)
         remote = self.remote
         # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
         # (its index after it), then the snapshot file; step 5 counts the bytes sent.
@@ -485,16 +517,17 @@ class Store:
         if check is not None:
             check()
         if remote is not None:
-            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(payload)), wait=on_unreachable)
+            remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(stored)), wait=on_unreachable)
             if check is not None:
                 check()
-            remote.put_snapshot(snapshot_id, payload, wait=on_unreachable)
+            # Its object's name: the id, or in an encrypted store a keyed hash of it.
+            remote.put_snapshot(self.files.snapshot_name(snapshot_id), stored, wait=on_unreachable)
         try:
-            self.files.write_durable(self.files.snapshot_path(snapshot_id), payload, "snapshot")
+            self.files.write_durable(self.files.snapshot_path(snapshot_id), stored, "snapshot")
         except OSError as exc:
             raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
         if on_written is not None:
-            on_written(1, len(payload))
+            on_written(1, len(stored))
         info = decode_snapshot(snapshot_id, payload).info
         self.catalog.added(info)
         writer.committed()
@@ -534,3 +567,22 @@ class Store:
         checker.scan()
         checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
         return checker.verify_snapshots()
+
+    # --- key files (an encrypted store; see _crypto.py) ----------------------------------------------
+
+    def list_keys(self) -> list[KeyInfo]:
+        """The key files of the store (each a copy of the master key under its own passphrase)."""
+        return keyring.list_keys(self)
+
+    def add_key(self, passphrase: Passphrase) -> str:
+        """Add a key file opened by ``passphrase``; returns its id. In the bucket first (an S3 store)."""
+        return keyring.add_key(self, passphrase)
+
+    def remove_key(self, key_id: str) -> str:
+        """Remove a key file (a unique prefix of its id will do); returns its id. Never the last one, nor
+        the one that opened this store. Raises StoreKeyError."""
+        return keyring.remove_key(self, key_id)
+
+    def change_passphrase(self, passphrase: Passphrase) -> str:
+        """Replace the key file that opened this store by one of ``passphrase``; returns the new id."""
+        return keyring.change_passphrase(self, passphrase)

@@ -17,6 +17,9 @@ It is listed again when something else may have changed the directory:
   2 s on FAT, an attribute cache on NFS), so a change in the same tick as the listing would not show
   (git's "racy" rule).
 * :meth:`refresh` forgets the listing, and ``scan(damaged)`` (the check) always lists: what is on disk.
+
+In an encrypted store a snapshot file is named by a keyed hash of its id (``StoreFiles.snapshot_name``):
+the listing maps the names of the snapshots it knows, and opens the others to learn their ids.
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ class SnapshotCatalog:
 
     def read(self, snapshot_id: str) -> SnapshotRecord:
         """Read and verify a snapshot file. Raises OSError (FileNotFoundError) or CorruptDataError."""
-        return decode_snapshot(snapshot_id, self._files.snapshot_path(snapshot_id).read_bytes())
+        return self._read_named(self._files.snapshot_name(snapshot_id))
+
+    def _read_named(self, name: str) -> SnapshotRecord:
+        files = self._files
+        sid, plain = files.open_snapshot(name, (files.snapshot_dir / f"{name}.json").read_bytes())
+        return decode_snapshot(sid, plain)
 
     def record(self, snapshot_id: str) -> SnapshotRecord:
         """A snapshot file, read and verified.
@@ -121,24 +129,30 @@ class SnapshotCatalog:
         unreadable = False
         with self._lock:
             known = dict(self._infos)
+        files = self._files
+        # File name -> snapshot id of those known (the same in a plaintext store).
+        by_name = {files.snapshot_name(sid): sid for sid in known} if files.crypto is not None else None
         for name in names:
-            sid = name[:-5]
-            if not name.endswith(".json") or not SNAPSHOT_ID_RE.match(sid):
+            stem = name[:-5]
+            if not name.endswith(".json") or not files.is_snapshot_name(stem):
                 continue
-            present.add(sid)
-            if sid in known:
-                continue
+            sid = stem if by_name is None else by_name.get(stem)
+            if sid is not None:
+                present.add(sid)
+                if sid in known:
+                    continue
             try:
-                record = self.read(sid)
+                record = self._read_named(stem)
             except FileNotFoundError:
-                present.discard(sid)  # forgotten by a prune meanwhile
+                present.discard(sid or "")  # forgotten by a prune meanwhile
                 continue
             except (OSError, CorruptDataError):
                 unreadable = True  # left out, and tried again at the next scan
                 if damaged is not None:
-                    damaged.append(sid)
+                    damaged.append(sid or stem)  # an encrypted store's damaged file: its name
                 continue
-            found[sid] = record.info
+            present.add(record.info.id)
+            found[record.info.id] = record.info
         with self._lock:
             # Forgotten ones dropped (by a prune here or in another process); added ones since our
             # listdir (added() meanwhile) kept.
