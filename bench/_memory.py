@@ -7,11 +7,15 @@ docs/memory.md.
   (``has``) of a stored and of an unknown chunk.
 - **Daemon**: a real syncsnapd (``bench/_daemon.py``) snapshots a tree of N small files (100 bytes to
   2 KiB, 100 per directory): its peak RSS during the initial and a no-change snapshot (sampled every
-  20 ms), and its idle RSS 2 s after each.
+  20 ms), and its idle RSS 5 s after each (as ``make bench-scale`` measures it).
+- **Live vs fragmented** (not in the table): ``bench/_memory_probe.py TREE`` runs one snapshot in process
+  and prints RSS, tracemalloc's live total and top sites (``PROBE_TRACE=1``), pymalloc's arenas against
+  its bytes in live blocks (``sys._debugmallocstats``) and glibc's heap (``mallinfo2``).
 
 Environment: ``MEMORY_FILES`` (comma list of tree sizes, default ``20000,100000``), ``MEMORY_CHUNKS``
 (chunk counts for the index, default ``100000,1000000``), ``MEMORY_DOC`` (where to write the table,
-default docs/memory.md; empty: do not write). ``PYTHONPATH`` chooses the code measured (the daemon runs
+default docs/memory.md; empty: do not write), ``MEMORY_TREES`` (``files=path,...``: use an existing tree
+of that many files as it is, never built nor changed, e.g. the scale bench's ``small-400000``). ``PYTHONPATH`` chooses the code measured (the daemon runs
 ``syncsnapd`` of this venv, which imports from it), so the same command measures a branch before and after.
 """
 
@@ -110,8 +114,12 @@ def build_tree(root: Path, files: int) -> None:
 
 
 def daemon_figures(files: int) -> dict[str, Any]:
-    tree = WORK / f"tree-{files}"
-    build_tree(tree, files)
+    given = dict(item.split("=", 1) for item in os.environ.get("MEMORY_TREES", "").split(",") if item)
+    if str(files) in given:
+        tree = Path(given[str(files)])
+    else:
+        tree = WORK / f"tree-{files}"
+        build_tree(tree, files)
     daemon = Daemon(WORK / f"daemon-{files}", {"m": tree})
     daemon.start()
     try:
@@ -119,7 +127,7 @@ def daemon_figures(files: int) -> dict[str, Any]:
         for label in ("initial", "no-change"):
             run = trio.run(lambda: timed_snapshot(daemon.http or daemon.unix, "m", rss_of=daemon))  # type: ignore[arg-type]
             assert run.final.get("state") == "completed", run.final
-            time.sleep(2.0)
+            time.sleep(5.0)
             figures[f"{label}_seconds"] = run.seconds
             # The high-water mark covers what sampling misses; after the first run it is the first's.
             hwm = daemon.status("VmHWM") or 0 if label == "initial" else 0
@@ -163,7 +171,7 @@ _DOC_HEAD = """# Memory
 
 Written by `python -m bench memory` (`bench/_memory.py`). The chunk index with N synthetic chunks in a fresh
 process; a real daemon snapshotting trees of small files (100 B to 2 KiB, 100 per directory), RSS sampled
-every 20 ms, idle RSS 2 s after each run. Targets (issue 14): peak <= 150 MB at 100k files, idle <= 80 MB +
+every 20 ms, idle RSS 5 s after each run. Targets (issue 14): peak <= 150 MB at 100k files, idle <= 80 MB +
 40 MB per million stored chunks.
 
 """

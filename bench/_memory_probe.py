@@ -104,6 +104,9 @@ def main() -> None:
         print(f"tracemalloc: live {live / 1e6:.1f} MB, peak {peak / 1e6:.1f} MB")
         for stat in snap.statistics("lineno")[:12]:
             print("  ", stat)
+        print("  by count (small objects outliving the run pin pymalloc arenas):")
+        for stat in sorted(snap.statistics("lineno"), key=lambda st: st.count, reverse=True)[:12]:
+            print("  ", stat)
         tracemalloc.stop()
     ms = mallocstats()
     print("pymalloc:", {k: (f"{v / 1e6:.1f} MB" if "arenas" not in k else v) for k, v in ms.items()})
