@@ -32,7 +32,7 @@ from typing import overload
 
 from ..store import Entry
 
-__all__ = ["WORK_SIZE_AT", "EntryLog", "Records", "Table", "Work", "pack_entry", "pack_work", "unpack_work"]
+__all__ = ["EntryLog", "Records", "Table", "Work", "pack_entry", "pack_work", "unpack_work", "work_size"]
 
 _HEADER = struct.Struct("<BHqqQII")
 _KINDS = ("file", "dir", "symlink")
@@ -258,7 +258,7 @@ Prev = tuple[int, int, bytes]
 Work = tuple[int, str, Prev | None, int, int, int]
 # position, size, inode, ctime, has previous, previous size, previous mtime, path length, previous data length
 _WORK = struct.Struct("<QqQqBqqII")
-WORK_SIZE_AT = 8  # offset of the size in a work record
+_WORK_SIZE = struct.Struct("<q")  # the size, 8 bytes into a work record
 
 
 def pack_work(position: int, rel: str, prev: Entry | None, size: int, ino: int, ctime: int) -> bytes:
@@ -275,3 +275,8 @@ def unpack_work(buf: Records, at: int) -> Work:
     rel = m[at:at + plen].decode("utf-8", "surrogatepass")
     prev = (psize, pmtime, m[at + plen:at + plen + dlen]) if has_prev else None
     return position, rel, prev, size, ino, ctime
+
+
+def work_size(buf: mmap.mmap, at: int) -> int:
+    """The size the walk saw of the file of the work record at ``at``."""
+    return int(_WORK_SIZE.unpack_from(buf, at + 8)[0])

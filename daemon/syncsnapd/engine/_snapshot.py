@@ -52,7 +52,6 @@ import collections
 import errno
 import os
 import stat
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -66,8 +65,8 @@ import trio
 
 from ..core import RunProgress, SnapshotSummary, SyncsnapdError, walked_path
 from ..store import SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
-from ._entrylog import WORK_SIZE_AT, EntryLog, Records, Table, Work, pack_entry, pack_work, unpack_work
-from ._malloc import tune_allocator
+from ._entrylog import EntryLog, Records, Table, Work, pack_entry, pack_work, unpack_work, work_size
+from ._malloc import give_back, tune_allocator
 from ._previous import PreviousFiles, id_time_ns
 from ._threads import run_threads, token_lender
 
@@ -376,10 +375,9 @@ class _Run:
         queue = self.queue
         batch = array.array("Q")
         nbytes = 0
-        size_of = struct.Struct("<q").unpack_from
         for i in range(to_read.length):
             at = to_read[i]
-            size = size_of(buf, at + WORK_SIZE_AT)[0]
+            size = work_size(buf, at)
             if size > large_limit:
                 large.append((size, at))
                 continue
@@ -590,6 +588,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         raise
     finally:
         run.close()  # the per-file buffers go back to the system whole
+        give_back()
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
         files_changed=stats.files_changed, files_unchanged=stats.files_unchanged,
