@@ -7,11 +7,15 @@ docs/memory.md.
   (``has``) of a stored and of an unknown chunk.
 - **Daemon**: a real syncsnapd (``bench/_daemon.py``) snapshots a tree of N small files (100 bytes to
   2 KiB, 100 per directory): its peak RSS during the initial and a no-change snapshot (sampled every
-  20 ms), and its idle RSS 2 s after each.
+  20 ms), and its idle RSS 5 s after each (as ``make bench-scale`` measures it).
+- **Live vs fragmented** (not in the table): ``bench/_memory_probe.py TREE`` runs one snapshot in process
+  and prints RSS, tracemalloc's live total and top sites (``PROBE_TRACE=1``), pymalloc's arenas against
+  its bytes in live blocks (``sys._debugmallocstats``) and glibc's heap (``mallinfo2``).
 
 Environment: ``MEMORY_FILES`` (comma list of tree sizes, default ``20000,100000``), ``MEMORY_CHUNKS``
 (chunk counts for the index, default ``100000,1000000``), ``MEMORY_DOC`` (where to write the table,
-default docs/memory.md; empty: do not write). ``PYTHONPATH`` chooses the code measured (the daemon runs
+default docs/memory.md; empty: do not write), ``MEMORY_TREES`` (``files=path,...``: use an existing tree
+of that many files as it is, never built nor changed, e.g. the scale bench's ``small-400000``). ``PYTHONPATH`` chooses the code measured (the daemon runs
 ``syncsnapd`` of this venv, which imports from it), so the same command measures a branch before and after.
 """
 
@@ -110,8 +114,12 @@ def build_tree(root: Path, files: int) -> None:
 
 
 def daemon_figures(files: int) -> dict[str, Any]:
-    tree = WORK / f"tree-{files}"
-    build_tree(tree, files)
+    given = dict(item.split("=", 1) for item in os.environ.get("MEMORY_TREES", "").split(",") if item)
+    if str(files) in given:
+        tree = Path(given[str(files)])
+    else:
+        tree = WORK / f"tree-{files}"
+        build_tree(tree, files)
     daemon = Daemon(WORK / f"daemon-{files}", {"m": tree})
     daemon.start()
     try:
@@ -119,7 +127,7 @@ def daemon_figures(files: int) -> dict[str, Any]:
         for label in ("initial", "no-change"):
             run = trio.run(lambda: timed_snapshot(daemon.http or daemon.unix, "m", rss_of=daemon))  # type: ignore[arg-type]
             assert run.final.get("state") == "completed", run.final
-            time.sleep(2.0)
+            time.sleep(5.0)
             figures[f"{label}_seconds"] = run.seconds
             # The high-water mark covers what sampling misses; after the first run it is the first's.
             hwm = daemon.status("VmHWM") or 0 if label == "initial" else 0
@@ -163,27 +171,43 @@ _DOC_HEAD = """# Memory
 
 Written by `python -m bench memory` (`bench/_memory.py`). The chunk index with N synthetic chunks in a fresh
 process; a real daemon snapshotting trees of small files (100 B to 2 KiB, 100 per directory), RSS sampled
-every 20 ms, idle RSS 2 s after each run. Targets (issue 14): peak <= 150 MB at 100k files, idle <= 80 MB +
+every 20 ms, idle RSS 5 s after each run. Targets (issue 14): peak <= 150 MB at 100k files, idle <= 80 MB +
 40 MB per million stored chunks.
 
 """
 _DOC_TAIL = """
-Notes (issue 14, item 3; measured on a 2-core machine shared with other work, code before and after the
-change run alternately, 2 rounds; figures vary by up to 2x between rounds while others ran):
+Notes (issue 14, item 3; measured on a 2-core machine shared with other work and niced, code before and
+after the change run alternately; times vary by up to 2x between rounds while others ran):
 
-- Before (the index as a dict of hex strings to named tuples; the previous snapshot loaded whole): 531 B
-  of RSS per chunk at 1M chunks (264 B traced); 100k files: peak 180-191 MB, idle 164-181 MB; 20k files:
-  peak 77-78 MB, idle 75-78 MB.
-- The index now holds ~54 B per chunk (49-byte records in an anonymous mmap, bucket arrays, and a dict
-  of at most 32,768 or 1/16 of the table recent additions, merged when the last writer finishes). At
-  100k chunks the fixed part (two 256 KiB arrays) and the not yet merged recent dict show.
-- Look-ups cost more: ~1 us against ~0.1-0.2 us for the dict (hex to bytes, a bucket search with
-  `find`), and adding a chunk ~2.7 us against ~1.6 us when measured without tracemalloc (the load
-  column above runs under tracemalloc, which penalizes the many small allocations of the merges).
-- Idle RSS: what stays after a run is mostly heap the run used, not live data (`sys._debugmallocstats`
-  after a 100k-file run in one process: 10.6 MB in live blocks, 15 MB of empty pools held by 26 partly
-  used arenas). `malloc_trim(0)` after the run gave back 3 MB: not worth a call.
-- What remains per file during a run: the new snapshot's list of entries (one `Entry`, its path and chunk
-  list per file, until the commit) and the work items of files to read; the previous snapshot is read
-  one tree group and one directory at a time.
+- Where the idle RSS came from (`bench/_memory_probe.py`, one snapshot of 100k files in process, before
+  this change): RSS 33 -> 82 MB, of which only ~0.6 MB was live data allocated by the run (tracemalloc).
+  The rest: pymalloc arenas grown from 11 to 29-33 (1 MiB each) by the run's per-file objects (an `Entry`,
+  its path, chunk list and hex strings, and a work item per file, all kept until the commit), and pinned
+  afterwards by a few hundred small survivors; and 23-31 MB of free glibc heap, kept because glibc raises
+  its trim threshold with the largest block freed (a 6 MiB read buffer: 12 MiB per worker thread's arena),
+  which `malloc_trim` does not release in threads' arenas.
+- Now a run keeps per file a binary record in anonymous mmaps freed whole at its end (`engine/_entrylog.py`:
+  ~90 bytes a small file for its entry and ~80 for its work item, against ~360 bytes of objects), decoding
+  `Entry` objects a tree group at a time for the commit; step 4's batches are arrays of record offsets.
+  glibc's trim and mmap thresholds are fixed at 4 MiB (`engine/_malloc.py`) and `malloc_trim(0)` runs after
+  each run. In process after 100k files: RSS 33 -> 50-59 MB, 17-20 arenas, 3-12 MB free glibc heap;
+  tracemalloc's peak during the run 31 MB (was 77 MB).
+- Daemon, before -> after (`MEMORY_FILES=100000,400000 MEMORY_TREES=...`, rounds alternated):
+  - 100k files: peak 151-155 -> 109-111 MB; idle after the initial run 137-144 -> 73-75 MB; initial
+    7.3-13.6 s -> 6.6-7.4 s; no-change 2.5-4.0 s -> 2.2-3.3 s.
+  - 400k files (the scale bench's tree): peak 362-370 -> 194-195 MB (restic: 355 MB); idle after the
+    initial run 330-334 -> 109-119 MB, after the no-change run 334 -> 85-92 MB (target 96 MB for 401,602
+    chunks); initial 43.8-82.4 s -> 38.3-49.8 s; no-change 8.8-13.7 s -> 10.1-11.5 s.
+  - A 1 GiB file in process (`bench/_memory_probe.py .../big-1073741824`): 3.5-5.8 s before, 4.0-6.1 s
+    after; not conclusive on this loaded machine. The thresholds trade speed against idle memory: 1 MiB
+    trim threshold looked ~20% slower on it, 8 MiB/16 MiB matched the old speed but kept the old idle
+    (82 MB in process after 100k files).
+- What is left: after an initial run of 400k files the daemon keeps ~25 MB more than after the next run
+  (109-119 against 85-92 MB), not identified yet (not in the in-process probe: 71 MB after 400k files);
+  the pymalloc arenas pinned by the run's few survivors (6-9 MB); and worker threads' glibc arenas keep up
+  to 4 MiB free each. Next to try: `M_ARENA_MAX` 1 (one arena, which `malloc_trim` trims whole) with the
+  default thresholds, or the run's heavy part in a child process.
+- The chunk index rows above were not measured again (the index did not change): ~54 B per chunk (49-byte
+  records in an anonymous mmap, bucket arrays, and a dict of recent additions merged when the last writer
+  finishes); look-ups ~1 us.
 """

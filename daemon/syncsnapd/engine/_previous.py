@@ -14,12 +14,21 @@ re-use: a listing not found where expected is empty, and the files are read agai
 
 from __future__ import annotations
 
+import calendar
 from collections import deque
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from ..store import Entry, Store, StoreError, iter_entries
 
-__all__ = ["PreviousFiles"]
+__all__ = ["PreviousFiles", "id_time_ns"]
+
+
+def id_time_ns(snapshot_id: str) -> int:
+    """When a snapshot started, from its id (``20261128T170102.123Z-...``, UTC, to the millisecond: exactly
+    its ``started_ns``; ids of older versions were made a little before the run's start)."""
+    when = datetime.strptime(snapshot_id[:19], "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC)
+    return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
 
 
 def _dir_of(path: str) -> str:

@@ -18,6 +18,8 @@ go in walk order, :data:`BATCH_FILES` or :data:`BATCH_BYTES` to a batch. The GIL
 quarter of a small file's cost (system calls, blake3 and zstd release it), so the workers keep the cores
 busy. Each reads into one reused buffer (``Store.chunk_size``: 1 MiB in a version 1 store; with
 content-defined chunks the largest chunk plus a read, 6 MiB): memory stays at a chunk or two per worker.
+Per file, the run keeps records in a few buffers freed whole at its end, not Python objects
+(``_entrylog.py``; why: docs/memory.md).
 
 System calls: an unchanged file costs the walk's ``lstat`` (``getdents`` gives the type, not the times)
 and a dict lookup. A file read costs ``openat`` relative to the directory descriptor the worker holds
@@ -46,7 +48,7 @@ What a snapshot records when files misbehave while it runs:
 
 from __future__ import annotations
 
-import calendar
+import array
 import collections
 import errno
 import logging
@@ -63,10 +65,12 @@ from pathlib import Path
 import trio
 
 from ..core import RunProgress, SnapshotSummary, walked_path
-from ..store import Entry, SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
+from ..store import SnapshotStats, Store, StoreError, StoreWriter, error_code, make_snapshot_id
 from ._dirs import DirChain as _DirChain
 from ._dirs import SnapshotError
-from ._previous import PreviousFiles
+from ._entrylog import EntryLog, Records, Table, Work, pack_entry, pack_work, unpack_work, work_size
+from ._malloc import give_back, tune_allocator
+from ._previous import PreviousFiles, id_time_ns
 from ._reconnect import StagingBound, store_waiter, wait_for_bucket
 from ._threads import run_threads, token_lender
 from ._writing_lock import WritingLock
@@ -102,11 +106,6 @@ REFRESHED_SECONDS = 5.0
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
 
-def _id_time_ns(snapshot_id: str) -> int:
-    """When a snapshot started, from its id (``20261128T170102.123Z-...``, UTC, to the millisecond: exactly
-    its ``started_ns``; ids of older versions were made a little before the run's start)."""
-    when = datetime.strptime(snapshot_id[:19], "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC)
-    return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
 
 
 def _ns_datetime(ns: int) -> datetime:
@@ -125,11 +124,6 @@ class _Tally:
     unchanged: int = 0
 
 
-# (position in the entry list, relative path, the previous snapshot's entry, and the walk's lstat of it:
-# size, inode, ctime)
-_Work = tuple[int, str, Entry | None, int, int, int]
-
-
 class _Run:
     """The state of one snapshot run, shared by its worker threads."""
 
@@ -142,9 +136,11 @@ class _Run:
         self.prev: PreviousFiles | None = None  # the previous snapshot's files, streamed by the walk
         self.prev_started_ns = 0  # when the previous snapshot started (from its id)
         self.prev_id: str | None = None  # its id (checked again after a late lock)
-        self.entries: list[Entry | None] = []
-        self.files: list[_Work] = []  # to read in step 4, in walk order
-        self.queue: collections.deque[list[_Work]] = collections.deque()  # step 4's batches
+        # Per file, records in a few buffers freed whole (_entrylog.py), not objects (docs/memory.md).
+        self.entries = EntryLog()
+        self.work = Records()  # the files to read in step 4 (pack_work)
+        self.to_read = Table()  # their records' offsets, in walk order (freed once batched)
+        self.queue: collections.deque[array.array[int]] = collections.deque()  # step 4's batches of offsets
         self.changed_bytes = 0
         self.unchanged = _Tally()
         self.dirs = 0
@@ -157,6 +153,12 @@ class _Run:
         # The run's start (see wait_for_tick): a file whose ctime is this or later changed during the run.
         self.started_ns = time.time_ns()
         self.lend_token = token_lender(limiter)
+
+    def close(self) -> None:
+        """Free the run's buffers (once no thread uses them)."""
+        self.entries.close()
+        self.work.close()
+        self.to_read.close()
 
     def check(self) -> None:
         """Stop a worker thread promptly when the run is cancelled either way; hold it while the run is
@@ -216,7 +218,7 @@ class _Run:
         # costs speed: the files it does not tell of are read (and deduplicated) again.
         self.prev = PreviousFiles(self.store, previous.id)
         self.prev_id = previous.id
-        self.prev_started_ns = _id_time_ns(previous.id)
+        self.prev_started_ns = id_time_ns(previous.id)
 
     def still_valid(self, project: str) -> None:
         """After a late lock (``_writing_lock.py``): what this run relied on is still in the store."""
@@ -242,7 +244,7 @@ class _Run:
     def _walk(self, chain: _DirChain) -> None:
         root, prev, ignore, entries = self.root, self.prev, self.ignore, self.entries
         has_chunk = self.store.has_chunk
-        to_read = self.files
+        to_read, work = self.to_read, self.work
         warn = self.progress.warn
         add_done = self.progress.add_done
         unchanged = self.unchanged
@@ -265,7 +267,7 @@ class _Run:
                     # Deleted, or replaced by a file or a symlink (never followed) since it was seen.
                     warn(rel_dir, "vanished before it could be read" if exc.errno == errno.ENOENT
                          else "was replaced by a file or symlink before it could be read")
-                    entries[position] = None
+                    entries.drop(position)
                     self.dirs -= 1
                 else:
                     warn(rel_dir, f"cannot be listed: {exc.strerror}")  # kept, as an empty directory
@@ -293,21 +295,22 @@ class _Run:
                     # -r`, `rsync -t`, an extraction) has a ctime after the previous run started.
                     if (p is not None and p.inode == ino and p.mtime_ns == mtime and p.size == size
                             and st.st_ctime_ns < prev_started and all(map(has_chunk, p.chunks))):
-                        entries.append(Entry(rel, "file", size, mtime, mode & 0o7777, ino, p.data))
+                        entries.add(rel, "file", size, mtime, mode & 0o7777, ino, p.data)
                         unchanged.files += 1
                         unchanged.bytes += size
                         if st.st_ctime_ns >= started:  # content as before, but chmod'ed during the run
                             warn(rel, "changed while the snapshot ran")
                     else:
-                        to_read.append((len(entries), rel, p if p is not None and p.kind == "file" else None,
-                                        size, ino, st.st_ctime_ns))
-                        entries.append(None)  # filled in by a reader in step 4
+                        # The position is filled in by a reader in step 4.
+                        to_read.append(work.append(pack_work(
+                            entries.reserve(), rel, p if p is not None and p.kind == "file" else None,
+                            size, ino, st.st_ctime_ns)))
                         self.changed_bytes += size
                 elif fmt == _S_IFDIR:
                     if (st.st_dev, st.st_ino) == self.store_key:
                         continue  # never snapshot the store into itself
-                    subdirs.append((rel, len(entries)))
-                    entries.append(Entry(rel, "dir", 0, st.st_mtime_ns, mode & 0o7777, st.st_ino, None))
+                    subdirs.append((rel, entries.add(rel, "dir", 0, st.st_mtime_ns, mode & 0o7777, st.st_ino,
+                                                     None)))
                     self.dirs += 1
                 elif fmt == _S_IFLNK:
                     try:
@@ -317,8 +320,7 @@ class _Run:
                     except OSError as exc:
                         warn(rel, f"cannot be examined: {exc.strerror}")
                         continue
-                    entries.append(Entry(rel, "symlink", st.st_size, st.st_mtime_ns, mode & 0o7777,
-                                         st.st_ino, target))
+                    entries.add(rel, "symlink", st.st_size, st.st_mtime_ns, mode & 0o7777, st.st_ino, target)
                     self.symlinks += 1
                     if st.st_ctime_ns >= started:
                         warn(rel, "changed while the snapshot ran")
@@ -334,25 +336,31 @@ class _Run:
 
     def make_batches(self) -> int:
         """Fill the queue of step 4 from the files the walk found; returns how many batches."""
-        large_limit = BATCH_BYTES  # a larger file is a batch of its own, the largest first
-        small: list[_Work] = []
-        large: list[_Work] = []
-        for work in self.files:
-            (large if work[3] > large_limit else small).append(work)
-        large.sort(key=lambda w: w[3], reverse=True)
+        # A file larger than a whole batch is a batch of its own (the largest first, so the last worker
+        # to finish is not the one left with the largest file).
+        # Batches are arrays of record offsets (one object per batch, not per file).
+        large_limit = BATCH_BYTES
+        to_read, buf = self.to_read, self.work.buffer
+        large: list[tuple[int, int]] = []  # (size, offset)
         queue = self.queue
-        queue.extend([w] for w in large)
-        batch: list[_Work] = []
+        batch = array.array("Q")
         nbytes = 0
-        for work in small:
-            batch.append(work)
-            nbytes += work[3]
+        for i in range(to_read.length):
+            at = to_read[i]
+            size = work_size(buf, at)
+            if size > large_limit:
+                large.append((size, at))
+                continue
+            batch.append(at)
+            nbytes += size
             if len(batch) >= BATCH_FILES or nbytes >= BATCH_BYTES:
                 queue.append(batch)
-                batch, nbytes = [], 0
+                batch, nbytes = array.array("Q"), 0
         if batch:
             queue.append(batch)
-        self.files = []
+        large.sort(key=lambda w: w[0], reverse=True)
+        queue.extendleft(array.array("Q", [at]) for _, at in reversed(large))
+        to_read.close()
         return len(queue)
 
     def read_files(self, tally: _Tally) -> None:
@@ -368,39 +376,43 @@ class _Run:
                     batch = queue.popleft()  # deque.popleft is atomic: the workers share the queue
                 except IndexError:
                     return
-                for work in batch:
+                for at in batch:
                     self.check()
                     if staging is not None and writer is not None:
                         staging.check(writer)
+                    work = unpack_work(self.work, at)
                     self._read_file(work, cursor, view, tally, per_chunk=work[3] > chunk_size)
         finally:
             cursor.close()
 
-    def _read_file(self, work: _Work, cursor: _DirChain, view: memoryview, tally: _Tally, *,
+    def _read_file(self, work: Work, cursor: _DirChain, view: memoryview, tally: _Tally, *,
                    per_chunk: bool) -> None:
         index, rel, prev, walk_size, _, _ = work
         progress = self.progress
-        entry: Entry | None = None
+        got: tuple[int, int, int, int, bytes] | None = None
         try:
-            entry = self._capture(work, cursor, view, per_chunk)
+            got = self._capture(work, cursor, view, per_chunk)
         finally:
-            done = 0 if entry is None or not per_chunk else min(walk_size, entry.size)
+            done = 0 if got is None or not per_chunk else min(walk_size, got[0])
             progress.add_done(files=1, nbytes=walk_size - done)
-        if entry is None:
+        if got is None:
             return
-        self.entries[index] = entry
+        size, mtime, mode, inode, hashes = got
+        self.entries.fill(index, pack_entry(rel, "file", size, mtime, mode, inode, hashes))
         tally.files += 1
-        tally.bytes += entry.size
+        tally.bytes += size
         if prev is None:
             tally.new += 1
-        elif prev.size == entry.size and prev.mtime_ns == entry.mtime_ns and prev.data == entry.data:
+        elif prev[0] == size and prev[1] == mtime and prev[2] == hashes:
             # Read again only because it had been modified just before the previous snapshot.
             tally.unchanged += 1
         else:
             tally.changed += 1
 
-    def _capture(self, work: _Work, cursor: _DirChain, view: memoryview, per_chunk: bool) -> Entry | None:
-        """Read one file; return its entry, or None (with a warning) when it cannot be captured."""
+    def _capture(self, work: Work, cursor: _DirChain, view: memoryview,
+                 per_chunk: bool) -> tuple[int, int, int, int, bytes] | None:
+        """Read one file; return its entry's size, mtime, mode, inode and chunk hashes (raw bytes), or None
+        (with a warning) when it cannot be captured."""
         _, rel, _, walk_size, walk_ino, walk_ctime = work
         warn = self.progress.warn
         read_at = time.time_ns()
@@ -463,7 +475,7 @@ class _Run:
             window = RACY_WINDOW_COARSE_NS if mtime % 1_000_000_000 == 0 else RACY_WINDOW_NS
             if mtime > read_at - window:
                 inode = 0
-        return Entry(rel, "file", total, mtime, st.st_mode & 0o7777, inode, hashes)
+        return total, mtime, st.st_mode & 0o7777, inode, bytes.fromhex("".join(hashes))
 
 
 async def take_snapshot(store: Store, project: str, root: Path, progress: RunProgress, *,
@@ -490,6 +502,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             holds no temporary files of this run.
     """
     started = time.monotonic()
+    tune_allocator()  # once: freed memory goes back to the system (_malloc.py)
     limiter = limiter or trio.to_thread.current_default_thread_limiter()
     run = _Run(store, root, progress, ignore, limiter)
     writer: StoreWriter | None = None
@@ -508,7 +521,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         await trio.to_thread.run_sync(run.walk, limiter=limiter)
 
         await progress.wait_resumed()
-        progress.set_step(4, files_total=len(run.files), bytes_total=run.changed_bytes)
+        progress.set_step(4, files_total=run.to_read.length, bytes_total=run.changed_bytes)
         writer = run.writer = store.begin_write()
         if store.remote is not None:
             run.staging = await trio.to_thread.run_sync(StagingBound, store, limiter=limiter)
@@ -540,7 +553,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         if not lock.taken:
             await lock.take_late(partial(wait_for_bucket, store, progress, limiter, lend=False),
                                  partial(run.still_valid, project))
-        entries = [e for e in run.entries if e is not None]
+        entries = run.entries.entries()  # decoded a tree group at a time as the commit groups them
         info = await trio.to_thread.run_sync(
             lambda: store.commit_snapshot(
                 writer, snapshot_id=snapshot_id, project=project, root=run.root, entries=entries,
@@ -561,6 +574,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             raise SnapshotError(error_code(exc), str(exc)) from exc
         raise
     finally:
+        run.close()  # the per-file buffers go back to the system whole
+        give_back()
         await lock.release()
     return SnapshotSummary(
         id=info.id, files=stats.files, bytes=stats.bytes, files_new=stats.files_new,
