@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def make_env(base: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SYNCSNAP_", "NOTIFY_", "LISTEN_"))}
+    # The store's passphrase (set by helpers.s3.s3_env for S3 stores, encrypted by default) is passed on.
+    keep = ("SYNCSNAP_PASSWORD_FILE", "SYNCSNAP_SCRYPT_N")
+    env = {k: v for k, v in os.environ.items()
+           if k in keep or not k.startswith(("XDG_", "SYNCSNAP_", "NOTIFY_", "LISTEN_"))}
     env.update({"HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run"),
                 "XDG_CONFIG_HOME": str(base / "cfg"), "XDG_DATA_HOME": str(base / "data"),
                 "XDG_STATE_HOME": str(base / "state")})

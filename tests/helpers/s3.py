@@ -114,7 +114,8 @@ def create_bucket(endpoint: str, bucket: str = BUCKET) -> None:
 
 
 def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Credentials as a user sets them: the environment (no config or credentials file of the host)."""
+    """Credentials as a user sets them: the environment (no config or credentials file of the host); and a
+    passphrase for the store."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -122,6 +123,12 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # New S3 stores are encrypted by default (issue 15): daemons and commands a test starts get a
+    # passphrase, with a cheap key derivation. Tests of the refusal without one build their own environment.
+    passphrase = tmp_path / "syncsnap-passphrase"
+    passphrase.write_text("a passphrase for tests\n")
+    monkeypatch.setenv("SYNCSNAP_PASSWORD_FILE", str(passphrase))
+    monkeypatch.setenv("SYNCSNAP_SCRYPT_N", "1024")
 
 
 @contextlib.contextmanager
@@ -255,3 +262,17 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
+
+
+def plaintext_store(base: Path, config: Path) -> None:
+    """Make the S3 store of ``config`` not encrypted, as a user opts out (``syncsnapd init --no-encrypt``),
+    for tests of other things than encryption that read the bucket's objects. A store already there is
+    left as it is."""
+    import subprocess
+    import sys
+
+    from helpers.daemon import make_env
+
+    r = subprocess.run([sys.executable, "-m", "syncsnapd", "init", "--no-encrypt", "--config", str(config)],
+                       env=make_env(base), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 or "There is already a store" in r.stdout, r.stdout + r.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 
 from helpers.daemon import DaemonProcess, api, spawn_daemon, wait_until
-from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY
+from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, plaintext_store
 
 PREFIX = "shared/store"
 URL = f"s3://{BUCKET}/{PREFIX}"
@@ -29,6 +29,7 @@ def start_machine(base: Path, host: str, projects: dict[str, Path], endpoint: st
         lines += ["[[projects]]", f'id = "{pid}"', f'path = "{path}"']
     cfg = base / "syncsnapd.toml"
     cfg.write_text("\n".join(lines) + "\n")
+    plaintext_store(base, cfg)  # these tests read the bucket's objects by name
     return spawn_daemon(base, cfg)
 
 

@@ -59,6 +59,9 @@ def start(base: Path, folder: Path, endpoint: str, notify: str) -> DaemonProcess
     env.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                 "AWS_CONFIG_FILE": str(base / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(base / "none"),
                 "NOTIFY_SOCKET": notify})
+    # A new S3 store is encrypted (issue 15): made here, offline, with its key file, then created in the bucket.
+    (base / "passphrase").write_text("offline at start\n")
+    env.update({"SYNCSNAP_PASSWORD_FILE": str(base / "passphrase"), "SYNCSNAP_SCRYPT_N": "1024"})
     cfg = base / "config.toml"
     cfg.write_text("\n".join([
         "[daemon]", f'socket = "{base}/run/syncsnap/syncsnapd.sock"', 'tcp = ""', f'store = "{URL}"',

@@ -209,3 +209,28 @@ def test_a_tampered_object_in_the_bucket_is_found_by_check_and_refused_by_restor
     r = run(cfg, env, "restore", sid, str(short_tmp / "out"))
     assert r.returncode == 1 and "fails authentication" in r.stdout, r.stdout + r.stderr
     assert not (short_tmp / "out" / "only.bin").exists()
+
+
+def test_lock_objects_in_an_encrypted_bucket_are_sealed(bucket: str, short_tmp: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's lock object (host, user, pid, times) is sealed like every other object: the bucket shows
+    its random name and size only, and a holder with the key reads it back."""
+    from syncsnapd.core import staging_dir
+    from syncsnapd.store import Passphrase, Store, writing_lock
+
+    cfg, env = machine(short_tmp / "a", bucket, None, "lock passphrase")
+    assert run(cfg, env, "init").returncode == 0
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                 "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.setenv(name, env[name])
+    with Store.open(staging_dir(short_tmp / "a" / "state", URL), writable=True,
+                    key=Passphrase(b"lock passphrase", "the test")) as store:
+        assert store.locks is not None
+        with writing_lock(store, wait=0):
+            locks = {k: v for k, v in objects(bucket).items() if k.startswith("locks/")}
+            assert len(locks) == 1
+            raw = next(iter(locks.values()))
+            for plain in (store.locks.host.encode(), b'"pid"', b'"username"', b"snapshot"):
+                assert plain not in raw
+            readable, unreadable = store.locks.read_all()
+            assert [i.purpose for i in readable] == ["snapshot"] and unreadable == []

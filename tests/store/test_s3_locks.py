@@ -312,6 +312,7 @@ async def test_a_snapshot_after_a_prune_elsewhere_stores_again_what_that_prune_d
 
 def start_s3_daemon(base: Path, folder: Path, endpoint: str) -> DaemonProcess:
     from helpers.daemon import spawn_daemon
+    from helpers.s3 import plaintext_store
 
     cfg = base / "config.toml"
     cfg.write_text("\n".join([
@@ -320,6 +321,7 @@ def start_s3_daemon(base: Path, folder: Path, endpoint: str) -> DaemonProcess:
         "retry_attempts = 1",
         "[daemon.s3]", f'endpoint = "{endpoint}"', "path_style = true",
         "[[projects]]", 'id = "docs"', f'path = "{folder}"', "keep = { last = 1 }", ""]))
+    plaintext_store(base, cfg)  # the store these tests open in process, without a key
     return spawn_daemon(base, cfg)
 
 

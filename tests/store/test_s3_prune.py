@@ -20,7 +20,16 @@ import pytest
 import trio
 
 from helpers.daemon import DaemonProcess, spawn_daemon, wait_until
-from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket, moto_server, s3_env
+from helpers.s3 import (
+    ACCESS_KEY,
+    BUCKET,
+    SECRET_KEY,
+    MotoServer,
+    create_bucket,
+    moto_server,
+    plaintext_store,
+    s3_env,
+)
 from helpers.store import CrashRunner, prune_store, snapshot, tree_state
 from syncsnapd.engine import restore_snapshot
 from syncsnapd.store import RemoteSpec, Store, StoreLocked, prepare, pruning_lock
@@ -170,6 +179,7 @@ def start_s3_daemon(base: Path, folder: Path, endpoint: str) -> DaemonProcess:
         "watch = false", "retry_attempts = 1",
         "[daemon.s3]", f'endpoint = "{endpoint}"', "path_style = true",
         "[[projects]]", 'id = "docs"', f'path = "{folder}"', ""]))
+    plaintext_store(base, cfg)  # the store these tests open in process, without a key
     return spawn_daemon(base, cfg)
 
 

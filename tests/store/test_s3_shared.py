@@ -10,7 +10,6 @@ and configured hosts, or, in-process, stores opened on separate staging director
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import threading
@@ -24,6 +23,7 @@ from helpers.s3 import MotoServer, ThrottlingProxy, create_bucket, moto_server, 
 from helpers.shared_bucket import URL, bucket_objects, delete_object, start_machine, start_run, wait_run
 from helpers.store import snapshot
 from syncsnapd.core import _s3 as s3_settings
+from syncsnapd.engine import SnapshotError
 from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
 from syncsnapd.store._format import SNAPSHOT_ID_RE, SnapshotStats, decode_snapshot, encode_snapshot
 
@@ -154,26 +154,32 @@ async def test_the_run_after_another_machines_upload_uploads_only_what_is_new(bu
         assert a.refresh() is False  # nothing new: two LISTs, no download
 
 
-async def test_a_failed_refresh_does_not_fail_the_run(bucket: MotoServer, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
-    """The bucket refuses the refresh's listing (a 403 the proxy answers once): the run goes on with the
-    cached lists, says so in the log, and completes."""
+async def test_a_refused_refresh_leaves_the_cache_and_a_refused_run_leaves_no_snapshot(
+        bucket: MotoServer, tmp_path: Path) -> None:
+    """The bucket refuses a refresh's listing (a 403 the proxy answers once): the refresh says so and the
+    cached lists stand. A run refreshes as it takes its lock (issue 15: once a lock is held, the lists
+    must be the bucket's, or a prune elsewhere could be missed), so a run refused there fails with
+    ``store_auth`` and writes nothing; the next one completes."""
     proxy = ThrottlingProxy(bucket.port)
     try:
         folder = tmp_path / "docs"
         folder.mkdir()
         (folder / "a.txt").write_bytes(b"hello\n")
         with open_machine(tmp_path / "s", proxy.url, "alpha") as store:
-            await snapshot(store, folder, "docs")
+            first = await snapshot(store, folder, "docs")
             proxy.throttle(1, "403 Forbidden", "AccessDenied")
             with pytest.raises(StoreError) as err:
                 store.refresh()
             assert err.value.code == "store_auth"
+            assert [s.id for s in store.list_snapshots()] == [first.id]
+            (folder / "b.txt").write_bytes(b"more\n")
             proxy.throttle(1, "403 Forbidden", "AccessDenied")
-            with caplog.at_level(logging.WARNING, logger="syncsnapd.snapshot"):
-                second = await snapshot(store, folder, "docs")
-            assert "could not refresh the store's lists before the run" in caplog.text
-            assert [s.id for s in store.list_snapshots()][-1] == second.id
+            with pytest.raises(SnapshotError) as failed:
+                await snapshot(store, folder, "docs")
+            assert failed.value.code == "store_auth"
+            assert [s.id for s in store.list_snapshots()] == [first.id]
+            second = await snapshot(store, folder, "docs")
+            assert [s.id for s in store.list_snapshots()] == [first.id, second.id]
     finally:
         proxy.close()
 

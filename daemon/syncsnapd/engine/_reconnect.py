@@ -45,16 +45,15 @@ def waiting_message(delay: float) -> str:
 
 
 async def wait_for_bucket(store: Store, progress: RunProgress, limiter: trio.CapacityLimiter, error: StoreError,
-                          attempt: int, *, lend: bool = True) -> None:
-    """Wait before attempt ``attempt + 1`` to reach the bucket (the message says so; ``lend``: the run's
-    worker thread waits, and its limiter token is lent back meanwhile; a pause holds it after the wait)."""
+                          attempt: int) -> None:
+    """Wait before attempt ``attempt + 1`` to reach the bucket (the message says so; the run's worker
+    thread waits, and its limiter token is lent back meanwhile; a pause holds it after the wait)."""
     remote = store.remote
     delay = retry_delay(attempt)
     log.info("%s: %s (attempt %d: %s)", progress.project, waiting_message(delay), attempt + 1, error.message)
     progress.set_message(waiting_message(delay))
     progress.flush()
-    lent = 1 if lend else 0
-    limiter.total_tokens += lent  # this run's thread waits: its token is lent back meanwhile
+    limiter.total_tokens += 1  # this run's thread waits: its token is lent back meanwhile
     try:
         with trio.move_on_after(delay):
             # The state is set by worker threads (any run's, the daemon's probe): looked at, not awaited.
@@ -62,7 +61,7 @@ async def wait_for_bucket(store: Store, progress: RunProgress, limiter: trio.Cap
                 await trio.sleep(_LOOK_SECONDS)
         await progress.wait_resumed()
     finally:
-        limiter.total_tokens -= lent
+        limiter.total_tokens -= 1
     # The next attempt counts again what it sends (a failed attempt's partial bytes are sent again).
     now = progress.current()
     progress.set_step(5, files_total=now.files_total, bytes_total=now.bytes_total)

@@ -71,7 +71,7 @@ from ._dirs import SnapshotError
 from ._entrylog import EntryLog, Records, Table, Work, pack_entry, pack_work, unpack_work, work_size
 from ._malloc import give_back, tune_allocator
 from ._previous import PreviousFiles, id_time_ns
-from ._reconnect import StagingBound, store_waiter, wait_for_bucket
+from ._reconnect import StagingBound, store_waiter
 from ._threads import run_threads, token_lender
 from ._writing_lock import WritingLock
 
@@ -550,9 +550,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
             warnings=progress.warning_count,
             skipped=run.skipped, dirs=run.dirs, symlinks=run.symlinks,
         )
-        if not lock.taken:
-            await lock.take_late(partial(wait_for_bucket, store, progress, limiter, lend=False),
-                                 partial(run.still_valid, project))
+        waiter = store_waiter(store, progress, limiter, run.check) if wait_for_store else None
+        late = None if lock.taken or waiter is None else partial(lock.take_late, waiter, partial(run.still_valid, project))
         entries = run.entries.entries()  # decoded a tree group at a time as the commit groups them
         info = await trio.to_thread.run_sync(
             lambda: store.commit_snapshot(
@@ -560,7 +559,7 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
                 stats=stats, root_mode=run.root_mode,
                 on_written=lambda n, b: progress.add_done(files=n, nbytes=b), check=run.check,
                 on_total=lambda n, b: progress.set_totals(files_total=n, bytes_total=b),
-                on_unreachable=store_waiter(store, progress, limiter, run.check) if wait_for_store else None,
+                on_unreachable=waiter, before_upload=late,
             ),
             limiter=limiter,
         )

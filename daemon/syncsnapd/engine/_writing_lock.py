@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from ..store import Store, StoreError, StoreLocked, writing_lock
+from ..store import Store, StoreError, StoreLocked, UnreachableWait, writing_lock
 
 __all__ = ["WRITER_LOCK_RETRY", "WRITER_LOCK_WAIT", "WritingLock", "open_writing_lock"]
 
@@ -73,6 +73,7 @@ class WritingLock:
         self.limiter = limiter
         self.taken = store.locks is None
         self._stack = contextlib.AsyncExitStack()
+        self._late = contextlib.ExitStack()  # the lock taken late, in the commit's thread
 
     async def take(self, *, deferrable: bool) -> None:
         """Take the lock (step 2). ``deferrable``: a bucket that does not answer leaves it for
@@ -88,23 +89,29 @@ class WritingLock:
             return
         self.taken = True
 
-    async def take_late(self, wait: Callable[[StoreError, int], Awaitable[None]],
-                        still_valid: Callable[[], None]) -> None:
-        """Take the lock before step 5 if step 2 could not: ``wait(error, attempt)`` between tries while
-        the bucket does not answer; then ``still_valid()`` (blocking) raises if a prune elsewhere removed
-        what the run relied on."""
+    def take_late(self, wait: UnreachableWait, still_valid: Callable[[], None]) -> None:
+        """Take the lock before step 5 sends anything, if step 2 could not (blocking: in the commit's
+        worker thread, once every pack is sealed in staging): ``wait(error, attempt)`` between tries while
+        the bucket does not answer; then ``still_valid()`` raises if a prune elsewhere removed what the run
+        relied on. A prune elsewhere holding the lock now fails the run with ``store_locked`` (retried)."""
         attempt = 0
+        remote = self.store.remote
         while not self.taken:
             try:
-                await self._stack.enter_async_context(open_writing_lock(self.store, self.limiter))
+                if remote is not None:  # one quick request first (and a store made offline is created)
+                    remote.confirm(quick=True)
+                self._late.enter_context(writing_lock(self.store, wait=0))
                 self.taken = True
+            except StoreLocked:
+                raise
             except StoreError as exc:
                 if exc.code != "store_unreachable":
                     raise
-                await wait(exc, attempt)
+                wait(exc, attempt)
                 attempt += 1
-        await trio.to_thread.run_sync(still_valid, limiter=self.limiter)
+        still_valid()
 
     async def release(self) -> None:
         with trio.CancelScope(shield=True):
             await self._stack.aclose()
+            await trio.to_thread.run_sync(self._late.close, limiter=self.limiter)

@@ -64,6 +64,7 @@ AD_BLOB = b"syncsnap blob "  # + the 32 bytes of the blob's id
 AD_INDEX = b"syncsnap index"
 AD_SNAPSHOT = b"syncsnap snapshot "  # + the file's name (64 hex digits, ASCII)
 AD_KEY_CHECK = b"syncsnap key check"
+AD_LOCK = b"syncsnap lock "  # + the lock object's name (ASCII)
 # blake3's key derivation context for the key of snapshot file names (from the chunk id secret).
 SNAPSHOT_NAME_CONTEXT = "syncsnap 2026-12 snapshot file names"
 

@@ -60,11 +60,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._crypto import AD_LOCK
 from ._errors import CorruptDataError, StoreError, StoreLocked
 from ._lockdirs import PREFIX, BucketLocks, DirectoryLocks, LockDir, network_filesystem
 
 if TYPE_CHECKING:
     from ._backend import Backend
+    from ._crypto import Crypto
     from ._repository import Store
 
 __all__ = ["REFRESH_EVERY", "RETRY_EVERY", "STALE_AFTER", "WRITER_WAIT", "BucketLocks", "DirectoryLocks", "HeldLock",
@@ -236,6 +238,8 @@ class StoreLocks:
         self._sleep = sleep
         self.host = host or os.uname().nodename  # gethostname(); socket is not for the store (lint-imports)
         self.refresh_every = refresh_every
+        # An encrypted store's cipher: its lock objects are sealed like every other object (set by Store).
+        self.crypto: Crypto | None = None
         self._mutex = {False: threading.Lock(), True: threading.Lock()}
         self._slots: dict[bool, tuple[HeldLock, int]] = {}
         self._state = threading.Lock()
@@ -257,10 +261,15 @@ class StoreLocks:
     # --- the bytes of a lock object: the one place an encrypted store seals and opens them ----------------
 
     def seal(self, info: LockInfo) -> bytes:
-        return encode_lock(info)
+        data = encode_lock(info)
+        if self.crypto is None:
+            return data
+        return bytes(self.crypto.seal(data, AD_LOCK + info.name.encode()))
 
     def unseal(self, name: str, data: bytes) -> LockInfo:
         """Raises :class:`CorruptDataError`."""
+        if self.crypto is not None:
+            data = self.crypto.open(data, AD_LOCK + name.encode(), "the lock object")
         return decode_lock(name, data)
 
     # --- reading -------------------------------------------------------------------------------------

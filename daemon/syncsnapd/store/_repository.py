@@ -122,6 +122,8 @@ class Store:
         self.host: str = os.uname().nodename or "localhost"
         # Lock objects (an S3 store, or a directory on a network filesystem), else None: see _locks.py.
         self.locks = StoreLocks.for_store(root, None if remote is None else remote.backend)
+        if self.locks is not None:
+            self.locks.crypto = crypto  # sealed in an encrypted store, as every object
         self._lock_fd = lock_fd
         self._closed = False
 
@@ -482,8 +484,11 @@ class Store:
                         on_written: Callable[[int, int], None] | None = None,
                         check: Callable[[], None] | None = None,
                         on_total: Callable[[int, int], None] | None = None,
-                        on_unreachable: UnreachableWait | None = None) -> SnapshotInfo:
+                        on_unreachable: UnreachableWait | None = None,
+                        before_upload: Callable[[], None] | None = None) -> SnapshotInfo:
         """Store the tree, make every pack of ``writer`` durable, then write the snapshot file.
+
+        ``before_upload()`` (S3): called once every pack is sealed in staging, before anything is sent.
 
         ``root_mode``: the permission bits of the folder itself (0 to 0o777), which a restore gives the
         target it creates; None leaves them out of the snapshot file (as older versions wrote it).
@@ -517,6 +522,8 @@ class Store:
         if check is not None:
             check()
         if remote is not None:
+            if before_upload is not None:
+                before_upload()
             remote.upload_staged(on_written, check, on_total=on_total, extra=(1, len(stored)), wait=on_unreachable)
             if check is not None:
                 check()
