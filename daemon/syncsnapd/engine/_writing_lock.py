@@ -74,6 +74,7 @@ class WritingLock:
         self.taken = store.locks is None
         self._stack = contextlib.AsyncExitStack()
         self._late = contextlib.ExitStack()  # the lock taken late, in the commit's thread
+        self._late_held = False
 
     async def take(self, *, deferrable: bool) -> None:
         """Take the lock (step 2). ``deferrable``: a bucket that does not answer leaves it for
@@ -101,7 +102,7 @@ class WritingLock:
                 if remote is not None:  # one quick request first (and a store made offline is created)
                     remote.confirm(quick=True)
                 self._late.enter_context(writing_lock(self.store, wait=0))
-                self.taken = True
+                self.taken = self._late_held = True
             except StoreLocked:
                 raise
             except StoreError as exc:
@@ -114,4 +115,5 @@ class WritingLock:
     async def release(self) -> None:
         with trio.CancelScope(shield=True):
             await self._stack.aclose()
-            await trio.to_thread.run_sync(self._late.close, limiter=self.limiter)
+            if self._late_held:  # not with the run's limiter: a paused run has lent its tokens
+                await trio.to_thread.run_sync(self._late.close)
