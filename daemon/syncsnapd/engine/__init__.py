@@ -11,6 +11,7 @@ from ._diff import Side as Side
 from ._diff import diff_entries as diff_entries
 from ._diff import scan_live as scan_live
 from ._dirs import SnapshotError as SnapshotError
+from ._malloc import tune_allocator as tune_allocator
 from ._reconnect import RETRY_FIRST_SECONDS as RETRY_FIRST_SECONDS
 from ._reconnect import RETRY_MAX_SECONDS as RETRY_MAX_SECONDS
 from ._reconnect import retry_delay as retry_delay

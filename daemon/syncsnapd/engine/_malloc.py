@@ -1,19 +1,20 @@
 """Tell glibc's allocator to give freed memory back to the system, so the daemon's idle RSS after a run is
 what it still uses (issue 14, item 3; figures in docs/memory.md).
 
-By default glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), and its
-trim threshold to twice that: after a run that freed a 6 MiB read buffer, every malloc arena (one per
-worker thread) keeps up to 12 MiB of free memory at its top for good (``malloc_trim`` does not release
-the top of a thread's arena either). Measured after a 100k-file run in one process: 28 MB free but kept
-in the heap. Fixing both thresholds turns that adjustment off: blocks of :data:`MMAP_THRESHOLD` and more
-are mapped and unmapped on their own, and an arena gives back its top once :data:`TRIM_THRESHOLD` is
-free there. Both are 4 MiB, so that a run's usual blocks (a chunk of about 1 MiB and its compressed copy)
-stay in the heap and are reused rather than faulted in again for every chunk: with a 1 MiB trim threshold
-the idle daemon kept ~8 MB less after 100k files, but a 1 GiB file took ~20% longer (docs/memory.md).
+glibc gives each thread that allocates while another holds an arena's lock an arena of its own, and
+``malloc_trim`` releases the free top of the main arena only: after a run, every worker thread's arena
+kept its free top (up to twice the largest block freed: 12 MiB after a 6 MiB buffer). The daemon
+therefore uses one arena (``M_ARENA_MAX`` = 1, set before any thread starts: :func:`tune_allocator`
+from the service's start, and again, harmlessly, at the first snapshot). Its threads allocate mostly while
+holding the GIL, so one arena's lock is seldom contended. glibc's thresholds stay dynamic: a run's big
+blocks (chunks, their compressed copies, pack buffers) stay in the heap and are reused. An earlier version
+fixed the mmap and trim thresholds at 4 MiB instead; every block of 4 MiB or more was then mapped and
+faulted in again (~400,000 page faults in an initial snapshot of the 20k-file benchmark, against ~60,000,
+and ~20% of its time).
 
-Also, after each run, :func:`give_back` releases the free pages in the middle of the heaps. Process-wide,
-the thresholds set once, at the first snapshot. Skipped where the C library is not glibc, or when the
-environment sets glibc's own ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` (they win).
+After each run, :func:`give_back` calls ``malloc_trim(0)``, which with one arena releases both the free
+top of the heap and the free pages in its middle. Skipped where the C library is not glibc, or when the
+environment sets glibc's own ``MALLOC_ARENA_MAX`` (it wins).
 """
 
 from __future__ import annotations
@@ -25,21 +26,18 @@ from collections.abc import Callable
 
 __all__ = ["give_back", "tune_allocator"]
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-TRIM_THRESHOLD = 4 << 20
-MMAP_THRESHOLD = 4 << 20
+_M_ARENA_MAX = -8
 _tuned = False
 _trim: Callable[[int], int] | None = None
 
 
 def tune_allocator() -> bool:
-    """Fix glibc's trim and mmap thresholds (see the module docstring); True if it did so now."""
+    """Make glibc use one arena (see the module docstring); True if it did so now."""
     global _tuned
     if _tuned:
         return False
     _tuned = True
-    if sys.platform != "linux" or any(k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -53,7 +51,7 @@ def tune_allocator() -> bool:
     _trim.argtypes = [ctypes.c_size_t]
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(_M_ARENA_MAX, 1))
 
 
 def give_back() -> None:

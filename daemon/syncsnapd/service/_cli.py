@@ -45,6 +45,7 @@ import trio
 
 from .. import __version__
 from ..core import ConfigError, DaemonConfig, load_config
+from ..engine import tune_allocator
 
 if TYPE_CHECKING:
     from ..store import StoreKey
@@ -363,6 +364,7 @@ def _run_daemon(config: DaemonConfig, load: Callable[[], DaemonConfig], verbose:
 
     _setup_logging(verbose)
     _raise_fd_limit()
+    tune_allocator()  # one malloc arena, before any thread starts (engine/_malloc.py)
     if sys.stderr.isatty():
         print(_hint(config), file=sys.stderr)
     status = 0

@@ -20,10 +20,10 @@ from ._check import DamagedSnapshot as DamagedSnapshot
 from ._check import Problem as Problem
 from ._check import StoreCheck as StoreCheck
 from ._chunker import Chunker as Chunker
-from ._content import CONTENT_ID_LENGTH as CONTENT_ID_LENGTH
-from ._content import content_id as content_id
 from ._chunker import FastCDC2020 as FastCDC2020
 from ._chunker import FixedChunker as FixedChunker
+from ._content import CONTENT_ID_LENGTH as CONTENT_ID_LENGTH
+from ._content import content_id as content_id
 from ._crypto import CIPHERS as CIPHERS
 from ._crypto import NewStore as NewStore
 from ._crypto import default_cipher as default_cipher
