@@ -76,11 +76,11 @@ class _Moto:
         return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
                             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
 
-    def usage(self, bucket: str) -> tuple[int, int]:
-        """(objects, bytes) in ``bucket``."""
+    def usage(self, bucket: str, prefix: str = "") -> tuple[int, int]:
+        """(objects, bytes) in ``bucket`` under ``prefix``."""
         client = self.client()
         n = size = 0
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for o in page.get("Contents", []):
                 n += 1
                 size += o["Size"]
@@ -99,11 +99,11 @@ def _syncsnap(moto: _Moto, tree: Path, work: Path, log: Callable[[str], None], *
     os.chmod(runtime, 0o700)
     conf = work / "syncsnapd.toml"
     label_of = "syncsnap (encrypted)" if encrypted else "syncsnap (not encrypted)"
+    prefix = "encrypted" if encrypted else "plain"
     conf.write_text("\n".join([
         "[daemon]", f"socket = {json.dumps(str(runtime / 'syncsnapd.sock'))}", 'tcp = ""',
-        f'store = "s3://syncsnap-bench/{"encrypted" if encrypted else "plain"}"',
-        f"state_dir = {json.dumps(str(work / 'state'))}",
-        f"key_file = {json.dumps(str(work / 'master.key'))}",
+        f'store = "s3://syncsnap-bench/{prefix}"', f"state_dir = {json.dumps(str(work / 'state'))}",
+        *([f"key_file = {json.dumps(str(work / 'master.key'))}"] if encrypted else []),
         f"token_file = {json.dumps(str(work / 'token'))}", "watch = false",
         "[daemon.s3]", f"endpoint = {json.dumps(moto.url)}", "path_style = true",
         "[[projects]]", 'id = "bench"', f"path = {json.dumps(str(tree))}", ""]))
@@ -133,7 +133,7 @@ def _syncsnap(moto: _Moto, tree: Path, work: Path, log: Callable[[str], None], *
             if final.get("state") != "completed":
                 raise RuntimeError(f"syncsnap {label} snapshot: {final.get('state')} {final.get('error')}")
             out[label] = {"seconds": run.seconds, "bytes_added": final["snapshot"]["bytes_added"]}
-            out[label]["objects"], out[label]["bucket_bytes"] = moto.usage("syncsnap-bench")
+            out[label]["objects"], out[label]["bucket_bytes"] = moto.usage("syncsnap-bench", prefix + "/")
             log(f"  {label_of} -> S3 {label}: {run.seconds:.2f} s, bucket {out[label]['bucket_bytes'] / 2**20:,.1f} "
                 f"MiB in {out[label]['objects']:,} objects")
     finally:
