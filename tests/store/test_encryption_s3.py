@@ -146,10 +146,14 @@ def test_no_plaintext_in_the_bucket_and_another_machine_restores_with_only_the_p
     d = start(short_tmp / "one", cfg, env)
     try:
         sid = snapshot_via(d)
+        [shown] = json.loads(d.curl("http://localhost/api/v1/store").stdout)["stores"]
     finally:
         d.stop()
     stored = objects(bucket)
     assert {k.split("/", 1)[0] for k in stored} == {"config.json", "keys", "packs", "index", "snapshots"}
+    # The daemon reads its sealed indexes for the store's size, as the bucket has it.
+    packs = [len(v) for k, v in stored.items() if k.startswith("packs/")]
+    assert (shown["packs"], shown["bytes_stored"]) == (len(packs), sum(packs)) and packs
     for key, data in stored.items():
         for marker in MARKERS:
             assert marker not in data, f"{marker!r} in {key}"

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,6 +22,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..core import Progress, parse_time
 from ..http import HttpStatistics, Request, Response, Router
+
+if TYPE_CHECKING:
+    from ..store import StoreFiles
 from ..runs import History, HistoryStatistics, Tracker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,15 +32,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
-def store_footprint(root: Path) -> tuple[int, int]:
-    """(pack files, their total bytes) of a local store."""
+def store_footprint(root: Path, files: StoreFiles | None = None) -> tuple[int, int]:
+    """(pack files, their total bytes) of a store; ``files`` (an open store's) reads an encrypted S3 store's
+    sealed indexes."""
     if (root / "remote.json").exists():
         from ..store import footprint
 
-        return footprint(root)  # an S3 store: its packs are in the bucket
+        return footprint(root, files)  # an S3 store: its packs are in the bucket
     packs = size = 0
-    for dirpath, _dirs, files in os.walk(root / "packs"):
-        for name in files:
+    for dirpath, _dirs, names in os.walk(root / "packs"):
+        for name in names:
             if name.endswith(".pack"):
                 packs += 1
                 try:
@@ -81,7 +86,7 @@ class Metrics:
         history: the history, for its writer's statistics.
     """
 
-    def __init__(self, tracker: Tracker, store_root: Path | Callable[[], Sequence[tuple[str, Path]]],
+    def __init__(self, tracker: Tracker, store_root: Path | Callable[[], Sequence[tuple[str, Path, StoreFiles]]],
                  http_stats: Callable[[], HttpStatistics | None], history: History | None = None) -> None:
         self.tracker = tracker
         self.store_root = store_root
@@ -158,8 +163,8 @@ class Metrics:
             c.add_metric([], value)
             out.append(c)
 
-        stores = [("", self.store_root)] if isinstance(self.store_root, Path) else self.store_root()
-        footprints = [(where, *store_footprint(root)) for where, root in stores]
+        stores = [("", self.store_root, None)] if isinstance(self.store_root, Path) else self.store_root()
+        footprints = [(where, *store_footprint(root, files)) for where, root, files in stores]
         gauge("syncsnap_store_bytes", "Bytes of pack files in the store (all stores).", sum(f[2] for f in footprints))
         gauge("syncsnap_store_packs", "Pack files in the store (all stores).", sum(f[1] for f in footprints))
         if not isinstance(self.store_root, Path):

@@ -192,7 +192,7 @@ def register_store_view(router: Router, history: History, ops: Operations) -> No
     def gather(projects: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         stores = []
         for store in ops.stores.all():
-            packs, nbytes = store_footprint(store.root)
+            packs, nbytes = store_footprint(store.root, store.files)
             stores.append({"store": location_of(store), "projects": ops.stores.projects_of(store, projects),
                            "snapshots": len(store.list_snapshots(None)), "bytes_stored": nbytes, "packs": packs})
         try:

@@ -151,7 +151,7 @@ class Daemon:
         register_browse(self.api.router, self.scheduler, self.api.lists)
         register_store_view(self.api.router, history, self.ops)
         self.server: HttpServer | None = None
-        self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root) for s in self.stores.all()],
+        self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root, s.files) for s in self.stores.all()],
                                lambda: self.server.statistics() if self.server else None, history)
         self.metrics.register(self.api.router)
         self.api.warnings[:] = config_warnings(config)

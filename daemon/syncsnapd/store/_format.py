@@ -460,12 +460,6 @@ def footer_index_length(footer: bytes, pack_size: int) -> int:
     return int(length)
 
 
-def pack_file_size(index_bytes: bytes) -> int:
-    """The size of the pack whose index is ``index_bytes``: header, blobs, index copy and footer."""
-    stored = sum(r[2] for r in decode_index(index_bytes))
-    return len(PACK_MAGIC) + stored + len(pack_tail(index_bytes))
-
-
 # --- config.json and snapshot files ---------------------------------------------------------------
 
 def new_config(*, cipher: str | None = None, key_check: str | None = None) -> bytes:

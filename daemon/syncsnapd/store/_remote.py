@@ -77,12 +77,13 @@ from typing import TYPE_CHECKING, TypeVar
 from ..core import parse_s3_url
 from ._backend import Backend, S3Backend
 from ._errors import REMOTE_CODES, BackendError, CorruptDataError, ObjectMissing, StoreError
-from ._format import new_config, pack_file_size
+from ._format import PACK_MAGIC, decode_index, new_config, pack_tail
 from ._reachability import PENDING, Link, Reachability, UnreachableWait, open_offline, staged_bytes
 from ._remote_prune import BucketPruning
 from ._remote_spec import RemoteSpec, _index_key, _pack_key, _store_error, load_spec, write_cache_file
 
 if TYPE_CHECKING:
+    from ._files import StoreFiles
     from ._writer import StoreWriter
 
 __all__ = ["Refreshed", "Remote", "footprint"]
@@ -111,15 +112,18 @@ class Refreshed:
     snapshots_dropped: frozenset[str]
 
 
-def footprint(root: Path) -> tuple[int, int]:
+def footprint(root: Path, files: StoreFiles | None = None) -> tuple[int, int]:
     """(packs, their bytes) of the S3 store whose directory is ``root``, from its cached indexes (no
-    request): a pack is its header, its blobs, a copy of its index and the footer."""
+    request): a pack is its header, its blobs, a copy of its index and the footer. An encrypted store's
+    indexes are sealed: pass its open store's ``files`` to read them."""
     packs = size = 0
     for path in (root / "index").glob("*.idx"):
         try:
-            size += pack_file_size(path.read_bytes())
+            stored = path.read_bytes()
+            records = files.index_records(stored) if files is not None else decode_index(stored)
         except (OSError, CorruptDataError):
             continue
+        size += len(PACK_MAGIC) + sum(r[2] for r in records) + len(pack_tail(stored))
         packs += 1
     return packs, size
 
