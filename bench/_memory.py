@@ -120,7 +120,8 @@ def daemon_figures(files: int) -> dict[str, Any]:
     else:
         tree = WORK / f"tree-{files}"
         build_tree(tree, files)
-    daemon = Daemon(WORK / f"daemon-{files}", {"m": tree})
+    # watch = false: the only runs are the ones measured (a watcher would snapshot the new tree at start).
+    daemon = Daemon(WORK / f"daemon-{files}", {"m": tree}, extra={"watch": False})
     daemon.start()
     try:
         figures: dict[str, Any] = {"files": files, "start_rss": daemon.status("VmRSS") or 0}
@@ -189,9 +190,14 @@ after the change run alternately; times vary by up to 2x between rounds while ot
 - Now a run keeps per file a binary record in anonymous mmaps freed whole at its end (`engine/_entrylog.py`:
   ~90 bytes a small file for its entry and ~80 for its work item, against ~360 bytes of objects), decoding
   `Entry` objects a tree group at a time for the commit; step 4's batches are arrays of record offsets.
-  glibc's trim and mmap thresholds are fixed at 4 MiB (`engine/_malloc.py`) and `malloc_trim(0)` runs after
-  each run. In process after 100k files: RSS 33 -> 50-59 MB, 17-20 arenas, 3-12 MB free glibc heap;
-  tracemalloc's peak during the run 31 MB (was 77 MB).
+  glibc's trim and mmap thresholds were fixed at 4 MiB and `malloc_trim(0)` runs after each run. In process
+  after 100k files: RSS 33 -> 50-59 MB, 17-20 arenas, 3-12 MB free glibc heap; tracemalloc's peak during
+  the run 31 MB (was 77 MB).
+- Then the 4 MiB thresholds were replaced by one malloc arena (`M_ARENA_MAX` 1, set when the daemon starts;
+  `engine/_malloc.py`) with glibc's dynamic thresholds: the fixed mmap threshold made every block of 4 MiB
+  or more be mapped and faulted in again (397,511 page faults in the 20k-file benchmark's initial snapshot,
+  against 65,704 now; about 20% of its time), and with one arena `malloc_trim(0)` releases the whole free
+  heap, top included.
 - Daemon, before -> after (`MEMORY_FILES=100000,400000 MEMORY_TREES=...`, rounds alternated):
   - 100k files: peak 151-155 -> 109-111 MB; idle after the initial run 137-144 -> 73-75 MB; initial
     7.3-13.6 s -> 6.6-7.4 s; no-change 2.5-4.0 s -> 2.2-3.3 s.
@@ -202,11 +208,14 @@ after the change run alternately; times vary by up to 2x between rounds while ot
     after; not conclusive on this loaded machine. The thresholds trade speed against idle memory: 1 MiB
     trim threshold looked ~20% slower on it, 8 MiB/16 MiB matched the old speed but kept the old idle
     (82 MB in process after 100k files).
-- What is left: after an initial run of 400k files the daemon keeps ~25 MB more than after the next run
-  (109-119 against 85-92 MB), not identified yet (not in the in-process probe: 71 MB after 400k files);
-  the pymalloc arenas pinned by the run's few survivors (6-9 MB); and worker threads' glibc arenas keep up
-  to 4 MiB free each. Next to try: `M_ARENA_MAX` 1 (one arena, which `malloc_trim` trims whole) with the
-  default thresholds, or the run's heavy part in a child process.
+- The "before -> after" figures above were taken with the daemon's watcher on: it snapshots a new tree by
+  itself at start, so the "initial" row measured a second run after that one (and the idle RSS after two
+  runs). `python -m bench memory` now sets `watch = false` like the other benchmarks; the table at the top
+  is from that, with one arena (`MEMORY_FILES=100000,400000 MEMORY_TREES=400000=bench/.work/scale/small-400000`,
+  the scale bench's tree; times taken while other work ran niced): 400k files idle 88 MB after the initial run (target 96 MB for 401,602
+  chunks), 88 MB after the no-change run.
+- What is left: the pymalloc arenas pinned by the run's few survivors (6-9 MB). Not tried: the run's heavy
+  part in a child process.
 - The chunk index rows above were not measured again (the index did not change): ~54 B per chunk (49-byte
   records in an anonymous mmap, bucket arrays, and a dict of recent additions merged when the last writer
   finishes); look-ups ~1 us.
