@@ -9,6 +9,7 @@ own lock holder, exactly as two daemons are. Times are an injected clock: no tes
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket
 from helpers.store import commit_entries, snapshot
 from syncsnapd.engine import SnapshotError
 from syncsnapd.engine import _writing_lock as writing_lock_module
+from syncsnapd.service import run_check
 from syncsnapd.store import (
     RemoteSpec,
     Store,
@@ -168,6 +170,32 @@ def test_a_second_prune_elsewhere_is_refused_while_one_runs(s3: MotoServer, tmp_
             with pytest.raises(StoreLocked, match="cannot take a shared lock .* for a snapshot"):
                 with writing_lock(mine, wait=0):
                     pass
+
+
+def test_a_check_holds_a_shared_lock_and_is_refused_while_a_prune_elsewhere_runs(s3: MotoServer,
+                                                                               tmp_path: Path) -> None:
+    """A prune deleting packs under a check would make them look missing: check takes the shared lock (so
+    a prune elsewhere is refused while it runs) and is refused, naming the prune, while one runs."""
+    with open_store(tmp_path / "a", s3.url) as mine, open_store(tmp_path / "b", s3.url) as theirs:
+        old, _ = two_snapshots(mine)
+        with pruning_lock(theirs):
+            with pytest.raises(StoreLocked, match="exclusive lock of a prune by"):
+                mine.check(read_data=True)
+            out = io.StringIO()
+            assert run_check(tmp_path / "a", out) == 2  # `syncsnapd check`: exit 2, saying why
+            assert out.getvalue().startswith("Cannot check: ") and "exclusive lock of a prune by" in out.getvalue()
+        refused: list[str] = []
+
+        def prune_elsewhere_meanwhile(nbytes: int) -> None:
+            if not refused:
+                with pytest.raises(StoreLocked) as caught:
+                    theirs.forget([old])
+                refused.append(str(caught.value))
+
+        assert mine.check(read_data=True, progress=prune_elsewhere_meanwhile).ok
+        assert refused and "shared lock of a check by" in refused[0]
+        assert bucket_keys(s3, "locks/") == []
+        assert theirs.forget([old]) == [old]  # once the check is over
 
 
 # --- staleness and refreshing (injected clock) ----------------------------------------------------------------

@@ -37,6 +37,7 @@ from ..store import (
     StoreCheck,
     StoreError,
     UnknownSnapshotError,
+    checking_lock,
     error_code,
     plan_forget,
     pruning_lock,
@@ -358,6 +359,19 @@ class Operations:
         return first
 
     async def _check(self, progress: RunProgress, read_data: bool) -> Outcome:
+        # Every store shared with other processes under its shared lock (refused, store_locked, naming
+        # the holder, while a prune elsewhere holds its exclusive lock): store/_locks.checking_lock.
+        locks = contextlib.ExitStack()
+        try:
+            for shared in self.stores.all():
+                if shared.locks is not None:
+                    await self._thread(functools.partial(locks.enter_context, checking_lock(shared)))
+            return await self._check_locked(progress, read_data)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(locks.close)
+
+    async def _check_locked(self, progress: RunProgress, read_data: bool) -> Outcome:
         check = _check_fn(progress)
         checkers = [(location_of(store), StoreCheck(store, read_data=read_data)) for store in self.stores.all()]
         scans = [await self._thread(checker.scan) for _, checker in checkers]

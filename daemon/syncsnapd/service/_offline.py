@@ -38,6 +38,7 @@ from ..store import (
     StoreError,
     StoreKey,
     StoreKeyError,
+    StoreLocked,
     UnknownSnapshotError,
     passphrase_source,
     plan_forget,
@@ -282,7 +283,11 @@ def run_check(store_root: Path, out: TextIO, *, read_data: bool = False, key: St
     if store is None:
         return 2
     with store:
-        report = store.check(read_data=read_data)
+        try:
+            report = store.check(read_data=read_data)
+        except StoreLocked as exc:  # a prune runs elsewhere: what it deletes would look missing
+            print(f"Cannot check: {exc}.", file=out)
+            return 2
     print_check(report.to_json(), out)
     return 0 if report.ok else 1
 

@@ -52,6 +52,7 @@ from ._keys import read_master_key_file as read_master_key_file
 from ._keys import write_master_key_file as write_master_key_file
 from ._locks import LockInfo as LockInfo
 from ._locks import StoreLocks as StoreLocks
+from ._locks import checking_lock as checking_lock
 from ._locks import network_filesystem as network_filesystem
 from ._locks import pruning_lock as pruning_lock
 from ._locks import writing_lock as writing_lock

@@ -452,6 +452,22 @@ def pruning_lock(store: Store) -> Iterator[HeldLock | None]:
         yield held
 
 
+@contextlib.contextmanager
+def checking_lock(store: Store) -> Iterator[None]:
+    """Hold the store's shared lock while it is checked (nothing for a store without lock objects, or one
+    this process holds exclusively), as restic's check does: a prune elsewhere cannot delete packs under
+    the check, which would then report them missing. Fails at once while a prune holds the exclusive
+    lock (StoreLocked, naming it). Once held, the cached metadata is brought up to date with the bucket,
+    so the check verifies what is there now."""
+    locks = store.locks
+    if locks is None or locks.holds_exclusive():
+        yield
+        return
+    with locks.hold(exclusive=False, purpose="check"):
+        resync(store)
+        yield
+
+
 def resync(store: Store) -> None:
     """Bring the cached metadata of an S3 store up to date with its bucket, and the index and the
     snapshot list with the cache (a local store on a network filesystem: with its directory)."""

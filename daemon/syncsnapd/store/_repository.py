@@ -73,7 +73,7 @@ from ._format import (
 )
 from ._index import MasterIndex
 from ._keys import KeyInfo, Passphrase, StoreKey
-from ._locks import StoreLocks
+from ._locks import StoreLocks, checking_lock
 from ._prune import GarbageCollector, PruneStats, forget
 from ._reachability import UnreachableWait
 from ._reader import ChunkReader
@@ -568,12 +568,17 @@ class Store:
     def check(self, *, read_data: bool = True, progress: Callable[[int], None] | None = None) -> CheckReport:
         """Verify the store: every phase of :class:`StoreCheck` in turn.
 
-        ``progress(nbytes)`` is called as pack data is read (with ``read_data``).
+        ``progress(nbytes)`` is called as pack data is read (with ``read_data``). A store shared with other
+        processes is checked under its shared lock (:func:`checking_lock`).
+
+        Raises:
+            StoreLocked: a prune holds the store's exclusive lock.
         """
-        checker = StoreCheck(self, read_data=read_data)
-        checker.scan()
-        checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
-        return checker.verify_snapshots()
+        with checking_lock(self):
+            checker = StoreCheck(self, read_data=read_data)
+            checker.scan()
+            checker.verify_packs(None if progress is None else lambda packs, nbytes: progress(nbytes))
+            return checker.verify_snapshots()
 
     # --- key files (an encrypted store; see _crypto.py) ----------------------------------------------
 
