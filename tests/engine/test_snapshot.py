@@ -308,6 +308,17 @@ async def test_ignored_paths_and_the_store_inside_the_folder_are_left_out(tmp_pa
         assert sorted(by_path(store, summary.id)) == ["keep.txt", "sub"]
 
 
+async def test_a_restore_s_temporary_files_are_left_out(store: Store, tmp_path: Path) -> None:
+    """A file a restore is writing into the folder (or one a kill left behind) is not the user's: only
+    the exact temporary name is left out, not a user's file that looks like it."""
+    src = tmp_path / "src"
+    write_files(src, {"keep.txt": b"k", ".syncsnap-restore-0123456789abcdef": b"half",
+                      "sub/.syncsnap-restore-fedcba9876543210": b"half",
+                      ".syncsnap-restore-notes.txt": b"mine"})
+    summary = await snapshot(store, src)
+    assert sorted(by_path(store, summary.id)) == [".syncsnap-restore-notes.txt", "keep.txt", "sub"]
+
+
 async def test_a_missing_folder_fails_with_folder_missing(store: Store, tmp_path: Path) -> None:
     with pytest.raises(SnapshotError) as info:
         await snapshot(store, tmp_path / "nope")

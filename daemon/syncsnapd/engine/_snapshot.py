@@ -53,6 +53,7 @@ import collections
 import errno
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -72,6 +73,7 @@ from ._entrylog import EntryLog, Records, Table, Work, pack_entry, pack_work, un
 from ._malloc import give_back, tune_allocator
 from ._previous import PreviousFiles, id_time_ns
 from ._reconnect import StagingBound, store_waiter
+from ._restore import TEMP_PREFIX
 from ._threads import run_threads, token_lender
 from ._writing_lock import WritingLock
 
@@ -79,6 +81,8 @@ __all__ = ["SnapshotError", "take_snapshot"]
 log = logging.getLogger("syncsnapd.snapshot")
 
 _S_IFMT = 0o170000
+# The temporary name a restore writes a file under (_restore.py), left out of snapshots.
+_RESTORE_TEMP = re.compile(re.escape(TEMP_PREFIX) + "[0-9a-f]{16}")
 _S_IFREG = stat.S_IFREG
 _S_IFDIR = stat.S_IFDIR
 _S_IFLNK = stat.S_IFLNK
@@ -276,6 +280,8 @@ class _Run:
             found = 0
             prev_files = prev.listing(rel_dir) if prev is not None else {}
             for de in listing:
+                if de.name.startswith(TEMP_PREFIX) and _RESTORE_TEMP.fullmatch(de.name):
+                    continue  # a restore's file being written (or left by a kill): not the user's
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                 if ignore is not None and ignore(walked_path(rel, de)):
                     continue
