@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup setup-system run test lint bench bench-scale torture screenshots clean
 
-$(VENV)/.installed: pyproject.toml
+# setup-system first: pyfuse3 (the `mount` extra that `test` pulls in) builds against libfuse3-dev.
+$(VENV)/.installed: pyproject.toml | setup-system
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,dev,bench]'

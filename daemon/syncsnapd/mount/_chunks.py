@@ -1,0 +1,107 @@
+"""Reading files of the mount straight from the store's chunks, through a small bounded cache.
+
+A file's chunks differ in size (content-defined); the index records each one's length, so
+:func:`chunk_starts` gives the offset each chunk starts at (no data read) and a read at any offset finds
+its chunk by bisection. FUSE asks for 128 KiB at a time, so one chunk (about 1 MiB) serves several reads:
+:class:`ChunkCache` keeps the last chunks read, verified, up to :data:`CACHE_BYTES`, and a chunk asked for
+by several reads at once is read from the store once. Nothing is written anywhere: no temporary copies.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import trio
+
+from ..store import CorruptDataError, Store, StoreError
+
+__all__ = ["CACHE_BYTES", "ChunkCache", "chunk_starts"]
+
+# The most bytes of chunks kept in memory: a few chunks for each of several files read at once (chunks
+# are 1 MiB on average, 8 MiB at most with the default chunker).
+CACHE_BYTES = 48 * 1024 * 1024
+# Worker threads reading chunks at once: enough to keep a disk or a bucket busy for a few readers,
+# while a tree being read (its own limiter) is never queued behind them.
+READ_THREADS = 4
+
+
+def chunk_starts(store: Store, chunks: Sequence[str]) -> list[int]:
+    """The offset each of ``chunks`` starts at, then the file's size, from the index (blocking).
+
+    Raises:
+        StoreError: a chunk is not in the store.
+    """
+    starts = [0]
+    for chunk in chunks:
+        loc = store.locate(chunk)
+        if loc is None:
+            raise StoreError(f"chunk {chunk} is not in the store")
+        starts.append(starts[-1] + loc.raw_length)
+    return starts
+
+
+def chunk_index(starts: Sequence[int], offset: int) -> int:
+    """Which chunk holds byte ``offset`` (``starts`` from :func:`chunk_starts`); len - 1 past the end."""
+    return bisect_right(starts, offset) - 1
+
+
+class ChunkCache:
+    """Verified chunks by hash, the most recently used kept up to ``limit`` bytes."""
+
+    def __init__(self, store: Store, limit: int = CACHE_BYTES, threads: int = READ_THREADS) -> None:
+        self._store = store
+        self._limit = limit
+        self._size = 0
+        self._chunks: OrderedDict[str, bytes] = OrderedDict()
+        self._pending: dict[str, trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(threads)
+        self._local = threading.local()
+        self.reads = 0  # chunks read from the store (the rest came from the cache)
+
+    def _read(self, chunk: str) -> bytes:
+        # One ChunkReader per worker thread: it keeps pack files open between reads.
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = self._store.reader()
+        data: bytes = reader.read(chunk)
+        return data
+
+    async def get(self, chunk: str, expected: int) -> bytes:
+        """The bytes of ``chunk`` (``expected`` long, as the index said when the file was opened).
+
+        Raises:
+            StoreError: it cannot be read; CorruptDataError: it is damaged (or not ``expected`` long).
+        """
+        while True:
+            data = self._chunks.get(chunk)
+            if data is not None:
+                self._chunks.move_to_end(chunk)
+                return data
+            pending = self._pending.get(chunk)
+            if pending is None:
+                break
+            await pending.wait()  # read by another request: take it from the cache (or read it, if it failed)
+        done = self._pending[chunk] = trio.Event()
+        try:
+            data = await trio.to_thread.run_sync(self._read, chunk, limiter=self._limiter)
+            self.reads += 1
+            if len(data) != expected:
+                raise CorruptDataError(f"chunk {chunk} is {len(data)} bytes, not {expected}")
+            if len(data) <= self._limit:
+                self._chunks[chunk] = data
+                self._size += len(data)
+                while self._size > self._limit:
+                    _, old = self._chunks.popitem(last=False)
+                    self._size -= len(old)
+            return data
+        finally:
+            del self._pending[chunk]
+            done.set()
+
+    def close(self) -> None:
+        """Drop the cached chunks. (Readers of worker threads close with their threads' pack files.)"""
+        self._chunks.clear()
+        self._size = 0
