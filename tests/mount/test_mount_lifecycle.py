@@ -14,7 +14,6 @@ import pytest
 
 from helpers.daemon import make_env, wait_until
 from helpers.mount import is_mounted, snapshot, syncsnapd, write_config
-from syncsnapd.mount._catalog import date_names
 from syncsnapd.store import SnapshotInfo
 
 
@@ -23,6 +22,8 @@ def info(sid: str, time_: str) -> SnapshotInfo:
 
 
 def test_by_date_names_are_the_minute_then_seconds_then_a_suffix() -> None:
+    from syncsnapd.mount._catalog import date_names
+
     names = date_names([info("20261201T140527.000Z-c", "2026-12-01T14:05:27Z"),
                         info("20261201T140301.000Z-a", "2026-12-01T14:03:01Z"),
                         info("20261201T140359.000Z-b", "2026-12-01T14:03:59Z"),
