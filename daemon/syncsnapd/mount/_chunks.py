@@ -4,7 +4,9 @@ A file's chunks differ in size (content-defined); the index records each one's l
 :func:`chunk_starts` gives the offset each chunk starts at (no data read) and a read at any offset finds
 its chunk by bisection. FUSE asks for 128 KiB at a time, so one chunk (about 1 MiB) serves several reads:
 :class:`ChunkCache` keeps the last chunks read, verified, up to :data:`CACHE_BYTES`, and a chunk asked for
-by several reads at once is read from the store once. Nothing is written anywhere: no temporary copies.
+by several reads at once is read from the store once. A read that reaches into a chunk starts reading the
+next one in the background (:meth:`ChunkCache.prefetch`): a sequential reader (``cat``, ``tar``) finds it
+decompressed and verified when it gets there. Nothing is written anywhere: no temporary copies.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import trio
 
 from ..store import CorruptDataError, Store, StoreError
 
-__all__ = ["CACHE_BYTES", "ChunkCache", "chunk_starts"]
+__all__ = ["CACHE_BYTES", "ChunkCache", "chunk_index", "chunk_starts", "known_starts"]
 
 # The most bytes of chunks kept in memory: a few chunks for each of several files read at once (chunks
 # are 1 MiB on average, 8 MiB at most with the default chunker).
@@ -39,6 +41,18 @@ def chunk_starts(store: Store, chunks: Sequence[str]) -> list[int]:
         loc = store.locate(chunk)
         if loc is None:
             raise StoreError(f"chunk {chunk} is not in the store")
+        starts.append(starts[-1] + loc.raw_length)
+    return starts
+
+
+def known_starts(store: Store, chunks: Sequence[str]) -> list[int] | None:
+    """:func:`chunk_starts` from the index as loaded (no disk access: fine on the event loop), or None
+    when a chunk is not known yet (then :func:`chunk_starts`, in a worker thread, reads new index files)."""
+    starts = [0]
+    for chunk in chunks:
+        loc = store.index.lookup(chunk)
+        if loc is None:
+            return None
         starts.append(starts[-1] + loc.raw_length)
     return starts
 
@@ -68,6 +82,18 @@ class ChunkCache:
             reader = self._local.reader = self._store.reader()
         data: bytes = reader.read(chunk)
         return data
+
+    def wanted(self, chunk: str) -> bool:
+        """Whether ``chunk`` is neither cached nor being read (worth reading ahead)."""
+        return chunk not in self._chunks and chunk not in self._pending
+
+    async def prefetch(self, chunk: str, expected: int) -> None:
+        """Read ``chunk`` into the cache ahead of the reads that will want it; a failure is left for them
+        to meet (and report)."""
+        try:
+            await self.get(chunk, expected)
+        except StoreError:
+            pass
 
     async def get(self, chunk: str, expected: int) -> bytes:
         """The bytes of ``chunk`` (``expected`` long, as the index said when the file was opened).

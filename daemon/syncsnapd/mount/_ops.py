@@ -35,7 +35,7 @@ from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext
 
 from ..store import Entry, Store, StoreError, UnknownSnapshotError
 from ._catalog import Catalog, Listing
-from ._chunks import ChunkCache, chunk_index, chunk_starts
+from ._chunks import ChunkCache, chunk_index, chunk_starts, known_starts
 from ._inodes import InodeTable, Node
 from ._tree import SnapshotTree, TreeCache
 
@@ -68,8 +68,10 @@ class _OpenFile:
 class MountOps(pyfuse3.Operations):
     """The read-only filesystem of the snapshots in ``catalog``'s stores."""
 
-    def __init__(self, catalog: Catalog, stores: Sequence[Store]) -> None:
+    def __init__(self, catalog: Catalog, stores: Sequence[Store], background: trio.Nursery | None = None) -> None:
+        """``background``: where reads ahead run (None: no read-ahead)."""
         super().__init__()
+        self.background = background
         self.catalog = catalog
         self.inodes = InodeTable()
         self.trees = TreeCache()
@@ -302,7 +304,9 @@ class MountOps(pyfuse3.Operations):
         if store is None:
             raise FUSEError(errno.ENOENT)
         try:
-            starts = await trio.to_thread.run_sync(chunk_starts, store, e.chunks)
+            starts = known_starts(store, e.chunks)
+            if starts is None:
+                starts = await trio.to_thread.run_sync(chunk_starts, store, e.chunks)
         except StoreError as exc:
             log.warning("cannot open %r of snapshot %s: %s", e.path, node.snapshot, exc)
             raise FUSEError(errno.EIO) from None
@@ -326,6 +330,10 @@ class MountOps(pyfuse3.Operations):
         try:
             while at < end:
                 i = chunk_index(f.starts, at)
+                following = i + 1
+                if self.background is not None and following < len(chunks) and f.cache.wanted(chunks[following]):
+                    self.background.start_soon(f.cache.prefetch, chunks[following],
+                                               f.starts[following + 1] - f.starts[following])
                 data = await f.cache.get(chunks[i], f.starts[i + 1] - f.starts[i])
                 piece = data[at - f.starts[i]:end - f.starts[i]]
                 pieces.append(piece)

@@ -88,6 +88,7 @@ async def serve_mount(stores: Sequence[Store], mountpoint: Path, out: TextIO, *,
                         return
 
                 nursery.start_soon(stop_on_signal)
+                ops.background = nursery  # reads ahead run here, and end with the mount
                 task_status.started()
                 await pyfuse3.main()
                 # main() returns after terminate() or once the kernel ended the session (fusermount3 -u).
