@@ -1,6 +1,6 @@
 """Reads of the mount's files from the store's chunks, called in-process on the filesystem's operations
 (without the kernel, so that what is read from the store can be counted): the cache stays within its
-bound, and a read starts reading the next chunk ahead."""
+bound, a read starts reading the next chunk ahead, and no pack file stays open once it is closed."""
 
 from __future__ import annotations
 
@@ -52,3 +52,18 @@ async def test_a_read_reads_the_next_chunk_ahead_and_the_cache_stays_bounded(tmp
             assert bytes(got) == data
             await ops.release(info.fh)
             nursery.cancel_scope.cancel()
+        # Unmounted: no pack file of the store is left open (worker threads may outlive the mount).
+        cache.close()
+        assert open_packs(tmp_path / "store") == []
+
+
+def open_packs(store: Path) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(store)) and target.endswith(".pack"):
+            out.append(target)
+    return out

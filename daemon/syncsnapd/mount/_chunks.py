@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import trio
 
-from ..store import CorruptDataError, Store, StoreError
+from ..store import ChunkReader, CorruptDataError, Store, StoreError
 
 __all__ = ["CACHE_BYTES", "ChunkCache", "chunk_index", "chunk_starts", "known_starts"]
 
@@ -72,16 +72,21 @@ class ChunkCache:
         self._chunks: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, trio.Event] = {}
         self._limiter = trio.CapacityLimiter(threads)
-        self._local = threading.local()
+        # Idle ChunkReaders (each keeps a few pack files open between reads), at most one per thread of the
+        # limiter: a reader is taken for one read and given back, so worker threads that come and go (Trio
+        # ends idle ones) leave no open files behind.
+        self._readers: list[ChunkReader] = []
+        self._readers_lock = threading.Lock()
         self.reads = 0  # chunks read from the store (the rest came from the cache)
 
     def _read(self, chunk: str) -> bytes:
-        # One ChunkReader per worker thread: it keeps pack files open between reads.
-        reader = getattr(self._local, "reader", None)
-        if reader is None:
-            reader = self._local.reader = self._store.reader()
-        data: bytes = reader.read(chunk)
-        return data
+        with self._readers_lock:
+            reader = self._readers.pop() if self._readers else self._store.reader()
+        try:
+            return reader.read(chunk)
+        finally:
+            with self._readers_lock:
+                self._readers.append(reader)
 
     def wanted(self, chunk: str) -> bool:
         """Whether ``chunk`` is neither cached nor being read (worth reading ahead)."""
@@ -128,6 +133,10 @@ class ChunkCache:
             done.set()
 
     def close(self) -> None:
-        """Drop the cached chunks. (Readers of worker threads close with their threads' pack files.)"""
+        """Drop the cached chunks and close the readers' pack files."""
         self._chunks.clear()
         self._size = 0
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
