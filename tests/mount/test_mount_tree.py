@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.mount import snapshot, write_config
-from helpers.store import commit_entries
+from helpers.store import commit_entries, commit_raw
 from syncsnapd.store import Store
 
 MIB = 1 << 20
@@ -130,3 +130,20 @@ def test_a_directory_of_20000_entries_lists_whole(short_tmp: Path, mount_offline
     # Inodes are stable while mounted: the same file has the same inode, another file another.
     a = os.lstat(m.dir / "p" / sid / "many/f00001").st_ino
     assert os.lstat(m.dir / "p" / sid / "many/f00001").st_ino == a != os.lstat(m.dir / "p" / sid / "many/f00002").st_ino
+
+
+def test_a_crafted_snapshot_cannot_name_dot_dot_or_escape(short_tmp: Path, mount_offline: Any) -> None:
+    """Entries a store writer could craft (``..``, ``.``, absolute, empty, under a file) are not shown; the
+    rest of the snapshot is."""
+    def entry(path: str, kind: str = "dir") -> list[Any]:
+        return [path, kind, 0, 1_600_000_000_000_000_000, 0o755, 0, [] if kind == "file" else None]
+
+    with Store.open(short_tmp / "store", writable=True) as store:
+        sid = commit_raw(store, "p", [[entry("a"), entry("a/.."), entry("a/."), entry("a/ok", "file"),
+                                       entry("/etc"), entry("f", "file"), entry("f/under", "file")]])
+    m = mount_offline(write_config(short_tmp, {"p": short_tmp}), short_tmp / "mnt")
+    snap = m.dir / "p" / sid
+    assert sorted(os.listdir(snap)) == ["a", "f"]
+    assert os.listdir(snap / "a") == ["ok"]
+    assert (snap / "a/ok").read_bytes() == b""
+    assert os.path.realpath(snap / "a/..") == str(snap)

@@ -21,6 +21,7 @@ __all__ = ["SnapshotTree", "TreeCache"]
 # Trees kept in memory at once: a `diff -r` of two snapshots, a `tar` of a third, and room for `ls` of a
 # few more. A tree of 20,000 entries is a few MiB.
 MAX_TREES = 6
+_NOT_NAMES = frozenset({"", ".", ".."})
 
 
 @dataclass
@@ -41,10 +42,12 @@ class SnapshotTree:
         """
         tree = cls(snapshot_id, children={"": []}, root_mode=store.snapshot_root_mode(snapshot_id))
         for e in iter_entries(store, snapshot_id):
-            parent = e.path.rpartition("/")[0]
+            parent, _, name = e.path.rpartition("/")
             siblings = tree.children.get(parent)
-            if siblings is None or e.path in tree.entries:
-                continue  # under a path that is not a directory of this snapshot, or twice: not shown
+            if siblings is None or e.path in tree.entries or name in _NOT_NAMES or e.path.startswith("/"):
+                # Under a path that is not a directory of this snapshot, twice, or a name no directory can
+                # hold (a crafted snapshot file): not shown.
+                continue
             tree.entries[e.path] = e
             siblings.append(e.path)
             if e.kind == "dir":
