@@ -155,3 +155,18 @@ def test_project_option_shows_only_that_project(short_tmp: Path, mount_offline: 
     assert os.listdir(only.dir) == ["q"]
     assert (only.dir / "q/latest/f").read_bytes() == b"q"
     assert not (only.dir / "p").exists()
+
+
+def test_without_pyfuse3_the_command_says_what_to_install(short_tmp: Path) -> None:
+    """pyfuse3 is installed here; a module that fails to import in its place stands for a machine without
+    it (a test double of the missing package only)."""
+    (short_tmp / "fake").mkdir()
+    (short_tmp / "fake/pyfuse3.py").write_text("raise ImportError('No module named pyfuse3')\n")
+    (short_tmp / "src").mkdir()
+    snapshot(short_tmp / "store", short_tmp / "src")
+    (short_tmp / "mnt").mkdir()
+    env = make_env(short_tmp)
+    env["PYTHONPATH"] = os.pathsep.join([str(short_tmp / "fake"), env.get("PYTHONPATH", "")])
+    r = syncsnapd(write_config(short_tmp, {"p": short_tmp / "src"}), "mount", str(short_tmp / "mnt"), env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "apt-get install fuse3 libfuse3-dev pkg-config" in r.stderr and "syncsnap[mount]" in r.stderr
