@@ -3,12 +3,15 @@ from a real FUSE mount served by ``syncsnapd mount`` in a subprocess."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from helpers.mount import snapshot, write_config
 from helpers.store import commit_entries, commit_raw
@@ -147,3 +150,28 @@ def test_a_crafted_snapshot_cannot_name_dot_dot_or_escape(short_tmp: Path, mount
     assert os.listdir(snap / "a") == ["ok"]
     assert (snap / "a/ok").read_bytes() == b""
     assert os.path.realpath(snap / "a/..") == str(snap)
+
+
+def test_a_damaged_chunk_reads_as_eio_and_the_mount_goes_on(short_tmp: Path, mount_offline: Any) -> None:
+    src = short_tmp / "src"
+    src.mkdir()
+    (src / "bad.bin").write_bytes(os.urandom(200_000))
+    (src / "good.txt").write_bytes(b"fine")
+    sid = snapshot(short_tmp / "store", src)
+    with Store.open(short_tmp / "store", writable=False) as store:
+        entry = next(e for e in store.load_entries(sid) if e.path == "bad.bin")
+        loc = store.locate(entry.chunks[0])
+        assert loc is not None
+        pack = store.pack_path(loc.pack)
+    with open(pack, "r+b") as f:  # one byte of the stored chunk flipped
+        f.seek(loc.offset + loc.length // 2)
+        byte = f.read(1)
+        f.seek(loc.offset + loc.length // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    m = mount_offline(write_config(short_tmp, {"p": src}), short_tmp / "mnt")
+    snap = m.dir / "p" / sid
+    with pytest.raises(OSError) as caught:
+        (snap / "bad.bin").read_bytes()
+    assert caught.value.errno == errno.EIO
+    assert (snap / "good.txt").read_bytes() == b"fine" and m.proc.poll() is None
+    assert "does not match its hash" in m.output() or "damaged" in m.output() or "cannot read" in m.output()

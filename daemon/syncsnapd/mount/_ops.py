@@ -20,14 +20,15 @@ the root and the projects' directories are asked again after :data:`LISTING_TIME
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -54,8 +55,28 @@ LATEST = "latest"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 def _erofs() -> NoReturn:
     raise FUSEError(errno.EROFS)
+
+
+def _eio_on_surprise(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    # pyfuse3 answers a FUSEError and lets anything else end its main loop (and so the mount): an error
+    # we did not foresee fails that one request with EIO, logged, and the mount goes on.
+    @functools.wraps(fn)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except FUSEError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return guarded
 
 
 @dataclass
@@ -240,15 +261,18 @@ class MountOps(pyfuse3.Operations):
 
     # --- reading ------------------------------------------------------------------------------------
 
+    @_eio_on_surprise
     async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         parent = self._node(parent_inode)
         if name in (b".", b".."):
             raise FUSEError(errno.ENOENT)  # the kernel answers these itself
         return await self._node_attrs(await self._child(parent, os.fsdecode(name)))
 
+    @_eio_on_surprise
     async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
         return await self._node_attrs(self._node(inode))
 
+    @_eio_on_surprise
     async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
         node = self._node(inode)
         if node.kind == "latest":
@@ -267,12 +291,14 @@ class MountOps(pyfuse3.Operations):
                 return os.fsencode(e.target)
         raise FUSEError(errno.EINVAL)
 
+    @_eio_on_surprise
     async def opendir(self, inode: int, ctx: RequestContext) -> int:
         # The listing is taken once, at opendir: offsets stay valid while it is read, however long.
         fh = next(self._handles)
         self._dirs[fh] = await self._children(self._node(inode))
         return fh
 
+    @_eio_on_surprise
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         children = self._dirs.get(fh)
         if children is None:
@@ -289,6 +315,7 @@ class MountOps(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
+    @_eio_on_surprise
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         if flags & _WRITE_FLAGS:
             _erofs()
@@ -319,6 +346,7 @@ class MountOps(pyfuse3.Operations):
         # A snapshot's file never changes: the kernel may keep its pages between opens.
         return FileInfo(fh=fh, keep_cache=True)
 
+    @_eio_on_surprise
     async def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._files.get(fh)
         if f is None:
