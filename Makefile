@@ -2,15 +2,20 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-system run test lint bench bench-scale torture screenshots clean
+.PHONY: setup setup-system setup-build run test lint bench bench-scale torture screenshots clean
 
-$(VENV)/.installed: pyproject.toml
+# setup-build first: pyfuse3 (the `mount` extra that `test` pulls in) has no wheel; pip builds it against
+# libfuse3-dev (docs/mount.md).
+$(VENV)/.installed: pyproject.toml | setup-build
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,dev,bench]'
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-build:
+	bash scripts/install-build-deps.sh
 
 # Debian packages the tests use as real peers (curl, ...). Installed only when missing.
 setup-system:

@@ -6,7 +6,7 @@ Environment:
     BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
     BENCH_ROUNDS            int, default 2: rounds of the snapshot comparison (best time of the rounds).
     BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout, s3,
-                            fairness); default all. A partial run writes bench/.work/benchmarks-partial.md.
+                            fairness, mount); default all. A partial run writes bench/.work/benchmarks-partial.md.
                             E.g. BENCH_ONLY=fairness,fanout for the fairness and SSE fan-out rows alone.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from . import _backup_tools, _env, _fairness, _raw, _report, _s3, _serving, _sse, _tree
+from . import _backup_tools, _env, _fairness, _mount, _raw, _report, _s3, _serving, _sse, _tree
 from ._daemon import Daemon, timed_snapshot
 from ._http import Connection
 from ._proc import machine_busy_seconds, process_cpu_seconds
@@ -38,7 +38,7 @@ from ._proc import machine_busy_seconds, process_cpu_seconds
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work"
 DOC = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout", "s3", "fairness")
+SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout", "s3", "fairness", "mount")
 
 _T0 = time.monotonic()
 
@@ -576,6 +576,7 @@ def main() -> int:
 
     _section("s3", only, res, partial(_s3.run, tree, WORK / "runs", res, log))
     _section("fairness", only, res, partial(run_fairness, tree, fan_tree, spec, rounds, res))
+    _section("mount", only, res, partial(_mount.run, tree, WORK / "runs", res, log))  # BENCH_MOUNT_TREE: bench/_mount.py
 
     needs_daemon = {"serving", "fanout"} & (only or set(SECTIONS))
     if daemon is None and needs_daemon:
@@ -603,7 +604,7 @@ def main() -> int:
     (WORK / "results.json").write_text(json.dumps(res, indent=1, default=str))
     # A partial run (BENCH_ONLY) must not replace the document of a whole one.
     doc = WORK / "benchmarks-partial.md" if only else DOC
-    doc.write_text(_report.markdown(res) + _s3.markdown(res) + "\n")
+    doc.write_text(_report.markdown(res) + _s3.markdown(res) + _mount.markdown(res) + "\n")
     _report.print_run(_report.console(res), res)
     log(f"wrote {doc.relative_to(REPO)} and {(WORK / 'results.json').relative_to(REPO)}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._mount import summary_rows as mount_rows
+
 MB = 1_000_000
 
 
@@ -112,6 +114,7 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         short = f", only {conn:,} connected" if isinstance(conn, int) and conn != int(n) else ""
         rows.append([f"SSE fan-out p99, {int(n):,} subscribers", _ms(p),
                      f"p50 {_ms(_get(f, 'p50_ms'))}{short}", "", f"<= {limit:g} ms", _verdict(ok)])
+    rows += mount_rows(r)  # issue 13: reading a mounted snapshot (bench/_mount.py)
     return rows
 
 

@@ -17,6 +17,10 @@ done
 for pkg in chromium nodejs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# The mount (pyfuse3, built from source by pip: no wheel) and its tests: FUSE 3 and what the build needs.
+for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q

@@ -192,6 +192,9 @@ class Client:
     def revoke_sessions(self) -> int:
         return self._call(self._async.revoke_sessions)
 
+    def mount_info(self) -> dict[str, Any]:
+        return self._call(self._async.mount_info)
+
     def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Iterator[Progress]:
         """Like :meth:`AsyncClient.follow_run`, as a plain iterator."""
         return self._iterate(self._async.follow_run(started, transport=transport))

@@ -240,6 +240,17 @@ class AsyncClient:
                                 "syncsnapd the same version as this client?")
         return revoked
 
+    # --- the mount (docs/mount.md) -----------------------------------------------------------------
+
+    async def mount_info(self) -> dict[str, Any]:
+        """What ``syncsnapd mount`` needs to read this daemon's stores: ``{"config": file or None, "store",
+        "state_dir", "projects"}``. Only over the Unix socket (a :class:`~syncsnap.DaemonError` over TCP)."""
+        doc = await self._request("GET", f"{API}/mount")
+        if not isinstance(doc, dict) or not isinstance(doc.get("store"), str):
+            raise ProtocolError("The daemon answered GET /api/v1/mount without a 'store'; is syncsnapd the same "
+                                "version as this client?")
+        return doc
+
     # --- following ---------------------------------------------------------------------------------
 
     def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Follower:

@@ -135,7 +135,7 @@ def test_offline_prune_on_an_s3_store_it_cannot_use_says_why(short_tmp: Path) ->
     (["--bogus"], "unknown option --bogus; `syncsnapd --help` lists the options"),
     (["snapshots", "--bogus=1"], "unknown option --bogus of `syncsnapd snapshots`; `syncsnapd snapshots --help` "
                                  "lists the options"),
-    (["snapshot"], "unknown command 'snapshot'; the commands are snapshots, diff, restore, check, prune, unlock, init, key (none: "
+    (["snapshot"], "unknown command 'snapshot'; the commands are snapshots, diff, restore, check, prune, unlock, init, key, mount (none: "
                    "run the daemon)"),
 ])
 def test_an_unknown_option_or_command_is_named(short_tmp: Path, args: list[str], said: str) -> None:

@@ -18,6 +18,7 @@
     syncsnap notify [--progress]         desktop notifications for every project (see cli/_notify.py)
     syncsnap open [--print]              log the browser in to the dashboard (or print the one-time URL)
     syncsnap logout --all                log every browser out of the dashboard
+    syncsnap mount DIR [--project P]     the snapshots as a read-only filesystem at DIR (docs/mount.md)
 
 Restore, check and prune are runs of the daemon like snapshots: ``--follow`` shows them with the same
 live display and exit codes. On a terminal, following shows a live progress bar; elsewhere, or with
@@ -52,6 +53,7 @@ from ._commands import (
     cmd_stats,
     cmd_status,
 )
+from ._mount import cmd_mount
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
 from ._pause import cmd_pause, cmd_resume
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
@@ -65,6 +67,7 @@ COMMANDS: dict[str, Command] = {
     "pause": cmd_pause, "resume": cmd_resume,
 }
 COMMANDS.update({"open": cmd_open, "logout": cmd_logout})  # the dashboard
+COMMANDS.update({"mount": cmd_mount})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,7 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("notify", parents=[common], help="send desktop notifications for every project")
     n.add_argument("--progress", action="store_true", help="also show progress while a snapshot runs")
     _dashboard_parsers(sub, common)
+    _mount_parser(sub, common)
     return p
+
+
+def _mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    m = sub.add_parser("mount", parents=[common], help="the snapshots as a read-only filesystem at DIR, until "
+                                                      "Ctrl-C or `fusermount3 -u DIR`")
+    m.add_argument("dir", metavar="DIR", help="an empty directory")
+    m.add_argument("--project", help="only this project's snapshots")
 
 
 def _dashboard_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],

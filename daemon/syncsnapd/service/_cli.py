@@ -10,6 +10,7 @@
     syncsnapd init [--encrypt | --no-encrypt]         create the store (encrypted by default on S3 only)
     syncsnapd key list|add|remove ID|passwd|export FILE [--new-password-file FILE]
                                                       the key files of an encrypted store
+    syncsnapd mount DIR [--project P]                 the snapshots as a read-only filesystem (docs/mount.md)
 
 With projects that have a store of their own (``store = ...`` in ``[[projects]]``), ``--project P`` works
 on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn, and
@@ -72,7 +73,7 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("-v", "--verbose"), None, "debug logging"),
 )
 _OVERRIDES = ("tcp", "socket", "store", "state_dir")
-_COMMANDS = ("snapshots", "diff", "restore", "check", "prune", "unlock", "init", "key")
+_COMMANDS = ("snapshots", "diff", "restore", "check", "prune", "unlock", "init", "key", "mount")
 
 
 class UsageError(Exception):
@@ -153,7 +154,15 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("arg", nargs="?", metavar="ID|FILE", help="the key to remove (a prefix of its id) or the file")
     k.add_argument("--new-password-file", type=Path, metavar="FILE",
                    help="the new passphrase of add and passwd (default: asked twice on the terminal)")
+    _add_mount(command)
     return p
+
+
+def _add_mount(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    m = command("mount", "the snapshots as a read-only filesystem at DIR (an empty directory) until Ctrl-C "
+                         "or `fusermount3 -u DIR`")
+    m.add_argument("dir", type=Path, metavar="DIR")
+    m.add_argument("--project", help="only this project's snapshots (and its store)")
 
 
 def _known_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
@@ -284,6 +293,11 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
             return 2
     if args.command == "key":  # the daemon's store
         return _key_command(args, config, key)
+    if args.command == "mount":  # every store the command covers, read-only
+        from ._mount import run_mount
+
+        return run_mount(args.dir, stores, key, sys.stdout, project=args.project,
+                         configured=[p.id for p in config.projects])
     if args.command in ("restore", "diff"):
         stores = [_stores.holding(stores, args.snapshot_id, key)]
     exclude = (*_stores.store_dirs(config), config.state_dir)

@@ -83,6 +83,7 @@ from ._listening import (
     unix_socket_path,
     write_discovery_file,
 )
+from ._mount import register_mount_info
 from ._offline import daemon_new_store, store_key
 from ._stores import open_stores, reload_stores, store_dirs
 from ._systemd import Notifier, listen_fds, serve_watchdog, watchdog_interval
@@ -150,6 +151,7 @@ class Daemon:
         register_operations(self.api.router, self.ops)
         register_browse(self.api.router, self.scheduler, self.api.lists)
         register_store_view(self.api.router, history, self.ops)
+        register_mount_info(self.api.router, config)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root, s.files) for s in self.stores.all()],
                                lambda: self.server.statistics() if self.server else None, history)
