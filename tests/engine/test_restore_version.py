@@ -1,0 +1,80 @@
+"""Finding and writing one version of one path (``engine/_restore_version.py``) on a real store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from helpers.store import commit_entries
+from syncsnapd.engine import RestoreError, find_version, restore_version, version_name
+from syncsnapd.engine import _restore_version as module
+from syncsnapd.store import Store
+
+TIME = "2026-12-01T14:03:05Z"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "store", writable=True)
+    yield s
+    s.close()
+
+
+def history(store: Store, contents: list[bytes]) -> list[tuple[str, str, Store]]:
+    """One snapshot per content of ``a.txt``; (id, time, store) newest first, as the daemon lists them."""
+    sids = [commit_entries(store, "p", [("a.txt", "file", data)]) for data in contents]
+    return [(sid, TIME, store) for sid in reversed(sids)]
+
+
+def test_a_prefix_of_two_content_ids_is_ambiguous_and_names_both(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two real content ids sharing 8 hex digits cannot be made on purpose (32 bits), so the content id
+    function is replaced by one giving ids that share a prefix; everything else is the real store."""
+    snaps = history(store, [b"one", b"two", b"one"])
+
+    ids = {b"one": "abcdef01" + "1" * 16, b"two": "abcdef01" + "2" * 16}
+    monkeypatch.setattr(module, "content_id", lambda e: ids[store.read_chunk(e.chunks[0])])
+    with pytest.raises(RestoreError) as info:
+        find_version(snaps, "a.txt", "abcdef01")
+    assert info.value.code == "version_ambiguous"
+    assert ids[b"one"] in info.value.message and ids[b"two"] in info.value.message
+    # More digits tell them apart; the newest snapshot holding a version is the one named.
+    found = find_version(snaps, "a.txt", "abcdef012")
+    assert (found.content_id, found.snapshot_id) == (ids[b"two"], snaps[1][0])
+    assert find_version(snaps, "a.txt", "ABCDEF011").snapshot_id == snaps[0][0]  # any case
+
+
+@pytest.mark.parametrize(("name", "n", "want"), [
+    ("b.txt", 1, "b (syncsnap 2026-12-01 14.03).txt"),
+    ("b.txt", 2, "b (syncsnap 2026-12-01 14.03 2).txt"),
+    ("archive.tar.gz", 1, "archive.tar (syncsnap 2026-12-01 14.03).gz"),
+    (".bashrc", 3, ".bashrc (syncsnap 2026-12-01 14.03 3)"),
+    ("Makefile", 1, "Makefile (syncsnap 2026-12-01 14.03)"),
+    ("x" * 250 + ".txt", 1, "x" * (255 - len(" (syncsnap 2026-12-01 14.03)") - 4) + " (syncsnap 2026-12-01 14.03).txt"),
+])
+def test_names_of_restored_copies(name: str, n: int, want: str) -> None:
+    got = version_name(name, TIME, n, UTC)
+    assert got == want
+    assert len(os.fsencode(got)) <= 255
+
+
+def test_a_cancelled_restore_leaves_no_file_and_no_temporary(store: Store, tmp_path: Path) -> None:
+    snaps = history(store, [b"content"])
+    found = find_version(snaps, "a.txt", "latest")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    class Stop(Exception):
+        pass
+
+    def check() -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        restore_version(found, "a.txt", folder=tmp_path, to=out, check=check)
+    assert os.listdir(out) == []
+    assert restore_version(found, "a.txt", folder=tmp_path, to=out) == out / "a.txt"
+    assert (out / "a.txt").read_bytes() == b"content" and os.listdir(out) == ["a.txt"]
