@@ -6,14 +6,15 @@ import json
 import os
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import trio
 
 from ._endpoint import Endpoint
 from ._errors import ConnectionLost, ProtocolError
+from ._files import FileStream, copy_file, open_file
 from ._follow import Follower
 from .models import (
     Cancelling,
@@ -197,6 +198,32 @@ class AsyncClient:
             body["overwrite"] = True
         return RunStarted.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/restore",
                                                         expect=202, body=body))
+
+    async def restore_version(self, project: str, path: str, version: str, *,
+                              to: str | os.PathLike[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Restore one version of file ``path`` of ``project`` (``version``: a content id or a prefix of at
+        least 8 hex digits, a snapshot id, or ``latest``): next to the live file as ``NAME (syncsnap DATE
+        TIME).EXT``, or to ``to`` (an existing directory: under its own name; else that file). An existing
+        file is replaced only with ``overwrite``. Returns the daemon's answer, with ``restored_to``."""
+        body: dict[str, Any] = {"path": path, "version": version}
+        if to is not None:
+            body["to"] = _absolute(to)
+        if overwrite:
+            body["overwrite"] = True
+        answer: dict[str, Any] = await self._request("POST", f"{API}/projects/{_q(project)}/restore", body=body)
+        return answer
+
+    def open_file(self, project: str, snapshot: str, path: str) -> AbstractAsyncContextManager[FileStream]:
+        """The content of file ``path`` in ``snapshot`` (an id or ``latest``) of ``project``, as a stream:
+        ``async with c.open_file(...) as f: async for piece in f: ...`` (``f.size`` bytes in all). Raises
+        :class:`~syncsnap.NotFound` (no such snapshot or path, or a directory), :class:`~syncsnap.DaemonError`
+        (``not_a_file``: a symlink) and :class:`~syncsnap.ConnectionLost` if it ends early."""
+        return open_file(self, project, snapshot, path)
+
+    async def download_file(self, project: str, snapshot: str, path: str, out: BinaryIO) -> int:
+        """Write file ``path`` of ``snapshot`` to the binary file ``out``, piece by piece (see
+        :meth:`open_file`); returns its size."""
+        return await copy_file(self, project, snapshot, path, out)
 
     async def start_check(self, *, read_data: bool = False) -> RunStarted:
         """Check the whole store: its structure and references, and with ``read_data`` every object's
