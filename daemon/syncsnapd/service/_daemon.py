@@ -49,6 +49,7 @@ from ..api import (
     register_operations,
     register_runs,
     register_store_view,
+    register_versions,
 )
 from ..core import (
     ConfigError,
@@ -150,6 +151,7 @@ class Daemon:
         register_operations(self.api.router, self.ops)
         register_browse(self.api.router, self.scheduler, self.api.lists)
         register_store_view(self.api.router, history, self.ops)
+        register_versions(self.api.router, self.scheduler, self.api.lists)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root) for s in self.stores.all()],
                                lambda: self.server.statistics() if self.server else None, history)

@@ -7,7 +7,8 @@ index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypt
 ``_crypto`` (sealing, keyed names), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
 ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, ``_locks`` (lock
 objects of a store shared by several processes, kept where ``_lockdirs`` says), and for S3 ``_remote`` over
-``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not).
+``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not);
+``_versions`` (every version of a path: the per-store cache behind ``/versions`` and ``/find``).
 """
 
 from ._backend import S3Backend as S3Backend
@@ -20,10 +21,10 @@ from ._check import DamagedSnapshot as DamagedSnapshot
 from ._check import Problem as Problem
 from ._check import StoreCheck as StoreCheck
 from ._chunker import Chunker as Chunker
-from ._content import CONTENT_ID_LENGTH as CONTENT_ID_LENGTH
-from ._content import content_id as content_id
 from ._chunker import FastCDC2020 as FastCDC2020
 from ._chunker import FixedChunker as FixedChunker
+from ._content import CONTENT_ID_LENGTH as CONTENT_ID_LENGTH
+from ._content import content_id as content_id
 from ._crypto import CIPHERS as CIPHERS
 from ._crypto import NewStore as NewStore
 from ._crypto import default_cipher as default_cipher
@@ -66,4 +67,9 @@ from ._remote_spec import prepare_store as prepare_store
 from ._repository import Store as Store
 from ._retention import apply_policy as apply_policy
 from ._retention import plan_forget as plan_forget
+from ._versions import Record as Record
+from ._versions import Version as Version
+from ._versions import VersionIndex as VersionIndex
+from ._versions import merge_lookups as merge_lookups
+from ._versions import versions_of as versions_of
 from ._writer import StoreWriter as StoreWriter
