@@ -3,7 +3,8 @@ the live file, or where the user says, without ever touching the live file.
 
 **Naming a version.** ``latest`` (the project's newest snapshot), a snapshot id, or a content id
 (``store.content_id``: 24 hex digits) or any prefix of one of at least 8 hex digits. A prefix is looked
-for in every snapshot of the project, newest first, and must name exactly one content id of that path
+for in every snapshot of the project (through each store's versions cache, ``store.VersionIndex``), and
+must name exactly one content id of that path
 (else ``version_ambiguous``, listing the candidates). The snapshot said to hold a version is the newest
 snapshot that holds it; its time names the restored copy.
 
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from ..store import Entry, Store, StoreError, content_id, find_entry
+from ..store import Entry, Store, StoreError, VersionIndex, content_id, find_entry
 from ._restore import _DIR_FLAGS, _FILE_FLAGS, _NO_LINK, RESTORED_MODE_BITS, TEMP_PREFIX, RestoreError
 
 __all__ = ["FoundVersion", "find_version", "restore_version", "version_name"]
@@ -100,20 +101,38 @@ def find_version(snapshots: Sequence[tuple[str, str, Store]], path: str, version
     if not _HEX.fullmatch(prefix):
         raise RestoreError(f"{version!r} names no version: give a content id (at least {MIN_PREFIX} hex "
                            "digits), a snapshot id of the project, or 'latest'", "version_invalid")
-    matches: dict[str, FoundVersion] = {}
-    for sid, time, store in snapshots:
+    # Which content id each snapshot holds at the path, from each store's versions cache (it decodes a
+    # tree group shared by many snapshots once); the newest snapshot holding a match is the one named.
+    held: dict[str, str | None] = {}
+    by_store: dict[int, tuple[Store, list[str]]] = {}
+    for sid, _, store in snapshots:
+        by_store.setdefault(id(store), (store, []))[1].append(sid)
+    for store, sids in by_store.values():
         check()
-        entry = _entry_in(store, sid, path)
-        cid = content_id(entry) if entry is not None else None
-        if entry is not None and cid is not None and cid.startswith(prefix) and cid not in matches:
-            matches[cid] = FoundVersion(sid, time, entry, cid, store)
+        index = VersionIndex.of(store)
+        try:
+            index.update()
+        except StoreError as exc:
+            raise RestoreError(f"the snapshots' lists of files cannot be read: {exc}", "snapshot_damaged") from exc
+        for sid, rec in index.lookup(sids, [path]).get(path, {}).items():
+            held[sid] = rec[5]
+    newest: dict[str, tuple[str, str, Store]] = {}
+    for sid, time, store in snapshots:
+        cid = held.get(sid)
+        if cid is not None and cid.startswith(prefix):
+            newest.setdefault(cid, (sid, time, store))
+    matches = {cid: where for cid, where in newest.items()}
     if not matches:
         raise RestoreError(f"no snapshot of the project holds a version {version!r} of {path!r} "
                            "(`syncsnap versions` lists them)", "version_unknown")
     if len(matches) > 1:
         raise RestoreError(f"{version!r} is the start of {len(matches)} versions of {path!r} "
                            f"({', '.join(sorted(matches))}); give more digits", "version_ambiguous")
-    return next(iter(matches.values()))
+    sid, time, store = next(iter(matches.values()))
+    found = _usable(_entry_in(store, sid, path), sid, time, path, store)
+    if not found.content_id.startswith(prefix):  # the cache and the snapshot disagree: never the wrong file
+        raise RestoreError(f"the versions cache of the store does not match snapshot {sid}", "snapshot_damaged")
+    return found
 
 
 def _stamp(time: str, tz: tzinfo | None) -> str:

@@ -13,6 +13,7 @@ from helpers.store import commit_entries
 from syncsnapd.engine import RestoreError, find_version, restore_version, version_name
 from syncsnapd.engine import _restore_version as module
 from syncsnapd.store import Store
+from syncsnapd.store import _versions as versions_module
 
 TIME = "2026-12-01T14:03:05Z"
 
@@ -32,11 +33,14 @@ def history(store: Store, contents: list[bytes]) -> list[tuple[str, str, Store]]
 
 def test_a_prefix_of_two_content_ids_is_ambiguous_and_names_both(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two real content ids sharing 8 hex digits cannot be made on purpose (32 bits), so the content id
-    function is replaced by one giving ids that share a prefix; everything else is the real store."""
+    function is replaced (in the engine and in the store's versions cache) by one giving ids that share a
+    prefix; everything else is the real store."""
     snaps = history(store, [b"one", b"two", b"one"])
 
     ids = {b"one": "abcdef01" + "1" * 16, b"two": "abcdef01" + "2" * 16}
-    monkeypatch.setattr(module, "content_id", lambda e: ids[store.read_chunk(e.chunks[0])])
+    fake = lambda e: ids[store.read_chunk(e.chunks[0])]  # noqa: E731
+    monkeypatch.setattr(module, "content_id", fake)
+    monkeypatch.setattr(versions_module, "content_id", fake)  # what the versions cache records
     with pytest.raises(RestoreError) as info:
         find_version(snaps, "a.txt", "abcdef01")
     assert info.value.code == "version_ambiguous"
