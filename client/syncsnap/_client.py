@@ -36,6 +36,9 @@ from .transport import HttpConnection, find_endpoint
 # How long one request may take before the client gives up. The daemon answers JSON requests in
 # milliseconds even while snapshotting (its disk work runs in threads); 30 s means it is stuck.
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# The daemon answers a restore of one version once the file is written: many GiB from a remote bucket may
+# take long, so that one request waits up to an hour.
+RESTORE_VERSION_TIMEOUT_SECONDS = 3600.0
 # Idle keep-alive connections kept for reuse; the client rarely has more than one request in flight.
 MAX_IDLE_CONNECTIONS = 2
 
@@ -59,7 +62,8 @@ class AsyncClient:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    async def _request(self, method: str, target: str, *, expect: int = 200, body: Any = None) -> Any:
+    async def _request(self, method: str, target: str, *, expect: int = 200, body: Any = None,
+                       limit_seconds: float | None = None) -> Any:
         # A GET may reuse an idle keep-alive connection; if the daemon closed it meanwhile, one retry on a
         # fresh connection is safe. Anything else (POST, DELETE) always gets a fresh connection, so it is
         # never sent twice.
@@ -72,7 +76,7 @@ class AsyncClient:
             reused = method == "GET" and bool(self._idle)
             conn = self._idle.pop() if reused else None
             try:
-                with trio.fail_after(self.request_timeout):
+                with trio.fail_after(limit_seconds or self.request_timeout):
                     if conn is None:
                         conn = await HttpConnection.open(self.endpoint)
                     resp = await conn.request(method, target, headers, data)
@@ -80,7 +84,7 @@ class AsyncClient:
                 if conn is not None:
                     await conn.aclose()
                 raise ConnectionLost(f"syncsnapd at {self.endpoint.describe()} did not answer {method} {target} "
-                                     f"within {self.request_timeout:g} s; is it stuck? See its log.") from None
+                                     f"within {limit_seconds or self.request_timeout:g} s; is it stuck? See its log.") from None
             except ConnectionLost:
                 assert conn is not None
                 await conn.aclose()
@@ -210,7 +214,8 @@ class AsyncClient:
             body["to"] = _absolute(to)
         if overwrite:
             body["overwrite"] = True
-        answer: dict[str, Any] = await self._request("POST", f"{API}/projects/{_q(project)}/restore", body=body)
+        answer: dict[str, Any] = await self._request("POST", f"{API}/projects/{_q(project)}/restore", body=body,
+                                                     limit_seconds=max(self.request_timeout, RESTORE_VERSION_TIMEOUT_SECONDS))
         return answer
 
     def open_file(self, project: str, snapshot: str, path: str) -> AbstractAsyncContextManager[FileStream]:
