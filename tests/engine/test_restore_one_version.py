@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import sys
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
 import pytest
+import trio
 
-from helpers.store import commit_entries
-from syncsnapd.engine import RestoreError, find_version, restore_version, version_name
+from helpers.store import commit_entries, snapshot
+from syncsnapd.engine import TEMP_PREFIX, RestoreError, find_version, restore_version, version_name
 from syncsnapd.engine import _restore_version as module
 from syncsnapd.store import Store
 from syncsnapd.store import _versions as versions_module
@@ -82,3 +86,51 @@ def test_a_cancelled_restore_leaves_no_file_and_no_temporary(store: Store, tmp_p
     assert os.listdir(out) == []
     assert restore_version(found, "a.txt", folder=tmp_path, to=out) == out / "a.txt"
     assert (out / "a.txt").read_bytes() == b"content" and os.listdir(out) == ["a.txt"]
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from syncsnapd.engine import find_version, restore_version
+from syncsnapd.store import Store
+
+store_dir, folder, sid = sys.argv[1:4]
+calls = 0
+
+def check():
+    global calls
+    calls += 1
+    if calls == 3:  # two chunks are written: die as a power cut would stop it
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with Store.open(Path(store_dir), writable=False) as store:
+    found = find_version([(sid, "2026-12-01T14:03:05Z", store)], "big.bin", "latest")
+    assert len(found.entry.chunks) > 3, found.entry.chunks
+    restore_version(found, "big.bin", folder=Path(folder), check=check)
+"""
+
+
+async def test_a_restore_killed_mid_file_leaves_no_named_copy(tmp_path: Path) -> None:
+    """SIGKILL while the copy is written (from the restore's own check between chunks, so it is always
+    mid-file): no file under the copy's name, the live file as it was, and the next restore works."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    data = random.Random(9).randbytes(6 * (1 << 20))
+    (folder / "big.bin").write_bytes(data)
+    with Store.open(tmp_path / "store", writable=True) as store:
+        await snapshot(store, folder)
+        sid = store.list_snapshots()[-1].id
+    (folder / "big.bin").write_bytes(b"changed since")
+    before = os.stat(folder / "big.bin")
+    with trio.fail_after(120):
+        proc = await trio.run_process([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "store"), str(folder),
+                                       sid], capture_stdout=True, capture_stderr=True, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = sorted(os.listdir(folder))
+    assert len(left) == 2 and left[0].startswith(TEMP_PREFIX) and left[1] == "big.bin", left
+    assert (folder / "big.bin").read_bytes() == b"changed since"
+    assert os.stat(folder / "big.bin").st_mtime_ns == before.st_mtime_ns
+    with Store.open(tmp_path / "store", writable=False) as store:
+        found = find_version([(sid, TIME, store)], "big.bin", "latest")
+        out = restore_version(found, "big.bin", folder=folder, tz=UTC)
+    assert out.read_bytes() == data and out.name == "big (syncsnap 2026-12-01 14.03).bin"
