@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import trio
 
@@ -170,6 +170,14 @@ class Client:
                       paths: Sequence[str] = (), overwrite: bool = False) -> RunStarted:
         return self._call(lambda: self._async.start_restore(project, snapshot, target, paths=paths,
                                                             overwrite=overwrite))
+
+    def restore_version(self, project: str, path: str, version: str, *,
+                        to: str | os.PathLike[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+        return self._call(lambda: self._async.restore_version(project, path, version, to=to, overwrite=overwrite))
+
+    def download_file(self, project: str, snapshot: str, path: str, out: BinaryIO) -> int:
+        """Write file ``path`` of ``snapshot`` to ``out`` as it arrives (never all of it in memory)."""
+        return self._call(lambda: self._async.download_file(project, snapshot, path, out))
 
     def start_check(self, *, read_data: bool = False) -> RunStarted:
         return self._call(lambda: self._async.start_check(read_data=read_data))

@@ -6,14 +6,15 @@ import json
 import os
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import trio
 
 from ._endpoint import Endpoint
 from ._errors import ConnectionLost, ProtocolError
+from ._files import FileStream, copy_file, open_file
 from ._follow import Follower
 from .models import (
     Cancelling,
@@ -35,6 +36,9 @@ from .transport import HttpConnection, find_endpoint
 # How long one request may take before the client gives up. The daemon answers JSON requests in
 # milliseconds even while snapshotting (its disk work runs in threads); 30 s means it is stuck.
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# The daemon answers a restore of one version once the file is written: many GiB from a remote bucket may
+# take long, so that one request waits up to an hour.
+RESTORE_VERSION_TIMEOUT_SECONDS = 3600.0
 # Idle keep-alive connections kept for reuse; the client rarely has more than one request in flight.
 MAX_IDLE_CONNECTIONS = 2
 
@@ -58,7 +62,8 @@ class AsyncClient:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    async def _request(self, method: str, target: str, *, expect: int = 200, body: Any = None) -> Any:
+    async def _request(self, method: str, target: str, *, expect: int = 200, body: Any = None,
+                       limit_seconds: float | None = None) -> Any:
         # A GET may reuse an idle keep-alive connection; if the daemon closed it meanwhile, one retry on a
         # fresh connection is safe. Anything else (POST, DELETE) always gets a fresh connection, so it is
         # never sent twice.
@@ -71,7 +76,7 @@ class AsyncClient:
             reused = method == "GET" and bool(self._idle)
             conn = self._idle.pop() if reused else None
             try:
-                with trio.fail_after(self.request_timeout):
+                with trio.fail_after(limit_seconds or self.request_timeout):
                     if conn is None:
                         conn = await HttpConnection.open(self.endpoint)
                     resp = await conn.request(method, target, headers, data)
@@ -79,7 +84,7 @@ class AsyncClient:
                 if conn is not None:
                     await conn.aclose()
                 raise ConnectionLost(f"syncsnapd at {self.endpoint.describe()} did not answer {method} {target} "
-                                     f"within {self.request_timeout:g} s; is it stuck? See its log.") from None
+                                     f"within {limit_seconds or self.request_timeout:g} s; is it stuck? See its log.") from None
             except ConnectionLost:
                 assert conn is not None
                 await conn.aclose()
@@ -197,6 +202,33 @@ class AsyncClient:
             body["overwrite"] = True
         return RunStarted.from_json(await self._request("POST", f"{API}/projects/{_q(project)}/restore",
                                                         expect=202, body=body))
+
+    async def restore_version(self, project: str, path: str, version: str, *,
+                              to: str | os.PathLike[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Restore one version of file ``path`` of ``project`` (``version``: a content id or a prefix of at
+        least 8 hex digits, a snapshot id, or ``latest``): next to the live file as ``NAME (syncsnap DATE
+        TIME).EXT``, or to ``to`` (an existing directory: under its own name; else that file). An existing
+        file is replaced only with ``overwrite``. Returns the daemon's answer, with ``restored_to``."""
+        body: dict[str, Any] = {"path": path, "version": version}
+        if to is not None:
+            body["to"] = _absolute(to)
+        if overwrite:
+            body["overwrite"] = True
+        answer: dict[str, Any] = await self._request("POST", f"{API}/projects/{_q(project)}/restore", body=body,
+                                                     limit_seconds=max(self.request_timeout, RESTORE_VERSION_TIMEOUT_SECONDS))
+        return answer
+
+    def open_file(self, project: str, snapshot: str, path: str) -> AbstractAsyncContextManager[FileStream]:
+        """The content of file ``path`` in ``snapshot`` (an id or ``latest``) of ``project``, as a stream:
+        ``async with c.open_file(...) as f: async for piece in f: ...`` (``f.size`` bytes in all). Raises
+        :class:`~syncsnap.NotFound` (no such snapshot or path, or a directory), :class:`~syncsnap.DaemonError`
+        (``not_a_file``: a symlink) and :class:`~syncsnap.ConnectionLost` if it ends early."""
+        return open_file(self, project, snapshot, path)
+
+    async def download_file(self, project: str, snapshot: str, path: str, out: BinaryIO) -> int:
+        """Write file ``path`` of ``snapshot`` to the binary file ``out``, piece by piece (see
+        :meth:`open_file`); returns its size."""
+        return await copy_file(self, project, snapshot, path, out)
 
     async def start_check(self, *, read_data: bool = False) -> RunStarted:
         """Check the whole store: its structure and references, and with ``read_data`` every object's

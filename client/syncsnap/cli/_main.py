@@ -13,6 +13,8 @@
     syncsnap resume PROJECT              go on where it stopped; changes seen while paused start one snapshot
     syncsnap diff PROJECT FROM [TO]      what changed between two snapshots, or since one (TO: the live folder)
     syncsnap restore PROJECT SNAPSHOT TARGET [--path P] [--overwrite] [--follow]
+    syncsnap restore PROJECT --version V --path P [--to FILE|DIR] [--overwrite]   one version of one file
+    syncsnap cat PROJECT SNAPSHOT PATH   a file of a snapshot on stdout
     syncsnap check [--read-data] [--follow]     verify the store
     syncsnap prune [--dry-run] [--follow]       apply retention policies, delete unused data
     syncsnap notify [--progress]         desktop notifications for every project (see cli/_notify.py)
@@ -53,6 +55,7 @@ from ._commands import (
     cmd_stats,
     cmd_status,
 )
+from ._files import cmd_cat
 from ._mount import cmd_mount
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
 from ._pause import cmd_pause, cmd_resume
@@ -66,6 +69,7 @@ COMMANDS: dict[str, Command] = {
     "diff": cmd_diff, "restore": cmd_restore, "check": cmd_check, "prune": cmd_prune,
     "pause": cmd_pause, "resume": cmd_resume,
 }
+COMMANDS.update({"cat": cmd_cat})  # getting one file back (cli/_files.py)
 COMMANDS.update({"open": cmd_open, "logout": cmd_logout})  # the dashboard
 COMMANDS.update({"mount": cmd_mount})
 
@@ -120,13 +124,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="list at most N entries of each kind (the summary counts all)")
     rs = sub.add_parser("restore", parents=[common], help="restore a snapshot, or paths in it, into a directory")
     rs.add_argument("project")
-    rs.add_argument("snapshot", help="a snapshot id, or latest")
-    rs.add_argument("target", help="the directory to restore into (created if missing; one with files in it "
-                                   "only with --overwrite)")
+    rs.add_argument("snapshot", nargs="?", help="a snapshot id, or latest")
+    rs.add_argument("target", nargs="?", help="the directory to restore into (created if missing; one with "
+                                              "files in it only with --overwrite)")
     rs.add_argument("-p", "--path", action="append", dest="paths", default=[], metavar="P",
                     help="restore only this path of the snapshot (repeat for several)")
     rs.add_argument("--overwrite", action="store_true", help="restore over files that are already there")
     rs.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 completed, 1 not)")
+    _version_parsers(sub, common, rs)
     ck = sub.add_parser("check", parents=[common], help="verify the store")
     ck.add_argument("--read-data", action="store_true", help="also re-hash every object's content (slower)")
     ck.add_argument("-f", "--follow", action="store_true", help="follow it to its end (exit 0 no problem, 1 not)")
@@ -145,6 +150,31 @@ def _mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], comm
                                                       "Ctrl-C or `fusermount3 -u DIR`")
     m.add_argument("dir", metavar="DIR", help="an empty directory")
     m.add_argument("--project", help="only this project's snapshots")
+
+
+def _version_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser,
+                     rs: argparse.ArgumentParser) -> None:
+    """Getting one file back (cli/_files.py): restore --version, and cat."""
+    rs.add_argument("--version", metavar="V", help="restore one version of one file (--path P): a content id "
+                    "(at least 8 hex digits), a snapshot id, or latest; instead of SNAPSHOT TARGET")
+    rs.add_argument("--to", metavar="FILE|DIR", help="with --version: where the copy goes (default: next to the "
+                    "live file, as 'NAME (syncsnap DATE TIME).EXT')")
+    ct = sub.add_parser("cat", parents=[common], help="write a file of a snapshot to stdout")
+    ct.add_argument("project")
+    ct.add_argument("snapshot", help="a snapshot id, or latest")
+    ct.add_argument("path", help="the file's path inside the snapshot")
+
+
+def _restore_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The two forms of restore: SNAPSHOT TARGET, or --version with one --path."""
+    if args.version is not None:
+        if args.snapshot is not None or args.target is not None or len(args.paths) != 1 or args.follow:
+            parser.error("restore --version V takes one --path P (and optionally --to, --overwrite), "
+                         "no SNAPSHOT, TARGET or --follow")
+    elif args.snapshot is None or args.target is None:
+        parser.error("restore needs SNAPSHOT and TARGET (or --version V --path P for one file)")
+    elif args.to is not None:
+        parser.error("--to goes with --version (the old form restores into TARGET)")
 
 
 def _dashboard_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -171,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "cancel" and (args.project is None) == (args.run is None):
         parser.error("cancel needs a PROJECT (its running snapshot) or --run RUN (an operation run)")
+    if args.command == "restore":
+        _restore_usage(parser, args)
     try:
         code = trio.run(_main, args)
         sys.stdout.flush()  # output that fits the buffer meets a closed pipe only here

@@ -18,6 +18,7 @@ from .._follow import Follower
 from ..models import CheckResult, Progress, PruneResult, RunInfo, RunStarted
 from ..protocol import Transport
 from ._commands import no_run_named
+from ._files import cmd_restore_version
 from ._format import plural
 from ._output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json, transport_of
 from ._view import JsonView, TerminalView, View, final_line
@@ -214,6 +215,8 @@ async def _start_operation(client: AsyncClient, args: argparse.Namespace, as_jso
 
 
 async def cmd_restore(client: AsyncClient, args: argparse.Namespace, as_json: bool) -> int:
+    if getattr(args, "version", None) is not None:  # one version of one file (cli/_files.py)
+        return await cmd_restore_version(client, args, as_json)
     try:
         started = await client.start_restore(args.project, args.snapshot, args.target, paths=args.paths,
                                              overwrite=args.overwrite)

@@ -11,3 +11,4 @@ from ._metrics import store_footprint as store_footprint
 from ._operations import register_operations as register_operations
 from ._runs import register_runs as register_runs
 from ._store_view import register_store_view as register_store_view
+from ._versions import register_versions as register_versions

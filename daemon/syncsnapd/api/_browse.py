@@ -186,7 +186,9 @@ def register_browse(router: Router, scheduler: Scheduler, lists: SnapshotLists |
             raise api_error("path_unknown", "Name a file with ?path=...; the root is a directory.")
         sid, store = await resolve(pid, snap)
         entry = await read_store(lambda: find_entry(store, sid, path))
-        if entry is None or entry.kind == "dir":
+        if entry is not None and entry.kind == "dir":
+            raise api_error("path_unknown", f"{path!r} is a directory in snapshot {sid}, not a file.")
+        if entry is None:
             raise api_error("path_unknown", f"Snapshot {sid} has no file {path!r}.")
         if entry.kind != "file":
             raise api_error("not_a_file", f"{path!r} is a symlink in snapshot {sid} (to {entry.data!r}); "

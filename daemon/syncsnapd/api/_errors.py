@@ -32,6 +32,8 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "path_invalid": 400,
     "target_invalid": 400,
     "target_forbidden": 400,
+    "version_invalid": 400,
+    "version_ambiguous": 400,
     # Not for this client (the dashboard: docs/api.md, "Dashboard and login").
     "forbidden": 403,
     "forbidden_origin": 403,
@@ -40,6 +42,7 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "no_run": 404,
     "snapshot_unknown": 404,
     "path_unknown": 404,
+    "version_unknown": 404,
     # It conflicts with the current state.
     "busy": 409,
     "finished": 409,
@@ -47,12 +50,16 @@ STATUS_BY_CODE: Mapping[str, int] = MappingProxyType({
     "project_paused": 409,
     "target_not_empty": 409,
     "not_a_file": 409,
+    "target_exists": 409,
     "tcp_disabled": 409,
     "range_unsatisfiable": 416,
     "upgrade_required": 426,
     # The daemon's side.
     "internal_error": 500,
     "store_error": 500,
+    "snapshot_damaged": 500,
+    "data_damaged": 500,
+    "io_error": 500,
     "unavailable": 503,
 })
 

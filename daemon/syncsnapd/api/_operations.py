@@ -92,7 +92,12 @@ def register_operations(router: Router, ops: Operations) -> None:
             return json_response(200, await ops.diff(params["id"], before, after, limit=limit))
 
     async def restore(request: Request, params: dict[str, str]) -> Response:
-        doc = _body(request, {"snapshot": str, "target": str, "paths": list, "overwrite": bool})
+        doc = _body(request, {"snapshot": str, "target": str, "paths": list, "overwrite": bool,
+                              "path": str, "version": str, "to": str})
+        if {"path", "version", "to"} & doc.keys():
+            from ._restore_version import restore_version  # imports this module's checks
+
+            return await restore_version(ops, params["id"], doc)
         if not doc.get("snapshot") or not doc.get("target"):
             raise api_error("bad_request", "Fields 'snapshot' and 'target' are required.")
         paths = doc.get("paths") or []

@@ -21,4 +21,8 @@ from ._restore import RestoreError as RestoreError
 from ._restore import check_target as check_target
 from ._restore import normalize_path as normalize_path
 from ._restore import restore_snapshot as restore_snapshot
+from ._restore_version import FoundVersion as FoundVersion
+from ._restore_version import find_version as find_version
+from ._restore_version import restore_version as restore_version
+from ._restore_version import version_name as version_name
 from ._snapshot import take_snapshot as take_snapshot

@@ -43,6 +43,7 @@ from ..store import (
     pruning_lock,
 )
 from ._executor import Body, Outcome, Recorder, Run, RunExecutor, RunFailed
+from ._restore_version import restore_one_version
 from ._scheduler import Scheduler, UnknownProject, new_run_id
 from ._stores import location_of
 from ._tracker import Tracker
@@ -337,6 +338,11 @@ class Operations:
                        f"({human_bytes(stats.bytes)}), {count_of(stats.dirs, 'directory', 'directories')}, "
                        f"{count_of(stats.symlinks, 'symlink')}",
                        result=result)
+
+    async def restore_version(self, project: str, path: str, version: str, *, to: str | None = None,
+                              overwrite: bool = False) -> dict[str, Any]:
+        """Restore one version of one path next to the live file, or to ``to`` (``_restore_version.py``)."""
+        return await restore_one_version(self, project, path, version, to=to, overwrite=overwrite)
 
     # --- check and prune ---------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from ..api import (
     register_operations,
     register_runs,
     register_store_view,
+    register_versions,
 )
 from ..core import (
     ConfigError,
@@ -152,6 +153,7 @@ class Daemon:
         register_browse(self.api.router, self.scheduler, self.api.lists)
         register_store_view(self.api.router, history, self.ops)
         register_mount_info(self.api.router, config)
+        register_versions(self.api.router, self.scheduler, self.api.lists)
         self.server: HttpServer | None = None
         self.metrics = Metrics(self.tracker, lambda: [(location_of(s), s.root, s.files) for s in self.stores.all()],
                                lambda: self.server.statistics() if self.server else None, history)

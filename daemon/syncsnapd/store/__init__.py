@@ -7,7 +7,8 @@ index), ``_snapshots`` (snapshot files), ``_keys`` (the master key of an encrypt
 ``_crypto`` (sealing, keyed names), ``_repository`` (:class:`Store`), ``_writer``, ``_reader``,
 ``_browse`` (one directory or entry of a snapshot), ``_check``, ``_prune``, ``_retention``, ``_locks`` (lock
 objects of a store shared by several processes, kept where ``_lockdirs`` says), and for S3 ``_remote`` over
-``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not).
+``_backend`` (``_reachability``: whether the bucket answers, and opening while it does not);
+``_versions`` (every version of a path: the per-store cache behind ``/versions`` and ``/find``).
 """
 
 from ._backend import S3Backend as S3Backend
@@ -68,4 +69,9 @@ from ._remote_spec import prepare_store as prepare_store
 from ._repository import Store as Store
 from ._retention import apply_policy as apply_policy
 from ._retention import plan_forget as plan_forget
+from ._versions import Record as Record
+from ._versions import Version as Version
+from ._versions import VersionIndex as VersionIndex
+from ._versions import merge_lookups as merge_lookups
+from ._versions import versions_of as versions_of
 from ._writer import StoreWriter as StoreWriter

@@ -110,6 +110,7 @@ export class Api {
   check(readData = false) { return this.post("/api/v1/check", {read_data: readData}); }
   storeInfo() { return this.get("/api/v1/store"); }
   logout() { return this.json("POST", "/api/v1/logout"); }
+  versions(id, path) { return this.get(`/api/v1/projects/${seg(id)}/versions${query({path})}`); }
 
   /** A run's events as NDJSON text (for the export download). */
   async runEventsNdjson(run) {

@@ -1,8 +1,9 @@
 // A project's snapshots: the list, browsing one's tree, downloading a file, restoring a path (its
 // progress in the modal) and the diff of two snapshots (or of one and the live folder).
 
-import {h, uid} from "../dom.js";
+import {h, hidden, uid} from "../dom.js";
 import * as fmt from "../format.js";
+import {VersionsView} from "./versions.js";
 
 export class SnapshotsView {
   /** @param {{panel, api, modal}} deps */
@@ -10,6 +11,7 @@ export class SnapshotsView {
     this.panel = deps.panel;
     this.api = deps.api;
     this.modal = deps.modal;
+    this.versions = new VersionsView(deps);
   }
 
   async show(projectId) {
@@ -79,14 +81,18 @@ export class SnapshotsView {
     const rows = tree.entries.map((e) => h("tr", {},
       h("td", {}, e.kind === "dir"
         ? h("button", {type: "button", class: "link", "aria-label": `Open folder ${e.name}`, onclick: () => this.browse(snap, e.path)}, `${e.name}/`)
-        : e.kind === "file"
-          ? h("a", {href: this.api.fileUrl(this.project, snap, e.path), download: e.name, "aria-label": `Download ${e.name}`}, e.name)
-          : h("span", {}, `${e.name} → ${e.target ?? ""}`)),
+        : h("button", {type: "button", class: "link", "aria-label": `Versions of ${e.name}`,
+          onclick: () => this.versions.show(this.versionsBox, this.project, e.path)},
+        e.kind === "file" ? e.name : `${e.name} → ${e.target ?? ""}`)),
       h("td", {class: "num"}, e.kind === "dir" ? "–" : fmt.bytes(e.size)),
       h("td", {}, e.mode || ""),
       h("td", {}, fmt.dateTime(e.mtime)),
-      h("td", {}, h("button", {type: "button", "aria-label": `Restore ${e.path}`, onclick: () => this.restoreForm(snap, e.path)}, "Restore"))));
+      h("td", {}, e.kind === "file"
+        ? h("a", {href: this.api.fileUrl(this.project, snap, e.path), download: e.name, "aria-label": `Download ${e.name}`}, "Download", hidden(` ${e.name}`))
+        : null,
+      h("button", {type: "button", "aria-label": `Restore ${e.path}`, onclick: () => this.restoreForm(snap, e.path)}, "Restore"))));
     this.form = h("div", {class: "restore-form"});
+    this.versionsBox = h("div", {class: "versions-box"});
     this.browser.replaceChildren(h("section", {"aria-label": `Snapshot ${snap}`},
       h("h3", {}, `Snapshot ${snap}`),
       h("nav", {class: "crumbs", "aria-label": "Folder"}, crumbs),
@@ -95,7 +101,8 @@ export class SnapshotsView {
           h("thead", {}, h("tr", {}, ["Name", "Size", "Mode", "Modified", "Actions"].map((c) => h("th", {scope: "col"}, c)))),
           h("tbody", {}, rows))),
       h("button", {type: "button", onclick: () => this.restoreForm(snap, path)}, path ? "Restore this folder" : "Restore the whole snapshot"),
-      this.form));
+      this.form,
+      this.versionsBox));
   }
 
   restoreForm(snap, path) {
