@@ -192,6 +192,13 @@ class Client:
     def revoke_sessions(self) -> int:
         return self._call(self._async.revoke_sessions)
 
+    def versions(self, project: str, path: str, depth: int | None = None) -> dict[str, Any]:
+        return self._call(lambda: self._async.versions(project, path, depth))
+
+    def find(self, project: str, pattern: str, *, since: str | None = None,
+             limit: int | None = None) -> dict[str, Any]:
+        return self._call(lambda: self._async.find(project, pattern, since=since, limit=limit))
+
     def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Iterator[Progress]:
         """Like :meth:`AsyncClient.follow_run`, as a plain iterator."""
         return self._iterate(self._async.follow_run(started, transport=transport))

@@ -18,6 +18,8 @@
     syncsnap notify [--progress]         desktop notifications for every project (see cli/_notify.py)
     syncsnap open [--print]              log the browser in to the dashboard (or print the one-time URL)
     syncsnap logout --all                log every browser out of the dashboard
+    syncsnap versions PROJECT PATH [--depth N]   every version of a file (or a directory's entries)
+    syncsnap find PROJECT PATTERN [--since T]    paths matching a glob or substring, with their versions
 
 Restore, check and prune are runs of the daemon like snapshots: ``--follow`` shows them with the same
 live display and exit codes. On a terminal, following shows a live progress bar; elsewhere, or with
@@ -55,6 +57,7 @@ from ._commands import (
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
 from ._pause import cmd_pause, cmd_resume
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
+from ._versions import add_versions_parsers, cmd_find, cmd_versions
 
 Command = Callable[[AsyncClient, argparse.Namespace, bool], Awaitable[int]]
 # Every subcommand but ``notify``: (client, parsed arguments, --json) -> exit code.
@@ -65,6 +68,7 @@ COMMANDS: dict[str, Command] = {
     "pause": cmd_pause, "resume": cmd_resume,
 }
 COMMANDS.update({"open": cmd_open, "logout": cmd_logout})  # the dashboard
+COMMANDS.update({"versions": cmd_versions, "find": cmd_find})  # issue 13
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("notify", parents=[common], help="send desktop notifications for every project")
     n.add_argument("--progress", action="store_true", help="also show progress while a snapshot runs")
     _dashboard_parsers(sub, common)
+    add_versions_parsers(sub, common)
     return p
 
 
