@@ -18,8 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from helpers.curl import TERMINAL, SseReader
-from helpers.daemon import DaemonProcess, start_daemon
-from syncsnapd.store import Store, content_id, find_entry
+from helpers.daemon import DaemonProcess, spawn_daemon, start_daemon
+from syncsnapd.store import Store, content_id, find_entry, hash_bytes
 
 ODD = "we ird\n'\"name ü.txt"
 RAW = b"caf\xe9.txt"
@@ -215,3 +215,42 @@ def test_unknown_project(served: Served) -> None:
     for url in ("/api/v1/projects/nope/versions?path=a.txt", "/api/v1/projects/nope/find?pattern=a"):
         r = fetch(served.d, url)
         assert (r.status, error_code(r)) == (404, "not_found"), r.body
+
+
+def test_a_restarted_daemon_answers_from_its_cache_file_and_rebuilds_a_damaged_one(short_tmp: Path) -> None:
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"one")
+    d = start_daemon(short_tmp, {"docs": folder}, tcp="")
+    try:
+        first = snapshot_now(d, "docs")
+        (folder / "a.txt").write_bytes(b"two!")
+        snapshot_now(d, "docs")
+        status, before = versions(d, "a.txt")
+        assert status == 200 and [v["size"] for v in before["versions"]] == [4, 3]
+    finally:
+        assert d.stop() == 0
+    cache = short_tmp / "store" / "cache" / "versions.json"
+    raw = cache.read_bytes()
+    # A cache file that says something else, with a matching hash: what the next daemon answers from
+    # shows that it read this file instead of the snapshots' trees.
+    body = json.loads(raw.partition(b"\n")[2])
+    for rec in body["records"]:
+        if rec[0] == "a.txt" and rec[2] == 3:
+            rec[2] = 333
+    text = json.dumps(body, separators=(",", ":")).encode()
+    cache.write_bytes(b"syncsnap-versions 1 " + hash_bytes(text).encode() + b"\n" + text)
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        status, doc = versions(d, "a.txt")
+        assert [v["size"] for v in doc["versions"]] == [4, 333]
+    finally:
+        assert d.stop() == 0
+    cache.write_bytes(raw[: len(raw) - 10])  # cut short (a disk that lost its end): not trusted
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        status, doc = versions(d, "a.txt")
+        assert doc == before and doc["versions"][1]["first_snapshot"]["id"] == first
+        assert cache.read_bytes() == raw  # rebuilt and written again
+    finally:
+        assert d.stop() == 0

@@ -123,3 +123,22 @@ def test_read_only_and_local_encrypted_stores_keep_it_in_memory(tmp_path: Path) 
         e1 = commit_entries(store, "p", base_entries())
         assert history(store, "d/f00001.txt") == [("file", e1, e1, 1)]
     assert not (tmp_path / "e" / CACHE_DIR).exists()  # no plaintext path on the store's disk
+
+
+def test_names_that_look_like_the_json_between_entries(tmp_path: Path) -> None:
+    """Pieces are cut at ``],[``: a name (or a symlink target) holding it, or quotes and backslashes,
+    must not mislead the cache, in the first group that holds it or in later ones."""
+    odd = ['a],[b.txt', 'x"],["y.txt', 'back\\slash],[', "new\nline", "caf\udce9.txt"]
+    with Store.open(tmp_path / "s", writable=True) as store:
+        extra: list[tuple[str, str, bytes | str | None]] = [(name, "file", b"one") for name in odd]
+        extra.append(("z],[link", "symlink", '"],["d","dir",0,0,0,0,null'))
+        s1 = commit_entries(store, "p", base_entries() + extra)
+        extra2 = [(name, "file", b"two") if name == odd[1] else (name, kind, data) for name, kind, data in extra]
+        s2 = commit_entries(store, "p", base_entries() + extra2)
+        for name in odd:
+            expected = [("file", s1, s1, 1), ("file", s2, s2, 1)] if name == odd[1] else [("file", s1, s2, 2)]
+            assert history(store, name) == expected, name
+        assert history(store, "z],[link") == [("symlink", s1, s2, 2)]
+        assert history(store, "d") == [("dir", s1, s2, 2)]
+        held = VersionIndex.of(store).lookup([s1], ["z],[link"])["z],[link"][s1]
+        assert held[6] == '"],["d","dir",0,0,0,0,null'
