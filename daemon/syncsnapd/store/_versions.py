@@ -236,9 +236,9 @@ class VersionIndex:
         The fast way: a group is canonical JSON (``encode_tree_group``), so an entry unchanged since an
         earlier group has the same bytes there; the group is cut at ``],[`` and each piece looked up
         among the pieces seen before (in C). Only new pieces are decoded, with every check of
-        :func:`decode_tree_group`, and a piece is kept only if it is exactly the canonical encoding of
-        the entry it decodes to (so a cut inside a file name, or a group not written canonically, cannot
-        mislead it: that group takes the slow way, decoded whole).
+        :func:`decode_tree_group`, and they are kept only if, joined again, they are exactly the
+        canonical encoding of the entries they decode to (so a cut inside a file name, or a group not
+        written canonically, cannot mislead it: that group takes the slow way, decoded whole).
         """
         pieces = self._pieces
         if data.startswith(b"[[") and data.endswith(b"]]"):
@@ -247,12 +247,14 @@ class VersionIndex:
             if None not in ids:
                 return tuple(ids)  # type: ignore[arg-type]
             new = list(dict.fromkeys(c for c, i in zip(cut, ids, strict=True) if i is None))
+            joined = b"[[" + b"],[".join(new) + b"]]"
             try:
-                entries = decode_tree_group(b"[[" + b"],[".join(new) + b"]]")
+                entries = decode_tree_group(joined)
             except CorruptDataError:
                 entries = []
-            if len(entries) == len(new) and all(
-                    encode_tree_group([e])[2:-2] == c for c, e in zip(new, entries, strict=True)):
+            # No piece holds "],[" (the group was cut at every one), so when the joined pieces are the
+            # canonical encoding of as many entries, every cut was between two entries.
+            if len(entries) == len(new) and encode_tree_group(entries) == joined:
                 for c, e in zip(new, entries, strict=True):
                     pieces[c] = self._intern(_record_of(e))
                 return tuple(map(pieces.__getitem__, cut))
