@@ -34,7 +34,9 @@ On disk
 ``cache/versions.json`` under the store's directory (an S3 store's is its local staging and cache
 directory under the daemon's state directory): a first line ``syncsnap-versions <FORMAT_VERSION>
 <blake3 of the rest>``, then one JSON object ``{"records": [[path, kind, size, mtime_ns, mode,
-content_id, target], ...], "groups": {hash: [record number, ...]}, "snapshots": {id: [group hash, ...]}}``.
+content_id, target], ...], "groups": [[hash, NUMBERS of its records], ...], "snapshots": {id: NUMBERS
+of its groups (places in "groups")}}``, where NUMBERS is base64 of 4-byte little-endian unsigned words
+(written and read in C: they are most of the file).
 Written after each change as a temporary file in the same directory, fsynced, renamed over the old one
 (a kill at any moment leaves the old file or the new one); the directory is 0700 and the file 0600. A file
 whose hash, format version or contents do not check out is not trusted: it is ignored and the cache is
@@ -49,11 +51,15 @@ the store's directory.
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import contextlib
 import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,6 +88,8 @@ CACHE_FILE = "versions.json"
 Record = tuple[str, str, int, int, int, "str | None", "str | None"]
 
 _KINDS = ("file", "dir", "symlink")
+# An array typecode of 4-byte unsigned words (record and group numbers in the file).
+_WORD = "I" if array.array("I").itemsize == 4 else "L"
 
 
 @dataclass(frozen=True)
@@ -243,10 +251,9 @@ class VersionIndex:
         pieces = self._pieces
         if data.startswith(b"[[") and data.endswith(b"]]"):
             cut = data[2:-2].split(b"],[")
-            ids = list(map(pieces.get, cut))
-            if None not in ids:
-                return tuple(ids)  # type: ignore[arg-type]
-            new = list(dict.fromkeys(c for c, i in zip(cut, ids, strict=True) if i is None))
+            new = list(set(cut).difference(pieces))
+            if not new:
+                return tuple(map(pieces.__getitem__, cut))
             joined = b"[[" + b"],[".join(new) + b"]]"
             try:
                 entries = decode_tree_group(joined)
@@ -338,7 +345,7 @@ class VersionIndex:
             return
         try:
             self._parse(raw)
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError, binascii.Error) as exc:
             log.warning("the versions cache %s is damaged or of another version (%s); rebuilding it",
                         self.path, exc)
             self._rebuilt_damaged += 1
@@ -367,21 +374,24 @@ class VersionIndex:
             raise ValueError("records repeat")
         n = len(records)
         groups: dict[str, tuple[int, ...]] = {}
-        for h, g in obj["groups"].items():
-            if type(h) is not str or type(g) is not list or not all(type(i) is int and 0 <= i < n for i in g):
+        order: list[str] = []
+        for h, g in obj["groups"]:
+            if type(h) is not str or h in groups:
                 raise ValueError("a group is not valid")
-            groups[h] = tuple(g)
+            groups[h] = _unpack(g, n)
+            order.append(h)
         snapshots: dict[str, tuple[str, ...]] = {}
         for sid, tree in obj["snapshots"].items():
-            if type(tree) is not list or not all(type(h) is str and h in groups for h in tree):
-                raise ValueError("a snapshot names a group the file lacks")
-            snapshots[sid] = tuple(tree)
+            snapshots[sid] = tuple(order[i] for i in _unpack(tree, len(order)))
         self._groups, self._snapshots = groups, snapshots
 
     def _save(self) -> None:
         if self.path is None:
             return
-        body = json.dumps({"records": self._records, "groups": self._groups, "snapshots": self._snapshots},
+        place = {h: i for i, h in enumerate(self._groups)}
+        body = json.dumps({"records": self._records,
+                           "groups": [[h, _pack(g)] for h, g in self._groups.items()],
+                           "snapshots": {sid: _pack([place[h] for h in tree]) for sid, tree in self._snapshots.items()}},
                           ensure_ascii=True, separators=(",", ":")).encode("ascii")
         data = f"{MAGIC} {FORMAT_VERSION} {hash_bytes(body)}\n".encode() + body
         folder = self.path.parent
@@ -403,6 +413,31 @@ class VersionIndex:
             log.warning("cannot write the versions cache %s: %s", self.path, exc.strerror or exc)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _pack(numbers: Sequence[int]) -> str:
+    """Numbers below 2**32 as base64 of 4-byte little-endian words: the bulk of the file, written and
+    read in C."""
+    words = array.array(_WORD, numbers)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return base64.b64encode(words.tobytes()).decode("ascii")
+
+
+def _unpack(text: object, bound: int) -> tuple[int, ...]:
+    """:func:`_pack`'s numbers back, each checked to be below ``bound``; ValueError when not."""
+    if type(text) is not str:
+        raise ValueError("a list of numbers is not a string")
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 4:
+        raise ValueError("a list of numbers is cut short")
+    words = array.array(_WORD)
+    words.frombytes(raw)
+    if sys.byteorder == "big":
+        words.byteswap()
+    if words and max(words) >= bound:
+        raise ValueError("a number points past the end of its table")
+    return tuple(words)
 
 
 def versions_cache_path(store: Store) -> Path | None:
