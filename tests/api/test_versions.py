@@ -23,6 +23,7 @@ from syncsnapd.store import Store, content_id, find_entry, hash_bytes
 
 ODD = "we ird\n'\"name ü.txt"
 RAW = b"caf\xe9.txt"
+OUT = "../../../etc/passwd"  # a symlink out of the tree: shown as its target, never followed
 
 
 @dataclass
@@ -95,7 +96,7 @@ def served() -> Iterator[Served]:
     try:
         raw = os.path.join(os.fsencode(folder), RAW)
         steps: list[tuple[bytes | str | None, str]] = [(b"v1", "t1"), (b"v2 longer", "t1"), (None, "t2"),
-                                                 (b"version three", "t2"), ("del", "t3"), (b"four again!", "t3")]
+                                                 (b"version three", "t2"), ("del", OUT), (b"four again!", OUT)]
         for i, (content, target) in enumerate(steps):
             a = folder / "a.txt"
             if content == "del":
@@ -151,7 +152,8 @@ def test_odd_and_undecodable_names_and_symlinks(served: Served) -> None:
     status, doc = versions(served.d, "link")
     assert doc["kind"] == "symlink"
     assert [(v["kind"], v["target"], v["count"]) for v in doc["versions"]] == [
-        ("symlink", "t3", 2), ("symlink", "t2", 2), ("symlink", "t1", 2)]
+        ("symlink", OUT, 2), ("symlink", "t2", 2), ("symlink", "t1", 2)]
+    assert doc["versions"][0]["size"] == len(OUT) and "root:" not in json.dumps(doc)
 
 
 def test_a_directory_lists_its_entries_to_the_depth(served: Served) -> None:
