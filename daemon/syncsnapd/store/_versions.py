@@ -65,7 +65,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._content import content_id
 from ._errors import CorruptDataError, UnknownSnapshotError
@@ -90,6 +90,7 @@ Record = tuple[str, str, int, int, int, "str | None", "str | None"]
 _KINDS = ("file", "dir", "symlink")
 # An array typecode of 4-byte unsigned words (record and group numbers in the file).
 _WORD = "I" if array.array("I").itemsize == 4 else "L"
+Numbers: TypeAlias = "array.array[int]"  # of _WORD
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class VersionIndex:
         self._records: list[Record] = []
         self._record_ids: dict[Record, int] = {}
         self._by_path: dict[str, list[int]] = {}
-        self._groups: dict[str, tuple[int, ...]] = {}
+        self._groups: dict[str, Numbers] = {}  # 4-byte words: a group's numbers cost 1 KiB
         self._snapshots: dict[str, tuple[str, ...]] = {}
         # An entry's canonical JSON (without its brackets) -> its record number: see _decode_group. Not
         # in the file (a piece holds the inode, which records leave out); filled as groups are decoded.
@@ -238,7 +239,7 @@ class VersionIndex:
                     self._decoded += 1
         self._snapshots[sid] = tuple(record.tree)
 
-    def _decode_group(self, data: bytes) -> tuple[int, ...]:
+    def _decode_group(self, data: bytes) -> Numbers:
         """The record numbers of a tree group's entries.
 
         The fast way: a group is canonical JSON (``encode_tree_group``), so an entry unchanged since an
@@ -253,7 +254,7 @@ class VersionIndex:
             cut = data[2:-2].split(b"],[")
             new = list(set(cut).difference(pieces))
             if not new:
-                return tuple(map(pieces.__getitem__, cut))
+                return array.array(_WORD, map(pieces.__getitem__, cut))
             joined = b"[[" + b"],[".join(new) + b"]]"
             try:
                 entries = decode_tree_group(joined)
@@ -264,8 +265,8 @@ class VersionIndex:
             if len(entries) == len(new) and encode_tree_group(entries) == joined:
                 for c, e in zip(new, entries, strict=True):
                     pieces[c] = self._intern(_record_of(e))
-                return tuple(map(pieces.__getitem__, cut))
-        return tuple(self._intern(_record_of(e)) for e in decode_tree_group(data))
+                return array.array(_WORD, map(pieces.__getitem__, cut))
+        return array.array(_WORD, [self._intern(_record_of(e)) for e in decode_tree_group(data)])
 
     def _intern(self, rec: Record) -> int:
         rid = self._record_ids.get(rec)
@@ -289,7 +290,7 @@ class VersionIndex:
                 if n is None:
                     n = renumber[rid] = self._intern(old[rid])
                 new_g.append(n)
-            groups[h] = tuple(new_g)
+            groups[h] = array.array(_WORD, new_g)
         self._groups = groups
         self._pieces = {c: renumber[r] for c, r in old_pieces.items() if r in renumber}
 
@@ -373,7 +374,7 @@ class VersionIndex:
         if len(self._records) != len(records):
             raise ValueError("records repeat")
         n = len(records)
-        groups: dict[str, tuple[int, ...]] = {}
+        groups: dict[str, Numbers] = {}
         order: list[str] = []
         for h, g in obj["groups"]:
             if type(h) is not str or h in groups:
@@ -424,7 +425,7 @@ def _pack(numbers: Sequence[int]) -> str:
     return base64.b64encode(words.tobytes()).decode("ascii")
 
 
-def _unpack(text: object, bound: int) -> tuple[int, ...]:
+def _unpack(text: object, bound: int) -> Numbers:
     """:func:`_pack`'s numbers back, each checked to be below ``bound``; ValueError when not."""
     if type(text) is not str:
         raise ValueError("a list of numbers is not a string")
@@ -437,7 +438,7 @@ def _unpack(text: object, bound: int) -> tuple[int, ...]:
         words.byteswap()
     if words and max(words) >= bound:
         raise ValueError("a number points past the end of its table")
-    return tuple(words)
+    return words
 
 
 def versions_cache_path(store: Store) -> Path | None:
