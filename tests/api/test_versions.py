@@ -256,3 +256,30 @@ def test_a_restarted_daemon_answers_from_its_cache_file_and_rebuilds_a_damaged_o
         assert cache.read_bytes() == raw  # rebuilt and written again
     finally:
         assert d.stop() == 0
+
+
+def test_a_project_whose_store_changed_has_its_versions_in_both_stores(short_tmp: Path) -> None:
+    """Snapshots before the project's ``store =`` changed stay in the daemon's store: the versions walk
+    both, each store with its own cache."""
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"one")
+    d = start_daemon(short_tmp, {"docs": folder}, tcp="")
+    try:
+        s1 = snapshot_now(d, "docs")
+    finally:
+        assert d.stop() == 0
+    own = short_tmp / "own-store"
+    cfg = d.config.read_text().replace(f'path = "{folder}"', f'path = "{folder}"\nstore = "{own}"')
+    d.config.write_text(cfg)
+    (folder / "a.txt").write_bytes(b"two!")
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        s2 = snapshot_now(d, "docs")
+        status, doc = versions(d, "a.txt")
+        assert status == 200, doc
+        assert brief(doc) == [("file", s2, s2, 1), ("file", s1, s1, 1)]
+    finally:
+        assert d.stop() == 0
+    assert (short_tmp / "store" / "cache" / "versions.json").is_file()
+    assert (own / "cache" / "versions.json").is_file()
