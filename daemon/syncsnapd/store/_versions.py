@@ -38,7 +38,8 @@ content_id, target], ...], "groups": [[hash, NUMBERS of its records], ...], "sna
 of its groups (places in "groups")}}``, where NUMBERS is base64 of 4-byte little-endian unsigned words
 (written and read in C: they are most of the file).
 Written after each change as a temporary file in the same directory, fsynced, renamed over the old one
-(a kill at any moment leaves the old file or the new one); the directory is 0700 and the file 0600. A file
+(a kill at any moment leaves the old file or the new one, and perhaps a temporary file, removed at the
+next write); the directory is 0700 and the file 0600. A file
 whose hash, format version or contents do not check out is not trusted: it is ignored and the cache is
 rebuilt from the store (and written again).
 
@@ -409,6 +410,11 @@ class VersionIndex:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
+            # A temporary file of a process killed mid-write (only the writable opener, which holds the
+            # store's lock, writes here).
+            for stale in folder.glob(f".{CACHE_FILE}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         except OSError as exc:
             # Only a cache: the answers stand, the next change tries again.
             log.warning("cannot write the versions cache %s: %s", self.path, exc.strerror or exc)
