@@ -6,8 +6,10 @@ Environment:
     BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
     BENCH_ROUNDS            int, default 2: rounds of the snapshot comparison (best time of the rounds).
     BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout, s3,
-                            fairness, mount); default all. A partial run writes bench/.work/benchmarks-partial.md.
+                            fairness, mount, versions); default all. A partial run writes bench/.work/benchmarks-partial.md.
                             E.g. BENCH_ONLY=fairness,fanout for the fairness and SSE fan-out rows alone.
+    BENCH_VERSIONS_SNAPSHOTS, BENCH_VERSIONS_FILES, BENCH_VERSIONS_CHANGES: the versions section's size
+                            (default 500 snapshots of 20,000 files, 5 changed between snapshots; bench/_versions.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import trio
 
-from . import _backup_tools, _env, _fairness, _mount, _raw, _report, _s3, _serving, _sse, _tree
+from . import _backup_tools, _env, _fairness, _mount, _raw, _report, _s3, _serving, _sse, _tree, _versions
 from ._daemon import Daemon, timed_snapshot
 from ._http import Connection
 from ._proc import machine_busy_seconds, process_cpu_seconds
@@ -38,7 +40,7 @@ from ._proc import machine_busy_seconds, process_cpu_seconds
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / ".work"
 DOC = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout", "s3", "fairness", "mount")
+SECTIONS = ("raw", "syncsnap", "restic", "borg", "serving", "fanout", "s3", "fairness", "mount", "versions")
 
 _T0 = time.monotonic()
 
@@ -577,6 +579,7 @@ def main() -> int:
     _section("s3", only, res, partial(_s3.run, tree, WORK / "runs", res, log))
     _section("fairness", only, res, partial(run_fairness, tree, fan_tree, spec, rounds, res))
     _section("mount", only, res, partial(_mount.run, tree, WORK / "runs", res, log))  # BENCH_MOUNT_TREE: bench/_mount.py
+    _section("versions", only, res, partial(_versions.run, WORK / "runs", res, log))
 
     needs_daemon = {"serving", "fanout"} & (only or set(SECTIONS))
     if daemon is None and needs_daemon:

@@ -98,6 +98,10 @@ def summary_rows(r: dict[str, Any]) -> list[list[str]]:
         from ._fairness import markdown_rows
 
         rows += markdown_rows(r["fairness"])
+    if r.get("path_versions"):
+        from ._versions import markdown_rows as versions_rows
+
+        rows += versions_rows(r["path_versions"])
 
     sv = r.get("serving", {})
     a, b = _get(sv, "syncsnap", "req_s"), _get(sv, "hypercorn", "req_s")

@@ -202,6 +202,12 @@ class Client:
 
     def mount_info(self) -> dict[str, Any]:
         return self._call(self._async.mount_info)
+    def versions(self, project: str, path: str, depth: int | None = None) -> dict[str, Any]:
+        return self._call(lambda: self._async.versions(project, path, depth))
+
+    def find(self, project: str, pattern: str, *, since: str | None = None,
+             limit: int | None = None) -> dict[str, Any]:
+        return self._call(lambda: self._async.find(project, pattern, since=since, limit=limit))
 
     def follow_run(self, started: RunStarted, *, transport: Transport = "sse") -> Iterator[Progress]:
         """Like :meth:`AsyncClient.follow_run`, as a plain iterator."""

@@ -282,6 +282,30 @@ class AsyncClient:
             raise ProtocolError("The daemon answered GET /api/v1/mount without a 'store'; is syncsnapd the same "
                                 "version as this client?")
         return doc
+    # --- versions and find (docs/api.md "Versions and find") --------------------------------------
+
+    async def versions(self, project: str, path: str, depth: int | None = None) -> dict[str, Any]:
+        """Every version of ``path`` (relative to the project's folder) across the project's snapshots,
+        newest first: the daemon's JSON answer (docs/api.md). A directory lists its entries' versions,
+        ``depth`` levels down (default 1)."""
+        target = f"{API}/projects/{_q(project)}/versions?path={_qpath(path)}"
+        if depth is not None:
+            target += f"&depth={int(depth)}"
+        answer: dict[str, Any] = await self._request("GET", target)
+        return answer
+
+    async def find(self, project: str, pattern: str, *, since: str | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+        """The paths of the project's snapshots matching ``pattern`` (a glob with ``* ? [...]``, on the
+        whole path or its name; else a substring), each with its versions (only snapshots at or after
+        ``since``, ISO 8601, if given); at most ``limit`` paths (daemon default 1000): the JSON answer."""
+        target = f"{API}/projects/{_q(project)}/find?pattern={_qpath(pattern)}"
+        if since is not None:
+            target += f"&since={quote(since, safe='')}"
+        if limit is not None:
+            target += f"&limit={int(limit)}"
+        answer: dict[str, Any] = await self._request("GET", target)
+        return answer
 
     # --- following ---------------------------------------------------------------------------------
 
@@ -346,6 +370,11 @@ def _absolute(path: str | os.PathLike[str]) -> str:
 
 def _q(project: str) -> str:
     return quote(project, safe="")
+
+
+def _qpath(path: str) -> str:
+    """A path in a query: its bytes percent-encoded (undecodable bytes travel as lone surrogates)."""
+    return quote(os.fsencode(path), safe="")
 
 
 @asynccontextmanager

@@ -18,11 +18,12 @@ from urllib.parse import quote
 import pytest
 
 from helpers.curl import TERMINAL, SseReader
-from helpers.daemon import DaemonProcess, start_daemon
-from syncsnapd.store import Store, content_id, find_entry
+from helpers.daemon import DaemonProcess, spawn_daemon, start_daemon
+from syncsnapd.store import Store, content_id, find_entry, hash_bytes
 
 ODD = "we ird\n'\"name ü.txt"
 RAW = b"caf\xe9.txt"
+OUT = "../../../etc/passwd"  # a symlink out of the tree: shown as its target, never followed
 
 
 @dataclass
@@ -95,7 +96,7 @@ def served() -> Iterator[Served]:
     try:
         raw = os.path.join(os.fsencode(folder), RAW)
         steps: list[tuple[bytes | str | None, str]] = [(b"v1", "t1"), (b"v2 longer", "t1"), (None, "t2"),
-                                                 (b"version three", "t2"), ("del", "t3"), (b"four again!", "t3")]
+                                                 (b"version three", "t2"), ("del", OUT), (b"four again!", OUT)]
         for i, (content, target) in enumerate(steps):
             a = folder / "a.txt"
             if content == "del":
@@ -151,7 +152,8 @@ def test_odd_and_undecodable_names_and_symlinks(served: Served) -> None:
     status, doc = versions(served.d, "link")
     assert doc["kind"] == "symlink"
     assert [(v["kind"], v["target"], v["count"]) for v in doc["versions"]] == [
-        ("symlink", "t3", 2), ("symlink", "t2", 2), ("symlink", "t1", 2)]
+        ("symlink", OUT, 2), ("symlink", "t2", 2), ("symlink", "t1", 2)]
+    assert doc["versions"][0]["size"] == len(OUT) and "root:" not in json.dumps(doc)
 
 
 def test_a_directory_lists_its_entries_to_the_depth(served: Served) -> None:
@@ -215,3 +217,69 @@ def test_unknown_project(served: Served) -> None:
     for url in ("/api/v1/projects/nope/versions?path=a.txt", "/api/v1/projects/nope/find?pattern=a"):
         r = fetch(served.d, url)
         assert (r.status, error_code(r)) == (404, "not_found"), r.body
+
+
+def test_a_restarted_daemon_answers_from_its_cache_file_and_rebuilds_a_damaged_one(short_tmp: Path) -> None:
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"one")
+    d = start_daemon(short_tmp, {"docs": folder}, tcp="")
+    try:
+        first = snapshot_now(d, "docs")
+        (folder / "a.txt").write_bytes(b"two!")
+        snapshot_now(d, "docs")
+        status, before = versions(d, "a.txt")
+        assert status == 200 and [v["size"] for v in before["versions"]] == [4, 3]
+    finally:
+        assert d.stop() == 0
+    cache = short_tmp / "store" / "cache" / "versions.json"
+    raw = cache.read_bytes()
+    # A cache file that says something else, with a matching hash: what the next daemon answers from
+    # shows that it read this file instead of the snapshots' trees.
+    body = json.loads(raw.partition(b"\n")[2])
+    for rec in body["records"]:
+        if rec[0] == "a.txt" and rec[2] == 3:
+            rec[2] = 333
+    text = json.dumps(body, separators=(",", ":")).encode()
+    cache.write_bytes(b"syncsnap-versions 1 " + hash_bytes(text).encode() + b"\n" + text)
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        status, doc = versions(d, "a.txt")
+        assert [v["size"] for v in doc["versions"]] == [4, 333]
+    finally:
+        assert d.stop() == 0
+    cache.write_bytes(raw[: len(raw) - 10])  # cut short (a disk that lost its end): not trusted
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        status, doc = versions(d, "a.txt")
+        assert doc == before and doc["versions"][1]["first_snapshot"]["id"] == first
+        assert cache.read_bytes() == raw  # rebuilt and written again
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_project_whose_store_changed_has_its_versions_in_both_stores(short_tmp: Path) -> None:
+    """Snapshots before the project's ``store =`` changed stay in the daemon's store: the versions walk
+    both, each store with its own cache."""
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"one")
+    d = start_daemon(short_tmp, {"docs": folder}, tcp="")
+    try:
+        s1 = snapshot_now(d, "docs")
+    finally:
+        assert d.stop() == 0
+    own = short_tmp / "own-store"
+    cfg = d.config.read_text().replace(f'path = "{folder}"', f'path = "{folder}"\nstore = "{own}"')
+    d.config.write_text(cfg)
+    (folder / "a.txt").write_bytes(b"two!")
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        s2 = snapshot_now(d, "docs")
+        status, doc = versions(d, "a.txt")
+        assert status == 200, doc
+        assert brief(doc) == [("file", s2, s2, 1), ("file", s1, s1, 1)]
+    finally:
+        assert d.stop() == 0
+    assert (short_tmp / "store" / "cache" / "versions.json").is_file()
+    assert (own / "cache" / "versions.json").is_file()

@@ -21,6 +21,8 @@
     syncsnap open [--print]              log the browser in to the dashboard (or print the one-time URL)
     syncsnap logout --all                log every browser out of the dashboard
     syncsnap mount DIR [--project P]     the snapshots as a read-only filesystem at DIR (docs/mount.md)
+    syncsnap versions PROJECT PATH [--depth N]   every version of a file (or a directory's entries)
+    syncsnap find PROJECT PATTERN [--since T]    paths matching a glob or substring, with their versions
 
 Restore, check and prune are runs of the daemon like snapshots: ``--follow`` shows them with the same
 live display and exit codes. On a terminal, following shows a live progress bar; elsewhere, or with
@@ -60,6 +62,7 @@ from ._mount import cmd_mount
 from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
 from ._pause import cmd_pause, cmd_resume
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
+from ._versions import add_versions_parsers, cmd_find, cmd_versions
 
 Command = Callable[[AsyncClient, argparse.Namespace, bool], Awaitable[int]]
 # Every subcommand but ``notify``: (client, parsed arguments, --json) -> exit code.
@@ -72,6 +75,7 @@ COMMANDS: dict[str, Command] = {
 COMMANDS.update({"cat": cmd_cat})  # getting one file back (cli/_files.py)
 COMMANDS.update({"open": cmd_open, "logout": cmd_logout})  # the dashboard
 COMMANDS.update({"mount": cmd_mount})
+COMMANDS.update({"versions": cmd_versions, "find": cmd_find})  # issue 13
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--progress", action="store_true", help="also show progress while a snapshot runs")
     _dashboard_parsers(sub, common)
     _mount_parser(sub, common)
+    add_versions_parsers(sub, common)
     return p
 
 

@@ -73,5 +73,6 @@ from ._versions import Record as Record
 from ._versions import Version as Version
 from ._versions import VersionIndex as VersionIndex
 from ._versions import merge_lookups as merge_lookups
+from ._versions import versions_cache_path as versions_cache_path
 from ._versions import versions_of as versions_of
 from ._writer import StoreWriter as StoreWriter

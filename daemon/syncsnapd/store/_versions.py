@@ -34,9 +34,12 @@ On disk
 ``cache/versions.json`` under the store's directory (an S3 store's is its local staging and cache
 directory under the daemon's state directory): a first line ``syncsnap-versions <FORMAT_VERSION>
 <blake3 of the rest>``, then one JSON object ``{"records": [[path, kind, size, mtime_ns, mode,
-content_id, target], ...], "groups": {hash: [record number, ...]}, "snapshots": {id: [group hash, ...]}}``.
+content_id, target], ...], "groups": [[hash, NUMBERS of its records], ...], "snapshots": {id: NUMBERS
+of its groups (places in "groups")}}``, where NUMBERS is base64 of 4-byte little-endian unsigned words
+(written and read in C: they are most of the file).
 Written after each change as a temporary file in the same directory, fsynced, renamed over the old one
-(a kill at any moment leaves the old file or the new one); the directory is 0700 and the file 0600. A file
+(a kill at any moment leaves the old file or the new one, and perhaps a temporary file, removed at the
+next write); the directory is 0700 and the file 0600. A file
 whose hash, format version or contents do not check out is not trusted: it is ignored and the cache is
 rebuilt from the store (and written again).
 
@@ -49,26 +52,30 @@ the store's directory.
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import contextlib
 import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._content import content_id
 from ._errors import CorruptDataError, UnknownSnapshotError
-from ._format import decode_tree_group, hash_bytes
+from ._format import decode_tree_group, encode_tree_group, hash_bytes
 
 if TYPE_CHECKING:
     from ._repository import Store
 
-__all__ = ["FORMAT_VERSION", "Record", "Version", "VersionIndex", "cache_path", "merge_lookups", "versions_of"]
+__all__ = ["FORMAT_VERSION", "Record", "Version", "VersionIndex", "versions_cache_path", "merge_lookups", "versions_of"]
 
 log = logging.getLogger("syncsnapd.store")
 
@@ -82,6 +89,9 @@ CACHE_FILE = "versions.json"
 Record = tuple[str, str, int, int, int, "str | None", "str | None"]
 
 _KINDS = ("file", "dir", "symlink")
+# An array typecode of 4-byte unsigned words (record and group numbers in the file).
+_WORD = "I" if array.array("I").itemsize == 4 else "L"
+Numbers: TypeAlias = "array.array[int]"  # of _WORD
 
 
 @dataclass(frozen=True)
@@ -147,8 +157,11 @@ class VersionIndex:
         self._records: list[Record] = []
         self._record_ids: dict[Record, int] = {}
         self._by_path: dict[str, list[int]] = {}
-        self._groups: dict[str, tuple[int, ...]] = {}
+        self._groups: dict[str, Numbers] = {}  # 4-byte words: a group's numbers cost 1 KiB
         self._snapshots: dict[str, tuple[str, ...]] = {}
+        # An entry's canonical JSON (without its brackets) -> its record number: see _decode_group. Not
+        # in the file (a piece holds the inode, which records leave out); filled as groups are decoded.
+        self._pieces: dict[bytes, int] = {}
         # Counters for tests and the benchmark (statistics()).
         self._decoded = 0
         self._loaded = False
@@ -162,7 +175,7 @@ class VersionIndex:
         with _indexes_lock:
             index = _indexes.get(store)
             if index is None:
-                index = _indexes[store] = cls(store, cache_path(store))
+                index = _indexes[store] = cls(store, versions_cache_path(store))
             return index
 
     @classmethod
@@ -203,11 +216,13 @@ class VersionIndex:
             if gone:
                 self._compact()
             try:
-                for sid in new:
-                    try:
-                        self._add_snapshot(sid)
-                    except UnknownSnapshotError:
-                        continue  # forgotten since the listing
+                # Pinned while read: a prune cannot take their trees from under us.
+                with self._store.pinned(new):
+                    for sid in new:
+                        try:
+                            self._add_snapshot(sid)
+                        except UnknownSnapshotError:
+                            continue  # forgotten since the listing
             finally:
                 self._save()
             return True
@@ -218,14 +233,41 @@ class VersionIndex:
         if missing:
             with self._store.reader() as reader:
                 for h in missing:
-                    data = reader.read(h)
                     try:
-                        entries = decode_tree_group(data)
+                        self._groups[h] = self._decode_group(reader.read(h))
                     except CorruptDataError as exc:
                         raise CorruptDataError(f"the list of files of snapshot {sid} is damaged: {exc}") from exc
-                    self._groups[h] = tuple(self._intern(_record_of(e)) for e in entries)
                     self._decoded += 1
         self._snapshots[sid] = tuple(record.tree)
+
+    def _decode_group(self, data: bytes) -> Numbers:
+        """The record numbers of a tree group's entries.
+
+        The fast way: a group is canonical JSON (``encode_tree_group``), so an entry unchanged since an
+        earlier group has the same bytes there; the group is cut at ``],[`` and each piece looked up
+        among the pieces seen before (in C). Only new pieces are decoded, with every check of
+        :func:`decode_tree_group`, and they are kept only if, joined again, they are exactly the
+        canonical encoding of the entries they decode to (so a cut inside a file name, or a group not
+        written canonically, cannot mislead it: that group takes the slow way, decoded whole).
+        """
+        pieces = self._pieces
+        if data.startswith(b"[[") and data.endswith(b"]]"):
+            cut = data[2:-2].split(b"],[")
+            new = list(set(cut).difference(pieces))
+            if not new:
+                return array.array(_WORD, map(pieces.__getitem__, cut))
+            joined = b"[[" + b"],[".join(new) + b"]]"
+            try:
+                entries = decode_tree_group(joined)
+            except CorruptDataError:
+                entries = []
+            # No piece holds "],[" (the group was cut at every one), so when the joined pieces are the
+            # canonical encoding of as many entries, every cut was between two entries.
+            if len(entries) == len(new) and encode_tree_group(entries) == joined:
+                for c, e in zip(new, entries, strict=True):
+                    pieces[c] = self._intern(_record_of(e))
+                return array.array(_WORD, map(pieces.__getitem__, cut))
+        return array.array(_WORD, [self._intern(_record_of(e)) for e in decode_tree_group(data)])
 
     def _intern(self, rec: Record) -> int:
         rid = self._record_ids.get(rec)
@@ -239,7 +281,7 @@ class VersionIndex:
         """Drop the groups no snapshot holds and the records no group holds (renumbering the rest)."""
         live = {h for tree in self._snapshots.values() for h in tree}
         groups = {h: g for h, g in self._groups.items() if h in live}
-        old = self._records
+        old, old_pieces = self._records, self._pieces
         self._records, self._record_ids, self._by_path = [], {}, {}
         renumber: dict[int, int] = {}
         for h, g in groups.items():
@@ -249,8 +291,9 @@ class VersionIndex:
                 if n is None:
                     n = renumber[rid] = self._intern(old[rid])
                 new_g.append(n)
-            groups[h] = tuple(new_g)
+            groups[h] = array.array(_WORD, new_g)
         self._groups = groups
+        self._pieces = {c: renumber[r] for c, r in old_pieces.items() if r in renumber}
 
     # --- look-ups -----------------------------------------------------------------------------------
 
@@ -304,7 +347,7 @@ class VersionIndex:
             return
         try:
             self._parse(raw)
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError, binascii.Error) as exc:
             log.warning("the versions cache %s is damaged or of another version (%s); rebuilding it",
                         self.path, exc)
             self._rebuilt_damaged += 1
@@ -332,22 +375,25 @@ class VersionIndex:
         if len(self._records) != len(records):
             raise ValueError("records repeat")
         n = len(records)
-        groups: dict[str, tuple[int, ...]] = {}
-        for h, g in obj["groups"].items():
-            if type(h) is not str or type(g) is not list or not all(type(i) is int and 0 <= i < n for i in g):
+        groups: dict[str, Numbers] = {}
+        order: list[str] = []
+        for h, g in obj["groups"]:
+            if type(h) is not str or h in groups:
                 raise ValueError("a group is not valid")
-            groups[h] = tuple(g)
+            groups[h] = _unpack(g, n)
+            order.append(h)
         snapshots: dict[str, tuple[str, ...]] = {}
         for sid, tree in obj["snapshots"].items():
-            if type(tree) is not list or not all(type(h) is str and h in groups for h in tree):
-                raise ValueError("a snapshot names a group the file lacks")
-            snapshots[sid] = tuple(tree)
+            snapshots[sid] = tuple(order[i] for i in _unpack(tree, len(order)))
         self._groups, self._snapshots = groups, snapshots
 
     def _save(self) -> None:
         if self.path is None:
             return
-        body = json.dumps({"records": self._records, "groups": self._groups, "snapshots": self._snapshots},
+        place = {h: i for i, h in enumerate(self._groups)}
+        body = json.dumps({"records": self._records,
+                           "groups": [[h, _pack(g)] for h, g in self._groups.items()],
+                           "snapshots": {sid: _pack([place[h] for h in tree]) for sid, tree in self._snapshots.items()}},
                           ensure_ascii=True, separators=(",", ":")).encode("ascii")
         data = f"{MAGIC} {FORMAT_VERSION} {hash_bytes(body)}\n".encode() + body
         folder = self.path.parent
@@ -364,6 +410,11 @@ class VersionIndex:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
+            # A temporary file of a process killed mid-write (only the writable opener, which holds the
+            # store's lock, writes here).
+            for stale in folder.glob(f".{CACHE_FILE}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         except OSError as exc:
             # Only a cache: the answers stand, the next change tries again.
             log.warning("cannot write the versions cache %s: %s", self.path, exc.strerror or exc)
@@ -371,7 +422,32 @@ class VersionIndex:
                 os.unlink(tmp)
 
 
-def cache_path(store: Store) -> Path | None:
+def _pack(numbers: Sequence[int]) -> str:
+    """Numbers below 2**32 as base64 of 4-byte little-endian words: the bulk of the file, written and
+    read in C."""
+    words = array.array(_WORD, numbers)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return base64.b64encode(words.tobytes()).decode("ascii")
+
+
+def _unpack(text: object, bound: int) -> Numbers:
+    """:func:`_pack`'s numbers back, each checked to be below ``bound``; ValueError when not."""
+    if type(text) is not str:
+        raise ValueError("a list of numbers is not a string")
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 4:
+        raise ValueError("a list of numbers is cut short")
+    words = array.array(_WORD)
+    words.frombytes(raw)
+    if sys.byteorder == "big":
+        words.byteswap()
+    if words and max(words) >= bound:
+        raise ValueError("a number points past the end of its table")
+    return words
+
+
+def versions_cache_path(store: Store) -> Path | None:
     """Where ``store``'s versions cache is written; None: in memory only (read-only open, or a local
     encrypted store: see the module docstring)."""
     if not store.writable:
