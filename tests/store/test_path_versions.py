@@ -154,8 +154,6 @@ def test_a_write_cut_by_a_kill_leaves_the_old_file_and_its_temporary_file_goes(t
     leftover = cache_file(root).parent / f".{CACHE_FILE}.deadbeef.tmp"
     leftover.write_bytes(old[: len(old) // 3])
     with Store.open(root, writable=True) as store:
-        store.list_snapshots()  # as the daemon does at start (a catalog that commits before its first
-        # listing does not list the older snapshots: see the report of issue 13)
         assert VersionIndex.of(store).statistics()["loaded_from_file"] == 1
         s2 = commit_entries(store, "p", base_entries({"d/f00001.txt": b"new"}))
         assert history(store, "d/f00001.txt") == [("file", s1, s1, 1), ("file", s2, s2, 1)]

@@ -50,6 +50,16 @@ def test_a_writable_store_lists_its_snapshots_once_and_follows_its_own_changes(
         assert len(listings) == listed + 1
 
 
+def test_a_snapshot_committed_before_the_first_listing_does_not_hide_the_older_ones(tmp_path: Path) -> None:
+    """A writable store that commits before it has listed its directory lists it all the same."""
+    root = tmp_path / "s"
+    with Store.open(root, writable=True) as store:
+        first = commit_entries(store, "p", [("a", "file", b"1")])
+    with Store.open(root, writable=True) as store:
+        second = commit_entries(store, "p", [("a", "file", b"2")])
+        assert [s.id for s in store.list_snapshots()] == [first, second]
+
+
 def test_a_read_only_store_sees_what_another_process_writes_at_once(tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     write_files(folder, {"a": b"a"})

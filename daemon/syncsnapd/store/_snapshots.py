@@ -163,9 +163,9 @@ class SnapshotCatalog:
             return dict(self._infos)
 
     def _changed_locked(self) -> None:
-        """After a change of ours: the listing is current; remember the directory's new key (a writable
-        store is the only writer), or list again next time (read-only: never called)."""
-        self._key = self._dir_key() if self._exclusive else None
+        """After a change of ours: a listing that was current stays so; remember the directory's new key (a
+        writable store is the only writer). Not listed yet (or not trusted): list at the next scan."""
+        self._key = self._dir_key() if self._exclusive and self._key is not None else None
 
     def added(self, info: SnapshotInfo) -> None:
         """A snapshot file this process has just made durable."""
