@@ -7,65 +7,20 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
-from helpers.curl import TERMINAL, SseReader
+from helpers.curl import TERMINAL, Reply, SseReader, error_code, fetch, q, snapshot_now
 from helpers.daemon import DaemonProcess, make_tree, start_daemon, wait_until
 from helpers.store import flip_byte
 from syncsnapd.store import Store, find_entry
 
 MiB = 1 << 20
 SECRET = b"the secret next to the project folder"
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-case names; the last value wins
-    body: bytes
-    curl_exit: int
-
-
-def fetch(d: DaemonProcess, url: str, *args: str) -> Reply:
-    """One request with curl over the Unix socket: status, headers, body exactly as received."""
-    proc = subprocess.run(["curl", "-sS", "-D", "/dev/stderr", "--unix-socket", d.socket, *args,
-                           f"http://localhost{url}"], capture_output=True, timeout=30)
-    headers: dict[str, str] = {}
-    status = 0
-    for line in proc.stderr.decode("latin-1").splitlines():
-        if line.startswith("HTTP/"):
-            status = int(line.split()[1])
-        elif ":" in line and not line.startswith("curl:"):
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    return Reply(status, headers, proc.stdout, proc.returncode)
-
-
-def error_code(reply: Reply) -> str:
-    return str(json.loads(reply.body)["error"]["code"])
-
-
-def q(path: str | bytes) -> str:
-    """A path as the query's ``path`` value: its bytes, percent-encoded."""
-    return quote(os.fsencode(path), safe="")
-
-
-def snapshot_now(d: DaemonProcess, project: str) -> str:
-    stream = SseReader(d, f"/api/v1/projects/{project}/progress/stream")
-    try:
-        started = json.loads(d.curl("-X", "POST", f"http://localhost/api/v1/projects/{project}/snapshots").stdout)
-        final = stream.wait_for(lambda e: e["run"] == started["run"] and e["state"] in TERMINAL)
-    finally:
-        stream.close()
-    assert final["state"] == "completed", final
-    return str(final["snapshot"]["id"])
 
 
 @dataclass

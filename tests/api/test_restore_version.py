@@ -17,23 +17,12 @@ from typing import Any
 
 import pytest
 
-from helpers.curl import TERMINAL, SseReader
+from helpers.curl import snapshot_now
 from helpers.daemon import DaemonProcess, start_daemon
 from syncsnapd.store import Store, content_id, find_entry
 
 NON_UTF8 = b"caf\xe9 \xff.txt"
 ODD = 'say "hi"\nand \\ bye ü.txt'
-
-
-def snapshot_now(d: DaemonProcess, project: str) -> str:
-    stream = SseReader(d, f"/api/v1/projects/{project}/progress/stream")
-    try:
-        started = json.loads(d.curl("-X", "POST", f"http://localhost/api/v1/projects/{project}/snapshots").stdout)
-        final = stream.wait_for(lambda e: e["run"] == started["run"] and e["state"] in TERMINAL)
-    finally:
-        stream.close()
-    assert final["state"] == "completed", final
-    return str(final["snapshot"]["id"])
 
 
 def restore(d: DaemonProcess, body: dict[str, Any], project: str = "docs") -> tuple[int, dict[str, Any]]:

@@ -7,57 +7,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
-from helpers.curl import TERMINAL, SseReader
+from helpers.curl import error_code, fetch, q, snapshot_now
 from helpers.daemon import DaemonProcess, spawn_daemon, start_daemon
 from syncsnapd.store import Store, content_id, find_entry, hash_bytes
 
 ODD = "we ird\n'\"name ü.txt"
 RAW = b"caf\xe9.txt"
 OUT = "../../../etc/passwd"  # a symlink out of the tree: shown as its target, never followed
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-
-
-def fetch(d: DaemonProcess, url: str) -> Reply:
-    """One GET with curl over the daemon's Unix socket."""
-    proc = subprocess.run(["curl", "-sS", "-w", "\\n%{http_code}", "--unix-socket", d.socket,
-                           f"http://localhost{url}"], capture_output=True, timeout=60)
-    body, _, status = proc.stdout.rpartition(b"\n")
-    return Reply(int(status), body)
-
-
-def error_code(reply: Reply) -> str:
-    return str(json.loads(reply.body)["error"]["code"])
-
-
-def q(path: str | bytes) -> str:
-    """A path as the query's ``path`` value: its bytes, percent-encoded."""
-    return quote(os.fsencode(path), safe="")
-
-
-def snapshot_now(d: DaemonProcess, project: str) -> str:
-    stream = SseReader(d, f"/api/v1/projects/{project}/progress/stream")
-    try:
-        started = json.loads(d.curl("-X", "POST", f"http://localhost/api/v1/projects/{project}/snapshots").stdout)
-        final = stream.wait_for(lambda e: e["run"] == started["run"] and e["state"] in TERMINAL)
-    finally:
-        stream.close()
-    assert final["state"] == "completed", final
-    return str(final["snapshot"]["id"])
 
 
 @dataclass

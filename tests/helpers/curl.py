@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from helpers.daemon import DaemonProcess
 
@@ -57,3 +60,48 @@ class SseReader:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-case names; the last value wins
+    body: bytes
+    curl_exit: int
+
+
+def fetch(d: DaemonProcess, url: str, *args: str) -> Reply:
+    """One request with curl over the Unix socket: status, headers, body exactly as received."""
+    proc = subprocess.run(["curl", "-sS", "-D", "/dev/stderr", "--unix-socket", d.socket, *args,
+                           f"http://localhost{url}"], capture_output=True, timeout=60)
+    headers: dict[str, str] = {}
+    status = 0
+    for line in proc.stderr.decode("latin-1").splitlines():
+        if line.startswith("HTTP/"):
+            status = int(line.split()[1])
+        elif ":" in line and not line.startswith("curl:"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return Reply(status, headers, proc.stdout, proc.returncode)
+
+
+def error_code(reply: Reply) -> str:
+    """The ``error.code`` of a JSON error answer."""
+    return str(json.loads(reply.body)["error"]["code"])
+
+
+def q(path: str | bytes) -> str:
+    """A path as the query's ``path`` value: its bytes, percent-encoded."""
+    return quote(os.fsencode(path), safe="")
+
+
+def snapshot_now(d: DaemonProcess, project: str) -> str:
+    """Take a snapshot of ``project`` through the API, wait for its end on the progress stream; its id."""
+    stream = SseReader(d, f"/api/v1/projects/{project}/progress/stream")
+    try:
+        started = json.loads(d.curl("-X", "POST", f"http://localhost/api/v1/projects/{project}/snapshots").stdout)
+        final = stream.wait_for(lambda e: e["run"] == started["run"] and e["state"] in TERMINAL)
+    finally:
+        stream.close()
+    assert final["state"] == "completed", final
+    return str(final["snapshot"]["id"])
