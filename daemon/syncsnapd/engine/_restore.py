@@ -399,23 +399,7 @@ class Restore:
         placed = False
         try:
             try:
-                written = 0
-                for h in e.chunks:
-                    self._check()
-                    try:
-                        data = reader.read(h)
-                    except StoreError as exc:
-                        raise RestoreError(f"cannot restore {e.path!r}: {exc}", "data_damaged") from exc
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    written += len(data)
-                    self._progress(0, len(data))
-                if written != e.size:
-                    raise RestoreError(f"cannot restore {e.path!r}: the snapshot records {e.size} bytes but "
-                                       f"its chunks hold {written}", "data_damaged")
-                os.fchmod(fd, e.mode & RESTORED_MODE_BITS)
-                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                write_content(fd, e, reader, self._check, lambda n: self._progress(0, n))
             finally:
                 os.close(fd)
             if self.overwrite:
@@ -423,7 +407,7 @@ class Restore:
             else:
                 self._link_new(pfd, tmp, name, e)
             placed = True
-            self._bytes += written
+            self._bytes += e.size  # write_content checked that its chunks hold that much
         finally:
             if not placed:
                 try:
@@ -447,6 +431,34 @@ class Restore:
                 return
             raise self._conflict(e, "something with that name appeared in the target meanwhile") from None
         os.unlink(tmp, dir_fd=pfd)
+
+
+def write_content(fd: int, e: Entry, reader: ChunkReader, check: Callable[[], None],
+                  wrote: Callable[[int], None] | None = None) -> None:
+    """Write file entry ``e``'s chunks to ``fd`` (``check()`` before each, ``wrote(n)`` after), then give
+    it the stored mode and mtime.
+
+    Raises:
+        RestoreError: ``data_damaged``: a chunk cannot be read, or the chunks do not add up to its size.
+    """
+    written = 0
+    for h in e.chunks:
+        check()
+        try:
+            data = reader.read(h)
+        except StoreError as exc:
+            raise RestoreError(f"cannot restore {e.path!r}: {exc}", "data_damaged") from exc
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        written += len(data)
+        if wrote is not None:
+            wrote(len(data))
+    if written != e.size:
+        raise RestoreError(f"cannot restore {e.path!r}: the snapshot records {e.size} bytes but its chunks "
+                           f"hold {written}", "data_damaged")
+    os.fchmod(fd, e.mode & RESTORED_MODE_BITS)
+    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
 
 def restore_snapshot(store: Store, snapshot_id: str, target: Path, *, paths: Sequence[str] = (),

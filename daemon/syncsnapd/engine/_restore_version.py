@@ -37,7 +37,14 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 from ..store import Entry, Store, StoreError, VersionIndex, content_id, find_entry
-from ._restore import _DIR_FLAGS, _FILE_FLAGS, _NO_LINK, RESTORED_MODE_BITS, TEMP_PREFIX, RestoreError
+from ._restore import (
+    _DIR_FLAGS,
+    _FILE_FLAGS,
+    _NO_LINK,
+    TEMP_PREFIX,
+    RestoreError,
+    write_content,
+)
 
 __all__ = ["FoundVersion", "find_version", "restore_version", "version_name"]
 
@@ -213,23 +220,8 @@ class _Writer:
             return
         fd = os.open(self.tmp, _FILE_FLAGS, 0o600, dir_fd=self.dfd)
         try:
-            written = 0
             with self.found.store.reader() as reader:
-                for h in e.chunks:
-                    self.check()
-                    try:
-                        data = reader.read(h)
-                    except StoreError as exc:
-                        raise RestoreError(f"cannot restore {e.path!r}: {exc}", "data_damaged") from exc
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    written += len(data)
-            if written != e.size:
-                raise RestoreError(f"cannot restore {e.path!r}: the snapshot records {e.size} bytes but its "
-                                   f"chunks hold {written}", "data_damaged")
-            os.fchmod(fd, e.mode & RESTORED_MODE_BITS)
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                write_content(fd, e, reader, self.check)
             os.fsync(fd)  # the data is on disk before the name is: a crash never leaves a named empty file
         finally:
             os.close(fd)
