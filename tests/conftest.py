@@ -12,6 +12,7 @@ import pytest
 pytest.register_assert_rewrite("helpers")
 
 from helpers.daemon import DaemonProcess, start_daemon  # noqa: E402
+from helpers.s3 import MotoServer, create_bucket, moto_server, s3_env  # noqa: E402
 
 # Fixtures that several test folders use.
 pytest_plugins = ["helpers.client"]
@@ -41,3 +42,19 @@ def daemon_factory(short_tmp: Path) -> Iterator[object]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """A real moto_server on loopback, one per test module (a module may define its own)."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
+    """``moto`` emptied, with the test bucket created and the S3 environment of ``helpers.s3.s3_env``."""
+    moto.reset()
+    create_bucket(moto.url)
+    s3_env(monkeypatch, tmp_path)
+    return moto

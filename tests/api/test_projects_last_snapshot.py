@@ -8,20 +8,13 @@ Real daemons (tests/helpers/daemon.py), curl over their Unix sockets, against ``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers.daemon import api
-from helpers.s3 import MotoServer, create_bucket, moto_server, s3_env
+from helpers.s3 import MotoServer, create_bucket, s3_env
 from helpers.shared_bucket import start_machine, start_run, wait_run
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 def test_a_snapshot_another_machine_added_shows_in_projects(moto: MotoServer, monkeypatch: pytest.MonkeyPatch,

@@ -10,28 +10,11 @@ go away (it stops listening: connections are refused).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from helpers.daemon import api, wait_until
-from helpers.s3 import MotoServer, ThrottlingProxy, create_bucket, moto_server, s3_env
+from helpers.s3 import MotoServer, ThrottlingProxy
 from helpers.shared_bucket import start_machine, start_run, wait_run
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    return moto
 
 
 def folder(root: Path, text: str) -> Path:

@@ -7,29 +7,12 @@ B's daemon."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from helpers.daemon import wait_until
-from helpers.s3 import MotoServer, create_bucket, moto_server, s3_env
+from helpers.s3 import MotoServer
 from helpers.shared_bucket import start_machine, start_run, wait_run
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    return moto
 
 
 def test_another_machines_new_snapshot_appears_in_the_mount(bucket: MotoServer, short_tmp: Path,

@@ -10,26 +10,19 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from helpers.daemon import DaemonProcess, make_env, wait_until
-from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket, moto_server
+from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket
 from helpers.store import backdate, flip_byte, tree_state, write_files
 
 PREFIX = "enc"
 URL = f"s3://{BUCKET}/{PREFIX}"
 MARKERS = [b"MARKER-content-7f3a9c", b"MARKER-name-b81e44", b"MARKER-dir-c0ffee", b"MARKER-link-5e5e5e",
            b"MARKER-project-id"]
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

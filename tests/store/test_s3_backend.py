@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.s3 import BUCKET, MotoServer, ThrottlingProxy, create_bucket, moto_server, s3_env
+from helpers.s3 import BUCKET, MotoServer, ThrottlingProxy, create_bucket, s3_env
 from syncsnapd.core import S3Options, parse_s3_url
 from syncsnapd.store import BackendError, ObjectMissing, S3Backend
 
@@ -23,12 +23,6 @@ from syncsnapd.store import BackendError, ObjectMissing, S3Backend
 def opts(endpoint: str) -> S3Options:
     return S3Options(endpoint=endpoint, path_style=True, botocore_attempts=2, retry_delays=(0.2,),
                      connect_timeout=2.0, read_timeout=10.0)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -24,7 +23,7 @@ import pytest
 import trio
 
 from helpers.daemon import DaemonProcess, make_env, make_tree, wait_until
-from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket, moto_server, s3_env
+from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket, s3_env
 from helpers.store import commit_entries, snapshot
 from syncsnapd.engine import SnapshotError
 from syncsnapd.engine import _writing_lock as writing_lock_module
@@ -52,12 +51,6 @@ from syncsnapd.store._locks import (
 PREFIX = "shared"
 URL = f"s3://{BUCKET}/{PREFIX}"
 HOST = os.uname().nodename
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

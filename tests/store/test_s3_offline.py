@@ -30,7 +30,6 @@ from helpers.s3 import (
     MotoServer,
     ThrottlingProxy,
     create_bucket,
-    moto_server,
     s3_env,
 )
 from helpers.store import snapshot
@@ -41,12 +40,6 @@ from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
 PREFIX = "machines/one/"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from helpers.s3 import (
     SECRET_KEY,
     MotoServer,
     create_bucket,
-    moto_server,
     plaintext_store,
     s3_env,
 )
@@ -35,12 +33,6 @@ from syncsnapd.engine import restore_snapshot
 from syncsnapd.store import RemoteSpec, Store, StoreLocked, prepare, pruning_lock
 
 KiB, MiB = 1 << 10, 1 << 20
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

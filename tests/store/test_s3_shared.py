@@ -13,13 +13,12 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers.daemon import api
-from helpers.s3 import MotoServer, ThrottlingProxy, create_bucket, moto_server, s3_env
+from helpers.s3 import MotoServer, ThrottlingProxy, create_bucket, s3_env
 from helpers.shared_bucket import URL, bucket_objects, delete_object, start_machine, start_run, wait_run
 from helpers.store import snapshot
 from syncsnapd.core import _s3 as s3_settings
@@ -28,12 +27,6 @@ from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
 from syncsnapd.store._format import SNAPSHOT_ID_RE, SnapshotStats, decode_snapshot, encode_snapshot
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

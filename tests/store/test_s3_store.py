@@ -35,7 +35,6 @@ from helpers.s3 import (
     MotoServer,
     ThrottlingProxy,
     create_bucket,
-    moto_server,
     s3_env,
 )
 from helpers.store import new_progress, snapshot
@@ -46,12 +45,6 @@ from syncsnapd.service import run_check, run_restore, run_snapshots
 from syncsnapd.store import RemoteSpec, Store, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture
