@@ -17,6 +17,7 @@ import pytest
 
 from helpers.curl import error_code, fetch, q, snapshot_now
 from helpers.daemon import DaemonProcess, spawn_daemon, start_daemon
+from helpers.store import flip_byte
 from syncsnapd.store import Store, content_id, find_entry, hash_bytes
 
 ODD = "we ird\n'\"name ü.txt"
@@ -218,6 +219,38 @@ def test_a_restarted_daemon_answers_from_its_cache_file_and_rebuilds_a_damaged_o
         status, doc = versions(d, "a.txt")
         assert doc == before and doc["versions"][1]["first_snapshot"]["id"] == first
         assert cache.read_bytes() == raw  # rebuilt and written again
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_snapshot_whose_list_of_files_is_damaged_is_left_out_and_named(short_tmp: Path) -> None:
+    """One damaged snapshot does not take the endpoints down: its files are neither versions nor deletions,
+    and the answers name it (`syncsnapd check` says what is damaged)."""
+    folder = short_tmp / "docs"
+    folder.mkdir()
+    d = start_daemon(short_tmp, {"docs": folder}, tcp="")
+    try:
+        snaps = []
+        for content in (b"one", b"two!", b"three"):
+            (folder / "a.txt").write_bytes(content)
+            snaps.append(snapshot_now(d, "docs"))
+    finally:
+        assert d.stop() == 0
+    with Store.open(short_tmp / "store", writable=False) as store:
+        trees = [store.catalog.read(sid).tree for sid in snaps]
+        [group] = [h for h in trees[1] if h not in trees[0] and h not in trees[2]][:1]
+        loc = store.locate(group)
+        assert loc is not None
+    flip_byte(short_tmp / "store" / "packs" / loc.pack[:2] / f"{loc.pack}.pack", loc.offset + loc.length // 2)
+    d = spawn_daemon(short_tmp, d.config)
+    try:
+        status, doc = versions(d, "a.txt")
+        assert status == 200, doc
+        assert doc["damaged_snapshots"] == [snaps[1]] and doc["snapshots"] == 2
+        assert [(v["kind"], v["size"], v["first_snapshot"]["id"]) for v in doc["versions"]] == [
+            ("file", 5, snaps[2]), ("file", 3, snaps[0])]
+        r = fetch(d, "/api/v1/projects/docs/find?pattern=a.txt")
+        assert r.status == 200 and json.loads(r.body)["damaged_snapshots"] == [snaps[1]]
     finally:
         assert d.stop() == 0
 

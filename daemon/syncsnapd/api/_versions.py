@@ -79,14 +79,17 @@ class _Project:
             for info in store.list_snapshots(pid):
                 if info.id not in where:
                     where[info.id], infos[info.id] = store, info
-        self.ids = sorted(where)
+        for store in {id(s): s for s in where.values()}.values():
+            VersionIndex.of(store).update()
+        # A snapshot whose list of files is damaged is left out (named in the answer): its files are
+        # neither versions nor deletions.
+        self.damaged = sorted(sid for sid in where if sid in VersionIndex.of(where[sid]).damaged)
+        self.ids = sorted(sid for sid in where if sid not in self.damaged)
         self.infos = infos
         self.by_store: dict[int, tuple[Store, list[str]]] = {}
         for sid in self.ids:
             store = where[sid]
             self.by_store.setdefault(id(store), (store, []))[1].append(sid)
-        for store, _ in self.by_store.values():
-            VersionIndex.of(store).update()
 
     def paths(self, match: Callable[[str], bool]) -> list[str]:
         found: set[str] = set()
@@ -102,6 +105,12 @@ class _Project:
             if chosen:
                 merge_lookups(VersionIndex.of(store).lookup(chosen, paths), out)
         return out
+
+    def noted(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """``answer`` with the snapshots left out as damaged, when there are any."""
+        if self.damaged:
+            answer["damaged_snapshots"] = self.damaged
+        return answer
 
     def versions(self, held: dict[str, Record], ids: list[str], before: str | None = None) -> list[dict[str, Any]]:
         """The path's versions over ``ids``, newest first; ``before``: the snapshot just before them (a
@@ -189,8 +198,8 @@ def register_versions(router: Router, scheduler: Scheduler, lists: SnapshotLists
                     raise api_error("path_unknown", f"No snapshot of project {pid!r} holds {path!r}.")
                 newest = held[max(held)]
                 if newest[1] != "dir":
-                    return {"project": pid, "path": path, "kind": newest[1], "snapshots": len(ids),
-                            "versions": project.versions(held, ids)}
+                    return project.noted({"project": pid, "path": path, "kind": newest[1], "snapshots": len(ids),
+                                          "versions": project.versions(held, ids)})
             names = project.paths(_under(path, depth))
             truncated = len(names) > MAX_ENTRIES
             found = project.lookup(names[:MAX_ENTRIES])
@@ -202,7 +211,7 @@ def register_versions(router: Router, scheduler: Scheduler, lists: SnapshotLists
                                       "depth": depth, "entries": entries}
             if truncated:
                 answer["truncated"] = True
-            return answer
+            return project.noted(answer)
 
         return json_response(200, await in_thread(work))
 
@@ -242,8 +251,9 @@ def register_versions(router: Router, scheduler: Scheduler, lists: SnapshotLists
                         truncated = True
                         break
                     matches.append({"path": name, "kind": versions[0]["kind"], "versions": versions})
-            return {"project": pid, "pattern": pattern, "since": request.query.get("since") or None,
-                    "snapshots": len(ids), "limit": limit, "truncated": truncated, "matches": matches}
+            return project.noted({"project": pid, "pattern": pattern, "since": request.query.get("since") or None,
+                                  "snapshots": len(ids), "limit": limit, "truncated": truncated,
+                                  "matches": matches})
 
         return json_response(200, await in_thread(work))
 

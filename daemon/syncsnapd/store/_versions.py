@@ -159,6 +159,9 @@ class VersionIndex:
         self._by_path: dict[str, list[int]] = {}
         self._groups: dict[str, Numbers] = {}  # 4-byte words: a group's numbers cost 1 KiB
         self._snapshots: dict[str, tuple[str, ...]] = {}
+        # Snapshots whose file or list of files is damaged -> why: left out of every answer (not retried
+        # while this index lives; `syncsnapd check` says what is damaged, a forget or prune removes them).
+        self.damaged: dict[str, str] = {}
         # An entry's canonical JSON (without its brackets) -> its record number: see _decode_group. Not
         # in the file (a piece holds the inode, which records leave out); filled as groups are decoded.
         self._pieces: dict[bytes, int] = {}
@@ -201,14 +204,16 @@ class VersionIndex:
         forgotten ones dropped), and write the file if anything changed. Returns whether it did.
 
         Raises:
-            StoreError: a new snapshot's file or tree cannot be read (CorruptDataError: damaged); what
-                was taken in before it stands.
+            StoreError: a new snapshot's file or tree cannot be read; what was taken in before it stands.
+                A damaged one (CorruptDataError) is not raised: it is left out, in :attr:`damaged`.
         """
         with self._lock:
             listed = [info.id for info in self._store.list_snapshots()]
             present = set(listed)
+            for sid in [sid for sid in self.damaged if sid not in present]:
+                del self.damaged[sid]
             gone = [sid for sid in self._snapshots if sid not in present]
-            new = [sid for sid in listed if sid not in self._snapshots]
+            new = [sid for sid in listed if sid not in self._snapshots and sid not in self.damaged]
             if not gone and not new:
                 return False
             for sid in gone:
@@ -223,6 +228,9 @@ class VersionIndex:
                             self._add_snapshot(sid)
                         except UnknownSnapshotError:
                             continue  # forgotten since the listing
+                        except CorruptDataError as exc:
+                            log.warning("versions: snapshot %s left out: %s", sid, exc)
+                            self.damaged[sid] = str(exc)
             finally:
                 self._save()
             return True
