@@ -68,6 +68,28 @@ def test_lists_younger_than_refresh_age_are_not_refreshed(bucket: MotoServer, sh
             d.proc.wait()
 
 
+def test_a_restore_of_another_machines_new_snapshot_refreshes_the_lists_first(bucket: MotoServer,
+                                                                            short_tmp: Path) -> None:
+    """Against moto_server on loopback. Beta's lists are fresh (``refresh_age = "1h"``) when alpha takes a
+    snapshot; a restore of alpha's id on beta does not answer "no such snapshot": an id not seen yet
+    makes beta bring its lists up to date first, and the restore runs."""
+    a = start_machine(short_tmp / "a", "alpha", {"docs": folder(short_tmp / "fa", "alpha")}, bucket.url)
+    b = start_machine(short_tmp / "b", "beta", {"docs": folder(short_tmp / "fb", "beta")}, bucket.url,
+                      extra='refresh_age = "1h"')
+    try:
+        assert api(b, "/snapshots")["snapshots"] == []
+        snap_a = wait_run(a, start_run(a, "docs"))["snapshot"]["id"]  # type: ignore[index]
+        target = short_tmp / "restored"
+        started = api(b, "/projects/docs/restore", "POST", {"snapshot": snap_a, "target": str(target)})
+        assert "run" in started, started
+        wait_run(b, started["run"])
+        assert (target / "a.txt").read_text() == "alpha"
+    finally:
+        for d in (a, b):
+            d.proc.kill()
+            d.proc.wait()
+
+
 def test_unreachable_bucket_answers_from_the_cache_and_says_so(bucket: MotoServer, short_tmp: Path) -> None:
     proxy = ThrottlingProxy(bucket.port)
     b = start_machine(short_tmp / "b", "beta", {"docs": folder(short_tmp / "fb", "beta")}, proxy.url,

@@ -230,9 +230,23 @@ class Operations:
                 raise OperationError("snapshot_unknown", f"Project {project!r} has no snapshot yet.")
             snapshot = str(snaps[-1].id)
         store = await self._thread(lambda: self.stores.find(snapshot, project))
+        if store is None and await self._thread(self._refresh_buckets):
+            store = await self._thread(lambda: self.stores.find(snapshot, project))
         if store is None:
             raise OperationError("snapshot_unknown", f"Project {project!r} has no snapshot {snapshot!r}.")
         return snapshot, store
+
+    def _refresh_buckets(self) -> bool:
+        """An id not seen here may be another machine's snapshot taken since the last refresh: bring every
+        S3 store's lists up to date with its bucket (blocking). Whether any of them changed."""
+        changed = False
+        for store in self.stores.all():
+            if store.remote is not None:
+                try:
+                    changed = store.refresh() or changed
+                except StoreError as exc:  # unreachable: the cached lists answer
+                    log.warning("cannot refresh the lists of %s: %s", location_of(store), exc)
+        return changed
 
     def _forbidden_target(self, target: Path) -> bool:
         real = Path(os.path.realpath(target))
