@@ -59,7 +59,7 @@ from ._commands import (
 )
 from ._files import cmd_cat
 from ._mount import cmd_mount
-from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, transport_of
+from ._output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED, EXIT_USAGE, positive, transport_of
 from ._pause import cmd_pause, cmd_resume
 from ._runs import cmd_cancel, cmd_check, cmd_follow, cmd_prune, cmd_restore, cmd_snapshot
 from ._versions import add_versions_parsers, cmd_find, cmd_versions
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     sn.add_argument("--host", help="only the snapshots this machine took (a store several machines share)")
     r = sub.add_parser("runs", parents=[common], help="list a project's runs, newest first")
     r.add_argument("project")
-    r.add_argument("-n", "--limit", type=_limit, default=20, metavar="N", help="at most N runs (default 20)")
+    r.add_argument("-n", "--limit", type=positive, default=20, metavar="N", help="at most N runs (default 20)")
     sub.add_parser("run", parents=[common], help="show one run, with the time spent in each step").add_argument("run")
     sub.add_parser("stats", parents=[common], help="success rate and durations of a project's snapshots"
                    ).add_argument("project")
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("project")
     d.add_argument("snapshot_from", metavar="FROM", help="a snapshot id, or latest")
     d.add_argument("snapshot_to", metavar="TO", nargs="?", help="a snapshot id, or latest (default: the live folder)")
-    d.add_argument("-n", "--limit", type=_limit, default=None, metavar="N",
+    d.add_argument("-n", "--limit", type=positive, default=None, metavar="N",
                    help="list at most N entries of each kind (the summary counts all)")
     rs = sub.add_parser("restore", parents=[common], help="restore a snapshot, or paths in it, into a directory")
     rs.add_argument("project")
@@ -188,16 +188,6 @@ def _dashboard_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     o.add_argument("--print", action="store_true", help="only print the one-time login URL (valid 60 s, once)")
     lo = sub.add_parser("logout", parents=[common], help="log every browser out of the dashboard")
     lo.add_argument("--all", action="store_true", required=True, help="every session (required)")
-
-
-def _limit(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 up (got {text!r})")
-    return n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,3 +30,14 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
 def transport_of(args: argparse.Namespace) -> Transport:
     t: Transport = getattr(args, "transport", "sse")
     return t
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number from 1 up (a count or a limit)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 up (got {text!r})")
+    return n

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._client import AsyncClient
 from ._format import display_path, human_bytes, plural
-from ._output import EXIT_OK, print_json
+from ._output import EXIT_OK, positive, print_json
 
 __all__ = ["add_versions_parsers", "cmd_find", "cmd_versions", "relative_path"]
 
@@ -114,16 +114,6 @@ async def cmd_find(client: AsyncClient, args: argparse.Namespace, as_json: bool)
     return EXIT_OK
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 up (got {text!r})")
-    return n
-
-
 def add_versions_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                          common: argparse.ArgumentParser) -> None:
     """The ``versions`` and ``find`` subcommands."""
@@ -131,7 +121,7 @@ def add_versions_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
                                                           "entries) across a project's snapshots")
     v.add_argument("project")
     v.add_argument("path", help="relative to the project's folder (or absolute, inside it)")
-    v.add_argument("--depth", type=_positive, default=None, metavar="N",
+    v.add_argument("--depth", type=positive, default=None, metavar="N",
                    help="for a directory: list entries N levels down (default 1)")
     f = sub.add_parser("find", parents=[common], help="paths matching a pattern in a project's snapshots, "
                                                       "with their versions")
@@ -139,6 +129,6 @@ def add_versions_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     f.add_argument("pattern", help="a glob (* ? [...]) on the path or its name, else a part of the path")
     f.add_argument("--since", metavar="T", help="only snapshots at or after T (ISO 8601: 2026-12-01, "
                                                 "2026-12-01T14:00)")
-    f.add_argument("-n", "--limit", type=_positive, default=None, metavar="N",
+    f.add_argument("-n", "--limit", type=positive, default=None, metavar="N",
                    help="at most N paths (default 1000)")
 
