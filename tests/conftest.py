@@ -12,7 +12,7 @@ import pytest
 pytest.register_assert_rewrite("helpers")
 
 from helpers.daemon import DaemonProcess, start_daemon  # noqa: E402
-from helpers.s3 import MotoServer, create_bucket, moto_server, s3_env  # noqa: E402
+from helpers.s3 import MotoServer, moto_server, ready_bucket  # noqa: E402
 
 # Fixtures that several test folders use.
 pytest_plugins = ["helpers.client"]
@@ -54,7 +54,4 @@ def moto() -> Iterator[MotoServer]:
 @pytest.fixture
 def bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
     """``moto`` emptied, with the test bucket created and the S3 environment of ``helpers.s3.s3_env``."""
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    return moto
+    return ready_bucket(moto, monkeypatch, tmp_path)

@@ -276,3 +276,20 @@ def plaintext_store(base: Path, config: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "syncsnapd", "init", "--no-encrypt", "--config", str(config)],
                        env=make_env(base), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 0 or "There is already a store" in r.stdout, r.stdout + r.stderr
+
+
+def ready_bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
+    """``moto`` emptied, the test bucket created, and the S3 environment of :func:`s3_env` set."""
+    moto.reset()
+    create_bucket(moto.url)
+    s3_env(monkeypatch, tmp_path)
+    return moto
+
+
+def fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed S3 request gives up within a second or two instead of about a minute."""
+    from syncsnapd.core import _s3 as s3_settings
+
+    monkeypatch.setattr(s3_settings, "BOTOCORE_ATTEMPTS", 2)
+    monkeypatch.setattr(s3_settings, "RETRY_DELAYS", (0.2,))
+    monkeypatch.setattr(s3_settings, "CONNECT_TIMEOUT", 2.0)

@@ -388,3 +388,20 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
+
+
+def assert_restores(store: Store, expected: dict[str, Any], out: Path) -> None:
+    """``check --read-data`` is clean and every listed snapshot restores (under ``out``) byte-identical to
+    ``expected[its id]`` (a :func:`tree_state`)."""
+    import shutil
+
+    from syncsnapd.engine import restore_snapshot
+
+    report = store.check(read_data=True)
+    assert report.ok, report
+    out.mkdir(parents=True, exist_ok=True)
+    for info in store.list_snapshots():
+        target = out / info.id
+        restore_snapshot(store, info.id, target)
+        assert tree_state(target) == expected[info.id], info.id
+        shutil.rmtree(target)

@@ -18,6 +18,7 @@ import trio
 
 from helpers.store import (
     CrashRunner,
+    assert_restores,
     backdate,
     commit_entries,
     prune_store,
@@ -58,18 +59,6 @@ def stored_chunks(root: Path) -> set[str]:
     from syncsnapd.store._format import decode_index
 
     return {r[0].hex() for p in (root / "index").glob("*.idx") for r in decode_index(p.read_bytes())}
-
-
-def assert_restores(store: Store, expected: dict[str, Any], out: Path) -> None:
-    """Every listed snapshot restores byte-identical to its recorded tree; `check` re-hashes clean."""
-    report = store.check(read_data=True)
-    assert report.ok, report
-    out.mkdir(parents=True, exist_ok=True)
-    for info_ in store.list_snapshots():
-        target = out / info_.id
-        restore_snapshot(store, info_.id, target)
-        assert tree_state(target) == expected[info_.id], info_.id
-        shutil.rmtree(target)
 
 
 # --- retention ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from helpers.daemon import DaemonProcess, make_env, make_tree, wait_until
-from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, create_bucket, s3_env
+from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer
 from helpers.store import commit_entries, snapshot
 from syncsnapd.engine import SnapshotError
 from syncsnapd.engine import _writing_lock as writing_lock_module
@@ -54,11 +54,9 @@ HOST = os.uname().nodename
 
 
 @pytest.fixture
-def s3(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    return moto
+def s3(bucket: MotoServer) -> MotoServer:
+    """The bucket of conftest.py, under this module's name for it."""
+    return bucket
 
 
 def open_store(root: Path, endpoint: str, *, writable: bool = True) -> Store:

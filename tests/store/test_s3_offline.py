@@ -29,12 +29,11 @@ from helpers.s3 import (
     SECRET_KEY,
     MotoServer,
     ThrottlingProxy,
-    create_bucket,
-    s3_env,
+    fail_fast,
+    ready_bucket,
 )
 from helpers.store import snapshot
 from syncsnapd.core import ConfigError, Progress, RunProgress, SyncsnapdError, load_config
-from syncsnapd.core import _s3 as s3_settings
 from syncsnapd.engine import SnapshotError
 from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
 
@@ -44,13 +43,8 @@ PREFIX = "machines/one/"
 
 @pytest.fixture
 def proxy(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ThrottlingProxy]:
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    # A failed request gives up within a second or two instead of about a minute.
-    monkeypatch.setattr(s3_settings, "BOTOCORE_ATTEMPTS", 2)
-    monkeypatch.setattr(s3_settings, "RETRY_DELAYS", (0.2,))
-    monkeypatch.setattr(s3_settings, "CONNECT_TIMEOUT", 2.0)
+    ready_bucket(moto, monkeypatch, tmp_path)
+    fail_fast(monkeypatch)
     p = ThrottlingProxy(moto.port)
     yield p
     p.close()

@@ -24,23 +24,18 @@ from helpers.s3 import (
     BUCKET,
     SECRET_KEY,
     MotoServer,
-    create_bucket,
     plaintext_store,
-    s3_env,
 )
-from helpers.store import CrashRunner, prune_store, snapshot, tree_state
-from syncsnapd.engine import restore_snapshot
+from helpers.store import CrashRunner, assert_restores, prune_store, snapshot, tree_state
 from syncsnapd.store import RemoteSpec, Store, StoreLocked, prepare, pruning_lock
 
 KiB, MiB = 1 << 10, 1 << 20
 
 
 @pytest.fixture
-def s3(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    return moto
+def s3(bucket: MotoServer) -> MotoServer:
+    """The bucket of conftest.py, under this module's name for it."""
+    return bucket
 
 
 def client(moto: MotoServer) -> Any:
@@ -98,18 +93,6 @@ async def three_snapshots(store: Store, src: Path) -> dict[str, Any]:
     return expected
 
 
-def assert_whole(store: Store, expected: dict[str, Any], out: Path) -> None:
-    """check --read-data is clean and every listed snapshot restores byte-identical to its folder."""
-    report = store.check(read_data=True)
-    assert report.ok, report
-    out.mkdir(parents=True, exist_ok=True)
-    for info in store.list_snapshots():
-        target = out / info.id
-        restore_snapshot(store, info.id, target)
-        assert tree_state(target) == expected[info.id], info.id
-        shutil.rmtree(target)
-
-
 def packs_without_index(keys: dict[str, int]) -> set[str]:
     packs = {k.rsplit("/", 1)[-1][:-5] for k in keys if k.startswith("packs/")}
     return packs - {k[len("index/"):-4] for k in keys if k.startswith("index/")}
@@ -137,11 +120,11 @@ async def test_prune_on_s3_forgets_deletes_and_repacks_in_the_bucket(s3: MotoSer
         forgotten = sum(v for k, v in before.items() if k.startswith("snapshots/") and k not in after)
         assert sum(before.values()) - sum(after.values()) - forgotten == stats.bytes_freed
         assert list((tmp_path / "a" / "packs").glob("*/*.pack")) == []  # nothing left staged
-        assert_whole(store, {newest: expected[newest]}, tmp_path / "out-a")
+        assert_restores(store, {newest: expected[newest]}, tmp_path / "out-a")
     # Another machine, from the bucket alone.
     with open_store(tmp_path / "b", s3, writable=False) as other:
         assert [s.id for s in other.list_snapshots()] == [newest]
-        assert_whole(other, {newest: expected[newest]}, tmp_path / "out-b")
+        assert_restores(other, {newest: expected[newest]}, tmp_path / "out-b")
 
 
 async def test_a_second_machine_sees_what_a_prune_deleted(s3: MotoServer, tmp_path: Path) -> None:
@@ -154,10 +137,10 @@ async def test_a_second_machine_sees_what_a_prune_deleted(s3: MotoServer, tmp_pa
         newest = b.list_snapshots()[-1].id
     with open_store(tmp_path / "a", s3) as a:  # A's cache still had every pack's index and snapshot
         assert [s.id for s in a.list_snapshots()] == [newest]
-        assert_whole(a, {newest: expected[newest]}, tmp_path / "out")
+        assert_restores(a, {newest: expected[newest]}, tmp_path / "out")
         write(src, "later")
         later = await snapshot(a, src)
-        assert_whole(a, {newest: expected[newest], later.id: tree_state(src)}, tmp_path / "out2")
+        assert_restores(a, {newest: expected[newest], later.id: tree_state(src)}, tmp_path / "out2")
 
 
 # --- prune while another daemon snapshots ------------------------------------------------------------------------
@@ -252,7 +235,7 @@ def test_prune_on_s3_while_another_daemon_snapshots_deletes_nothing_referenced(s
     with open_store(short_tmp / "c", s3, writable=False) as third:
         left = third.list_snapshots()
         assert [s.id for s in left] == [max(states)]
-        assert_whole(third, states, short_tmp / "out")
+        assert_restores(third, states, short_tmp / "out")
     assert bucket_keys(s3, "shared/locks") == {}
 
 
@@ -297,18 +280,18 @@ def test_crash_at_every_step_of_a_prune_on_s3_leaves_every_snapshot_restorable(s
             seen.add(reached[-1])
             with Store.open(root, writable=True) as store:
                 assert newest in [s.id for s in store.list_snapshots()]
-                assert_whole(store, expected, tmp_path / f"out{n}")
+                assert_restores(store, expected, tmp_path / f"out{n}")
             with open_store(tmp_path / f"other{n}", s3, f"crash{n}", writable=False) as other:
-                assert_whole(other, expected, tmp_path / f"other-out{n}")
+                assert_restores(other, expected, tmp_path / f"other-out{n}")
             with Store.open(root, writable=True) as store:
                 prune_store(store)
                 assert [s.id for s in store.list_snapshots()] == [newest]
-                assert_whole(store, expected, tmp_path / f"out{n}")
+                assert_restores(store, expected, tmp_path / f"out{n}")
             assert packs_without_index(bucket_keys(s3, f"crash{n}")) == set()
             shutil.rmtree(tmp_path / f"other{n}")
             with open_store(tmp_path / f"other{n}", s3, f"crash{n}", writable=False) as other:
                 assert [s.id for s in other.list_snapshots()] == [newest]
-                assert_whole(other, expected, tmp_path / f"other-out{n}")
+                assert_restores(other, expected, tmp_path / f"other-out{n}")
             shutil.rmtree(root)
             shutil.rmtree(tmp_path / f"other{n}")
         else:

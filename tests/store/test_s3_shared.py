@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from helpers.daemon import api
-from helpers.s3 import MotoServer, ThrottlingProxy, create_bucket, s3_env
+from helpers.s3 import MotoServer, ThrottlingProxy, fail_fast, ready_bucket
 from helpers.shared_bucket import URL, bucket_objects, delete_object, start_machine, start_run, wait_run
 from helpers.store import snapshot
-from syncsnapd.core import _s3 as s3_settings
 from syncsnapd.engine import SnapshotError
 from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
 from syncsnapd.store._format import SNAPSHOT_ID_RE, SnapshotStats, decode_snapshot, encode_snapshot
@@ -31,13 +30,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 def bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    moto.reset()
-    create_bucket(moto.url)
-    s3_env(monkeypatch, tmp_path)
-    # Give up within a second or two instead of about a minute.
-    monkeypatch.setattr(s3_settings, "BOTOCORE_ATTEMPTS", 2)
-    monkeypatch.setattr(s3_settings, "RETRY_DELAYS", (0.2,))
-    monkeypatch.setattr(s3_settings, "CONNECT_TIMEOUT", 2.0)
+    ready_bucket(moto, monkeypatch, tmp_path)
+    fail_fast(monkeypatch)
     return moto
 
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import trio
@@ -33,6 +33,7 @@ from ._store_view import SnapshotLists
 
 __all__ = ["parse_range", "register_browse", "snapshot_path"]
 
+T = TypeVar("T")
 log = logging.getLogger("syncsnapd.api")
 
 API = "/api/v1"
@@ -127,6 +128,15 @@ def entry_json(e: Entry) -> dict[str, Any]:
             "target": e.data if e.kind == "symlink" else None}
 
 
+async def read_store(fn: Callable[[], T]) -> T:
+    """``fn()`` (blocking reads of a store) in a worker thread; a StoreError becomes 500 ``store_error``."""
+    try:
+        return await trio.to_thread.run_sync(fn)
+    except StoreError as exc:
+        log.warning("cannot read the store: %s", exc)
+        raise api_error("store_error", f"{exc} (`syncsnapd check` tells what is damaged).") from None
+
+
 def register_browse(router: Router, scheduler: Scheduler, lists: SnapshotLists | None = None) -> None:
     """Add the tree and file endpoints to ``router``; ``lists`` refreshes an S3 store's snapshot lists
     (another machine's snapshots) before a snapshot is looked up."""
@@ -154,13 +164,6 @@ def register_browse(router: Router, scheduler: Scheduler, lists: SnapshotLists |
         if snap == "latest":
             raise api_error("snapshot_unknown", f"Project {pid!r} has no snapshot yet.")
         raise api_error("snapshot_unknown", f"Project {pid!r} has no snapshot {shown}.")
-
-    async def read_store(fn: Callable[[], Any]) -> Any:
-        try:
-            return await thread(fn)
-        except StoreError as exc:
-            log.warning("cannot read the store: %s", exc)
-            raise api_error("store_error", f"{exc} (`syncsnapd check` tells what is damaged).") from None
 
     async def tree(request: Request, params: dict[str, str]) -> Response:
         pid = known_project(scheduler, params["id"])

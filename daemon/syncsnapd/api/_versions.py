@@ -15,12 +15,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import trio
-
 from ..http import Request, Response, Router, json_response, parse_decimal
 from ..runs import Scheduler
-from ..store import Record, SnapshotInfo, Store, StoreError, Version, VersionIndex, merge_lookups, versions_of
-from ._browse import snapshot_path
+from ..store import Record, SnapshotInfo, Store, Version, VersionIndex, merge_lookups, versions_of
+from ._browse import read_store, snapshot_path
 from ._endpoints import known_project
 from ._errors import api_error
 from ._store_view import SnapshotLists
@@ -119,23 +117,14 @@ class _Project:
         return [version_json(v, self.infos) for v in reversed(found)]
 
 
-def _depth(request: Request) -> int:
-    raw = request.query.get("depth")
+def _bounded(request: Request, name: str, default: int, top: int) -> int:
+    """Query parameter ``name``: a whole number from 1 to ``top`` (``default`` when absent or empty)."""
+    raw = request.query.get(name)
     if raw is None or raw == "":
-        return DEFAULT_DEPTH
+        return default
     value = parse_decimal(raw)
-    if value is None or not 1 <= value <= MAX_DEPTH:
-        raise api_error("bad_request", f"depth must be a whole number from 1 to {MAX_DEPTH}.")
-    return value
-
-
-def _limit(request: Request) -> int:
-    raw = request.query.get("limit")
-    if raw is None or raw == "":
-        return DEFAULT_FIND_LIMIT
-    value = parse_decimal(raw)
-    if value is None or not 1 <= value <= MAX_FIND_LIMIT:
-        raise api_error("bad_request", f"limit must be a whole number from 1 to {MAX_FIND_LIMIT}.")
+    if value is None or not 1 <= value <= top:
+        raise api_error("bad_request", f"{name} must be a whole number from 1 to {top}.")
     return value
 
 
@@ -178,16 +167,12 @@ def register_versions(router: Router, scheduler: Scheduler, lists: SnapshotLists
     async def in_thread(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if lists is not None:
             await lists.refresh()
-        try:
-            return await trio.to_thread.run_sync(fn)
-        except StoreError as exc:
-            log.warning("cannot read the store: %s", exc)
-            raise api_error("store_error", f"{exc} (`syncsnapd check` tells what is damaged).") from None
+        return await read_store(fn)
 
     async def versions(request: Request, params: dict[str, str]) -> Response:
         pid = known_project(scheduler, params["id"])
         path = snapshot_path(request.query.get("path", ""))
-        depth = _depth(request)
+        depth = _bounded(request, "depth", DEFAULT_DEPTH, MAX_DEPTH)
 
         def work() -> dict[str, Any]:
             project = _Project(scheduler, pid)
@@ -222,7 +207,7 @@ def register_versions(router: Router, scheduler: Scheduler, lists: SnapshotLists
             raise api_error("bad_request", f"pattern must be 1 to {MAX_PATTERN} bytes without NUL: a glob "
                                            "(* ? [...]) or a part of a path.")
         since = parse_since(request.query.get("since"))
-        limit = _limit(request)
+        limit = _bounded(request, "limit", DEFAULT_FIND_LIMIT, MAX_FIND_LIMIT)
         match = pattern_matcher(pattern)
 
         def work() -> dict[str, Any]:
