@@ -7,7 +7,7 @@
     syncsnapd check [--read-data] [--project P]       verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run] [--project P]         apply the projects' keep policies, delete unused data
     syncsnapd unlock [--remove-all]                   remove stale locks of a shared store (S3, network disk)
-    syncsnapd init [--encrypt | --no-encrypt]         create the store (encrypted by default on S3 only)
+    syncsnapd init [--encrypt | --no-encrypt] [--project P]  create the store (encrypted by default on S3 only)
     syncsnapd key list|add|remove ID|passwd|export FILE [--new-password-file FILE]
                                                       the key files of an encrypted store
     syncsnapd mount DIR [--project P]                 the snapshots as a read-only filesystem (docs/mount.md)
@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="encrypt it (asks for a passphrase on a terminal, or reads $SYNCSNAP_PASSWORD_FILE; "
                           "writes the master key to key_file when that is configured)")
     enc.add_argument("--no-encrypt", dest="encrypt", action="store_false", help="do not encrypt it")
+    i.add_argument("--project", help="create this project's own store (its store, s3 and key_file) instead of "
+                                     "the daemon's")
     k = command("key", "manage the key files of an encrypted store (each opens it with its own passphrase)")
     k.add_argument("action", choices=("list", "add", "remove", "passwd", "export"),
                    help="list; add a key; remove ID; passwd: change the passphrase of the key in use; export "
@@ -257,16 +259,21 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     from . import _offline, _stores
 
     prepare_store(config)  # an S3 store: its local cache directory knows the bucket
-    where = config.store_url or str(config.store)
     terminal = sys.stdin.isatty()
-    if args.command == "init":  # the daemon's store
+    if args.command == "init":  # the daemon's store, or --project P's own
+        own = [p.id for p in config.projects if p.store is not None]
+        if args.project is not None and args.project not in own:
+            print(f"syncsnapd: init --project: no project {args.project!r} with a store of its own "
+                  "(store = ... in its [[projects]] table) in the configuration", file=sys.stderr)
+            return 2
+        root, url, key_file = _stores.offline_stores(config, args.project)[0]
         try:
             passphrase = passphrase_source()
         except StoreKeyError as exc:
             print(f"syncsnapd: {exc}", file=sys.stderr)
             return 2
-        return _offline.run_init(config.store, sys.stdout, where=where, s3=config.store_url is not None,
-                                 encrypt=args.encrypt, key_file=config.key_file, passphrase=passphrase,
+        return _offline.run_init(root, sys.stdout, where=url or str(root), s3=url is not None,
+                                 encrypt=args.encrypt, key_file=key_file, passphrase=passphrase,
                                  ask=(lambda: prompt_passphrase("New passphrase of the store: ", new=True))
                                  if terminal else None)
     # Every store the command covers (--project P: P's own; `key`: the daemon's), each with the key its
