@@ -11,6 +11,8 @@ configuration each, restore each store with only its key file.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from helpers.daemon import api, make_env, make_tree, spawn_daemon
+from helpers.daemon import api, make_env, make_tree, spawn_daemon, wait_until
 from helpers.s3 import MotoServer, moto_server
 from helpers.shared_bucket import start_run, wait_run
 from syncsnapd.store import MasterKey, write_master_key_file
@@ -148,3 +150,48 @@ def test_two_projects_on_two_services_with_two_accounts_and_two_keys(
     out = _cli(stranger, one, "snapshots", "--project", "work")
     assert out.returncode == 2 and snaps["work"] not in out.stdout, out.stdout + out.stderr
     assert f"s3://{BUCKETS['work']}/laptop at {two_services['work'][0].url} refused the credentials" in out.stdout
+
+
+def test_a_project_key_file_opens_its_local_store_and_a_wrong_one_stops_the_start(short_tmp: Path) -> None:
+    """A local store of a project, encrypted by ``init --project P --encrypt`` with P's ``key_file``: the
+    daemon opens it with that file; a reload that changes the file says a restart applies it; a start
+    with another project's master key stops with exit status 2, naming the project."""
+    base = short_tmp
+    files = make_tree(base / "work", files=4)
+    (base / "keys").mkdir()
+    other = base / "keys" / "other.key"
+    write_master_key_file(other, MasterKey.generate())
+
+    def config(key_file: Path) -> Path:
+        return _config(base, [["[[projects]]", 'id = "work"', f'path = "{base}/work"', f'store = "{base}/work-store"',
+                               f'key_file = "{key_file}"']])
+
+    cfg = config(base / "keys" / "work.key")
+    init = _cli(base, cfg, "init", "--project", "work", "--encrypt")
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert f"Created an encrypted store at {base}/work-store" in init.stdout
+    d = spawn_daemon(base, cfg)
+    try:
+        snap = wait_run(d, start_run(d, "work"))["snapshot"]
+        assert json.loads((base / "work-store" / "config.json").read_bytes())["encryption"] != "none"
+        assert [p.stem for p in (base / "main" / "snapshots").glob("*.json")] == []
+        config(other)
+        d.proc.send_signal(signal.SIGHUP)
+        log = base / "daemon.log"
+        wait_until(lambda: "reloaded" in log.read_text(), 30, "the reload")
+        assert ("reload: the s3 settings or key_file of the store of project 'work' changed; restart syncsnapd "
+                "to apply them") in log.read_text()
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+    restore = ("restore", str(snap["id"]), str(base / "restored"))  # type: ignore[index]
+    out = _cli(base, config(base / "keys" / "work.key"), *restore)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert all((base / "restored" / rel).read_bytes() == data for rel, data in files.items())
+
+    with pytest.raises(RuntimeError, match="exited 2") as info:
+        spawn_daemon(base, config(other))
+    assert (f"cannot open the store of project 'work' at {base}/work-store: the key file does not hold the "
+            "master key") in str(info.value)
