@@ -185,7 +185,9 @@ class DaemonConfig:
     host: str | None = None  # the machine name snapshots record (None: the system's hostname)
     refresh_age: float = 60.0  # seconds an S3 store's lists serve GET /snapshots (docs/config.md)
     # An encrypted store's master key, in a file only its owner may read (docs/encryption.md); None: the
-    # passphrase comes from SYNCSNAP_PASSWORD_FILE or systemd's credential syncsnap-password.
+    # passphrase comes from SYNCSNAP_PASSWORD_FILE or systemd's credential syncsnap-password. ``s3`` and
+    # ``key_file`` serve every store except a project's own that has its own (ProjectConfig.store_s3 and
+    # store_key_file).
     key_file: Path | None = None
 
     @property

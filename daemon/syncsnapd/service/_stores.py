@@ -124,8 +124,11 @@ def reload_stores(stores: Stores, old: DaemonConfig, new: DaemonConfig) -> list[
 
 
 def _way(config: DaemonConfig, project_id: str) -> tuple[S3Options | None, Path | None]:
+    """How the store of ``project_id`` is reached (S3 settings, for a bucket only) and opened."""
     p = next(p for p in config.projects if p.id == project_id)
-    return (p.store_s3(config), p.store_key_file(config)) if p.store is not None else (config.s3, config.key_file)
+    if p.store is None:
+        return (config.s3 if config.store_url is not None else None), config.key_file
+    return (p.store_s3(config) if p.store_url is not None else None), p.store_key_file(config)
 
 
 class OfflineStore(NamedTuple):
