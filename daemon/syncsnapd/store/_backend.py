@@ -22,8 +22,8 @@ Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET
 ``AWS_PROFILE``, the credentials file ``~/.aws/credentials`` or ``AWS_SHARED_CREDENTIALS_FILE``, the
 config file, instance roles), or, when the store's options name a ``profile``, from that profile of the
 credentials and config files (botocore then ignores the ``AWS_ACCESS_KEY_ID`` variables), so that two
-stores of one daemon can use two accounts. They are never logged: descriptions name endpoint, bucket and prefix only,
-and error messages are scrubbed of the key id and secret before they leave this module.
+stores of one daemon can use two accounts. They are never logged: descriptions name endpoint, bucket and
+prefix only, and error messages are scrubbed of the key id and secret before they leave this module.
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ class S3Backend:
             session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
         except botocore.exceptions.ProfileNotFound:
             raise BackendError("store_auth", f"no profile {options.profile!r} in the AWS credentials or config "
-                               f"file (~/.aws/credentials, or AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE), "
-                               f"for s3://{bucket}/{prefix}") from None
+                               "file (~/.aws/credentials, or AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE), "
+                               f"for {f's3://{bucket}/{prefix}'.rstrip('/')}") from None
         # Resolved once so messages can be scrubbed of them; None when there are none (checked at the
         # first request, which then fails with store_auth).
         creds = session.get_credentials()
