@@ -14,6 +14,7 @@ other request untouched.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -102,6 +103,23 @@ class MotoServer:
     def enforce_auth(self) -> None:
         """From now on, refuse credentials moto's IAM does not know (every key the tests use)."""
         self._post("/moto-api/reset-auth", b"0")
+
+    def issue_credentials(self, user: str) -> tuple[str, str]:
+        """A user of this server's IAM allowed every S3 action, and its (access key id, secret key): after
+        :meth:`enforce_auth`, the only credentials this server accepts, and no other server does."""
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1",
+                           aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        try:
+            iam.create_user(UserName=user)
+            policy = iam.create_policy(PolicyName=f"{user}-s3", PolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+            iam.attach_user_policy(UserName=user, PolicyArn=policy["Policy"]["Arn"])
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+        finally:
+            iam.close()
+        return key["AccessKeyId"], key["SecretAccessKey"]
 
 
 def create_bucket(endpoint: str, bucket: str = BUCKET) -> None:

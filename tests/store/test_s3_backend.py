@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,28 @@ def test_no_credentials_is_store_auth(s3: S3Backend, moto: MotoServer, monkeypat
         list(none.list(""))
     assert info.value.code == "store_auth"
     none.close()
+
+
+def test_a_profile_signs_with_its_own_keys_not_the_environments(s3: S3Backend, moto: MotoServer, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``profile``: the keys of that profile of the credentials file, even with other keys in the
+    environment (moto enforcing its IAM accepts only the key it issued)."""
+    key, secret = moto.issue_credentials("work")
+    moto.enforce_auth()
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[work]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    work = S3Backend(BUCKET, "stores/work/", replace(opts(moto.url), profile="work"))
+    work.put_bytes("config.json", b"{}")
+    assert work.get("config.json") == b"{}"
+    work.close()
+    with pytest.raises(BackendError) as info:
+        s3.put_bytes("config.json", b"{}")  # the environment's keys: refused
+    assert info.value.code == "store_auth"
+    with pytest.raises(BackendError) as info:
+        S3Backend(BUCKET, "stores/work/", replace(opts(moto.url), profile="home"))
+    assert info.value.code == "store_auth"
+    assert str(info.value).startswith("no profile 'home' in the AWS credentials or config file")
 
 
 def test_server_down_is_unreachable_then_recovers(s3: S3Backend, moto: MotoServer) -> None:

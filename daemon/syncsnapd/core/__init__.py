@@ -6,12 +6,12 @@ No I/O beyond reading the configuration file; every other package may import thi
 from ._checks import check_private_dir as check_private_dir
 from ._checks import overlap_warnings as overlap_warnings
 from ._config import CONFIG_KEYS as CONFIG_KEYS
-from ._config import ConfigError as ConfigError
 from ._config import DaemonConfig as DaemonConfig
 from ._config import KeepPolicy as KeepPolicy
 from ._config import ProjectConfig as ProjectConfig
 from ._config import SyncthingConfig as SyncthingConfig
 from ._config import load_config as load_config
+from ._errors import ConfigError as ConfigError
 from ._errors import SyncsnapdError as SyncsnapdError
 from ._ignore import IgnoreRules as IgnoreRules
 from ._ignore import ignored_at_or_above as ignored_at_or_above

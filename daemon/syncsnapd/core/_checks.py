@@ -8,7 +8,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._config import ConfigError, ProjectConfig
+from ._config import ProjectConfig
+from ._errors import ConfigError
 from ._ignore import ignored_at_or_above
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._errors import ConfigError
 from ._ignore import IgnoreRules, ignore_pattern_error
 from ._s3 import S3Options, parse_s3_url, staging_dir, store_location
-from ._sizes import DEFAULT_STAGING_MAX, staging_max
+from ._store_config import S3_KEYS, check_shared, check_staging, parse_s3, project_s3
 
 DEFAULT_TCP_PORT = 8473
 DEFAULT_HEARTBEAT_SECONDS = 15.0
@@ -30,14 +31,14 @@ _DAEMON_KEYS = {"s3", "socket", "tcp", "store", "state_dir", "token_file", "hear
                 "interval", "watch", "max_concurrent", "retry_attempts", "retry_backoff", "max_connections",
                 "max_streams", "history_keep_days", "history_keep_runs", "request_rate", "request_burst",
                 "host", "refresh_age", "key_file"}
-_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep", "store"}
+_PROJECT_KEYS = {"id", "path", "ignore", "settle", "max_delay", "interval", "watch", "syncthing", "keep", "store",
+                 "s3", "key_file"}
 _KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-_S3_KEYS = {"endpoint", "region", "path_style", "concurrency", "staging_max"}
 _SYNCTHING_KEYS = {"url", "api_key", "api_key_file", "folder"}
 # Every key the loader accepts, by table: docs/config.md's reference table is tested against this.
 CONFIG_KEYS: Mapping[str, frozenset[str]] = {
-    "daemon": frozenset(_DAEMON_KEYS), "daemon.s3": frozenset(_S3_KEYS), "projects": frozenset(_PROJECT_KEYS),
-    "projects.keep": frozenset(_KEEP_KEYS), "projects.syncthing": frozenset(_SYNCTHING_KEYS)}
+    "daemon": frozenset(_DAEMON_KEYS), "daemon.s3": frozenset(S3_KEYS), "projects": frozenset(_PROJECT_KEYS),
+    "projects.s3": frozenset(S3_KEYS), "projects.keep": frozenset(_KEEP_KEYS), "projects.syncthing": frozenset(_SYNCTHING_KEYS)}
 # Debounce defaults: a folder is snapshotted once it has been quiet for SETTLE seconds, and at the latest
 # MAX_DELAY seconds after the first change of a burst (a folder that never stops changing).
 DEFAULT_SETTLE_SECONDS = 5.0
@@ -56,10 +57,6 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 # Sync tools' own metadata and temporary files are not user content: never snapshotted, never a reason
 # to snapshot (Syncthing's `.stignore` is user content, so it is not listed).
 SYNC_TOOL_IGNORES = (".stfolder", ".stversions", ".syncthing.*.tmp", "~syncthing~*.tmp")
-
-
-class ConfigError(Exception):
-    """A configuration problem; the message names the key or flag at fault."""
 
 
 @dataclass(frozen=True)
@@ -116,12 +113,24 @@ class ProjectConfig:
     # a directory, or an S3 store's URL and its local directory. None: the daemon's store.
     store: Path | None = None
     store_url: str | None = None
+    # How its own store is reached and opened (``s3 = {...}`` and ``key_file`` in its table; only with a
+    # store of its own, an S3 one for ``s3``). None: the daemon's (``[daemon.s3]``, ``daemon.key_file``).
+    s3: S3Options | None = None
+    key_file: Path | None = None
 
     def store_location(self, default: DaemonConfig) -> str:
         """Where this project's snapshots go: its store's URL or directory (the daemon's without its own)."""
         if self.store is None:
             return store_location(default.store, default.store_url)
         return store_location(self.store, self.store_url)
+
+    def store_s3(self, default: DaemonConfig) -> S3Options | None:
+        """How this project's store is reached when it is a bucket: its own ``s3`` table, else the daemon's."""
+        return self.s3 if self.s3 is not None else default.s3
+
+    def store_key_file(self, default: DaemonConfig) -> Path | None:
+        """The master key file that opens this project's store: its own ``key_file``, else the daemon's."""
+        return self.key_file if self.key_file is not None else default.key_file
 
     @property
     def path_known(self) -> bool:
@@ -176,7 +185,9 @@ class DaemonConfig:
     host: str | None = None  # the machine name snapshots record (None: the system's hostname)
     refresh_age: float = 60.0  # seconds an S3 store's lists serve GET /snapshots (docs/config.md)
     # An encrypted store's master key, in a file only its owner may read (docs/encryption.md); None: the
-    # passphrase comes from SYNCSNAP_PASSWORD_FILE or systemd's credential syncsnap-password.
+    # passphrase comes from SYNCSNAP_PASSWORD_FILE or systemd's credential syncsnap-password. ``s3`` and
+    # ``key_file`` serve every store except a project's own that has its own (ProjectConfig.store_s3 and
+    # store_key_file).
     key_file: Path | None = None
 
     @property
@@ -277,7 +288,7 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         settings["store_url"] = store
         daemon.pop("store", None)
         flags.pop("store", None)
-    elif "s3" in daemon and "store" not in flags and not _project_s3(data.get("projects")):
+    elif "s3" in daemon and "store" not in flags and not project_s3(data.get("projects")):
         # --store DIR: the file's S3 settings do not apply (unless a project's store is a bucket)
         raise ConfigError('daemon.s3: only for an S3 store (store = "s3://bucket/prefix")')
     for key in ("socket", "store", "state_dir", "token_file", "key_file"):
@@ -285,8 +296,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
             settings[key] = _path(flags[key], "--" + key.replace("_", "-"), Path.cwd())
         elif key in daemon:
             settings[key] = _path(daemon[key], f"daemon.{key}", base_dir)
-    if "store_url" in settings or _project_s3(data.get("projects")):
-        settings["s3"] = _s3(daemon.get("s3", {}))
+    if "store_url" in settings or project_s3(data.get("projects")):
+        settings["s3"] = parse_s3(daemon.get("s3", {}), "daemon.s3")
     if "store_url" in settings:
         settings["store"] = staging_dir(settings["state_dir"], settings["store_url"])
     if "tcp" in flags or "tcp" in daemon:
@@ -316,7 +327,8 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         "watch": _bool(daemon.get("watch", True), "daemon.watch"),
     }
     projects = _projects(data.get("projects", []), base_dir, timing, settings["state_dir"])
-    _check_staging(projects, settings.get("store_url"))
+    check_staging(projects, settings.get("store_url"))
+    check_shared(projects, settings)
     paths: dict[Path, str] = {}  # in the order given; ids given in the order of the sorted paths
     for folder in folders or []:
         path = Path(folder).expanduser()
@@ -332,26 +344,6 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
         default = Path(DEFAULT_FOLDER.replace("~", env.get("HOME") or os.path.expanduser("~"), 1))
         projects.append(ProjectConfig(id=_slug(default.name), path=default, **timing))
     return DaemonConfig(runtime_dir=runtime_dir(env), projects=tuple(projects), source=source, host=h, **settings)
-
-
-def _s3(raw: object) -> S3Options:
-    if not isinstance(raw, dict):
-        raise ConfigError("daemon.s3: expected a table ([daemon.s3])")
-    if unknown := sorted(set(raw) - _S3_KEYS):
-        raise ConfigError(f"daemon.s3.{unknown[0]}: unknown key (known: {', '.join(sorted(_S3_KEYS))})")
-    endpoint = raw.get("endpoint")
-    if endpoint is not None and (not isinstance(endpoint, str) or not re.fullmatch(r"https?://[^/\s]+/?", endpoint)):
-        raise ConfigError(f"daemon.s3.endpoint: expected the service's URL such as https://s3.example.com or "
-                          f"http://127.0.0.1:9000, got {endpoint!r}")
-    region = raw.get("region")
-    if region is not None and (not isinstance(region, str) or not re.fullmatch(r"[a-z0-9-]{1,64}", region)):
-        raise ConfigError(f"daemon.s3.region: expected a region name such as us-east-1, got {region!r}")
-    concurrency = raw.get("concurrency", 4)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
-        raise ConfigError(f"daemon.s3.concurrency: expected uploads at once from 1 to 64, got {concurrency!r}")
-    return S3Options(endpoint=endpoint.rstrip("/") if endpoint else None, region=region,
-                     path_style=_bool(raw.get("path_style", False), "daemon.s3.path_style"), concurrency=concurrency,
-                     staging_max=staging_max(raw.get("staging_max", DEFAULT_STAGING_MAX)))
 
 
 def _path(value: object, key: str, base_dir: Path) -> Path:
@@ -418,6 +410,16 @@ def _projects(raw: object, base_dir: Path, timing: dict[str, Any], state_dir: Pa
             raise ConfigError(f"{where}.max_delay: must be at least settle ({own['settle']:g} s)")
         keep = _keep(item["keep"], f"{where}.keep") if "keep" in item else None
         store = _project_store(item["store"], f"{where}.store", base_dir, state_dir) if "store" in item else {}
+        if "s3" in item:
+            if store.get("store_url") is None:
+                raise ConfigError(f'{where}.s3: only for a project whose own store is a bucket '
+                                  f'(store = "s3://bucket/prefix" in its table)')
+            store["s3"] = parse_s3(item["s3"], f"{where}.s3")
+        if "key_file" in item:
+            if not store:
+                raise ConfigError(f"{where}.key_file: only for a project with a store of its own (store = ... in "
+                                  "its table); the daemon's store is opened with daemon.key_file")
+            store["key_file"] = _path(item["key_file"], f"{where}.key_file", base_dir)
         out.append(ProjectConfig(id=pid, path=path, ignore=tuple(ignore), syncthing=syncthing,
                                  keep=keep, **own, **store))
     return out
@@ -433,24 +435,6 @@ def _project_store(value: object, key: str, base_dir: Path, state_dir: Path) -> 
             raise ConfigError(f"{key}: {exc}") from None
         return {"store": staging_dir(state_dir, value), "store_url": value}
     return {"store": _path(value, key, base_dir).resolve()}  # one store however it is spelled
-
-
-def _project_s3(raw: object) -> bool:
-    """True when some project's ``store`` is a bucket (then ``[daemon.s3]`` applies to it)."""
-    return isinstance(raw, list) and any(isinstance(p, dict) and isinstance(p.get("store"), str)
-                                         and p["store"].startswith("s3://") for p in raw)
-
-
-def _check_staging(projects: list[ProjectConfig], daemon_url: str | None) -> None:
-    # staging_dir joins the bucket and the prefix's parts with "-": s3://a-b and s3://a/b would share a
-    # local directory, and two stores must never share staging.
-    seen = {} if daemon_url is None else {staging_dir(Path("/"), daemon_url): (daemon_url, "daemon.store")}
-    for i, p in enumerate(projects):
-        if p.store_url is not None:
-            url, key = seen.setdefault(staging_dir(Path("/"), p.store_url), (p.store_url, f"projects[{i}].store"))
-            if url != p.store_url:
-                raise ConfigError(f"projects[{i}].store: {p.store_url!r} and {url!r} ({key}) would share one "
-                                  "local directory under the state directory; use another bucket or prefix")
 
 
 def _keep(raw: object, key: str) -> KeepPolicy:

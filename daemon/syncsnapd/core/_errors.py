@@ -9,7 +9,7 @@ service (``syncsnapd.core._supervise`` reads ``code`` from any exception that ha
 
 from __future__ import annotations
 
-__all__ = ["SyncsnapdError"]
+__all__ = ["ConfigError", "SyncsnapdError"]
 
 
 class SyncsnapdError(Exception):
@@ -29,3 +29,7 @@ class SyncsnapdError(Exception):
     def to_json(self) -> dict[str, str]:
         """The error object of the API and of progress events: ``{"code": ..., "message": ...}``."""
         return {"code": self.code, "message": self.message}
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key or flag at fault."""

@@ -1,5 +1,5 @@
-"""Where an S3-compatible store is and how to reach it: ``[daemon.s3]``'s options, the ``s3://`` URL,
-and the local directory of each bucket's store. Pure, no I/O; the configuration loader (``_config.py``)
+"""Where an S3-compatible store is and how to reach it: ``[daemon.s3]``'s (or a project's ``s3``)
+options, the ``s3://`` URL, and the local directory of each bucket's store. Pure, no I/O; the configuration loader (``_config.py``)
 parses the keys into these.
 """
 
@@ -27,18 +27,21 @@ READ_TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class S3Options:
-    """How to reach an S3-compatible service (``[daemon.s3]`` in the configuration).
+    """How to reach an S3-compatible service (``[daemon.s3]``, or a project's own ``s3`` table).
 
     ``endpoint``: the service's URL (``https://s3.eu-central-003.backblazeb2.com``,
     ``http://127.0.0.1:9000``); None for AWS itself. ``path_style``: address buckets as
     ``endpoint/bucket/key`` rather than ``bucket.endpoint/key`` (MinIO, Ceph and most self-hosted
-    services need it). ``concurrency``: uploads in flight at once.
+    services need it). ``concurrency``: uploads in flight at once. ``profile``: the AWS shared-credentials
+    profile whose credentials sign the requests (None: the standard chain), so that two stores can use
+    two accounts.
     """
 
     endpoint: str | None = None
     region: str | None = None
     path_style: bool = False
     concurrency: int = 4
+    profile: str | None = None
     # The bounds default to this module's constants as they are when the options are made (tests
     # shorten them for a store that is down).
     botocore_attempts: int = field(default_factory=lambda: BOTOCORE_ATTEMPTS)

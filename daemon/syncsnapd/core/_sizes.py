@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from ._errors import ConfigError
+
 __all__ = ["DEFAULT_STAGING_MAX", "STAGING_MIN", "staging_max"]
 
 # While the bucket is unreachable, snapshots are staged in the state directory (their packs) until it is
@@ -19,8 +21,8 @@ _SIZE = re.compile(r"[ \t]*(\d+(?:\.\d+)?)[ \t]*(B|KiB|MiB|GiB|TiB)?[ \t]*", re.
 _UNIT_BYTES = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
 
-def staging_max(value: object) -> int:
-    """``daemon.s3.staging_max``: a whole number of bytes, or a string such as "4 GiB" or "500MiB".
+def staging_max(value: object, key: str = "daemon.s3.staging_max") -> int:
+    """``daemon.s3.staging_max`` (or a project's ``s3.staging_max``, named by ``key``): a whole number of bytes, or a string such as "4 GiB" or "500MiB".
 
     Raises:
         ConfigError: naming the key, for anything else or a size below 64 MiB.
@@ -31,8 +33,6 @@ def staging_max(value: object) -> int:
     elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
         size = float(m.group(1)) * _UNIT_BYTES[m.group(2)]
     if size is None or not STAGING_MIN <= size <= 1 << 50:
-        from ._config import ConfigError  # here: _config imports this module
-
-        raise ConfigError(f"daemon.s3.staging_max: expected a size from 64 MiB to 1024 TiB such as \"4 GiB\" "
+        raise ConfigError(f"{key}: expected a size from 64 MiB to 1024 TiB such as \"4 GiB\" "
                           f"or a number of bytes, got {value!r}")
     return int(size)

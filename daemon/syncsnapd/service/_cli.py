@@ -7,7 +7,7 @@
     syncsnapd check [--read-data] [--project P]       verify the store (exit 1 on problems)
     syncsnapd prune [--dry-run] [--project P]         apply the projects' keep policies, delete unused data
     syncsnapd unlock [--remove-all]                   remove stale locks of a shared store (S3, network disk)
-    syncsnapd init [--encrypt | --no-encrypt]         create the store (encrypted by default on S3 only)
+    syncsnapd init [--encrypt | --no-encrypt] [--project P]  create the store (encrypted by default on S3 only)
     syncsnapd key list|add|remove ID|passwd|export FILE [--new-password-file FILE]
                                                       the key files of an encrypted store
     syncsnapd mount DIR [--project P]                 the snapshots as a read-only filesystem (docs/mount.md)
@@ -16,8 +16,9 @@ With projects that have a store of their own (``store = ...`` in ``[[projects]]`
 on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn, and
 ``restore`` and ``diff`` use the store that holds the snapshot.
 
-An encrypted store is opened with ``key_file`` ([daemon]) or the passphrase in ``$SYNCSNAP_PASSWORD_FILE``
-or systemd's credential ``syncsnap-password``; on a terminal, without either, the passphrase is asked for.
+An encrypted store is opened with its ``key_file`` (a project's own, else [daemon]'s) or the passphrase in
+``$SYNCSNAP_PASSWORD_FILE`` or systemd's credential ``syncsnap-password``; on a terminal, without either,
+the passphrase is asked for. A project's store is reached with its own ``s3`` table when it has one.
 
 GLOBAL OPTIONS go before or after the command: ``--config FILE``, ``--folder PATH`` (repeatable), and
 ``--tcp``, ``--socket``, ``--store``, ``--state-dir``, which override those ``[daemon]`` keys. An unknown
@@ -147,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="encrypt it (asks for a passphrase on a terminal, or reads $SYNCSNAP_PASSWORD_FILE; "
                           "writes the master key to key_file when that is configured)")
     enc.add_argument("--no-encrypt", dest="encrypt", action="store_false", help="do not encrypt it")
+    i.add_argument("--project", help="create this project's own store (its store, s3 and key_file) instead of "
+                                     "the daemon's")
     k = command("key", "manage the key files of an encrypted store (each opens it with its own passphrase)")
     k.add_argument("action", choices=("list", "add", "remove", "passwd", "export"),
                    help="list; add a key; remove ID; passwd: change the passphrase of the key in use; export "
@@ -256,55 +259,68 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
     from . import _offline, _stores
 
     prepare_store(config)  # an S3 store: its local cache directory knows the bucket
-    where = config.store_url or str(config.store)
     terminal = sys.stdin.isatty()
-    if args.command == "init":  # the daemon's store
+    if args.command == "init":  # the daemon's store, or --project P's own
+        own = [p.id for p in config.projects if p.store is not None]
+        if args.project is not None and args.project not in own:
+            print(f"syncsnapd: init --project: no project {args.project!r} with a store of its own "
+                  "(store = ... in its [[projects]] table) in the configuration", file=sys.stderr)
+            return 2
+        root, url, key_file = _stores.offline_stores(config, args.project)[0]
         try:
             passphrase = passphrase_source()
         except StoreKeyError as exc:
             print(f"syncsnapd: {exc}", file=sys.stderr)
             return 2
-        return _offline.run_init(config.store, sys.stdout, where=where, s3=config.store_url is not None,
-                                 encrypt=args.encrypt, key_file=config.key_file, passphrase=passphrase,
+        return _offline.run_init(root, sys.stdout, where=url or str(root), s3=url is not None,
+                                 encrypt=args.encrypt, key_file=key_file, passphrase=passphrase,
                                  ask=(lambda: prompt_passphrase("New passphrase of the store: ", new=True))
                                  if terminal else None)
+    # Every store the command covers (--project P: P's own; `key`: the daemon's), each with the key its
+    # configuration gives (a project's key_file, else the daemon's); an S3 one's directory knows the bucket.
+    listed = _stores.offline_stores(config, getattr(args, "project", None))
+    keys: dict[Path | None, StoreKey | None] = {}
+    stores: list[tuple[Path, str | None, StoreKey | None]] = []
     try:
-        key = _offline.store_key(config.key_file)
+        for root, url, key_file in listed[:1] if args.command == "key" else listed:
+            if url is not None or (root / "config.json").exists():
+                if key_file not in keys:
+                    keys[key_file] = _offline.store_key(key_file)
+                stores.append((root, url, keys[key_file]))
     except StoreKeyError as exc:
         print(f"syncsnapd: {exc}", file=sys.stderr)
         return 2
-    # Every store the command covers (--project P: P's own); an S3 one's local directory knows the bucket.
-    stores = [(root, url) for root, url in _stores.offline_stores(config, getattr(args, "project", None))
-              if url is not None or (root / "config.json").exists()]
     if not stores:
         print(f"syncsnapd: no store at {config.store} (nothing snapshotted yet, or wrong --config)", file=sys.stderr)
         return 2
-    root0, url0 = stores[0]
-    if key is None and terminal and url0 is not None and not (root0 / "config.json").exists():
+    root0, url0, key0 = stores[0]
+    if key0 is None and terminal and url0 is not None and not (root0 / "config.json").exists():
         # A first command on this machine: a read-only open fetches the bucket's config.json (and fails
         # there, without a key, if the store is encrypted), so that the question below can be asked.
         with contextlib.suppress(StoreError):
             Store.open(root0, writable=False).close()
-    if key is None and terminal and any(_offline.is_encrypted(root) for root, _ in stores):
+    if terminal and any(key is None and _offline.is_encrypted(root) for root, _, key in stores):
         try:
-            key = prompt_passphrase()
+            asked = prompt_passphrase()  # one passphrase for every store that has no key_file
         except StoreKeyError as exc:
             print(f"syncsnapd: {exc}", file=sys.stderr)
             return 2
+        stores = [(root, url, asked if key is None else key) for root, url, key in stores]
     if args.command == "key":  # the daemon's store
-        return _key_command(args, config, key)
+        return _key_command(args, config, stores[0][2])
     if args.command == "mount":  # every store the command covers, read-only
         from ._mount import run_mount
 
-        return run_mount(args.dir, stores, key, sys.stdout, project=args.project,
+        return run_mount(args.dir, stores, sys.stdout, project=args.project,
                          configured=[p.id for p in config.projects])
     if args.command in ("restore", "diff"):
-        stores = [_stores.holding(stores, args.snapshot_id, key)]
+        stores = [_stores.holding(stores, args.snapshot_id)]
     exclude = (*_stores.store_dirs(config), config.state_dir)
     if len(stores) == 1:
-        return _offline_one(args, replace(config, store=stores[0][0], store_url=stores[0][1]), exclude, key)
+        root, url, key = stores[0]
+        return _offline_one(args, replace(config, store=root, store_url=url), exclude, key)
     code = 0
-    for root, url in stores:  # snapshots, check, prune, unlock: each store in turn
+    for root, url, key in stores:  # snapshots, check, prune, unlock: each store in turn
         print(f"Store {url or root}:", flush=True)
         code = max(code, _offline_one(args, replace(config, store=root, store_url=url), exclude, key))
     return code

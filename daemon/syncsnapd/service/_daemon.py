@@ -526,11 +526,9 @@ async def serve_daemon(config: DaemonConfig, *, load: ConfigLoader | None = None
         raise ConfigError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
     except Exception as exc:
         raise StartupError(f"cannot open the store at {config.store_url or config.store}: {exc}") from exc
-    # The projects' own stores (StartupError naming the project; then `store` is closed too).
+    # The projects' own stores, each with its own s3 settings and key (StartupError or ConfigError naming
+    # the project; then `store` is closed too); every S3 store's staging bounded by its staging_max.
     stores = await trio.to_thread.run_sync(open_stores, config, store)
-    for s in stores.all():
-        if s.remote is not None and config.s3 is not None:
-            s.remote.staging_max = config.s3.staging_max
     try:
         # Never fails for what is in the database (see History.open): only for the folder itself.
         history = await trio.to_thread.run_sync(History.open, config.state_dir / "history.sqlite3")

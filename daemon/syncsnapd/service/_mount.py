@@ -31,9 +31,10 @@ MISSING_PYFUSE3 = ("the mount needs pyfuse3 and FUSE 3: `sudo apt-get install fu
                    "then `pip install 'syncsnap[mount]'` (or `make setup` in a checkout)")
 
 
-def run_mount(mountpoint: Path, stores: Sequence[tuple[Path, str | None]], key: StoreKey | None, out: TextIO, *,
+def run_mount(mountpoint: Path, stores: Sequence[tuple[Path, str | None, StoreKey | None]], out: TextIO, *,
               project: str | None = None, configured: Sequence[str] = ()) -> int:
-    """Mount the snapshots of ``stores`` (local directory, URL) on ``mountpoint`` until unmounted."""
+    """Mount the snapshots of ``stores`` (local directory, URL, the key that opens it) on ``mountpoint``
+    until unmounted."""
     try:
         from ..mount import mountpoint_problem, serve_mount
     except ImportError:
@@ -47,7 +48,7 @@ def run_mount(mountpoint: Path, stores: Sequence[tuple[Path, str | None]], key: 
         return 2
     with contextlib.ExitStack() as opened:
         opened_stores: list[Store] = []
-        for root, url in stores:
+        for root, url, key in stores:
             try:
                 opened_stores.append(opened.enter_context(Store.open(root, writable=False, key=key)))
             except StoreError as exc:

@@ -66,6 +66,7 @@ from ._remote import footprint as footprint
 from ._remote_spec import RemoteSpec as RemoteSpec
 from ._remote_spec import prepare as prepare
 from ._remote_spec import prepare_store as prepare_store
+from ._remote_spec import spec_from as spec_from
 from ._repository import Store as Store
 from ._retention import apply_policy as apply_policy
 from ._retention import plan_forget as plan_forget

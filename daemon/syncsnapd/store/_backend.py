@@ -18,10 +18,12 @@ Errors are :class:`BackendError` with a ``code`` the daemon reports as is (docs/
 ``store_auth`` (no or wrong credentials, access denied), ``store_full`` (quota, entity too large,
 507 Insufficient Storage); :class:`ObjectMissing` (``not_found``) for a key that does not exist.
 
-Credentials come from the standard AWS chain only (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, the credentials file ``~/.aws/credentials`` or ``AWS_SHARED_CREDENTIALS_FILE``, the
-config file, instance roles). They are never logged: descriptions name endpoint, bucket and prefix only,
-and error messages are scrubbed of the key id and secret before they leave this module.
+config file, instance roles), or, when the store's options name a ``profile``, from that profile of the
+credentials and config files (botocore then ignores the ``AWS_ACCESS_KEY_ID`` variables), so that two
+stores of one daemon can use two accounts. They are never logged: descriptions name endpoint, bucket and
+prefix only, and error messages are scrubbed of the key id and secret before they leave this module.
 """
 
 from __future__ import annotations
@@ -143,11 +145,17 @@ class S3Backend:
         import boto3
         import boto3.s3.transfer
         import botocore.config
+        import botocore.exceptions
 
         self.bucket = bucket
         self.prefix = prefix
         self.options = options = options or S3Options()
-        session = boto3.session.Session(region_name=options.region)
+        try:
+            session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
+        except botocore.exceptions.ProfileNotFound:
+            raise BackendError("store_auth", f"no profile {options.profile!r} in the AWS credentials or config "
+                               "file (~/.aws/credentials, or AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE), "
+                               f"for {f's3://{bucket}/{prefix}'.rstrip('/')}") from None
         # Resolved once so messages can be scrubbed of them; None when there are none (checked at the
         # first request, which then fails with store_auth).
         creds = session.get_credentials()
@@ -190,6 +198,9 @@ class S3Backend:
         if isinstance(exc, BackendError):
             return exc
         if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+            if self.options.profile is not None:
+                return BackendError("store_auth", f"no credentials for {where} in the profile "
+                                    f"{self.options.profile!r} of the AWS credentials or config file")
             return BackendError("store_auth", f"no credentials for {where}: set AWS_ACCESS_KEY_ID and "
                                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a credentials file")
         if isinstance(exc, bx.ClientError):

@@ -174,7 +174,10 @@ class Remote(BucketPruning):
         probe: S3Backend | None = None
         if backend is None:
             bucket, prefix = parse_s3_url(spec.url)
-            backend = S3Backend(bucket, prefix, spec.options())
+            try:
+                backend = S3Backend(bucket, prefix, spec.options())
+            except BackendError as exc:  # a credentials profile that does not exist
+                raise _store_error(exc) from exc
             if offline_ok and writable:
                 probe = _probe_backend(backend)
         remote = cls(root, backend, spec)

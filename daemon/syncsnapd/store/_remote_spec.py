@@ -1,7 +1,7 @@
-"""Where an S3 store's local directory says its bucket is: ``remote.json`` (the URL, endpoint, region and
-addressing style; never credentials), written by :func:`prepare` and read by :func:`load_spec`; and the
-cache files ``_remote.py`` keeps there (:func:`write_cache_file`); the keys of a pack and of an index in
-the bucket; a bucket's failure as the store error a run reports.
+"""Where an S3 store's local directory says its bucket is: ``remote.json`` (the URL, endpoint, region,
+addressing style and the name of the credentials profile; never credentials), written by :func:`prepare`
+and read by :func:`load_spec`; and the cache files ``_remote.py`` keeps there (:func:`write_cache_file`);
+the keys of a pack and of an index in the bucket; a bucket's failure as the store error a run reports.
 """
 
 from __future__ import annotations
@@ -27,17 +27,19 @@ MARKER = "remote.json"
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """What ``remote.json`` records: where the bucket is. No credentials."""
+    """What ``remote.json`` records: where the bucket is, and which credentials profile signs (its name,
+never credentials)."""
 
     url: str
     endpoint: str | None = None
     region: str | None = None
     path_style: bool = False
     concurrency: int = 4
+    profile: str | None = None
 
     def options(self) -> S3Options:
         return S3Options(endpoint=self.endpoint, region=self.region, path_style=self.path_style,
-                         concurrency=self.concurrency)
+                         concurrency=self.concurrency, profile=self.profile)
 
 
 def prepare(root: Path, spec: RemoteSpec) -> None:
@@ -80,7 +82,7 @@ def write_cache_file(path: Path, data: bytes) -> None:
 def spec_from(url: str, options: S3Options | None) -> RemoteSpec:
     o = options or S3Options()
     return RemoteSpec(url=url, endpoint=o.endpoint, region=o.region, path_style=o.path_style,
-                      concurrency=o.concurrency)
+                      concurrency=o.concurrency, profile=o.profile)
 
 
 def _store_error(exc: BackendError) -> StoreError:
