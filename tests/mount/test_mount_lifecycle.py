@@ -7,6 +7,8 @@ import errno
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,33 @@ def test_ctrl_c_sigterm_or_fusermount_unmount_cleanly(short_tmp: Path, mount_off
     assert not is_mounted(m.dir)
     assert m.dir.is_dir() and os.listdir(m.dir) == []  # a plain empty directory again
     assert "Unmounted" in m.output() and "Traceback" not in m.output()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_while_tar_reads_many_small_files_unmounts_at_once(short_tmp: Path, mount_offline: Any,
+                                                                    sig: signal.Signals) -> None:
+    """Small files are read ahead and handed to the kernel's page cache while ``tar`` reads: a stop in the
+    middle of that (the reader still in the mount) unmounts and ends the mount process promptly."""
+    src = short_tmp / "src"
+    for d in range(10):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(300):
+            (src / f"d{d}/f{i:03d}").write_bytes(os.urandom(30_000))
+    sid = snapshot(short_tmp / "store", src)
+    m = mount_offline(write_config(short_tmp, {"p": src}), short_tmp / "mnt")
+    slow_reader = "import sys, time\nwhile sys.stdin.buffer.read(1 << 20): time.sleep(0.02)"  # ~50 MB/s
+    tar = subprocess.Popen(["bash", "-c", f"tar -cf - . | {sys.executable} -c '{slow_reader}'"],
+                           cwd=m.dir / "p" / sid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: tar.poll() is None and m.proc.poll() is None, 5, "tar reading")
+        time.sleep(0.5)
+        assert tar.poll() is None, "tar ended before the stop: the test would prove nothing"
+        assert m.stop(sig, timeout=30) == 0
+        assert not is_mounted(m.dir)
+        assert "Unmounted" in m.output() and "Traceback" not in m.output()
+    finally:
+        tar.kill()
+        tar.wait()
 
 
 def test_a_mount_left_by_a_killed_process_is_recognised(short_tmp: Path, mount_offline: Any) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,68 @@ def test_a_damaged_chunk_reads_as_eio_and_the_mount_goes_on(short_tmp: Path, mou
     assert caught.value.errno == errno.EIO
     assert (snap / "good.txt").read_bytes() == b"fine" and m.proc.poll() is None
     assert "does not match its hash" in m.output() or "damaged" in m.output() or "cannot read" in m.output()
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of ``path`` is in the kernel's page cache (util-linux ``fincore``: mmap and mincore, no read)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip() or 0)
+
+
+def test_opening_a_small_file_reads_the_next_ones_into_the_page_cache(short_tmp: Path, mount_offline: Any) -> None:
+    """``tar`` or ``cp -r`` over many small files: opening one reads the files after it in its directory
+    ahead, verified, and hands them to the kernel's page cache (FUSE notify_store), so that their reads
+    never wait for the store. What the cache holds is the files' bytes."""
+    src = short_tmp / "src"
+    (src / "d").mkdir(parents=True)
+    files = {f"d/f{i:03d}": os.urandom(1000 + 997 * i) for i in range(40)}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    sid = snapshot(short_tmp / "store", src)
+    m = mount_offline(write_config(short_tmp, {"p": src}), short_tmp / "mnt")
+    snap = m.dir / "p" / sid
+    for name in os.listdir(snap / "d"):  # as tar does: list, lstat each, then open them in that order
+        os.lstat(snap / "d" / name)
+    assert (snap / "d/f000").read_bytes() == files["d/f000"]
+    deadline = time.monotonic() + 20
+    while resident_bytes(snap / "d/f020") < len(files["d/f020"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert resident_bytes(snap / "d/f020") >= len(files["d/f020"]), "f020 was not read ahead"
+    for rel, data in files.items():
+        assert (snap / rel).read_bytes() == data, rel
+        assert os.stat(snap / rel).st_size == len(data)
+
+
+def test_a_damaged_file_read_ahead_is_not_cached_and_still_reads_as_eio(short_tmp: Path, mount_offline: Any) -> None:
+    src = short_tmp / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"first")
+    (src / "b.bin").write_bytes(os.urandom(50_000))
+    (src / "c.txt").write_bytes(b"third")
+    sid = snapshot(short_tmp / "store", src)
+    with Store.open(short_tmp / "store", writable=False) as store:
+        entry = next(e for e in store.load_entries(sid) if e.path == "b.bin")
+        loc = store.locate(entry.chunks[0])
+        assert loc is not None
+        pack = store.pack_path(loc.pack)
+    with open(pack, "r+b") as f:  # one byte of the stored chunk flipped
+        f.seek(loc.offset + loc.length // 2)
+        byte = f.read(1)
+        f.seek(loc.offset + loc.length // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    m = mount_offline(write_config(short_tmp, {"p": src}), short_tmp / "mnt")
+    snap = m.dir / "p" / sid
+    assert sorted(os.listdir(snap)) == ["a.txt", "b.bin", "c.txt"]
+    for name in ("a.txt", "b.bin", "c.txt"):
+        os.lstat(snap / name)
+    assert (snap / "a.txt").read_bytes() == b"first"  # reads b.bin and c.txt ahead
+    deadline = time.monotonic() + 20
+    while resident_bytes(snap / "c.txt") < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert resident_bytes(snap / "c.txt") >= 5, "c.txt was not read ahead"
+    assert resident_bytes(snap / "b.bin") == 0
+    with pytest.raises(OSError) as caught:
+        (snap / "b.bin").read_bytes()
+    assert caught.value.errno == errno.EIO
+    assert (snap / "c.txt").read_bytes() == b"third" and m.proc.poll() is None

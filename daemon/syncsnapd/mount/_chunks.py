@@ -5,8 +5,10 @@ A file's chunks differ in size (content-defined); the index records each one's l
 its chunk by bisection. FUSE asks for 128 KiB at a time, so one chunk (about 1 MiB) serves several reads:
 :class:`ChunkCache` keeps the last chunks read, verified, up to :data:`CACHE_BYTES`, and a chunk asked for
 by several reads at once is read from the store once. A read that reaches into a chunk starts reading the
-next one in the background (:meth:`ChunkCache.prefetch`): a sequential reader (``cat``, ``tar``) finds it
-decompressed and verified when it gets there. Nothing is written anywhere: no temporary copies.
+next ones in the background (:meth:`ChunkCache.prefetch`): a sequential reader (``cat``, ``tar``) finds
+them decompressed and verified when it gets there. The small files of a directory are read ahead in
+batches (:meth:`ChunkCache.prefetch_many`: one worker-thread call, in pack order). Nothing is written
+anywhere: no temporary copies.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def chunk_index(starts: Sequence[int], offset: int) -> int:
     return bisect_right(starts, offset) - 1
 
 
+def _where(store: Store, chunk: str) -> tuple[str, int]:
+    loc = store.index.lookup(chunk)
+    return ("", 0) if loc is None else (loc.pack, loc.offset)
+
+
 class ChunkCache:
     """Verified chunks by hash, the most recently used kept up to ``limit`` bytes."""
 
@@ -88,6 +95,32 @@ class ChunkCache:
             with self._readers_lock:
                 self._readers.append(reader)
 
+    def _read_many(self, chunks: Sequence[str]) -> list[bytes | None]:
+        # In pack order, so that a disk reads forward; a chunk that cannot be read is None (left for the
+        # read that wants it to meet and report).
+        order = sorted(range(len(chunks)), key=lambda i: _where(self._store, chunks[i]))
+        out: list[bytes | None] = [None] * len(chunks)
+        with self._readers_lock:
+            reader = self._readers.pop() if self._readers else self._store.reader()
+        try:
+            for i in order:
+                try:
+                    out[i] = reader.read(chunks[i])
+                except StoreError:
+                    pass
+        finally:
+            with self._readers_lock:
+                self._readers.append(reader)
+        return out
+
+    def _keep(self, chunk: str, data: bytes) -> None:
+        if len(data) <= self._limit and chunk not in self._chunks:
+            self._chunks[chunk] = data
+            self._size += len(data)
+            while self._size > self._limit:
+                _, old = self._chunks.popitem(last=False)
+                self._size -= len(old)
+
     def wanted(self, chunk: str) -> bool:
         """Whether ``chunk`` is neither cached nor being read (worth reading ahead)."""
         return chunk not in self._chunks and chunk not in self._pending
@@ -99,6 +132,35 @@ class ChunkCache:
             await self.get(chunk, expected)
         except StoreError:
             pass
+
+    async def prefetch_many(self, chunks: Sequence[tuple[str, int]]) -> dict[str, bytes]:
+        """Read several chunks (hash, expected length) into the cache in one worker-thread call: the
+        small files a ``tar`` or ``cp -r`` will open next, read ahead without a thread hop per file.
+        Chunks cached or being read already are skipped; failures are left for the reads to meet.
+        Returns the chunks read, verified."""
+        todo = {c: n for c, n in chunks if self.wanted(c)}
+        got: dict[str, bytes] = {}
+        if not todo:
+            return got
+        events = {c: trio.Event() for c in todo}
+        self._pending.update(events)
+        try:
+            names = list(todo)
+            results = await trio.to_thread.run_sync(self._read_many, names, limiter=self._limiter)
+            self.reads += len(names)
+            for chunk, data in zip(names, results, strict=True):
+                if data is not None and len(data) == todo[chunk]:
+                    self._keep(chunk, data)
+                    got[chunk] = data
+        finally:
+            for chunk, event in events.items():
+                del self._pending[chunk]
+                event.set()
+        return got
+
+    def peek(self, chunk: str) -> bytes | None:
+        """The cached bytes of ``chunk``, or None (not counted as a use)."""
+        return self._chunks.get(chunk)
 
     async def get(self, chunk: str, expected: int) -> bytes:
         """The bytes of ``chunk`` (``expected`` long, as the index said when the file was opened).
@@ -121,12 +183,7 @@ class ChunkCache:
             self.reads += 1
             if len(data) != expected:
                 raise CorruptDataError(f"chunk {chunk} is {len(data)} bytes, not {expected}")
-            if len(data) <= self._limit:
-                self._chunks[chunk] = data
-                self._size += len(data)
-                while self._size > self._limit:
-                    _, old = self._chunks.popitem(last=False)
-                    self._size -= len(old)
+            self._keep(chunk, data)
             return data
         finally:
             del self._pending[chunk]

@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +51,13 @@ CONTENT_TIMEOUT = 3600.0
 LISTING_TIMEOUT = 1.0
 # Trees read at once (each a worker thread); chunk reads have their own threads (_chunks.READ_THREADS).
 TREE_THREADS = 2
+# Reading ahead the small files of a directory (see MountOps._read_ahead): at most this many files, this
+# many bytes, in one worker-thread call; files larger than SMALL_FILE have their own read-ahead (read).
+AHEAD_FILES = 64
+AHEAD_BYTES = 4 * 1024 * 1024
+SMALL_FILE = 1024 * 1024
+# Chunks of a large file read ahead of the one being read.
+AHEAD_CHUNKS = 4
 BY_DATE = "by-date"
 LATEST = "latest"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -84,6 +92,7 @@ class _OpenFile:
     entry: Entry
     cache: ChunkCache
     starts: list[int]  # each chunk's first offset, then the size
+    inode: int
 
 
 class MountOps(pyfuse3.Operations):
@@ -103,6 +112,9 @@ class MountOps(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
         self._handles = itertools.count(1)
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._push_pages = True  # False once the kernel said it cannot take pages (ENOSYS), or unmounting
+        self._open_inodes: Counter[int] = Counter()  # files open now, by inode: never handed pages
+        self._push_limiter = trio.CapacityLimiter(1)
 
     def caches(self) -> list[ChunkCache]:
         """The chunk cache of each store."""
@@ -342,9 +354,91 @@ class MountOps(pyfuse3.Operations):
                         starts[-1], e.size)
             raise FUSEError(errno.EIO)
         fh = next(self._handles)
-        self._files[fh] = _OpenFile(e, self._caches[id(store)], starts)
+        cache = self._caches[id(store)]
+        self._files[fh] = _OpenFile(e, cache, starts, inode)
+        self._open_inodes[inode] += 1
+        if self.background is not None and e.size <= SMALL_FILE:
+            self._read_ahead(node, store, cache)
         # A snapshot's file never changes: the kernel may keep its pages between opens.
         return FileInfo(fh=fh, keep_cache=True)
+
+    def _read_ahead(self, node: Node, store: Store, cache: ChunkCache) -> None:
+        """On opening a small file, read its chunks and those of the small files after it in its directory
+        (the order ``readdir`` gives, which ``tar``, ``cp -r`` and ``rsync`` follow) in one batch, in the
+        background: one worker-thread call for up to :data:`AHEAD_FILES` files instead of one per file,
+        which is what a read of many small files costs most. The files read ahead are handed to the
+        kernel's page cache, so that their reads never come here. The next batch starts when the reader is
+        half-way through the last, so that it is ready in time."""
+        tree = self.trees.get(node.snapshot)
+        if tree is None or self.background is None:
+            return
+        parent = node.path.rpartition("/")[0]
+        siblings = tree.children.get(parent)
+        at = tree.position.get(node.path)
+        if siblings is None or at is None:
+            return
+        horizon = tree.ahead.get(parent, 0)
+        if at < horizon - AHEAD_FILES or horizon - at > AHEAD_FILES // 2:
+            return  # read ahead far enough already (or the reader went back: reads fetch what they need)
+        i = max(at, horizon)
+        batch: list[tuple[str, int]] = []
+        files: list[tuple[int, Entry]] = []
+        total = 0
+        while i < len(siblings) and len(files) < AHEAD_FILES and total < AHEAD_BYTES:
+            e = tree.entries[siblings[i]]
+            i += 1
+            if e.kind != "file" or e.size > SMALL_FILE or not e.size:
+                continue
+            if e.path != node.path:  # being read: its pages come from its reads
+                files.append((self.inodes.inode(Node("entry", node.project, node.snapshot, e.path)), e))
+            for chunk in e.chunks:
+                loc = store.index.lookup(chunk)
+                if loc is not None:
+                    batch.append((chunk, loc.raw_length))
+                    total += loc.raw_length
+        tree.ahead[parent] = i
+        if batch:
+            self.background.start_soon(self._read_ahead_files, cache, batch, files)
+
+    async def _read_ahead_files(self, cache: ChunkCache, batch: list[tuple[str, int]],
+                                files: list[tuple[int, Entry]]) -> None:
+        got = await cache.prefetch_many(batch)
+        if not self._push_pages:
+            return
+        pages: list[tuple[int, bytes]] = []
+        for inode, e in files:
+            parts = [got.get(c) or cache.peek(c) for c in e.chunks]
+            data = b"".join(p for p in parts if p is not None)
+            if len(data) == e.size and all(p is not None for p in parts):
+                pages.append((inode, data))
+        if pages:
+            # In a thread of its own: a store into pages the kernel holds for a read waits for that read's
+            # answer, which this loop gives (from the chunks just cached).
+            await trio.to_thread.run_sync(self._push, pages, limiter=self._push_limiter)
+
+    def stop_reading_ahead(self) -> None:
+        """No more pages handed to the kernel: called before the loop stops answering (unmounting)."""
+        self._push_pages = False
+
+    def _push(self, pages: list[tuple[int, bytes]]) -> None:
+        """Hand files read ahead to the kernel's page cache (FUSE's notify_store): their reads then never
+        come here (blocking: a worker thread).
+
+        A store into pages that a read holds waits for that read's answer. Open files are skipped (only
+        they can be read), so that this never waits on a read, above all not on one that an unmount leaves
+        unanswered; and nothing more is handed over once the mount is stopping."""
+        for inode, data in pages:
+            if not self._push_pages:
+                return
+            if inode in self._open_inodes:
+                continue
+            try:
+                pyfuse3.notify_store(inode, 0, data)
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:  # an old kernel: reads come here, as without read-ahead
+                    self._push_pages = False
+                    return
+                # ENOENT: the kernel has not seen (or has forgotten) that inode; its reads come here.
 
     @_eio_on_surprise
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -358,10 +452,11 @@ class MountOps(pyfuse3.Operations):
         try:
             while at < end:
                 i = chunk_index(f.starts, at)
-                following = i + 1
-                if self.background is not None and following < len(chunks) and f.cache.wanted(chunks[following]):
-                    self.background.start_soon(f.cache.prefetch, chunks[following],
-                                               f.starts[following + 1] - f.starts[following])
+                if self.background is not None:
+                    for following in range(i + 1, min(i + 1 + AHEAD_CHUNKS, len(chunks))):
+                        if f.cache.wanted(chunks[following]):
+                            self.background.start_soon(f.cache.prefetch, chunks[following],
+                                                       f.starts[following + 1] - f.starts[following])
                 data = await f.cache.get(chunks[i], f.starts[i + 1] - f.starts[i])
                 piece = data[at - f.starts[i]:end - f.starts[i]]
                 pieces.append(piece)
@@ -372,7 +467,11 @@ class MountOps(pyfuse3.Operations):
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        f = self._files.pop(fh, None)
+        if f is not None:
+            self._open_inodes[f.inode] -= 1
+            if not self._open_inodes[f.inode]:
+                del self._open_inodes[f.inode]
 
     async def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
         if mode & os.W_OK:

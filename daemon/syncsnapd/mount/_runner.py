@@ -84,6 +84,7 @@ async def serve_mount(stores: Sequence[Store], mountpoint: Path, out: TextIO, *,
                 async def stop_on_signal() -> None:
                     async for signum in signals:
                         log.info("%s: unmounting", signal.Signals(signum).name)
+                        ops.stop_reading_ahead()
                         pyfuse3.terminate()
                         return
 
@@ -92,6 +93,7 @@ async def serve_mount(stores: Sequence[Store], mountpoint: Path, out: TextIO, *,
                 task_status.started()
                 await pyfuse3.main()
                 # main() returns after terminate() or once the kernel ended the session (fusermount3 -u).
+                ops.stop_reading_ahead()
                 nursery.cancel_scope.cancel()
             pyfuse3.close(unmount=True)
             unmounted = True

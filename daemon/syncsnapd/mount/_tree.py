@@ -31,6 +31,9 @@ class SnapshotTree:
     snapshot_id: str
     entries: dict[str, Entry] = field(default_factory=dict)
     children: dict[str, list[str]] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)  # each entry's index in its parent's children
+    # directory -> index of the first of its children not read ahead yet (the mount's small-file read-ahead)
+    ahead: dict[str, int] = field(default_factory=dict)
     root_mode: int | None = None  # the permission bits of the folder snapshotted (None: not recorded)
 
     @classmethod
@@ -49,6 +52,7 @@ class SnapshotTree:
                 # hold (a crafted snapshot file): not shown.
                 continue
             tree.entries[e.path] = e
+            tree.position[e.path] = len(siblings)
             siblings.append(e.path)
             if e.kind == "dir":
                 tree.children[e.path] = []
