@@ -1,6 +1,8 @@
 """``GET /api/v1/snapshots`` and a project's snapshots on a bucket several machines share: another
 machine's snapshots show once the lists are older than ``refresh_age``, ``?host=`` filters, ``host`` is
-in the JSON, and a bucket that cannot be reached is said so while the cached lists answer.
+in the JSON, a restore (of a snapshot or of one version) naming what another machine took since the lists
+were refreshed refreshes them first, and a bucket that cannot be reached is said so while the cached lists
+answer.
 
 Real daemons (tests/helpers/daemon.py), curl over their Unix sockets, against ``moto_server`` on loopback
 (an S3 **emulator**, tests/helpers/s3.py); :class:`ThrottlingProxy` in front of it where the bucket must
@@ -84,6 +86,39 @@ def test_a_restore_of_another_machines_new_snapshot_refreshes_the_lists_first(bu
         assert "run" in started, started
         wait_run(b, started["run"])
         assert (target / "a.txt").read_text() == "alpha"
+    finally:
+        for d in (a, b):
+            d.proc.kill()
+            d.proc.wait()
+
+
+def test_a_one_version_restore_of_another_machines_new_version_refreshes_the_lists_first(
+        bucket: MotoServer, short_tmp: Path) -> None:
+    """Against moto_server on loopback. Beta's lists are fresh (``refresh_age = "1h"``) when alpha takes a
+    snapshot; restoring one file by alpha's snapshot id on beta does not answer "no such version": beta
+    brings its lists up to date first. The same for a content id of alpha's next snapshot, which no
+    snapshot listed on beta holds."""
+    fa = folder(short_tmp / "fa", "alpha one")
+    a = start_machine(short_tmp / "a", "alpha", {"docs": fa}, bucket.url)
+    b = start_machine(short_tmp / "b", "beta", {"docs": folder(short_tmp / "fb", "beta")}, bucket.url,
+                      extra='refresh_age = "1h"')
+    try:
+        assert api(b, "/snapshots")["snapshots"] == []
+        snap_a = wait_run(a, start_run(a, "docs"))["snapshot"]["id"]  # type: ignore[index]
+        by_id = api(b, "/projects/docs/restore", "POST", {"path": "a.txt", "version": snap_a,
+                                                          "to": str(short_tmp / "by-id.txt")})
+        assert by_id.get("snapshot", {}).get("id") == snap_a, by_id
+        assert (short_tmp / "by-id.txt").read_text() == "alpha one"
+        (fa / "a.txt").write_text("alpha two")
+        snap_a2 = wait_run(a, start_run(a, "docs"))["snapshot"]["id"]  # type: ignore[index]
+        cid = api(a, "/projects/docs/versions?path=a.txt")["versions"][0]["content_id"]
+        by_cid = api(b, "/projects/docs/restore", "POST", {"path": "a.txt", "version": cid[:10],
+                                                           "to": str(short_tmp / "by-cid.txt")})
+        assert (by_cid.get("content_id"), by_cid.get("snapshot", {}).get("id")) == (cid, snap_a2), by_cid
+        assert (short_tmp / "by-cid.txt").read_text() == "alpha two"
+        # A version no machine has is still unknown (after that one refresh).
+        unknown = api(b, "/projects/docs/restore", "POST", {"path": "a.txt", "version": "0123456789"})
+        assert unknown["error"]["code"] == "version_unknown", unknown
     finally:
         for d in (a, b):
             d.proc.kill()

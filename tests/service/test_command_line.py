@@ -6,6 +6,7 @@ unknown options and commands, TCP addresses out of range, the start-up hint on a
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -126,6 +127,16 @@ def test_offline_prune_on_an_s3_store_it_cannot_use_says_why(short_tmp: Path) ->
     assert r.returncode == 2
     assert r.stdout.startswith("Cannot open the store: no credentials for s3://bucket/prefix at http://127.0.0.1:9")
     assert "/api/" not in r.stdout + r.stderr
+
+
+def test_a_commands_words_may_follow_its_options(two_projects: tuple[Path, Store], short_tmp: Path) -> None:
+    """``diff OLD --json NEW``: argparse alone takes a command's words in one run and leaves NEW over."""
+    cfg, store = two_projects
+    old, new = store.list_snapshots("docs")
+    r = syncsnapd(short_tmp, "diff", old.id, "--json", new.id, "--config", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["from"], doc["to"], [a["path"] for a in doc["added"]]) == (old.id, new.id, ["new.txt"])
 
 
 # --- item 6: unknown options and commands -------------------------------------------------------------------

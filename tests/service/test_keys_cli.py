@@ -1,7 +1,8 @@
 """Encrypted stores from the command line and the daemon (issue 15): ``syncsnapd init --encrypt``, ``key
 add|list|remove|passwd|export``, a passphrase from ``SYNCSNAP_PASSWORD_FILE`` or from systemd's
 ``$CREDENTIALS_DIRECTORY``, a master key file (``key_file``), and what a wrong or missing key does (exit 2,
-nothing written). Every test runs ``python -m syncsnapd`` as a subprocess, as a user would."""
+nothing written), and ``key --project P`` on a project's own store. Every test runs ``python -m syncsnapd``
+as a subprocess, as a user would."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 from helpers.daemon import DaemonProcess, make_env, make_tree, wait_until, write_config
+from helpers.s3 import BUCKET, MotoServer
+from helpers.shared_bucket import bucket_objects
 from helpers.store import tree_state
 
 
@@ -199,3 +202,72 @@ def test_local_stores_stay_unencrypted_by_default(short_tmp: Path) -> None:
     assert json.loads((short_tmp / "store" / "config.json").read_text())["encryption"] == "none"
     r = syncsnapd(cfg, env, "key", "list")
     assert r.returncode == 2 and "is not encrypted: it has no keys" in r.stdout
+
+
+def test_key_with_project_manages_that_projects_own_s3_store(bucket: MotoServer, short_tmp: Path) -> None:
+    """Against moto_server on loopback (an S3 emulator). The daemon's store is local, opened by a passphrase;
+    project ``work`` has its own S3 store (its own ``[projects.s3]``) opened by its ``key_file``. ``key
+    --project work`` adds, changes and removes the keys of that store only, each opening it alone; a
+    project without a store of its own is refused with exit 2."""
+    pw = {name: password_file(short_tmp, f"pw-{name}", f"{name} secret") for name in ("daemon", "work", "third")}
+    key_file = short_tmp / "work.key"
+    for pid in ("docs", "work"):
+        (short_tmp / pid).mkdir()
+
+    def config(base: Path, key: Path | None) -> Path:
+        cfg = write_config(base, {"docs": short_tmp / "docs"})
+        with cfg.open("a") as f:
+            f.write(f'[[projects]]\nid = "work"\npath = "{short_tmp}/work"\nstore = "s3://{BUCKET}/work"\n'
+                    + (f'key_file = "{key}"\n' if key else "")
+                    + f'[projects.s3]\nendpoint = "{bucket.url}"\npath_style = true\n')
+        return cfg
+
+    def env(name: str | None) -> dict[str, str]:
+        e = env_with(short_tmp)
+        e.pop("SYNCSNAP_PASSWORD_FILE", None)
+        return e if name is None else {**e, "SYNCSNAP_PASSWORD_FILE": str(pw[name])}
+
+    def keys_in_bucket() -> int:
+        return len([k for k in bucket_objects(bucket.url, "work/") if k.startswith("keys/")])
+
+    cfg = config(short_tmp, key_file)
+    assert syncsnapd(cfg, env("daemon"), "init", "--encrypt").returncode == 0
+    r = syncsnapd(cfg, env(None), "init", "--project", "work")
+    assert r.returncode == 0 and f"Wrote its master key to {key_file}" in r.stdout, r.stdout + r.stderr
+    daemon_keys = syncsnapd(cfg, env("daemon"), "key", "list").stdout
+    assert len(daemon_keys.splitlines()) == 2, daemon_keys
+
+    r = syncsnapd(cfg, env(None), "key", "list", "--project", "work")
+    assert r.returncode == 0 and r.stdout.splitlines()[1:] == ["(opened with the master key of key_file)"], \
+        r.stdout + r.stderr
+    r = syncsnapd(cfg, env(None), "key", "add", "--project", "work", "--new-password-file", str(pw["work"]))
+    assert r.returncode == 0 and r.stdout.startswith("Added key "), r.stdout + r.stderr
+    added = r.stdout.split()[2].rstrip(".")
+    assert keys_in_bucket() == 1
+    assert syncsnapd(cfg, env("daemon"), "key", "list").stdout == daemon_keys  # the daemon's store: untouched
+
+    # The new key opens the project's store alone: a machine with no key_file, only that passphrase.
+    other = short_tmp / "other"
+    other.mkdir()
+    bare = config(other, None)
+    r = syncsnapd(bare, env("work"), "key", "list", "--project", "work")
+    assert r.returncode == 0 and [line[:9] for line in r.stdout.splitlines()[1:]] == ["*" + added], r.stdout
+    r = syncsnapd(bare, env("work"), "key", "passwd", "--project", "work", "--new-password-file", str(pw["third"]))
+    assert r.returncode == 0 and f"key {added} is replaced by key" in r.stdout, r.stdout + r.stderr
+    replaced = r.stdout.split()[-1].rstrip(".")
+    assert syncsnapd(bare, env("work"), "key", "list", "--project", "work").returncode == 2
+    assert syncsnapd(bare, env("third"), "key", "list", "--project", "work").returncode == 0
+    r = syncsnapd(cfg, env(None), "key", "add", "--project", "work", "--new-password-file", str(pw["work"]))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = syncsnapd(cfg, env(None), "key", "remove", "--project", "work", replaced)
+    assert r.returncode == 0 and r.stdout == f"Removed key {replaced}.\n", r.stdout + r.stderr
+    assert keys_in_bucket() == 1
+    assert syncsnapd(bare, env("third"), "key", "list", "--project", "work").returncode == 2
+    assert syncsnapd(bare, env("work"), "key", "list", "--project", "work").returncode == 0
+
+    for pid in ("docs", "nosuch"):  # docs uses the daemon's store: `key` without --project manages it
+        r = syncsnapd(cfg, env("daemon"), "key", "list", "--project", pid)
+        assert r.returncode == 2 and r.stdout == "", r.stdout
+        assert (f"syncsnapd: key --project: no project {pid!r} with a store of its own (store = ... in its "
+                "[[projects]] table) in the configuration; without --project, `syncsnapd key` works on the "
+                "daemon's store") in r.stderr, r.stderr

@@ -4,7 +4,10 @@ worker thread and the answer says where it went (``engine/_restore_version.py`` 
 
 The project's snapshots come from every store of the daemon (``_stores.py``), newest first, its own store
 winning for an id held twice; the snapshot holding the version is pinned while it is read, so a prune
-cannot take its data meanwhile.
+cannot take its data meanwhile. A version found in none of them (an unknown content id, or a snapshot id
+not listed) may be another machine's, taken since the S3 stores' lists were last refreshed: the lists are
+brought up to date with their buckets once, and the version looked for again, before it is called unknown
+(as a restore or diff naming an unseen snapshot id does, ``Operations._resolve``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..engine import RestoreError, find_version, normalize_path, restore_version
-from ..store import Store, StoreError
+from ..engine import FoundVersion, RestoreError, find_version, normalize_path, restore_version
+from ..store import SNAPSHOT_ID_RE, Store, StoreError
 
 if TYPE_CHECKING:
     from ._operations import Operations
@@ -31,6 +34,30 @@ def _snapshots(ops: Operations, project: str) -> list[tuple[str, str, Store]]:
         for info in store.list_snapshots(project):
             seen.setdefault(info.id, (info.id, info.time, store))
     return [seen[sid] for sid in sorted(seen, reverse=True)]
+
+
+def _not_seen(exc: RestoreError, version: str) -> bool:
+    """Whether ``exc`` may only mean the version was not listed here yet: no listed snapshot holds it, or
+    it is a well-formed snapshot id of no listed snapshot."""
+    return exc.code == "version_unknown" or (exc.code == "version_invalid" and bool(SNAPSHOT_ID_RE.match(version)))
+
+
+async def _find(ops: Operations, project: str, wanted: str, version: str) -> FoundVersion:
+    """``find_version`` among the project's snapshots; if the version was not seen here, again once the S3
+    stores' lists are refreshed (when that brought anything new)."""
+    check = trio.from_thread.check_cancelled
+
+    def find() -> FoundVersion:
+        return find_version(_snapshots(ops, project), wanted, version, check)
+
+    found: FoundVersion
+    try:
+        found = await ops._thread(find)
+    except RestoreError as exc:
+        if not _not_seen(exc, version) or not await ops._thread(ops._refresh_buckets):
+            raise
+        found = await ops._thread(find)
+    return found
 
 
 async def restore_one_version(ops: Operations, project: str, path: str, version: str, *, to: str | None = None,
@@ -61,8 +88,7 @@ async def restore_one_version(ops: Operations, project: str, path: str, version:
         raise OperationError(exc.code, exc.message) from None
     check = trio.from_thread.check_cancelled
     try:
-        snaps = await ops._thread(lambda: _snapshots(ops, project))
-        found = await ops._thread(lambda: find_version(snaps, wanted, version, check))
+        found = await _find(ops, project, wanted, version)
         with found.store.pinned([found.snapshot_id]):
             where = await ops._thread(functools.partial(restore_version, found, wanted, folder=Path(config.path),
                                                         to=target, overwrite=overwrite, tz=ops._tz, check=check))

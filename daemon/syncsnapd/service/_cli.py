@@ -8,13 +8,14 @@
     syncsnapd prune [--dry-run] [--project P]         apply the projects' keep policies, delete unused data
     syncsnapd unlock [--remove-all]                   remove stale locks of a shared store (S3, network disk)
     syncsnapd init [--encrypt | --no-encrypt] [--project P]  create the store (encrypted by default on S3 only)
-    syncsnapd key list|add|remove ID|passwd|export FILE [--new-password-file FILE]
+    syncsnapd key list|add|remove ID|passwd|export FILE [--new-password-file FILE] [--project P]
                                                       the key files of an encrypted store
     syncsnapd mount DIR [--project P]                 the snapshots as a read-only filesystem (docs/mount.md)
 
 With projects that have a store of their own (``store = ...`` in ``[[projects]]``), ``--project P`` works
-on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn, and
-``restore`` and ``diff`` use the store that holds the snapshot.
+on P's store; without it, ``snapshots``, ``check`` and ``prune`` go through every store in turn,
+``restore`` and ``diff`` use the store that holds the snapshot, and ``init`` and ``key`` work on the
+daemon's store (``init --project P`` and ``key --project P`` refuse a P without a store of its own).
 
 An encrypted store is opened with its ``key_file`` (a project's own, else [daemon]'s) or the passphrase in
 ``$SYNCSNAP_PASSWORD_FILE`` or systemd's credential ``syncsnap-password``; on a terminal, without either,
@@ -157,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("arg", nargs="?", metavar="ID|FILE", help="the key to remove (a prefix of its id) or the file")
     k.add_argument("--new-password-file", type=Path, metavar="FILE",
                    help="the new passphrase of add and passwd (default: asked twice on the terminal)")
+    k.add_argument("--project", help="the key files of this project's own store (opened with its s3 settings "
+                                     "and key_file) instead of the daemon's")
     _add_mount(command)
     return p
 
@@ -173,16 +176,22 @@ def _known_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
     return {flag: action.nargs != 0 for action in parser._actions for flag in action.option_strings}
 
 
-def _check_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+def _check_words(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """Name an unknown option or command in a sentence of our own: argparse takes the value of an unknown
-    option for the command and says "invalid choice"."""
+    option for the command and says "invalid choice". Returns ``argv`` with the command's own words
+    before its options: argparse takes a command's positionals in one run, so ``key remove --project P
+    ID`` (or ``diff A --json B``) would otherwise leave the last word over."""
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     known, command, i = _known_options(parser), None, 0
+    head: list[str] = []  # up to the command word
+    options: list[str] = []  # the command's options, with their values
+    words: list[str] = []  # the command's positionals
     while i < len(argv):
         word = argv[i]
         i += 1
         if word == "--":
-            return
+            return argv
+        taken = [word]
         if word.startswith("-") and word != "-":
             name = word.split("=", 1)[0] if word.startswith("--") else word
             if name not in known:
@@ -190,13 +199,19 @@ def _check_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                 raise UsageError(f"unknown option {name}{where}; `syncsnapd {command + ' ' if command else ''}"
                                  "--help` lists the options")
             if known[name] and "=" not in word:
-                i += 1  # its value
+                taken += argv[i:i + 1]  # its value
+                i += 1
+            (options if command else head).extend(taken)
         elif command is None:
             if word not in _COMMANDS:
                 raise UsageError(f"unknown command {word!r}; the commands are {', '.join(_COMMANDS)} "
                                  "(none: run the daemon)")
             command = word
+            head.append(word)
             known = _known_options(subparsers.choices[word])
+        else:
+            words.append(word)
+    return head + words + options
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -207,8 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
-    _check_words(parser, argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_check_words(parser, argv))
     args.folder = [*args.folder, *getattr(args, "sub_folder", [])]
     args.verbose = args.verbose or getattr(args, "sub_verbose", False)
     for name in ("config", *_OVERRIDES):
@@ -260,12 +274,14 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
 
     prepare_store(config)  # an S3 store: its local cache directory knows the bucket
     terminal = sys.stdin.isatty()
-    if args.command == "init":  # the daemon's store, or --project P's own
+    if args.command in ("init", "key") and args.project is not None:  # the daemon's store, or P's own
         own = [p.id for p in config.projects if p.store is not None]
-        if args.project is not None and args.project not in own:
-            print(f"syncsnapd: init --project: no project {args.project!r} with a store of its own "
-                  "(store = ... in its [[projects]] table) in the configuration", file=sys.stderr)
+        if args.project not in own:
+            print(f"syncsnapd: {args.command} --project: no project {args.project!r} with a store of its own "
+                  "(store = ... in its [[projects]] table) in the configuration; without --project, "
+                  f"`syncsnapd {args.command}` works on the daemon's store", file=sys.stderr)
             return 2
+    if args.command == "init":
         root, url, key_file = _stores.offline_stores(config, args.project)[0]
         try:
             passphrase = passphrase_source()
@@ -276,7 +292,7 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
                                  encrypt=args.encrypt, key_file=key_file, passphrase=passphrase,
                                  ask=(lambda: prompt_passphrase("New passphrase of the store: ", new=True))
                                  if terminal else None)
-    # Every store the command covers (--project P: P's own; `key`: the daemon's), each with the key its
+    # Every store the command covers (--project P: P's own; `key`: the daemon's or P's), each with the key its
     # configuration gives (a project's key_file, else the daemon's); an S3 one's directory knows the bucket.
     listed = _stores.offline_stores(config, getattr(args, "project", None))
     keys: dict[Path | None, StoreKey | None] = {}
@@ -306,8 +322,8 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
             print(f"syncsnapd: {exc}", file=sys.stderr)
             return 2
         stores = [(root, url, asked if key is None else key) for root, url, key in stores]
-    if args.command == "key":  # the daemon's store
-        return _key_command(args, config, stores[0][2])
+    if args.command == "key":  # the daemon's store, or --project P's own
+        return _key_command(args, stores[0])
     if args.command == "mount":  # every store the command covers, read-only
         from ._mount import run_mount
 
@@ -350,7 +366,7 @@ def _offline_one(args: argparse.Namespace, config: DaemonConfig, exclude: tuple[
     return _offline.run_check(config.store, sys.stdout, read_data=args.read_data, key=key)
 
 
-def _key_command(args: argparse.Namespace, config: DaemonConfig, key: StoreKey | None) -> int:
+def _key_command(args: argparse.Namespace, store: tuple[Path, str | None, StoreKey | None]) -> int:
     from ..store import Passphrase, StoreKeyError, prompt_passphrase
     from . import _offline
 
@@ -375,8 +391,10 @@ def _key_command(args: argparse.Namespace, config: DaemonConfig, key: StoreKey |
         return prompt_passphrase("New passphrase: ", new=True)
 
     interactive = new_file is not None or sys.stdin.isatty()
-    return _offline.run_key(config.store, sys.stdout, args.action, args.arg, key=key,
-                            new_passphrase=new_passphrase if interactive else None)
+    root, url, key = store
+    owner = "[daemon]" if args.project is None else f"the [[projects]] table of {args.project!r}"
+    return _offline.run_key(root, sys.stdout, args.action, args.arg, key=key, where=url or str(root),
+                            key_file_in=owner, new_passphrase=new_passphrase if interactive else None)
 
 
 def _raise_fd_limit() -> None:

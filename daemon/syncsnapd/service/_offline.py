@@ -12,7 +12,8 @@ whatever they hold, the answer is a sentence and an exit code, never a traceback
 An encrypted store is opened with the key the configuration gives (:func:`store_key`: ``key_file``, else
 ``SYNCSNAP_PASSWORD_FILE``, else systemd's credential ``syncsnap-password``; the CLI asks on a terminal when
 there is none); a wrong or missing key is exit 2. ``init`` creates the store (:func:`run_init`: encrypted by
-default on S3, not locally) and ``key`` manages its key files (:func:`run_key`, like restic's).
+default on S3, not locally) and ``key`` manages its key files (:func:`run_key`, like restic's); both work
+on the daemon's store or, with ``--project P``, on P's own (with its ``s3`` settings and ``key_file``).
 """
 
 from __future__ import annotations
@@ -448,8 +449,11 @@ KEY_ACTIONS = ("list", "add", "remove", "passwd", "export")
 
 
 def run_key(store_root: Path, out: TextIO, action: str, arg: str | None = None, *, key: StoreKey | None = None,
+            where: str | None = None, key_file_in: str = "[daemon]",
             new_passphrase: Callable[[], Passphrase] | None = None) -> int:
-    """``syncsnapd key list|add|remove ID|passwd|export FILE`` on the store's key files.
+    """``syncsnapd key list|add|remove ID|passwd|export FILE`` on the store's key files. ``where``: the
+    store as the user knows it (its URL for S3; default ``store_root``); ``key_file_in``: the table whose
+    ``key_file`` would open the store (named by ``export``).
 
     ``add`` and ``passwd`` take the new passphrase from ``new_passphrase()``. They and ``remove`` work
     while the daemon runs (key files are written once, never changed: no lock is needed).
@@ -467,7 +471,7 @@ def run_key(store_root: Path, out: TextIO, action: str, arg: str | None = None, 
         return 2
     with store:
         if not store.encrypted:
-            print(f"The store at {store_root} is not encrypted: it has no keys.", file=out)
+            print(f"The store at {where or store_root} is not encrypted: it has no keys.", file=out)
             return 2
         try:
             if action == "list":
@@ -493,8 +497,8 @@ def run_key(store_root: Path, out: TextIO, action: str, arg: str | None = None, 
                 crypto = store.files.crypto
                 assert crypto is not None and arg is not None
                 write_master_key_file(Path(arg), crypto.key)
-                print(f"Wrote the master key to {arg} (0600); `key_file = \"{arg}\"` in [daemon] opens the "
-                      "store with it. Anyone holding the file can read the store.", file=out)
+                print(f"Wrote the master key to {arg} (0600); `key_file = \"{arg}\"` in {key_file_in} opens "
+                      "the store with it. Anyone holding the file can read the store.", file=out)
         except StoreError as exc:
             print(f"Cannot {action} the key: {exc}.", file=out)
             return 2

@@ -36,6 +36,7 @@ from ._errors import StoreLocked as StoreLocked
 from ._errors import UnknownSnapshotError as UnknownSnapshotError
 from ._errors import error_code as error_code
 from ._files import StoreFiles as StoreFiles
+from ._format import SNAPSHOT_ID_RE as SNAPSHOT_ID_RE
 from ._format import ChunkLocation as ChunkLocation
 from ._format import Entry as Entry
 from ._format import SnapshotInfo as SnapshotInfo

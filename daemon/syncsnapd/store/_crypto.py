@@ -265,6 +265,8 @@ def add_key(store: Store, passphrase: Passphrase) -> str:
         except BackendError as exc:
             raise StoreError(f"cannot add the key to {store.remote.description}: {exc.message}") from exc
     store.files.keys_dir.mkdir(exist_ok=True)
+    # An S3 store's cache directory only ever opened read-only on this machine has no tmp/ yet.
+    store.files.tmp.mkdir(exist_ok=True)
     store.files.write_durable(store.files.keys_dir / key_id, data, "key")
     return key_id
 
