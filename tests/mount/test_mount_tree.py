@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from helpers.mount import snapshot, write_config
-from helpers.store import commit_entries, commit_raw
+from helpers.store import commit_entries, commit_raw, flip_byte
 from syncsnapd.store import Store
 
 MIB = 1 << 20
@@ -153,22 +153,23 @@ def test_a_crafted_snapshot_cannot_name_dot_dot_or_escape(short_tmp: Path, mount
     assert os.path.realpath(snap / "a/..") == str(snap)
 
 
+def damage_first_chunk(store_dir: Path, sid: str, path: str) -> None:
+    """Flip one byte in the stored first chunk of ``path`` in snapshot ``sid``."""
+    with Store.open(store_dir, writable=False) as store:
+        entry = next(e for e in store.load_entries(sid) if e.path == path)
+        loc = store.locate(entry.chunks[0])
+        assert loc is not None
+        pack = store.pack_path(loc.pack)
+    flip_byte(pack, loc.offset + loc.length // 2)
+
+
 def test_a_damaged_chunk_reads_as_eio_and_the_mount_goes_on(short_tmp: Path, mount_offline: Any) -> None:
     src = short_tmp / "src"
     src.mkdir()
     (src / "bad.bin").write_bytes(os.urandom(200_000))
     (src / "good.txt").write_bytes(b"fine")
     sid = snapshot(short_tmp / "store", src)
-    with Store.open(short_tmp / "store", writable=False) as store:
-        entry = next(e for e in store.load_entries(sid) if e.path == "bad.bin")
-        loc = store.locate(entry.chunks[0])
-        assert loc is not None
-        pack = store.pack_path(loc.pack)
-    with open(pack, "r+b") as f:  # one byte of the stored chunk flipped
-        f.seek(loc.offset + loc.length // 2)
-        byte = f.read(1)
-        f.seek(loc.offset + loc.length // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    damage_first_chunk(short_tmp / "store", sid, "bad.bin")
     m = mount_offline(write_config(short_tmp, {"p": src}), short_tmp / "mnt")
     snap = m.dir / "p" / sid
     with pytest.raises(OSError) as caught:
@@ -216,16 +217,7 @@ def test_a_damaged_file_read_ahead_is_not_cached_and_still_reads_as_eio(short_tm
     (src / "b.bin").write_bytes(os.urandom(50_000))
     (src / "c.txt").write_bytes(b"third")
     sid = snapshot(short_tmp / "store", src)
-    with Store.open(short_tmp / "store", writable=False) as store:
-        entry = next(e for e in store.load_entries(sid) if e.path == "b.bin")
-        loc = store.locate(entry.chunks[0])
-        assert loc is not None
-        pack = store.pack_path(loc.pack)
-    with open(pack, "r+b") as f:  # one byte of the stored chunk flipped
-        f.seek(loc.offset + loc.length // 2)
-        byte = f.read(1)
-        f.seek(loc.offset + loc.length // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    damage_first_chunk(short_tmp / "store", sid, "b.bin")
     m = mount_offline(write_config(short_tmp, {"p": src}), short_tmp / "mnt")
     snap = m.dir / "p" / sid
     assert sorted(os.listdir(snap)) == ["a.txt", "b.bin", "c.txt"]
