@@ -24,7 +24,7 @@ import pytest
 from helpers.daemon import api, make_env, make_tree, spawn_daemon, wait_until
 from helpers.s3 import MotoServer, moto_server
 from helpers.shared_bucket import start_run, wait_run
-from syncsnapd.store import MasterKey, write_master_key_file
+from syncsnapd.store import MasterKey, Store, read_master_key_file, write_master_key_file
 
 BUCKETS = {"work": "company-backups", "home": "my-own-bucket"}
 
@@ -195,3 +195,26 @@ def test_a_project_key_file_opens_its_local_store_and_a_wrong_one_stops_the_star
         spawn_daemon(base, config(other))
     assert (f"cannot open the store of project 'work' at {base}/work-store: the key file does not hold the "
             "master key") in str(info.value)
+
+
+def test_init_project_without_its_own_key_file_encrypts_with_the_daemons(short_tmp: Path) -> None:
+    """A project with a store of its own but no ``key_file`` shares the daemon's (as the daemon does when it
+    makes that store itself): ``init --project P --encrypt`` encrypts P's new store with the master key
+    already in that file and leaves the file as it was, instead of refusing because it exists."""
+    base = short_tmp
+    (base / "keys").mkdir()
+    (base / "work").mkdir()
+    shared = base / "keys" / "daemon.key"
+    write_master_key_file(shared, MasterKey.generate())
+    before = shared.read_bytes()
+    cfg = _config(base, [[f'key_file = "{shared}"'],  # still in [daemon]
+                         ["[[projects]]", 'id = "work"', f'path = "{base}/work"', f'store = "{base}/work-store"']])
+    init = _cli(base, cfg, "init", "--project", "work", "--encrypt")
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert f"Created an encrypted store at {base}/work-store" in init.stdout
+    assert f"master key is the one in key_file {shared}" in init.stdout
+    assert shared.read_bytes() == before
+    with Store.open(base / "work-store", writable=False, key=read_master_key_file(shared)) as store:
+        assert store.config.encryption != "none" and store.list_snapshots() == []
+    again = _cli(base, cfg, "init", "--project", "work", "--encrypt")
+    assert again.returncode == 2 and "There is already a store" in again.stdout

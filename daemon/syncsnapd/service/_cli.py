@@ -288,8 +288,10 @@ def _offline(args: argparse.Namespace, config: DaemonConfig) -> int:
         except StoreKeyError as exc:
             print(f"syncsnapd: {exc}", file=sys.stderr)
             return 2
+        shared = args.project is not None and key_file is not None and key_file == config.key_file
         return _offline.run_init(root, sys.stdout, where=url or str(root), s3=url is not None,
                                  encrypt=args.encrypt, key_file=key_file, passphrase=passphrase,
+                                 shared_key_file=shared,
                                  ask=(lambda: prompt_passphrase("New passphrase of the store: ", new=True))
                                  if terminal else None)
     # Every store the command covers (--project P: P's own; `key`: the daemon's or P's), each with the key its

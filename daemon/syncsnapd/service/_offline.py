@@ -391,17 +391,26 @@ def _exists(store_root: Path, s3: bool) -> bool:
 
 def run_init(store_root: Path, out: TextIO, *, where: str, s3: bool, encrypt: bool | None = None,
              key_file: Path | None = None, passphrase: Passphrase | None = None,
-             ask: Callable[[], Passphrase] | None = None) -> int:
+             ask: Callable[[], Passphrase] | None = None, shared_key_file: bool = False) -> int:
     """Create the store: encrypted when ``encrypt`` (default: on S3 only), with a first key file opened by
     ``passphrase`` (else one from ``ask()``, else none) and the master key written to ``key_file`` when
-    configured. Never touches an existing store."""
+    configured. ``shared_key_file``: ``key_file`` is the daemon's, which a project without one of its own
+    shares; when it exists, the new store is encrypted with the master key it holds (as the daemon does
+    when it makes that project's store itself). Never touches an existing store."""
     encrypt = s3 if encrypt is None else encrypt
     nothing = "Nothing was changed."
     if _exists(store_root, s3):
         print(f"There is already a store at {where}. {nothing}", file=out)
         return 2
     master = None
-    if encrypt:
+    if encrypt and shared_key_file and key_file is not None and key_file.exists():
+        try:
+            master = read_master_key_file(key_file)
+        except StoreKeyError as exc:
+            print(f"Cannot create the store: {exc}. {nothing}", file=out)
+            return 2
+        passphrase = None
+    elif encrypt:
         if key_file is not None and key_file.exists():
             print(f"Cannot create the store: key_file {key_file} exists (the key of another store?); move it away "
                   f"or configure a new path. {nothing}", file=out)
@@ -435,6 +444,10 @@ def run_init(store_root: Path, out: TextIO, *, where: str, s3: bool, encrypt: bo
     if key_id:
         print(f"Key {key_id[0].id[:8]} opens it with {passphrase.source if passphrase else 'the passphrase'}: "
               "without that passphrase (or another key) its data cannot be read.", file=out)
+    if shared_key_file and key_file is not None and not key_id:
+        print(f"Its master key is the one in key_file {key_file}, which the daemon's store shares (this project "
+              "has no key_file of its own).", file=out)
+        return 0
     if key_file is not None:
         try:
             write_master_key_file(key_file, master)
