@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import trio
 
@@ -86,31 +87,32 @@ class ChunkCache:
         self._readers_lock = threading.Lock()
         self.reads = 0  # chunks read from the store (the rest came from the cache)
 
-    def _read(self, chunk: str) -> bytes:
+    @contextmanager
+    def _reader(self) -> Iterator[ChunkReader]:
+        """An idle reader (a new one when none is), given back afterwards."""
         with self._readers_lock:
             reader = self._readers.pop() if self._readers else self._store.reader()
         try:
-            return reader.read(chunk)
+            yield reader
         finally:
             with self._readers_lock:
                 self._readers.append(reader)
+
+    def _read(self, chunk: str) -> bytes:
+        with self._reader() as reader:
+            return reader.read(chunk)
 
     def _read_many(self, chunks: Sequence[str]) -> list[bytes | None]:
         # In pack order, so that a disk reads forward; a chunk that cannot be read is None (left for the
         # read that wants it to meet and report).
         order = sorted(range(len(chunks)), key=lambda i: _where(self._store, chunks[i]))
         out: list[bytes | None] = [None] * len(chunks)
-        with self._readers_lock:
-            reader = self._readers.pop() if self._readers else self._store.reader()
-        try:
+        with self._reader() as reader:
             for i in order:
                 try:
                     out[i] = reader.read(chunks[i])
                 except StoreError:
                     pass
-        finally:
-            with self._readers_lock:
-                self._readers.append(reader)
         return out
 
     def _keep(self, chunk: str, data: bytes) -> None:
