@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers.disk import fill, small_tmpfs
-from syncsnapd.store import Store, StoreError, _writer, hash_bytes
+from syncsnapd.store import MasterKey, NewStore, Store, StoreError, _writer, hash_bytes
 
 MiB = 1 << 20
 
@@ -71,3 +71,22 @@ def test_a_buffer_that_cannot_be_written_fails_and_leaves_no_temporary_pack(tmp_
                     writer.add_chunk(hash_bytes(data), data)
             writer.abort()
             assert os.listdir(store.root / "tmp") == []
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_pack_of_more_blobs_than_one_write_takes_reads_back_whole(tmp_path: Path, encrypted: bool) -> None:
+    """3,000 blobs of 1 to 40 bytes make one pack whose last write has more buffers than one ``pwritev``
+    takes (IOV_MAX, 1,024 on Linux; two per blob when sealed): every blob reads back, and check is clean."""
+    create = NewStore(master=MasterKey.generate()) if encrypted else None
+    key = create.master if create is not None else None
+    blobs = [i.to_bytes(2, "big") + os.urandom(i % 39) for i in range(3000)]
+    with Store.open(tmp_path / "store", writable=True, create=create, key=key) as store:
+        writer = store.begin_write()
+        for data in blobs:
+            writer.add_chunk(store.chunk_id(data), data)
+        writer.finish()
+        writer.committed()
+        assert writer.packs_written == 1
+    with Store.open(tmp_path / "store", writable=False, key=key) as store:
+        assert [store.read_chunk(store.chunk_id(d)) for d in blobs] == blobs
+        assert store.check(read_data=True).ok

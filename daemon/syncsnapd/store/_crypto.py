@@ -127,8 +127,12 @@ class Crypto:
         except InvalidTag:
             raise CorruptDataError(f"{what} fails authentication (damaged or tampered with)") from None
 
-    def seal_blob(self, chunk: str, stored: bytes | bytearray | memoryview) -> bytearray:
-        return self.seal(stored, AD_BLOB + bytes.fromhex(chunk))
+    def seal_blob(self, chunk: str, stored: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+        """A blob sealed as :meth:`seal` does, in two parts to be written one after the other: the nonce,
+        and ``ciphertext | tag``. ``encrypt`` lets other threads run while it works (``encrypt_into``
+        holds the GIL), and the parts need no copy into one buffer."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, stored, AD_BLOB + bytes.fromhex(chunk))
 
     def open_blob(self, chunk: str, sealed: bytes | bytearray | memoryview, what: str) -> bytes:
         return self.open(sealed, AD_BLOB + bytes.fromhex(chunk), what)

@@ -6,11 +6,14 @@ itself, so a cancelled run can never leave another run referencing data that was
 pack's index is written only once the pack is durable, and ``Store.commit_snapshot`` writes a snapshot
 file only once every pack and index it needs is.
 
-Writes: a pack's blobs are gathered in memory and written :data:`FLUSH_BYTES` at a time with ``pwrite`` at
-their offset, by the worker whose blob filled the buffer and outside the writer's lock (the lock covers
-only placing a blob: its offset, its index record, a copy into the buffer); the seal waits for such
-writes in flight, then writes the rest with the footer in one call, fsyncs and renames. A 16 MiB pack is
-five writes instead of one per blob (a small file's blob is ~3-60 KB). Nothing changes for crash
+Writes: a pack's blobs are gathered in memory and written :data:`FLUSH_BYTES` at a time with one
+``pwritev`` at their offset, by the worker whose blob filled the batch and outside the writer's lock (the
+lock covers only placing a blob: its offset, its index record, a reference to its buffers); the seal
+waits for such writes in flight, then writes the rest with the footer in one call, fsyncs and renames. A
+16 MiB pack is five writes instead of one per blob (a small file's blob is ~3-60 KB). A blob's buffers
+are kept as they are, never copied into a pack buffer: zstd's output, or the sealed parts, are new
+objects; only a blob stored raw (not encrypted) is copied out of the reader's reused buffer, outside the
+lock. Nothing changes for crash
 safety: a pack is only ever read once installed, after its fsync (``_format.py``); a buffer lost in a
 crash belonged to a file in ``tmp/``, which the next writable open removes.
 
@@ -76,16 +79,30 @@ FLUSH_BYTES = 4 << 20
 ZSTD_LEVEL = COMPRESSION_LEVEL
 
 
-# A buffer handed out to be written: (offset in the pack file, bytes).
-Flush = tuple[int, bytearray]
+# A blob's bytes as stored, or the buffers that make them up, in order.
+Blob = bytes | bytearray | memoryview
+# Buffers handed out to be written: (offset in the pack file, the buffers, in order).
+Flush = tuple[int, list[Blob]]
+# Buffers one pwritev takes at most (Linux: 1024).
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
-def _pwrite_all(fd: int, data: bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
+def _pwrite_all(fd: int, parts: list[Blob], offset: int) -> None:
+    """Write ``parts`` one after the other at ``offset``: one ``pwritev`` per :data:`IOV_MAX` buffers,
+    again from where a short write stopped."""
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i:i + IOV_MAX], offset)
         offset += n
+        while n:
+            head = views[i]
+            if n >= head.nbytes:
+                n -= head.nbytes
+                i += 1
+            else:
+                views[i] = head[n:]
+                n = 0
 
 
 class PackBuilder:
@@ -96,8 +113,9 @@ class PackBuilder:
         self._files = files
         self.tmp = files.tmp_name("pack")
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self._buf = bytearray(PACK_MAGIC)
-        self._buf_at = 0  # where the buffer goes in the file
+        self._parts: list[Blob] = [PACK_MAGIC]  # placed, not handed out yet
+        self._parts_bytes = len(PACK_MAGIC)
+        self._parts_at = 0  # where they go in the file
         self.size = len(PACK_MAGIC)
         self.records: list[IndexRecord] = []
         self.hashes: list[str] = []
@@ -105,18 +123,21 @@ class PackBuilder:
         self._in_flight = 0  # buffers handed out and not written yet
         self._failed: OSError | None = None
 
-    def place(self, chunk: str, stored: bytes | bytearray | memoryview, raw_length: int,
-              flags: int) -> Flush | None:
-        """Add one blob as stored (compressed or not; copied, so ``stored`` may be reused). When the
-        buffer is full, returns it for the caller to :meth:`write` (outside any lock of its own)."""
-        self.records.append((bytes.fromhex(chunk), self.size, len(stored), raw_length, flags))
+    def place(self, chunk: str, parts: tuple[Blob, ...], raw_length: int, flags: int) -> Flush | None:
+        """Add one blob as stored (compressed or not, sealed or not), given as the buffers that make it up,
+        in order. They are kept until written, not copied: the caller must not change them afterwards.
+        When :data:`FLUSH_BYTES` are placed, returns them for the caller to :meth:`write` (outside any
+        lock of its own)."""
+        length = sum(memoryview(p).nbytes for p in parts)
+        self.records.append((bytes.fromhex(chunk), self.size, length, raw_length, flags))
         self.hashes.append(chunk)
-        self._buf += stored
-        self.size += len(stored)
-        if len(self._buf) < FLUSH_BYTES:
+        self._parts += parts
+        self._parts_bytes += length
+        self.size += length
+        if self._parts_bytes < FLUSH_BYTES:
             return None
-        out = (self._buf_at, self._buf)
-        self._buf, self._buf_at = bytearray(), self.size
+        out = (self._parts_at, self._parts)
+        self._parts, self._parts_bytes, self._parts_at = [], 0, self.size
         with self._writes:
             self._in_flight += 1
         return out
@@ -139,10 +160,10 @@ class PackBuilder:
         with self._writes:
             self._writes.wait_for(lambda: self._in_flight == 0)
 
-    def append(self, chunk: str, stored: bytes | bytearray | memoryview, raw_length: int, flags: int) -> None:
-        """Place one blob and write the buffer when it is full (for a single-threaded owner). Raises
-        OSError."""
-        flush = self.place(chunk, stored, raw_length, flags)
+    def append(self, chunk: str, stored: bytes, raw_length: int, flags: int) -> None:
+        """Place one blob and write what is placed once it is :data:`FLUSH_BYTES` (for a single-threaded
+        owner). Raises OSError."""
+        flush = self.place(chunk, (stored,), raw_length, flags)
         if flush is not None:
             self.write(flush)
 
@@ -156,9 +177,9 @@ class PackBuilder:
         self._wait_writes()
         if self._failed is not None:
             raise self._failed
-        self._buf += pack_tail(index_bytes)
-        _pwrite_all(self.fd, self._buf, self._buf_at)
-        self._buf = bytearray()
+        self._parts.append(pack_tail(index_bytes))
+        _pwrite_all(self.fd, self._parts, self._parts_at)
+        self._parts = []
         files.step("pack:written")
         os.fsync(self.fd)
         os.close(self.fd)
@@ -226,13 +247,15 @@ class StoreWriter:
             return 0
         raw_length = len(data)
         compressed = compressor().compress(data)  # outside the lock: zstd releases the GIL
-        if len(compressed) < raw_length:
-            stored: bytes | bytearray | memoryview = compressed
-            flags = FLAG_ZSTD
-        else:
-            stored, flags = data, 0
+        flags = FLAG_ZSTD if len(compressed) < raw_length else 0
+        stored: Blob = compressed if flags else data
+        parts: tuple[Blob, ...]
         if self._crypto is not None:
-            stored = self._crypto.seal_blob(chunk, stored)  # outside the lock too
+            parts = self._crypto.seal_blob(chunk, stored)  # outside the lock too
+        else:
+            # The pack keeps the buffers until written: ``data`` is the caller's, to be reused.
+            parts = (compressed,) if flags else (bytes(data),)
+        stored_length = sum(memoryview(p).nbytes for p in parts)
         full: PackBuilder | None = None
         flush: Flush | None = None
         with self._lock:
@@ -245,14 +268,14 @@ class StoreWriter:
                 if pack is None:
                     pack = self._current = PackBuilder(self._files)
                     self._unsealed.append(pack)
-                flush = pack.place(chunk, stored, raw_length, flags)
+                flush = pack.place(chunk, parts, raw_length, flags)
             except OSError as exc:
                 raise StoreError(f"cannot write to store {self._files.root}: {exc.strerror}") from exc
             self._pending[chunk] = pack
             if metadata:
-                self.meta_bytes_added += len(stored)
+                self.meta_bytes_added += stored_length
             else:
-                self.data_bytes_added += len(stored)
+                self.data_bytes_added += stored_length
             if pack.size >= self._pack_size:
                 full = pack
                 self._current = None
@@ -263,7 +286,7 @@ class StoreWriter:
                 raise StoreError(f"cannot write to store {self._files.root}: {exc.strerror}") from exc
         if full is not None:
             self._submit_seal(full)
-        return len(stored)
+        return stored_length
 
     def _submit_seal(self, pack: PackBuilder) -> None:
         future = self._executor.submit(self._seal, pack)
