@@ -529,6 +529,8 @@ async def take_snapshot(store: Store, project: str, root: Path, progress: RunPro
         await progress.wait_resumed()
         progress.set_step(4, files_total=run.to_read.length, bytes_total=run.changed_bytes)
         writer = run.writer = store.begin_write()
+        if lock.taken:
+            writer.upload_early()  # S3: packs go to the bucket as they are sealed (store/_early_upload.py)
         if store.remote is not None:
             run.staging = await trio.to_thread.run_sync(StagingBound, store, limiter=limiter)
         batches = run.make_batches()

@@ -13,7 +13,8 @@ The store's local directory (under the daemon's state directory, ``s3/<name>/``)
 * ``config.json``, ``index/`` and ``snapshots/``: a cache of the bucket's (small) metadata objects, so
   look-ups, listings and the comparison with the previous snapshot need no request;
 * ``packs/``: **staging**. Packs are built and sealed here during step 4 exactly as in a local store and
-  uploaded in step 5; a pack file is deleted once it and its index are in the bucket. So the packs found
+  uploaded as soon as each is sealed (``_early_upload.py``) or in step 5; a pack file is deleted once it
+  and its index are in the bucket. So the packs found
   here are precisely those not known to be uploaded: this is the local cache of the remote's object
   list, and a snapshot of an unchanged folder sends one object (its snapshot file) and lists nothing.
 
@@ -210,6 +211,11 @@ class Remote(BucketPruning):
     @property
     def reachable(self) -> bool:
         return self._link.state.reachable
+
+    @property
+    def ready(self) -> bool:
+        """Confirmed to hold this store since the open, and answering: uploads may go without asking."""
+        return self._confirmed and self.reachable
 
     def _note(self, error: StoreError | None) -> None:
         self._link.note(error)
@@ -476,7 +482,7 @@ class Remote(BucketPruning):
         # pool's threads lack. They look at ``stop`` between objects instead.
         stop = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="syncsnap-upload") as ex:
-            futures = [ex.submit(self._upload_pack, p, present, count, stop) for p in staged]
+            futures = [ex.submit(self.upload_pack, p, count, stop, present) for p in staged]
             try:
                 pending = set(futures)
                 while pending:
@@ -493,8 +499,10 @@ class Remote(BucketPruning):
                 raise
         return sent[0], sent[1]
 
-    def _upload_pack(self, pack: str, present: set[str], count: Callable[[int, int], None],
-                     stop: threading.Event) -> None:
+    def upload_pack(self, pack: str, count: Callable[[int, int], None], stop: threading.Event,
+                    present: frozenset[str] | set[str] = frozenset()) -> None:
+        """Send a staged pack, then its index (but those in ``present``), and drop the staged copy; wait
+        instead for a run already sending it. Raises StoreError."""
         with self._lock:
             theirs = self._inflight.get(pack)
             if theirs is None:
@@ -514,7 +522,7 @@ class Remote(BucketPruning):
             with self._lock:
                 self._inflight.pop(pack, None)
 
-    def _do_upload(self, pack: str, present: set[str], count: Callable[[int, int], None],
+    def _do_upload(self, pack: str, present: frozenset[str] | set[str], count: Callable[[int, int], None],
                    stop: threading.Event) -> None:
         path = self.root / "packs" / pack[:2] / f"{pack}.pack"
         index = self.root / "index" / f"{pack}.idx"

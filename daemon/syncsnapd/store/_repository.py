@@ -516,8 +516,8 @@ class Store:
         payload = encode_snapshot(snapshot_id, project, root, tree, stats, root_mode, self.host)
         stored = self.files.seal_snapshot(snapshot_id, payload)
         remote = self.remote
-        # Remote: packs are sealed here (staging), then every staged pack the bucket lacks is uploaded
-        # (its index after it), then the snapshot file; step 5 counts the bytes sent.
+        # Remote: packs are sealed here (staging), those not sent early (_early_upload.py) are sent (index
+        # after pack), then the snapshot file; step 5 counts the bytes sent.
         writer.finish(on_written=None if remote is not None else on_written, check=check)
         if check is not None:
             check()

@@ -49,6 +49,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._early_upload import EarlyUploads
 from ._errors import StoreError
 from ._files import StoreFiles
 from ._format import (
@@ -224,12 +225,24 @@ class StoreWriter:
         self._seals: list[concurrent.futures.Future[int]] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="syncsnap-seal")
         self._done = False
+        self._early: EarlyUploads | None = None  # an S3 store: packs sent as they are sealed
         self.data_bytes_added = 0  # stored bytes of new file content
         self.meta_bytes_added = 0  # stored bytes of new tree groups
         self.packs_written = 0
         # What a prune running meanwhile must not delete: blobs this run found already stored and did
         # not store again, and the packs it wrote (see _index.py).
         self._claims = self._index.open_claims()
+
+    def upload_early(self) -> None:
+        """An S3 store: send each pack to the bucket once sealed, during step 4 (``_early_upload.py``).
+        Only while the run holds its shared lock in the bucket."""
+        if self._store.remote is not None and self._early is None:
+            self._early = EarlyUploads(self._store.remote)
+
+    def stop_early_uploads(self) -> None:
+        """Send no more packs early; wait for those in flight (before step 5 counts what is left)."""
+        if self._early is not None:
+            self._early.stop()
 
     def has_chunk(self, chunk: str) -> bool:
         """Whether the blob is durable in the store or already added by this writer. A True answer for a
@@ -312,6 +325,8 @@ class StoreWriter:
                 self._pending.pop(h, None)
             self._unsealed.remove(pack)
             self.packs_written += 1
+        if self._early is not None:
+            self._early.submit(pack_id)
         return pack.size
 
     def unsealed(self) -> tuple[int, int]:
@@ -321,7 +336,8 @@ class StoreWriter:
 
     def finish(self, *, on_written: Callable[[int, int], None] | None = None,
                check: Callable[[], None] | None = None) -> None:
-        """Seal the last pack and wait until every pack of this writer is durable and indexed."""
+        """Seal the last pack and wait until every pack of this writer is durable and indexed; then send
+        no more packs early (waiting for those in flight), so that step 5 counts and sends the rest."""
         with self._lock:
             last, self._current = self._current, None
             seals = list(self._seals)
@@ -338,6 +354,7 @@ class StoreWriter:
             with self._lock:
                 self._done = True
             self._executor.shutdown(wait=True)
+            self.stop_early_uploads()
         if check is not None:
             check()
 
@@ -356,6 +373,7 @@ class StoreWriter:
             self._done = True
             self._current = None
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.stop_early_uploads()
         with self._lock:
             for pack in self._unsealed:
                 pack.discard()

@@ -1,0 +1,118 @@
+"""Packs go to the bucket while a run still reads files (store/_early_upload.py), so step 5 sends only the rest.
+
+Against ``moto_server`` on loopback, an S3 **emulator** (tests/helpers/s3.py), reset before each test,
+through :class:`ThrottlingProxy`, which forwards requests untouched and logs them (to count uploads). Each
+test pauses its run in step 4 once the first 16 MiB pack is full, so what reaches the bucket before the
+run goes on was sent early, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from helpers.daemon import make_tree
+from helpers.s3 import BUCKET, MotoServer, ThrottlingProxy, fail_fast, ready_bucket
+from helpers.store import snapshot
+from syncsnapd.core import Progress, RunCancelled, RunProgress
+from syncsnapd.store import RemoteSpec, Store, prepare
+
+URL = f"s3://{BUCKET}/machines/one"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def proxy(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ThrottlingProxy]:
+    ready_bucket(moto, monkeypatch, tmp_path)
+    fail_fast(monkeypatch)
+    p = ThrottlingProxy(moto.port)
+    yield p
+    p.close()
+
+
+def open_store(root: Path, endpoint: str) -> Store:
+    prepare(root, RemoteSpec(URL, endpoint=endpoint, path_style=True))
+    return Store.open(root, writable=True)
+
+
+def puts(proxy: ThrottlingProxy, folder: str) -> collections.Counter[str]:
+    """How many times each object under ``folder/`` was PUT (packs are under the multipart threshold)."""
+    prefix = f"/{BUCKET}/machines/one/{folder}/"
+    return collections.Counter(path.split("?", 1)[0] for method, path in proxy.requests
+                               if method == "PUT" and path.startswith(prefix))
+
+
+def tree(folder: Path) -> None:
+    make_tree(folder, files=30)
+    (folder / "big.bin").write_bytes(os.urandom(96 * MiB))  # incompressible: ~6 packs, read first
+
+
+async def paused_with_a_pack_sent(progress: RunProgress, proxy: ThrottlingProxy) -> None:
+    """Pause the run in step 4 once 40 MiB are read (two packs full), then wait until a pack is in the
+    bucket while the run stays paused there."""
+    with trio.fail_after(60):
+        # Polled: the workers count bytes from their threads, and the proxy logs from its own.
+        while not (progress.current().step == 4 and progress.current().bytes_done >= 40 * MiB):  # noqa: ASYNC110
+            await trio.sleep(0.002)
+        assert progress.pause()
+        while not puts(proxy, "packs"):  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    assert progress.current().step == 4
+
+
+async def test_packs_reach_the_bucket_during_step_4_and_none_is_sent_twice(proxy: ThrottlingProxy,
+                                                                          tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    tree(folder)
+    events: list[Progress] = []
+    progress = RunProgress("docs", "r-test", events.append)
+    with open_store(tmp_path / "staging", proxy.url) as store:
+        async with trio.open_nursery() as nursery:
+            result: list[object] = []
+
+            async def run() -> None:
+                result.append(await snapshot(store, folder, "docs", progress))
+
+            nursery.start_soon(run)
+            await paused_with_a_pack_sent(progress, proxy)
+            progress.resume()
+        packs = puts(proxy, "packs")
+        assert len(packs) >= 6 and set(packs.values()) == {1}  # every pack sent once
+        assert set(puts(proxy, "index").values()) == {1}
+        # Step 5 counted only what it sent itself, exactly.
+        step5 = progress.current()
+        assert step5.step == 5 and step5.bytes_done == step5.bytes_total
+        assert list((tmp_path / "staging" / "packs").glob("*/*.pack")) == []
+        assert store.check().ok
+
+
+async def test_a_run_cancelled_after_sending_packs_early_leaves_nothing_to_send_twice(
+        proxy: ThrottlingProxy, tmp_path: Path) -> None:
+    """The packs it sent stay in the bucket (unreferenced, as after a kill in step 5); the next run finds
+    their blobs in the index and sends neither them nor their data again."""
+    folder = tmp_path / "docs"
+    tree(folder)
+    progress = RunProgress("docs", "r-test", lambda _: None)
+    with open_store(tmp_path / "staging", proxy.url) as store:
+        async def run() -> None:
+            with pytest.raises(RunCancelled):
+                await snapshot(store, folder, "docs", progress)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await paused_with_a_pack_sent(progress, proxy)
+            progress.cancel()
+        assert store.list_snapshots() == []
+        assert os.listdir(tmp_path / "staging" / "tmp") == []
+        sent_early = set(puts(proxy, "packs"))
+        done = await snapshot(store, folder, "docs")
+        assert done.files_new == done.files > 30  # no snapshot before: every file is new
+        packs = puts(proxy, "packs")
+        assert set(packs.values()) == {1}
+        assert sent_early < set(packs)
+        assert store.check().ok
