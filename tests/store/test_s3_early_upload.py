@@ -116,3 +116,28 @@ async def test_a_run_cancelled_after_sending_packs_early_leaves_nothing_to_send_
         assert set(packs.values()) == {1}
         assert sent_early < set(packs)
         assert store.check().ok
+
+
+async def test_a_bucket_that_goes_down_in_step_4_gets_the_rest_in_step_5_once_back(proxy: ThrottlingProxy,
+                                                                                  tmp_path: Path) -> None:
+    """Sending early fails once the bucket is gone; the packs stay staged, the run waits in step 5 saying
+    so, and sends them (each once) when the bucket answers again."""
+    folder = tmp_path / "docs"
+    tree(folder)
+    progress = RunProgress("docs", "r-test", lambda _: None)
+    with open_store(tmp_path / "staging", proxy.url) as store:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(snapshot, store, folder, "docs", progress)
+            await paused_with_a_pack_sent(progress, proxy)
+            proxy.down()
+            progress.resume()
+            with trio.fail_after(60):
+                while "store unreachable, retrying in" not in (progress.current().message or ""):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert progress.current().step == 5
+            proxy.up()
+        assert len(store.list_snapshots()) == 1
+        packs = puts(proxy, "packs")
+        assert len(packs) >= 6 and set(packs.values()) == {1}
+        assert list((tmp_path / "staging" / "packs").glob("*/*.pack")) == []
+        assert store.check().ok
