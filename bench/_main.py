@@ -4,7 +4,8 @@ fan-out, in one run; prints a summary table and writes docs/benchmarks.md.
 Environment:
     BENCH_SCALE             float, default 1.0: file counts (and large file sizes) of the tree.
     BENCH_POLL_INTERVAL_MS  progress poller period during the initial snapshot, default 10 (0: back to back).
-    BENCH_ROUNDS            int, default 2: rounds of the snapshot comparison (best time of the rounds).
+    BENCH_ROUNDS            int, default 3: rounds of the snapshot comparison (best time of the rounds: on a
+                            shared machine one round's time varies by 10-20%).
     BENCH_ONLY              comma list of sections to run (raw, syncsnap, restic, borg, serving, fanout, s3,
                             fairness, mount, versions); default all. A partial run writes bench/.work/benchmarks-partial.md.
                             E.g. BENCH_ONLY=fairness,fanout for the fairness and SSE fan-out rows alone.
@@ -532,7 +533,7 @@ def main() -> int:
     _section("raw", only, res, raw)
 
     daemon: Daemon | None = None
-    rounds = max(1, int(os.environ.get("BENCH_ROUNDS", "2")))
+    rounds = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
     res["rounds"] = rounds
 
     def syncsnap(r: int) -> None:
