@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from helpers.daemon import make_tree
-from helpers.s3 import BUCKET, MotoServer, ThrottlingProxy, fail_fast, ready_bucket
+from helpers.s3 import BUCKET, ThrottlingProxy
 from helpers.store import snapshot
 from syncsnapd.core import Progress, RunCancelled, RunProgress
 from syncsnapd.store import RemoteSpec, Store, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
 MiB = 1 << 20
-
-
-@pytest.fixture
-def proxy(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ThrottlingProxy]:
-    ready_bucket(moto, monkeypatch, tmp_path)
-    fail_fast(monkeypatch)
-    p = ThrottlingProxy(moto.port)
-    yield p
-    p.close()
 
 
 def open_store(root: Path, endpoint: str) -> Store:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -29,8 +28,6 @@ from helpers.s3 import (
     SECRET_KEY,
     MotoServer,
     ThrottlingProxy,
-    fail_fast,
-    ready_bucket,
 )
 from helpers.store import snapshot
 from syncsnapd.core import ConfigError, Progress, RunProgress, SyncsnapdError, load_config
@@ -39,15 +36,6 @@ from syncsnapd.store import RemoteSpec, Store, StoreError, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
 PREFIX = "machines/one/"
-
-
-@pytest.fixture
-def proxy(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ThrottlingProxy]:
-    ready_bucket(moto, monkeypatch, tmp_path)
-    fail_fast(monkeypatch)
-    p = ThrottlingProxy(moto.port)
-    yield p
-    p.close()
 
 
 def bucket(moto: MotoServer) -> dict[str, bytes]:

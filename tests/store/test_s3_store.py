@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,6 @@ from helpers.s3 import (
     SECRET_KEY,
     MotoServer,
     ThrottlingProxy,
-    fail_fast,
-    ready_bucket,
 )
 from helpers.store import new_progress, snapshot
 from syncsnapd.api import store_footprint
@@ -44,15 +41,6 @@ from syncsnapd.service import run_check, run_restore, run_snapshots
 from syncsnapd.store import RemoteSpec, Store, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
-
-
-@pytest.fixture
-def proxy(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ThrottlingProxy]:
-    ready_bucket(moto, monkeypatch, tmp_path)
-    fail_fast(monkeypatch)
-    p = ThrottlingProxy(moto.port)
-    yield p
-    p.close()
 
 
 def bucket_keys(moto: MotoServer, prefix: str = "machines/one/") -> dict[str, int]:
