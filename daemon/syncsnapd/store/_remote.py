@@ -14,9 +14,9 @@ The store's local directory (under the daemon's state directory, ``s3/<name>/``)
   look-ups, listings and the comparison with the previous snapshot need no request;
 * ``packs/``: **staging**. Packs are built and sealed here during step 4 exactly as in a local store and
   uploaded as soon as each is sealed (``_early_upload.py``) or in step 5; a pack file is deleted once it
-  and its index are in the bucket. So the packs found
-  here are precisely those not known to be uploaded: this is the local cache of the remote's object
-  list, and a snapshot of an unchanged folder sends one object (its snapshot file) and lists nothing.
+  and its index are in the bucket. So the packs found here are precisely those not known to be
+  uploaded: this is the local cache of the remote's object list, and a snapshot of an unchanged folder
+  sends one object (its snapshot file) and lists nothing.
 
 Upload order: every pack, then its index, then (last) the snapshot file, which is visible only once all
 of its objects are. A run killed mid-upload leaves packs here and perhaps some in the bucket, never a

@@ -13,9 +13,9 @@ waits for such writes in flight, then writes the rest with the footer in one cal
 16 MiB pack is five writes instead of one per blob (a small file's blob is ~3-60 KB). A blob's buffers
 are kept as they are, never copied into a pack buffer: zstd's output, or the sealed parts, are new
 objects; only a blob stored raw (not encrypted) is copied out of the reader's reused buffer, outside the
-lock. Nothing changes for crash
-safety: a pack is only ever read once installed, after its fsync (``_format.py``); a buffer lost in a
-crash belonged to a file in ``tmp/``, which the next writable open removes.
+lock. Nothing changes for crash safety: a pack is only ever read once installed, after its fsync
+(``_format.py``); a buffer lost in a crash belonged to a file in ``tmp/``, which the next writable open
+removes.
 
 Encryption (an encrypted store, see ``_crypto.py``): a blob is sealed right after it is compressed, in the
 same worker thread and outside the lock, so sealing runs on every core as compression does; the index
