@@ -47,9 +47,18 @@ def test_a_project_s3_table_and_key_file_replace_the_daemons_for_its_store(tmp_p
 
     # An inline table works the same; keys left out take their defaults, not [daemon.s3]'s.
     c = _load(tmp_path, '[daemon.s3]\nregion = "us-east-1"\n'
-              + _project("work", 'store = "s3://acme/laptop"', 's3 = { profile = "work" }'))
+              + _project("work", 'store = "s3://acme/laptop"', 's3 = { profile = "work" }')
+              + _project("home", 'store = "s3://mine/laptop"'))
     own = c.projects[0].store_s3(c)
     assert own is not None and (own.profile, own.region, own.staging_max) == ("work", None, DEFAULT_STAGING_MAX)
+
+
+def test_daemon_s3_settings_that_apply_to_no_store_are_refused(tmp_path: Path) -> None:
+    """The daemon's store is a directory and the one bucket project has its own table: [daemon.s3] would
+    silently do nothing, so the load names it (as it does when no store at all is a bucket)."""
+    with pytest.raises(ConfigError, match=r"^daemon\.s3: applies to no store"):
+        _load(tmp_path, '[daemon.s3]\nregion = "us-east-1"\n'
+              + _project("work", 'store = "s3://acme/laptop"', 's3 = { profile = "work" }'))
 
 
 def test_a_local_project_store_may_have_its_own_key_file(tmp_path: Path) -> None:
@@ -127,8 +136,7 @@ def test_one_store_named_two_ways_is_refused(tmp_path: Path, text: str, message:
 def test_one_store_named_the_same_way_twice_is_one_store(tmp_path: Path) -> None:
     (tmp_path / "k.key").write_bytes(b"")
     (tmp_path / "link.key").symlink_to("k.key")
-    c = _load(tmp_path, '[daemon.s3]\nregion = "us-east-1"\n'
-              + _project("work", 'store = "s3://acme/x"', 'key_file = "k.key"', 's3 = { profile = "p" }')
+    c = _load(tmp_path, _project("work", 'store = "s3://acme/x"', 'key_file = "k.key"', 's3 = { profile = "p" }')
               + _project("home", 'store = "s3://acme/x"', 'key_file = "link.key"', 's3 = { profile = "p" }'))
     work, home = c.projects
     assert work.store_location(c) == home.store_location(c) and work.store_s3(c) == home.store_s3(c)

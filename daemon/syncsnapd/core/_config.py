@@ -329,6 +329,9 @@ def load_config(config_file: Path | None = None, folders: list[str] | None = Non
     projects = _projects(data.get("projects", []), base_dir, timing, settings["state_dir"])
     check_staging(projects, settings.get("store_url"))
     check_shared(projects, settings)
+    if "s3" in daemon and "store_url" not in settings and all(p.s3 is not None for p in projects if p.store_url):
+        raise ConfigError("daemon.s3: applies to no store: the daemon's store is a directory and every project "
+                          "whose store is a bucket has an s3 table of its own")
     paths: dict[Path, str] = {}  # in the order given; ids given in the order of the sorted paths
     for folder in folders or []:
         path = Path(folder).expanduser()
