@@ -12,13 +12,15 @@ import collections
 import os
 from pathlib import Path
 
+import boto3
 import pytest
 import trio
 
 from helpers.daemon import make_tree
-from helpers.s3 import BUCKET, ThrottlingProxy
+from helpers.s3 import ACCESS_KEY, BUCKET, SECRET_KEY, MotoServer, ThrottlingProxy
 from helpers.store import snapshot
 from syncsnapd.core import Progress, RunCancelled, RunProgress
+from syncsnapd.engine import SnapshotError
 from syncsnapd.store import RemoteSpec, Store, prepare
 
 URL = f"s3://{BUCKET}/machines/one"
@@ -131,3 +133,42 @@ async def test_a_bucket_that_goes_down_in_step_4_gets_the_rest_in_step_5_once_ba
         assert len(packs) >= 6 and set(packs.values()) == {1}
         assert list((tmp_path / "staging" / "packs").glob("*/*.pack")) == []
         assert store.check().ok
+
+
+async def test_credentials_refused_while_sending_early_end_the_run_before_every_file_is_read(
+        proxy: ThrottlingProxy, moto: MotoServer, tmp_path: Path) -> None:
+    """The run cannot succeed: it fails with store_auth at its next chunk, in step 4, not after reading the
+    whole folder."""
+    folder = tmp_path / "docs"
+    tree(folder)
+    progress = RunProgress("docs", "r-test", lambda _: None)
+    failed: list[SnapshotError] = []
+    with open_store(tmp_path / "staging", proxy.url) as store:
+        async def run() -> None:
+            with pytest.raises(SnapshotError) as info:
+                await snapshot(store, folder, "docs", progress)
+            failed.append(info.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            with trio.fail_after(60):
+                while not (progress.current().step == 4 and progress.current().bytes_done >= 40 * MiB):  # noqa: ASYNC110
+                    await trio.sleep(0.002)
+                assert progress.pause()
+                moto.enforce_auth()  # the key stops being accepted (revoked) while the run is paused
+                while not puts(proxy, "packs"):  # noqa: ASYNC110 - a pack sent early, and refused
+                    await trio.sleep(0.02)
+            await trio.sleep(2)  # its answer (403) reaches the run, still paused in step 4
+            progress.resume()
+        moto.accept_any_credentials()
+    assert failed[0].code == "store_auth"
+    assert progress.current().step == 4  # ended there, at its next chunk: step 5 never began
+    assert store_has_no_snapshot(moto)
+
+
+def store_has_no_snapshot(moto: MotoServer) -> bool:
+    client = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
+                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix="machines/one/snapshots/")
+    client.close()
+    return listed.get("KeyCount", 0) == 0

@@ -104,7 +104,7 @@ class StagingBound:
         remote, limit = self._remote, self.limit
         if remote is None or limit is None or remote.reachable:
             return
-        staged = self._base + writer.data_bytes_added
+        staged = self._base + max(0, writer.data_bytes_added - writer.sent_early)
         if staged <= limit:
             return
         try:

@@ -167,9 +167,12 @@ class _Run:
     def check(self) -> None:
         """Stop a worker thread promptly when the run is cancelled either way; hold it while the run is
         paused (called between files and between chunks, so a pause holds within a chunk's time), its
-        limiter token lent to other runs meanwhile."""
+        limiter token lent to other runs meanwhile. Stop it too when the bucket refused a pack sent early
+        in a way that dooms the run (``StoreWriter.check_early_uploads``)."""
         self.progress.check_cancelled(trio.from_thread.check_cancelled, self.lend_token)
         trio.from_thread.check_cancelled()
+        if self.writer is not None:
+            self.writer.check_early_uploads()
 
     # --- step 2 -------------------------------------------------------------------------------------
 

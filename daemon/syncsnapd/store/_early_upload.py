@@ -12,8 +12,10 @@ copy is dropped), :attr:`Remote.concurrency` at a time, on threads of their own.
 (:meth:`EarlyUploads.stop`): packs not started stay staged, and it waits for those in flight, so it then
 counts exactly what is left and sends no pack twice.
 
-Failures: the first one ends early sending for the run, silently: its packs stay staged, and step 5 sends
-them with its retries and waits (the bucket unreachable: "store unreachable, retrying in N s"). A run
+Failures: the first one ends early sending for the run: its packs stay staged, and step 5 sends them with
+its retries and waits (the bucket unreachable: "store unreachable, retrying in N s"). When the run cannot
+succeed anyway (credentials refused, bucket full), it ends at its next chunk instead, with that error
+(``StoreWriter.check_early_uploads``), rather than after reading the whole folder. A run
 cancelled meanwhile stops them the same way; a pack it sent stays in the bucket unreferenced, as after a
 run killed in step 5, until a prune removes it or a later run re-uses its blobs.
 """

@@ -244,6 +244,19 @@ class StoreWriter:
         if self._early is not None:
             self._early.stop()
 
+    def check_early_uploads(self) -> None:
+        """Raise what ended early sending when the run cannot succeed anyway: the bucket refused the
+        credentials (``store_auth``) or has no room (``store_full``). The run then ends in step 4 instead
+        of after reading everything; an unreachable bucket is for step 5 to wait for."""
+        failure = None if self._early is None else self._early.failure
+        if failure is not None and failure.code in ("store_auth", "store_full"):
+            raise StoreError(failure.message, code=failure.code)
+
+    @property
+    def sent_early(self) -> int:
+        """Bytes of this run's packs (and their indexes) sent to the bucket during step 4."""
+        return 0 if self._early is None else self._early.sent[1]
+
     def has_chunk(self, chunk: str) -> bool:
         """Whether the blob is durable in the store or already added by this writer. A True answer for a
         blob of the store means this run relies on it: a prune running meanwhile keeps it."""
