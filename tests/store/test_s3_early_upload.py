@@ -2,8 +2,8 @@
 
 Against ``moto_server`` on loopback, an S3 **emulator** (tests/helpers/s3.py), reset before each test,
 through :class:`ThrottlingProxy`, which forwards requests untouched and logs them (to count uploads). Each
-test pauses its run in step 4 once the first 16 MiB pack is full, so what reaches the bucket before the
-run goes on was sent early, whatever the machine's speed.
+test pauses its run in step 4 once 40 MiB are read (two 16 MiB packs full), so what reaches the bucket
+before the run goes on was sent early, whatever the machine's speed.
 """
 
 from __future__ import annotations
