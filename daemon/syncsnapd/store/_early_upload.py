@@ -45,7 +45,7 @@ class EarlyUploads:
         self._executor = concurrent.futures.ThreadPoolExecutor(remote.concurrency,
                                                                thread_name_prefix="syncsnap-upload-early")
         self._lock = threading.Lock()
-        self.sent = [0, 0]  # (objects, bytes) sent, for the log and the tests
+        self.sent_bytes = 0  # of packs and their indexes (the staging bound counts them as gone)
         self.failure: StoreError | None = None
 
     def submit(self, pack: str) -> None:
@@ -59,8 +59,7 @@ class EarlyUploads:
 
     def _count(self, objects: int, nbytes: int) -> None:
         with self._lock:
-            self.sent[0] += objects
-            self.sent[1] += nbytes
+            self.sent_bytes += nbytes
 
     def _send(self, pack: str) -> None:
         if self._stopped.is_set():

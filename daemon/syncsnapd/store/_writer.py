@@ -124,12 +124,12 @@ class PackBuilder:
         self._in_flight = 0  # buffers handed out and not written yet
         self._failed: OSError | None = None
 
-    def place(self, chunk: str, parts: tuple[Blob, ...], raw_length: int, flags: int) -> Flush | None:
+    def place(self, chunk: str, parts: tuple[Blob, ...], length: int, raw_length: int,
+              flags: int) -> Flush | None:
         """Add one blob as stored (compressed or not, sealed or not), given as the buffers that make it up,
-        in order. They are kept until written, not copied: the caller must not change them afterwards.
-        When :data:`FLUSH_BYTES` are placed, returns them for the caller to :meth:`write` (outside any
-        lock of its own)."""
-        length = sum(memoryview(p).nbytes for p in parts)
+        in order, ``length`` bytes in all. They are kept until written, not copied: the caller must not
+        change them afterwards. When :data:`FLUSH_BYTES` are placed, returns them for the caller to
+        :meth:`write` (outside any lock of its own)."""
         self.records.append((bytes.fromhex(chunk), self.size, length, raw_length, flags))
         self.hashes.append(chunk)
         self._parts += parts
@@ -164,7 +164,7 @@ class PackBuilder:
     def append(self, chunk: str, stored: bytes, raw_length: int, flags: int) -> None:
         """Place one blob and write what is placed once it is :data:`FLUSH_BYTES` (for a single-threaded
         owner). Raises OSError."""
-        flush = self.place(chunk, (stored,), raw_length, flags)
+        flush = self.place(chunk, (stored,), len(stored), raw_length, flags)
         if flush is not None:
             self.write(flush)
 
@@ -255,7 +255,7 @@ class StoreWriter:
     @property
     def sent_early(self) -> int:
         """Bytes of this run's packs (and their indexes) sent to the bucket during step 4."""
-        return 0 if self._early is None else self._early.sent[1]
+        return 0 if self._early is None else self._early.sent_bytes
 
     def has_chunk(self, chunk: str) -> bool:
         """Whether the blob is durable in the store or already added by this writer. A True answer for a
@@ -294,7 +294,7 @@ class StoreWriter:
                 if pack is None:
                     pack = self._current = PackBuilder(self._files)
                     self._unsealed.append(pack)
-                flush = pack.place(chunk, parts, raw_length, flags)
+                flush = pack.place(chunk, parts, stored_length, raw_length, flags)
             except OSError as exc:
                 raise StoreError(f"cannot write to store {self._files.root}: {exc.strerror}") from exc
             self._pending[chunk] = pack
